@@ -1,0 +1,43 @@
+# The verbs people reach for. `make demo` and `make test` work on a fresh clone.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+
+.PHONY: install demo test lint format bench train migrations clean
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -c requirements.lock ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+# Embedded mode: SQLite + Celery filesystem broker, web + worker + beat in one terminal.
+demo: install
+	DEBUG=1 $(PY) manage.py migrate --noinput
+	DEBUG=1 $(PY) manage.py seed_demo
+	DEBUG=1 $(PY) manage.py register_model --bundled --if-no-production
+	@echo "Open http://$${DEMO_HOST:-127.0.0.1}:$${DEMO_PORT:-8000}/ and log in with a demo user above (Ctrl-C stops)."
+	DEBUG=1 $(VENV)/bin/honcho -f Procfile.demo start
+
+test: install
+	$(VENV)/bin/pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	DEBUG=1 $(PY) manage.py makemigrations --check --dry-run
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: install
+	$(PY) -m bench.inference
+
+train: install
+	$(PY) -m ml.bootstrap --manifest tests/fixtures/images/manifest.csv --out ml/bundled/cxr-tiny.keras
+
+clean:
+	rm -rf var .pytest_cache

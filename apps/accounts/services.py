@@ -1,0 +1,63 @@
+"""Role and demo-user set-up, shared by the data migration and `seed_demo`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.db import transaction
+
+from apps.accounts.roles import CLINICIAN, ROLE_PERMISSIONS, ROLES
+
+
+def sync_role_groups(group_model: Any, permission_model: Any) -> None:
+    """Create the role groups and give each exactly its permissions.
+
+    Takes the model classes so the data migration can pass its historical
+    models. Raises if a listed permission does not exist, so a renamed model
+    cannot silently strip a role of its rights.
+    """
+    for role in ROLES:
+        group, _ = group_model.objects.get_or_create(name=role)
+        permissions = []
+        for dotted in ROLE_PERMISSIONS[role]:
+            app_label, codename = dotted.split(".")
+            try:
+                permissions.append(
+                    permission_model.objects.get(
+                        content_type__app_label=app_label, codename=codename
+                    )
+                )
+            except permission_model.DoesNotExist:
+                raise LookupError(f"Permission {dotted} for role {role} does not exist.") from None
+        group.permissions.set(permissions)
+
+
+DEMO_PASSWORD_SUFFIX = "-demo-pass"
+
+
+@transaction.atomic
+def create_demo_users() -> list[tuple[str, str, str]]:
+    """One user per role (and a second clinician) with known passwords; idempotent.
+
+    Returns (username, password, role) rows. Demo only: the passwords are in
+    the README.
+    """
+    from django.contrib.auth.models import Group, Permission
+
+    sync_role_groups(Group, Permission)
+    user_model = get_user_model()
+    created = []
+    for username, role in (
+        ("clinician", CLINICIAN),
+        ("clinician2", CLINICIAN),
+        ("annotator", "annotator"),
+        ("modeladmin", "model_admin"),
+    ):
+        password = f"{username}{DEMO_PASSWORD_SUFFIX}"
+        user, _ = user_model.objects.get_or_create(username=username)
+        user.set_password(password)
+        user.save()
+        user.groups.set([Group.objects.get(name=role)])
+        created.append((username, password, role))
+    return created

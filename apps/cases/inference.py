@@ -1,0 +1,68 @@
+"""Run one prediction job (worker code: imports ml and TensorFlow lazily)."""
+
+from __future__ import annotations
+
+import logging
+
+from celery.exceptions import SoftTimeLimitExceeded
+from django.db import DatabaseError, transaction
+
+from apps.cases.models import Prediction
+from apps.models.services import get_production_version
+
+log = logging.getLogger(__name__)
+
+
+class NoProductionModel(RuntimeError):
+    pass
+
+
+def run_prediction(*, prediction_id: int) -> Prediction | None:
+    """Classify the image of one Prediction with the current production model.
+
+    Idempotent: a redelivered message for a finished job does nothing; a job
+    left ``running`` by a killed worker runs again. Every failure other than
+    a database outage is written on the row, never lost.
+    """
+    with transaction.atomic():
+        prediction = (
+            Prediction.objects.select_for_update().select_related("image").filter(pk=prediction_id).first()
+        )
+        if prediction is None:
+            log.warning("prediction %s no longer exists; nothing to do", prediction_id)
+            return None
+        if prediction.status in {Prediction.Status.DONE, Prediction.Status.FAILED}:
+            return prediction
+        prediction.mark_running()
+
+    try:
+        from apps.models.serving import classifier_for
+        from ml.preprocess import open_image
+
+        version = get_production_version()
+        if version is None:
+            raise NoProductionModel(
+                "No production model is registered; a model admin must promote one."
+            )
+        classifier = classifier_for(version)
+        with prediction.image.file.open("rb") as fh:
+            image = open_image(fh)
+        result = classifier.predict(image)
+    except DatabaseError:
+        raise  # transient: the task retries; the row cannot be written now anyway
+    except SoftTimeLimitExceeded:
+        prediction.mark_failed("Classification exceeded its time limit.")
+        return prediction
+    except Exception as exc:
+        log.exception("prediction %s failed", prediction_id)
+        prediction.mark_failed(f"{type(exc).__name__}: {exc}")
+        return prediction
+
+    prediction.mark_done(
+        model_version_id=version.pk,
+        label=result.label,
+        probabilities=result.probabilities,
+        preprocess_ms=result.preprocess_ms,
+        inference_ms=result.inference_ms,
+    )
+    return prediction

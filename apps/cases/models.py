@@ -1,0 +1,181 @@
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from ml.labels import CLASSES, CLASS_DISPLAY
+
+LABEL_CHOICES = [(name, CLASS_DISPLAY[name]) for name in CLASSES]
+
+
+def _image_upload_to(instance: CaseImage, filename: str) -> str:
+    # Random names: the original file name may carry patient identifiers.
+    ext = {"png": "png", "jpeg": "jpg"}.get(instance.source_format, "bin")
+    return f"cases/{timezone.now():%Y/%m}/{uuid.uuid4().hex}.{ext}"
+
+
+class Case(models.Model):
+    """One clinical submission: one or more images of the same patient."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="cases")
+    patient_ref = models.CharField(
+        max_length=64,
+        blank=True,
+        help_text="Pseudonymous patient reference (never a name or a hospital ID).",
+    )
+    notes = models.TextField(blank=True, max_length=5000)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("-created_at",)
+
+    def __str__(self) -> str:
+        return f"Case {self.pk}"
+
+    @property
+    def status(self) -> str:
+        """Derived from the predictions, so it can never disagree with them."""
+        statuses = {p.status for image in self.images.all() for p in image.predictions.all()}
+        if not statuses:
+            return Prediction.Status.PENDING
+        for status in (Prediction.Status.RUNNING, Prediction.Status.PENDING):
+            if status in statuses:
+                return "processing"
+        if Prediction.Status.FAILED in statuses:
+            return Prediction.Status.FAILED
+        return Prediction.Status.DONE
+
+
+class CaseImage(models.Model):
+    class SourceFormat(models.TextChoices):
+        PNG = "png", "PNG"
+        JPEG = "jpeg", "JPEG"
+
+    class Status(models.TextChoices):
+        ACCEPTED = "accepted", "Accepted"
+        UNUSABLE = "unusable", "Unusable"
+
+    case = models.ForeignKey(Case, on_delete=models.CASCADE, related_name="images")
+    file = models.FileField(upload_to=_image_upload_to, max_length=300)
+    sha256 = models.CharField(max_length=64, db_index=True)
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    source_format = models.CharField(max_length=10, choices=SourceFormat.choices)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.ACCEPTED)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ("case", "pk")
+
+    def __str__(self) -> str:
+        return f"Image {self.pk} of case {self.case_id}"
+
+    @property
+    def latest_prediction(self) -> Prediction | None:
+        predictions = list(self.predictions.all())
+        return max(predictions, key=lambda p: p.pk) if predictions else None
+
+
+class Prediction(models.Model):
+    """A classification job and its result; a state machine (pending→running→done|failed)."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    image = models.ForeignKey(CaseImage, on_delete=models.CASCADE, related_name="predictions")
+    model_version = models.ForeignKey(
+        "registry.ModelVersion", on_delete=models.PROTECT, null=True, blank=True, related_name="predictions"
+    )
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    label = models.CharField(max_length=20, choices=LABEL_CHOICES, blank=True)
+    probabilities = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    preprocess_ms = models.FloatField(null=True, blank=True)
+    inference_ms = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("-created_at",)
+        constraints = [
+            models.CheckConstraint(
+                condition=~models.Q(status="done") | (models.Q(model_version__isnull=False) & ~models.Q(label="")),
+                name="cases_prediction_done_has_result",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Prediction {self.pk} ({self.status})"
+
+    def mark_running(self) -> None:
+        self.status = self.Status.RUNNING
+        self.started_at = timezone.now()
+        self.attempts += 1
+        self.error = ""
+        self.save(update_fields=["status", "started_at", "attempts", "error"])
+
+    def mark_done(
+        self,
+        *,
+        model_version_id: int,
+        label: str,
+        probabilities: dict[str, float],
+        preprocess_ms: float,
+        inference_ms: float,
+    ) -> None:
+        self.status = self.Status.DONE
+        self.model_version_id = model_version_id
+        self.label = label
+        self.probabilities = probabilities
+        self.preprocess_ms = preprocess_ms
+        self.inference_ms = inference_ms
+        self.finished_at = timezone.now()
+        self.error = ""
+        self.save(
+            update_fields=[
+                "status",
+                "model_version",
+                "label",
+                "probabilities",
+                "preprocess_ms",
+                "inference_ms",
+                "finished_at",
+                "error",
+            ]
+        )
+
+    def mark_failed(self, error: str) -> None:
+        self.status = self.Status.FAILED
+        self.error = error[:5000]
+        self.finished_at = timezone.now()
+        self.save(update_fields=["status", "error", "finished_at"])
+
+
+class ExpertLabel(models.Model):
+    """An annotator's verdict on one image (confirmation logic comes with the labelling issue)."""
+
+    image = models.ForeignKey(CaseImage, on_delete=models.CASCADE, related_name="expert_labels")
+    annotator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="expert_labels"
+    )
+    label = models.CharField(max_length=20, choices=LABEL_CHOICES)
+    note = models.TextField(blank=True, max_length=2000)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ("-created_at",)
+        constraints = [
+            models.UniqueConstraint(fields=["image", "annotator"], name="cases_one_label_per_annotator"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.label} by {self.annotator_id} on image {self.image_id}"

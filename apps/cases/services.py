@@ -1,0 +1,108 @@
+"""Case services: the one create path that the web form and the API both call."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.uploadedfile import UploadedFile
+from django.db import transaction
+from django.utils import timezone
+
+from apps.cases.models import Case, CaseImage, Prediction
+from apps.cases.validation import UploadRejected, validate_image
+from cxrplatform.files import files_removed_on_error
+
+log = logging.getLogger(__name__)
+
+# A pending job older than this was probably lost (broker restarted before it
+# was queued); the sweeper queues it again. Running jobs are given their
+# hard time limit plus this margin before they count as stuck.
+PENDING_REQUEUE_AFTER = timedelta(minutes=10)
+RUNNING_GRACE = timedelta(seconds=60)
+
+
+def enqueue_prediction(prediction: Prediction) -> None:
+    """Queue classification once the surrounding transaction has committed."""
+    from apps.cases.tasks import classify_image
+
+    prediction_id = prediction.pk
+    transaction.on_commit(
+        lambda: classify_image.apply_async(kwargs={"prediction_id": prediction_id})
+    )
+
+
+def create_case(
+    *,
+    owner,
+    files: Sequence[UploadedFile],
+    patient_ref: str = "",
+    notes: str = "",
+) -> Case:
+    """Store a case with its images and queue one prediction per image.
+
+    All files are validated before anything is written; if any write fails,
+    the database rolls back and the files already stored are deleted, so a
+    failed upload leaves nothing behind.
+    """
+    if not files:
+        raise UploadRejected("upload", "choose at least one image.")
+    limit = settings.CXR_MAX_IMAGES_PER_CASE
+    if len(files) > limit:
+        raise UploadRejected("upload", f"{len(files)} images; a case holds at most {limit}.")
+    validated = [validate_image(f) for f in files]
+
+    with files_removed_on_error() as stored, transaction.atomic():
+        case = Case.objects.create(owner=owner, patient_ref=patient_ref.strip(), notes=notes.strip())
+        for item in validated:
+            image = CaseImage(
+                case=case,
+                sha256=item.sha256,
+                width=item.width,
+                height=item.height,
+                source_format=item.source_format,
+            )
+            image.file.save("upload", ContentFile(item.content), save=False)
+            stored.add(image.file.name)
+            image.save()
+            prediction = Prediction.objects.create(image=image)
+            enqueue_prediction(prediction)
+    log.info("case %s created by %s with %d image(s)", case.pk, owner, len(validated))
+    return case
+
+
+def sweep_stuck_predictions(*, now=None) -> dict[str, int]:
+    """Fail jobs whose worker vanished and requeue jobs that never reached a worker.
+
+    Run by Celery beat. Returns counts for logging and tests.
+    """
+    now = now or timezone.now()
+    hard = timedelta(seconds=settings.CXR_TASK_HARD_LIMITS["inference"])
+    failed = 0
+    stuck = Prediction.objects.filter(
+        status=Prediction.Status.RUNNING, started_at__lt=now - hard - RUNNING_GRACE
+    )
+    for prediction_id in stuck.values_list("pk", flat=True):
+        with transaction.atomic():
+            prediction = Prediction.objects.select_for_update().get(pk=prediction_id)
+            if prediction.status != Prediction.Status.RUNNING:
+                continue
+            prediction.mark_failed(
+                f"No result within the {hard.seconds} s time limit: the worker stopped or "
+                "timed out. Upload the image again to retry."
+            )
+            failed += 1
+    requeued = 0
+    lost = Prediction.objects.filter(
+        status=Prediction.Status.PENDING, created_at__lt=now - PENDING_REQUEUE_AFTER
+    )
+    for prediction in lost:
+        with transaction.atomic():
+            enqueue_prediction(prediction)
+        requeued += 1
+    if failed or requeued:
+        log.warning("sweep: %d stuck prediction(s) failed, %d requeued", failed, requeued)
+    return {"failed": failed, "requeued": requeued}

@@ -1,0 +1,77 @@
+"""Web views for clinicians' cases: thin, they parse input and call services."""
+
+from __future__ import annotations
+
+from django.db.models import Prefetch
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_http_methods
+
+from apps.accounts.roles import CLINICIAN, role_required
+from apps.cases import services
+from apps.cases.forms import CaseUploadForm
+from apps.cases.models import Case, CaseImage, Prediction
+from apps.cases.validation import UploadRejected
+
+
+def _own_cases(request: HttpRequest):
+    return Case.objects.filter(owner=request.user).prefetch_related(
+        Prefetch("images", queryset=CaseImage.objects.prefetch_related("predictions__model_version"))
+    )
+
+
+@require_GET
+@role_required(CLINICIAN)
+def case_list(request: HttpRequest) -> HttpResponse:
+    return render(request, "cases/case_list.html", {"cases": _own_cases(request)})
+
+
+@require_http_methods(["GET", "POST"])
+@role_required(CLINICIAN)
+def case_create(request: HttpRequest) -> HttpResponse:
+    form = CaseUploadForm(request.POST or None, request.FILES or None)
+    status = 200
+    if request.method == "POST":
+        if form.is_valid():
+            try:
+                case = services.create_case(
+                    owner=request.user,
+                    files=form.cleaned_data["images"],
+                    patient_ref=form.cleaned_data["patient_ref"],
+                    notes=form.cleaned_data["notes"],
+                )
+            except UploadRejected as exc:
+                form.add_error("images", str(exc))
+                status = exc.status
+            else:
+                return redirect("cases:detail", pk=case.pk)
+        else:
+            status = 400
+    return render(request, "cases/case_create.html", {"form": form}, status=status)
+
+
+@require_GET
+@role_required(CLINICIAN)
+def case_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    # Another clinician's case is a 404, not a 403: its existence is not theirs to know.
+    case = get_object_or_404(_own_cases(request), pk=pk)
+    return render(
+        request,
+        "cases/case_detail.html",
+        {"case": case, "processing": case.status in {"processing", Prediction.Status.PENDING}},
+    )
+
+
+@require_GET
+@role_required(CLINICIAN)
+def image_file(request: HttpRequest, pk: int) -> FileResponse:
+    """Uploaded images are never public: served only to the case's owner."""
+    image = get_object_or_404(CaseImage.objects.select_related("case"), pk=pk, case__owner=request.user)
+    try:
+        handle = image.file.open("rb")
+    except FileNotFoundError:
+        raise Http404("The image file is missing from storage.") from None
+    content_type = {"png": "image/png", "jpeg": "image/jpeg"}[image.source_format]
+    response = FileResponse(handle, content_type=content_type)
+    response["Cache-Control"] = "private, no-store"
+    return response

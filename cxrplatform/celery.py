@@ -1,0 +1,62 @@
+"""Celery application, queues and the house task decorator.
+
+Queues are split by the kind of work so each can be scaled on its own
+machines: ``inference`` (fast, latency-sensitive), ``explain`` (heavier),
+``training`` (hours) and ``default`` (housekeeping).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery
+from django.conf import settings
+from kombu import Queue
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cxrplatform.settings")
+
+QUEUES = ("inference", "explain", "training", "default")
+
+app = Celery("cxrplatform")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.conf.task_queues = tuple(Queue(name) for name in QUEUES)
+app.conf.task_default_queue = "default"
+app.autodiscover_tasks()
+
+
+def platform_task(
+    *, queue: str, max_retries: int = 3, retry_for: tuple[type[BaseException], ...] = ()
+) -> Callable[[Callable[..., Any]], Any]:
+    """The one way this project declares a Celery task.
+
+    * ``acks_late`` + ``reject_on_worker_lost``: a worker killed mid-task
+      (OOM, SIGKILL, deploy) leaves the message on the broker, so another
+      worker runs it again. Tasks must therefore be idempotent.
+    * hard time limit per queue from settings; the soft limit is 0.9 x hard so
+      the task can record its failure before the hard kill.
+    * retries with exponential backoff for the transient errors named in
+      ``retry_for`` (for example a database that restarted).
+    """
+    if queue not in QUEUES:
+        raise ValueError(f"Unknown queue {queue!r}; expected one of {QUEUES}.")
+    hard = settings.CXR_TASK_HARD_LIMITS[queue]
+
+    def decorator(func: Callable[..., Any]) -> Any:
+        return app.task(
+            bind=True,
+            name=f"{func.__module__}.{func.__name__}",
+            queue=queue,
+            acks_late=True,
+            reject_on_worker_lost=True,
+            time_limit=hard,
+            soft_time_limit=int(hard * 0.9),
+            max_retries=max_retries,
+            autoretry_for=retry_for,
+            retry_backoff=True,
+            retry_backoff_max=120,
+            retry_jitter=True,
+        )(func)
+
+    return decorator

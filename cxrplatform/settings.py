@@ -1,0 +1,196 @@
+"""Django settings, read from the environment.
+
+Defaults are the *embedded* configuration: SQLite and Celery's filesystem
+transport, so ``make demo`` runs on a machine with neither PostgreSQL nor
+Redis. Production sets ``DATABASE_URL`` and ``CELERY_BROKER_URL`` (see
+README, "Configuration"). Every value goes through a typed helper in
+``cxrplatform.env`` that fails loudly on bad input.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
+
+from cxrplatform.env import (
+    env_bool,
+    env_broker_url,
+    env_database,
+    env_int,
+    env_list,
+    env_path,
+    env_str,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = env_path("CXR_VAR_DIR", BASE_DIR / "var")
+
+DEBUG = env_bool("DEBUG", default=False)
+_DEV_SECRET = "insecure-dev-key-only-for-the-embedded-demo"  # noqa: S105
+SECRET_KEY = env_str("SECRET_KEY", default=_DEV_SECRET if DEBUG else None)
+if not DEBUG and SECRET_KEY == _DEV_SECRET:
+    raise ImproperlyConfigured("SECRET_KEY must be set to a secret value when DEBUG is off.")
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "apps.accounts",
+    "apps.cases",
+    "apps.models.apps.RegistryConfig",
+    "apps.explain",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "cxrplatform.urls"
+WSGI_APPLICATION = "cxrplatform.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "apps.accounts.context_processors.roles",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": env_database("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}"),
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The embedded demo has a web process and a worker writing one file:
+    # take the write lock at BEGIN and wait for it rather than fail.
+    DATABASES["default"]["OPTIONS"] = {"transaction_mode": "IMMEDIATE", "timeout": 30}
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-gb"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = env_path("STATIC_ROOT", VAR_DIR / "static")
+STATICFILES_DIRS = [BASE_DIR / "static"]
+MEDIA_URL = "media/"
+MEDIA_ROOT = env_path("MEDIA_ROOT", VAR_DIR / "media")
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+
+# Uploads. Limits live here so the form, the API and the tests share them.
+CXR_MAX_UPLOAD_BYTES = env_int("CXR_MAX_UPLOAD_BYTES", default=30 * 1024 * 1024, min_value=1024)
+CXR_MAX_IMAGES_PER_CASE = env_int("CXR_MAX_IMAGES_PER_CASE", default=20, min_value=1)
+CXR_MIN_IMAGE_SIDE = env_int("CXR_MIN_IMAGE_SIDE", default=64, min_value=1)
+CXR_MAX_IMAGE_PIXELS = env_int("CXR_MAX_IMAGE_PIXELS", default=60_000_000, min_value=10_000)
+DATA_UPLOAD_MAX_MEMORY_SIZE = CXR_MAX_UPLOAD_BYTES + 1024 * 1024
+FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+DATA_UPLOAD_MAX_NUMBER_FILES = CXR_MAX_IMAGES_PER_CASE
+
+# The model that `register_model --bundled` puts into the registry.
+CXR_BUNDLED_MODEL = env_path("CXR_BUNDLED_MODEL", BASE_DIR / "ml" / "bundled" / "cxr-tiny.keras")
+
+# Celery. The embedded default is kombu's filesystem transport: a real
+# broker with no server, good for one machine. Production sets a redis:// URL.
+CELERY_BROKER_URL = env_broker_url(
+    "CELERY_BROKER_URL", default=env_str("REDIS_URL", default="filesystem://")
+)
+_BROKER_DIR = VAR_DIR / "broker"
+# Hard limits per queue (seconds); soft limits are 0.9 x hard (cxrplatform.celery).
+CXR_TASK_HARD_LIMITS = {
+    "inference": env_int("CXR_INFERENCE_TIME_LIMIT", default=120, min_value=5),
+    "explain": env_int("CXR_EXPLAIN_TIME_LIMIT", default=600, min_value=5),
+    "training": env_int("CXR_TRAINING_TIME_LIMIT", default=6 * 3600, min_value=60),
+    "default": env_int("CXR_DEFAULT_TIME_LIMIT", default=300, min_value=5),
+}
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {
+    # A message not acked within this time is redelivered. It must exceed
+    # the longest hard time limit or a long job would run twice.
+    "visibility_timeout": max(CXR_TASK_HARD_LIMITS.values()) + 600,
+}
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    CELERY_BROKER_TRANSPORT_OPTIONS.update(
+        {
+            "data_folder_in": str(_BROKER_DIR / "queue"),
+            "data_folder_out": str(_BROKER_DIR / "queue"),
+            "control_folder": str(_BROKER_DIR / "control"),
+            "store_processed": False,
+        }
+    )
+    for _folder in ("queue", "control"):
+        (_BROKER_DIR / _folder).mkdir(parents=True, exist_ok=True)
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_TRACK_STARTED = True
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# How often beat looks for jobs stuck in `running` past their hard limit.
+CXR_STUCK_SWEEP_SECONDS = env_int("CXR_STUCK_SWEEP_SECONDS", default=300, min_value=10)
+CELERY_BEAT_SCHEDULE = {
+    "sweep-stuck-predictions": {
+        "task": "apps.cases.tasks.sweep_stuck_predictions",
+        "schedule": float(CXR_STUCK_SWEEP_SECONDS),
+        "options": {"queue": "default"},
+    },
+}
+
+REST_FRAMEWORK = {
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+}
+
+LOG_LEVEL = env_str("LOG_LEVEL", default="INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+}
+
+if not DEBUG:
+    SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", default=True)
+    CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", default=True)
+    SECURE_CONTENT_TYPE_NOSNIFF = True
+    X_FRAME_OPTIONS = "DENY"

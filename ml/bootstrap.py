@@ -1,0 +1,99 @@
+"""Train the tiny bootstrap model that the platform bundles.
+
+The platform needs *a* real Keras model in production from its first start,
+before anyone has trained one on the full data. This trains the compact CNN
+for a few seconds on the committed fixture images (18 real chest X-rays,
+``tests/fixtures/images/manifest.csv``) and writes ``.keras`` + model card.
+It is a plumbing model, not a diagnostic one: its card says so.
+
+    python -m ml.bootstrap --manifest tests/fixtures/images/manifest.csv \
+        --out ml/bundled/cxr-tiny.keras
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ml.artifacts import sha256_file, write_card
+from ml.labels import CLASSES
+from ml.model import build_compact_cnn
+from ml.preprocess import PreprocessSpec, open_image, preprocess
+
+log = logging.getLogger(__name__)
+
+
+def load_manifest(manifest: Path, spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = [], []
+    with manifest.open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            image = open_image(manifest.parent / row["path"])
+            images.append(preprocess(image, spec))
+            labels.append(CLASSES.index(row["label"]))
+    return np.stack(images), np.asarray(labels, dtype=np.int32)
+
+
+def train_bootstrap(
+    manifest: Path, out: Path, *, input_size: int = 128, epochs: int = 30, seed: int = 0
+) -> dict:
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+    spec = PreprocessSpec(input_size=input_size)
+    x, y = load_manifest(manifest, spec)
+    model = build_compact_cnn(input_size=input_size, width=8, seed=seed)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    start = time.perf_counter()
+    history = model.fit(x, y, epochs=epochs, batch_size=6, shuffle=True, verbose=0)
+    seconds = time.perf_counter() - start
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model.save(out)
+    card = {
+        "name": out.stem,
+        "architecture": "compact_cnn",
+        "classes": list(CLASSES),
+        "preprocessing": spec.to_dict(),
+        "purpose": (
+            "Bootstrap model trained on the 18 fixture images so the platform serves a real "
+            "Keras model from its first start. Not a diagnostic model; not evaluated on "
+            "held-out data."
+        ),
+        "training_data": {
+            "manifest": manifest.name,
+            "manifest_sha256": sha256_file(manifest),
+            "images": len(y),
+        },
+        "hyperparameters": {"epochs": epochs, "batch_size": 6, "lr": 1e-2, "width": 8, "seed": seed},
+        "metrics": {"train_accuracy_last_epoch": float(history.history["accuracy"][-1])},
+        "training_seconds": round(seconds, 2),
+        "sha256": sha256_file(out),
+        "framework": {"tensorflow": tf.__version__, "keras": keras.__version__},
+    }
+    write_card(out, card)
+    log.info("wrote %s (sha256 %s) in %.1f s", out, card["sha256"], seconds)
+    return card
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--manifest", type=Path, default=Path("tests/fixtures/images/manifest.csv"))
+    parser.add_argument("--out", type=Path, default=Path("ml/bundled/cxr-tiny.keras"))
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    train_bootstrap(args.manifest, args.out, epochs=args.epochs, seed=args.seed)
+
+
+if __name__ == "__main__":
+    main()
