@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
+from celery.signals import worker_process_init
 from django.conf import settings
 from kombu import Queue
 
@@ -23,6 +24,8 @@ app = Celery("cxrplatform")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.task_queues = tuple(Queue(name) for name in QUEUES)
 app.conf.task_default_queue = "default"
+# Routes are filled in by `platform_task`; a task's queue is part of its declaration.
+app.conf.task_routes = {}
 app.autodiscover_tasks()
 
 
@@ -44,10 +47,11 @@ def platform_task(
     hard = settings.CXR_TASK_HARD_LIMITS[queue]
 
     def decorator(func: Callable[..., Any]) -> Any:
+        name = f"{func.__module__}.{func.__name__}"
+        app.conf.task_routes[name] = {"queue": queue}
         return app.task(
             bind=True,
-            name=f"{func.__module__}.{func.__name__}",
-            queue=queue,
+            name=name,
             acks_late=True,
             reject_on_worker_lost=True,
             time_limit=hard,
@@ -60,3 +64,18 @@ def platform_task(
         )(func)
 
     return decorator
+
+
+@worker_process_init.connect
+def _warm_up_model(**_kwargs: Any) -> None:
+    """Load the production model when a worker process starts, not on its first task.
+
+    Only for workers that consume the ``inference`` queue (set by
+    ``CXR_WARM_MODEL=1``, which the Procfile and docker-compose set), so
+    training and housekeeping workers do not pay for TensorFlow.
+    """
+    if os.environ.get("CXR_WARM_MODEL", "0") != "1":
+        return
+    from apps.models.serving import warm_up
+
+    warm_up()

@@ -27,7 +27,9 @@ def _raw(name: str, environ: Mapping[str, str] | None) -> str | None:
     return value.strip()
 
 
-def env_str(name: str, default: str | None = None, *, environ: Mapping[str, str] | None = None) -> str:
+def env_str(
+    name: str, default: str | None = None, *, environ: Mapping[str, str] | None = None
+) -> str:
     """A non-empty string; ``default`` when unset; error when unset without default."""
     value = _raw(name, environ)
     if value is None or value == "":
@@ -98,7 +100,9 @@ def env_path(name: str, default: Path, *, environ: Mapping[str, str] | None = No
         return default
     path = Path(value).expanduser()
     if not path.is_absolute():
-        raise ImproperlyConfigured(f"Environment variable {name}={value!r} must be an absolute path.")
+        raise ImproperlyConfigured(
+            f"Environment variable {name}={value!r} must be an absolute path."
+        )
     return path
 
 
@@ -110,11 +114,14 @@ def env_database(
     try:
         config = dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True)
     except (ValueError, KeyError) as exc:
-        raise ImproperlyConfigured(f"Environment variable {name}={url!r} is not a database URL: {exc}") from None
+        raise ImproperlyConfigured(
+            f"Environment variable {name}={url!r} is not a database URL: {exc}"
+        ) from None
     engine = str(config.get("ENGINE", ""))
     if engine not in {"django.db.backends.postgresql", "django.db.backends.sqlite3"}:
         raise ImproperlyConfigured(
-            f"Environment variable {name}={url!r}: only PostgreSQL and SQLite are supported, got {engine!r}."
+            f"Environment variable {name}={url!r}: only PostgreSQL and SQLite are supported, "
+            f"got {engine!r}."
         )
     if not config.get("NAME"):
         raise ImproperlyConfigured(f"Environment variable {name}={url!r} names no database.")

@@ -28,7 +28,9 @@ def build_compact_cnn(
     for block, factor in enumerate((1, 2, 4, 8)):
         name = "last_conv" if factor == 8 else f"conv{block + 1}"
         x = layers.Conv2D(width * factor, 3, padding="same", use_bias=False, name=name)(x)
-        x = layers.BatchNormalization(name=f"bn{block + 1}")(x)
+        # momentum 0.9: small data sets give few steps; 0.99 leaves the
+        # moving statistics far from the data and inference-mode outputs wrong.
+        x = layers.BatchNormalization(momentum=0.9, name=f"bn{block + 1}")(x)
         x = layers.Activation("relu", name=f"relu{block + 1}")(x)
         if factor != 8:
             x = layers.MaxPooling2D(2, name=f"pool{block + 1}")(x)

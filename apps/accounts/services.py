@@ -33,7 +33,7 @@ def sync_role_groups(group_model: Any, permission_model: Any) -> None:
         group.permissions.set(permissions)
 
 
-DEMO_PASSWORD_SUFFIX = "-demo-pass"
+DEMO_PASSWORD_SUFFIX = "-demo-pass"  # noqa: S105 - demo users only, documented
 
 
 @transaction.atomic

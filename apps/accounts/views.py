@@ -15,4 +15,6 @@ def home(request: HttpRequest) -> HttpResponse:
         return redirect("cases:list")
     from apps.models.services import get_production_version
 
-    return render(request, "home.html", {"roles": sorted(roles), "production": get_production_version()})
+    return render(
+        request, "home.html", {"roles": sorted(roles), "production": get_production_version()}
+    )

@@ -13,10 +13,13 @@ class MultipleFileField(forms.FileField):
         super().__init__(*args, **kwargs)
 
     def clean(self, data, initial=None):
-        single = super().clean
-        if isinstance(data, list | tuple):
-            return [single(item, initial) for item in data]
-        return [single(data, initial)]
+        # Only "were files sent?" here: the content checks (empty, size,
+        # format, corruption) live in apps.cases.validation so the form and
+        # the API refuse a file with the same message.
+        files = [f for f in (data if isinstance(data, list | tuple) else [data]) if f]
+        if self.required and not files:
+            raise forms.ValidationError("Choose at least one image.", code="required")
+        return files
 
 
 class CaseUploadForm(forms.Form):
@@ -27,4 +30,6 @@ class CaseUploadForm(forms.Form):
         required=False,
         help_text="Optional. Never a name or a hospital ID.",
     )
-    notes = forms.CharField(label="Notes", widget=forms.Textarea(attrs={"rows": 3}), required=False, max_length=5000)
+    notes = forms.CharField(
+        label="Notes", widget=forms.Textarea(attrs={"rows": 3}), required=False, max_length=5000
+    )

@@ -13,7 +13,7 @@ from apps.models.services import get_production_version
 log = logging.getLogger(__name__)
 
 
-class NoProductionModel(RuntimeError):
+class NoProductionModelError(RuntimeError):
     pass
 
 
@@ -26,7 +26,10 @@ def run_prediction(*, prediction_id: int) -> Prediction | None:
     """
     with transaction.atomic():
         prediction = (
-            Prediction.objects.select_for_update().select_related("image").filter(pk=prediction_id).first()
+            Prediction.objects.select_for_update()
+            .select_related("image")
+            .filter(pk=prediction_id)
+            .first()
         )
         if prediction is None:
             log.warning("prediction %s no longer exists; nothing to do", prediction_id)
@@ -41,7 +44,7 @@ def run_prediction(*, prediction_id: int) -> Prediction | None:
 
         version = get_production_version()
         if version is None:
-            raise NoProductionModel(
+            raise NoProductionModelError(
                 "No production model is registered; a model admin must promote one."
             )
         classifier = classifier_for(version)

@@ -6,7 +6,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from ml.labels import CLASSES, CLASS_DISPLAY
+from ml.labels import CLASS_DISPLAY, CLASSES
 
 LABEL_CHOICES = [(name, CLASS_DISPLAY[name]) for name in CLASSES]
 
@@ -20,7 +20,9 @@ def _image_upload_to(instance: CaseImage, filename: str) -> str:
 class Case(models.Model):
     """One clinical submission: one or more images of the same patient."""
 
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="cases")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="cases"
+    )
     patient_ref = models.CharField(
         max_length=64,
         blank=True,
@@ -91,7 +93,11 @@ class Prediction(models.Model):
 
     image = models.ForeignKey(CaseImage, on_delete=models.CASCADE, related_name="predictions")
     model_version = models.ForeignKey(
-        "registry.ModelVersion", on_delete=models.PROTECT, null=True, blank=True, related_name="predictions"
+        "registry.ModelVersion",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="predictions",
     )
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
     label = models.CharField(max_length=20, choices=LABEL_CHOICES, blank=True)
@@ -108,7 +114,8 @@ class Prediction(models.Model):
         ordering = ("-created_at",)
         constraints = [
             models.CheckConstraint(
-                condition=~models.Q(status="done") | (models.Q(model_version__isnull=False) & ~models.Q(label="")),
+                condition=~models.Q(status="done")
+                | (models.Q(model_version__isnull=False) & ~models.Q(label="")),
                 name="cases_prediction_done_has_result",
             ),
         ]
@@ -174,7 +181,9 @@ class ExpertLabel(models.Model):
     class Meta:
         ordering = ("-created_at",)
         constraints = [
-            models.UniqueConstraint(fields=["image", "annotator"], name="cases_one_label_per_annotator"),
+            models.UniqueConstraint(
+                fields=["image", "annotator"], name="cases_one_label_per_annotator"
+            ),
         ]
 
     def __str__(self) -> str:

@@ -56,7 +56,9 @@ def create_case(
     validated = [validate_image(f) for f in files]
 
     with files_removed_on_error() as stored, transaction.atomic():
-        case = Case.objects.create(owner=owner, patient_ref=patient_ref.strip(), notes=notes.strip())
+        case = Case.objects.create(
+            owner=owner, patient_ref=patient_ref.strip(), notes=notes.strip()
+        )
         for item in validated:
             image = CaseImage(
                 case=case,

@@ -19,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 ACCEPTED_FORMATS = {"PNG": "png", "JPEG": "jpeg"}
 
 
-class UploadRejected(Exception):
+class UploadRejected(Exception):  # noqa: N818 - reads as what happened to the upload
     """A file cannot be accepted. ``status`` is the HTTP status an API answers with."""
 
     def __init__(self, filename: str, problem: str, *, status: int = 400) -> None:
@@ -51,7 +51,9 @@ def validate_image(uploaded: UploadedFile) -> ValidatedImage:
     limit = settings.CXR_MAX_UPLOAD_BYTES
     if size > limit:
         raise UploadRejected(
-            name, f"the file is {_human_bytes(size)}; the limit is {_human_bytes(limit)}.", status=413
+            name,
+            f"the file is {_human_bytes(size)}; the limit is {_human_bytes(limit)}.",
+            status=413,
         )
     uploaded.seek(0)
     content = uploaded.read()
@@ -65,7 +67,8 @@ def validate_image(uploaded: UploadedFile) -> ValidatedImage:
                 if width * height > max_pixels:
                     raise UploadRejected(
                         name,
-                        f"the image has {width}x{height} pixels; the limit is {max_pixels:,} pixels.",
+                        f"the image has {width}x{height} pixels; "
+                        f"the limit is {max_pixels:,} pixels.",
                         status=413,
                     )
                 if fmt not in ACCEPTED_FORMATS:
@@ -82,7 +85,9 @@ def validate_image(uploaded: UploadedFile) -> ValidatedImage:
         raise UploadRejected(name, "the image is too large to decode safely.", status=413) from None
     except UnidentifiedImageError:
         raise UploadRejected(
-            name, "this is not an image file this platform can read; upload PNG or JPEG.", status=415
+            name,
+            "this is not an image file this platform can read; upload PNG or JPEG.",
+            status=415,
         ) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise UploadRejected(name, f"the image is truncated or corrupt ({exc}).") from None

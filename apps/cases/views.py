@@ -16,7 +16,9 @@ from apps.cases.validation import UploadRejected
 
 def _own_cases(request: HttpRequest):
     return Case.objects.filter(owner=request.user).prefetch_related(
-        Prefetch("images", queryset=CaseImage.objects.prefetch_related("predictions__model_version"))
+        Prefetch(
+            "images", queryset=CaseImage.objects.prefetch_related("predictions__model_version")
+        )
     )
 
 
@@ -66,7 +68,9 @@ def case_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @role_required(CLINICIAN)
 def image_file(request: HttpRequest, pk: int) -> FileResponse:
     """Uploaded images are never public: served only to the case's owner."""
-    image = get_object_or_404(CaseImage.objects.select_related("case"), pk=pk, case__owner=request.user)
+    image = get_object_or_404(
+        CaseImage.objects.select_related("case"), pk=pk, case__owner=request.user
+    )
     try:
         handle = image.file.open("rb")
     except FileNotFoundError:

@@ -21,7 +21,9 @@ class Explanation(models.Model):
         DONE = "done", "Done"
         FAILED = "failed", "Failed"
 
-    image = models.ForeignKey("cases.CaseImage", on_delete=models.CASCADE, related_name="explanations")
+    image = models.ForeignKey(
+        "cases.CaseImage", on_delete=models.CASCADE, related_name="explanations"
+    )
     model_version = models.ForeignKey(
         "registry.ModelVersion", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )

@@ -46,7 +46,9 @@ def promote(*, version: ModelVersion) -> ModelVersion:
     return version
 
 
-def register_artifact(*, artifact_path: Path, name: str | None = None, make_production: bool = False) -> ModelVersion:
+def register_artifact(
+    *, artifact_path: Path, name: str | None = None, make_production: bool = False
+) -> ModelVersion:
     """Copy a ``.keras`` artifact and its model card into the registry (idempotent by sha256).
 
     The card's recorded sha256 must match the file: a card that describes a
@@ -65,7 +67,8 @@ def register_artifact(*, artifact_path: Path, name: str | None = None, make_prod
     digest = sha256_file(artifact_path)
     if card.get("sha256") not in (None, digest):
         raise RegistryError(
-            f"Model card {cpath.name} records sha256 {card['sha256']}, but the artifact's is {digest}."
+            f"Model card {cpath.name} records sha256 {card['sha256']}, "
+            f"but the artifact's is {digest}."
         )
     for key in ("classes", "preprocessing"):
         if key not in card:

@@ -60,3 +60,17 @@ def classifier_for(version: ModelVersion) -> Classifier:
         while len(_cache) > _MAX_MODELS:
             _cache.popitem(last=False)
         return classifier
+
+
+def warm_up() -> None:
+    """Load the production model now (worker start); failures are logged, not fatal."""
+    from apps.models.services import get_production_version
+
+    try:
+        version = get_production_version()
+        if version is None:
+            log.warning("no production model to warm up")
+            return
+        classifier_for(version)
+    except Exception:
+        log.exception("could not warm up the production model; tasks will load it on demand")

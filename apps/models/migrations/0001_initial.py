@@ -4,28 +4,50 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='ModelVersion',
+            name="ModelVersion",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=200)),
-                ('artifact', models.FileField(max_length=300, upload_to='models/%Y/%m/')),
-                ('sha256', models.CharField(max_length=64, unique=True)),
-                ('status', models.CharField(choices=[('training', 'Training'), ('candidate', 'Candidate'), ('production', 'Production'), ('archived', 'Archived'), ('failed', 'Failed')], default='candidate', max_length=20)),
-                ('card', models.JSONField(blank=True, default=dict)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('promoted_at', models.DateTimeField(blank=True, null=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=200)),
+                ("artifact", models.FileField(max_length=300, upload_to="models/%Y/%m/")),
+                ("sha256", models.CharField(max_length=64, unique=True)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("training", "Training"),
+                            ("candidate", "Candidate"),
+                            ("production", "Production"),
+                            ("archived", "Archived"),
+                            ("failed", "Failed"),
+                        ],
+                        default="candidate",
+                        max_length=20,
+                    ),
+                ),
+                ("card", models.JSONField(blank=True, default=dict)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("promoted_at", models.DateTimeField(blank=True, null=True)),
             ],
             options={
-                'ordering': ('-created_at',),
-                'constraints': [models.UniqueConstraint(condition=models.Q(('status', 'production')), fields=('status',), name='registry_one_production_version')],
+                "ordering": ("-created_at",),
+                "constraints": [
+                    models.UniqueConstraint(
+                        condition=models.Q(("status", "production")),
+                        fields=("status",),
+                        name="registry_one_production_version",
+                    )
+                ],
             },
         ),
     ]

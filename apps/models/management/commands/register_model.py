@@ -27,13 +27,24 @@ class Command(BaseCommand):
         )
         parser.add_argument("--name")
 
-    def handle(self, *args, artifact=None, bundled=False, promote=False, if_no_production=False, name=None, **options):
+    def handle(
+        self,
+        *args,
+        artifact=None,
+        bundled=False,
+        promote=False,
+        if_no_production=False,
+        name=None,
+        **options,
+    ):
         if bundled == (artifact is not None):
             raise CommandError("Give either an artifact path or --bundled.")
         path = Path(settings.CXR_BUNDLED_MODEL) if bundled else artifact
         make_production = promote or (if_no_production and get_production_version() is None)
         try:
-            version = register_artifact(artifact_path=path, name=name, make_production=make_production)
+            version = register_artifact(
+                artifact_path=path, name=name, make_production=make_production
+            )
         except RegistryError as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(f"Model version #{version.pk}: {version}")

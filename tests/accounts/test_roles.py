@@ -1,0 +1,50 @@
+import pytest
+from django.contrib.auth import authenticate
+from django.contrib.auth.models import Group
+from django.core.management import call_command
+
+from apps.accounts.roles import ROLE_PERMISSIONS, ROLES, role_required
+
+
+@pytest.mark.django_db
+def test_migrations_create_each_role_group_with_exactly_its_permissions():
+    for role in ROLES:
+        group = Group.objects.get(name=role)
+        granted = {f"{p.content_type.app_label}.{p.codename}" for p in group.permissions.all()}
+        assert granted == set(ROLE_PERMISSIONS[role])
+
+
+@pytest.mark.django_db
+def test_annotators_cannot_create_cases_and_clinicians_cannot_promote_models():
+    assert "cases.add_case" not in ROLE_PERMISSIONS["annotator"]
+    from tests.factories import UserFactory
+
+    annotator = UserFactory(roles=["annotator"])
+    clinician = UserFactory(roles=["clinician"])
+    assert not annotator.has_perm("cases.add_case")
+    assert annotator.has_perm("cases.add_expertlabel")
+    assert clinician.has_perm("cases.add_case")
+    assert not clinician.has_perm("registry.change_modelversion")
+
+
+@pytest.mark.django_db
+def test_seed_demo_creates_one_user_per_role_and_prints_credentials(capsys):
+    call_command("seed_demo")
+    call_command("seed_demo")  # idempotent
+    out = capsys.readouterr().out
+    for username, role in (
+        ("clinician", "clinician"),
+        ("annotator", "annotator"),
+        ("modeladmin", "model_admin"),
+    ):
+        password = f"{username}-demo-pass"
+        assert f"username={username}" in out
+        assert f"password={password}" in out
+        user = authenticate(username=username, password=password)
+        assert user is not None
+        assert list(user.groups.values_list("name", flat=True)) == [role]
+
+
+def test_role_required_refuses_unknown_roles():
+    with pytest.raises(ValueError, match="role_required needs roles"):
+        role_required("radiologist")

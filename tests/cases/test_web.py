@@ -1,0 +1,149 @@
+import pytest
+from django.urls import reverse
+
+from apps.cases import services
+from apps.cases.inference import run_prediction
+from apps.cases.models import Case, Prediction
+from tests.conftest import upload_of
+
+
+@pytest.fixture
+def case_of(django_capture_on_commit_callbacks):
+    def _make(owner, name="2168a917.jpg"):
+        with django_capture_on_commit_callbacks(execute=False):
+            return services.create_case(
+                owner=owner, files=[upload_of(name)], patient_ref="PSEUDO-1"
+            )
+
+    return _make
+
+
+def test_login_page_renders_a_form_with_labelled_fields(client, db):
+    response = client.get(reverse("login"))
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert '<label for="id_username">' in body
+    assert '<label for="id_password">' in body
+
+
+def test_demo_clinician_logs_in_with_password_and_lands_on_their_cases(client, clinician):
+    from tests.factories import PASSWORD
+
+    response = client.post(reverse("login"), {"username": "dr-a", "password": PASSWORD})
+    assert response.status_code == 302
+    response = client.get(response.url)
+    assert response.status_code == 302
+    assert response.url == reverse("cases:list")
+
+
+def test_clinician_uploads_through_the_form_and_sees_the_prediction(
+    login, clinician, production_model, django_capture_on_commit_callbacks
+):
+    client = login(clinician)
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = client.post(
+            reverse("cases:create"),
+            {
+                "images": [upload_of("2168a917.jpg"), upload_of("IM-0117-0001.jpeg")],
+                "patient_ref": "P-9",
+            },
+        )
+    assert response.status_code == 302
+    case = Case.objects.get(owner=clinician)
+    assert response.url == reverse("cases:detail", args=[case.pk])
+    assert len(callbacks) == 2
+
+    page = client.get(response.url).content.decode()
+    assert "Classifying" in page
+    assert 'http-equiv="refresh"' in page  # keeps polling while processing
+
+    for prediction in Prediction.objects.filter(image__case=case):
+        run_prediction(prediction_id=prediction.pk)
+    page = client.get(response.url).content.decode()
+    done = Prediction.objects.filter(image__case=case, status="done")
+    assert done.count() == 2
+    for prediction in done:
+        assert f'data-label="{prediction.label}"' in page
+    assert production_model.sha256[:12] in page
+    assert 'http-equiv="refresh"' not in page
+
+
+def test_upload_form_shows_the_rejection_next_to_the_field(login, clinician, media_root):
+    client = login(clinician)
+    response = client.post(reverse("cases:create"), {"images": [upload_of("x.jpg", b"")]})
+    assert response.status_code == 400
+    assert "x.jpg: the file is empty." in response.content.decode()
+    assert Case.objects.count() == 0
+
+
+def test_clinician_sees_only_their_own_cases(login, clinician, other_clinician, case_of):
+    mine, theirs = case_of(clinician), case_of(other_clinician)
+    page = login(clinician).get(reverse("cases:list")).content.decode()
+    assert reverse("cases:detail", args=[mine.pk]) in page
+    assert reverse("cases:detail", args=[theirs.pk]) not in page
+
+
+@pytest.mark.parametrize(
+    ("who", "expected"),
+    [
+        ("anonymous", 302),
+        ("owner", 200),
+        ("other_clinician", 404),
+        ("annotator", 403),
+        ("model_admin", 403),
+    ],
+)
+def test_case_page_and_image_file_access_matrix(
+    client, who, expected, clinician, other_clinician, annotator, model_admin, case_of
+):
+    case = case_of(clinician)
+    image = case.images.get()
+    users = {
+        "owner": clinician,
+        "other_clinician": other_clinician,
+        "annotator": annotator,
+        "model_admin": model_admin,
+    }
+    if who != "anonymous":
+        client.force_login(users[who])
+    for url in (
+        reverse("cases:detail", args=[case.pk]),
+        reverse("cases:image-file", args=[image.pk]),
+    ):
+        response = client.get(url)
+        assert response.status_code == expected, url
+        if expected == 302:
+            assert response.url.startswith(reverse("login"))
+    if who == "owner":
+        response = client.get(reverse("cases:image-file", args=[image.pk]))
+        assert response["Content-Type"] == "image/jpeg"
+        assert b"".join(response.streaming_content) == image.file.open("rb").read()
+
+
+@pytest.mark.parametrize(
+    ("who", "expected"),
+    [("anonymous", 302), ("clinician", 200), ("annotator", 403), ("model_admin", 403)],
+)
+@pytest.mark.parametrize("name", ["cases:list", "cases:create"])
+def test_case_list_and_upload_are_for_clinicians_only(
+    client, who, expected, name, clinician, annotator, model_admin
+):
+    users = {"clinician": clinician, "annotator": annotator, "model_admin": model_admin}
+    if who != "anonymous":
+        client.force_login(users[who])
+    assert client.get(reverse(name)).status_code == expected
+
+
+def test_user_without_role_sees_why_on_home(client, db):
+    from tests.factories import UserFactory
+
+    client.force_login(UserFactory(username="nobody"))
+    response = client.get(reverse("home"))
+    assert response.status_code == 200
+    assert "Your account has no role yet" in response.content.decode()
+    assert client.get(reverse("cases:list")).status_code == 403
+
+
+def test_model_admin_home_names_the_production_model(login, model_admin, production_model):
+    page = login(model_admin).get(reverse("home")).content.decode()
+    assert production_model.sha256[:12] in page

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from tests.factories import UserFactory
+
+FIXTURES = Path(__file__).parent / "fixtures"
+IMAGES = FIXTURES / "images"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def fixture_manifest() -> list[dict[str, str]]:
+    with (IMAGES / "manifest.csv").open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def upload_of(
+    name: str, content: bytes | None = None, content_type: str = "image/jpeg"
+) -> SimpleUploadedFile:
+    data = (IMAGES / name).read_bytes() if content is None else content
+    return SimpleUploadedFile(name, data, content_type=content_type)
+
+
+def stored_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+@pytest.fixture(autouse=True)
+def media_root(settings, tmp_path) -> Path:
+    root = tmp_path / "media"
+    root.mkdir()
+    settings.MEDIA_ROOT = root
+    return root
+
+
+@pytest.fixture
+def production_model(db):
+    from django.conf import settings as django_settings
+
+    from apps.models.services import register_artifact
+
+    return register_artifact(artifact_path=django_settings.CXR_BUNDLED_MODEL, make_production=True)
+
+
+@pytest.fixture
+def clinician(db):
+    return UserFactory(username="dr-a", roles=["clinician"])
+
+
+@pytest.fixture
+def other_clinician(db):
+    return UserFactory(username="dr-b", roles=["clinician"])
+
+
+@pytest.fixture
+def annotator(db):
+    return UserFactory(username="annotator-a", roles=["annotator"])
+
+
+@pytest.fixture
+def model_admin(db):
+    return UserFactory(username="admin-a", roles=["model_admin"])
+
+
+@pytest.fixture
+def login(client):
+    def _login(user):
+        client.force_login(user)
+        return client
+
+    return _login

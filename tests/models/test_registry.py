@@ -1,0 +1,76 @@
+import json
+import shutil
+
+import pytest
+from django.conf import settings
+from django.core.management import CommandError, call_command
+from django.db import IntegrityError, transaction
+
+from apps.models.models import ModelVersion
+from apps.models.services import RegistryError, get_production_version, promote, register_artifact
+from ml.artifacts import card_path, sha256_file
+
+
+@pytest.mark.django_db
+def test_registering_the_bundled_model_copies_it_and_is_idempotent(media_root):
+    first = register_artifact(artifact_path=settings.CXR_BUNDLED_MODEL, make_production=True)
+    second = register_artifact(artifact_path=settings.CXR_BUNDLED_MODEL, make_production=True)
+    assert first.pk == second.pk
+    assert ModelVersion.objects.count() == 1
+    assert first.status == ModelVersion.Status.PRODUCTION
+    assert (
+        sha256_file(first.artifact.path) == first.sha256 == sha256_file(settings.CXR_BUNDLED_MODEL)
+    )
+    assert first.card["classes"] == ["covid19", "pneumonia", "normal"]
+
+
+@pytest.fixture
+def second_artifact(tmp_path):
+    """A different artifact: the bundled model's bytes plus a trailing byte."""
+    target = tmp_path / "other.keras"
+    shutil.copy(settings.CXR_BUNDLED_MODEL, target)
+    with target.open("ab") as fh:
+        fh.write(b"\0")
+    card = json.loads(card_path(settings.CXR_BUNDLED_MODEL).read_text())
+    card["sha256"] = sha256_file(target)
+    card_path(target).write_text(json.dumps(card))
+    return target
+
+
+@pytest.mark.django_db
+def test_promotion_archives_the_previous_production_version(second_artifact):
+    old = register_artifact(artifact_path=settings.CXR_BUNDLED_MODEL, make_production=True)
+    new = register_artifact(artifact_path=second_artifact)
+    assert new.status == ModelVersion.Status.CANDIDATE
+    promote(version=new)
+    old.refresh_from_db()
+    assert old.status == ModelVersion.Status.ARCHIVED
+    assert get_production_version() == new
+
+
+@pytest.mark.django_db
+def test_database_allows_only_one_production_version(second_artifact):
+    register_artifact(artifact_path=settings.CXR_BUNDLED_MODEL, make_production=True)
+    other = register_artifact(artifact_path=second_artifact)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        ModelVersion.objects.filter(pk=other.pk).update(status=ModelVersion.Status.PRODUCTION)
+
+
+@pytest.mark.django_db
+def test_card_that_describes_another_artifact_is_refused(second_artifact, media_root):
+    card = json.loads(card_path(second_artifact).read_text())
+    card["sha256"] = "f" * 64
+    card_path(second_artifact).write_text(json.dumps(card))
+    with pytest.raises(RegistryError, match="records sha256 ffff"):
+        register_artifact(artifact_path=second_artifact)
+    assert ModelVersion.objects.count() == 0
+    assert not any(media_root.rglob("*.keras"))
+
+
+@pytest.mark.django_db
+def test_register_model_command_promotes_only_when_asked(capsys):
+    call_command("register_model", "--bundled", "--if-no-production")
+    assert get_production_version() is not None
+    assert "production" in capsys.readouterr().out
+    with pytest.raises(CommandError, match="either an artifact path or --bundled"):
+        call_command("register_model")

@@ -1,0 +1,29 @@
+from django.conf import settings
+
+from apps.cases.tasks import classify_image, sweep_stuck_predictions
+from cxrplatform.celery import QUEUES, app
+
+
+def test_classification_runs_on_the_inference_queue_with_late_acks():
+    assert app.amqp.router.route({}, classify_image.name)["queue"].name == "inference"
+    assert app.amqp.router.route({}, sweep_stuck_predictions.name)["queue"].name == "default"
+    assert classify_image.acks_late is True
+    assert classify_image.reject_on_worker_lost is True
+    hard = settings.CXR_TASK_HARD_LIMITS["inference"]
+    assert classify_image.time_limit == hard
+    assert classify_image.soft_time_limit == int(hard * 0.9)
+
+
+def test_broker_visibility_timeout_exceeds_every_hard_limit():
+    timeout = app.conf.broker_transport_options["visibility_timeout"]
+    assert timeout > max(settings.CXR_TASK_HARD_LIMITS.values())
+
+
+def test_all_four_queues_are_declared_and_beat_runs_the_sweeper():
+    assert (
+        {q.name for q in app.conf.task_queues}
+        == set(QUEUES)
+        == {"inference", "explain", "training", "default"}
+    )
+    schedule = app.conf.beat_schedule["sweep-stuck-predictions"]
+    assert schedule["task"] == sweep_stuck_predictions.name
