@@ -1,0 +1,82 @@
+"""Warm single-image inference latency of the bundled model, direct call vs ``model.predict``.
+
+    make bench        # or: .venv/bin/python -m bench.inference
+
+Prints a table and writes ``bench/results-inference.json``. Figures are for
+this machine only; the full benchmark suite (API, workers, memory) comes with
+the reliability issue.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ml.artifacts import read_card
+from ml.classifier import Classifier
+from ml.preprocess import open_image, preprocess
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = ROOT / "ml" / "bundled" / "cxr-tiny.keras"
+IMAGE = ROOT / "tests" / "fixtures" / "images" / "2168a917.jpg"
+
+
+def _percentiles(samples_ms: list[float]) -> dict[str, float]:
+    ordered = sorted(samples_ms)
+    return {
+        "p50_ms": round(statistics.median(ordered), 2),
+        "p95_ms": round(ordered[int(0.95 * (len(ordered) - 1))], 2),
+        "n": len(ordered),
+    }
+
+
+def _time(fn, repeats: int) -> list[float]:
+    for _ in range(5):
+        fn()  # warm-up: tracing, oneDNN kernel selection
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1000)
+    return samples
+
+
+def main() -> None:
+    card = read_card(MODEL)
+    classifier = Classifier.load(MODEL, expected_sha256=card["sha256"])
+    image = open_image(IMAGE)
+    batch = preprocess(image, classifier.spec)[np.newaxis]
+    results = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "model": {"name": card["name"], "sha256": card["sha256"]},
+        "end_to_end_predict": _percentiles(_time(lambda: classifier.predict(image), 200)),
+        "direct_call": _percentiles(_time(lambda: classifier.predict_array(batch), 200)),
+        "keras_model_predict": _percentiles(
+            _time(lambda: classifier.model.predict(batch, verbose=0), 50)
+        ),
+    }
+    results["predict_over_direct_ratio"] = round(
+        results["keras_model_predict"]["p50_ms"] / results["direct_call"]["p50_ms"], 1
+    )
+    out = ROOT / "bench" / "results-inference.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"{'measure':<42}{'p50 ms':>10}{'p95 ms':>10}")
+    for key, label in (
+        ("end_to_end_predict", "Classifier.predict (preprocess + call)"),
+        ("direct_call", "tf.function direct call"),
+        ("keras_model_predict", "keras model.predict"),
+    ):
+        row = results[key]
+        print(f"{label:<42}{row['p50_ms']:>10.2f}{row['p95_ms']:>10.2f}")
+    print(f"model.predict / direct call (p50): {results['predict_over_direct_ratio']}x")
+    print(f"wrote {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
