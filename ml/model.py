@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 from keras import layers
 
@@ -38,3 +40,81 @@ def build_compact_cnn(
     x = layers.Dropout(dropout, name="dropout")(x)
     outputs = layers.Dense(n_classes, activation="softmax", name="probs")(x)
     return keras.Model(inputs, outputs, name="compact_cnn")
+
+
+# ImageNet backbones. Keras would download their weights on first use; this
+# platform never downloads at run time, so the weights file must already be in
+# the Keras cache (``$KERAS_HOME/models``, default ``~/.keras/models``) under
+# the name Keras itself uses.
+BACKBONES = {
+    "densenet121": (
+        "DenseNet121",
+        "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "densenet",
+    ),
+    "efficientnetb0": ("EfficientNetB0", "efficientnetb0_notop.h5", "efficientnet"),
+}
+ARCHITECTURES = ("compact_cnn", *BACKBONES)
+
+
+def local_imagenet_weights(name: str) -> Path:
+    import os
+
+    _, filename, _ = BACKBONES[name]
+    home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
+    path = home / "models" / filename
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"ImageNet weights for {name} are not on this machine ({path}). The platform never "
+            f"downloads weights at run time: copy the file there, or train --architecture "
+            f"compact_cnn."
+        )
+    return path
+
+
+def build_backbone(
+    name: str,
+    input_size: int = 224,
+    n_classes: int = len(CLASSES),
+    weights: str | None = "imagenet",
+    dropout: float = 0.3,
+    seed: int = 0,
+) -> keras.Model:
+    """An ImageNet backbone on the shared one-channel [0, 1] preprocessing.
+
+    The grayscale input is repeated to three channels and scaled to what the
+    backbone was trained on inside the model, so serving stays one function.
+    """
+    if name not in BACKBONES:
+        raise ValueError(f"Unknown backbone {name!r}; choose from {sorted(BACKBONES)}.")
+    keras.utils.set_random_seed(seed)
+    app_name, _, family = BACKBONES[name]
+    weights_path = str(local_imagenet_weights(name)) if weights == "imagenet" else None
+    inputs = keras.Input(shape=(input_size, input_size, 1), name="image")
+    x = layers.Concatenate(name="gray_to_rgb")([inputs, inputs, inputs])
+    if family == "densenet":
+        # keras.applications.densenet.preprocess_input ("torch" mode) on [0, 1] input;
+        # a Normalization layer instead of a Lambda so the .keras file loads safely.
+        x = layers.Normalization(
+            mean=[0.485, 0.456, 0.406],
+            variance=[0.229**2, 0.224**2, 0.225**2],
+            name="imagenet_norm",
+        )(x)
+    else:
+        x = layers.Rescaling(255.0, name="to_255")(x)  # EfficientNet rescales inside
+    base = getattr(keras.applications, app_name)(
+        include_top=False,
+        weights=weights_path,
+        input_shape=(input_size, input_size, 3),
+        pooling="avg",
+    )
+    x = base(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    outputs = layers.Dense(n_classes, activation="softmax", name="probs")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def build_model(architecture: str, input_size: int, seed: int = 0, **kwargs) -> keras.Model:
+    if architecture == "compact_cnn":
+        return build_compact_cnn(input_size=input_size, seed=seed, **kwargs)
+    return build_backbone(architecture, input_size=input_size, seed=seed, **kwargs)

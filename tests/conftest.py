@@ -29,6 +29,17 @@ def stored_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
 
+@pytest.fixture(scope="session")
+def shared_datasets() -> Path:
+    """The larger shared data sets, found through CXR_SHARED_DATASETS (set by .ci/run)."""
+    import os
+
+    value = os.environ.get("CXR_SHARED_DATASETS")
+    if not value or not Path(value).is_dir():
+        pytest.skip("CXR_SHARED_DATASETS is not set to the shared datasets folder")
+    return Path(value)
+
+
 @pytest.fixture(autouse=True)
 def media_root(settings, tmp_path) -> Path:
     root = tmp_path / "media"

@@ -1,0 +1,221 @@
+"""``python -m ml``: the data-science CLI. No database, no web app.
+
+python -m ml data DIR...                         what the loaders keep and exclude
+python -m ml train --data DIR... --out DIR       train, evaluate on the test split
+python -m ml evaluate --model M --data DIR...    re-evaluate a model (its own test split)
+python -m ml predict --model M IMAGE... [--json] classify images
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+log = logging.getLogger("ml")
+
+
+def _add_data_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", nargs="+", type=Path, required=True, help="dataset folders")
+    parser.add_argument(
+        "--layout",
+        default="auto",
+        choices=["auto", "covid-chestxray", "pediatric", "nih", "generic"],
+        help="dataset layout (default: detect from each folder)",
+    )
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from ml.data import load_many
+
+    dataset = load_many(args.dirs, args.layout)
+    print(json.dumps(dataset.summary(), indent=2))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ml.data import load_many
+    from ml.train import TrainConfig, train
+
+    overrides = {
+        f.name: getattr(args, f.name)
+        for f in fields(TrainConfig)
+        if getattr(args, f.name, None) is not None
+    }
+    config = TrainConfig(**overrides)
+    dataset = load_many(args.data, args.layout)
+    if args.limit:
+        import numpy as np
+
+        rng = np.random.default_rng(config.seed)
+        size = min(args.limit, len(dataset.records))
+        keep = rng.choice(len(dataset.records), size=size, replace=False)
+        dataset.records = [dataset.records[i] for i in sorted(keep)]
+    result = train(dataset, args.out, config, progress=not args.quiet, name=args.name)
+    m = result.metrics
+    covid = m["per_class"]["covid19"]
+    print(f"model:    {result.artifact}")
+    print(f"report:   {result.report_dir / 'report.md'}")
+    low, high = m["macro_f1_ci"]
+    print(f"macro-F1: {m['macro_f1']:.3f} (95% CI {low:.3f}-{high:.3f})")
+    print(f"COVID-19: precision {covid['precision']:.3f}, recall {covid['recall']:.3f}")
+    print(
+        f"training: {result.card['training']['seconds']} s, "
+        f"{result.card['training']['seconds_per_epoch']} s/epoch"
+    )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ml.artifacts import read_card
+    from ml.classifier import Classifier
+    from ml.data import load_many
+    from ml.evaluate import evaluate_predictions, write_report
+    from ml.splits import split_records
+    from ml.train import load_arrays
+
+    card = read_card(args.model)
+    classifier = Classifier.load(args.model, expected_sha256=card.get("sha256"), card=card)
+    dataset = load_many(args.data, args.layout)
+    records = dataset.records
+    if args.split != "all":
+        split = card.get("data", {}).get("split")
+        if split is None:
+            print("The model card records no split; use --split all.", file=sys.stderr)
+            return 2
+        if dataset.content_hash() != card["data"].get("content_hash"):
+            log.warning(
+                "these data differ from the model's training data (content hash); "
+                "the recomputed %s split is not the one the model was evaluated on",
+                args.split,
+            )
+        names = split_records(
+            records,
+            val_fraction=split["val_fraction"],
+            test_fraction=split["test_fraction"],
+            seed=split["seed"],
+            level=split["level"],
+        )
+        records = [r for r, name in zip(records, names, strict=True) if name == args.split]
+    x = load_arrays(records, classifier.spec, progress=not args.quiet)
+    probs = np.concatenate([classifier.predict_array(x[i : i + 64]) for i in range(0, len(x), 64)])
+    y_true = [r.label for r in records]
+    result = evaluate_predictions(
+        y_true,
+        probs,
+        classifier.classes,
+        sources=[r.source for r in records],
+        n_bootstrap=args.bootstrap,
+    )
+    paths = write_report(
+        result,
+        y_true,
+        probs,
+        classifier.classes,
+        args.out,
+        title=f"{Path(args.model).stem}: {args.split} split",
+    )
+    print(
+        f"n={result['n']} macro-F1 {result['macro_f1']:.3f} "
+        f"(95% CI {result['macro_f1_ci'][0]:.3f}-{result['macro_f1_ci'][1]:.3f})"
+    )
+    print(f"report: {paths['markdown']}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from ml.classifier import Classifier
+    from ml.preprocess import open_image
+
+    classifier = Classifier.load(args.model)
+    status = 0
+    rows = []
+    for path in args.images:
+        try:
+            result = classifier.predict(open_image(path))
+        except (OSError, ValueError) as exc:
+            rows.append({"image": str(path), "error": f"{type(exc).__name__}: {exc}"})
+            status = 1
+            continue
+        rows.append(
+            {"image": str(path), "label": result.label, "probabilities": result.probabilities}
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            if "error" in row:
+                print(f"{row['image']}: ERROR {row['error']}")
+            else:
+                probs = "  ".join(f"{k} {v:.3f}" for k, v in row["probabilities"].items())
+                print(f"{row['image']}: {row['label']}  ({probs})")
+    return status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ml.model import ARCHITECTURES
+
+    parser = argparse.ArgumentParser(prog="python -m ml", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("data", help="load datasets and report kept/excluded counts")
+    p.add_argument("dirs", nargs="+", type=Path)
+    p.add_argument("--layout", default="auto")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("train", help="train a model and evaluate it on the test split")
+    _add_data_args(p)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--name", default="model")
+    p.add_argument("--architecture", choices=ARCHITECTURES)
+    p.add_argument("--input-size", dest="input_size", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--learning-rate", dest="learning_rate", type=float)
+    p.add_argument("--width", type=int)
+    p.add_argument("--no-augment", dest="augment", action="store_const", const=False)
+    p.add_argument("--patience", type=int)
+    p.add_argument("--split-level", dest="split_level", choices=["patient", "image"])
+    p.add_argument("--val-fraction", dest="val_fraction", type=float)
+    p.add_argument("--test-fraction", dest="test_fraction", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--bootstrap", dest="n_bootstrap", type=int)
+    p.add_argument("--limit", type=int, help="train on a random subset of this many images")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a model on its test split (or all data)")
+    p.add_argument("--model", type=Path, required=True)
+    _add_data_args(p)
+    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+    p.add_argument("--out", type=Path, default=Path("evaluation"))
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="classify images")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

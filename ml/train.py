@@ -1,0 +1,316 @@
+"""Training: records -> arrays -> tf.data -> Keras fit -> artifact, card and report.
+
+One entry point, :func:`train`, used by the CLI (``python -m ml train``), the
+study, and the platform's training task. Reproducible: the same data, config
+and seed give the same split and (with op determinism) the same weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from sklearn.utils.class_weight import compute_class_weight
+from tqdm.auto import tqdm
+
+from ml.artifacts import sha256_file, write_card
+from ml.data import LABEL_MAPPING_VERSION, Dataset, Record
+from ml.labels import CLASSES
+from ml.model import build_model
+from ml.preprocess import PreprocessSpec, open_image, preprocess
+from ml.splits import patients_in_several_splits, split_records
+
+log = logging.getLogger(__name__)
+
+ProgressHook = Callable[[dict], None]
+
+
+@dataclass
+class TrainConfig:
+    architecture: str = "compact_cnn"
+    input_size: int = 128
+    epochs: int = 30
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    width: int = 16
+    augment: bool = True
+    class_weights: bool = True
+    patience: int = 6
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    split_level: str = "patient"
+    train_fraction_used: float = 1.0  # share of the training split used (data-size study)
+    seed: int = 0
+    n_bootstrap: int = 1000
+    extra: dict = field(default_factory=dict)
+
+    def model_kwargs(self) -> dict:
+        return {"width": self.width} if self.architecture == "compact_cnn" else {}
+
+
+def load_arrays(
+    records: Sequence[Record], spec: PreprocessSpec, *, workers: int = 2, progress: bool = True
+) -> np.ndarray:
+    """Preprocess every image with the serving function (``ml.preprocess``)."""
+
+    def one(record: Record) -> np.ndarray:
+        return preprocess(open_image(record.path), spec)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        arrays = list(
+            tqdm(
+                pool.map(one, records),
+                total=len(records),
+                desc="preprocess",
+                unit="img",
+                disable=not progress,
+            )
+        )
+    return np.stack(arrays).astype(np.float32)
+
+
+def augmenter(seed: int) -> keras.Sequential:
+    """Small geometric and contrast jitter. No horizontal flip: the heart is on the left."""
+    return keras.Sequential(
+        [
+            keras.layers.RandomRotation(0.04, fill_mode="constant", seed=seed),
+            keras.layers.RandomTranslation(0.05, 0.05, fill_mode="constant", seed=seed + 1),
+            keras.layers.RandomZoom(0.1, fill_mode="constant", seed=seed + 2),
+            keras.layers.RandomContrast(0.15, seed=seed + 3),
+        ],
+        name="augment",
+    )
+
+
+def make_dataset(
+    x: np.ndarray, y: np.ndarray, *, batch_size: int, training: bool, augment: bool, seed: int
+) -> tf.data.Dataset:
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).cache()
+    if training:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    if training and augment:
+        layer = augmenter(seed)
+        ds = ds.map(
+            lambda a, b: (tf.clip_by_value(layer(a, training=True), 0.0, 1.0), b),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+class ProgressCallback(keras.callbacks.Callback):
+    """A tqdm bar per epoch plus an optional hook (the platform stores progress rows)."""
+
+    def __init__(self, steps: int, epochs: int, hook: ProgressHook | None, show: bool) -> None:
+        super().__init__()
+        self.steps, self.epochs, self.hook, self.show = steps, epochs, hook, show
+        self.bar: tqdm | None = None
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+        self.bar = tqdm(
+            total=self.steps, desc=f"epoch {epoch + 1}/{self.epochs}", disable=not self.show
+        )
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{(logs or {}).get('loss', float('nan')):.3f}")
+        if self.hook:
+            self.hook(
+                {
+                    "epoch": self.epoch + 1,
+                    "epochs": self.epochs,
+                    "batch": batch + 1,
+                    "batches": self.steps,
+                }
+            )
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.bar is not None:
+            self.bar.close()
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        log.info("epoch %d: %s", epoch + 1, json.dumps(logs))
+        if self.hook:
+            self.hook(
+                {
+                    "epoch": epoch + 1,
+                    "epochs": self.epochs,
+                    "batch": self.steps,
+                    "batches": self.steps,
+                    "logs": logs,
+                }
+            )
+
+
+def predict_batches(model: keras.Model, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Direct model calls in batches (no ``model.predict`` pipeline overhead)."""
+    call = tf.function(lambda t: model(t, training=False), reduce_retracing=True)
+    outputs = [
+        call(tf.constant(x[i : i + batch_size])).numpy() for i in range(0, len(x), batch_size)
+    ]
+    return np.concatenate(outputs) if outputs else np.zeros((0, len(CLASSES)), np.float32)
+
+
+@dataclass
+class TrainResult:
+    artifact: Path
+    card: dict
+    metrics: dict
+    report_dir: Path
+
+
+def train(
+    dataset: Dataset,
+    out_dir: Path,
+    config: TrainConfig | None = None,
+    *,
+    progress: bool = True,
+    hook: ProgressHook | None = None,
+    name: str = "model",
+) -> TrainResult:
+    """Split, train, evaluate on the test split, and write artifact + card + report."""
+    from ml.evaluate import evaluate_predictions, write_report
+
+    config = config or TrainConfig()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(config.seed)
+    tf.config.experimental.enable_op_determinism()
+
+    records = dataset.records
+    splits = split_records(
+        records,
+        val_fraction=config.val_fraction,
+        test_fraction=config.test_fraction,
+        seed=config.seed,
+        level=config.split_level,
+    )
+    leaked = patients_in_several_splits(records, splits)
+    if config.split_level == "patient" and leaked:
+        raise RuntimeError(f"patient-level split leaked {len(leaked)} patients")
+    index = {s: [i for i, name in enumerate(splits) if name == s] for s in ("train", "val", "test")}
+    if config.train_fraction_used < 1.0:
+        rng = np.random.default_rng(config.seed)
+        keep = max(len(CLASSES), round(len(index["train"]) * config.train_fraction_used))
+        index["train"] = sorted(rng.choice(index["train"], size=keep, replace=False).tolist())
+    for split_name, idx in index.items():
+        if not idx:
+            raise ValueError(
+                f"The {split_name} split is empty: too little data for these fractions."
+            )
+
+    spec = PreprocessSpec(input_size=config.input_size)
+    x_all = load_arrays(records, spec, progress=progress)
+    y_all = np.array([CLASSES.index(r.label) for r in records], dtype=np.int32)
+    x_train, y_train = x_all[index["train"]], y_all[index["train"]]
+    x_val, y_val = x_all[index["val"]], y_all[index["val"]]
+    x_test = x_all[index["test"]]
+
+    class_weight = None
+    if config.class_weights:
+        present = np.unique(y_train)
+        weights = compute_class_weight("balanced", classes=present, y=y_train)
+        class_weight = {int(c): float(w) for c, w in zip(present, weights, strict=True)}
+
+    model = build_model(
+        config.architecture, config.input_size, seed=config.seed, **config.model_kwargs()
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    train_ds = make_dataset(
+        x_train,
+        y_train,
+        batch_size=config.batch_size,
+        training=True,
+        augment=config.augment,
+        seed=config.seed,
+    )
+    val_ds = make_dataset(
+        x_val, y_val, batch_size=config.batch_size, training=False, augment=False, seed=config.seed
+    )
+    steps = int(np.ceil(len(x_train) / config.batch_size))
+    callbacks = [
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=config.patience, restore_best_weights=True
+        ),
+        ProgressCallback(steps, config.epochs, hook, progress),
+    ]
+    start = time.perf_counter()
+    history = model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=config.epochs,
+        class_weight=class_weight,
+        callbacks=callbacks,
+        verbose=0,
+    )
+    seconds = time.perf_counter() - start
+    epochs_run = len(history.history["loss"])
+
+    probs = predict_batches(model, x_test)
+    test_records = [records[i] for i in index["test"]]
+    y_true = [r.label for r in test_records]
+    sources = [r.source for r in test_records]
+    metrics = evaluate_predictions(
+        y_true, probs, CLASSES, sources=sources, n_bootstrap=config.n_bootstrap, seed=config.seed
+    )
+    report_dir = out_dir / "report"
+    write_report(metrics, y_true, probs, CLASSES, report_dir, title=f"{name}: test split")
+
+    artifact = out_dir / f"{name}.keras"
+    model.save(artifact)
+    with (out_dir / "splits.csv").open("w") as fh:
+        fh.write("key,patient,label,source,split\n")
+        for record, split_name in zip(records, splits, strict=True):
+            fh.write(f"{record.key},{record.patient},{record.label},{record.source},{split_name}\n")
+
+    card = {
+        "name": name,
+        "architecture": config.architecture,
+        "classes": list(CLASSES),
+        "preprocessing": spec.to_dict(),
+        "label_mapping_version": LABEL_MAPPING_VERSION,
+        "data": {
+            **dataset.summary(),
+            "split": {
+                "level": config.split_level,
+                "seed": config.seed,
+                "val_fraction": config.val_fraction,
+                "test_fraction": config.test_fraction,
+                "counts": {k: len(v) for k, v in index.items()},
+            },
+        },
+        "hyperparameters": asdict(config),
+        "training": {
+            "seconds": round(seconds, 1),
+            "epochs_run": epochs_run,
+            "seconds_per_epoch": round(seconds / max(epochs_run, 1), 2),
+            "best_val_loss": float(min(history.history["val_loss"])),
+        },
+        "metrics": {
+            "test_macro_f1": metrics["macro_f1"],
+            "test_macro_f1_ci": metrics["macro_f1_ci"],
+            "test_accuracy": metrics["accuracy"],
+            "test_per_class": metrics["per_class"],
+            "test_roc_auc_macro": metrics["roc_auc_macro"],
+            "test_ece": metrics["ece"],
+        },
+        "framework": {"tensorflow": tf.__version__, "keras": keras.__version__},
+        "sha256": sha256_file(artifact),
+    }
+    write_card(artifact, card)
+    log.info("wrote %s: test macro-F1 %.3f", artifact, metrics["macro_f1"])
+    return TrainResult(artifact=artifact, card=card, metrics=metrics, report_dir=report_dir)

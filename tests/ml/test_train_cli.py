@@ -1,0 +1,143 @@
+"""Training and the ``python -m ml`` CLI on the committed fixture images."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ml.artifacts import read_card, sha256_file
+from ml.classifier import Classifier
+from ml.data import load_generic
+from ml.labels import CLASSES
+from ml.train import TrainConfig, train
+from tests.conftest import IMAGES, REPO_ROOT
+
+MANIFEST = IMAGES / "manifest.csv"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train")
+    config = TrainConfig(epochs=1, input_size=64, width=8, batch_size=8, n_bootstrap=20)
+    progress = []
+    result = train(load_generic(MANIFEST), out, config, progress=False, hook=progress.append)
+    return result, progress
+
+
+def test_one_epoch_run_writes_a_loadable_model_and_a_complete_card(trained):
+    result, _ = trained
+    card = read_card(result.artifact)
+    assert card["sha256"] == sha256_file(result.artifact)
+    assert card["classes"] == list(CLASSES)
+    assert card["preprocessing"]["input_size"] == 64
+    assert card["data"]["images"] == 18
+    assert card["data"]["content_hash"] == load_generic(MANIFEST).content_hash()
+    assert sum(card["data"]["split"]["counts"].values()) == 18
+    assert card["hyperparameters"]["epochs"] == 1
+    assert card["training"]["epochs_run"] == 1
+    assert 0.0 <= card["metrics"]["test_macro_f1"] <= 1.0
+    classifier = Classifier.load(result.artifact, expected_sha256=card["sha256"])
+    assert classifier.model.output_shape == (None, 3)
+
+
+def test_training_writes_the_evaluation_report_and_the_split_file(trained):
+    result, _ = trained
+    for name in ("metrics.json", "report.md", "confusion_matrix.png", "roc.png", "calibration.png"):
+        assert (result.report_dir / name).stat().st_size > 0
+    metrics = json.loads((result.report_dir / "metrics.json").read_text())
+    assert metrics["n"] == result.card["data"]["split"]["counts"]["test"]
+    rows = (result.artifact.parent / "splits.csv").read_text().splitlines()
+    assert rows[0] == "key,patient,label,source,split"
+    assert len(rows) == 19
+
+
+def test_training_reports_progress_per_batch_and_epoch(trained):
+    _, progress = trained
+    assert progress[0] == {"epoch": 1, "epochs": 1, "batch": 1, "batches": 2}
+    assert "val_loss" in progress[-1]["logs"]
+
+
+def _cli(*args, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "ml", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_cli_predict_json_gives_probabilities_that_sum_to_one(trained):
+    result, _ = trained
+    images = [str(IMAGES / "2168a917.jpg"), str(IMAGES / "IM-0117-0001.jpeg")]
+    run = _cli("predict", "--model", str(result.artifact), "--json", *images)
+    assert run.returncode == 0, run.stderr
+    rows = json.loads(run.stdout)
+    assert [row["image"] for row in rows] == images
+    for row in rows:
+        assert set(row["probabilities"]) == set(CLASSES)
+        assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert row["label"] == max(row["probabilities"], key=row["probabilities"].get)
+
+
+def test_cli_predict_reports_unreadable_images_and_exits_non_zero(trained, tmp_path):
+    result, _ = trained
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    run = _cli("predict", "--model", str(result.artifact), str(bad), str(IMAGES / "2168a917.jpg"))
+    assert run.returncode == 1
+    assert "bad.png: ERROR UnidentifiedImageError" in run.stdout
+    assert "2168a917.jpg: " in run.stdout
+
+
+def test_cli_evaluate_recomputes_the_models_test_split(trained, tmp_path):
+    result, _ = trained
+    out = tmp_path / "eval"
+    run = _cli(
+        "evaluate",
+        "--model",
+        str(result.artifact),
+        "--data",
+        str(MANIFEST),
+        "--out",
+        str(out),
+        "--bootstrap",
+        "20",
+        "--quiet",
+    )
+    assert run.returncode == 0, run.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == result.card["data"]["split"]["counts"]["test"]
+    assert metrics["macro_f1"] == pytest.approx(result.metrics["macro_f1"], abs=1e-6)
+
+
+def test_cli_data_prints_kept_and_excluded_counts():
+    run = _cli("data", str(REPO_ROOT / "tests" / "fixtures" / "layouts" / "covid-chestxray"))
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout)
+    assert summary["images"] == 7
+    assert summary["excluded"]["modality CT (not X-ray)"] == 1
+
+
+def test_cli_refuses_missing_data_folder_with_a_message(tmp_path):
+    run = _cli("data", str(tmp_path / "nowhere"))
+    assert run.returncode == 2
+    assert "error:" in run.stderr
+
+
+def test_imagenet_backbone_without_local_weights_is_a_clear_error(monkeypatch, tmp_path):
+    from ml.model import build_backbone
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="never downloads weights"):
+        build_backbone("densenet121", input_size=64)
+
+
+def test_efficientnet_backbone_builds_on_the_one_channel_input():
+    from ml.model import build_backbone
+
+    model = build_backbone("efficientnetb0", input_size=64, weights=None)
+    assert model.input_shape == (None, 64, 64, 1)
+    assert model.output_shape == (None, 3)
