@@ -124,7 +124,7 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 DATA_UPLOAD_MAX_NUMBER_FILES = CXR_MAX_IMAGES_PER_CASE
 
 # The model that `register_model --bundled` puts into the registry.
-CXR_BUNDLED_MODEL = env_path("CXR_BUNDLED_MODEL", BASE_DIR / "ml" / "bundled" / "cxr-tiny.keras")
+CXR_BUNDLED_MODEL = env_path("CXR_BUNDLED_MODEL", BASE_DIR / "ml" / "bundled" / "cxr-compact.keras")
 
 # Celery. The embedded default is kombu's filesystem transport: a real
 # broker with no server, good for one machine. Production sets a redis:// URL.

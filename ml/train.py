@@ -246,6 +246,9 @@ def train(
         keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=config.patience, restore_best_weights=True
         ),
+        keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=0.5, patience=max(1, config.patience // 2), min_lr=1e-5
+        ),
         ProgressCallback(steps, config.epochs, hook, progress),
     ]
     start = time.perf_counter()

@@ -12,8 +12,12 @@ os.environ.setdefault("SECRET_KEY", "tests-only-secret-key-not-for-production")
 os.environ.setdefault("CXR_VAR_DIR", tempfile.mkdtemp(prefix="cxr-tests-"))
 
 from cxrplatform.settings import *  # noqa: F403
-from cxrplatform.settings import DATABASES, STATIC_ROOT, VAR_DIR
+from cxrplatform.settings import BASE_DIR, DATABASES, STATIC_ROOT, VAR_DIR
 
+# The tiny bootstrap model was fitted on the 18 fixture images, so tests can
+# check the serving path end to end against known answers. The shipped default
+# model (ml/bundled/) has tests of its own in tests/ml/test_classifier.py.
+CXR_BUNDLED_MODEL = BASE_DIR / "tests" / "fixtures" / "models" / "cxr-tiny.keras"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not :memory:, so the end-to-end test's worker process can open it.

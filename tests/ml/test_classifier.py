@@ -20,11 +20,16 @@ def classifier():
     return Classifier.load(BUNDLED, expected_sha256=card["sha256"])
 
 
-def test_bundled_card_matches_its_artifact():
+def test_bundled_card_matches_its_artifact_and_its_committed_report():
     card = json.loads(card_path(BUNDLED).read_text())
     assert card["sha256"] == sha256_file(BUNDLED)
     assert card["classes"] == list(CLASSES)
     assert card["preprocessing"]["input_size"] == 128
+    assert card["data"]["split"]["level"] == "patient"
+    report = json.loads((BUNDLED.parent / "report" / "metrics.json").read_text())
+    assert report["macro_f1"] == card["metrics"]["test_macro_f1"]
+    assert report["n"] == card["data"]["split"]["counts"]["test"]
+    assert set(report["per_source"]) == {"covid-chestxray", "pediatric-pneumonia", "adult-normal"}
 
 
 def test_predict_returns_probabilities_over_the_three_classes(classifier):

@@ -229,6 +229,10 @@ def test_per_source_splits_the_counts():
     assert site2["per_class"]["c"]["recall"] == pytest.approx(2 / 3)
     assert "per_source" not in site1
     assert "per_source" not in site2
+    # Macro-F1 over the classes each source actually holds: site1 has a (F1 6/7)
+    # and b (F1 4/5); the absent class c does not count as a zero.
+    assert site1["classes_present"] == ["a", "b"]
+    assert site1["macro_f1_present"] == pytest.approx((6 / 7 + 4 / 5) / 2)
     # The subsets' matrices add up to the whole.
     total = np.add(site1["confusion_matrix"]["matrix"], site2["confusion_matrix"]["matrix"])
     assert total.tolist() == result["confusion_matrix"]["matrix"]

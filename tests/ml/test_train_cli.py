@@ -52,6 +52,18 @@ def test_training_writes_the_evaluation_report_and_the_split_file(trained):
     assert len(rows) == 19
 
 
+def test_same_seed_gives_the_same_weights(trained, tmp_path):
+    import numpy as np
+
+    result, _ = trained
+    config = TrainConfig(**result.card["hyperparameters"])
+    again = train(load_generic(MANIFEST), tmp_path, config, progress=False)
+    first = Classifier.load(result.artifact).model.get_weights()
+    second = Classifier.load(again.artifact).model.get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
+    assert again.metrics["macro_f1"] == result.metrics["macro_f1"]
+
+
 def test_training_reports_progress_per_batch_and_epoch(trained):
     _, progress = trained
     assert progress[0] == {"epoch": 1, "epochs": 1, "batch": 1, "batches": 2}
