@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: install demo test lint format bench train migrations clean
+.PHONY: install demo test lint format bench train data test-model clean
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +36,20 @@ format: install
 bench: install
 	$(PY) -m bench.inference
 
+# Reproduce the bundled default model (ml/bundled/) from the shared data sets.
+SHARED ?= ../shared/datasets
+TRAIN_ARGS ?= --epochs 60 --patience 10 --seed 0 --quiet
 train: install
-	$(PY) -m ml.bootstrap --manifest tests/fixtures/images/manifest.csv --out ml/bundled/cxr-tiny.keras
+	$(PY) -m ml train --data $(SHARED)/covid-chestxray $(SHARED)/pediatric-pneumonia $(SHARED)/adult-normal \
+		--out ml/bundled --name cxr-compact $(TRAIN_ARGS)
+
+# Dataset summary: images kept per source and class, rows excluded and why.
+data: install
+	$(PY) -m ml data $(SHARED)/covid-chestxray $(SHARED)/pediatric-pneumonia $(SHARED)/adult-normal
+
+# The tiny model the tests use (fitted on the 18 fixture images).
+test-model: install
+	$(PY) -m ml.bootstrap
 
 clean:
 	rm -rf var .pytest_cache

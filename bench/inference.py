@@ -1,4 +1,4 @@
-"""Warm single-image inference latency of the bundled model, direct call vs ``model.predict``.
+"""Warm single-image inference latency of the bundled default model, direct call vs ``model.predict``.
 
     make bench        # or: .venv/bin/python -m bench.inference
 
@@ -23,7 +23,7 @@ from ml.classifier import Classifier
 from ml.preprocess import open_image, preprocess
 
 ROOT = Path(__file__).resolve().parent.parent
-MODEL = ROOT / "ml" / "bundled" / "cxr-tiny.keras"
+MODEL = ROOT / "ml" / "bundled" / "cxr-compact.keras"
 IMAGE = ROOT / "tests" / "fixtures" / "images" / "2168a917.jpg"
 
 

@@ -1,13 +1,13 @@
 """Train the tiny bootstrap model that the platform bundles.
 
-The platform needs *a* real Keras model in production from its first start,
-before anyone has trained one on the full data. This trains the compact CNN
-for a few seconds on the committed fixture images (18 real chest X-rays,
-``tests/fixtures/images/manifest.csv``) and writes ``.keras`` + model card.
-It is a plumbing model, not a diagnostic one: its card says so.
+Tests need a real Keras model whose answers on the fixture images are known,
+without ../shared/datasets. This trains the compact CNN for a few seconds on
+all 18 committed fixture images (``tests/fixtures/images/manifest.csv``) and
+writes ``.keras`` + model card. It is a plumbing model, not a diagnostic one:
+its card says so. The shipped default model is trained by ``make train``.
 
     python -m ml.bootstrap --manifest tests/fixtures/images/manifest.csv \
-        --out ml/bundled/cxr-tiny.keras
+        --out tests/fixtures/models/cxr-tiny.keras
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def train_bootstrap(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--manifest", type=Path, default=Path("tests/fixtures/images/manifest.csv"))
-    parser.add_argument("--out", type=Path, default=Path("ml/bundled/cxr-tiny.keras"))
+    parser.add_argument("--out", type=Path, default=Path("tests/fixtures/models/cxr-tiny.keras"))
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)

@@ -11,7 +11,7 @@ from ml.model import build_compact_cnn
 from ml.preprocess import open_image
 from tests.conftest import IMAGES, REPO_ROOT, fixture_manifest
 
-BUNDLED = REPO_ROOT / "ml" / "bundled" / "cxr-tiny.keras"
+BUNDLED = REPO_ROOT / "ml" / "bundled" / "cxr-compact.keras"
 
 
 @pytest.fixture(scope="module")
