@@ -171,6 +171,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": float(CXR_STUCK_SWEEP_SECONDS),
         "options": {"queue": "default"},
     },
+    "sweep-stuck-explanations": {
+        "task": "apps.explain.tasks.sweep_stuck_explanations",
+        "schedule": float(CXR_STUCK_SWEEP_SECONDS),
+        "options": {"queue": "default"},
+    },
 }
 
 REST_FRAMEWORK = {

@@ -61,11 +61,16 @@ def run_prediction(*, prediction_id: int) -> Prediction | None:
         prediction.mark_failed(f"{type(exc).__name__}: {exc}")
         return prediction
 
-    prediction.mark_done(
-        model_version_id=version.pk,
-        label=result.label,
-        probabilities=result.probabilities,
-        preprocess_ms=result.preprocess_ms,
-        inference_ms=result.inference_ms,
-    )
+    with transaction.atomic():
+        prediction.mark_done(
+            model_version_id=version.pk,
+            label=result.label,
+            probabilities=result.probabilities,
+            preprocess_ms=result.preprocess_ms,
+            inference_ms=result.inference_ms,
+        )
+        # Every prediction gets a Grad-CAM, queued once this commits.
+        from apps.explain.services import AUTOMATIC_METHOD, request_explanation
+
+        request_explanation(image=prediction.image, method=AUTOMATIC_METHOD)
     return prediction

@@ -6,6 +6,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from cxrplatform.jobs import Job
 from ml.labels import CLASS_DISPLAY, CLASSES
 
 LABEL_CHOICES = [(name, CLASS_DISPLAY[name]) for name in CLASSES]
@@ -82,14 +83,8 @@ class CaseImage(models.Model):
         return max(predictions, key=lambda p: p.pk) if predictions else None
 
 
-class Prediction(models.Model):
+class Prediction(Job):
     """A classification job and its result; a state machine (pending→running→done|failed)."""
-
-    class Status(models.TextChoices):
-        PENDING = "pending", "Pending"
-        RUNNING = "running", "Running"
-        DONE = "done", "Done"
-        FAILED = "failed", "Failed"
 
     image = models.ForeignKey(CaseImage, on_delete=models.CASCADE, related_name="predictions")
     model_version = models.ForeignKey(
@@ -99,14 +94,8 @@ class Prediction(models.Model):
         blank=True,
         related_name="predictions",
     )
-    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
     label = models.CharField(max_length=20, choices=LABEL_CHOICES, blank=True)
     probabilities = models.JSONField(default=dict, blank=True)
-    error = models.TextField(blank=True)
-    attempts = models.PositiveIntegerField(default=0)
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
     preprocess_ms = models.FloatField(null=True, blank=True)
     inference_ms = models.FloatField(null=True, blank=True)
 
@@ -123,12 +112,9 @@ class Prediction(models.Model):
     def __str__(self) -> str:
         return f"Prediction {self.pk} ({self.status})"
 
-    def mark_running(self) -> None:
-        self.status = self.Status.RUNNING
-        self.started_at = timezone.now()
-        self.attempts += 1
-        self.error = ""
-        self.save(update_fields=["status", "started_at", "attempts", "error"])
+    @property
+    def confidence(self) -> float | None:
+        return max(self.probabilities.values()) if self.probabilities else None
 
     def mark_done(
         self,
@@ -139,32 +125,13 @@ class Prediction(models.Model):
         preprocess_ms: float,
         inference_ms: float,
     ) -> None:
-        self.status = self.Status.DONE
-        self.model_version_id = model_version_id
-        self.label = label
-        self.probabilities = probabilities
-        self.preprocess_ms = preprocess_ms
-        self.inference_ms = inference_ms
-        self.finished_at = timezone.now()
-        self.error = ""
-        self.save(
-            update_fields=[
-                "status",
-                "model_version",
-                "label",
-                "probabilities",
-                "preprocess_ms",
-                "inference_ms",
-                "finished_at",
-                "error",
-            ]
+        self._mark_done(
+            model_version_id=model_version_id,
+            label=label,
+            probabilities=probabilities,
+            preprocess_ms=preprocess_ms,
+            inference_ms=inference_ms,
         )
-
-    def mark_failed(self, error: str) -> None:
-        self.status = self.Status.FAILED
-        self.error = error[:5000]
-        self.finished_at = timezone.now()
-        self.save(update_fields=["status", "error", "finished_at"])
 
 
 class ExpertLabel(models.Model):

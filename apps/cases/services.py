@@ -4,25 +4,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import timedelta
 
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
-from django.utils import timezone
 
 from apps.cases.models import Case, CaseImage, Prediction
 from apps.cases.validation import UploadRejected, validate_image
 from cxrplatform.files import files_removed_on_error
+from cxrplatform.jobs import sweep_stuck
 
 log = logging.getLogger(__name__)
-
-# A pending job older than this was probably lost (broker restarted before it
-# was queued); the sweeper queues it again. Running jobs are given their
-# hard time limit plus this margin before they count as stuck.
-PENDING_REQUEUE_AFTER = timedelta(minutes=10)
-RUNNING_GRACE = timedelta(seconds=60)
 
 
 def enqueue_prediction(prediction: Prediction) -> None:
@@ -76,35 +69,10 @@ def create_case(
     return case
 
 
-def sweep_stuck_predictions(*, now=None) -> dict[str, int]:
-    """Fail jobs whose worker vanished and requeue jobs that never reached a worker.
-
-    Run by Celery beat. Returns counts for logging and tests.
-    """
-    now = now or timezone.now()
-    hard = timedelta(seconds=settings.CXR_TASK_HARD_LIMITS["inference"])
-    failed = 0
-    stuck = Prediction.objects.filter(
-        status=Prediction.Status.RUNNING, started_at__lt=now - hard - RUNNING_GRACE
+def sweep_stuck_predictions() -> dict[str, int]:
+    """Run by Celery beat: fail predictions whose worker vanished, requeue lost ones."""
+    return sweep_stuck(
+        Prediction,
+        hard_limit_seconds=settings.CXR_TASK_HARD_LIMITS["inference"],
+        enqueue=enqueue_prediction,
     )
-    for prediction_id in stuck.values_list("pk", flat=True):
-        with transaction.atomic():
-            prediction = Prediction.objects.select_for_update().get(pk=prediction_id)
-            if prediction.status != Prediction.Status.RUNNING:
-                continue
-            prediction.mark_failed(
-                f"No result within the {hard.seconds} s time limit: the worker stopped or "
-                "timed out. Upload the image again to retry."
-            )
-            failed += 1
-    requeued = 0
-    lost = Prediction.objects.filter(
-        status=Prediction.Status.PENDING, created_at__lt=now - PENDING_REQUEUE_AFTER
-    )
-    for prediction in lost:
-        with transaction.atomic():
-            enqueue_prediction(prediction)
-        requeued += 1
-    if failed or requeued:
-        log.warning("sweep: %d stuck prediction(s) failed, %d requeued", failed, requeued)
-    return {"failed": failed, "requeued": requeued}

@@ -12,12 +12,16 @@ from apps.cases import services
 from apps.cases.forms import CaseUploadForm
 from apps.cases.models import Case, CaseImage, Prediction
 from apps.cases.validation import UploadRejected
+from apps.explain.models import Explanation
 
 
 def _own_cases(request: HttpRequest):
     return Case.objects.filter(owner=request.user).prefetch_related(
         Prefetch(
-            "images", queryset=CaseImage.objects.prefetch_related("predictions__model_version")
+            "images",
+            queryset=CaseImage.objects.prefetch_related(
+                "predictions__model_version", "explanations"
+            ),
         )
     )
 
@@ -57,10 +61,17 @@ def case_create(request: HttpRequest) -> HttpResponse:
 def case_detail(request: HttpRequest, pk: int) -> HttpResponse:
     # Another clinician's case is a 404, not a 403: its existence is not theirs to know.
     case = get_object_or_404(_own_cases(request), pk=pk)
+    explaining = any(
+        not e.is_finished for image in case.images.all() for e in image.explanations.all()
+    )
     return render(
         request,
         "cases/case_detail.html",
-        {"case": case, "processing": case.status in {"processing", Prediction.Status.PENDING}},
+        {
+            "case": case,
+            "processing": explaining or case.status in {"processing", Prediction.Status.PENDING},
+            "methods": Explanation.Method.choices,
+        },
     )
 
 

@@ -5,5 +5,6 @@ from apps.explain.models import Explanation
 
 @admin.register(Explanation)
 class ExplanationAdmin(admin.ModelAdmin):
-    list_display = ("id", "image", "method", "status", "created_at")
+    list_display = ("id", "image", "method", "status", "model_version", "seconds", "created_at")
     list_filter = ("method", "status")
+    readonly_fields = tuple(f.name for f in Explanation._meta.fields)

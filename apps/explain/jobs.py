@@ -1,0 +1,79 @@
+"""Run one explanation job (worker code: imports ml and TensorFlow lazily)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from celery.exceptions import SoftTimeLimitExceeded
+from django.core.files.base import ContentFile
+from django.db import DatabaseError, transaction
+
+from apps.explain.models import Explanation
+from cxrplatform.files import files_removed_on_error
+
+log = logging.getLogger(__name__)
+
+
+def run_explanation(*, explanation_id: int) -> Explanation | None:
+    """Compute, score and store one heatmap. Idempotent like ``run_prediction``."""
+    with transaction.atomic():
+        explanation = (
+            Explanation.objects.select_for_update()
+            .select_related("image", "model_version")
+            .filter(pk=explanation_id)
+            .first()
+        )
+        if explanation is None:
+            log.warning("explanation %s no longer exists", explanation_id)
+            return None
+        if explanation.is_finished:
+            return explanation
+        explanation.mark_running()
+
+    try:
+        from apps.models.serving import classifier_for
+        from ml.explain import deletion_insertion, explain, heatmap_to_npy, render_overlay
+        from ml.preprocess import open_image, preprocess
+
+        start = time.perf_counter()
+        classifier = classifier_for(explanation.model_version)
+        with explanation.image.file.open("rb") as fh:
+            array = preprocess(open_image(fh), classifier.spec)
+        heatmap = explain(classifier.model, array, explanation.method, classes=classifier.classes)
+        scores = deletion_insertion(classifier.model, array, heatmap.values, heatmap.target_class)
+        overlay = render_overlay(
+            array[..., 0],
+            heatmap.values,
+            title=f"{explanation.get_method_display()}: {heatmap.target_label}",
+        )
+        seconds = time.perf_counter() - start
+        with files_removed_on_error() as stored:
+            heatmap_name = explanation.heatmap.storage.save(
+                explanation.heatmap.field.generate_filename(explanation, "map.npy"),
+                ContentFile(heatmap_to_npy(heatmap.values)),
+            )
+            stored.add(heatmap_name)
+            overlay_name = explanation.overlay.storage.save(
+                explanation.overlay.field.generate_filename(explanation, "overlay.png"),
+                ContentFile(overlay),
+            )
+            stored.add(overlay_name)
+            explanation.mark_done(
+                params={**heatmap.params, "explain_seconds": round(heatmap.seconds, 4)},
+                target_class=heatmap.target_class,
+                target_label=heatmap.target_label or "",
+                layer=heatmap.layer or "",
+                heatmap=heatmap_name,
+                overlay=overlay_name,
+                scores=scores,
+                seconds=seconds,
+            )
+    except DatabaseError:
+        raise
+    except SoftTimeLimitExceeded:
+        explanation.mark_failed("The explanation exceeded its time limit.")
+    except Exception as exc:
+        log.exception("explanation %s failed", explanation_id)
+        explanation.mark_failed(f"{type(exc).__name__}: {exc}")
+    return explanation

@@ -1,0 +1,84 @@
+"""Explanation services: ask for a heatmap; the same path for the UI, the API
+and the automatic Grad-CAM after each prediction."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+
+from apps.cases.models import CaseImage, Prediction
+from apps.explain.models import Explanation
+from apps.models.models import ModelVersion
+from cxrplatform.jobs import sweep_stuck
+
+AUTOMATIC_METHOD = Explanation.Method.GRADCAM
+
+
+class ExplanationUnavailable(Exception):  # noqa: N818 - reads as an outcome
+    pass
+
+
+def enqueue_explanation(explanation: Explanation) -> None:
+    from apps.explain.tasks import explain_image
+
+    explanation_id = explanation.pk
+    transaction.on_commit(
+        lambda: explain_image.apply_async(kwargs={"explanation_id": explanation_id})
+    )
+
+
+def _explained_version(image: CaseImage) -> ModelVersion:
+    """Explanations explain a prediction, so they use the model that made it."""
+    prediction = (
+        image.predictions.filter(status=Prediction.Status.DONE)
+        .select_related("model_version")
+        .order_by("-finished_at", "-pk")
+        .first()
+    )
+    if prediction is None:
+        raise ExplanationUnavailable(
+            "This image has no finished prediction yet; explanations follow the prediction."
+        )
+    return prediction.model_version
+
+
+@transaction.atomic
+def request_explanation(*, image: CaseImage, method: str, requested_by=None) -> Explanation:
+    """Return the live explanation for (image, method, model) or queue a new one.
+
+    Idempotent: asking again while one is pending, running or done returns
+    it; after a failure a new attempt is queued.
+    """
+    if method not in Explanation.Method.values:
+        raise ExplanationUnavailable(
+            f"Unknown explanation method {method!r}; choose from "
+            f"{', '.join(Explanation.Method.values)}."
+        )
+    version = _explained_version(image)
+    existing = (
+        Explanation.objects.filter(image=image, method=method, model_version=version)
+        .exclude(status=Explanation.Status.FAILED)
+        .first()
+    )
+    if existing is not None:
+        return existing
+    try:
+        with transaction.atomic():
+            explanation = Explanation.objects.create(
+                image=image, method=method, model_version=version, requested_by=requested_by
+            )
+    except IntegrityError:
+        # A concurrent request created it first (partial unique constraint).
+        return Explanation.objects.exclude(status=Explanation.Status.FAILED).get(
+            image=image, method=method, model_version=version
+        )
+    enqueue_explanation(explanation)
+    return explanation
+
+
+def sweep_stuck_explanations() -> dict[str, int]:
+    return sweep_stuck(
+        Explanation,
+        hard_limit_seconds=settings.CXR_TASK_HARD_LIMITS["explain"],
+        enqueue=enqueue_explanation,
+    )

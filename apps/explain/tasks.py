@@ -1,0 +1,21 @@
+"""Celery tasks for explanations (queue ``explain``); thin, keyed by primary key."""
+
+from __future__ import annotations
+
+from django.db import InterfaceError, OperationalError
+
+from cxrplatform.celery import platform_task
+
+
+@platform_task(queue="explain", retry_for=(OperationalError, InterfaceError))
+def explain_image(self, *, explanation_id: int) -> None:
+    from apps.explain.jobs import run_explanation
+
+    run_explanation(explanation_id=explanation_id)
+
+
+@platform_task(queue="default", retry_for=(OperationalError, InterfaceError))
+def sweep_stuck_explanations(self) -> dict[str, int]:
+    from apps.explain.services import sweep_stuck_explanations as sweep
+
+    return sweep()

@@ -1,0 +1,108 @@
+"""Jobs as state machines: pending -> running -> done | failed.
+
+Prediction, Explanation (and later TrainingRun) share this base so every job
+has the same timestamps, error field and one path per transition, and the
+beat sweeper can treat them alike (grand-challenge ``ComponentJob``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+
+from django.db import models, transaction
+from django.utils import timezone
+
+log = logging.getLogger(__name__)
+
+
+class JobStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    RUNNING = "running", "Running"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed"
+
+
+class Job(models.Model):
+    Status = JobStatus
+
+    status = models.CharField(max_length=20, choices=JobStatus.choices, default=JobStatus.PENDING)
+    error = models.TextField(blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in {JobStatus.DONE, JobStatus.FAILED}
+
+    def mark_running(self) -> None:
+        self.status = JobStatus.RUNNING
+        self.started_at = timezone.now()
+        self.attempts += 1
+        self.error = ""
+        self.save(update_fields=["status", "started_at", "attempts", "error"])
+
+    def _mark_done(self, **results: object) -> None:
+        for name, value in results.items():
+            setattr(self, name, value)
+        self.status = JobStatus.DONE
+        self.finished_at = timezone.now()
+        self.error = ""
+        self.save(update_fields=["status", "finished_at", "error", *results])
+
+    def mark_failed(self, error: str) -> None:
+        self.status = JobStatus.FAILED
+        self.error = error[:5000]
+        self.finished_at = timezone.now()
+        self.save(update_fields=["status", "error", "finished_at"])
+
+
+# A pending job older than this was probably lost (broker restarted before it
+# was queued); the sweeper queues it again. Running jobs get their hard time
+# limit plus this grace before they count as stuck.
+PENDING_REQUEUE_AFTER = timedelta(minutes=10)
+RUNNING_GRACE = timedelta(seconds=60)
+
+
+def sweep_stuck(
+    model: type[Job],
+    *,
+    hard_limit_seconds: int,
+    enqueue: Callable[[Job], None],
+    now=None,
+) -> dict[str, int]:
+    """Fail jobs whose worker vanished; requeue jobs that never reached a worker."""
+    now = now or timezone.now()
+    hard = timedelta(seconds=hard_limit_seconds)
+    failed = 0
+    stuck = model.objects.filter(
+        status=JobStatus.RUNNING, started_at__lt=now - hard - RUNNING_GRACE
+    ).values_list("pk", flat=True)
+    for pk in stuck:
+        with transaction.atomic():
+            job = model.objects.select_for_update().get(pk=pk)
+            if job.status != JobStatus.RUNNING:
+                continue
+            job.mark_failed(
+                f"No result within the {hard_limit_seconds} s time limit: the worker stopped "
+                "or timed out."
+            )
+            failed += 1
+    requeued = 0
+    for job in model.objects.filter(
+        status=JobStatus.PENDING, created_at__lt=now - PENDING_REQUEUE_AFTER
+    ):
+        with transaction.atomic():
+            enqueue(job)
+        requeued += 1
+    if failed or requeued:
+        log.warning(
+            "sweep %s: %d stuck job(s) failed, %d requeued", model.__name__, failed, requeued
+        )
+    return {"failed": failed, "requeued": requeued}
