@@ -65,7 +65,9 @@ def test_clinician_uploads_through_the_form_and_sees_the_prediction(
     for prediction in done:
         assert f'data-label="{prediction.label}"' in page
     assert production_model.sha256[:12] in page
-    assert 'http-equiv="refresh"' not in page
+    # Each prediction queued a Grad-CAM: the page keeps refreshing until it is there.
+    assert page.count('data-method="gradcam" data-status="pending"') == 2
+    assert 'http-equiv="refresh"' in page
 
 
 def test_upload_form_shows_the_rejection_next_to_the_field(login, clinician, media_root):

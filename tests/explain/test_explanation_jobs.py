@@ -148,6 +148,7 @@ def test_case_page_shows_the_overlay_and_offers_other_methods(
     page = client.get(reverse("cases:detail", args=[predicted_image.case_id])).content.decode()
     assert reverse("explain:overlay", args=[explanation.pk]) in page
     assert '<option value="occlusion">' in page
+    assert 'http-equiv="refresh"' not in page  # everything finished: stop polling
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         response = client.post(
             reverse("explain:request", args=[predicted_image.pk]), {"method": "occlusion"}
