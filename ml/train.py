@@ -258,6 +258,7 @@ def train(
         epochs=config.epochs,
         class_weight=class_weight,
         callbacks=callbacks,
+        shuffle=False,  # the tf.data pipeline shuffles, seeded
         verbose=0,
     )
     seconds = time.perf_counter() - start
