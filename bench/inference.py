@@ -1,4 +1,4 @@
-"""Warm single-image inference latency of the bundled default model, direct call vs ``model.predict``.
+"""Warm single-image inference latency of the default model: direct call vs ``model.predict``.
 
     make bench        # or: .venv/bin/python -m bench.inference
 

@@ -14,7 +14,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_process_init
 from django.conf import settings
-from kombu import Queue
+from kombu import Exchange, Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cxrplatform.settings")
 
@@ -22,7 +22,13 @@ QUEUES = ("inference", "explain", "training", "default")
 
 app = Celery("cxrplatform")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.conf.task_queues = tuple(Queue(name) for name in QUEUES)
+# Each queue has its own routing key on one direct exchange, so a message goes
+# to exactly one queue (Queue(name) alone would bind every queue to the same
+# default routing key and deliver each task to all of them).
+EXCHANGE = Exchange("cxr", type="direct")
+app.conf.task_queues = tuple(Queue(name, EXCHANGE, routing_key=name) for name in QUEUES)
+app.conf.task_default_exchange = EXCHANGE.name
+app.conf.task_default_routing_key = "default"
 app.conf.task_default_queue = "default"
 # Routes are filled in by `platform_task`; a task's queue is part of its declaration.
 app.conf.task_routes = {}

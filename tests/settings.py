@@ -9,7 +9,8 @@ import os
 import tempfile
 
 os.environ.setdefault("SECRET_KEY", "tests-only-secret-key-not-for-production")
-os.environ.setdefault("CXR_VAR_DIR", tempfile.mkdtemp(prefix="cxr-tests-"))
+if "CXR_VAR_DIR" not in os.environ:  # a worker started by a test inherits the test's
+    os.environ["CXR_VAR_DIR"] = tempfile.mkdtemp(prefix="cxr-tests-")
 
 from cxrplatform.settings import *  # noqa: F403
 from cxrplatform.settings import BASE_DIR, DATABASES, STATIC_ROOT, VAR_DIR

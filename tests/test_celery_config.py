@@ -19,6 +19,13 @@ def test_broker_visibility_timeout_exceeds_every_hard_limit():
     assert timeout > max(settings.CXR_TASK_HARD_LIMITS.values())
 
 
+def test_each_queue_has_its_own_routing_key_so_a_task_reaches_one_queue():
+    keys = {q.name: q.routing_key for q in app.conf.task_queues}
+    assert keys == {name: name for name in QUEUES}
+    route = app.amqp.router.route({}, classify_image.name)
+    assert route["queue"].routing_key == "inference"
+
+
 def test_all_four_queues_are_declared_and_beat_runs_the_sweeper():
     assert (
         {q.name for q in app.conf.task_queues}

@@ -88,8 +88,6 @@ def worker(tmp_path, media_root):
             process.wait(timeout=10)
 
 
-@pytest.mark.worker
-@pytest.mark.django_db(transaction=True)
 def _wait_until_finished(queryset, count, process, log_path, what):
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -101,6 +99,8 @@ def _wait_until_finished(queryset, count, process, log_path, what):
     pytest.fail(f"{what} not finished within 180 s; worker log:\n{log_path.read_text()[-4000:]}")
 
 
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
 def test_real_worker_classifies_an_uploaded_image_and_explains_it(
     clinician, production_model, worker
 ):
