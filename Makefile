@@ -33,8 +33,10 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# Benchmarks print figures and write bench/results-*.json (not timed tests).
 bench: install
 	$(PY) -m bench.inference
+	CXR_SHARED_DATASETS=$${CXR_SHARED_DATASETS:-$(SHARED)} $(PY) -m bench.explain
 
 # Reproduce the bundled default model (ml/bundled/) from the shared data sets.
 SHARED ?= ../shared/datasets
