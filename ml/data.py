@@ -271,6 +271,17 @@ def load_pediatric(root: Path, source: str = "pediatric-pneumonia") -> Dataset:
     return Dataset(records=records, excluded=excluded, sources=[source])
 
 
+def _row_problem(label: str, path: Path, view: str | None = None) -> str | None:
+    """Why a labelled CSV row cannot be used, or None (shared by the CSV layouts)."""
+    if label not in CLASSES:
+        return f"unknown label: {label or '(empty)'}"
+    if view is not None and view not in FRONTAL_VIEWS:
+        return "view not frontal"
+    if not path.is_file():
+        return "image file missing"
+    return None
+
+
 def load_nih(root: Path, source: str = "adult-normal") -> Dataset:
     root = Path(root)
     labels = root / "labels.csv"
@@ -282,14 +293,9 @@ def load_nih(root: Path, source: str = "adult-normal") -> Dataset:
         for row in csv.DictReader(fh):
             path = root / "images" / row["filename"]
             label = (row.get("label") or "").strip()
-            if label not in CLASSES:
-                excluded[f"unknown label: {label or '(empty)'}"] += 1
-                continue
-            if (row.get("view") or "").strip() not in FRONTAL_VIEWS:
-                excluded["view not frontal"] += 1
-                continue
-            if not path.is_file():
-                excluded["image file missing"] += 1
+            problem = _row_problem(label, path, view=(row.get("view") or "").strip())
+            if problem:
+                excluded[problem] += 1
                 continue
             records.append(
                 Record(
@@ -323,11 +329,9 @@ def load_generic(root: Path, source: str | None = None) -> Dataset:
             for row in reader:
                 label = (row.get("label") or "").strip()
                 path = base / row["path"].strip()
-                if label not in CLASSES:
-                    excluded[f"unknown label: {label or '(empty)'}"] += 1
-                    continue
-                if not path.is_file():
-                    excluded["image file missing"] += 1
+                problem = _row_problem(label, path)
+                if problem:
+                    excluded[problem] += 1
                     continue
                 records.append(
                     Record(
