@@ -153,3 +153,21 @@ def test_efficientnet_backbone_builds_on_the_one_channel_input():
     model = build_backbone("efficientnetb0", input_size=64, weights=None)
     assert model.input_shape == (None, 64, 64, 1)
     assert model.output_shape == (None, 3)
+
+
+def test_training_and_serving_feed_the_model_identical_arrays(trained):
+    """Training (load_arrays) and serving (Classifier.predict) preprocess alike:
+    the served probabilities equal the model's output on the training array."""
+    import numpy as np
+
+    from ml.preprocess import open_image
+    from ml.train import load_arrays
+
+    result, _ = trained
+    classifier = Classifier.load(result.artifact)
+    records = load_generic(MANIFEST).records[:4]
+    arrays = load_arrays(records, classifier.spec, progress=False)
+    for record, array in zip(records, arrays, strict=True):
+        served = classifier.predict(open_image(record.path)).probabilities
+        trained_probs = classifier.predict_array(array[np.newaxis])[0]
+        assert np.allclose([served[c] for c in CLASSES], trained_probs, atol=1e-6)
