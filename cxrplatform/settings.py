@@ -123,6 +123,15 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = CXR_MAX_UPLOAD_BYTES + 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 DATA_UPLOAD_MAX_NUMBER_FILES = CXR_MAX_IMAGES_PER_CASE
 
+# Labelling and retraining (issue: the learning loop).
+CXR_LABEL_AGREEMENT = env_int("CXR_LABEL_AGREEMENT", default=1, min_value=1, max_value=10)
+CXR_RETRAIN_MIN_NEW_LABELS = env_int("CXR_RETRAIN_MIN_NEW_LABELS", default=20, min_value=1)
+CXR_RETRAIN_CHECK_SECONDS = env_int("CXR_RETRAIN_CHECK_SECONDS", default=3600, min_value=10)
+CXR_TRAINING_EPOCHS = env_int("CXR_TRAINING_EPOCHS", default=60, min_value=1)
+# Promote a new candidate automatically only when no tracked metric (macro-F1,
+# per-class precision and recall) is worse than production's on the same test split.
+CXR_AUTO_PROMOTE = env_bool("CXR_AUTO_PROMOTE", default=False)
+
 # The model that `register_model --bundled` puts into the registry.
 CXR_BUNDLED_MODEL = env_path("CXR_BUNDLED_MODEL", BASE_DIR / "ml" / "bundled" / "cxr-compact.keras")
 
@@ -169,6 +178,11 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-stuck-predictions": {
         "task": "apps.cases.tasks.sweep_stuck_predictions",
         "schedule": float(CXR_STUCK_SWEEP_SECONDS),
+        "options": {"queue": "default"},
+    },
+    "retrain-when-enough-labels": {
+        "task": "apps.models.tasks.retrain_if_enough_labels",
+        "schedule": float(CXR_RETRAIN_CHECK_SECONDS),
         "options": {"queue": "default"},
     },
     "sweep-stuck-explanations": {

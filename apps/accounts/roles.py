@@ -43,7 +43,14 @@ ROLE_PERMISSIONS: dict[str, tuple[str, ...]] = {
         "registry.view_modelversion",
         "registry.add_modelversion",
         "registry.change_modelversion",
+        "registry.view_trainingrun",
+        "registry.add_trainingrun",
+        "registry.view_datasetsnapshot",
+        "registry.add_datasetsnapshot",
+        "registry.view_referenceimage",
+        "registry.add_referenceimage",
         "cases.view_prediction",
+        "accounts.view_auditevent",
     ),
 }
 

@@ -10,6 +10,8 @@ from cxrplatform.jobs import Job
 from ml.labels import CLASS_DISPLAY, CLASSES
 
 LABEL_CHOICES = [(name, CLASS_DISPLAY[name]) for name in CLASSES]
+UNUSABLE = "unusable"
+VERDICT_CHOICES = [*LABEL_CHOICES, (UNUSABLE, "Unusable image")]
 
 
 def _image_upload_to(instance: CaseImage, filename: str) -> str:
@@ -69,6 +71,10 @@ class CaseImage(models.Model):
     height = models.PositiveIntegerField()
     source_format = models.CharField(max_length=10, choices=SourceFormat.choices)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.ACCEPTED)
+    # Set by apps.cases.labelling when enough annotators agree; the training
+    # set only ever takes confirmed labels.
+    confirmed_label = models.CharField(max_length=20, choices=VERDICT_CHOICES, blank=True)
+    confirmed_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -135,15 +141,16 @@ class Prediction(Job):
 
 
 class ExpertLabel(models.Model):
-    """An annotator's verdict on one image (confirmation logic comes with the labelling issue)."""
+    """One annotator's verdict on one image: a class, or "unusable"."""
 
     image = models.ForeignKey(CaseImage, on_delete=models.CASCADE, related_name="expert_labels")
     annotator = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="expert_labels"
     )
-    label = models.CharField(max_length=20, choices=LABEL_CHOICES)
+    label = models.CharField(max_length=20, choices=VERDICT_CHOICES)
     note = models.TextField(blank=True, max_length=2000)
     created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ("-created_at",)

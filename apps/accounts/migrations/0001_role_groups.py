@@ -1,18 +1,6 @@
-from django.contrib.auth.management import create_permissions
 from django.db import migrations
 
-
-def create_role_groups(apps, schema_editor):
-    # Permissions are normally created after all migrations (post_migrate);
-    # create them now so the groups can reference them.
-    for app_config in apps.get_app_configs():
-        app_config.models_module = True
-        create_permissions(app_config, apps=apps, verbosity=0)
-        app_config.models_module = None
-
-    from apps.accounts.services import sync_role_groups
-
-    sync_role_groups(apps.get_model("auth", "Group"), apps.get_model("auth", "Permission"))
+from apps.accounts.migrations import _roles
 
 
 def remove_role_groups(apps, schema_editor):
@@ -30,4 +18,4 @@ class Migration(migrations.Migration):
         ("explain", "0001_initial"),
     ]
 
-    operations = [migrations.RunPython(create_role_groups, remove_role_groups)]
+    operations = [migrations.RunPython(_roles.create_role_groups, remove_role_groups)]

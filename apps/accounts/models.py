@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class AuditEvent(models.Model):
+    """Who did what to which object, when, with the state before and after.
+
+    Written by the services (label changes, promotions, rollbacks, training
+    runs), never by views, so every path into the product leaves a record.
+    Rows are append-only: nothing updates or deletes them.
+    """
+
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="Empty for actions of the system itself (Celery beat, gates).",
+    )
+    action = models.CharField(max_length=50, db_index=True)
+    target_type = models.CharField(max_length=50)
+    target_id = models.CharField(max_length=50)
+    before = models.JSONField(default=dict, blank=True)
+    after = models.JSONField(default=dict, blank=True)
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ("-at", "-pk")
+        indexes = [models.Index(fields=["target_type", "target_id"])]
+
+    def __str__(self) -> str:
+        who = self.actor or "system"
+        return f"{self.at:%Y-%m-%d %H:%M} {who} {self.action} {self.target_type}#{self.target_id}"
+
+
+def record(
+    *,
+    actor,
+    action: str,
+    target: models.Model,
+    before: dict | None = None,
+    after: dict | None = None,
+) -> AuditEvent:
+    """Append one audit event (call inside the service's transaction)."""
+    return AuditEvent.objects.create(
+        actor=actor if getattr(actor, "is_authenticated", False) else None,
+        action=action,
+        target_type=target._meta.label,
+        target_id=str(target.pk),
+        before=before or {},
+        after=after or {},
+    )
