@@ -177,8 +177,14 @@ def train(
     progress: bool = True,
     hook: ProgressHook | None = None,
     name: str = "model",
+    splits: Sequence[str] | None = None,
 ) -> TrainResult:
-    """Split, train, evaluate on the test split, and write artifact + card + report."""
+    """Split, train, evaluate on the test split, and write artifact + card + report.
+
+    ``splits`` (one of train/val/test per record) replaces the computed split:
+    the platform passes a dataset snapshot's frozen split so the test images
+    stay the same across model versions.
+    """
     from ml.evaluate import evaluate_predictions, write_report
 
     config = config or TrainConfig()
@@ -188,13 +194,17 @@ def train(
     tf.config.experimental.enable_op_determinism()
 
     records = dataset.records
-    splits = split_records(
-        records,
-        val_fraction=config.val_fraction,
-        test_fraction=config.test_fraction,
-        seed=config.seed,
-        level=config.split_level,
-    )
+    split_source = "given" if splits is not None else config.split_level
+    if splits is None:
+        splits = split_records(
+            records,
+            val_fraction=config.val_fraction,
+            test_fraction=config.test_fraction,
+            seed=config.seed,
+            level=config.split_level,
+        )
+    elif len(splits) != len(records) or not set(splits) <= {"train", "val", "test"}:
+        raise ValueError("splits must name train, val or test for every record.")
     leaked = patients_in_several_splits(records, splits)
     if config.split_level == "patient" and leaked:
         raise RuntimeError(f"patient-level split leaked {len(leaked)} patients")
@@ -291,6 +301,7 @@ def train(
             **dataset.summary(),
             "split": {
                 "level": config.split_level,
+                "source": split_source,
                 "seed": config.seed,
                 "val_fraction": config.val_fraction,
                 "test_fraction": config.test_fraction,
@@ -318,3 +329,20 @@ def train(
     write_card(artifact, card)
     log.info("wrote %s: test macro-F1 %.3f", artifact, metrics["macro_f1"])
     return TrainResult(artifact=artifact, card=card, metrics=metrics, report_dir=report_dir)
+
+
+def evaluate_classifier(
+    classifier, records: Sequence[Record], *, n_bootstrap: int = 1000, progress: bool = False
+) -> dict:
+    """Metrics of a loaded ``ml.classifier.Classifier`` on labelled records (per source too)."""
+    from ml.evaluate import evaluate_predictions
+
+    x = load_arrays(records, classifier.spec, progress=progress)
+    probs = np.concatenate([classifier.predict_array(x[i : i + 64]) for i in range(0, len(x), 64)])
+    return evaluate_predictions(
+        [r.label for r in records],
+        probs,
+        classifier.classes,
+        sources=[r.source for r in records],
+        n_bootstrap=n_bootstrap,
+    )

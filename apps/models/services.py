@@ -1,4 +1,7 @@
-"""Model registry services: register an artifact, make it the production model."""
+"""Model registry services: register, promote, roll back, train.
+
+Each state change is one transaction and writes an audit event.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +9,13 @@ import json
 import logging
 from pathlib import Path
 
+from django.conf import settings
 from django.core.files import File
 from django.db import transaction
 from django.utils import timezone
 
-from apps.models.models import ModelVersion
+from apps.accounts.models import record
+from apps.models.models import ModelVersion, TrainingRun
 from cxrplatform.files import files_removed_on_error
 
 log = logging.getLogger(__name__)
@@ -24,26 +29,70 @@ def get_production_version() -> ModelVersion | None:
     return ModelVersion.objects.filter(status=ModelVersion.Status.PRODUCTION).first()
 
 
+def _state(version: ModelVersion | None) -> dict:
+    if version is None:
+        return {}
+    return {"version": version.pk, "name": version.name, "status": version.status}
+
+
 @transaction.atomic
-def promote(*, version: ModelVersion) -> ModelVersion:
+def promote(*, version: ModelVersion, actor=None, reason: str = "") -> ModelVersion:
     """Archive the current production version and promote ``version``, in one transaction.
 
     The partial unique constraint guarantees that a concurrent promotion
     cannot leave two production rows: one of the two transactions fails.
+    Workers pick the new model up on their next task (no restart).
     """
     version = ModelVersion.objects.select_for_update().get(pk=version.pk)
     if version.status == ModelVersion.Status.PRODUCTION:
         return version
     if version.status not in {ModelVersion.Status.CANDIDATE, ModelVersion.Status.ARCHIVED}:
         raise RegistryError(f"A {version.status} model version cannot be promoted.")
-    ModelVersion.objects.select_for_update().filter(status=ModelVersion.Status.PRODUCTION).update(
-        status=ModelVersion.Status.ARCHIVED
+    previous = (
+        ModelVersion.objects.select_for_update()
+        .filter(status=ModelVersion.Status.PRODUCTION)
+        .first()
     )
+    if previous is not None:
+        previous.status = ModelVersion.Status.ARCHIVED
+        previous.save(update_fields=["status"])
     version.status = ModelVersion.Status.PRODUCTION
     version.promoted_at = timezone.now()
     version.save(update_fields=["status", "promoted_at"])
-    log.info("promoted model version %s", version)
+    record(
+        actor=actor,
+        action="model.promote",
+        target=version,
+        before={"production": _state(previous)},
+        after={"production": _state(version), "reason": reason},
+    )
+    log.info("promoted model version %s (%s)", version, reason or "manual")
     return version
+
+
+@transaction.atomic
+def rollback(*, actor=None) -> ModelVersion:
+    """Make the previous production version serve again."""
+    current = get_production_version()
+    if current is None:
+        raise RegistryError("There is no production version to roll back.")
+    previous = (
+        ModelVersion.objects.filter(status=ModelVersion.Status.ARCHIVED, promoted_at__isnull=False)
+        .exclude(pk=current.pk)
+        .order_by("-promoted_at")
+        .first()
+    )
+    if previous is None:
+        raise RegistryError("No earlier production version to roll back to.")
+    restored = promote(version=previous, actor=actor, reason=f"rollback from {current.pk}")
+    record(
+        actor=actor,
+        action="model.rollback",
+        target=restored,
+        before={"production": _state(current)},
+        after={"production": _state(restored)},
+    )
+    return restored
 
 
 def register_artifact(
@@ -80,6 +129,7 @@ def register_artifact(
                 name=name or card.get("name") or artifact_path.stem,
                 sha256=digest,
                 card=card,
+                metrics=_card_metrics(card),
                 status=ModelVersion.Status.CANDIDATE,
             )
             with artifact_path.open("rb") as fh:
@@ -87,5 +137,72 @@ def register_artifact(
             stored.add(version.artifact.name)
             version.save()
         if make_production:
-            version = promote(version=version)
+            version = promote(version=version, reason="registered as production")
     return version
+
+
+def _card_metrics(card: dict) -> dict:
+    """The card's test metrics in the ``ml.evaluate`` shape (macro_f1, per_class, ...)."""
+    metrics = card.get("metrics", {})
+    if "test_macro_f1" not in metrics:
+        return {}
+    return {
+        "macro_f1": metrics["test_macro_f1"],
+        "macro_f1_ci": metrics.get("test_macro_f1_ci"),
+        "accuracy": metrics.get("test_accuracy"),
+        "per_class": metrics.get("test_per_class", {}),
+        "roc_auc_macro": metrics.get("test_roc_auc_macro"),
+        "ece": metrics.get("test_ece"),
+        "n": card.get("data", {}).get("split", {}).get("counts", {}).get("test"),
+    }
+
+
+def active_training_run() -> TrainingRun | None:
+    return TrainingRun.objects.filter(
+        status__in=[TrainingRun.Status.PENDING, TrainingRun.Status.RUNNING]
+    ).first()
+
+
+def enqueue_training(run: TrainingRun) -> None:
+    from apps.models.tasks import train_model
+
+    run_id = run.pk
+    transaction.on_commit(lambda: train_model.apply_async(kwargs={"run_id": run_id}))
+
+
+@transaction.atomic
+def start_training_run(
+    *, requested_by=None, trigger: str = TrainingRun.Trigger.MANUAL, config: dict | None = None
+) -> TrainingRun:
+    """Snapshot the current data and queue a training run (one at a time)."""
+    from apps.models.datasets import create_snapshot
+
+    active = active_training_run()
+    if active is not None:
+        raise RegistryError(f"Training run {active.pk} is still {active.status}; wait for it.")
+    snapshot = create_snapshot(created_by=requested_by)
+    run = TrainingRun.objects.create(
+        snapshot=snapshot,
+        requested_by=requested_by,
+        trigger=trigger,
+        config={"epochs": settings.CXR_TRAINING_EPOCHS, **(config or {})},
+    )
+    record(
+        actor=requested_by,
+        action="training.start",
+        target=run,
+        after={"snapshot": snapshot.pk, "trigger": trigger, "config": run.config},
+    )
+    enqueue_training(run)
+    return run
+
+
+def retrain_if_enough_labels() -> TrainingRun | None:
+    """Celery beat: start a run once enough newly confirmed labels exist."""
+    from apps.models.datasets import new_confirmed_labels_since_last_snapshot
+
+    new = new_confirmed_labels_since_last_snapshot()
+    if new < settings.CXR_RETRAIN_MIN_NEW_LABELS or active_training_run() is not None:
+        log.info("retraining not due: %d new confirmed label(s)", new)
+        return None
+    return start_training_run(trigger=TrainingRun.Trigger.SCHEDULE)

@@ -29,19 +29,26 @@ _lock = threading.Lock()
 _cache: OrderedDict[tuple[int, str], Classifier] = OrderedDict()
 
 
-def local_artifact_path(version: ModelVersion) -> Path:
-    """A local file path for the artifact (downloads from remote storage if needed)."""
+def local_file_path(field_file, directory: Path, name: str | None = None) -> Path:
+    """A local path for a stored file: its own on local disk, else a download."""
     try:
-        return Path(version.artifact.path)
+        return Path(field_file.path)
     except NotImplementedError:
-        target = Path(settings.VAR_DIR) / "model-cache" / f"{version.sha256}.keras"
+        target = directory / (name or Path(field_file.name).name)
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_suffix(".part")
-            with version.artifact.open("rb") as src, partial.open("wb") as dst:
+            partial = target.with_suffix(target.suffix + ".part")
+            with field_file.open("rb") as src, partial.open("wb") as dst:
                 shutil.copyfileobj(src, dst)
             partial.replace(target)
         return target
+
+
+def local_artifact_path(version: ModelVersion) -> Path:
+    """A local file path for the artifact (cached by sha256 when storage is remote)."""
+    return local_file_path(
+        version.artifact, Path(settings.VAR_DIR) / "model-cache", f"{version.sha256}.keras"
+    )
 
 
 def classifier_for(version: ModelVersion) -> Classifier:

@@ -1,0 +1,137 @@
+"""Run one training job (worker code: imports ml and TensorFlow lazily)."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+from celery.exceptions import SoftTimeLimitExceeded
+from django.db import DatabaseError, transaction
+
+from apps.accounts.models import record
+from apps.models import services
+from apps.models.models import ModelVersion, SnapshotItem, TrainingRun
+from apps.models.serving import local_file_path
+
+log = logging.getLogger(__name__)
+
+TRACKED = ("macro_f1", "precision", "recall")
+
+
+def gate_passes(comparison: dict) -> bool:
+    """True when no tracked metric of the candidate is worse than production's."""
+    candidate, production = comparison.get("candidate"), comparison.get("production")
+    if not candidate or not production:
+        return False
+    if candidate["macro_f1"] < production["macro_f1"]:
+        return False
+    for name, row in production["per_class"].items():
+        for metric in ("precision", "recall"):
+            if candidate["per_class"][name][metric] < row[metric]:
+                return False
+    return True
+
+
+def _records(items, workdir: Path):
+    from ml.data import Record
+
+    records, splits = [], []
+    for item in items:
+        image = item.reference_image or item.case_image
+        records.append(
+            Record(
+                path=local_file_path(image.file, workdir),
+                label=item.label,
+                patient=item.patient,
+                source=item.source,
+            )
+        )
+        splits.append(item.split)
+    return records, splits
+
+
+def run_training(*, run_id: int) -> TrainingRun | None:
+    with transaction.atomic():
+        run = TrainingRun.objects.select_for_update().filter(pk=run_id).first()
+        if run is None or run.is_finished:
+            return run
+        run.mark_running()
+
+    last_write = 0.0
+
+    def hook(progress: dict) -> None:
+        nonlocal last_write
+        now = time.monotonic()
+        end_of_epoch = "logs" in progress
+        if end_of_epoch or now - last_write > 2.0:
+            last_write = now
+            TrainingRun.objects.filter(pk=run_id).update(progress=progress)
+            if end_of_epoch:
+                line = f"epoch {progress['epoch']}/{progress['epochs']}: {progress['logs']}\n"
+                run.log += line
+                TrainingRun.objects.filter(pk=run_id).update(log=run.log)
+
+    try:
+        from ml.data import Dataset
+        from ml.train import TrainConfig, evaluate_classifier, train
+
+        items = list(
+            SnapshotItem.objects.filter(snapshot=run.snapshot)
+            .select_related("reference_image", "case_image")
+            .order_by("pk")
+        )
+        with tempfile.TemporaryDirectory(prefix=f"cxr-run-{run.pk}-") as tmp:
+            workdir = Path(tmp)
+            records, splits = _records(items, workdir / "images")
+            config = TrainConfig(**run.config)
+            result = train(
+                Dataset(records=records, sources=sorted({r.source for r in records})),
+                workdir / "out",
+                config,
+                progress=False,
+                hook=hook,
+                name=f"cxr-run-{run.pk}",
+                splits=splits,
+            )
+            test_records = [r for r, s in zip(records, splits, strict=True) if s == "test"]
+            parent = services.get_production_version()
+            production_metrics = None
+            if parent is not None:
+                from apps.models.serving import classifier_for
+
+                production_metrics = evaluate_classifier(
+                    classifier_for(parent), test_records, n_bootstrap=config.n_bootstrap
+                )
+            version = services.register_artifact(artifact_path=result.artifact)
+        comparison = {
+            "test_images": len(test_records),
+            "candidate": result.metrics,
+            "production": production_metrics,
+            "production_version": parent.pk if parent else None,
+        }
+        with transaction.atomic():
+            ModelVersion.objects.filter(pk=version.pk).update(
+                metrics=result.metrics, snapshot=run.snapshot, parent=parent
+            )
+            run.mark_done(model_version=version, comparison=comparison)
+            record(
+                actor=run.requested_by,
+                action="training.done",
+                target=run,
+                after={"model_version": version.pk, "macro_f1": result.metrics["macro_f1"]},
+            )
+        version.refresh_from_db()
+        from django.conf import settings
+
+        if settings.CXR_AUTO_PROMOTE and gate_passes(comparison):
+            services.promote(version=version, actor=None, reason="automatic: gate passed")
+    except DatabaseError:
+        raise
+    except SoftTimeLimitExceeded:
+        run.mark_failed("Training exceeded its time limit.")
+    except Exception as exc:
+        log.exception("training run %s failed", run_id)
+        run.mark_failed(f"{type(exc).__name__}: {exc}")
+    return run
