@@ -11,10 +11,11 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from celery import Celery
 from celery.signals import worker_process_init
 from django.conf import settings
 from kombu import Exchange, Queue
+
+from celery import Celery
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cxrplatform.settings")
 

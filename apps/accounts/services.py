@@ -10,17 +10,21 @@ from django.db import transaction
 from apps.accounts.roles import CLINICIAN, ROLE_PERMISSIONS, ROLES
 
 
-def sync_role_groups(group_model: Any, permission_model: Any) -> None:
+def sync_role_groups(
+    group_model: Any, permission_model: Any, mapping: dict[str, tuple[str, ...]] | None = None
+) -> None:
     """Create the role groups and give each exactly its permissions.
 
-    Takes the model classes so the data migration can pass its historical
-    models. Raises if a listed permission does not exist, so a renamed model
-    cannot silently strip a role of its rights.
+    Takes the model classes so data migrations can pass their historical
+    models, and a frozen ``mapping`` (the permissions as they were when the
+    migration was written). Raises if a listed permission does not exist, so
+    a renamed model cannot silently strip a role of its rights.
     """
+    mapping = ROLE_PERMISSIONS if mapping is None else mapping
     for role in ROLES:
         group, _ = group_model.objects.get_or_create(name=role)
         permissions = []
-        for dotted in ROLE_PERMISSIONS[role]:
+        for dotted in mapping[role]:
             app_label, codename = dotted.split(".")
             try:
                 permissions.append(

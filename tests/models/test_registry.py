@@ -24,17 +24,20 @@ def test_registering_the_bundled_model_copies_it_and_is_idempotent(media_root):
     assert first.card["classes"] == ["covid19", "pneumonia", "normal"]
 
 
-@pytest.fixture
-def second_artifact(tmp_path):
-    """A different artifact: the bundled model's bytes plus a trailing byte."""
-    target = tmp_path / "other.keras"
+def make_variant(target, extra: bytes):
+    """A different artifact: the bundled model's bytes plus trailing bytes, with its card."""
     shutil.copy(settings.CXR_BUNDLED_MODEL, target)
     with target.open("ab") as fh:
-        fh.write(b"\0")
+        fh.write(extra)
     card = json.loads(card_path(settings.CXR_BUNDLED_MODEL).read_text())
     card["sha256"] = sha256_file(target)
     card_path(target).write_text(json.dumps(card))
     return target
+
+
+@pytest.fixture
+def second_artifact(tmp_path):
+    return make_variant(tmp_path / "other.keras", b"\0")
 
 
 @pytest.mark.django_db

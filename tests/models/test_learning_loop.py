@@ -1,0 +1,223 @@
+"""The learning loop end to end on a small real model and real fixture images."""
+
+import threading
+
+import pytest
+from django.db import IntegrityError, connection
+
+from apps.accounts.models import AuditEvent
+from apps.cases import labelling
+from apps.cases import services as case_services
+from apps.cases.inference import run_prediction
+from apps.cases.models import Prediction
+from apps.models import services
+from apps.models.datasets import create_snapshot, import_reference_dataset
+from apps.models.models import ModelVersion, ReferenceImage, TrainingRun
+from apps.models.tasks import retrain_if_enough_labels
+from apps.models.training import gate_passes, run_training
+from tests.conftest import IMAGES, upload_of
+from tests.factories import UserFactory
+
+
+@pytest.fixture
+def seeded(db, production_model):
+    result = import_reference_dataset(IMAGES / "manifest.csv", "generic")
+    assert result["created"] == 18
+    return production_model
+
+
+def _predict(owner, name, capture):
+    with capture(execute=False):
+        case = case_services.create_case(owner=owner, files=[upload_of(name)])
+    prediction = Prediction.objects.get(image__case=case)
+    with capture(execute=False):
+        run_prediction(prediction_id=prediction.pk)
+    prediction.refresh_from_db()
+    return prediction
+
+
+def test_import_is_idempotent_and_keeps_labels_and_patients(seeded):
+    again = import_reference_dataset(IMAGES / "manifest.csv", "generic")
+    assert again == {
+        "created": 0,
+        "already_present": 18,
+        "unreadable": 0,
+        "excluded_by_mapping": 0,
+    }
+    image = ReferenceImage.objects.get(original_name="2168a917.jpg")
+    assert (image.label, image.patient, image.source) == ("covid19", "cc-221", "covid-chestxray")
+
+
+def test_snapshots_keep_the_test_split_and_add_confirmed_labels_to_train(
+    seeded, clinician, annotator, django_capture_on_commit_callbacks
+):
+    first = create_snapshot()
+    test_items = set(first.items.filter(split="test").values_list("reference_image_id", "label"))
+    assert test_items
+    prediction = _predict(clinician, "2168a917.jpg", django_capture_on_commit_callbacks)
+    labelling.submit_label(image=prediction.image, annotator=annotator, label="covid19")
+    second = create_snapshot()
+    assert second.parent == first
+    assert (
+        set(second.items.filter(split="test").values_list("reference_image_id", "label"))
+        == test_items
+    )
+    clinical = second.items.get(case_image__isnull=False)
+    assert (clinical.case_image_id, clinical.label, clinical.split) == (
+        prediction.image_id,
+        "covid19",
+        "train",
+    )
+    assert second.content_hash != first.content_hash
+    assert second.counts["clinical"] == 1
+
+
+def test_label_needs_the_configured_agreement_and_disagreements_are_listed(
+    seeded, clinician, settings, django_capture_on_commit_callbacks
+):
+    settings.CXR_LABEL_AGREEMENT = 2
+    first, second, third = (UserFactory(roles=["annotator"]) for _ in range(3))
+    image = _predict(clinician, "5f619d7e.jpg", django_capture_on_commit_callbacks).image
+    labelling.submit_label(image=image, annotator=first, label="pneumonia")
+    image.refresh_from_db()
+    assert image.confirmed_label == ""
+    labelling.submit_label(image=image, annotator=second, label="covid19")
+    assert list(labelling.disagreements()) == [image]
+    # the disputed image comes first in a third annotator's queue
+    assert labelling.labelling_queue(annotator=third)[0] == image
+    labelling.submit_label(image=image, annotator=second, label="pneumonia", note="on review")
+    image.refresh_from_db()
+    assert image.confirmed_label == "pneumonia"
+    assert list(labelling.disagreements()) == []
+    assert labelling.labelling_queue(annotator=third) == []
+    changes = AuditEvent.objects.filter(action="label.change")
+    assert changes.count() == 1
+    assert changes.get().before["label"] == "covid19"
+    assert changes.get().after["label"] == "pneumonia"
+
+
+def test_unusable_verdict_takes_the_image_out_of_the_queue_and_the_training_set(
+    seeded, clinician, annotator, django_capture_on_commit_callbacks
+):
+    image = _predict(clinician, "4d98e1de.jpg", django_capture_on_commit_callbacks).image
+    labelling.submit_label(image=image, annotator=annotator, label="unusable", note="rotated")
+    image.refresh_from_db()
+    assert image.status == "unusable"
+    snapshot = create_snapshot()
+    assert not snapshot.items.filter(case_image=image).exists()
+
+
+def test_the_whole_loop(
+    seeded, settings, clinician, annotator, model_admin, django_capture_on_commit_callbacks
+):
+    settings.CXR_RETRAIN_MIN_NEW_LABELS = 2
+    settings.CXR_TRAINING_EPOCHS = 1
+    other_annotator = UserFactory(roles=["annotator"])
+    first = _predict(clinician, "2168a917.jpg", django_capture_on_commit_callbacks)
+    second = _predict(clinician, "IM-0117-0001.jpeg", django_capture_on_commit_callbacks)
+    assert first.model_version == seeded
+
+    labelling.submit_label(image=first.image, annotator=annotator, label="covid19")
+    assert retrain_if_enough_labels.run() is None  # one new label, threshold is two
+    labelling.submit_label(image=second.image, annotator=other_annotator, label="normal")
+
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        run_id = retrain_if_enough_labels.run()
+    assert run_id is not None
+    assert len(callbacks) == 1  # the training task, queued after commit
+    run = TrainingRun.objects.get(pk=run_id)
+    assert run.trigger == "schedule"
+    assert run.snapshot.counts["clinical"] == 2
+
+    run_training(run_id=run.pk)
+    run.refresh_from_db()
+    assert run.status == "done", run.error
+    assert run.progress["epoch"] == 1
+    assert "epoch 1/1" in run.log
+    candidate = run.model_version
+    assert candidate.status == "candidate"
+    assert candidate.parent == seeded
+    assert candidate.snapshot == run.snapshot
+    assert 0.0 <= candidate.metrics["macro_f1"] <= 1.0
+    # candidate and production measured on the same test images
+    assert run.comparison["candidate"]["n"] == run.comparison["production"]["n"]
+    assert run.comparison["test_images"] == run.comparison["candidate"]["n"]
+
+    services.promote(version=candidate, actor=model_admin)
+    third = _predict(clinician, "00001280_004.jpg", django_capture_on_commit_callbacks)
+    assert third.model_version == candidate  # served without a worker restart
+
+    restored = services.rollback(actor=model_admin)
+    assert restored == seeded
+    fourth = _predict(clinician, "c0f74558.jpg", django_capture_on_commit_callbacks)
+    assert fourth.model_version == seeded
+
+    actions = list(AuditEvent.objects.order_by("pk").values_list("action", "actor"))
+    assert ("label.create", annotator.pk) in actions
+    assert ("training.start", None) in actions
+    assert ("model.promote", model_admin.pk) in actions
+    assert ("model.rollback", model_admin.pk) in actions
+    promote_event = (
+        AuditEvent.objects.filter(action="model.promote", actor=model_admin).order_by("pk").first()
+    )
+    assert promote_event.before["production"]["version"] == seeded.pk
+    assert promote_event.after["production"]["version"] == candidate.pk
+
+
+def test_a_second_run_is_refused_while_one_is_active(seeded, model_admin):
+    services.start_training_run(requested_by=model_admin)
+    with pytest.raises(services.RegistryError, match="still pending"):
+        services.start_training_run(requested_by=model_admin)
+
+
+def test_gate_promotes_only_when_no_tracked_metric_is_worse():
+    row = {"precision": 0.8, "recall": 0.8}
+    production = {"macro_f1": 0.8, "per_class": {"covid19": row, "normal": row}}
+    better = {"macro_f1": 0.85, "per_class": {"covid19": row, "normal": {**row, "recall": 0.9}}}
+    worse_recall = {
+        "macro_f1": 0.9,
+        "per_class": {"covid19": {**row, "recall": 0.7}, "normal": row},
+    }
+    assert gate_passes({"candidate": better, "production": production})
+    assert not gate_passes({"candidate": worse_recall, "production": production})
+    assert not gate_passes({"candidate": better, "production": None})
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_concurrent_promotions_leave_exactly_one_production_version(tmp_path):
+    if connection.vendor != "postgresql":
+        pytest.skip("row locks and concurrent transactions need PostgreSQL (CI runs it)")
+    from django.conf import settings as django_settings
+
+    from tests.models.test_registry import make_variant
+
+    base = services.register_artifact(
+        artifact_path=django_settings.CXR_BUNDLED_MODEL, make_production=True
+    )
+    a = services.register_artifact(artifact_path=make_variant(tmp_path / "a.keras", b"a"))
+    b = services.register_artifact(artifact_path=make_variant(tmp_path / "b.keras", b"b"))
+    barrier = threading.Barrier(2)
+    outcomes = []
+
+    def promote(version):
+        from django.db import connections
+
+        try:
+            barrier.wait()
+            services.promote(version=version)
+            outcomes.append("promoted")
+        except IntegrityError:
+            outcomes.append("refused")
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=promote, args=(v,)) for v in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert ModelVersion.objects.filter(status="production").count() == 1
+    assert sorted(outcomes) in (["promoted", "promoted"], ["promoted", "refused"])
+    assert base.pk not in ModelVersion.objects.filter(status="production").values_list(
+        "pk", flat=True
+    )
