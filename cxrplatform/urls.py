@@ -10,5 +10,6 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("cases/", include("apps.cases.urls")),
     path("explanations/", include("apps.explain.urls")),
+    path("registry/", include("apps.models.urls")),
     path("admin/", admin.site.urls),
 ]

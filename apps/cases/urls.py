@@ -9,4 +9,6 @@ urlpatterns = [
     path("new/", views.case_create, name="create"),
     path("<int:pk>/", views.case_detail, name="detail"),
     path("images/<int:pk>/file/", views.image_file, name="image-file"),
+    path("labelling/", views.label_queue, name="label-queue"),
+    path("images/<int:pk>/label/", views.label_submit, name="label"),
 ]

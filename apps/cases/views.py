@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from django.contrib import messages
 from django.db.models import Prefetch
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from apps.accounts.roles import CLINICIAN, role_required
-from apps.cases import services
+from apps.accounts.roles import ANNOTATOR, CLINICIAN, has_role, role_required
+from apps.cases import labelling, services
 from apps.cases.forms import CaseUploadForm
-from apps.cases.models import Case, CaseImage, Prediction
+from apps.cases.models import VERDICT_CHOICES, Case, CaseImage, Prediction
 from apps.cases.validation import UploadRejected
 from apps.explain.models import Explanation
 
@@ -75,13 +76,21 @@ def case_detail(request: HttpRequest, pk: int) -> HttpResponse:
     )
 
 
+def visible_images(user):
+    """Images a user may see: clinicians their own cases', annotators every predicted one."""
+    images = CaseImage.objects.none()
+    if has_role(user, CLINICIAN):
+        images = images | CaseImage.objects.filter(case__owner=user)
+    if has_role(user, ANNOTATOR):
+        images = images | CaseImage.objects.filter(predictions__status=Prediction.Status.DONE)
+    return images.distinct()
+
+
 @require_GET
-@role_required(CLINICIAN)
+@role_required(CLINICIAN, ANNOTATOR)
 def image_file(request: HttpRequest, pk: int) -> FileResponse:
-    """Uploaded images are never public: served only to the case's owner."""
-    image = get_object_or_404(
-        CaseImage.objects.select_related("case"), pk=pk, case__owner=request.user
-    )
+    """Uploaded images are never public: only the case's owner and annotators see them."""
+    image = get_object_or_404(visible_images(request.user), pk=pk)
     try:
         handle = image.file.open("rb")
     except FileNotFoundError:
@@ -90,3 +99,36 @@ def image_file(request: HttpRequest, pk: int) -> FileResponse:
     response = FileResponse(handle, content_type=content_type)
     response["Cache-Control"] = "private, no-store"
     return response
+
+
+@require_GET
+@role_required(ANNOTATOR)
+def label_queue(request: HttpRequest) -> HttpResponse:
+    """One image at a time, most in need first; no patient identifiers on this page."""
+    queue = labelling.labelling_queue(annotator=request.user)
+    return render(
+        request,
+        "cases/label_queue.html",
+        {
+            "image": queue[0] if queue else None,
+            "remaining": len(queue),
+            "verdicts": VERDICT_CHOICES,
+            "disputed": labelling.disagreements()[:20],
+        },
+    )
+
+
+@require_POST
+@role_required(ANNOTATOR)
+def label_submit(request: HttpRequest, pk: int) -> HttpResponse:
+    image = get_object_or_404(visible_images(request.user), pk=pk)
+    try:
+        labelling.submit_label(
+            image=image,
+            annotator=request.user,
+            label=request.POST.get("label", ""),
+            note=request.POST.get("note", ""),
+        )
+    except labelling.LabelRejected as exc:
+        messages.error(request, str(exc))
+    return redirect("cases:label-queue")

@@ -7,7 +7,7 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.views.decorators.http import require_GET, require_POST
 
-from apps.accounts.roles import CLINICIAN, role_required
+from apps.accounts.roles import ANNOTATOR, CLINICIAN, role_required
 from apps.cases.models import CaseImage
 from apps.explain import services
 from apps.explain.models import Explanation
@@ -27,8 +27,13 @@ def request_method(request: HttpRequest, image_pk: int) -> HttpResponse:
 
 
 def _serve(request: HttpRequest, pk: int, field: str, content_type: str) -> FileResponse:
+    from apps.cases.views import visible_images
+
     explanation = get_object_or_404(
-        Explanation, pk=pk, image__case__owner=request.user, status=Explanation.Status.DONE
+        Explanation,
+        pk=pk,
+        image__in=visible_images(request.user),
+        status=Explanation.Status.DONE,
     )
     try:
         handle = getattr(explanation, field).open("rb")
@@ -40,13 +45,13 @@ def _serve(request: HttpRequest, pk: int, field: str, content_type: str) -> File
 
 
 @require_GET
-@role_required(CLINICIAN)
+@role_required(CLINICIAN, ANNOTATOR)
 def overlay(request: HttpRequest, pk: int) -> FileResponse:
     return _serve(request, pk, "overlay", "image/png")
 
 
 @require_GET
-@role_required(CLINICIAN)
+@role_required(CLINICIAN, ANNOTATOR)
 def heatmap(request: HttpRequest, pk: int) -> FileResponse:
     """The raw float32 map as a NumPy .npy file (for research tools)."""
     response = _serve(request, pk, "heatmap", "application/octet-stream")

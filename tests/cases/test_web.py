@@ -86,17 +86,18 @@ def test_clinician_sees_only_their_own_cases(login, clinician, other_clinician, 
 
 
 @pytest.mark.parametrize(
-    ("who", "expected"),
+    ("who", "page", "file"),
     [
-        ("anonymous", 302),
-        ("owner", 200),
-        ("other_clinician", 404),
-        ("annotator", 403),
-        ("model_admin", 403),
+        ("anonymous", 302, 302),
+        ("owner", 200, 200),
+        ("other_clinician", 404, 404),
+        # annotators see images (never cases) once there is a prediction to check
+        ("annotator", 403, 404),
+        ("model_admin", 403, 403),
     ],
 )
 def test_case_page_and_image_file_access_matrix(
-    client, who, expected, clinician, other_clinician, annotator, model_admin, case_of
+    client, who, page, file, clinician, other_clinician, annotator, model_admin, case_of
 ):
     case = case_of(clinician)
     image = case.images.get()
@@ -108,9 +109,9 @@ def test_case_page_and_image_file_access_matrix(
     }
     if who != "anonymous":
         client.force_login(users[who])
-    for url in (
-        reverse("cases:detail", args=[case.pk]),
-        reverse("cases:image-file", args=[image.pk]),
+    for url, expected in (
+        (reverse("cases:detail", args=[case.pk]), page),
+        (reverse("cases:image-file", args=[image.pk]), file),
     ):
         response = client.get(url)
         assert response.status_code == expected, url

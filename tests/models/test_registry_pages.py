@@ -1,0 +1,110 @@
+import pytest
+from django.urls import reverse
+
+from apps.accounts.models import AuditEvent
+from apps.cases import services as case_services
+from apps.cases.inference import run_prediction
+from apps.cases.models import CaseImage, Prediction
+from apps.models.models import ModelVersion, TrainingRun
+from tests.conftest import IMAGES, upload_of
+from tests.models.test_registry import make_variant
+
+
+@pytest.fixture
+def predicted(clinician, production_model, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=False):
+        case = case_services.create_case(
+            owner=clinician, files=[upload_of("2168a917.jpg")], patient_ref="SECRET-REF-42"
+        )
+        prediction = Prediction.objects.get(image__case=case)
+        run_prediction(prediction_id=prediction.pk)
+    return prediction.image
+
+
+@pytest.mark.parametrize(
+    ("who", "expected"), [("annotator", 200), ("clinician", 403), ("model_admin", 403)]
+)
+def test_labelling_queue_is_for_annotators(
+    client, who, expected, clinician, annotator, model_admin
+):
+    client.force_login(
+        {"annotator": annotator, "clinician": clinician, "model_admin": model_admin}[who]
+    )
+    assert client.get(reverse("cases:label-queue")).status_code == expected
+
+
+def test_annotator_confirms_a_label_from_the_queue_without_seeing_patient_identifiers(
+    login, annotator, predicted
+):
+    client = login(annotator)
+    page = client.get(reverse("cases:label-queue")).content.decode()
+    assert f'data-image="{predicted.pk}"' in page
+    assert "SECRET-REF-42" not in page
+    assert reverse("cases:image-file", args=[predicted.pk]) in page
+    label = predicted.predictions.get().label
+    response = client.post(
+        reverse("cases:label", args=[predicted.pk]), {"label": label, "note": "agree"}
+    )
+    assert response.status_code == 302
+    predicted.refresh_from_db()
+    assert predicted.confirmed_label == label
+    assert AuditEvent.objects.filter(action="label.create", actor=annotator).count() == 1
+    page = client.get(reverse("cases:label-queue")).content.decode()
+    assert "Nothing to label" in page
+
+
+@pytest.mark.parametrize(
+    ("who", "expected"), [("model_admin", 200), ("clinician", 403), ("annotator", 403)]
+)
+def test_registry_is_for_model_admins(client, who, expected, clinician, annotator, model_admin):
+    client.force_login(
+        {"annotator": annotator, "clinician": clinician, "model_admin": model_admin}[who]
+    )
+    assert client.get(reverse("registry:index")).status_code == expected
+    assert client.post(reverse("registry:rollback")).status_code in {expected, 302}
+
+
+def test_model_admin_compares_promotes_and_rolls_back_in_the_ui(
+    login, model_admin, production_model, tmp_path
+):
+    from apps.models.services import register_artifact
+
+    candidate = register_artifact(artifact_path=make_variant(tmp_path / "c.keras", b"c"))
+    ModelVersion.objects.filter(pk=production_model.pk).update(metrics={"macro_f1": 0.7})
+    ModelVersion.objects.filter(pk=candidate.pk).update(metrics={"macro_f1": 0.5})
+    client = login(model_admin)
+    index = client.get(reverse("registry:index")).content.decode()
+    assert f'data-version="{candidate.pk}" data-status="candidate"' in index
+    confirm = client.get(reverse("registry:promote", args=[candidate.pk])).content.decode()
+    assert "macro-F1" in confirm
+    assert 'class="worse"' in confirm  # the lower macro-F1 is flagged before promoting
+    response = client.post(reverse("registry:promote", args=[candidate.pk]))
+    assert response.status_code == 302
+    assert ModelVersion.objects.get(status="production") == candidate
+    client.post(reverse("registry:rollback"))
+    assert ModelVersion.objects.get(status="production") == production_model
+    assert list(
+        AuditEvent.objects.filter(actor=model_admin).order_by("pk").values_list("action", flat=True)
+    ) == ["model.promote", "model.promote", "model.rollback"]
+
+
+def test_model_admin_starts_a_training_run_and_sees_its_progress(
+    login, model_admin, production_model, django_capture_on_commit_callbacks
+):
+    from apps.models.datasets import import_reference_dataset
+
+    import_reference_dataset(IMAGES / "manifest.csv", "generic")
+    client = login(model_admin)
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = client.post(reverse("registry:start-training"))
+    assert response.status_code == 302
+    assert len(callbacks) == 1
+    run = TrainingRun.objects.get()
+    assert run.requested_by == model_admin
+    TrainingRun.objects.filter(pk=run.pk).update(
+        status="running", progress={"epoch": 2, "epochs": 4, "batch": 1, "batches": 2}
+    )
+    page = client.get(reverse("registry:index")).content.decode()
+    assert 'value="37"' in page  # (1 epoch done * 2 + 1 batch) / (4 * 2) batches = 37 %
+    assert 'http-equiv="refresh"' in page
+    assert CaseImage.objects.count() == 0
