@@ -7,6 +7,18 @@ from cxrplatform.celery import QUEUES, app
 def test_classification_runs_on_the_inference_queue_with_late_acks():
     assert app.amqp.router.route({}, classify_image.name)["queue"].name == "inference"
     assert app.amqp.router.route({}, sweep_stuck_predictions.name)["queue"].name == "default"
+
+
+def test_explanations_and_training_run_on_their_own_queues():
+    from apps.explain.tasks import explain_image
+    from apps.models.tasks import retrain_if_enough_labels, train_model
+
+    route = app.amqp.router.route
+    assert route({}, explain_image.name)["queue"].name == "explain"
+    assert route({}, train_model.name)["queue"].name == "training"
+    assert route({}, retrain_if_enough_labels.name)["queue"].name == "default"
+    assert train_model.time_limit == settings.CXR_TASK_HARD_LIMITS["training"]
+    assert "retrain-when-enough-labels" in app.conf.beat_schedule
     assert classify_image.acks_late is True
     assert classify_image.reject_on_worker_lost is True
     hard = settings.CXR_TASK_HARD_LIMITS["inference"]
