@@ -31,8 +31,19 @@ app.conf.task_queues = tuple(Queue(name, EXCHANGE, routing_key=name) for name in
 app.conf.task_default_exchange = EXCHANGE.name
 app.conf.task_default_routing_key = "default"
 app.conf.task_default_queue = "default"
-# Routes are filled in by `platform_task`; a task's queue is part of its declaration.
-app.conf.task_routes = {}
+# A task's queue is part of its declaration (`platform_task`). Routing looks
+# the queue up at send time: a routes *dict* would be copied into Celery's
+# router when the first task is sent, and tasks imported after that would
+# silently go to the default queue.
+_QUEUE_OF: dict[str, str] = {}
+
+
+def _route(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any):
+    queue = _QUEUE_OF.get(name)
+    return {"queue": queue} if queue else None
+
+
+app.conf.task_routes = (_route,)
 app.autodiscover_tasks()
 
 
@@ -55,7 +66,7 @@ def platform_task(
 
     def decorator(func: Callable[..., Any]) -> Any:
         name = f"{func.__module__}.{func.__name__}"
-        app.conf.task_routes[name] = {"queue": queue}
+        _QUEUE_OF[name] = queue
         return app.task(
             bind=True,
             name=name,
