@@ -18,6 +18,7 @@ demo: install
 	DEBUG=1 $(PY) manage.py migrate --noinput
 	DEBUG=1 $(PY) manage.py seed_demo
 	DEBUG=1 $(PY) manage.py register_model --bundled --if-no-production
+	DEBUG=1 $(PY) manage.py import_dataset tests/fixtures/images/manifest.csv --layout generic
 	@echo "Open http://$${DEMO_HOST:-127.0.0.1}:$${DEMO_PORT:-8000}/ and log in with a demo user above (Ctrl-C stops)."
 	DEBUG=1 $(VENV)/bin/honcho -f Procfile.demo start
 
