@@ -8,10 +8,12 @@ beat sweeper can treat them alike (grand-challenge ``ComponentJob``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
-from django.db import models, transaction
+from celery.exceptions import SoftTimeLimitExceeded
+from django.db import DatabaseError, models, transaction
 from django.utils import timezone
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,25 @@ class Job(models.Model):
         self.error = error[:5000]
         self.finished_at = timezone.now()
         self.save(update_fields=["status", "error", "finished_at"])
+
+
+@contextmanager
+def failure_recorded(job: Job, *, what: str) -> Iterator[None]:
+    """Write any failure of the block on the job row, so no job is lost or stuck.
+
+    Database errors propagate instead: the row cannot be written then, and the
+    house task decorator retries them. A soft time limit becomes a failure
+    with a plain message; anything else is logged with its traceback.
+    """
+    try:
+        yield
+    except DatabaseError:
+        raise
+    except SoftTimeLimitExceeded:
+        job.mark_failed(f"{what} exceeded its time limit.")
+    except Exception as exc:
+        log.exception("%s %s failed", what, job.pk)
+        job.mark_failed(f"{type(exc).__name__}: {exc}")
 
 
 # A pending job older than this was probably lost (broker restarted before it

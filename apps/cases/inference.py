@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from celery.exceptions import SoftTimeLimitExceeded
-from django.db import DatabaseError, transaction
+from django.db import transaction
 
 from apps.cases.models import Prediction
 from apps.models.services import get_production_version
+from cxrplatform.jobs import failure_recorded
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def run_prediction(*, prediction_id: int) -> Prediction | None:
             return prediction
         prediction.mark_running()
 
-    try:
+    with failure_recorded(prediction, what="Classification"):
         from apps.models.serving import classifier_for
         from ml.preprocess import open_image
 
@@ -51,26 +51,16 @@ def run_prediction(*, prediction_id: int) -> Prediction | None:
         with prediction.image.file.open("rb") as fh:
             image = open_image(fh)
         result = classifier.predict(image)
-    except DatabaseError:
-        raise  # transient: the task retries; the row cannot be written now anyway
-    except SoftTimeLimitExceeded:
-        prediction.mark_failed("Classification exceeded its time limit.")
-        return prediction
-    except Exception as exc:
-        log.exception("prediction %s failed", prediction_id)
-        prediction.mark_failed(f"{type(exc).__name__}: {exc}")
-        return prediction
+        with transaction.atomic():
+            prediction.mark_done(
+                model_version_id=version.pk,
+                label=result.label,
+                probabilities=result.probabilities,
+                preprocess_ms=result.preprocess_ms,
+                inference_ms=result.inference_ms,
+            )
+            # Every prediction gets a Grad-CAM, queued once this commits.
+            from apps.explain.services import AUTOMATIC_METHOD, request_explanation
 
-    with transaction.atomic():
-        prediction.mark_done(
-            model_version_id=version.pk,
-            label=result.label,
-            probabilities=result.probabilities,
-            preprocess_ms=result.preprocess_ms,
-            inference_ms=result.inference_ms,
-        )
-        # Every prediction gets a Grad-CAM, queued once this commits.
-        from apps.explain.services import AUTOMATIC_METHOD, request_explanation
-
-        request_explanation(image=prediction.image, method=AUTOMATIC_METHOD)
+            request_explanation(image=prediction.image, method=AUTOMATIC_METHOD)
     return prediction

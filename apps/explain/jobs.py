@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import time
 
-from celery.exceptions import SoftTimeLimitExceeded
 from django.core.files.base import ContentFile
-from django.db import DatabaseError, transaction
+from django.db import transaction
 
 from apps.explain.models import Explanation
 from cxrplatform.files import files_removed_on_error
+from cxrplatform.jobs import failure_recorded
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def run_explanation(*, explanation_id: int) -> Explanation | None:
             return explanation
         explanation.mark_running()
 
-    try:
+    with failure_recorded(explanation, what="The explanation"):
         from apps.models.serving import classifier_for
         from ml.explain import deletion_insertion, explain, heatmap_to_npy, render_overlay
         from ml.preprocess import open_image, preprocess
@@ -69,11 +69,4 @@ def run_explanation(*, explanation_id: int) -> Explanation | None:
                 scores=scores,
                 seconds=seconds,
             )
-    except DatabaseError:
-        raise
-    except SoftTimeLimitExceeded:
-        explanation.mark_failed("The explanation exceeded its time limit.")
-    except Exception as exc:
-        log.exception("explanation %s failed", explanation_id)
-        explanation.mark_failed(f"{type(exc).__name__}: {exc}")
     return explanation

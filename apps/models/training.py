@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import logging
 import tempfile
 import time
 from pathlib import Path
 
-from celery.exceptions import SoftTimeLimitExceeded
-from django.db import DatabaseError, transaction
+from django.db import transaction
 
 from apps.accounts.models import record
 from apps.models import services
 from apps.models.models import ModelVersion, SnapshotItem, TrainingRun
 from apps.models.serving import local_file_path
-
-log = logging.getLogger(__name__)
+from cxrplatform.jobs import failure_recorded
 
 TRACKED = ("macro_f1", "precision", "recall")
 
@@ -73,7 +70,7 @@ def run_training(*, run_id: int) -> TrainingRun | None:
                 run.log += line
                 TrainingRun.objects.filter(pk=run_id).update(log=run.log)
 
-    try:
+    with failure_recorded(run, what="Training"):
         from ml.data import Dataset
         from ml.train import TrainConfig, evaluate_classifier, train
 
@@ -127,11 +124,4 @@ def run_training(*, run_id: int) -> TrainingRun | None:
 
         if settings.CXR_AUTO_PROMOTE and gate_passes(comparison):
             services.promote(version=version, actor=None, reason="automatic: gate passed")
-    except DatabaseError:
-        raise
-    except SoftTimeLimitExceeded:
-        run.mark_failed("Training exceeded its time limit.")
-    except Exception as exc:
-        log.exception("training run %s failed", run_id)
-        run.mark_failed(f"{type(exc).__name__}: {exc}")
     return run
