@@ -8,6 +8,8 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from tests.factories import UserFactory
 
+pytest_plugins = ["tests.workers"]
+
 FIXTURES = Path(__file__).parent / "fixtures"
 IMAGES = FIXTURES / "images"
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -8,84 +8,15 @@ on a bare machine, the filesystem broker and SQLite.
 from __future__ import annotations
 
 import io
-import os
-import subprocess
-import sys
 import time
-import uuid
-from urllib.parse import quote
 
 import numpy as np
 import pytest
-from django.conf import settings
-from django.db import connection
 
 from apps.cases import services
 from apps.cases.models import Prediction
 from apps.explain.models import Explanation
-from tests.conftest import REPO_ROOT, upload_of
-
-
-def _worker_database_url() -> str:
-    db = connection.settings_dict
-    if db["ENGINE"] == "django.db.backends.sqlite3":
-        return f"sqlite:///{db['NAME']}"
-    user = quote(db.get("USER") or "")
-    password = f":{quote(db['PASSWORD'])}" if db.get("PASSWORD") else ""
-    host = db.get("HOST") or "127.0.0.1"
-    port = db.get("PORT") or 5432
-    return f"postgres://{user}{password}@{host}:{port}/{db['NAME']}"
-
-
-@pytest.fixture
-def worker(tmp_path, media_root):
-    queues = "inference,explain"
-    env = dict(os.environ)
-    env.update(
-        DJANGO_SETTINGS_MODULE="tests.settings",
-        DATABASE_URL=_worker_database_url(),
-        MEDIA_ROOT=str(media_root),
-        CXR_VAR_DIR=str(settings.VAR_DIR),
-        CELERY_BROKER_URL=settings.CELERY_BROKER_URL,
-        CXR_WARM_MODEL="1",
-    )
-    log_path = tmp_path / "worker.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "cxrplatform",
-                "worker",
-                "-Q",
-                queues,
-                "--concurrency",
-                "1",
-                "--pool",
-                "prefork",
-                "--loglevel",
-                "INFO",
-                "--hostname",
-                f"e2e-{uuid.uuid4().hex[:8]}@%h",
-                "--without-gossip",
-                "--without-mingle",
-            ],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield process, log_path
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+from tests.conftest import upload_of
 
 
 def _wait_until_finished(queryset, count, process, log_path, what):
