@@ -10,6 +10,27 @@ from tests.factories import UserFactory
 
 pytest_plugins = ["tests.workers"]
 
+
+def _restore_role_groups(sender, **kwargs):
+    """Transactional tests flush the database after each test, which removes the
+    role groups the data migration made; flush re-emits post_migrate, so put them
+    back here, or later tests would create users without roles."""
+    from django.apps import apps
+    from django.contrib.auth.models import Group, Permission
+
+    if sender is not list(apps.get_app_configs())[-1]:
+        return  # wait for the last app: its signal comes after every permission exists
+    from apps.accounts.services import sync_role_groups
+
+    sync_role_groups(Group, Permission)
+
+
+def pytest_configure(config):
+    from django.db.models.signals import post_migrate
+
+    post_migrate.connect(_restore_role_groups, dispatch_uid="tests-restore-role-groups")
+
+
 FIXTURES = Path(__file__).parent / "fixtures"
 IMAGES = FIXTURES / "images"
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -25,3 +25,6 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}
 
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise warns when it is missing
+# Close connections after each request: a live-server request thread that kept
+# its connection would stop the test database from being dropped.
+DATABASES["default"]["CONN_MAX_AGE"] = 0
