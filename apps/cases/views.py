@@ -106,6 +106,11 @@ def image_file(request: HttpRequest, pk: int) -> FileResponse:
 def label_queue(request: HttpRequest) -> HttpResponse:
     """One image at a time, most in need first; no patient identifiers on this page."""
     queue = labelling.labelling_queue(annotator=request.user)
+    skipped = request.GET.get("after", "")
+    if skipped.isdigit():
+        # "Skip": show the image after the skipped one, wrapping around.
+        position = next((i for i, image in enumerate(queue) if image.pk == int(skipped)), -1)
+        queue = queue[position + 1 :] + queue[: position + 1]
     return render(
         request,
         "cases/label_queue.html",
