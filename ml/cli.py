@@ -72,14 +72,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from ml.artifacts import read_card
     from ml.classifier import Classifier
     from ml.data import load_many
     from ml.evaluate import evaluate_predictions, write_report
     from ml.splits import split_records
-    from ml.train import load_arrays
+    from ml.train import classifier_probabilities
 
     card = read_card(args.model)
     classifier = Classifier.load(args.model, expected_sha256=card.get("sha256"), card=card)
@@ -104,8 +102,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             level=split["level"],
         )
         records = [r for r, name in zip(records, names, strict=True) if name == args.split]
-    x = load_arrays(records, classifier.spec, progress=not args.quiet)
-    probs = np.concatenate([classifier.predict_array(x[i : i + 64]) for i in range(0, len(x), 64)])
+    probs = classifier_probabilities(classifier, records, progress=not args.quiet)
     y_true = [r.label for r in records]
     result = evaluate_predictions(
         y_true,

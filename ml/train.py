@@ -331,14 +331,23 @@ def train(
     return TrainResult(artifact=artifact, card=card, metrics=metrics, report_dir=report_dir)
 
 
+def classifier_probabilities(
+    classifier, records: Sequence[Record], *, progress: bool = False, batch_size: int = 64
+) -> np.ndarray:
+    """Probabilities of a loaded ``ml.classifier.Classifier`` for records, in batches."""
+    x = load_arrays(records, classifier.spec, progress=progress)
+    return np.concatenate(
+        [classifier.predict_array(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    )
+
+
 def evaluate_classifier(
     classifier, records: Sequence[Record], *, n_bootstrap: int = 1000, progress: bool = False
 ) -> dict:
     """Metrics of a loaded ``ml.classifier.Classifier`` on labelled records (per source too)."""
     from ml.evaluate import evaluate_predictions
 
-    x = load_arrays(records, classifier.spec, progress=progress)
-    probs = np.concatenate([classifier.predict_array(x[i : i + 64]) for i in range(0, len(x), 64)])
+    probs = classifier_probabilities(classifier, records, progress=progress)
     return evaluate_predictions(
         [r.label for r in records],
         probs,

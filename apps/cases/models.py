@@ -7,9 +7,9 @@ from django.db import models
 from django.utils import timezone
 
 from cxrplatform.jobs import Job
-from ml.labels import CLASS_DISPLAY, CLASSES
+from ml.labels import CLASS_CHOICES
 
-LABEL_CHOICES = [(name, CLASS_DISPLAY[name]) for name in CLASSES]
+LABEL_CHOICES = CLASS_CHOICES
 UNUSABLE = "unusable"
 VERDICT_CHOICES = [*LABEL_CHOICES, (UNUSABLE, "Unusable image")]
 
