@@ -42,6 +42,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "django_filters",
     "apps.accounts",
     "apps.cases",
     "apps.models.apps.RegistryConfig",

@@ -20,8 +20,37 @@ def _image_upload_to(instance: CaseImage, filename: str) -> str:
     return f"cases/{timezone.now():%Y/%m}/{uuid.uuid4().hex}.{ext}"
 
 
+class CaseQuerySet(models.QuerySet):
+    def with_status(self) -> CaseQuerySet:
+        """Annotate ``derived_status``, the same rule as ``Case.status``, for filtering in SQL."""
+        predictions = Prediction.objects.filter(image__case=models.OuterRef("pk"))
+        active = [Prediction.Status.PENDING, Prediction.Status.RUNNING]
+        return self.annotate(
+            derived_status=models.Case(
+                models.When(~models.Exists(predictions), then=models.Value("pending")),
+                models.When(
+                    models.Exists(predictions.filter(status__in=active)),
+                    then=models.Value("processing"),
+                ),
+                models.When(
+                    models.Exists(predictions.filter(status=Prediction.Status.FAILED)),
+                    then=models.Value("failed"),
+                ),
+                default=models.Value("done"),
+                output_field=models.CharField(),
+            )
+        )
+
+
 class Case(models.Model):
     """One clinical submission: one or more images of the same patient."""
+
+    STATUS_CHOICES = [
+        ("pending", "Waiting"),
+        ("processing", "Processing"),
+        ("done", "Done"),
+        ("failed", "Failed"),
+    ]
 
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="cases"
@@ -34,6 +63,8 @@ class Case(models.Model):
     notes = models.TextField(blank=True, max_length=5000)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = CaseQuerySet.as_manager()
 
     class Meta:
         ordering = ("-created_at",)

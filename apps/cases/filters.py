@@ -1,0 +1,49 @@
+"""Case-list filters, one definition for the web list and the REST API."""
+
+from __future__ import annotations
+
+import django_filters
+
+from apps.cases.models import LABEL_CHOICES, VERDICT_CHOICES, Case
+
+
+class CaseFilter(django_filters.FilterSet):
+    status = django_filters.ChoiceFilter(
+        choices=Case.STATUS_CHOICES,
+        field_name="derived_status",
+        label="Status",
+        empty_label="Any status",
+    )
+    label = django_filters.ChoiceFilter(
+        choices=LABEL_CHOICES,
+        method="filter_label",
+        label="Predicted label",
+        empty_label="Any prediction",
+    )
+    expert_label = django_filters.ChoiceFilter(
+        choices=VERDICT_CHOICES,
+        field_name="images__confirmed_label",
+        distinct=True,
+        label="Expert label",
+        empty_label="Any expert label",
+    )
+    created = django_filters.DateFromToRangeFilter(
+        field_name="created_at__date",
+        label="Created (from, to)",
+        widget=django_filters.widgets.DateRangeWidget(attrs={"type": "date"}),
+    )
+
+    class Meta:
+        model = Case
+        fields = ["status", "label", "expert_label", "created"]
+
+    def filter_label(self, queryset, name, value):
+        # Any image of the case whose finished prediction carries the label.
+        return queryset.filter(
+            images__predictions__status="done", images__predictions__label=value
+        ).distinct()
+
+
+def filter_cases(queryset, params) -> CaseFilter:
+    """Bind the filter to a ``with_status()`` queryset; callers check ``is_valid()``."""
+    return CaseFilter(params, queryset=queryset.with_status())
