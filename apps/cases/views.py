@@ -3,34 +3,23 @@
 from __future__ import annotations
 
 from django.contrib import messages
-from django.db.models import Prefetch
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from apps.accounts.roles import ANNOTATOR, CLINICIAN, has_role, role_required
+from apps.accounts.roles import ANNOTATOR, CLINICIAN, role_required
 from apps.cases import labelling, services
+from apps.cases.access import own_cases, visible_images
 from apps.cases.forms import CaseUploadForm
-from apps.cases.models import VERDICT_CHOICES, Case, CaseImage, Prediction
+from apps.cases.models import VERDICT_CHOICES, Prediction
 from apps.cases.validation import UploadRejected
 from apps.explain.models import Explanation
-
-
-def _own_cases(request: HttpRequest):
-    return Case.objects.filter(owner=request.user).prefetch_related(
-        Prefetch(
-            "images",
-            queryset=CaseImage.objects.prefetch_related(
-                "predictions__model_version", "explanations"
-            ),
-        )
-    )
 
 
 @require_GET
 @role_required(CLINICIAN)
 def case_list(request: HttpRequest) -> HttpResponse:
-    return render(request, "cases/case_list.html", {"cases": _own_cases(request)})
+    return render(request, "cases/case_list.html", {"cases": own_cases(request.user)})
 
 
 @require_http_methods(["GET", "POST"])
@@ -61,7 +50,7 @@ def case_create(request: HttpRequest) -> HttpResponse:
 @role_required(CLINICIAN)
 def case_detail(request: HttpRequest, pk: int) -> HttpResponse:
     # Another clinician's case is a 404, not a 403: its existence is not theirs to know.
-    case = get_object_or_404(_own_cases(request), pk=pk)
+    case = get_object_or_404(own_cases(request.user), pk=pk)
     explaining = any(
         not e.is_finished for image in case.images.all() for e in image.explanations.all()
     )
@@ -74,16 +63,6 @@ def case_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "methods": Explanation.Method.choices,
         },
     )
-
-
-def visible_images(user):
-    """Images a user may see: clinicians their own cases', annotators every predicted one."""
-    images = CaseImage.objects.none()
-    if has_role(user, CLINICIAN):
-        images = images | CaseImage.objects.filter(case__owner=user)
-    if has_role(user, ANNOTATOR):
-        images = images | CaseImage.objects.filter(predictions__status=Prediction.Status.DONE)
-    return images.distinct()
 
 
 @require_GET

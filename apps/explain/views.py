@@ -27,7 +27,7 @@ def request_method(request: HttpRequest, image_pk: int) -> HttpResponse:
 
 
 def _serve(request: HttpRequest, pk: int, field: str, content_type: str) -> FileResponse:
-    from apps.cases.views import visible_images
+    from apps.cases.access import visible_images
 
     explanation = get_object_or_404(
         Explanation,
