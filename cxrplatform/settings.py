@@ -9,6 +9,7 @@ README, "Configuration"). Every value goes through a typed helper in
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -42,11 +43,15 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "rest_framework.authtoken",
     "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "apps.accounts",
     "apps.cases",
     "apps.models.apps.RegistryConfig",
     "apps.explain",
+    "apps.api",
 ]
 
 MIDDLEWARE = [
@@ -193,11 +198,86 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 
+# Cache: throttle counters must be shared by every web process, so production
+# (a redis:// broker) keeps them in Redis; the embedded demo has one process
+# and uses local memory. CACHE_URL overrides the choice.
+CACHE_URL = env_str(
+    "CACHE_URL",
+    default=CELERY_BROKER_URL if CELERY_BROKER_URL.startswith(("redis://", "rediss://")) else "",
+)
+if CACHE_URL.startswith(("redis://", "rediss://")):
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": CACHE_URL,
+            "KEY_PREFIX": "cxr",
+        }
+    }
+elif CACHE_URL in ("", "locmem://"):
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+else:
+    raise ImproperlyConfigured(f"CACHE_URL={CACHE_URL!r} must be a redis:// URL or locmem://.")
+
+# Protected media: files are streamed by Django unless a reverse proxy serves
+# them from an internal location (nginx: `location /protected/ { internal; alias
+# MEDIA_ROOT/; }` and CXR_PROTECTED_MEDIA_ACCEL_PREFIX=/protected/).
+CXR_PROTECTED_MEDIA_ACCEL_PREFIX = env_str("CXR_PROTECTED_MEDIA_ACCEL_PREFIX", default="")
+if CXR_PROTECTED_MEDIA_ACCEL_PREFIX and not CXR_PROTECTED_MEDIA_ACCEL_PREFIX.startswith("/"):
+    raise ImproperlyConfigured(
+        "CXR_PROTECTED_MEDIA_ACCEL_PREFIX must be an absolute path such as /protected/."
+    )
+
+
+def _rate(name: str, default: str) -> str:
+    value = env_str(name, default=default)
+    if not re.fullmatch(r"[1-9][0-9]*/(s|sec|second|m|min|minute|h|hour|d|day)", value):
+        raise ImproperlyConfigured(f"{name}={value!r} is not a rate such as 10/minute.")
+    return value
+
+
 REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        # Token first: an anonymous API request gets 401 with WWW-Authenticate: Token.
+        "rest_framework.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PAGINATION_CLASS": "apps.api.pagination.PageNumberPagination",
+    "DEFAULT_FILTER_BACKENDS": [],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "apps.api.exceptions.api_exception_handler",
+    "DEFAULT_THROTTLE_RATES": {
+        # Per client address: obtaining API tokens and web log-ins (POST /login/).
+        "auth": _rate("CXR_AUTH_THROTTLE_RATE", "10/minute"),
+        "login": _rate("CXR_LOGIN_THROTTLE_RATE", "10/minute"),
+    },
+    "NUM_PROXIES": env_int("CXR_NUM_PROXIES", default=0, min_value=0),
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "CXR platform API",
+    "DESCRIPTION": (
+        "Chest X-ray triage: cases, predictions, explanations, expert labels and the "
+        "model registry. Authenticate with `Authorization: Token <key>` "
+        "(POST /api/v1/auth/token/). Research prototype, not a diagnostic device."
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "COMPONENT_SPLIT_REQUEST": True,
+    # Interactive docs from drf-spectacular-sidecar's static files, never a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {
+        "JobStatusEnum": "cxrplatform.jobs.JobStatus",
+        "CaseStatusEnum": "apps.cases.models.Case.STATUS_CHOICES",
+        "VerdictEnum": "apps.cases.models.VERDICT_CHOICES",
+        "ClassLabelEnum": "apps.cases.models.LABEL_CHOICES",
+    },
 }
 
 LOG_LEVEL = env_str("LOG_LEVEL", default="INFO")

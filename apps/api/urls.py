@@ -1,0 +1,55 @@
+from django.urls import path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+
+from apps.api import views
+
+app_name = "api"
+
+urlpatterns = [
+    path("auth/token/", views.TokenView.as_view(), name="token"),
+    path("cases/", views.CaseListCreate.as_view(), name="case-list"),
+    path("cases/<int:pk>/", views.CaseDetail.as_view(), name="case-detail"),
+    path("images/", views.ImageList.as_view(), name="image-list"),
+    path("images/<int:pk>/", views.ImageDetail.as_view(), name="image-detail"),
+    path("images/<int:pk>/file/", views.ImageFile.as_view(), name="image-file"),
+    path(
+        "images/<int:pk>/explanations/",
+        views.ImageExplanations.as_view(),
+        name="image-explanations",
+    ),
+    path("images/<int:pk>/labels/", views.ImageLabels.as_view(), name="image-labels"),
+    path("labelling/queue/", views.LabellingQueue.as_view(), name="labelling-queue"),
+    path("explanations/<int:pk>/", views.ExplanationDetail.as_view(), name="explanation-detail"),
+    path(
+        "explanations/<int:pk>/overlay/",
+        views.ExplanationOverlay.as_view(),
+        name="explanation-overlay",
+    ),
+    path(
+        "explanations/<int:pk>/heatmap/",
+        views.ExplanationHeatmap.as_view(),
+        name="explanation-heatmap",
+    ),
+    path("models/", views.ModelVersionList.as_view(), name="model-list"),
+    path("models/rollback/", views.ModelRollback.as_view(), name="model-rollback"),
+    path("models/<int:pk>/", views.ModelVersionDetail.as_view(), name="model-detail"),
+    path("models/<int:pk>/promote/", views.ModelVersionPromote.as_view(), name="model-promote"),
+    path("training-runs/", views.TrainingRunListCreate.as_view(), name="training-run-list"),
+    path(
+        "training-runs/<int:pk>/",
+        views.TrainingRunDetail.as_view(),
+        name="training-run-detail",
+    ),
+    # Documentation is public (it holds no data); served from local static files.
+    path("schema/", SpectacularAPIView.as_view(permission_classes=[]), name="schema"),
+    path(
+        "docs/",
+        SpectacularSwaggerView.as_view(url_name="api:schema", permission_classes=[]),
+        name="docs",
+    ),
+    path(
+        "redoc/",
+        SpectacularRedocView.as_view(url_name="api:schema", permission_classes=[]),
+        name="redoc",
+    ),
+]
