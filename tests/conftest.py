@@ -107,3 +107,12 @@ def login(client):
         return client
 
     return _login
+
+
+@pytest.fixture(autouse=True)
+def _fresh_throttles():
+    """The log-in and token throttles count per client address in the cache, which
+    outlives a test (and, with Redis, a test run): start every test at zero."""
+    from apps.api.throttles import reset_throttles
+
+    reset_throttles("127.0.0.1")

@@ -1,0 +1,101 @@
+"""A small world for API tests: two clinicians' cases with real predictions and a
+real Grad-CAM (the tiny test model), reference data, a training run and model
+versions to promote and roll back to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from django.utils import timezone
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from apps.cases import services
+from apps.cases.inference import run_prediction
+from apps.cases.models import Case, CaseImage, Prediction
+from apps.explain.jobs import run_explanation
+from apps.explain.models import Explanation
+from apps.models import services as registry
+from apps.models.datasets import import_reference_dataset
+from apps.models.models import ModelVersion, TrainingRun
+from tests.conftest import IMAGES, upload_of
+
+ROLES = ["anonymous", "clinician", "other_clinician", "annotator", "model_admin"]
+
+
+@dataclass
+class World:
+    case: Case
+    image: CaseImage
+    explanation: Explanation
+    other_case: Case
+    production: ModelVersion
+    candidate: ModelVersion
+    previous: ModelVersion
+    run: TrainingRun
+
+
+def predicted_case(owner, *names: str, patient_ref: str = "PSEUDO-API-1") -> Case:
+    """A case whose predictions ran (in this process, on the tiny model)."""
+    case = services.create_case(
+        owner=owner,
+        files=[upload_of(n) for n in names or ("2168a917.jpg",)],
+        patient_ref=patient_ref,
+    )
+    for prediction in Prediction.objects.filter(image__case=case):
+        run_prediction(prediction_id=prediction.pk)
+    return case
+
+
+@pytest.fixture
+def world(clinician, other_clinician, model_admin, production_model) -> World:
+    case = predicted_case(clinician)
+    image = case.images.get()
+    explanation = Explanation.objects.get(image=image, method="gradcam")
+    run_explanation(explanation_id=explanation.pk)
+    explanation.refresh_from_db()
+    assert explanation.status == "done", explanation.error
+    other_case = predicted_case(other_clinician, "IM-0117-0001.jpeg", patient_ref="PSEUDO-API-2")
+
+    # Registry rows: a candidate to promote and an earlier production version to roll back to.
+    artifact = production_model.artifact.name
+    previous = ModelVersion.objects.create(
+        name="previous",
+        sha256="a" * 64,
+        artifact=artifact,
+        status=ModelVersion.Status.ARCHIVED,
+        promoted_at=timezone.now() - timezone.timedelta(days=1),
+    )
+    candidate = ModelVersion.objects.create(
+        name="candidate", sha256="b" * 64, artifact=artifact, status="candidate"
+    )
+    import_reference_dataset(IMAGES / "manifest.csv", "generic")
+    run = registry.start_training_run(requested_by=model_admin)
+    return World(case, image, explanation, other_case, production_model, candidate, previous, run)
+
+
+@pytest.fixture
+def users(clinician, other_clinician, annotator, model_admin) -> dict:
+    return {
+        "anonymous": None,
+        "clinician": clinician,
+        "other_clinician": other_clinician,
+        "annotator": annotator,
+        "model_admin": model_admin,
+    }
+
+
+@pytest.fixture
+def api_as(users):
+    """``api_as("clinician")``: an APIClient sending that user's token."""
+
+    def _client(role: str) -> APIClient:
+        client = APIClient()
+        user = users[role] if isinstance(role, str) else role
+        if user is not None:
+            token, _ = Token.objects.get_or_create(user=user)
+            client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+        return client
+
+    return _client

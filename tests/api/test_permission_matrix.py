@@ -1,0 +1,157 @@
+"""Every API endpoint x every role, each cell an exact status code (SPEC §1: deny by default).
+
+Object-level cells use the first clinician's case, image and explanation:
+the other clinician gets 404 (not 403, as on the web: its existence is not
+theirs to know); annotators may read predicted images and their heatmaps but
+not cases; model admins see only the registry.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from django.urls import resolve
+
+from tests.api.conftest import ROLES
+from tests.conftest import upload_of
+from tests.factories import PASSWORD
+
+
+def _codes(anonymous, clinician, other, annotator, admin) -> dict[str, int]:
+    return dict(zip(ROLES, (anonymous, clinician, other, annotator, admin), strict=True))
+
+
+def _token_body(world, users, role):
+    user = users[role]
+    if user is None:
+        return {"username": "nobody", "password": "wrong"}
+    return {"username": user.username, "password": PASSWORD}
+
+
+# (id, method, path(world), body(world, users, role) | None, format, expected codes)
+MATRIX = [
+    ("token-obtain", "post", lambda w: "/api/v1/auth/token/", _token_body, "json",
+     _codes(400, 200, 200, 200, 200)),
+    ("token-revoke", "delete", lambda w: "/api/v1/auth/token/", None, None,
+     _codes(401, 204, 204, 204, 204)),
+    ("case-list", "get", lambda w: "/api/v1/cases/", None, None,
+     _codes(401, 200, 200, 403, 403)),
+    ("case-create", "post", lambda w: "/api/v1/cases/",
+     lambda w, u, r: {"images": [upload_of("2168a917.jpg")], "patient_ref": "P-1"}, "multipart",
+     _codes(401, 201, 201, 403, 403)),
+    ("case-detail", "get", lambda w: f"/api/v1/cases/{w.case.pk}/", None, None,
+     _codes(401, 200, 404, 403, 403)),
+    ("image-list", "get", lambda w: "/api/v1/images/", None, None,
+     _codes(401, 200, 200, 200, 403)),
+    ("image-detail", "get", lambda w: f"/api/v1/images/{w.image.pk}/", None, None,
+     _codes(401, 200, 404, 200, 403)),
+    ("image-file", "get", lambda w: f"/api/v1/images/{w.image.pk}/file/", None, None,
+     _codes(401, 200, 404, 200, 403)),
+    ("image-explanations", "post", lambda w: f"/api/v1/images/{w.image.pk}/explanations/",
+     lambda w, u, r: {"method": "occlusion"}, "json",
+     _codes(401, 202, 404, 403, 403)),
+    ("image-labels", "post", lambda w: f"/api/v1/images/{w.image.pk}/labels/",
+     lambda w, u, r: {"label": "normal"}, "json",
+     _codes(401, 403, 403, 201, 403)),
+    ("labelling-queue", "get", lambda w: "/api/v1/labelling/queue/", None, None,
+     _codes(401, 403, 403, 200, 403)),
+    ("explanation-detail", "get", lambda w: f"/api/v1/explanations/{w.explanation.pk}/",
+     None, None, _codes(401, 200, 404, 200, 403)),
+    ("explanation-overlay", "get",
+     lambda w: f"/api/v1/explanations/{w.explanation.pk}/overlay/", None, None,
+     _codes(401, 200, 404, 200, 403)),
+    ("explanation-heatmap", "get",
+     lambda w: f"/api/v1/explanations/{w.explanation.pk}/heatmap/", None, None,
+     _codes(401, 200, 404, 200, 403)),
+    ("model-list", "get", lambda w: "/api/v1/models/", None, None,
+     _codes(401, 403, 403, 403, 200)),
+    ("model-detail", "get", lambda w: f"/api/v1/models/{w.candidate.pk}/", None, None,
+     _codes(401, 403, 403, 403, 200)),
+    ("model-promote", "post", lambda w: f"/api/v1/models/{w.candidate.pk}/promote/",
+     lambda w, u, r: {"reason": "matrix"}, "json",
+     _codes(401, 403, 403, 403, 200)),
+    ("model-rollback", "post", lambda w: "/api/v1/models/rollback/", None, None,
+     _codes(401, 403, 403, 403, 200)),
+    ("training-run-list", "get", lambda w: "/api/v1/training-runs/", None, None,
+     _codes(401, 403, 403, 403, 200)),
+    # The world already has a pending run, so a second one is refused: 409 for the admin.
+    ("training-run-create", "post", lambda w: "/api/v1/training-runs/", None, None,
+     _codes(401, 403, 403, 403, 409)),
+    ("training-run-detail", "get", lambda w: f"/api/v1/training-runs/{w.run.pk}/", None, None,
+     _codes(401, 403, 403, 403, 200)),
+    ("schema", "get", lambda w: "/api/v1/schema/", None, None, _codes(200, 200, 200, 200, 200)),
+    ("docs", "get", lambda w: "/api/v1/docs/", None, None, _codes(200, 200, 200, 200, 200)),
+    ("redoc", "get", lambda w: "/api/v1/redoc/", None, None, _codes(200, 200, 200, 200, 200)),
+]  # fmt: skip
+
+CELLS = [
+    pytest.param(method, path, body, fmt, role, codes[role], id=f"{name}-{role}")
+    for name, method, path, body, fmt, codes in MATRIX
+    for role in ROLES
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "fmt", "role", "expected"), CELLS)
+def test_permission_matrix(world, users, api_as, method, path, body, fmt, role, expected):
+    client = api_as(role)
+    url = path(world)
+    data = body(world, users, role) if body else None
+    response = (
+        getattr(client, method)(url, data, format=fmt) if data else getattr(client, method)(url)
+    )
+    assert response.status_code == expected, getattr(response, "data", response)
+    if expected == 401:
+        assert response["WWW-Authenticate"] == "Token"
+    if expected >= 400:
+        assert response.json()["error"]["status"] == expected
+
+
+def test_the_matrix_covers_every_api_route_and_method():
+    from apps.api.urls import urlpatterns
+
+    stub = SimpleNamespace(pk=1)
+    fake_world = SimpleNamespace(case=stub, image=stub, explanation=stub, candidate=stub, run=stub)
+    covered = {(resolve(path(fake_world)).url_name, method) for _, method, path, *_ in MATRIX}
+    declared = set()
+    for pattern in urlpatterns:
+        view = pattern.callback.cls
+        methods = {m for m in view.http_method_names if hasattr(view, m)} - {"options", "head"}
+        declared |= {(pattern.name, m) for m in methods}
+    assert declared == covered
+
+
+def test_another_clinicians_case_and_its_files_are_not_found(world, api_as):
+    client = api_as("other_clinician")
+    image, explanation = world.image, world.explanation
+    for url in (
+        f"/api/v1/cases/{world.case.pk}/",
+        f"/api/v1/images/{image.pk}/",
+        f"/api/v1/images/{image.pk}/file/",
+        f"/api/v1/explanations/{explanation.pk}/overlay/",
+        f"/api/v1/explanations/{explanation.pk}/heatmap/",
+    ):
+        assert client.get(url).status_code == 404, url
+    listed = client.get("/api/v1/cases/").json()
+    assert [c["id"] for c in listed["results"]] == [world.other_case.pk]
+    listed = client.get("/api/v1/images/").json()
+    assert image.pk not in {i["id"] for i in listed["results"]}
+
+
+def test_annotator_never_sees_patient_ref(world, api_as):
+    client = api_as("annotator")
+    for url in (
+        "/api/v1/images/",
+        f"/api/v1/images/{world.image.pk}/",
+        "/api/v1/labelling/queue/",
+        f"/api/v1/explanations/{world.explanation.pk}/",
+    ):
+        response = client.get(url)
+        assert response.status_code == 200, url
+        text = response.content.decode()
+        assert "patient_ref" not in text, url
+        assert "PSEUDO-API-1" not in text, url
+        assert "PSEUDO-API-2" not in text, url
+    # The clinician who owns the case does see it.
+    owner = api_as("clinician").get(f"/api/v1/cases/{world.case.pk}/").json()
+    assert owner["patient_ref"] == "PSEUDO-API-1"
