@@ -115,6 +115,29 @@ class CaseImage(models.Model):
         return f"Image {self.pk} of case {self.case_id}"
 
     @property
+    def current_explanations(self) -> list:
+        """The newest explanation per method (Grad-CAM first), from the prefetched set."""
+        newest: dict[str, object] = {}
+        for explanation in sorted(self.explanations.all(), key=lambda e: e.pk):
+            newest[explanation.method] = explanation
+        return sorted(newest.values(), key=lambda e: (e.method != "gradcam", e.method))
+
+    @property
+    def live_state(self) -> str:
+        """Changes whenever anything shown about this image changes (for live pages)."""
+        prediction = self.latest_prediction
+        parts = [prediction.status if prediction else "none", self.confirmed_label]
+        parts += [f"{e.method}:{e.status}" for e in self.current_explanations]
+        return "|".join(parts)
+
+    @property
+    def in_progress(self) -> bool:
+        prediction = self.latest_prediction
+        return (prediction is not None and not prediction.is_finished) or any(
+            not e.is_finished for e in self.current_explanations
+        )
+
+    @property
     def latest_prediction(self) -> Prediction | None:
         predictions = list(self.predictions.all())
         return max(predictions, key=lambda p: p.pk) if predictions else None
@@ -152,6 +175,14 @@ class Prediction(Job):
     @property
     def confidence(self) -> float | None:
         return max(self.probabilities.values()) if self.probabilities else None
+
+    @property
+    def probability_rows(self) -> list[tuple[str, str, float]]:
+        """(class, display name, probability) in the model's class order, for display."""
+        return [
+            (name, display, float(self.probabilities.get(name, 0.0)))
+            for name, display in LABEL_CHOICES
+        ]
 
     def mark_done(
         self,

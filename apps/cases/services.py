@@ -46,7 +46,15 @@ def create_case(
     limit = settings.CXR_MAX_IMAGES_PER_CASE
     if len(files) > limit:
         raise UploadRejected("upload", f"{len(files)} images; a case holds at most {limit}.")
-    validated = [validate_image(f) for f in files]
+    validated, rejections = [], []
+    for uploaded in files:
+        # Check every file, so one answer names each refused file and its problem.
+        try:
+            validated.append(validate_image(uploaded))
+        except UploadRejected as exc:
+            rejections.append(exc)
+    if rejections:
+        raise UploadRejected.of_files(rejections)
 
     with files_removed_on_error() as stored, transaction.atomic():
         case = Case.objects.create(

@@ -26,7 +26,24 @@ class UploadRejected(Exception):  # noqa: N818 - reads as what happened to the u
         self.filename = filename
         self.problem = problem
         self.status = status
+        # Every refused file of a multi-file upload, so each error can be shown
+        # next to its file; a single refusal lists itself.
+        self.rejections: list[UploadRejected] = [self]
         super().__init__(f"{filename}: {problem}")
+
+    @classmethod
+    def of_files(cls, rejections: list[UploadRejected]) -> UploadRejected:
+        """One exception for several refused files; its status is the first file's."""
+        if len(rejections) == 1:
+            return rejections[0]
+        first = rejections[0]
+        combined = cls(
+            first.filename,
+            first.problem + f" (and {len(rejections) - 1} more file(s) refused)",
+            status=first.status,
+        )
+        combined.rejections = list(rejections)
+        return combined
 
 
 @dataclass(frozen=True)

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from apps.accounts.roles import ANNOTATOR, CLINICIAN, role_required
 from apps.cases import labelling, services
 from apps.cases.access import own_cases, visible_images
 from apps.cases.forms import CaseUploadForm
-from apps.cases.models import VERDICT_CHOICES, Prediction
+from apps.cases.models import VERDICT_CHOICES
 from apps.cases.validation import UploadRejected
 from apps.explain.models import Explanation
 
@@ -25,8 +27,10 @@ def case_list(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 @role_required(CLINICIAN)
 def case_create(request: HttpRequest) -> HttpResponse:
+    """The upload page; its script posts the same form and asks for JSON to show progress."""
     form = CaseUploadForm(request.POST or None, request.FILES or None)
-    status = 200
+    wants_json = "application/json" in request.headers.get("Accept", "")
+    status, rejected = 200, []
     if request.method == "POST":
         if form.is_valid():
             try:
@@ -37,13 +41,36 @@ def case_create(request: HttpRequest) -> HttpResponse:
                     notes=form.cleaned_data["notes"],
                 )
             except UploadRejected as exc:
+                rejected = [{"name": r.filename, "problem": r.problem} for r in exc.rejections]
                 form.add_error("images", str(exc))
                 status = exc.status
             else:
-                return redirect("cases:detail", pk=case.pk)
+                url = reverse("cases:detail", args=[case.pk])
+                if wants_json:
+                    return JsonResponse({"id": case.pk, "url": url}, status=201)
+                return redirect(url)
         else:
             status = 400
-    return render(request, "cases/case_create.html", {"form": form}, status=status)
+        if wants_json:
+            return JsonResponse(
+                {
+                    "error": "The upload was refused; nothing was stored.",
+                    "files": rejected,
+                    "fields": {name: list(errors) for name, errors in form.errors.items()},
+                },
+                status=status,
+            )
+    return render(
+        request,
+        "cases/case_create.html",
+        {
+            "form": form,
+            "max_bytes": settings.CXR_MAX_UPLOAD_BYTES,
+            "max_files": settings.CXR_MAX_IMAGES_PER_CASE,
+            "rejected": rejected,
+        },
+        status=status,
+    )
 
 
 @require_GET
@@ -51,17 +78,10 @@ def case_create(request: HttpRequest) -> HttpResponse:
 def case_detail(request: HttpRequest, pk: int) -> HttpResponse:
     # Another clinician's case is a 404, not a 403: its existence is not theirs to know.
     case = get_object_or_404(own_cases(request.user), pk=pk)
-    explaining = any(
-        not e.is_finished for image in case.images.all() for e in image.explanations.all()
-    )
     return render(
         request,
         "cases/case_detail.html",
-        {
-            "case": case,
-            "processing": explaining or case.status in {"processing", Prediction.Status.PENDING},
-            "methods": Explanation.Method.choices,
-        },
+        {"case": case, "methods": Explanation.Method.choices},
     )
 
 

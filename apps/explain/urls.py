@@ -7,5 +7,6 @@ app_name = "explain"
 urlpatterns = [
     path("images/<int:image_pk>/request/", views.request_method, name="request"),
     path("<int:pk>/overlay.png", views.overlay, name="overlay"),
+    path("<int:pk>/layer.png", views.layer, name="layer"),
     path("<int:pk>/heatmap.npy", views.heatmap, name="heatmap"),
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.contrib import messages
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.views.decorators.http import require_GET, require_POST
 
@@ -16,25 +16,50 @@ from apps.explain.models import Explanation
 @require_POST
 @role_required(CLINICIAN)
 def request_method(request: HttpRequest, image_pk: int) -> HttpResponse:
+    """Queue a method for an image; the viewer's script asks for JSON, a plain form gets a page."""
     image = get_object_or_404(CaseImage, pk=image_pk, case__owner=request.user)
+    wants_json = "application/json" in request.headers.get("Accept", "")
     try:
-        services.request_explanation(
+        explanation = services.request_explanation(
             image=image, method=request.POST.get("method", ""), requested_by=request.user
         )
     except services.ExplanationUnavailable as exc:
+        if wants_json:
+            return JsonResponse({"error": str(exc)}, status=400)
         messages.error(request, str(exc))
+        return redirect("cases:detail", pk=image.case_id)
+    if wants_json:
+        done = explanation.status == Explanation.Status.DONE
+        message = (
+            f"{explanation.get_method_display()} is ready."
+            if done
+            else f"{explanation.get_method_display()} queued; it appears when ready."
+        )
+        return JsonResponse(
+            {
+                "id": explanation.pk,
+                "method": explanation.method,
+                "status": explanation.status,
+                "message": message,
+            },
+            status=200 if done else 202,
+        )
     return redirect("cases:detail", pk=image.case_id)
 
 
-def _serve(request: HttpRequest, pk: int, field: str, content_type: str) -> FileResponse:
+def _visible_explanation(request: HttpRequest, pk: int) -> Explanation:
     from apps.cases.access import visible_images
 
-    explanation = get_object_or_404(
+    return get_object_or_404(
         Explanation,
         pk=pk,
         image__in=visible_images(request.user),
         status=Explanation.Status.DONE,
     )
+
+
+def _serve(request: HttpRequest, pk: int, field: str, content_type: str) -> FileResponse:
+    explanation = _visible_explanation(request, pk)
     try:
         handle = getattr(explanation, field).open("rb")
     except (FileNotFoundError, ValueError):
@@ -48,6 +73,25 @@ def _serve(request: HttpRequest, pk: int, field: str, content_type: str) -> File
 @role_required(CLINICIAN, ANNOTATOR)
 def overlay(request: HttpRequest, pk: int) -> FileResponse:
     return _serve(request, pk, "overlay", "image/png")
+
+
+@require_GET
+@role_required(CLINICIAN, ANNOTATOR)
+def layer(request: HttpRequest, pk: int) -> HttpResponse:
+    """The coloured heatmap alone (PNG), laid over the image at the viewer's chosen opacity."""
+    import numpy as np
+
+    from ml.colours import heatmap_png
+
+    explanation = _visible_explanation(request, pk)
+    try:
+        with explanation.heatmap.open("rb") as handle:
+            png = heatmap_png(np.load(handle, allow_pickle=False))
+    except (FileNotFoundError, ValueError) as exc:
+        raise Http404(f"The stored heatmap cannot be read: {exc}") from None
+    return HttpResponse(
+        png, content_type="image/png", headers={"Cache-Control": "private, no-store"}
+    )
 
 
 @require_GET

@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ml.colours import HEATMAP_CMAP
 from ml.explain._common import normalise_map, resize_map
 
 
@@ -34,7 +35,7 @@ def render_overlay(
     heatmap: np.ndarray,
     *,
     alpha: float = 0.45,
-    cmap: str = "jet",
+    cmap: str = HEATMAP_CMAP,
     title: str | None = None,
 ) -> bytes:
     """PNG of the image with the heatmap over it and a colour bar labelled 0..1.

@@ -127,6 +127,23 @@ def test_one_bad_file_among_several_stores_none_of_them(clinician, media_root):
     _assert_nothing_stored(media_root)
 
 
+def test_every_refused_file_is_named_with_its_own_problem(clinician, media_root):
+    with pytest.raises(UploadRejected) as excinfo:
+        services.create_case(
+            owner=clinician,
+            files=[
+                upload_of("empty.png", b""),
+                upload_of("2168a917.jpg"),
+                upload_of("notes.png", b"just some text, not a picture"),
+            ],
+        )
+    rejections = excinfo.value.rejections
+    assert [r.filename for r in rejections] == ["empty.png", "notes.png"]
+    assert "empty" in rejections[0].problem
+    assert "1 more file" in str(excinfo.value)
+    _assert_nothing_stored(media_root)
+
+
 def test_failure_after_files_were_written_removes_them(clinician, media_root, monkeypatch):
     """A database error half-way through a multi-image upload leaves no orphan file."""
     real_create = Prediction.objects.create

@@ -4,7 +4,7 @@ from django.urls import reverse
 from apps.cases import services
 from apps.cases.inference import run_prediction
 from apps.cases.models import Case, Prediction
-from tests.conftest import upload_of
+from tests.conftest import stored_files, upload_of
 
 
 @pytest.fixture
@@ -55,7 +55,8 @@ def test_clinician_uploads_through_the_form_and_sees_the_prediction(
 
     page = client.get(response.url).content.decode()
     assert "Classifying" in page
-    assert 'http-equiv="refresh"' in page  # keeps polling while processing
+    # Live page: each image still processing is marked for the page's script to re-fetch.
+    assert page.count("data-live-pending") == 3  # the case status and both images
 
     for prediction in Prediction.objects.filter(image__case=case):
         run_prediction(prediction_id=prediction.pk)
@@ -67,15 +68,57 @@ def test_clinician_uploads_through_the_form_and_sees_the_prediction(
     assert production_model.sha256[:12] in page
     # Each prediction queued a Grad-CAM: the page keeps refreshing until it is there.
     assert page.count('data-method="gradcam" data-status="pending"') == 2
-    assert 'http-equiv="refresh"' in page
+    assert page.count("data-live-pending") == 2  # the case is done, the heatmaps are not
 
 
 def test_upload_form_shows_the_rejection_next_to_the_field(login, clinician, media_root):
     client = login(clinician)
     response = client.post(reverse("cases:create"), {"images": [upload_of("x.jpg", b"")]})
     assert response.status_code == 400
-    assert "x.jpg: the file is empty." in response.content.decode()
+    assert "the file is empty." in response.content.decode()
     assert Case.objects.count() == 0
+
+
+def test_upload_answers_json_naming_each_refused_file(login, clinician, media_root):
+    client = login(clinician)
+    response = client.post(
+        reverse("cases:create"),
+        {
+            "images": [
+                upload_of("x.jpg", b""),
+                upload_of("2168a917.jpg"),
+                upload_of("y.png", b"not an image"),
+            ]
+        },
+        headers={"accept": "application/json"},
+    )
+    assert response.status_code == 400
+    body = response.json()
+    assert body["files"] == [
+        {"name": "x.jpg", "problem": "the file is empty."},
+        {
+            "name": "y.png",
+            "problem": "this is not an image file this platform can read; upload PNG or JPEG.",
+        },
+    ]
+    assert Case.objects.count() == 0
+    assert stored_files(media_root) == []
+
+
+def test_upload_answers_json_with_the_new_case(
+    login, clinician, production_model, django_capture_on_commit_callbacks
+):
+    client = login(clinician)
+    with django_capture_on_commit_callbacks(execute=False):
+        response = client.post(
+            reverse("cases:create"),
+            {"images": [upload_of("2168a917.jpg")], "notes": "cough"},
+            headers={"accept": "application/json"},
+        )
+    assert response.status_code == 201
+    case = Case.objects.get(owner=clinician)
+    assert response.json() == {"id": case.pk, "url": reverse("cases:detail", args=[case.pk])}
+    assert case.notes == "cough"
 
 
 def test_clinician_sees_only_their_own_cases(login, clinician, other_clinician, case_of):

@@ -147,8 +147,9 @@ def test_case_page_shows_the_overlay_and_offers_other_methods(
     client = login(clinician)
     page = client.get(reverse("cases:detail", args=[predicted_image.case_id])).content.decode()
     assert reverse("explain:overlay", args=[explanation.pk]) in page
+    assert reverse("explain:layer", args=[explanation.pk]) in page
     assert '<option value="occlusion">' in page
-    assert 'http-equiv="refresh"' not in page  # everything finished: stop polling
+    assert "data-live-pending" not in page  # everything finished: stop polling
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         response = client.post(
             reverse("explain:request", args=[predicted_image.pk]), {"method": "occlusion"}
@@ -158,7 +159,58 @@ def test_case_page_shows_the_overlay_and_offers_other_methods(
     assert Explanation.objects.filter(image=predicted_image, method="occlusion").exists()
     page = client.get(reverse("cases:detail", args=[predicted_image.case_id])).content.decode()
     assert 'data-method="occlusion" data-status="pending"' in page
-    assert 'http-equiv="refresh"' in page
+    assert page.count("data-live-pending") == 1  # the image, until its occlusion map is done
+
+    # The viewer's script asks for JSON: 202 while queued, 200 once it exists.
+    response = client.post(
+        reverse("explain:request", args=[predicted_image.pk]),
+        {"method": "occlusion"},
+        headers={"accept": "application/json"},
+    )
+    assert response.status_code == 202
+    assert response.json()["status"] == "pending"
+    response = client.post(
+        reverse("explain:request", args=[predicted_image.pk]),
+        {"method": "gradcam"},
+        headers={"accept": "application/json"},
+    )
+    assert response.status_code == 200
+    assert response.json()["id"] == explanation.pk
+    response = client.post(
+        reverse("explain:request", args=[predicted_image.pk]),
+        {"method": "astrology"},
+        headers={"accept": "application/json"},
+    )
+    assert response.status_code == 400
+    assert "Unknown explanation method 'astrology'" in response.json()["error"]
+
+
+def test_heatmap_layer_is_the_coloured_map_for_allowed_users_only(
+    login, clinician, other_clinician, predicted_image
+):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    explanation = Explanation.objects.get(image=predicted_image)
+    run_explanation(explanation_id=explanation.pk)
+    explanation.refresh_from_db()
+    url = reverse("explain:layer", args=[explanation.pk])
+    response = login(clinician).get(url)
+    assert response.status_code == 200
+    assert response["Content-Type"] == "image/png"
+    layer = Image.open(io.BytesIO(response.content))
+    heatmap = np.load(explanation.heatmap.open("rb"), allow_pickle=False)
+    assert layer.mode == "RGBA"
+    assert layer.size == (heatmap.shape[1], heatmap.shape[0])
+    # jet: the hottest pixel is red-ish, the coldest blue-ish
+    pixels = np.asarray(layer)
+    hot = np.unravel_index(np.argmax(heatmap), heatmap.shape)
+    cold = np.unravel_index(np.argmin(heatmap), heatmap.shape)
+    assert pixels[hot][0] > pixels[hot][2]
+    assert pixels[cold][2] > pixels[cold][0]
+    assert login(other_clinician).get(url).status_code == 404
 
 
 def test_other_clinician_cannot_request_explanations_for_my_image(
