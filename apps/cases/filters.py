@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import django_filters
+from django import forms
 
 from apps.cases.models import LABEL_CHOICES, VERDICT_CHOICES, Case
 
@@ -27,15 +28,22 @@ class CaseFilter(django_filters.FilterSet):
         label="Expert label",
         empty_label="Any expert label",
     )
-    created = django_filters.DateFromToRangeFilter(
+    created_after = django_filters.DateFilter(
         field_name="created_at__date",
-        label="Created (from, to)",
-        widget=django_filters.widgets.DateRangeWidget(attrs={"type": "date"}),
+        lookup_expr="gte",
+        label="Created from",
+        widget=forms.DateInput(attrs={"type": "date"}),
+    )
+    created_before = django_filters.DateFilter(
+        field_name="created_at__date",
+        lookup_expr="lte",
+        label="Created until",
+        widget=forms.DateInput(attrs={"type": "date"}),
     )
 
     class Meta:
         model = Case
-        fields = ["status", "label", "expert_label", "created"]
+        fields = ["status", "label", "expert_label", "created_after", "created_before"]
 
     def filter_label(self, queryset, name, value):
         # Any image of the case whose finished prediction carries the label.

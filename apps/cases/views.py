@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib import messages
+from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -12,6 +13,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from apps.accounts.roles import ANNOTATOR, CLINICIAN, role_required
 from apps.cases import labelling, services
 from apps.cases.access import own_cases, visible_images
+from apps.cases.filters import filter_cases
 from apps.cases.forms import CaseUploadForm
 from apps.cases.models import VERDICT_CHOICES
 from apps.cases.validation import UploadRejected
@@ -21,7 +23,23 @@ from apps.explain.models import Explanation
 @require_GET
 @role_required(CLINICIAN)
 def case_list(request: HttpRequest) -> HttpResponse:
-    return render(request, "cases/case_list.html", {"cases": own_cases(request.user)})
+    """The clinician's cases, filtered by status, label and date; statuses update live."""
+    filtered = filter_cases(own_cases(request.user), request.GET)
+    cases = filtered.qs if filtered.is_valid() else own_cases(request.user).none()
+    page = Paginator(cases, 25).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    return render(
+        request,
+        "cases/case_list.html",
+        {
+            "filter": filtered,
+            "page": page,
+            "query": query.urlencode(),
+            "filtering": any(v for k, v in request.GET.items() if k != "page"),
+            "has_cases": own_cases(request.user).exists(),
+        },
+    )
 
 
 @require_http_methods(["GET", "POST"])

@@ -193,3 +193,66 @@ def test_user_without_role_sees_why_on_home(client, db):
 def test_model_admin_home_names_the_production_model(login, model_admin, production_model):
     page = login(model_admin).get(reverse("home")).content.decode()
     assert production_model.sha256[:12] in page
+
+
+def _listed(response) -> list[int]:
+    import re
+
+    return [int(pk) for pk in re.findall(r'data-case="(\d+)"', response.content.decode())]
+
+
+def test_case_list_filters_by_status_label_expert_label_and_date(
+    login, clinician, production_model, case_of
+):
+    import datetime
+
+    from django.utils import timezone
+
+    from apps.cases.models import CaseImage
+
+    processing = case_of(clinician)
+    covid = case_of(clinician)
+    normal = case_of(clinician, "00001280_004.jpg")
+    failed = case_of(clinician)
+    version = production_model
+    for case, label in ((covid, "covid19"), (normal, "normal")):
+        prediction = Prediction.objects.get(image__case=case)
+        probabilities = {"covid19": 0.1, "pneumonia": 0.1, "normal": 0.1, label: 0.8}
+        prediction.mark_running()
+        prediction.mark_done(
+            model_version_id=version.pk,
+            label=label,
+            probabilities=probabilities,
+            preprocess_ms=1.0,
+            inference_ms=1.0,
+        )
+    Prediction.objects.get(image__case=failed).mark_failed("model missing")
+    CaseImage.objects.filter(case=normal).update(confirmed_label="pneumonia")
+    old = timezone.now() - datetime.timedelta(days=40)
+    Case.objects.filter(pk=normal.pk).update(created_at=old)
+
+    client = login(clinician)
+    url = reverse("cases:list")
+    assert _listed(client.get(url)) == [failed.pk, covid.pk, processing.pk, normal.pk]
+    assert _listed(client.get(url, {"status": "done"})) == [covid.pk, normal.pk]
+    assert _listed(client.get(url, {"status": "processing"})) == [processing.pk]
+    assert _listed(client.get(url, {"status": "failed"})) == [failed.pk]
+    assert _listed(client.get(url, {"label": "covid19"})) == [covid.pk]
+    assert _listed(client.get(url, {"expert_label": "pneumonia"})) == [normal.pk]
+    since = (timezone.now() - datetime.timedelta(days=7)).date().isoformat()
+    assert normal.pk not in _listed(client.get(url, {"created_after": since}))
+    assert _listed(client.get(url, {"created_before": since})) == [normal.pk]
+    # Live page: only the unfinished case keeps the page polling.
+    body = client.get(url).content.decode()
+    assert body.count("data-live-pending") == 1
+    # A bad filter value is an error on the form, not a silently unfiltered list.
+    response = client.get(url, {"status": "sleeping"})
+    assert response.status_code == 200
+    assert _listed(response) == []
+    assert "Select a valid choice" in response.content.decode()
+
+
+def test_case_list_empty_state_invites_the_first_upload(login, clinician):
+    body = login(clinician).get(reverse("cases:list")).content.decode()
+    assert "No cases yet" in body
+    assert reverse("cases:create") in body
