@@ -334,7 +334,7 @@ def test_invalid_filter_values_are_400_naming_the_parameter(api_as, three_cases)
     error = _error(client.get("/api/v1/cases/?status=finished"), 400)
     assert list(error["fields"]) == ["status"]
     error = _error(client.get("/api/v1/cases/?created_after=yesterday"), 400)
-    assert list(error["fields"]) == ["created"]
+    assert list(error["fields"]) == ["created_after"]
 
 
 def test_pagination_pages_and_caps_the_page_size(api_as, three_cases, model_admin):
