@@ -7,21 +7,29 @@ plots) can read. The metrics come from scikit-learn so that their definitions
 are the standard ones; the only hand-written computation is the expected
 calibration error, which scikit-learn does not provide.
 
+The result also summarises the curves (ROC per class, reliability bins, the
+confidence histogram) in a few kilobytes, so the plots can be drawn again from
+``metrics.json`` or the database row alone, without the model or the images:
+:func:`figure_confusion_matrix`, :func:`figure_roc` and :func:`figure_calibration`
+draw them with matplotlib's object API (no pyplot state), so a multi-threaded web
+process can call them.
+
 This module is framework code: it imports neither Django nor TensorFlow, so it
-can run in a notebook, a CI job or the worker alike.
+can run in a notebook, a CI job, the worker or the web process alike.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
 import numpy as np
-from sklearn.calibration import calibration_curve
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from sklearn.metrics import (
     accuracy_score,
     confusion_matrix,
@@ -31,10 +39,6 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-# Reports are written by headless processes (CI, workers): never ask for a display.
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
 logger = logging.getLogger(__name__)
 
 ECE_BINS = 15
@@ -43,6 +47,14 @@ BOOTSTRAP_METHOD = "percentile, resampling images with replacement"
 # Upper bound on (resamples x items) handed to scikit-learn in one call, to bound memory.
 _BOOTSTRAP_CHUNK_ITEMS = 2_000_000
 _ROW_SUM_TOLERANCE = 1e-3
+# The stored curves: enough points to draw them, few enough to keep metrics.json small.
+CURVE_DECIMALS = 4
+ROC_MAX_POINTS = 200
+# Okabe & Ito (2008): distinguishable with every common colour-vision deficiency.
+OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442")
+_LINE_STYLES = ("-", "--", "-.", ":")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+_CHANCE_COLOUR = "#555555"  # dark grey: 7.5:1 on white
 
 
 def evaluate_predictions(
@@ -76,6 +88,10 @@ def evaluate_predictions(
     adds ``per_source``: the same evaluation, without its own ``per_source``,
     for each source's images, so that a model that only works on one source shows.
 
+    ``curves`` (whole set only, see :func:`curves`) holds the ROC curves, the
+    reliability bins and the confidence histogram, rounded and thinned, so the
+    figures can be drawn from the result alone.
+
     Raises ``ValueError`` for inputs that would otherwise give silently wrong
     numbers: labels outside ``classes``, mismatched lengths, or rows of ``probs``
     that are not probability distributions (such as logits).
@@ -93,6 +109,7 @@ def evaluate_predictions(
             )
 
     result = _evaluate(true_idx, prob_array, class_list, n_bootstrap=n_bootstrap, seed=seed)
+    result["curves"] = curves(true_idx, prob_array, class_list)
     if source_list is not None:
         source_array = np.asarray(source_list, dtype=object)
         result["per_source"] = {
@@ -140,8 +157,9 @@ def write_report(
     attached to a model card as a whole.
 
     ``result`` is the output of :func:`evaluate_predictions` for the same
-    ``y_true``, ``probs`` and ``classes``; the raw inputs are needed again
-    because ROC and reliability curves are not summarised in ``result``.
+    ``y_true``, ``probs`` and ``classes``; the plots are drawn from ``result``
+    alone. The raw inputs are still taken, to check that ``result`` belongs to
+    them, and to add ``curves`` to a result computed before they existed.
     ``out_dir`` is created if missing; existing files of the same names are
     replaced. Returns the path of every file written, by kind.
     """
@@ -149,6 +167,8 @@ def write_report(
     true_idx, prob_array = _validate(y_true, probs, class_list)
     if result.get("n") != len(true_idx):
         raise ValueError(f"result is for {result.get('n')} images but y_true has {len(true_idx)}")
+    if "curves" not in result:
+        result = {**result, "curves": curves(true_idx, prob_array, class_list)}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -159,9 +179,12 @@ def write_report(
         "calibration": out_dir / "calibration.png",
     }
     paths["json"].write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
-    _plot_confusion_matrix(result, paths["confusion_matrix"], title)
-    _plot_roc(true_idx, prob_array, class_list, paths["roc"], title)
-    _plot_calibration(true_idx, prob_array, paths["calibration"], title)
+    for kind, draw in (
+        ("confusion_matrix", figure_confusion_matrix),
+        ("roc", figure_roc),
+        ("calibration", figure_calibration),
+    ):
+        paths[kind].write_bytes(figure_bytes(draw(result, title), "png"))
     paths["markdown"].write_text(_markdown(result, class_list, paths, title))
     logger.info("Wrote evaluation report to %s", out_dir)
     return paths
@@ -250,6 +273,82 @@ def _roc_auc(is_class: np.ndarray, scores: np.ndarray) -> float | None:
     return float(roc_auc_score(is_class, scores))
 
 
+def _confidence_bins(true_idx: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Top-1 confidence, correctness (0/1) and ECE bin index (0..ECE_BINS-1) per image.
+
+    Right-closed bins ``(0, 1/15], ..., (14/15, 1]``; a confidence of exactly 0
+    (impossible for a softmax) joins the first.
+    """
+    confidence = probs.max(axis=1)
+    correct = (np.argmax(probs, axis=1) == true_idx).astype(np.float64)
+    bins = np.clip(np.ceil(confidence * ECE_BINS).astype(np.int64) - 1, 0, ECE_BINS - 1)
+    return confidence, correct, bins
+
+
+def _rounded(values: Sequence[float] | np.ndarray) -> list[float]:
+    return [round(float(v), CURVE_DECIMALS) for v in values]
+
+
+def _thin(fpr: np.ndarray, tpr: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``max_points`` points, evenly spaced along the curve, first and last kept."""
+    if len(fpr) <= max_points:
+        return fpr, tpr
+    keep = np.unique(np.round(np.linspace(0, len(fpr) - 1, max_points)).astype(np.int64))
+    return fpr[keep], tpr[keep]
+
+
+def curves(true_idx: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict:
+    """ROC curves, reliability bins and confidence histogram, small enough to store.
+
+    Why: the figures of a model version must be drawable from its stored metrics
+    (web process, no model, no images). Shape (JSON types only, floats rounded to
+    4 decimals)::
+
+        {"roc": {class: {"fpr": [...], "tpr": [...], "auc": float}},
+         "calibration": {"bins": 15, "mean_confidence": [...], "accuracy": [...],
+                         "count": [...]},
+         "confidence_histogram": {"edges": [16 floats], "counts": [15 ints]}}
+
+    ``roc`` omits classes whose curve is undefined (no image, or every image, in
+    the class); each curve is scikit-learn's ``roc_curve`` with
+    ``drop_intermediate=True``, thinned to at most 200 points keeping both ends.
+    ``calibration`` lists only non-empty bins, in increasing confidence; its bins
+    are those of :func:`expected_calibration_error`, as are the histogram's.
+    """
+    roc = {}
+    for c, name in enumerate(classes):
+        is_class = true_idx == c
+        auc = _roc_auc(is_class, probs[:, c])
+        if auc is None:
+            continue
+        fpr, tpr, _ = roc_curve(is_class, probs[:, c], drop_intermediate=True)
+        fpr, tpr = _thin(fpr, tpr, ROC_MAX_POINTS)
+        roc[str(name)] = {
+            "fpr": _rounded(fpr),
+            "tpr": _rounded(tpr),
+            "auc": round(auc, CURVE_DECIMALS),
+        }
+
+    confidence, correct, bins = _confidence_bins(true_idx, probs)
+    count = np.bincount(bins, minlength=ECE_BINS)
+    confidence_sum = np.bincount(bins, weights=confidence, minlength=ECE_BINS)
+    correct_sum = np.bincount(bins, weights=correct, minlength=ECE_BINS)
+    filled = count > 0
+    return {
+        "roc": roc,
+        "calibration": {
+            "bins": ECE_BINS,
+            "mean_confidence": _rounded(confidence_sum[filled] / count[filled]),
+            "accuracy": _rounded(correct_sum[filled] / count[filled]),
+            "count": [int(v) for v in count[filled]],
+        },
+        "confidence_histogram": {
+            "edges": _rounded(np.linspace(0.0, 1.0, ECE_BINS + 1)),
+            "counts": [int(v) for v in count],
+        },
+    }
+
+
 def expected_calibration_error(true_idx: np.ndarray, probs: np.ndarray) -> float:
     """Expected calibration error (ECE) of the top-1 confidence, 15 equal-width bins.
 
@@ -263,10 +362,7 @@ def expected_calibration_error(true_idx: np.ndarray, probs: np.ndarray) -> float
     ``= sum_b |sum(correct in B_b) - sum(conf in B_b)| / n``, empty bins contributing 0.
     When every prediction is correct this is ``1 - mean(conf)``.
     """
-    confidence = probs.max(axis=1)
-    correct = (np.argmax(probs, axis=1) == true_idx).astype(np.float64)
-    # Right-closed bins; a confidence of exactly 0 (impossible for a softmax) joins the first.
-    bins = np.clip(np.ceil(confidence * ECE_BINS).astype(np.int64) - 1, 0, ECE_BINS - 1)
+    confidence, correct, bins = _confidence_bins(true_idx, probs)
     accuracy_sum = np.bincount(bins, weights=correct, minlength=ECE_BINS)
     confidence_sum = np.bincount(bins, weights=confidence, minlength=ECE_BINS)
     return float(np.abs(accuracy_sum - confidence_sum).sum() / len(true_idx))
@@ -440,81 +536,164 @@ def _markdown(result: dict, classes: list[str], paths: dict[str, Path], title: s
     return "\n".join(lines)
 
 
-def _plot_confusion_matrix(result: dict, path: Path, title: str) -> None:
+# --- figures (drawn from the result alone) ---------------------------------------------------
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    """A figure on its own Agg canvas: no pyplot, no global state, no display needed."""
+    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _titled(title: str, what: str) -> str:
+    return f"{title}: {what}" if title else what
+
+
+def _relative_luminance(rgba: Sequence[float]) -> float:
+    """WCAG 2 relative luminance of an sRGB colour with channels in [0, 1]."""
+    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgba[:3]]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def _require_curves(result: dict) -> dict:
+    curves = result.get("curves")
+    if not isinstance(curves, dict):
+        raise ValueError(
+            "This result has no curves (metrics computed before curves were stored); "
+            "evaluate the model again to draw ROC and calibration plots."
+        )
+    return curves
+
+
+def figure_confusion_matrix(result: dict, title: str = "") -> Figure:
+    """The confusion matrix of an :func:`evaluate_predictions` result, counts in every cell.
+
+    Sequential blues (light = few): each count is printed in black or white,
+    whichever contrasts more with its cell.
+    """
     cm = result["confusion_matrix"]
     matrix = np.asarray(cm["matrix"], dtype=np.int64)
     labels = cm["labels"]
     size = 1.2 + 1.1 * len(labels)
-    fig, ax = plt.subplots(figsize=(size + 1.0, size))
-    try:
-        image = ax.imshow(matrix, cmap="Blues")
-        fig.colorbar(image, ax=ax)
-        ticks = np.arange(len(labels))
-        ax.set_xticks(ticks, labels, rotation=45, ha="right")
-        ax.set_yticks(ticks, labels)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title(f"{title}: confusion matrix")
-        threshold = matrix.max() / 2 if matrix.size else 0
-        for (row, col), value in np.ndenumerate(matrix):
-            colour = "white" if value > threshold else "black"
-            ax.text(col, row, str(value), ha="center", va="center", color=colour)
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-    finally:
-        plt.close(fig)
+    figure = _new_figure(size + 1.2, size)
+    ax = figure.add_subplot()
+    vmax = max(int(matrix.max()) if matrix.size else 0, 1)
+    image = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=vmax)
+    figure.colorbar(image, ax=ax, label="images")
+    ticks = np.arange(len(labels))
+    ax.set_xticks(ticks, labels, rotation=45, ha="right")
+    ax.set_yticks(ticks, labels)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(_titled(title, "confusion matrix"))
+    cmap = image.get_cmap()
+    for (row, col), value in np.ndenumerate(matrix):
+        luminance = _relative_luminance(cmap(value / vmax))
+        ax.text(
+            col,
+            row,
+            str(value),
+            ha="center",
+            va="center",
+            # WCAG contrast: black wins when (L + 0.05) / 0.05 > 1.05 / (L + 0.05).
+            color="black" if luminance > 0.179 else "white",
+            fontsize=11,
+        )
+    return figure
 
 
-def _plot_roc(
-    true_idx: np.ndarray, probs: np.ndarray, classes: list[str], path: Path, title: str
-) -> None:
-    fig, ax = plt.subplots(figsize=(6, 6))
-    try:
-        for c, name in enumerate(classes):
-            is_class = true_idx == c
-            auc = _roc_auc(is_class, probs[:, c])
-            if auc is None:
-                continue  # absent (or the only) class: no ROC curve exists
-            fpr, tpr, _ = roc_curve(is_class, probs[:, c])
-            ax.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f})")
-        ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.02)
-        ax.set_xlabel("false positive rate")
-        ax.set_ylabel("true positive rate")
-        ax.set_title(f"{title}: ROC (one-vs-rest)")
-        ax.legend(loc="lower right")
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-    finally:
-        plt.close(fig)
+def figure_roc(result: dict, title: str = "") -> Figure:
+    """One-vs-rest ROC curves from ``result["curves"]["roc"]``, AUC in the legend.
+
+    Raises ``ValueError`` when the result has no ``curves`` (metrics stored before
+    they were added). Classes whose ROC is undefined are absent from the curves
+    and from the plot. Colours (Okabe-Ito) are doubled by line styles and markers,
+    so the curves stay distinguishable in grey scale too.
+    """
+    roc = _require_curves(result).get("roc", {})
+    figure = _new_figure(6, 6)
+    ax = figure.add_subplot()
+    for i, (name, curve) in enumerate(roc.items()):
+        ax.plot(
+            curve["fpr"],
+            curve["tpr"],
+            color=OKABE_ITO[i % len(OKABE_ITO)],
+            linestyle=_LINE_STYLES[i % len(_LINE_STYLES)],
+            marker=_MARKERS[i % len(_MARKERS)],
+            markevery=max(1, len(curve["fpr"]) // 12),
+            markersize=4,
+            linewidth=2,
+            label=f"{name} (AUC {curve['auc']:.3f})",
+        )
+    ax.plot([0, 1], [0, 1], linestyle=":", color=_CHANCE_COLOUR, linewidth=1.2, label="chance")
+    if not roc:
+        ax.text(0.5, 0.6, "no class has a defined ROC curve", ha="center", color=_CHANCE_COLOUR)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_aspect("equal")
+    ax.set_xlabel("false positive rate (1 - specificity)")
+    ax.set_ylabel("true positive rate (sensitivity)")
+    ax.set_title(_titled(title, "ROC (one-vs-rest)"))
+    ax.grid(color="#dddddd", linewidth=0.6)
+    ax.legend(loc="lower right")
+    return figure
 
 
-def _plot_calibration(true_idx: np.ndarray, probs: np.ndarray, path: Path, title: str) -> None:
-    confidence = probs.max(axis=1)
-    correct = (np.argmax(probs, axis=1) == true_idx).astype(np.int64)
-    fig, (ax, hist_ax) = plt.subplots(
-        2, 1, figsize=(6, 7), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+def figure_calibration(result: dict, title: str = "") -> Figure:
+    """Reliability diagram (accuracy vs mean confidence per bin) over a confidence histogram.
+
+    Drawn from ``result["curves"]["calibration"]`` and ``["confidence_histogram"]``;
+    raises ``ValueError`` when the result has no ``curves``.
+    """
+    curves = _require_curves(result)
+    calibration = curves["calibration"]
+    histogram = curves["confidence_histogram"]
+    figure = _new_figure(6, 7)
+    ax, hist_ax = figure.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    ax.plot(
+        [0, 1],
+        [0, 1],
+        linestyle=":",
+        color=_CHANCE_COLOUR,
+        linewidth=1.2,
+        label="perfectly calibrated",
     )
-    try:
-        ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfectly calibrated")
-        if correct.all() or not correct.any():
-            # calibration_curve needs both outcomes; with one, accuracy is constant.
-            ax.plot([confidence.mean()], [float(correct.mean())], "o", label="top-1")
-        else:
-            frac_correct, mean_conf = calibration_curve(
-                correct, confidence, n_bins=ECE_BINS, strategy="uniform"
-            )
-            ax.plot(mean_conf, frac_correct, marker="o", label="top-1")
-        ax.set_ylim(0, 1.02)
-        ax.set_ylabel("accuracy")
-        ax.set_title(f"{title}: reliability diagram")
-        ax.legend(loc="upper left")
-        hist_ax.hist(confidence, bins=ECE_BINS, range=(0, 1), color="grey")
-        hist_ax.set_xlim(0, 1)
-        hist_ax.set_xlabel("top-1 confidence")
-        hist_ax.set_ylabel("images")
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-    finally:
-        plt.close(fig)
+    ax.plot(
+        calibration["mean_confidence"],
+        calibration["accuracy"],
+        color=OKABE_ITO[0],
+        marker="o",
+        linewidth=2,
+        label=f"top-1 ({calibration['bins']} equal-width bins)",
+    )
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("accuracy (fraction correct)")
+    ax.set_title(_titled(title, f"reliability diagram, ECE {_fmt(result.get('ece'))}"))
+    ax.grid(color="#dddddd", linewidth=0.6)
+    ax.legend(loc="upper left")
+    edges = np.asarray(histogram["edges"], dtype=np.float64)
+    hist_ax.bar(
+        edges[:-1],
+        histogram["counts"],
+        width=np.diff(edges),
+        align="edge",
+        color=OKABE_ITO[5],
+        edgecolor=OKABE_ITO[0],
+        linewidth=0.6,
+    )
+    hist_ax.set_xlim(0, 1)
+    hist_ax.set_xlabel("top-1 confidence")
+    hist_ax.set_ylabel("images")
+    return figure
+
+
+def figure_bytes(fig: Figure, fmt: str = "svg", *, dpi: int = 120) -> bytes:
+    """The figure encoded as ``fmt`` (``"svg"``, ``"png"``, ``"pdf"``), for a response or file.
+
+    SVG output carries no creation date (metadata that would only make copies differ).
+    """
+    buffer = io.BytesIO()
+    metadata = {"Date": None} if fmt == "svg" else None
+    fig.savefig(buffer, format=fmt, dpi=dpi, metadata=metadata)
+    return buffer.getvalue()
