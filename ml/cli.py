@@ -246,6 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--learning-rate", dest="learning_rate", type=float)
     p.add_argument("--width", type=int)
     p.add_argument("--no-augment", dest="augment", action="store_const", const=False)
+    p.add_argument(
+        "--no-gradcam-animation",
+        dest="gradcam_animation",
+        action="store_const",
+        const=False,
+        help="do not write NAME.gradcam.gif (Grad-CAM of 3 validation images per epoch)",
+    )
     p.add_argument("--patience", type=int)
     p.add_argument("--split-level", dest="split_level", choices=["patient", "image"])
     p.add_argument("--val-fraction", dest="val_fraction", type=float)

@@ -50,6 +50,7 @@ class TrainConfig:
     train_fraction_used: float = 1.0  # share of the training split used (data-size study)
     seed: int = 0
     n_bootstrap: int = 1000
+    gradcam_animation: bool = True  # <name>.gradcam.gif: Grad-CAM of 3 val images per epoch
     extra: dict = field(default_factory=dict)
 
     def model_kwargs(self) -> dict:
@@ -184,6 +185,11 @@ def train(
     ``splits`` (one of train/val/test per record) replaces the computed split:
     the platform passes a dataset snapshot's frozen split so the test images
     stay the same across model versions.
+
+    With ``config.gradcam_animation`` it also writes ``NAME.gradcam.gif`` (Grad-CAM
+    of up to three fixed validation images after every epoch, see
+    :mod:`ml.train_animation`), named in the card as ``training_animation``; it
+    draws no random numbers, so the trained weights are the same either way.
     """
     from ml.evaluate import evaluate_predictions, write_report
 
@@ -261,6 +267,15 @@ def train(
         ),
         ProgressCallback(steps, config.epochs, hook, progress),
     ]
+    animation = None
+    if config.gradcam_animation:
+        from ml.train_animation import GradCAMAnimation, pick_images
+
+        shown = pick_images(y_val, len(CLASSES))
+        animation = GradCAMAnimation(
+            x_val[shown], y_val[shown], CLASSES, out_dir / f"{name}.gradcam.gif"
+        )
+        callbacks.append(animation)
     start = time.perf_counter()
     history = model.fit(
         train_ds,
@@ -326,6 +341,8 @@ def train(
         "framework": {"tensorflow": tf.__version__, "keras": keras.__version__},
         "sha256": sha256_file(artifact),
     }
+    if animation is not None and animation.written:
+        card["training_animation"] = animation.path.name
     write_card(artifact, card)
     log.info("wrote %s: test macro-F1 %.3f", artifact, metrics["macro_f1"])
     return TrainResult(artifact=artifact, card=card, metrics=metrics, report_dir=report_dir)
