@@ -3,18 +3,35 @@
 from __future__ import annotations
 
 from django.contrib import messages
-from django.http import HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from apps.accounts.roles import MODEL_ADMIN, role_required
 from apps.models import services
 from apps.models.models import ModelVersion, TrainingRun
-from ml.labels import CLASSES
+from ml.labels import CLASS_DISPLAY, CLASSES
 
 METRIC_ROWS = [("macro_f1", "macro-F1")] + [
-    (f"{c}.{m}", f"{c} {m}") for c in CLASSES for m in ("precision", "recall")
+    (f"{c}.{m}", f"{CLASS_DISPLAY[c]} {m}") for c in CLASSES for m in ("precision", "recall")
 ]
+# The side-by-side comparison shows every headline figure.
+COMPARE_ROWS = [
+    ("macro_f1", "macro-F1"),
+    ("accuracy", "accuracy"),
+    ("roc_auc_macro", "macro ROC-AUC"),
+    ("ece", "calibration error (ECE, lower is better)"),
+] + [
+    (f"{c}.{key}", f"{CLASS_DISPLAY[c]} {label}")
+    for c in CLASSES
+    for key, label in (("precision", "precision"), ("recall", "recall"), ("f1", "F1"))
+]
+LOWER_IS_BETTER = {"ece"}
+PLOTS = {
+    "confusion-matrix": "figure_confusion_matrix",
+    "roc": "figure_roc",
+    "calibration": "figure_calibration",
+}
 
 
 def _metric(metrics: dict | None, key: str) -> float | None:
@@ -26,13 +43,32 @@ def _metric(metrics: dict | None, key: str) -> float | None:
     return metrics.get("per_class", {}).get(name, {}).get(metric)
 
 
-def comparison_rows(candidate: dict | None, production: dict | None) -> list[dict]:
+def comparison_rows(
+    candidate: dict | None, production: dict | None, keys: list[tuple[str, str]] = METRIC_ROWS
+) -> list[dict]:
     rows = []
-    for key, label in METRIC_ROWS:
+    for key, label in keys:
         a, b = _metric(candidate, key), _metric(production, key)
         diff = None if a is None or b is None else a - b
-        rows.append({"label": label, "candidate": a, "production": b, "diff": diff})
+        # "better" and "worse" are read from the metric's direction, not the sign alone.
+        gain = None if diff is None else (-diff if key in LOWER_IS_BETTER else diff)
+        rows.append({"label": label, "candidate": a, "production": b, "diff": diff, "gain": gain})
     return rows
+
+
+def per_class_rows(metrics: dict | None) -> list[dict]:
+    per_class = (metrics or {}).get("per_class", {})
+    return [{"name": name, **per_class[name]} for name in CLASSES if name in per_class]
+
+
+def confusion_rows(metrics: dict | None) -> dict | None:
+    matrix = (metrics or {}).get("confusion_matrix")
+    if not matrix:
+        return None
+    return {
+        "labels": matrix["labels"],
+        "rows": list(zip(matrix["labels"], matrix["matrix"], strict=True)),
+    }
 
 
 def _evidence(version: ModelVersion) -> tuple[dict | None, dict | None, str]:
@@ -58,11 +94,10 @@ def _evidence(version: ModelVersion) -> tuple[dict | None, dict | None, str]:
 def registry(request: HttpRequest) -> HttpResponse:
     versions = ModelVersion.objects.select_related("snapshot", "parent")
     runs = TrainingRun.objects.select_related("model_version", "requested_by")[:20]
-    running = any(not r.is_finished for r in runs)
     return render(
         request,
         "registry/index.html",
-        {"versions": versions, "runs": runs, "running": running, "classes": CLASSES},
+        {"versions": versions, "runs": runs, "classes": CLASSES},
     )
 
 
@@ -78,9 +113,75 @@ def version_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "version": version,
             "rows": comparison_rows(candidate, production),
             "basis": basis,
+            "per_class": per_class_rows(version.metrics),
+            "confusion": confusion_rows(version.metrics),
+            "has_curves": bool((version.metrics or {}).get("curves")),
             "per_source": (version.metrics or {}).get("per_source", {}),
+            "others": ModelVersion.objects.exclude(pk=version.pk),
         },
     )
+
+
+@require_GET
+@role_required(MODEL_ADMIN)
+def version_plot(request: HttpRequest, pk: int, kind: str) -> HttpResponse:
+    """A plot drawn from the version's stored metrics (SVG): no test images needed."""
+    import ml.evaluate
+
+    version = get_object_or_404(ModelVersion, pk=pk)
+    if kind not in PLOTS or not version.metrics:
+        raise Http404("No such plot for this version.")
+    try:
+        figure = getattr(ml.evaluate, PLOTS[kind])(version.metrics, title=version.name)
+    except (KeyError, ValueError) as exc:
+        raise Http404(f"This version's metrics cannot draw it: {exc}") from None
+    return HttpResponse(
+        ml.evaluate.figure_bytes(figure, fmt="svg"),
+        content_type="image/svg+xml",
+        headers={"Cache-Control": "private, max-age=3600"},
+    )
+
+
+@require_GET
+@role_required(MODEL_ADMIN)
+def training_animation(request: HttpRequest, pk: int) -> FileResponse:
+    """Grad-CAM on fixed validation images after each training epoch (GIF)."""
+    version = get_object_or_404(ModelVersion, pk=pk)
+    if not version.training_animation:
+        raise Http404("This version has no training animation.")
+    try:
+        handle = version.training_animation.open("rb")
+    except FileNotFoundError:
+        raise Http404("The animation is missing from storage.") from None
+    return FileResponse(handle, content_type="image/gif")
+
+
+@require_GET
+@role_required(MODEL_ADMIN)
+def compare(request: HttpRequest) -> HttpResponse:
+    """Any two versions side by side: headline metrics, per-class table, plots."""
+    versions = list(ModelVersion.objects.select_related("snapshot"))
+    by_pk = {str(v.pk): v for v in versions}
+    a, b = by_pk.get(request.GET.get("a", "")), by_pk.get(request.GET.get("b", ""))
+    if a is None and len(versions) >= 2:
+        a = next((v for v in versions if v.status == ModelVersion.Status.PRODUCTION), versions[1])
+    if b is None and len(versions) >= 2:
+        b = next(v for v in versions if v != a)
+    context = {"versions": versions, "a": a, "b": b}
+    if a is not None and b is not None:
+        context.update(
+            rows=comparison_rows(b.metrics, a.metrics, COMPARE_ROWS),
+            same_split=a.snapshot_id is not None and a.snapshot_id == b.snapshot_id,
+            sides=[
+                {
+                    "version": v,
+                    "confusion": confusion_rows(v.metrics),
+                    "has_curves": bool((v.metrics or {}).get("curves")),
+                }
+                for v in (a, b)
+            ],
+        )
+    return render(request, "registry/compare.html", context)
 
 
 @require_http_methods(["GET", "POST"])
