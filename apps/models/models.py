@@ -29,6 +29,13 @@ class ModelVersion(models.Model):
 
     name = models.CharField(max_length=200)
     artifact = models.FileField(upload_to="models/%Y/%m/", max_length=300)
+    training_animation = models.FileField(
+        upload_to="models/%Y/%m/",
+        max_length=300,
+        blank=True,
+        null=True,
+        help_text="Grad-CAM of fixed validation images after every training epoch (GIF).",
+    )
     sha256 = models.CharField(max_length=64, unique=True)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.CANDIDATE)
     card = models.JSONField(default=dict, blank=True)

@@ -102,6 +102,11 @@ def register_artifact(
 
     The card's recorded sha256 must match the file: a card that describes a
     different artifact is refused rather than registered with wrong metadata.
+    When the card names a ``training_animation`` (the Grad-CAM GIF that
+    ``ml.train`` writes beside the artifact) and that file is there, it is copied
+    too; when the card's metrics are those of a ``report/metrics.json`` beside the
+    artifact, that fuller result (confusion matrix, per source, curves) is stored
+    as the version's metrics, so its plots can be drawn.
     """
     # Lightweight: hashing lives in ml.artifacts, which does not import TensorFlow.
     from ml.artifacts import card_path, sha256_file
@@ -122,6 +127,7 @@ def register_artifact(
     for key in ("classes", "preprocessing"):
         if key not in card:
             raise RegistryError(f"Model card {cpath.name} lacks {key!r}.")
+    animation_path = _training_animation_path(artifact_path, card)
     with files_removed_on_error() as stored, transaction.atomic():
         version = ModelVersion.objects.filter(sha256=digest).first()
         if version is None:
@@ -129,16 +135,60 @@ def register_artifact(
                 name=name or card.get("name") or artifact_path.stem,
                 sha256=digest,
                 card=card,
-                metrics=_card_metrics(card),
+                metrics=_report_metrics(artifact_path, card) or _card_metrics(card),
                 status=ModelVersion.Status.CANDIDATE,
             )
             with artifact_path.open("rb") as fh:
                 version.artifact.save(artifact_path.name, File(fh), save=False)
             stored.add(version.artifact.name)
+            if animation_path is not None:
+                with animation_path.open("rb") as fh:
+                    version.training_animation.save(animation_path.name, File(fh), save=False)
+                stored.add(version.training_animation.name)
             version.save()
         if make_production:
             version = promote(version=version, reason="registered as production")
     return version
+
+
+def _training_animation_path(artifact_path: Path, card: dict) -> Path | None:
+    """The GIF the card names, if it lies beside the artifact (a bare file name only)."""
+    name = card.get("training_animation")
+    if not isinstance(name, str) or not name:
+        return None
+    if Path(name).name != name or not name.lower().endswith(".gif"):
+        raise RegistryError(f"Model card names training_animation {name!r}, not a GIF file name.")
+    path = artifact_path.parent / name
+    if not path.is_file():
+        log.warning("model card names %s, but it is not beside the artifact", name)
+        return None
+    return path
+
+
+def _report_metrics(artifact_path: Path, card: dict) -> dict | None:
+    """``report/metrics.json`` beside the artifact, when it is the card's own evaluation.
+
+    ``ml.train`` writes it next to the card; it holds more than the card's summary
+    (confusion matrix, per-source figures, ROC and calibration curves). It is used
+    only when its macro-F1, accuracy and ECE are exactly the card's, so a report
+    left there by another model is never attached to this one.
+    """
+    path = artifact_path.parent / "report" / "metrics.json"
+    summary = card.get("metrics", {})
+    if not path.is_file() or "test_macro_f1" not in summary:
+        return None
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError):
+        log.warning("could not read %s; storing the card's metrics", path)
+        return None
+    same = (
+        isinstance(metrics, dict)
+        and metrics.get("macro_f1") == summary["test_macro_f1"]
+        and metrics.get("accuracy") == summary.get("test_accuracy")
+        and metrics.get("ece") == summary.get("test_ece")
+    )
+    return metrics if same else None
 
 
 def _card_metrics(card: dict) -> dict:
