@@ -4,6 +4,7 @@ import threading
 
 import pytest
 from django.db import IntegrityError, connection
+from PIL import Image
 
 from apps.accounts.models import AuditEvent
 from apps.cases import labelling
@@ -139,6 +140,12 @@ def test_the_whole_loop(
     assert candidate.parent == seeded
     assert candidate.snapshot == run.snapshot
     assert 0.0 <= candidate.metrics["macro_f1"] <= 1.0
+    assert "roc" in candidate.metrics["curves"]  # the report's curves, for the plots
+    # The training animation travelled from the run's folder into storage.
+    assert candidate.training_animation.name.endswith(".gradcam.gif")
+    with Image.open(candidate.training_animation.path) as animation:
+        assert animation.format == "GIF"
+        assert animation.n_frames == 1  # one epoch
     # candidate and production measured on the same test images
     assert run.comparison["candidate"]["n"] == run.comparison["production"]["n"]
     assert run.comparison["test_images"] == run.comparison["candidate"]["n"]
