@@ -18,8 +18,11 @@ def _restore_role_groups(sender, **kwargs):
     from django.apps import apps
     from django.contrib.auth.models import Group, Permission
 
-    if sender is not list(apps.get_app_configs())[-1]:
-        return  # wait for the last app: its signal comes after every permission exists
+    # post_migrate is sent once per app that has a models module; wait for the last
+    # of those: its signal comes after every permission exists.
+    with_models = [config for config in apps.get_app_configs() if config.models_module]
+    if sender is not with_models[-1]:
+        return
     from apps.accounts.services import sync_role_groups
 
     sync_role_groups(Group, Permission)

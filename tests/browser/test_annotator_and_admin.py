@@ -7,12 +7,14 @@ from apps.cases import services as case_services
 from apps.cases.inference import run_prediction
 from apps.cases.models import CaseImage, Prediction
 from apps.models.models import ModelVersion
-from tests.browser.conftest import log_in, screenshot
+from tests.browser.conftest import assert_accessible, log_in, screenshot
 from tests.conftest import upload_of
 from tests.factories import PASSWORD
 from tests.models.test_registry import make_variant
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+# Waits for a (lazily loaded) image and answers its width; rejects if it fails to load.
+LOADED_WIDTH = "img => img.decode().then(() => img.naturalWidth)"
 
 
 @pytest.fixture
@@ -35,6 +37,7 @@ def test_annotator_confirms_with_the_keyboard_and_skips(
     log_in(page, live_server.url, annotator.username, PASSWORD)
     page.get_by_role("link", name="Labelling queue", exact=True).click()
     assert "SECRET-REF-7" not in page.content()
+    assert_accessible(page)
     first = int(page.locator("article[data-image]").get_attribute("data-image"))
     screenshot(page, "annotator-queue")
     page.keyboard.press("s")  # skip: the other image comes up
@@ -49,22 +52,76 @@ def test_annotator_confirms_with_the_keyboard_and_skips(
     assert int(page.locator("article[data-image]").get_attribute("data-image")) == first
 
 
-def test_model_admin_compares_and_promotes_with_confirmation(
+def _metrics(macro_f1: float, covid_recall: float) -> dict:
+    per_class = {
+        name: {"precision": 0.8, "recall": 0.8, "f1": 0.8, "support": 10, "roc_auc": 0.9}
+        for name in ("covid19", "pneumonia", "normal")
+    }
+    per_class["covid19"]["recall"] = covid_recall
+    return {
+        "n": 30,
+        "accuracy": 0.8,
+        "macro_f1": macro_f1,
+        "per_class": per_class,
+        "roc_auc_macro": 0.9,
+        "ece": 0.05,
+        "confusion_matrix": {
+            "labels": ["covid19", "pneumonia", "normal"],
+            "matrix": [[8, 1, 1], [1, 8, 1], [1, 1, 8]],
+        },
+        "curves": {
+            "roc": {
+                name: {"fpr": [0.0, 0.1, 1.0], "tpr": [0.0, 0.8, 1.0], "auc": 0.9}
+                for name in ("covid19", "pneumonia", "normal")
+            },
+            "calibration": {
+                "bins": 15,
+                "mean_confidence": [0.5, 0.9],
+                "accuracy": [0.4, 0.85],
+                "count": [10, 20],
+            },
+            "confidence_histogram": {
+                "edges": [i / 15 for i in range(16)],
+                "counts": [0] * 7 + [10] + [0] * 5 + [20, 0],
+            },
+        },
+    }
+
+
+def test_model_admin_compares_two_versions_and_promotes_one(
     browser_page, live_server, model_admin, production_model, tmp_path
 ):
     from apps.models.services import register_artifact
 
     candidate = register_artifact(artifact_path=make_variant(tmp_path / "c.keras", b"c"))
-    ModelVersion.objects.filter(pk=production_model.pk).update(metrics={"macro_f1": 0.70})
-    ModelVersion.objects.filter(pk=candidate.pk).update(metrics={"macro_f1": 0.75})
+    ModelVersion.objects.filter(pk=production_model.pk).update(metrics=_metrics(0.70, 0.90))
+    ModelVersion.objects.filter(pk=candidate.pk).update(metrics=_metrics(0.75, 0.85))
     page = browser_page
     log_in(page, live_server.url, model_admin.username, PASSWORD)
     page.get_by_role("link", name="Model registry").first.click()
-    page.get_by_role("link", name=f"#{candidate.pk} {candidate.name}").click()
-    page.get_by_role("link", name="Promote…").click()
-    better = page.locator("td.better")
-    assert better.count() == 1
-    assert better.inner_text() == "0.050"
+    assert_accessible(page)
+    page.get_by_label("Compare version").select_option(str(production_model.pk))
+    page.get_by_label("with").select_option(str(candidate.pk))
+    page.get_by_role("button", name="Compare side by side").click()
+    page.wait_for_url("**/registry/compare/?a=*")
+    table = page.locator("table[data-compare]")
+    macro = table.locator("tr", has_text="macro-F1")
+    assert macro.locator("td").all_inner_texts()[:2] == ["0.700", "0.750"]
+    assert "+0.050" in macro.locator("td.better").inner_text()
+    covid_recall = table.locator("tr", has_text="COVID-19 recall")
+    assert "-0.050" in covid_recall.locator("td.worse").inner_text()
+    # Both sides draw their plots from the stored metrics.
+    plots = page.locator(".compare img")
+    assert plots.count() == 4
+    for index in range(4):
+        plots.nth(index).scroll_into_view_if_needed()
+        assert plots.nth(index).evaluate(LOADED_WIDTH) > 100
+    assert_accessible(page)
+    screenshot(page, "admin-compare")
+
+    page.get_by_role("link", name=f"Promote #{candidate.pk}…").click()
+    assert page.locator("td.better").count() == 1
+    assert page.locator("td.worse").count() == 1  # the COVID-19 recall drop is shown
     screenshot(page, "admin-promote-confirm")
     page.get_by_role("button", name="Promote to production").click()
     page.wait_for_url("**/registry/")
@@ -74,3 +131,14 @@ def test_model_admin_compares_and_promotes_with_confirmation(
     assert ModelVersion.objects.get(status="production") == candidate
     assert AuditEvent.objects.filter(action="model.promote", actor=model_admin).exists()
     screenshot(page, "admin-registry")
+
+    # The version page: per-class table, confusion matrix, ROC and calibration plots.
+    page.get_by_role("link", name=f"#{candidate.pk} {candidate.name}").click()
+    images = page.locator(".plots img")
+    assert images.count() == 3
+    for index in range(3):
+        images.nth(index).scroll_into_view_if_needed()
+        assert images.nth(index).evaluate(LOADED_WIDTH) > 100
+    assert page.locator("table.confusion td.diagonal").all_inner_texts() == ["8", "8", "8"]
+    assert_accessible(page)
+    screenshot(page, "admin-version")
