@@ -38,3 +38,20 @@ DESCRIPTIONS = {
 def errors(*codes: int) -> dict[int, OpenApiResponse]:
     """Responses with the error body, for ``extend_schema(responses={...})``."""
     return {code: OpenApiResponse(ERROR_BODY, description=DESCRIPTIONS[code]) for code in codes}
+
+
+def empty_query_values_mean_any(result: dict, generator, request, public) -> dict:
+    """drf-spectacular post-processing hook: say that an empty query value is allowed.
+
+    ``?status=&created_after=`` is what the web's filter form sends for "any",
+    and django-filter and the paginator treat an empty value as absent; the
+    schema says so, or a client (and schemathesis) would read it as invalid.
+    """
+    for path_item in result.get("paths", {}).values():
+        for operation in path_item.values():
+            for parameter in operation.get("parameters", []):
+                if parameter.get("in") == "query":
+                    parameter["allowEmptyValue"] = True
+                if parameter.get("name") in {"page", "page_size"}:
+                    parameter["schema"]["minimum"] = 1
+    return result

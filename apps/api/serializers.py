@@ -59,7 +59,9 @@ class PredictionSerializer(serializers.Serializer):
     finished_at = serializers.DateTimeField(allow_null=True)
 
     @extend_schema_field(
-        serializers.ChoiceField(choices=LABEL_CHOICES, allow_null=True, help_text="Null until done.")
+        serializers.ChoiceField(
+            choices=LABEL_CHOICES, allow_null=True, help_text="Null until done."
+        )
     )
     def get_label(self, prediction) -> str | None:
         return prediction.label or None
@@ -100,13 +102,13 @@ class ExplanationSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = fields
 
-    @extend_schema_field(OpenApiTypes.URI)
+    @extend_schema_field(serializers.URLField(allow_null=True))
     def get_heatmap_url(self, explanation) -> str | None:
         if explanation.status != "done" or not explanation.heatmap:
             return None
         return _absolute(self.context.get("request"), "explanation-heatmap", explanation.pk)
 
-    @extend_schema_field(OpenApiTypes.URI)
+    @extend_schema_field(serializers.URLField(allow_null=True))
     def get_overlay_url(self, explanation) -> str | None:
         if explanation.status != "done" or not explanation.overlay:
             return None

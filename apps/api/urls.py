@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from apps.api import views
@@ -52,4 +52,6 @@ urlpatterns = [
         SpectacularRedocView.as_view(url_name="api:schema", permission_classes=[]),
         name="redoc",
     ),
+    # Anything else under /api/v1/ (a negative id, a typo) is a 404 in the API's error body.
+    re_path(r"^.*$", views.not_found, name="not-found"),
 ]

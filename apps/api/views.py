@@ -6,8 +6,10 @@ web page: one create path, one label path, one promote path."""
 from __future__ import annotations
 
 from django.contrib.auth import authenticate
+from django.http import JsonResponse
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
+from django.views.decorators.csrf import csrf_exempt
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
@@ -61,6 +63,14 @@ class FileView(RoleView):
 
     def perform_content_negotiation(self, request, force=False):
         return super().perform_content_negotiation(request, force=True)
+
+
+@csrf_exempt  # it changes nothing, and must answer 404 (not a CSRF 403) to any method
+def not_found(request, *args, **kwargs) -> JsonResponse:
+    """The API's 404 for a URL no endpoint matches, in the API's error body."""
+    message = f"No API endpoint at {request.path}."
+    body = {"error": {"status": 404, "code": "not_found", "message": message, "fields": {}}}
+    return JsonResponse(body, status=404)
 
 
 # -- auth ---------------------------------------------------------------------
@@ -193,7 +203,7 @@ class CaseDetail(generics.RetrieveAPIView, RoleView):
         summary="Images you may see",
         description="Clinicians: their own cases' images. Annotators: every image with a "
         "finished prediction. No patient identifiers.",
-        responses={200: s.ImageSerializer(many=True), **errors(401, 403, 404)},
+        responses={200: s.ImageSerializer(many=True), **errors(400, 401, 403, 404)},
         tags=["images"],
     )
 )
@@ -265,7 +275,9 @@ class ImageExplanations(RoleView):
         body = s.ExplanationSerializer(explanation, context={"request": request}).data
         if explanation.status == Explanation.Status.DONE:
             return Response(body, status=200)
-        return Response(body, status=202, headers=_located(request, "explanation-detail", body["id"]))
+        return Response(
+            body, status=202, headers=_located(request, "explanation-detail", body["id"])
+        )
 
 
 class ImageLabels(RoleView):
@@ -303,7 +315,7 @@ class ImageLabels(RoleView):
         summary="Your labelling queue (annotator)",
         description="Images with a finished prediction and no confirmed label that you have "
         "not judged, most in need first (disputed, then least confident).",
-        responses={200: s.ImageSerializer(many=True), **errors(401, 403, 404)},
+        responses={200: s.ImageSerializer(many=True), **errors(400, 401, 403, 404)},
         tags=["labels"],
     )
 )
@@ -377,7 +389,7 @@ class ExplanationHeatmap(FileView):
 @extend_schema_view(
     get=extend_schema(
         summary="Model versions (model admin)",
-        responses={200: s.ModelVersionSerializer(many=True), **errors(401, 403, 404)},
+        responses={200: s.ModelVersionSerializer(many=True), **errors(400, 401, 403, 404)},
         tags=["models"],
     )
 )
@@ -441,7 +453,7 @@ class ModelRollback(RoleView):
 @extend_schema_view(
     get=extend_schema(
         summary="Training runs with their progress (model admin)",
-        responses={200: s.TrainingRunSerializer(many=True), **errors(401, 403, 404)},
+        responses={200: s.TrainingRunSerializer(many=True), **errors(400, 401, 403, 404)},
         tags=["training"],
     ),
     post=extend_schema(

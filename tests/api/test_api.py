@@ -618,3 +618,16 @@ def test_throttle_counts_live_in_redis_when_the_broker_is_redis(tmp_path):
     ).endswith("RedisCache")
     bad = _settings_value(backend, CXR_VAR_DIR=var, CXR_AUTH_THROTTLE_RATE="lots")
     assert "CXR_AUTH_THROTTLE_RATE='lots' is not a rate" in bad
+
+
+def test_page_and_page_size_must_be_positive_numbers(api_as, clinician):
+    client = api_as("clinician")
+    for query, field in (("page=0", "page"), ("page=x", "page"), ("page_size=-1", "page_size")):
+        error = _error(client.get(f"/api/v1/cases/?{query}"), 400)
+        assert list(error["fields"]) == [field]
+
+
+def test_unknown_api_urls_are_404_in_the_error_body(api_as, clinician):
+    for url in ("/api/v1/cases/-1/", "/api/v1/nothing-here/"):
+        error = _error(api_as("clinician").get(url), 404)
+        assert error["code"] == "not_found"

@@ -115,6 +115,8 @@ def test_the_matrix_covers_every_api_route_and_method():
     covered = {(resolve(path(fake_world)).url_name, method) for _, method, path, *_ in MATRIX}
     declared = set()
     for pattern in urlpatterns:
+        if pattern.name == "not-found":
+            continue
         view = pattern.callback.cls
         methods = {m for m in view.http_method_names if hasattr(view, m)} - {"options", "head"}
         declared |= {(pattern.name, m) for m in methods}
