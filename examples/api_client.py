@@ -1,0 +1,205 @@
+#!/usr/bin/env python3
+"""Example REST API client: upload chest X-rays, wait for the prediction and the
+Grad-CAM, download the overlay PNGs.
+
+Standard library only, so it runs anywhere Python 3.11 does (a PACS bridge, a
+research machine) without installing anything:
+
+    python examples/api_client.py --url http://127.0.0.1:8000 \\
+        --username clinician --password clinician-demo-pass \\
+        --out overlays/ tests/fixtures/images/2168a917.jpg
+
+or with a token from POST /api/v1/auth/token/ (``--token KEY`` or the
+CXR_API_TOKEN environment variable). Exit status: 0 when every image has a
+prediction and a Grad-CAM overlay, 1 on a refusal or failure, 2 on a timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import mimetypes
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+from urllib.error import HTTPError, URLError
+from urllib.parse import urljoin
+from urllib.request import Request, urlopen
+
+
+class ApiError(Exception):
+    """An HTTP error with the API's error body, in words."""
+
+
+class Client:
+    def __init__(self, base_url: str, token: str | None = None, timeout: float = 60) -> None:
+        self.base_url = base_url.rstrip("/") + "/"
+        self.token = token
+        self.timeout = timeout
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes | None = None,
+        content_type: str | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
+        url = urljoin(self.base_url, path)
+        headers = {"Accept": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Token {self.token}"
+        if content_type:
+            headers["Content-Type"] = content_type
+        request = Request(url, data=body, method=method, headers=headers)  # noqa: S310
+        try:
+            with urlopen(request, timeout=self.timeout) as response:  # noqa: S310 - user's URL
+                return response.status, dict(response.headers), response.read()
+        except HTTPError as exc:
+            raise ApiError(f"{method} {url}: {_describe(exc.code, exc.read())}") from None
+        except URLError as exc:
+            raise ApiError(f"{method} {url}: cannot reach the server ({exc.reason}).") from None
+
+    def json(self, method: str, path: str, payload: dict | None = None) -> dict:
+        body = json.dumps(payload).encode() if payload is not None else None
+        _, _, content = self.request(
+            method, path, body=body, content_type="application/json" if body else None
+        )
+        return json.loads(content) if content else {}
+
+    def obtain_token(self, username: str, password: str) -> str:
+        self.token = None
+        self.token = self.json(
+            "POST", "api/v1/auth/token/", {"username": username, "password": password}
+        )["token"]
+        return self.token
+
+    def create_case(self, images: list[Path], patient_ref: str = "", notes: str = "") -> dict:
+        fields = [("patient_ref", patient_ref), ("notes", notes)]
+        body, content_type = _multipart(fields, [("images", path) for path in images])
+        _, _, content = self.request("POST", "api/v1/cases/", body=body, content_type=content_type)
+        return json.loads(content)
+
+    def download(self, url: str, destination: Path) -> Path:
+        _, _, content = self.request("GET", url)
+        destination.write_bytes(content)
+        return destination
+
+
+def _describe(status: int, content: bytes) -> str:
+    try:
+        error = json.loads(content)["error"]
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {status}"
+    fields = "; ".join(f"{k}: {' '.join(v)}" for k, v in error.get("fields", {}).items())
+    return f"HTTP {status} {error['code']}: {error['message']}" + (f" ({fields})" if fields else "")
+
+
+def _multipart(fields: list[tuple[str, str]], files: list[tuple[str, Path]]) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    parts: list[bytes] = []
+    for name, value in fields:
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
+            f"{value}\r\n".encode()
+        )
+    for name, path in files:
+        mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
+            f'filename="{path.name}"\r\nContent-Type: {mime}\r\n\r\n'.encode()
+            + path.read_bytes()
+            + b"\r\n"
+        )
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+def _gradcam(image: dict) -> dict | None:
+    return next((e for e in image["explanations"] if e["method"] == "gradcam"), None)
+
+
+def wait_for_results(client: Client, case_id: int, timeout: float, interval: float) -> dict:
+    """Poll the case until every image has a finished prediction and Grad-CAM."""
+    deadline = time.monotonic() + timeout
+    while True:
+        case = client.json("GET", f"api/v1/cases/{case_id}/")
+        pending = []
+        for image in case["images"]:
+            prediction = image["prediction"]
+            if prediction is None or prediction["status"] in {"pending", "running"}:
+                pending.append(
+                    f"image {image['id']}: prediction {prediction and prediction['status']}"
+                )
+                continue
+            if prediction["status"] == "failed":
+                raise ApiError(f"image {image['id']}: prediction failed: {prediction['error']}")
+            gradcam = _gradcam(image)
+            if gradcam is None or gradcam["status"] in {"pending", "running"}:
+                pending.append(f"image {image['id']}: Grad-CAM {gradcam and gradcam['status']}")
+            elif gradcam["status"] == "failed":
+                raise ApiError(f"image {image['id']}: Grad-CAM failed: {gradcam['error']}")
+        if not pending:
+            return case
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"case {case_id} not finished after {timeout:.0f} s: " + "; ".join(pending)
+            )
+        time.sleep(interval)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("images", nargs="+", type=Path, help="PNG or JPEG chest X-rays")
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="platform base URL")
+    parser.add_argument("--username", help="log in with a username and password ...")
+    parser.add_argument("--password", default=os.environ.get("CXR_API_PASSWORD"))
+    parser.add_argument("--token", default=os.environ.get("CXR_API_TOKEN"), help="... or a token")
+    parser.add_argument("--patient-ref", default="", help="pseudonymous patient reference")
+    parser.add_argument("--notes", default="")
+    parser.add_argument("--out", type=Path, default=Path("overlays"), help="where overlays go")
+    parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for results")
+    parser.add_argument("--interval", type=float, default=2, help="seconds between polls")
+    args = parser.parse_args(argv)
+
+    missing = [str(p) for p in args.images if not p.is_file()]
+    if missing:
+        parser.error(f"no such file: {', '.join(missing)}")
+    if not args.token and not (args.username and args.password):
+        parser.error("give --token (or CXR_API_TOKEN), or --username and --password")
+
+    client = Client(args.url, token=args.token)
+    try:
+        if not args.token:
+            client.obtain_token(args.username, args.password)
+            print(f"obtained an API token for {args.username}")
+        case = client.create_case(args.images, patient_ref=args.patient_ref, notes=args.notes)
+        print(f"created case {case['id']} with {len(case['images'])} image(s); waiting ...")
+        case = wait_for_results(client, case["id"], args.timeout, args.interval)
+        args.out.mkdir(parents=True, exist_ok=True)
+        for source, image in zip(args.images, case["images"], strict=True):
+            prediction = image["prediction"]
+            probabilities = ", ".join(
+                f"{label} {p:.3f}" for label, p in prediction["probabilities"].items()
+            )
+            overlay = client.download(
+                _gradcam(image)["overlay_url"],
+                args.out / f"case{case['id']}-image{image['id']}-gradcam.png",
+            )
+            print(
+                f"{source.name}: {prediction['label']} ({probabilities}) "
+                f"by model {prediction['model_version']['name']}; overlay {overlay}"
+            )
+    except ApiError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except TimeoutError as exc:
+        print(f"timeout: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""examples/api_client.py against a live server and a real Celery worker."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from apps.cases.models import Case
+from tests.conftest import IMAGES, REPO_ROOT
+from tests.factories import PASSWORD
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_example_client_uploads_waits_and_downloads_the_overlay(
+    live_server, clinician, production_model, worker, tmp_path
+):
+    process, log_path = worker
+    out = tmp_path / "overlays"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "examples" / "api_client.py"),
+            "--url", live_server.url,
+            "--username", clinician.username,
+            "--password", PASSWORD,
+            "--out", str(out),
+            "--timeout", "180",
+            "--interval", "0.5",
+            str(IMAGES / "2168a917.jpg"),
+            str(IMAGES / "00001280_004.jpg"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )  # fmt: skip
+    assert process.poll() is None, log_path.read_text()[-4000:]
+    assert result.returncode == 0, result.stderr + "\nworker log:\n" + log_path.read_text()[-4000:]
+
+    case = Case.objects.get(owner=clinician)
+    assert f"created case {case.pk} with 2 image(s)" in result.stdout
+    overlays = sorted(out.glob("*.png"))
+    assert [p.name for p in overlays] == sorted(
+        f"case{case.pk}-image{image.pk}-gradcam.png" for image in case.images.all()
+    )
+    for path, image in zip(overlays, case.images.order_by("pk"), strict=True):
+        data = path.read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n")
+        with Image.open(io.BytesIO(data)) as png:
+            png.verify()
+        explanation = image.explanations.get(method="gradcam")
+        with explanation.overlay.open("rb") as stored:
+            assert stored.read() == data  # the very file the worker rendered
+        prediction = image.predictions.get()
+        assert f"{prediction.label} (covid19 " in result.stdout
+    assert "by model cxr-tiny" in result.stdout
+
+
+def test_example_client_explains_refusals_in_words(live_server, clinician, tmp_path):
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not an x-ray")
+    result = subprocess.run(
+        [
+            sys.executable, str(REPO_ROOT / "examples" / "api_client.py"),
+            "--url", live_server.url, "--username", clinician.username, "--password", "wrong",
+            str(bad),
+        ],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "HTTP 400 invalid: Unable to log in with these credentials." in result.stderr
