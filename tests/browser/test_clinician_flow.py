@@ -1,6 +1,7 @@
 """A clinician in a real browser, against a live server and a real worker."""
 
 import base64
+import re
 
 import pytest
 from PIL import Image
@@ -69,7 +70,7 @@ def test_clinician_uploads_in_the_browser_and_sees_prediction_and_heatmap(
 
     page.get_by_role("button", name="Remove scan.png").click()
     page.get_by_role("button", name="Upload and classify").click()
-    page.wait_for_url("**/cases/[0-9]*/")
+    page.wait_for_url(re.compile(r"/cases/\d+/$"))
     case = Case.objects.get(owner=clinician)
     assert case.images.count() == 2
     assert page.url.endswith(f"/cases/{case.pk}/")
