@@ -271,7 +271,7 @@ def train(
     if config.gradcam_animation:
         from ml.train_animation import GradCAMAnimation, pick_images
 
-        shown = pick_images(y_val, len(CLASSES))
+        shown = pick_images(y_val, len(CLASSES), sources=[records[i].source for i in index["val"]])
         animation = GradCAMAnimation(
             x_val[shown], y_val[shown], CLASSES, out_dir / f"{name}.gradcam.gif"
         )

@@ -51,19 +51,33 @@ _HEAT_LEVELS = 12
 _TEXT_LEVELS = 16
 
 
-def pick_images(labels: Sequence[int], n_classes: int, max_images: int = MAX_IMAGES) -> list[int]:
-    """Indices of up to ``max_images`` images: the first of each class, then the next ones.
+def pick_images(
+    labels: Sequence[int],
+    n_classes: int,
+    max_images: int = MAX_IMAGES,
+    *,
+    sources: Sequence[str] | None = None,
+) -> list[int]:
+    """Indices of up to ``max_images`` images: one of each class first, then the next ones.
 
-    Deterministic (no random generator): the same split always gives the same images.
+    With ``sources``, each class's image comes from a source not shown yet where
+    possible (the data sets differ in age and origin; three images from one source
+    would show one hospital's pictures only). Deterministic, no random generator:
+    the same split always gives the same images.
     """
     labels = [int(v) for v in labels]
+    origin = [str(s) for s in sources] if sources is not None else [""] * len(labels)
+    if len(origin) != len(labels):
+        raise ValueError("need one source per label")
     chosen: list[int] = []
     for c in range(n_classes):
         if len(chosen) == max_images:
             break
-        first = next((i for i, label in enumerate(labels) if label == c), None)
-        if first is not None:
-            chosen.append(first)
+        of_class = [i for i, label in enumerate(labels) if label == c]
+        if not of_class:
+            continue
+        used = {origin[i] for i in chosen}
+        chosen.append(next((i for i in of_class if origin[i] not in used), of_class[0]))
     for i in range(len(labels)):
         if len(chosen) >= max_images:
             break

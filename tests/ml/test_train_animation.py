@@ -96,6 +96,14 @@ def test_images_are_picked_one_per_class_first_without_randomness():
     assert pick_images(labels, 3, max_images=2) == [2, 4]  # classes 0 and 1 first
 
 
+def test_picked_images_come_from_different_sources_where_possible():
+    labels = [0, 1, 1, 2, 2, 0]
+    sources = ["a", "a", "b", "a", "c", "b"]
+    assert pick_images(labels, 3, sources=sources) == [0, 2, 4]
+    # Only one source: the first of each class, as without sources.
+    assert pick_images(labels, 3, sources=["a"] * 6) == pick_images(labels, 3) == [0, 1, 3]
+
+
 def test_cli_can_turn_the_animation_off():
     from ml.cli import build_parser
 
