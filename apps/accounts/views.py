@@ -3,7 +3,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET
 
-from apps.accounts.roles import CLINICIAN, user_roles
+from apps.accounts.roles import ANNOTATOR, CLINICIAN, MODEL_ADMIN, user_roles
 
 
 @require_GET
@@ -13,8 +13,27 @@ def home(request: HttpRequest) -> HttpResponse:
     roles = user_roles(request.user)
     if roles == {CLINICIAN}:
         return redirect("cases:list")
-    from apps.models.services import get_production_version
+    context: dict = {"roles": sorted(roles)}
+    if CLINICIAN in roles:
+        from apps.cases.access import own_cases
+        from apps.cases.filters import filter_cases
 
-    return render(
-        request, "home.html", {"roles": sorted(roles), "production": get_production_version()}
-    )
+        counts = {}
+        for status in ("processing", "done", "failed"):
+            counts[status] = filter_cases(own_cases(request.user), {"status": status}).qs.count()
+        context["case_counts"] = counts
+    if ANNOTATOR in roles:
+        from apps.cases import labelling
+
+        context["to_label"] = len(labelling.labelling_queue(annotator=request.user))
+        context["disputed"] = labelling.disagreements().count()
+    if MODEL_ADMIN in roles:
+        from apps.models.models import ModelVersion, TrainingRun
+        from apps.models.services import get_production_version
+
+        context["production"] = get_production_version()
+        context["candidates"] = ModelVersion.objects.filter(
+            status=ModelVersion.Status.CANDIDATE
+        ).count()
+        context["last_run"] = TrainingRun.objects.order_by("-created_at").first()
+    return render(request, "home.html", context)

@@ -186,13 +186,35 @@ def test_user_without_role_sees_why_on_home(client, db):
     client.force_login(UserFactory(username="nobody"))
     response = client.get(reverse("home"))
     assert response.status_code == 200
-    assert "Your account has no role yet" in response.content.decode()
+    assert "Your account has no role." in response.content.decode()
     assert client.get(reverse("cases:list")).status_code == 403
 
 
 def test_model_admin_home_names_the_production_model(login, model_admin, production_model):
     page = login(model_admin).get(reverse("home")).content.decode()
-    assert production_model.sha256[:12] in page
+    assert reverse("registry:version", args=[production_model.pk]) in page
+    assert production_model.name in page
+    assert "0 candidates waiting for review" in page
+
+
+def test_annotator_home_counts_the_images_waiting(
+    login, annotator, clinician, case_of, production_model
+):
+    from apps.cases.models import Prediction
+
+    case = case_of(clinician)
+    prediction = Prediction.objects.get(image__case=case)
+    prediction.mark_running()
+    prediction.mark_done(
+        model_version_id=production_model.pk,
+        label="normal",
+        probabilities={"covid19": 0.1, "pneumonia": 0.1, "normal": 0.8},
+        preprocess_ms=1.0,
+        inference_ms=1.0,
+    )
+    page = login(annotator).get(reverse("home")).content.decode()
+    assert "<strong data-to-label>1</strong> image waiting for your label" in page
+    assert "PSEUDO-1" not in page
 
 
 def _listed(response) -> list[int]:
