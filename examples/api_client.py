@@ -28,6 +28,8 @@ from urllib.error import HTTPError, URLError
 from urllib.parse import urljoin
 from urllib.request import Request, urlopen
 
+CLASSES = ("covid19", "pneumonia", "normal")
+
 
 class ApiError(Exception):
     """An HTTP error with the API's error body, in words."""
@@ -182,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         for source, image in zip(args.images, case["images"], strict=True):
             prediction = image["prediction"]
             probabilities = ", ".join(
-                f"{label} {p:.3f}" for label, p in prediction["probabilities"].items()
+                f"{label} {prediction['probabilities'][label]:.3f}" for label in CLASSES
             )
             overlay = client.download(
                 _gradcam(image)["overlay_url"],

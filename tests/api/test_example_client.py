@@ -57,7 +57,11 @@ def test_example_client_uploads_waits_and_downloads_the_overlay(
         with explanation.overlay.open("rb") as stored:
             assert stored.read() == data  # the very file the worker rendered
         prediction = image.predictions.get()
-        assert f"{prediction.label} (covid19 " in result.stdout
+        p = prediction.probabilities
+        assert (
+            f"{prediction.label} (covid19 {p['covid19']:.3f}, pneumonia {p['pneumonia']:.3f}, "
+            f"normal {p['normal']:.3f})"
+        ) in result.stdout
     assert "by model cxr-tiny" in result.stdout
 
 
