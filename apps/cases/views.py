@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -18,6 +18,7 @@ from apps.cases.forms import CaseUploadForm
 from apps.cases.models import VERDICT_CHOICES
 from apps.cases.validation import UploadRejected
 from apps.explain.models import Explanation
+from cxrplatform.protected import protected_file_response
 
 
 @require_GET
@@ -105,17 +106,11 @@ def case_detail(request: HttpRequest, pk: int) -> HttpResponse:
 
 @require_GET
 @role_required(CLINICIAN, ANNOTATOR)
-def image_file(request: HttpRequest, pk: int) -> FileResponse:
+def image_file(request: HttpRequest, pk: int) -> HttpResponse:
     """Uploaded images are never public: only the case's owner and annotators see them."""
     image = get_object_or_404(visible_images(request.user), pk=pk)
-    try:
-        handle = image.file.open("rb")
-    except FileNotFoundError:
-        raise Http404("The image file is missing from storage.") from None
     content_type = {"png": "image/png", "jpeg": "image/jpeg"}[image.source_format]
-    response = FileResponse(handle, content_type=content_type)
-    response["Cache-Control"] = "private, no-store"
-    return response
+    return protected_file_response(image.file, content_type)
 
 
 @require_GET

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.contrib import messages
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.views.decorators.http import require_GET, require_POST
 
@@ -11,6 +11,7 @@ from apps.accounts.roles import ANNOTATOR, CLINICIAN, role_required
 from apps.cases.models import CaseImage
 from apps.explain import services
 from apps.explain.models import Explanation
+from cxrplatform.protected import protected_file_response
 
 
 @require_POST
@@ -58,20 +59,16 @@ def _visible_explanation(request: HttpRequest, pk: int) -> Explanation:
     )
 
 
-def _serve(request: HttpRequest, pk: int, field: str, content_type: str) -> FileResponse:
+def _serve(
+    request: HttpRequest, pk: int, field: str, content_type: str, download_name: str | None = None
+) -> HttpResponse:
     explanation = _visible_explanation(request, pk)
-    try:
-        handle = getattr(explanation, field).open("rb")
-    except (FileNotFoundError, ValueError):
-        raise Http404("The file is missing from storage.") from None
-    response = FileResponse(handle, content_type=content_type)
-    response["Cache-Control"] = "private, no-store"
-    return response
+    return protected_file_response(getattr(explanation, field), content_type, download_name)
 
 
 @require_GET
 @role_required(CLINICIAN, ANNOTATOR)
-def overlay(request: HttpRequest, pk: int) -> FileResponse:
+def overlay(request: HttpRequest, pk: int) -> HttpResponse:
     return _serve(request, pk, "overlay", "image/png")
 
 
@@ -96,8 +93,6 @@ def layer(request: HttpRequest, pk: int) -> HttpResponse:
 
 @require_GET
 @role_required(CLINICIAN, ANNOTATOR)
-def heatmap(request: HttpRequest, pk: int) -> FileResponse:
+def heatmap(request: HttpRequest, pk: int) -> HttpResponse:
     """The raw float32 map as a NumPy .npy file (for research tools)."""
-    response = _serve(request, pk, "heatmap", "application/octet-stream")
-    response["Content-Disposition"] = f'attachment; filename="explanation-{pk}.npy"'
-    return response
+    return _serve(request, pk, "heatmap", "application/octet-stream", f"explanation-{pk}.npy")

@@ -164,6 +164,16 @@ def test_case_page_and_image_file_access_matrix(
         response = client.get(reverse("cases:image-file", args=[image.pk]))
         assert response["Content-Type"] == "image/jpeg"
         assert b"".join(response.streaming_content) == image.file.open("rb").read()
+        assert response["Cache-Control"] == "private, no-store"
+
+
+def test_image_file_is_handed_to_the_proxy_when_configured(login, clinician, case_of, settings):
+    settings.CXR_PROTECTED_MEDIA_ACCEL_PREFIX = "/protected/"
+    image = case_of(clinician).images.get()
+    response = login(clinician).get(reverse("cases:image-file", args=[image.pk]))
+    assert response.status_code == 200
+    assert response["X-Accel-Redirect"] == f"/protected/{image.file.name}"
+    assert response.content == b""
 
 
 @pytest.mark.parametrize(
