@@ -1,0 +1,131 @@
+"""Registering an artifact stores its training animation (Grad-CAM GIF) when it has one."""
+
+import io
+import json
+
+import pytest
+from PIL import Image
+
+from apps.models import services
+from apps.models.models import ModelVersion
+from apps.models.services import RegistryError, register_artifact
+from ml.artifacts import card_path, read_card
+from tests.conftest import REPO_ROOT
+from tests.models.test_registry import make_variant
+
+
+def tiny_gif(frames: int = 3) -> bytes:
+    images = [Image.new("RGB", (8, 8), (40 * i, 0, 0)) for i in range(frames)]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], loop=0)
+    return buffer.getvalue()
+
+
+def with_animation(artifact, name="other.gradcam.gif", *, write=True):
+    card = json.loads(card_path(artifact).read_text())
+    card["training_animation"] = name
+    card_path(artifact).write_text(json.dumps(card))
+    if write:
+        (artifact.parent / name).write_bytes(tiny_gif())
+    return artifact
+
+
+@pytest.fixture
+def artifact(tmp_path):
+    target = make_variant(tmp_path / "other.keras", b"\0")
+    card = json.loads(card_path(target).read_text())
+    card.pop("training_animation", None)
+    card["metrics"] = {"test_macro_f1": 0.5, "test_accuracy": 0.625, "test_ece": 0.125}
+    card_path(target).write_text(json.dumps(card))
+    return target
+
+
+@pytest.mark.django_db
+def test_registering_an_artifact_with_a_gif_stores_the_gif(artifact, media_root):
+    with_animation(artifact)
+    version = register_artifact(artifact_path=artifact)
+
+    version.refresh_from_db()
+    assert version.training_animation.name.endswith(".gif")
+    stored = media_root / version.training_animation.name
+    assert stored.read_bytes() == (artifact.parent / "other.gradcam.gif").read_bytes()
+    with Image.open(stored) as image:
+        assert image.n_frames == 3
+    assert version.card["training_animation"] == "other.gradcam.gif"
+
+
+@pytest.mark.django_db
+def test_registering_an_artifact_without_a_gif_leaves_the_field_empty(artifact, media_root):
+    version = register_artifact(artifact_path=artifact)
+    version.refresh_from_db()
+    assert not version.training_animation
+    assert not any(media_root.rglob("*.gif"))
+
+
+@pytest.mark.django_db
+def test_a_gif_named_by_the_card_but_missing_is_skipped(artifact, media_root):
+    with_animation(artifact, write=False)
+    version = register_artifact(artifact_path=artifact)
+    assert not version.training_animation
+    assert ModelVersion.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_a_card_naming_a_path_outside_the_artifacts_folder_is_refused(artifact, media_root):
+    with_animation(artifact, name="../elsewhere.gif", write=False)
+    with pytest.raises(RegistryError, match="not a GIF file name"):
+        register_artifact(artifact_path=artifact)
+    assert ModelVersion.objects.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_registration_deletes_the_stored_gif_and_artifact(
+    artifact, media_root, monkeypatch
+):
+    with_animation(artifact)
+
+    def refuse(**kwargs):
+        raise RegistryError("promotion refused")
+
+    monkeypatch.setattr(services, "promote", refuse)
+    with pytest.raises(RegistryError, match="promotion refused"):
+        register_artifact(artifact_path=artifact, make_production=True)
+    assert ModelVersion.objects.count() == 0
+    assert not any(p.is_file() for p in media_root.rglob("*"))
+
+
+@pytest.mark.django_db
+def test_the_shipped_model_registers_with_its_gif_and_its_curves(media_root):
+    shipped = REPO_ROOT / "ml" / "bundled" / "cxr-compact.keras"
+    card = read_card(shipped)
+    version = register_artifact(artifact_path=shipped)
+
+    assert version.training_animation.name.endswith(".gif")
+    with Image.open(media_root / version.training_animation.name) as image:
+        assert image.is_animated
+        assert image.n_frames == card["training"]["epochs_run"]
+    # The full report (curves included) is stored, matching the card's summary.
+    assert version.metrics["macro_f1"] == card["metrics"]["test_macro_f1"]
+    assert set(version.metrics["curves"]) == {"roc", "calibration", "confidence_histogram"}
+    assert version.metrics["confusion_matrix"]["labels"] == card["classes"]
+
+
+@pytest.mark.django_db
+def test_the_report_beside_the_artifact_is_stored_when_it_matches_the_card(artifact):
+    report = artifact.parent / "report"
+    report.mkdir()
+    metrics = {"macro_f1": 0.5, "accuracy": 0.625, "ece": 0.125, "curves": {"roc": {}}}
+    (report / "metrics.json").write_text(json.dumps(metrics))
+    version = register_artifact(artifact_path=artifact)
+    assert version.metrics == metrics
+
+
+@pytest.mark.django_db
+def test_a_report_of_another_model_beside_the_artifact_is_not_attached(artifact):
+    report = artifact.parent / "report"
+    report.mkdir()
+    (report / "metrics.json").write_text(json.dumps({"macro_f1": 0.123, "curves": {}}))
+    version = register_artifact(artifact_path=artifact)
+    assert "curves" not in version.metrics
+    assert version.metrics["macro_f1"] == 0.5
+    assert version.metrics["accuracy"] == 0.625
