@@ -77,7 +77,7 @@ def test_model_admin_compares_promotes_and_rolls_back_in_the_ui(
     assert f'data-version="{candidate.pk}" data-status="candidate"' in index
     confirm = client.get(reverse("registry:promote", args=[candidate.pk])).content.decode()
     assert "macro-F1" in confirm
-    assert 'class="worse"' in confirm  # the lower macro-F1 is flagged before promoting
+    assert 'class="num worse"' in confirm  # the lower macro-F1 is flagged before promoting
     response = client.post(reverse("registry:promote", args=[candidate.pk]))
     assert response.status_code == 302
     assert ModelVersion.objects.get(status="production") == candidate
@@ -106,5 +106,99 @@ def test_model_admin_starts_a_training_run_and_sees_its_progress(
     )
     page = client.get(reverse("registry:index")).content.decode()
     assert 'value="37"' in page  # (1 epoch done * 2 + 1 batch) / (4 * 2) batches = 37 %
-    assert 'http-equiv="refresh"' in page
+    # The run's row is live: the page re-fetches it until the run has finished.
+    assert f'data-live="run-{run.pk}" data-live-state="running:37:2:1" data-live-pending' in page
     assert CaseImage.objects.count() == 0
+
+
+def _evaluated_metrics() -> dict:
+    """A real ml.evaluate result (with curves) for 30 images."""
+    import numpy as np
+
+    from ml.evaluate import evaluate_predictions
+    from ml.labels import CLASSES
+
+    rng = np.random.default_rng(0)
+    truth = [CLASSES[i % 3] for i in range(30)]
+    probs = rng.dirichlet([1, 1, 1], size=30)
+    for row, label in zip(probs, truth, strict=True):
+        row[CLASSES.index(label)] += 1.0
+    probs = probs / probs.sum(axis=1, keepdims=True)
+    return evaluate_predictions(truth, probs, CLASSES, n_bootstrap=50)
+
+
+@pytest.mark.parametrize("kind", ["confusion-matrix", "roc", "calibration"])
+def test_version_plots_are_svg_drawn_from_stored_metrics(
+    login, model_admin, clinician, production_model, kind
+):
+    ModelVersion.objects.filter(pk=production_model.pk).update(metrics=_evaluated_metrics())
+    url = reverse("registry:plot", args=[production_model.pk, kind])
+    response = login(model_admin).get(url)
+    assert response.status_code == 200
+    assert response["Content-Type"] == "image/svg+xml"
+    assert response.content.lstrip().startswith(b"<?xml")
+    assert b"<svg" in response.content
+    assert login(clinician).get(url).status_code == 403
+
+
+def test_version_plots_without_curves_are_404_and_the_page_says_why(
+    login, model_admin, production_model
+):
+    ModelVersion.objects.filter(pk=production_model.pk).update(metrics={"macro_f1": 0.7})
+    client = login(model_admin)
+    assert (
+        client.get(reverse("registry:plot", args=[production_model.pk, "roc"])).status_code == 404
+    )
+    assert (
+        client.get(reverse("registry:plot", args=[production_model.pk, "pie"])).status_code == 404
+    )
+    page = client.get(reverse("registry:version", args=[production_model.pk])).content.decode()
+    assert "ROC and calibration curves were not stored" in page
+    assert "No training animation was recorded" in page
+
+
+def test_version_page_shows_tables_plots_and_the_training_animation(
+    login, model_admin, production_model
+):
+    from django.core.files.base import ContentFile
+
+    metrics = _evaluated_metrics()
+    version = ModelVersion.objects.get(pk=production_model.pk)
+    version.metrics = metrics
+    version.training_animation.save("anim.gif", ContentFile(b"GIF89a-test"), save=True)
+    client = login(model_admin)
+    page = client.get(reverse("registry:version", args=[version.pk])).content.decode()
+    for kind in ("confusion-matrix", "roc", "calibration"):
+        assert reverse("registry:plot", args=[version.pk, kind]) in page
+    diagonal = [row[i] for i, row in enumerate(metrics["confusion_matrix"]["matrix"])]
+    for value in diagonal:
+        assert f'<td class="num diagonal">{value}</td>' in page
+    url = reverse("registry:training-animation", args=[version.pk])
+    assert url in page
+    response = client.get(url)
+    assert response.status_code == 200
+    assert response["Content-Type"] == "image/gif"
+    assert b"".join(response.streaming_content) == b"GIF89a-test"
+
+
+def test_compare_page_shows_two_versions_and_differences(
+    login, model_admin, annotator, production_model, tmp_path
+):
+    from apps.models.services import register_artifact
+
+    candidate = register_artifact(artifact_path=make_variant(tmp_path / "c.keras", b"c"))
+    ModelVersion.objects.filter(pk=production_model.pk).update(
+        metrics={"macro_f1": 0.70, "ece": 0.10}
+    )
+    ModelVersion.objects.filter(pk=candidate.pk).update(metrics={"macro_f1": 0.65, "ece": 0.05})
+    url = reverse("registry:compare")
+    client = login(model_admin)
+    page = client.get(url, {"a": production_model.pk, "b": candidate.pk}).content.decode()
+    # B - A: macro-F1 fell (worse), ECE fell (better, lower is better).
+    assert '<td class="num worse">-0.050' in page
+    assert '<td class="num better">-0.050' in page
+    assert reverse("registry:promote", args=[candidate.pk]) in page
+    # Without parameters it compares production with another version.
+    page = client.get(url).content.decode()
+    assert f'<option value="{production_model.pk}" selected>' in page
+    assert login(annotator).get(url).status_code == 403
