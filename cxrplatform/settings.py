@@ -128,6 +128,15 @@ CXR_MAX_IMAGE_PIXELS = env_int("CXR_MAX_IMAGE_PIXELS", default=60_000_000, min_v
 DATA_UPLOAD_MAX_MEMORY_SIZE = CXR_MAX_UPLOAD_BYTES + 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 DATA_UPLOAD_MAX_NUMBER_FILES = CXR_MAX_IMAGES_PER_CASE
+# Out-of-distribution gate (apps.cases.validation): refuses uploads that are not
+# frontal chest radiographs. A path to the fitted gate (`python -m ml ood-fit`);
+# "off" turns the gate off (only for development with synthetic images).
+_OOD_GATE = env_str("CXR_OOD_GATE", default=str(BASE_DIR / "ml" / "bundled" / "ood-gate.npz"))
+CXR_OOD_GATE = None if _OOD_GATE.strip().lower() in {"", "off", "none"} else Path(_OOD_GATE)
+# Key of the keyed hash (HMAC-SHA256) that turns a DICOM PatientID into the
+# pseudonymous patient reference. Derived from SECRET_KEY when unset; set it
+# explicitly so pseudonyms survive a SECRET_KEY rotation.
+CXR_PSEUDONYM_KEY = env_str("CXR_PSEUDONYM_KEY", default="") or f"pseudonym:{SECRET_KEY}"
 
 # Labelling and retraining (issue: the learning loop).
 CXR_LABEL_AGREEMENT = env_int("CXR_LABEL_AGREEMENT", default=1, min_value=1, max_value=10)

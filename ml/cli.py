@@ -6,6 +6,8 @@ python -m ml evaluate --model M --data DIR...    re-evaluate a model (its own te
 python -m ml predict --model M IMAGE... [--json] classify images
 python -m ml explain --model M --method gradcam IMAGE... --out DIR   heatmaps + overlays
 python -m ml sanity --model M --method gradcam IMAGE... [--json]     randomisation check
+python -m ml ood-fit --data DIR... [--out ml/bundled/ood-gate.npz]  fit the input gate
+python -m ml ood-eval --data DIR... [--gate G] [--json]             measure it
 """
 
 from __future__ import annotations
@@ -156,6 +158,42 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return status
 
 
+def _print_ood(result: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    for split in ("train", "val", "test"):
+        ok, n = result[f"chest_{split}_accepted"]
+        print(f"chest X-rays accepted ({split} split): {ok}/{n} ({100 * ok / n:.1f}%)")
+    refused, n = result["non_chest_refused"]
+    print(f"non-chest images refused: {refused}/{n} ({100 * refused / n:.1f}%)")
+    for row in result["non_chest"]:
+        if not row["refused"]:
+            print(f"  accepted (a miss): {row['image']} score {row['score']}")
+
+
+def cmd_ood_fit(args: argparse.Namespace) -> int:
+    from ml.ood import evaluate, fit_from_shared_data
+
+    gate, chest = fit_from_shared_data(args.data, args.splits, progress=not args.quiet)
+    result = evaluate(gate, chest)
+    gate.card["measured"] = {k: v for k, v in result.items() if k != "non_chest"}
+    gate.save(args.out)
+    print(f"gate: {args.out} (threshold {gate.threshold:.3f}, colour {gate.max_colourful:.4f})")
+    _print_ood(result, as_json=False)
+    return 0
+
+
+def cmd_ood_eval(args: argparse.Namespace) -> int:
+    from ml.ood import OodGate, chest_xray_paths, evaluate, features_of_paths
+
+    gate = OodGate.load(args.gate)
+    paths = chest_xray_paths(args.data, args.splits)
+    chest = {split: features_of_paths(p, progress=not args.quiet) for split, p in paths.items()}
+    _print_ood(evaluate(gate, chest), as_json=args.json)
+    return 0
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     from ml.classifier import Classifier
     from ml.explain import deletion_insertion, explain, heatmap_to_npy, render_overlay
@@ -298,6 +336,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_sanity)
+
+    bundled = Path(__file__).resolve().parent / "bundled"
+    for name, func, text in (
+        ("ood-fit", cmd_ood_fit, "fit the out-of-distribution input gate on chest X-rays"),
+        ("ood-eval", cmd_ood_eval, "chest X-rays accepted per split, non-chest images refused"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--data", nargs="+", type=Path, required=True, help="dataset folders")
+        p.add_argument(
+            "--splits",
+            type=Path,
+            default=bundled / "splits.csv",
+            help="patient-level split to use (default: the bundled model's)",
+        )
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        if name == "ood-fit":
+            p.add_argument("--out", type=Path, default=bundled / "ood-gate.npz")
+        else:
+            p.add_argument("--gate", type=Path, default=bundled / "ood-gate.npz")
+            p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.set_defaults(func=func)
     return parser
 
 

@@ -37,7 +37,7 @@ from apps.models import services as registry
 from apps.models.models import ModelVersion, TrainingRun
 from cxrplatform.protected import protected_file_response
 
-IMAGE_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
+IMAGE_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "dicom": "image/png"}  # DICOM: its PNG
 NPY_TYPE = "application/octet-stream"
 
 

@@ -9,7 +9,10 @@ class MultipleFileField(forms.FileField):
     """A file field that takes several files (Django docs, "Uploading multiple files")."""
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault("widget", MultipleFileInput(attrs={"accept": "image/png,image/jpeg"}))
+        kwargs.setdefault(
+            "widget",
+            MultipleFileInput(attrs={"accept": "image/png,image/jpeg,.dcm,application/dicom"}),
+        )
         super().__init__(*args, **kwargs)
 
     def clean(self, data, initial=None):
@@ -23,7 +26,7 @@ class MultipleFileField(forms.FileField):
 
 
 class CaseUploadForm(forms.Form):
-    images = MultipleFileField(label="Chest X-ray images (PNG or JPEG)")
+    images = MultipleFileField(label="Chest X-ray images (PNG, JPEG or DICOM)")
     patient_ref = forms.CharField(
         label="Pseudonymous patient reference",
         max_length=64,

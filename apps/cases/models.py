@@ -16,8 +16,13 @@ VERDICT_CHOICES = [*LABEL_CHOICES, (UNUSABLE, "Unusable image")]
 
 def _image_upload_to(instance: CaseImage, filename: str) -> str:
     # Random names: the original file name may carry patient identifiers.
-    ext = {"png": "png", "jpeg": "jpg"}.get(instance.source_format, "bin")
+    # A DICOM upload's `file` is its PNG rendition; the DICOM itself is `original`.
+    ext = {"png": "png", "jpeg": "jpg", "dicom": "png"}.get(instance.source_format, "bin")
     return f"cases/{timezone.now():%Y/%m}/{uuid.uuid4().hex}.{ext}"
+
+
+def _original_upload_to(instance: CaseImage, filename: str) -> str:
+    return f"cases/{timezone.now():%Y/%m}/{uuid.uuid4().hex}.dcm"
 
 
 class CaseQuerySet(models.QuerySet):
@@ -90,13 +95,22 @@ class CaseImage(models.Model):
     class SourceFormat(models.TextChoices):
         PNG = "png", "PNG"
         JPEG = "jpeg", "JPEG"
+        DICOM = "dicom", "DICOM"
 
     class Status(models.TextChoices):
         ACCEPTED = "accepted", "Accepted"
         UNUSABLE = "unusable", "Unusable"
 
     case = models.ForeignKey(Case, on_delete=models.CASCADE, related_name="images")
+    # What the viewer, the worker and the labelling tools read: the PNG or JPEG
+    # as uploaded, or for a DICOM upload an 8-bit PNG rendition of it.
     file = models.FileField(upload_to=_image_upload_to, max_length=300)
+    original = models.FileField(
+        upload_to=_original_upload_to,
+        max_length=300,
+        blank=True,
+        help_text="The de-identified DICOM file (DICOM uploads only).",
+    )
     sha256 = models.CharField(max_length=64, db_index=True)
     width = models.PositiveIntegerField()
     height = models.PositiveIntegerField()

@@ -55,11 +55,10 @@ def create_case(
             rejections.append(exc)
     if rejections:
         raise UploadRejected.of_files(rejections)
+    patient_ref = _patient_ref(patient_ref.strip(), validated)
 
     with files_removed_on_error() as stored, transaction.atomic():
-        case = Case.objects.create(
-            owner=owner, patient_ref=patient_ref.strip(), notes=notes.strip()
-        )
+        case = Case.objects.create(owner=owner, patient_ref=patient_ref, notes=notes.strip())
         for item in validated:
             image = CaseImage(
                 case=case,
@@ -70,11 +69,31 @@ def create_case(
             )
             image.file.save("upload", ContentFile(item.content), save=False)
             stored.add(image.file.name)
+            if item.dicom:
+                image.original.save("upload", ContentFile(item.dicom), save=False)
+                stored.add(image.original.name)
             image.save()
             prediction = Prediction.objects.create(image=image)
             enqueue_prediction(prediction)
     log.info("case %s created by %s with %d image(s)", case.pk, owner, len(validated))
     return case
+
+
+def _patient_ref(given: str, validated: list) -> str:
+    """The case's patient reference: the one typed in, else the DICOM files' pseudonym.
+
+    A typed reference wins when both exist (it is the clinician's own
+    pseudonymous reference; the stored DICOM files still carry the keyed
+    pseudonym). DICOM files of different patients cannot form one case.
+    """
+    pseudonyms = sorted({item.patient_pseudonym for item in validated if item.patient_pseudonym})
+    if len(pseudonyms) > 1:
+        raise UploadRejected(
+            "upload",
+            f"the DICOM files belong to {len(pseudonyms)} different patients; "
+            "a case holds the images of one patient.",
+        )
+    return given or (pseudonyms[0] if pseudonyms else "")
 
 
 def sweep_stuck_predictions() -> dict[str, int]:

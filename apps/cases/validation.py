@@ -1,22 +1,51 @@
 """Upload validation: decide about a file before anything is stored.
 
 Every refusal names the file and the problem in words a clinician can act
-on. Input-safety hardening (DICOM, OOD gate, fuzzing) is a later issue; this
-covers the classes of bad input every upload path must refuse.
+on, with the HTTP status an API answers with: 413 for too large (bytes or
+pixels), 415 for a format this platform does not take (or one that does not
+match the file's extension), 400 for everything else (empty, truncated,
+corrupt, too small, not a chest X-ray).
+
+Accepted: PNG and JPEG (8- or 16-bit, grayscale or RGB, EXIF orientation
+applied) and DICOM (see ml.dicom). A DICOM upload is de-identified here
+(apps.cases.deidentify) so that what leaves this module, and so what is
+stored, never holds the original identifiers. Last, the out-of-distribution
+gate (ml.ood) refuses images that are not frontal chest radiographs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import warnings
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path, PurePath
 
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from PIL import Image, UnidentifiedImageError
 
+log = logging.getLogger(__name__)
+
 ACCEPTED_FORMATS = {"PNG": "png", "JPEG": "jpeg"}
+ACCEPTED_WORDS = "upload PNG, JPEG or DICOM"
+# What a file's extension promises; files with other or no extensions (PACS
+# exports are often named by UID) are judged by their content alone.
+EXTENSION_FORMATS = {
+    ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".jfif": "JPEG",
+    ".dcm": "DICOM", ".dicom": "DICOM", ".dic": "DICOM", ".gif": "GIF", ".bmp": "BMP",
+    ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP",
+}  # fmt: skip
+NOT_A_CHEST_XRAY = {
+    "blank": "the image is blank or almost uniform; upload the radiograph itself.",
+    "colour": "this looks like a colour photograph or drawing, not a chest X-ray; "
+    "upload the radiograph itself.",
+    "appearance": "this does not look like a frontal chest X-ray (it may be a photograph, "
+    "a document, another body part or a lateral view); upload a frontal (PA or AP) "
+    "chest radiograph.",
+}
 
 
 class UploadRejected(Exception):  # noqa: N818 - reads as what happened to the upload
@@ -49,15 +78,69 @@ class UploadRejected(Exception):  # noqa: N818 - reads as what happened to the u
 @dataclass(frozen=True)
 class ValidatedImage:
     original_name: str
-    content: bytes
+    content: bytes  # what CaseImage.file stores: the PNG/JPEG as sent, or a DICOM's PNG rendition
     sha256: str
     width: int
     height: int
     source_format: str
+    dicom: bytes = b""  # the de-identified DICOM (DICOM uploads only)
+    patient_pseudonym: str = ""  # keyed hash of the DICOM PatientID (DICOM uploads only)
 
 
 def _human_bytes(n: int) -> str:
     return f"{n / (1024 * 1024):.0f} MB" if n >= 1024 * 1024 else f"{n} bytes"
+
+
+@lru_cache(maxsize=4)
+def _load_gate(path: str):
+    from ml.ood import OodGate
+
+    return OodGate.load(Path(path))
+
+
+def ood_gate():
+    """The fitted gate named by CXR_OOD_GATE (loaded once per process), or None when off."""
+    path = settings.CXR_OOD_GATE
+    return None if path is None else _load_gate(str(path))
+
+
+def _check_extension(name: str, actual: str) -> None:
+    suffix = PurePath(name).suffix.lower()
+    promised = EXTENSION_FORMATS.get(suffix)
+    if promised is not None and promised != actual:
+        raise UploadRejected(
+            name,
+            f"the file is named {suffix} but holds a {actual} image; "
+            f"check it is the right file and save it with a matching extension.",
+            status=415,
+        )
+
+
+def _check_size(name: str, width: int, height: int) -> None:
+    minimum = settings.CXR_MIN_IMAGE_SIDE
+    if min(width, height) < minimum:
+        raise UploadRejected(
+            name, f"the image is {width}x{height} pixels; each side must be at least {minimum}."
+        )
+
+
+def _check_chest_xray(name: str, gray, colourful: float = 0.0) -> None:
+    gate = ood_gate()
+    if gate is None:
+        return
+    verdict = gate.verdict(gray, colourful)
+    if verdict is not None:
+        log.info("upload %r refused by the OOD gate (%s)", name, verdict)
+        raise UploadRejected(name, NOT_A_CHEST_XRAY[verdict])
+
+
+def _too_many_pixels(name: str, width: int, height: int) -> UploadRejected:
+    return UploadRejected(
+        name,
+        f"the image has {width}x{height} pixels; "
+        f"the limit is {settings.CXR_MAX_IMAGE_PIXELS:,} pixels.",
+        status=413,
+    )
 
 
 def validate_image(uploaded: UploadedFile) -> ValidatedImage:
@@ -74,6 +157,19 @@ def validate_image(uploaded: UploadedFile) -> ValidatedImage:
         )
     uploaded.seek(0)
     content = uploaded.read()
+    if not content:
+        raise UploadRejected(name, "the file is empty.")
+    from ml.dicom import looks_like_dicom
+
+    if looks_like_dicom(content):
+        return _validate_dicom(name, content)
+    return _validate_picture(name, content)
+
+
+def _validate_picture(name: str, content: bytes) -> ValidatedImage:
+    from ml.ood import colourful_fraction
+    from ml.preprocess import open_image, to_unit_gray
+
     max_pixels = settings.CXR_MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
@@ -82,20 +178,32 @@ def validate_image(uploaded: UploadedFile) -> ValidatedImage:
                 fmt = probe.format
                 width, height = probe.size
                 if width * height > max_pixels:
-                    raise UploadRejected(
-                        name,
-                        f"the image has {width}x{height} pixels; "
-                        f"the limit is {max_pixels:,} pixels.",
-                        status=413,
-                    )
+                    raise _too_many_pixels(name, width, height)
                 if fmt not in ACCEPTED_FORMATS:
                     raise UploadRejected(
-                        name, f"{fmt} images are not accepted; upload PNG or JPEG.", status=415
+                        name, f"{fmt} images are not accepted; {ACCEPTED_WORDS}.", status=415
+                    )
+                _check_extension(name, fmt)
+                frames = getattr(probe, "n_frames", 1)
+                if frames > 1:
+                    raise UploadRejected(
+                        name,
+                        f"the image is animated ({frames} frames); upload a single still image.",
+                        status=415,
+                    )
+                if probe.mode == "CMYK":
+                    raise UploadRejected(
+                        name,
+                        "the image is in CMYK colour (a print format); export it as grayscale "
+                        "or RGB.",
+                        status=415,
                     )
                 probe.verify()
             # verify() does not decode pixel data; a full load catches truncation.
-            with Image.open(io.BytesIO(content)) as full:
-                full.load()
+            with open_image(io.BytesIO(content)) as upright:
+                width, height = upright.size  # after EXIF orientation
+                gray = to_unit_gray(upright)
+                colourful = colourful_fraction(upright)
     except UploadRejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -103,16 +211,18 @@ def validate_image(uploaded: UploadedFile) -> ValidatedImage:
     except UnidentifiedImageError:
         raise UploadRejected(
             name,
-            "this is not an image file this platform can read; upload PNG or JPEG.",
+            f"this is not an image file this platform can read; {ACCEPTED_WORDS}.",
             status=415,
         ) from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise UploadRejected(name, f"the image is truncated or corrupt ({exc}).") from None
-    minimum = settings.CXR_MIN_IMAGE_SIDE
-    if min(width, height) < minimum:
+    except Exception as exc:
+        log.warning("unexpected decoder error for upload %r", name, exc_info=True)
         raise UploadRejected(
-            name, f"the image is {width}x{height} pixels; each side must be at least {minimum}."
-        )
+            name, f"the image is truncated or corrupt ({type(exc).__name__})."
+        ) from None
+    _check_size(name, width, height)
+    _check_chest_xray(name, gray, colourful)
     return ValidatedImage(
         original_name=name,
         content=content,
@@ -120,4 +230,55 @@ def validate_image(uploaded: UploadedFile) -> ValidatedImage:
         width=width,
         height=height,
         source_format=ACCEPTED_FORMATS[fmt],
+    )
+
+
+DICOM_STATUS = {"invalid": 400, "unsupported": 415, "too_large": 413}
+
+
+def _validate_dicom(name: str, content: bytes) -> ValidatedImage:
+    from ml.dicom import DicomProblem, check_image, read_dataset, to_uint8, to_unit_gray
+
+    _check_extension(name, "DICOM")
+    try:
+        dataset = read_dataset(content)
+        info = check_image(dataset, max_pixels=settings.CXR_MAX_IMAGE_PIXELS)
+        if str(dataset.get("BurnedInAnnotation") or "").strip().upper() == "YES":
+            raise DicomProblem(
+                "the DICOM says patient details are burned into the image (Burned In "
+                "Annotation = YES); export the image without them."
+            )
+        gray = to_unit_gray(dataset)
+    except DicomProblem as exc:
+        raise UploadRejected(name, exc.problem, status=DICOM_STATUS[exc.kind]) from None
+    except Exception as exc:
+        log.warning("unexpected DICOM error for upload %r", name, exc_info=True)
+        raise UploadRejected(
+            name, f"the DICOM file is truncated or corrupt ({type(exc).__name__})."
+        ) from None
+    height, width = gray.shape
+    _check_size(name, width, height)
+    _check_chest_xray(name, gray)
+
+    from apps.cases.deidentify import deidentify
+
+    try:
+        dicom, pseudonym = deidentify(dataset, key=settings.CXR_PSEUDONYM_KEY)
+    except Exception as exc:
+        log.warning("could not de-identify upload %r", name, exc_info=True)
+        raise UploadRejected(
+            name, f"the DICOM header is corrupt and cannot be de-identified ({type(exc).__name__})."
+        ) from None
+    buffer = io.BytesIO()
+    Image.fromarray(to_uint8(gray), mode="L").save(buffer, format="PNG")
+    log.info("DICOM upload %r: %s, %s", name, info.transfer_syntax, info.photometric)
+    return ValidatedImage(
+        original_name=name,
+        content=buffer.getvalue(),
+        sha256=hashlib.sha256(dicom).hexdigest(),
+        width=width,
+        height=height,
+        source_format="dicom",
+        dicom=dicom,
+        patient_pseudonym=pseudonym,
     )

@@ -109,7 +109,9 @@ def case_detail(request: HttpRequest, pk: int) -> HttpResponse:
 def image_file(request: HttpRequest, pk: int) -> HttpResponse:
     """Uploaded images are never public: only the case's owner and annotators see them."""
     image = get_object_or_404(visible_images(request.user), pk=pk)
-    content_type = {"png": "image/png", "jpeg": "image/jpeg"}[image.source_format]
+    content_type = {"png": "image/png", "jpeg": "image/jpeg", "dicom": "image/png"}[
+        image.source_format
+    ]
     return protected_file_response(image.file, content_type)
 
 

@@ -3,7 +3,9 @@
  * posts normally and the server lists the refused files. */
 (function () {
   "use strict";
-  var ACCEPTED = ["image/png", "image/jpeg"];
+  // DICOM files often arrive with an empty type (no .dcm extension): the server decides.
+  var PREVIEWABLE = ["image/png", "image/jpeg"];
+  var ACCEPTED = PREVIEWABLE.concat(["application/dicom"]);
   var form = document.getElementById("upload-form");
   if (!form) return;
   var input = form.querySelector('input[type="file"]');
@@ -26,7 +28,7 @@
   function localProblem(file) {
     if (file.size === 0) return "the file is empty.";
     if (file.size > maxBytes) return "the file is " + human(file.size) + "; the limit is " + human(maxBytes) + ".";
-    if (file.type && ACCEPTED.indexOf(file.type) === -1) return "not a PNG or JPEG image (" + file.type + ").";
+    if (file.type && ACCEPTED.indexOf(file.type) === -1) return "not a PNG, JPEG or DICOM image (" + file.type + ").";
     return "";
   }
 
@@ -38,7 +40,7 @@
       item.dataset.file = entry.file.name;
       var thumb = document.createElement("img");
       thumb.alt = "";
-      if (ACCEPTED.indexOf(entry.file.type) !== -1 && !entry.error) thumb.src = entry.url || (entry.url = URL.createObjectURL(entry.file));
+      if (PREVIEWABLE.indexOf(entry.file.type) !== -1 && !entry.error) thumb.src = entry.url || (entry.url = URL.createObjectURL(entry.file));
       var text = document.createElement("span");
       var name = document.createElement("strong");
       name.textContent = entry.file.name;

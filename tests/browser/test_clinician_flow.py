@@ -42,7 +42,7 @@ def test_clinician_uploads_in_the_browser_and_sees_prediction_and_heatmap(
     assert_accessible(page)
 
     # One file chosen with the file picker, two dropped on the drop zone.
-    page.get_by_label("Chest X-ray images (PNG or JPEG)").set_input_files(
+    page.get_by_label("Chest X-ray images (PNG, JPEG or DICOM)").set_input_files(
         [str(IMAGES / "2168a917.jpg")]
     )
     page.evaluate(

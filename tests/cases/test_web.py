@@ -98,7 +98,9 @@ def test_upload_answers_json_naming_each_refused_file(login, clinician, media_ro
         {"name": "x.jpg", "problem": "the file is empty."},
         {
             "name": "y.png",
-            "problem": "this is not an image file this platform can read; upload PNG or JPEG.",
+            "problem": (
+                "this is not an image file this platform can read; upload PNG, JPEG or DICOM."
+            ),
         },
     ]
     assert Case.objects.count() == 0
