@@ -133,9 +133,10 @@ def test_clinician_uploads_in_the_browser_and_sees_prediction_and_heatmap(
     row = page.locator(f'tr[data-case="{case.pk}"]')
     assert "done" in row.inner_text()
     assert "Normal" in row.inner_text()
+    screenshot(page, "clinician-case-list")
     page.goto(f"{live_server.url}/cases/?status=failed")
     assert page.locator("tr[data-case]").count() == 0
-    screenshot(page, "clinician-case-list")
+    assert page.get_by_text("No case matches these filters.").is_visible()
 
 
 def test_case_list_status_changes_without_a_reload(
