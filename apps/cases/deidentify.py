@@ -37,10 +37,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, generate_uid
 
-METHOD = (
-    "DICOM PS3.15 Basic Application Level Confidentiality Profile; "
-    "Retain Longitudinal Temporal Information with Modified Dates; cxrplatform v1"
-)
+# LO: at most 64 characters. The code sequence below names the profile and option in full.
+METHOD = "PS3.15 Basic Profile, Modified Dates option (cxrplatform v1)"
 PSEUDONYM_PREFIX = "PX-"
 
 # Table E.1-1 actions for attributes a chest radiograph may carry.
@@ -165,7 +163,9 @@ def _clean(dataset: Dataset, *, key: str, pseudonym: str, days: int) -> None:
 
 
 def _new_uid(key: str, uid: str) -> str:
-    return generate_uid(prefix=None, entropy_srcs=[_keyed(key, "uid", uid)])
+    """A 2.25 (UUID-derived) UID from a keyed hash: the same original UID always
+    maps to the same new one, and the original cannot be recovered without the key."""
+    return "2.25." + str(int(_keyed(key, "uid", uid)[:32], 16))
 
 
 def deidentify(dataset: Dataset, *, key: str) -> tuple[bytes, str]:

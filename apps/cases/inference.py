@@ -17,6 +17,10 @@ class NoProductionModelError(RuntimeError):
     pass
 
 
+class UnreadableImageError(RuntimeError):
+    """The stored file is missing or corrupt: the job fails with this message, the worker lives."""
+
+
 def run_prediction(*, prediction_id: int) -> Prediction | None:
     """Classify the image of one Prediction with the current production model.
 
@@ -48,8 +52,13 @@ def run_prediction(*, prediction_id: int) -> Prediction | None:
                 "No production model is registered; a model admin must promote one."
             )
         classifier = classifier_for(version)
-        with prediction.image.file.open("rb") as fh:
-            image = open_image(fh)
+        try:
+            with prediction.image.file.open("rb") as fh:
+                image = open_image(fh)
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise UnreadableImageError(
+                f"The stored image could not be read ({type(exc).__name__}: {exc})."
+            ) from exc
         result = classifier.predict(image)
         with transaction.atomic():
             prediction.mark_done(
