@@ -8,11 +8,14 @@ beat sweeper can treat them alike (grand-challenge ``ComponentJob``).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
 from django.db import DatabaseError, models, transaction
 from django.utils import timezone
 
@@ -49,6 +52,12 @@ class Job(models.Model):
         self.attempts += 1
         self.error = ""
         self.save(update_fields=["status", "started_at", "attempts", "error"])
+        pause = settings.CXR_TEST_PAUSE_AFTER_RUNNING_SECONDS
+        if pause:
+            # Test-only (off by default): keep the job observably `running` for a
+            # while after the status commits, so a fault test can kill the worker
+            # inside the task. Runs after commit, so no lock is held meanwhile.
+            transaction.on_commit(lambda: time.sleep(pause))
 
     def _mark_done(self, **results: object) -> None:
         for name, value in results.items():
@@ -63,6 +72,39 @@ class Job(models.Model):
         self.error = error[:5000]
         self.finished_at = timezone.now()
         self.save(update_fields=["status", "error", "finished_at"])
+
+    def reset_for_retry(self) -> None:
+        """failed -> pending: the one way back, for an explicit retry (the error is kept
+        until the next attempt starts, so the reason stays visible meanwhile)."""
+        if self.status != JobStatus.FAILED:
+            raise ValueError(f"Only a failed job can be retried; this one is {self.status}.")
+        self.status = JobStatus.PENDING
+        self.started_at = None
+        self.finished_at = None
+        self.save(update_fields=["status", "started_at", "finished_at"])
+
+
+def enqueue_on_commit(task: Any, **kwargs: Any) -> None:
+    """Send ``task`` with ``kwargs`` once the surrounding transaction commits.
+
+    If the broker cannot be reached at that moment (Redis restarting), the
+    data is already committed and must stay so: the error is logged, not
+    raised into the request that stored the upload, and the job stays
+    ``pending`` until the beat sweeper (``sweep_stuck``) queues it again.
+    """
+
+    def send() -> None:
+        try:
+            task.apply_async(kwargs=kwargs)
+        except Exception:
+            log.warning(
+                "could not queue %s%s (broker unreachable?); the sweeper will queue it again",
+                task.name,
+                kwargs,
+                exc_info=True,
+            )
+
+    transaction.on_commit(send)
 
 
 @contextmanager
@@ -84,10 +126,10 @@ def failure_recorded(job: Job, *, what: str) -> Iterator[None]:
         job.mark_failed(f"{type(exc).__name__}: {exc}")
 
 
-# A pending job older than this was probably lost (broker restarted before it
-# was queued); the sweeper queues it again. Running jobs get their hard time
-# limit plus this grace before they count as stuck.
-PENDING_REQUEUE_AFTER = timedelta(minutes=10)
+# A pending job older than CXR_PENDING_REQUEUE_SECONDS was probably lost
+# (broker down when it was queued, or restarted without persistence); the
+# sweeper queues it again. Running jobs get their hard time limit plus this
+# grace before they count as stuck.
 RUNNING_GRACE = timedelta(seconds=60)
 
 
@@ -117,7 +159,8 @@ def sweep_stuck(
             failed += 1
     requeued = 0
     for job in model.objects.filter(
-        status=JobStatus.PENDING, created_at__lt=now - PENDING_REQUEUE_AFTER
+        status=JobStatus.PENDING,
+        created_at__lt=now - timedelta(seconds=settings.CXR_PENDING_REQUEUE_SECONDS),
     ):
         with transaction.atomic():
             enqueue(job)

@@ -165,9 +165,28 @@ CXR_TASK_HARD_LIMITS = {
 }
 CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {
     # A message not acked within this time is redelivered. It must exceed
-    # the longest hard time limit or a long job would run twice.
-    "visibility_timeout": max(CXR_TASK_HARD_LIMITS.values()) + 600,
+    # the longest hard time limit of the tasks a worker consumes, or a long
+    # job would run twice. The override exists for the fault tests, which
+    # kill a worker and must see the redelivery within seconds.
+    "visibility_timeout": env_int(
+        "CXR_BROKER_VISIBILITY_TIMEOUT",
+        default=max(CXR_TASK_HARD_LIMITS.values()) + 600,
+        min_value=1,
+    ),
 }
+if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    CELERY_BROKER_TRANSPORT_OPTIONS.update(
+        {
+            # How often a worker looks for messages whose worker died (unacked
+            # past the visibility timeout) and puts them back on their queue.
+            "unacked_restore_interval": env_int(
+                "CXR_BROKER_RESTORE_INTERVAL", default=10, min_value=1
+            ),
+            "unacked_restore_throttle": 1,
+            # A publish while Redis is down fails in seconds instead of hanging.
+            "socket_connect_timeout": 5,
+        }
+    )
 if CELERY_BROKER_URL.startswith("filesystem://"):
     CELERY_BROKER_TRANSPORT_OPTIONS.update(
         {
@@ -187,8 +206,16 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_TRACK_STARTED = True
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# How often beat looks for jobs stuck in `running` past their hard limit.
-CXR_STUCK_SWEEP_SECONDS = env_int("CXR_STUCK_SWEEP_SECONDS", default=300, min_value=10)
+# How often beat looks for jobs stuck in `running` past their hard limit, and
+# how old a `pending` job must be before the sweeper queues it again (it was
+# lost: the broker was down when it was queued, or restarted without persistence).
+CXR_STUCK_SWEEP_SECONDS = env_int("CXR_STUCK_SWEEP_SECONDS", default=300, min_value=1)
+CXR_PENDING_REQUEUE_SECONDS = env_int("CXR_PENDING_REQUEUE_SECONDS", default=600, min_value=0)
+# Test-only fault injection, off (0) by default: a job stays `running` this many
+# seconds after the status commits, so a test can kill its worker mid-task.
+CXR_TEST_PAUSE_AFTER_RUNNING_SECONDS = env_int(
+    "CXR_TEST_PAUSE_AFTER_RUNNING_SECONDS", default=0, min_value=0, max_value=120
+)
 CELERY_BEAT_SCHEDULE = {
     "sweep-stuck-predictions": {
         "task": "apps.cases.tasks.sweep_stuck_predictions",
@@ -202,6 +229,11 @@ CELERY_BEAT_SCHEDULE = {
     },
     "sweep-stuck-explanations": {
         "task": "apps.explain.tasks.sweep_stuck_explanations",
+        "schedule": float(CXR_STUCK_SWEEP_SECONDS),
+        "options": {"queue": "default"},
+    },
+    "sweep-stuck-training-runs": {
+        "task": "apps.models.tasks.sweep_stuck_training_runs",
         "schedule": float(CXR_STUCK_SWEEP_SECONDS),
         "options": {"queue": "default"},
     },

@@ -18,6 +18,11 @@ urlpatterns = [
         name="image-explanations",
     ),
     path("images/<int:pk>/labels/", views.ImageLabels.as_view(), name="image-labels"),
+    path(
+        "images/<int:pk>/prediction/retry/",
+        views.ImagePredictionRetry.as_view(),
+        name="image-prediction-retry",
+    ),
     path("labelling/queue/", views.LabellingQueue.as_view(), name="labelling-queue"),
     path("explanations/<int:pk>/", views.ExplanationDetail.as_view(), name="explanation-detail"),
     path(

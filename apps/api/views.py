@@ -280,6 +280,32 @@ class ImageExplanations(RoleView):
         )
 
 
+class ImagePredictionRetry(RoleView):
+    allowed_roles = (CLINICIAN,)
+
+    @extend_schema(
+        summary="Retry the failed classification of an image (clinician, own cases)",
+        description="202 with the image, its prediction `pending` again; 409 unless the "
+        "prediction failed (a failure's reason is in `prediction.error`). Poll "
+        "`/api/v1/images/{id}/`.",
+        request=None,
+        responses={202: s.ImageSerializer, **errors(401, 403, 404, 409)},
+        tags=["images"],
+    )
+    def post(self, request, pk: int):
+        image = get_object_or_404(CaseImage.objects.filter(case__owner=request.user), pk=pk)
+        prediction = image.latest_prediction
+        if prediction is None:
+            raise Conflict("This image has no prediction to retry.")
+        try:
+            services.retry_prediction(prediction=prediction, actor=request.user)
+        except services.RetryRefused as exc:
+            raise Conflict(str(exc)) from None
+        image = _images_with_results(CaseImage.objects.filter(pk=image.pk)).get()
+        body = s.ImageSerializer(image, context={"request": request}).data
+        return Response(body, status=202, headers=_located(request, "image-detail", image.pk))
+
+
 class ImageLabels(RoleView):
     allowed_roles = (ANNOTATOR,)
 

@@ -13,19 +13,20 @@ from django.db import transaction
 from apps.cases.models import Case, CaseImage, Prediction
 from apps.cases.validation import UploadRejected, validate_image
 from cxrplatform.files import files_removed_on_error
-from cxrplatform.jobs import sweep_stuck
+from cxrplatform.jobs import enqueue_on_commit, sweep_stuck
 
 log = logging.getLogger(__name__)
 
 
 def enqueue_prediction(prediction: Prediction) -> None:
-    """Queue classification once the surrounding transaction has committed."""
+    """Queue classification once the surrounding transaction has committed.
+
+    A broker outage at that moment does not undo or fail the upload: the
+    prediction stays pending and the beat sweeper queues it again.
+    """
     from apps.cases.tasks import classify_image
 
-    prediction_id = prediction.pk
-    transaction.on_commit(
-        lambda: classify_image.apply_async(kwargs={"prediction_id": prediction_id})
-    )
+    enqueue_on_commit(classify_image, prediction_id=prediction.pk)
 
 
 def create_case(
@@ -94,6 +95,38 @@ def _patient_ref(given: str, validated: list) -> str:
             "a case holds the images of one patient.",
         )
     return given or (pseudonyms[0] if pseudonyms else "")
+
+
+class RetryRefused(Exception):  # noqa: N818 - reads as an outcome
+    pass
+
+
+@transaction.atomic
+def retry_prediction(*, prediction: Prediction, actor=None) -> Prediction:
+    """Queue a failed prediction again (same row, so the case's status follows it).
+
+    Only failed predictions can be retried: a pending or running one is still
+    on its way, a done one has its answer. Audited like every user action.
+    """
+    locked = Prediction.objects.select_for_update().get(pk=prediction.pk)
+    if locked.status != Prediction.Status.FAILED:
+        raise RetryRefused(
+            f"Only a failed prediction can be retried; this one is {locked.get_status_display()}."
+        )
+    error = locked.error
+    locked.reset_for_retry()
+    from apps.accounts.models import record
+
+    record(
+        actor=actor,
+        action="prediction.retry",
+        target=locked,
+        before={"status": "failed", "error": error[:500]},
+        after={"status": "pending"},
+    )
+    enqueue_prediction(locked)
+    log.info("prediction %s queued again by %s", locked.pk, actor)
+    return locked
 
 
 def sweep_stuck_predictions() -> dict[str, int]:

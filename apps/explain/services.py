@@ -9,7 +9,7 @@ from django.db import IntegrityError, transaction
 from apps.cases.models import CaseImage, Prediction
 from apps.explain.models import Explanation
 from apps.models.models import ModelVersion
-from cxrplatform.jobs import sweep_stuck
+from cxrplatform.jobs import enqueue_on_commit, sweep_stuck
 
 AUTOMATIC_METHOD = Explanation.Method.GRADCAM
 
@@ -21,10 +21,7 @@ class ExplanationUnavailable(Exception):  # noqa: N818 - reads as an outcome
 def enqueue_explanation(explanation: Explanation) -> None:
     from apps.explain.tasks import explain_image
 
-    explanation_id = explanation.pk
-    transaction.on_commit(
-        lambda: explain_image.apply_async(kwargs={"explanation_id": explanation_id})
-    )
+    enqueue_on_commit(explain_image, explanation_id=explanation.pk)
 
 
 def _explained_version(image: CaseImage) -> ModelVersion:

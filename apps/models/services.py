@@ -17,6 +17,7 @@ from django.utils import timezone
 from apps.accounts.models import record
 from apps.models.models import ModelVersion, TrainingRun
 from cxrplatform.files import files_removed_on_error
+from cxrplatform.jobs import enqueue_on_commit, sweep_stuck
 
 log = logging.getLogger(__name__)
 
@@ -216,8 +217,7 @@ def active_training_run() -> TrainingRun | None:
 def enqueue_training(run: TrainingRun) -> None:
     from apps.models.tasks import train_model
 
-    run_id = run.pk
-    transaction.on_commit(lambda: train_model.apply_async(kwargs={"run_id": run_id}))
+    enqueue_on_commit(train_model, run_id=run.pk)
 
 
 @transaction.atomic
@@ -245,6 +245,19 @@ def start_training_run(
     )
     enqueue_training(run)
     return run
+
+
+def sweep_stuck_training_runs() -> dict[str, int]:
+    """Beat: fail runs whose worker vanished, requeue runs that never reached one.
+
+    Without this a lost run would stay active and block every later run
+    (one run at a time).
+    """
+    return sweep_stuck(
+        TrainingRun,
+        hard_limit_seconds=settings.CXR_TASK_HARD_LIMITS["training"],
+        enqueue=enqueue_training,
+    )
 
 
 def retrain_if_enough_labels() -> TrainingRun | None:

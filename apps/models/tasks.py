@@ -20,3 +20,10 @@ def retrain_if_enough_labels(self) -> int | None:
 
     run = check()
     return run.pk if run else None
+
+
+@platform_task(queue="default", retry_for=(OperationalError, InterfaceError))
+def sweep_stuck_training_runs(self) -> dict[str, int]:
+    from apps.models.services import sweep_stuck_training_runs as sweep
+
+    return sweep()

@@ -54,6 +54,10 @@ MATRIX = [
     ("image-labels", "post", lambda w: f"/api/v1/images/{w.image.pk}/labels/",
      lambda w, u, r: {"label": "normal"}, "json",
      _codes(401, 403, 403, 201, 403)),
+    # The world's prediction is done, so the owner's retry is refused: 409 (tests/api has the 202).
+    ("image-prediction-retry", "post",
+     lambda w: f"/api/v1/images/{w.image.pk}/prediction/retry/", None, None,
+     _codes(401, 409, 404, 403, 403)),
     ("labelling-queue", "get", lambda w: "/api/v1/labelling/queue/", None, None,
      _codes(401, 403, 403, 200, 403)),
     ("explanation-detail", "get", lambda w: f"/api/v1/explanations/{w.explanation.pk}/",
