@@ -8,6 +8,8 @@ python -m ml explain --model M --method gradcam IMAGE... --out DIR   heatmaps + 
 python -m ml sanity --model M --method gradcam IMAGE... [--json]     randomisation check
 python -m ml ood-fit --data DIR... [--out ml/bundled/ood-gate.npz]  fit the input gate
 python -m ml ood-eval --data DIR... [--gate G] [--json]             measure it
+python -m ml study --data DIR... --out DIR [--quick]              split/size/parameter study
+python -m ml heatmap-study --data DIR... --out DIR               heatmaps vs lungs, faithfulness
 """
 
 from __future__ import annotations
@@ -261,6 +263,39 @@ def cmd_sanity(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    from ml.data import load_many
+    from ml.study import default_plan, quick_plan, run_study, write_report
+
+    plan = quick_plan() if args.quick else default_plan(args.seeds, max_epochs=args.max_epochs)
+    dataset = load_many(args.data, args.layout)
+    runs = run_study(
+        dataset, args.out, plan, cache=args.cache, progress=not args.quiet, only=args.factor
+    )
+    if args.factor:
+        plan.factors = {k: v for k, v in plan.factors.items() if k in args.factor}
+    report = write_report(runs, plan, args.out, title=args.title)
+    print(f"{len(runs)} runs; report: {report}")
+    return 0
+
+
+def cmd_heatmap_study(args: argparse.Namespace) -> int:
+    from ml.study_heatmaps import run_heatmap_study
+
+    report = run_heatmap_study(
+        args.data,
+        args.out,
+        model_path=args.model,
+        splits_csv=args.splits,
+        per_source=args.per_source,
+        sanity_images=args.sanity_images,
+        methods=args.method,
+        progress=not args.quiet,
+    )
+    print(f"report: {report}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ml.model import ARCHITECTURES
 
@@ -338,6 +373,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sanity)
 
     bundled = Path(__file__).resolve().parent / "bundled"
+
+    p = sub.add_parser("study", help="vary split, data size and hyper-parameters over seeds")
+    _add_data_args(p)
+    p.add_argument("--out", type=Path, required=True, help="runs.json, report.md, plots")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--max-epochs", dest="max_epochs", type=int, default=12)
+    p.add_argument(
+        "--factor",
+        action="append",
+        choices=[
+            "train_fraction",
+            "data_fraction",
+            "learning_rate",
+            "augment",
+            "input_size",
+            "split_level",
+        ],
+        help="only this factor (repeat); default all",
+    )
+    p.add_argument("--cache", type=Path, default=Path("var/study-cache"))
+    p.add_argument("--quick", action="store_true", help="tiny grid: 32/48 px, 1 epoch, 1 seed")
+    p.add_argument("--title", default="Training study")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("heatmap-study", help="heatmap faithfulness, sanity and lung-mass study")
+    _add_data_args(p)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--model", type=Path, default=bundled / "cxr-compact.keras")
+    p.add_argument("--splits", type=Path, default=bundled / "splits.csv")
+    p.add_argument("--per-source", dest="per_source", type=int, default=30)
+    p.add_argument("--sanity-images", dest="sanity_images", type=int, default=6)
+    p.add_argument("--method", choices=METHODS, action="append", help="default: all")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_heatmap_study)
+
     for name, func, text in (
         ("ood-fit", cmd_ood_fit, "fit the out-of-distribution input gate on chest X-rays"),
         ("ood-eval", cmd_ood_eval, "chest X-rays accepted per split, non-chest images refused"),

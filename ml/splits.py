@@ -79,8 +79,17 @@ def split_records(
             index, test_size=test_fraction, stratify=strata, random_state=seed
         )
         relative_val = val_fraction / (1 - test_fraction)
+        rest_strata = strata[rest]
+        values, counts = np.unique(rest_strata, return_counts=True)
+        if (counts < 2).any():
+            # A stratum left with one image after the test draw cannot be stratified
+            # (scikit-learn raises); fall back to the class for the validation draw.
+            labels = np.array([records[i].label for i in rest])
+            rest_strata = np.where(np.isin(rest_strata, values[counts < 2]), labels, rest_strata)
+            if (np.unique(rest_strata, return_counts=True)[1] < 2).any():
+                rest_strata = None  # tiny data: an unstratified validation draw
         train, val = train_test_split(
-            rest, test_size=relative_val, stratify=strata[rest], random_state=seed + 1
+            rest, test_size=relative_val, stratify=rest_strata, random_state=seed + 1
         )
         assignment[test], assignment[val], assignment[train] = "test", "val", "train"
     return [str(a) for a in assignment]
