@@ -168,10 +168,18 @@ def _print_ood(result: dict, as_json: bool) -> None:
         ok, n = result[f"chest_{split}_accepted"]
         print(f"chest X-rays accepted ({split} split): {ok}/{n} ({100 * ok / n:.1f}%)")
     refused, n = result["non_chest_refused"]
-    print(f"non-chest images refused: {refused}/{n} ({100 * refused / n:.1f}%)")
+    print(f"non-chest images refused by the pixel gate: {refused}/{n} ({100 * refused / n:.1f}%)")
+    refused, n = result["non_chest_refused_as_uploaded"]
+    print(
+        f"non-chest images refused as uploaded (DICOM header rule + pixel gate): "
+        f"{refused}/{n} ({100 * refused / n:.1f}%)"
+    )
     for row in result["non_chest"]:
         if not row["refused"]:
-            print(f"  accepted (a miss): {row['image']} score {row['score']}")
+            caught = f" (refused by its header: {row['header_refusal']})" * bool(
+                row["header_refusal"]
+            )
+            print(f"  pixel gate accepted: {row['image']} score {row['score']}{caught}")
 
 
 def cmd_ood_fit(args: argparse.Namespace) -> int:

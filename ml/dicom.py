@@ -80,6 +80,46 @@ class DicomImageInfo:
     transfer_syntax: str
 
 
+# Modalities that are never a plain chest radiograph (PS3.3 C.7.3.1.1.1 defined terms).
+NOT_RADIOGRAPHS = {
+    "CT": "a CT image", "MR": "an MR image", "NM": "a nuclear medicine image",
+    "PT": "a PET image", "US": "an ultrasound image", "MG": "a mammogram",
+    "XA": "an angiography image", "RF": "a fluoroscopy image", "OP": "an eye photograph",
+    "OPT": "an eye OCT image", "ES": "an endoscopy image", "SM": "a slide microscopy image",
+    "IVUS": "an intravascular ultrasound image", "IO": "an intra-oral radiograph",
+    "PX": "a panoramic dental radiograph", "XC": "an external camera photograph",
+}  # fmt: skip
+CHEST_BODY_PARTS = {"", "CHEST", "THORAX", "LUNG", "LUNGS", "CHEST_LUNG"}
+LATERAL_VIEWS = {"LL", "RL", "LATERAL", "LAT", "LLD", "RLD", "LLO", "RLO"}
+
+
+def not_a_frontal_chest_radiograph(dataset) -> str | None:
+    """What the header says the image is, when that is not a frontal chest radiograph.
+
+    Only what the header states is used (Modality, Body Part Examined, View
+    Position): a missing or unknown value leaves the decision to the pixel gate.
+    """
+    modality = str(dataset.get("Modality") or "").strip().upper()
+    if modality in NOT_RADIOGRAPHS:
+        return (
+            f"the DICOM file is {NOT_RADIOGRAPHS[modality]} (Modality {modality}), not a chest "
+            "radiograph; upload a chest X-ray (CR or DX)."
+        )
+    body_part = str(dataset.get("BodyPartExamined") or "").strip().upper().replace(" ", "_")
+    if body_part not in CHEST_BODY_PARTS:
+        return (
+            f"the DICOM file is of the {body_part.lower().replace('_', ' ')} (Body Part "
+            "Examined), not the chest; upload a chest X-ray."
+        )
+    view = str(dataset.get("ViewPosition") or "").strip().upper()
+    if view in LATERAL_VIEWS:
+        return (
+            f"the DICOM file is a lateral view (View Position {view}); the model reads "
+            "frontal (PA or AP) chest X-rays only."
+        )
+    return None
+
+
 def check_image(dataset, *, max_pixels: int) -> DicomImageInfo:
     """Refuse, before decoding any pixels, what cannot be shown as one grayscale image."""
     if "PixelData" not in dataset:

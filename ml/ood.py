@@ -320,31 +320,61 @@ def packaged_non_chest_images() -> list[tuple[str, Image.Image]]:
     return out
 
 
-def _pydicom_medical_images() -> list[tuple[str, Image.Image]]:
+# Distinct single-frame grayscale images (other encodings of the same pixels,
+# e.g. MR_small_RLE, are left out so no image counts twice).
+PYDICOM_SAMPLES = [
+    "CT_small.dcm", "MR_small.dcm", "693_J2KI.dcm", "J2K_pixelrep_mismatch.dcm",
+    "JPEG2000.dcm", "examples_overlay.dcm", "image_dfl.dcm",
+]  # fmt: skip
+
+
+def _pydicom_samples():
+    """(name, dataset) of pydicom's sample files that decode to one grayscale image."""
     from pydicom.data import get_testdata_file
 
-    from ml.dicom import DicomProblem, check_image, read_dataset, to_uint8, to_unit_gray
+    from ml.dicom import DicomProblem, check_image, read_dataset
 
-    # Distinct single-frame grayscale images (other encodings of the same
-    # pixels, e.g. MR_small_RLE, are left out so no image counts twice).
-    names = [
-        "CT_small.dcm", "MR_small.dcm", "693_J2KI.dcm", "J2K_pixelrep_mismatch.dcm",
-        "JPEG2000.dcm", "examples_overlay.dcm", "image_dfl.dcm",
-    ]  # fmt: skip
-    out = []
-    for name in names:
+    for name in PYDICOM_SAMPLES:
         path = get_testdata_file(name, download=False)
         if path is None:
             continue
         try:
             dataset = read_dataset(Path(path).read_bytes())
             check_image(dataset, max_pixels=10**8)
-            gray = to_unit_gray(dataset)
         except DicomProblem:
             continue
         modality = dataset.get("Modality") or "?"
-        out.append((f"pydicom:{name} ({modality})", Image.fromarray(to_uint8(gray), mode="L")))
+        yield f"pydicom:{name} ({modality})", dataset
+
+
+def _pydicom_medical_images() -> list[tuple[str, Image.Image]]:
+    from ml.dicom import DicomProblem, to_uint8, to_unit_gray
+
+    out = []
+    for name, dataset in _pydicom_samples():
+        try:
+            gray = to_unit_gray(dataset)
+        except DicomProblem:
+            continue
+        out.append((name, Image.fromarray(to_uint8(gray), mode="L")))
     return out
+
+
+def dicom_header_verdicts() -> dict[str, str]:
+    """For the packaged DICOM images: what their headers say (the upload path reads
+    Modality, Body Part Examined and View Position before the pixel gate)."""
+    from importlib.util import find_spec
+
+    if find_spec("pydicom") is None:
+        return {}
+    from ml.dicom import not_a_frontal_chest_radiograph
+
+    verdicts = {}
+    for name, dataset in _pydicom_samples():
+        problem = not_a_frontal_chest_radiograph(dataset)
+        if problem is not None:
+            verdicts[name] = problem
+    return verdicts
 
 
 def _to_pil(array: np.ndarray) -> Image.Image:
@@ -427,5 +457,12 @@ def evaluate(gate: OodGate, chest: dict[str, tuple[np.ndarray, np.ndarray]]) -> 
                      "refused": verdict is not None, "reason": verdict or ""})  # fmt: skip
     refused = sum(row["refused"] for row in rows)
     result["non_chest_refused"] = [refused, len(rows)]
+    # As uploaded: a DICOM's header (Modality, Body Part, View Position) is read
+    # before the pixel gate, so a CT or MR slice is refused whatever its pixels.
+    headers = dicom_header_verdicts()
+    for row in rows:
+        row["header_refusal"] = headers.get(row["image"], "")
+    as_uploaded = sum(row["refused"] or bool(row["header_refusal"]) for row in rows)
+    result["non_chest_refused_as_uploaded"] = [as_uploaded, len(rows)]
     result["non_chest"] = rows
     return result

@@ -237,12 +237,21 @@ DICOM_STATUS = {"invalid": 400, "unsupported": 415, "too_large": 413}
 
 
 def _validate_dicom(name: str, content: bytes) -> ValidatedImage:
-    from ml.dicom import DicomProblem, check_image, read_dataset, to_uint8, to_unit_gray
+    from ml.dicom import (
+        DicomProblem,
+        check_image,
+        not_a_frontal_chest_radiograph,
+        read_dataset,
+        to_uint8,
+        to_unit_gray,
+    )
 
     _check_extension(name, "DICOM")
     try:
         dataset = read_dataset(content)
         info = check_image(dataset, max_pixels=settings.CXR_MAX_IMAGE_PIXELS)
+        if (problem := not_a_frontal_chest_radiograph(dataset)) is not None:
+            raise DicomProblem(problem)
         if str(dataset.get("BurnedInAnnotation") or "").strip().upper() == "YES":
             raise DicomProblem(
                 "the DICOM says patient details are burned into the image (Burned In "

@@ -47,6 +47,7 @@ def make_dicom(
     window=None,
     syntax=ExplicitVRLittleEndian,
     frames=1,
+    **tags,
 ) -> bytes:
     """A DICOM file built from a real fixture X-ray, with PHI in many places."""
     gray8 = _fixture_gray(name)
@@ -92,6 +93,8 @@ def make_dicom(
     ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
     if window is not None:
         ds.WindowCenter, ds.WindowWidth = window
+    for keyword, value in tags.items():
+        setattr(ds, keyword, value)
     pixels = np.stack([stored] * frames) if frames > 1 else stored
     if frames > 1:
         ds.NumberOfFrames = frames
@@ -218,7 +221,16 @@ def _testdata(name):
         ("cut.dcm", lambda: make_dicom()[:-5000], 400,
          "cut.dcm: the DICOM pixel data is truncated or corrupt"),
         ("mr.dcm", lambda: _testdata("MR_truncated.dcm"), 400,
-         "mr.dcm: the DICOM pixel data is truncated or corrupt"),
+         "mr.dcm: the DICOM file is an MR image (Modality MR), not a chest radiograph; "
+         "upload a chest X-ray (CR or DX)."),
+        ("ct.dcm", lambda: _testdata("CT_small.dcm"), 400,
+         "ct.dcm: the DICOM file is a CT image (Modality CT), not a chest radiograph"),
+        ("knee.dcm", lambda: make_dicom(BodyPartExamined="KNEE"), 400,
+         "knee.dcm: the DICOM file is of the knee (Body Part Examined), not the chest; "
+         "upload a chest X-ray."),
+        ("lateral.dcm", lambda: make_dicom(ViewPosition="LL"), 400,
+         "lateral.dcm: the DICOM file is a lateral view (View Position LL); the model reads "
+         "frontal (PA or AP) chest X-rays only."),
         ("x.png", lambda: make_dicom(), 415,
          "x.png: the file is named .png but holds a DICOM image"),
     ],
@@ -230,6 +242,14 @@ def test_bad_dicom_is_refused_with_status_and_message(
     assert str(rejected).startswith(message)
     assert rejected.status == status
     _assert_nothing_stored(media_root)
+
+
+def test_frontal_chest_dicom_header_is_accepted(clinician, media_root):
+    case = services.create_case(
+        owner=clinician,
+        files=[upload_of("pa.dcm", make_dicom(BodyPartExamined="CHEST", ViewPosition="PA"))],
+    )
+    assert case.images.get().source_format == "dicom"
 
 
 def test_dicom_of_two_patients_cannot_form_one_case(clinician, media_root):
