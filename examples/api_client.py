@@ -154,7 +154,7 @@ def wait_for_results(client: Client, case_id: int, timeout: float, interval: flo
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("images", nargs="+", type=Path, help="PNG or JPEG chest X-rays")
+    parser.add_argument("images", nargs="+", type=Path, help="PNG, JPEG or DICOM chest X-rays")
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="platform base URL")
     parser.add_argument("--username", help="log in with a username and password ...")
     parser.add_argument("--password", default=os.environ.get("CXR_API_PASSWORD"))

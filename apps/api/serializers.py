@@ -176,7 +176,7 @@ class CaseCreateSerializer(serializers.Serializer):
     images = serializers.ListField(
         child=serializers.FileField(allow_empty_file=True, use_url=False),
         allow_empty=False,
-        help_text="One or more PNG or JPEG chest radiographs (repeat the field).",
+        help_text="One or more PNG, JPEG or DICOM chest radiographs (repeat the field).",
     )
     patient_ref = serializers.CharField(
         max_length=64,

@@ -144,7 +144,7 @@ class TokenView(RoleView):
     ),
     post=extend_schema(
         summary="Submit a case (clinician)",
-        description="Multipart: one or more `images` (PNG or JPEG), optional `patient_ref` "
+        description="Multipart: one or more `images` (PNG, JPEG or DICOM), optional `patient_ref` "
         "and `notes`. Each image's prediction is queued; poll the case.",
         request={"multipart/form-data": s.CaseCreateSerializer},
         responses={201: s.CaseSerializer, **errors(400, 401, 403, 413, 415)},
