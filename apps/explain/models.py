@@ -90,3 +90,79 @@ class Explanation(Job):
             scores=scores,
             seconds=seconds,
         )
+
+
+def _inspection_upload_to(instance: InspectionPicture, filename: str) -> str:
+    return f"inspections/{timezone.now():%Y/%m}/{uuid.uuid4().hex}.png"
+
+
+class Inspection(Job):
+    """The model inspector: filters, activation maps and every explanation method for one
+    model version, one image and one layer (computed on the ``explain`` queue)."""
+
+    model_version = models.ForeignKey(
+        "registry.ModelVersion", on_delete=models.CASCADE, related_name="inspections"
+    )
+    reference_image = models.ForeignKey(
+        "registry.ReferenceImage",
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="inspections",
+    )
+    case_image = models.ForeignKey(
+        "cases.CaseImage",
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="inspections",
+    )
+    layer = models.CharField(
+        max_length=200, blank=True, help_text="Empty: the last convolution's activation."
+    )
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
+    )
+    layers = models.JSONField(default=list, blank=True)
+    results = models.JSONField(default=dict, blank=True)
+    seconds = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("-created_at",)
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(reference_image__isnull=False, case_image__isnull=True)
+                | Q(reference_image__isnull=True, case_image__isnull=False),
+                name="explain_inspection_one_image",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Inspection {self.pk} of version {self.model_version_id} ({self.status})"
+
+    @property
+    def image_file(self):
+        return (self.reference_image or self.case_image).file
+
+    def mark_done(self, *, layer: str, layers: list, results: dict, seconds: float) -> None:
+        self._mark_done(layer=layer, layers=layers, results=results, seconds=seconds)
+
+
+class InspectionPicture(models.Model):
+    """One PNG of an inspection: the input, the filters, the activations or a method."""
+
+    inspection = models.ForeignKey(Inspection, on_delete=models.CASCADE, related_name="pictures")
+    kind = models.CharField(max_length=30)
+    title = models.CharField(max_length=200)
+    file = models.FileField(upload_to=_inspection_upload_to, max_length=300)
+    scores = models.JSONField(default=dict, blank=True)
+    position = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        ordering = ("inspection", "position")
+        constraints = [
+            models.UniqueConstraint(fields=["inspection", "kind"], name="explain_picture_kind")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} of inspection {self.inspection_id}"

@@ -19,3 +19,10 @@ def sweep_stuck_explanations(self) -> dict[str, int]:
     from apps.explain.services import sweep_stuck_explanations as sweep
 
     return sweep()
+
+
+@platform_task(queue="explain", retry_for=(OperationalError, InterfaceError))
+def inspect_model(self, *, inspection_id: int) -> None:
+    from apps.explain.inspector import run_inspection
+
+    run_inspection(inspection_id=inspection_id)

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from apps.models import views
+from apps.models import inspector_views, views
 
 app_name = "registry"
 
@@ -17,4 +17,11 @@ urlpatterns = [
     path("compare/", views.compare, name="compare"),
     path("rollback/", views.rollback, name="rollback"),
     path("training-runs/", views.start_training, name="start-training"),
+    path("inspector/", inspector_views.inspector_form, name="inspector"),
+    path("inspector/<int:pk>/", inspector_views.inspection_detail, name="inspection"),
+    path(
+        "inspector/pictures/<int:pk>.png",
+        inspector_views.inspection_picture,
+        name="inspection-picture",
+    ),
 ]

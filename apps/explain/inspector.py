@@ -1,0 +1,190 @@
+"""The model inspector: request an inspection (web) and compute it (worker).
+
+An inspection shows, for one model version, one image and one layer, the first-layer
+filters, the chosen layer's activation maps and every explanation method side by side
+(``ml.explain``). The web process only creates the row and queues the task; the worker
+loads the model (``apps.models.serving``) and imports ``ml`` / TensorFlow lazily.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from django.core.files.base import ContentFile
+from django.db import transaction
+
+from apps.accounts.models import record
+from apps.cases.models import CaseImage, Prediction
+from apps.explain.models import Explanation, Inspection, InspectionPicture
+from apps.models.models import ModelVersion, ReferenceImage
+from cxrplatform.files import files_removed_on_error
+from cxrplatform.jobs import enqueue_on_commit, failure_recorded
+
+log = logging.getLogger(__name__)
+
+MAX_ACTIVATION_MAPS = 64
+
+
+def inspectable_versions():
+    return ModelVersion.objects.exclude(status=ModelVersion.Status.FAILED).order_by("-pk")
+
+
+def reference_images():
+    return ReferenceImage.objects.order_by("source", "original_name")
+
+
+def predicted_case_images():
+    """Case images with a finished prediction (shown by id only: no patient reference)."""
+    done = Prediction.objects.filter(status=Prediction.Status.DONE).values("image_id")
+    return CaseImage.objects.filter(pk__in=done).order_by("-pk")
+
+
+def image_choice(value: str) -> ReferenceImage | CaseImage | None:
+    """``ref-<pk>`` or ``case-<pk>`` from the form to the image row, or None."""
+    kind, _, pk = (value or "").partition("-")
+    if not pk.isdigit():
+        return None
+    if kind == "ref":
+        return reference_images().filter(pk=int(pk)).first()
+    if kind == "case":
+        return predicted_case_images().filter(pk=int(pk)).first()
+    return None
+
+
+@transaction.atomic
+def request_inspection(
+    *, user, version: ModelVersion, image: ReferenceImage | CaseImage, layer: str = ""
+) -> Inspection:
+    from apps.explain.tasks import inspect_model
+
+    inspection = Inspection.objects.create(
+        model_version=version,
+        reference_image=image if isinstance(image, ReferenceImage) else None,
+        case_image=image if isinstance(image, CaseImage) else None,
+        layer=layer.strip()[:200],
+        requested_by=user,
+    )
+    record(
+        actor=user,
+        action="inspection.requested",
+        target=inspection,
+        after={"model_version": version.pk, "layer": inspection.layer},
+    )
+    enqueue_on_commit(inspect_model, inspection_id=inspection.pk)
+    return inspection
+
+
+def _save_picture(inspection, stored, kind, title, png, position, scores=None):
+    picture = InspectionPicture(
+        inspection=inspection, kind=kind, title=title, position=position, scores=scores or {}
+    )
+    name = picture.file.storage.save(
+        picture.file.field.generate_filename(picture, f"{kind}.png"), ContentFile(png)
+    )
+    stored.add(name)
+    picture.file.name = name
+    picture.save()
+    return picture
+
+
+def run_inspection(*, inspection_id: int) -> Inspection | None:
+    """Compute and store every picture of one inspection. Idempotent like the others."""
+    with transaction.atomic():
+        inspection = (
+            Inspection.objects.select_for_update()
+            .select_related("model_version", "reference_image", "case_image")
+            .filter(pk=inspection_id)
+            .first()
+        )
+        if inspection is None:
+            log.warning("inspection %s no longer exists", inspection_id)
+            return None
+        if inspection.is_finished:
+            return inspection
+        inspection.mark_running()
+
+    with failure_recorded(inspection, what="The inspection"):
+        from apps.models.serving import classifier_for
+        from ml.explain import (
+            METHODS,
+            activation_grid,
+            activation_maps,
+            deletion_insertion,
+            explain,
+            filter_grid,
+            grid_png,
+            last_conv_layer,
+            render_overlay,
+            spatial_layers,
+        )
+        from ml.explain.render import _display_image
+        from ml.preprocess import open_image, preprocess
+
+        start = time.perf_counter()
+        version = inspection.model_version
+        classifier = classifier_for(version)
+        model = classifier.model
+        layers = spatial_layers(model)
+        layer = inspection.layer or last_conv_layer(model)
+        if layer not in layers:
+            raise ValueError(f"Layer {layer!r} is not a feature-map layer of this model.")
+        with inspection.image_file.open("rb") as fh:
+            x = preprocess(open_image(fh), classifier.spec)
+        probabilities = dict(
+            zip(
+                classifier.classes,
+                (float(p) for p in classifier.predict_array(x[None])[0]),
+                strict=True,
+            )
+        )
+        maps = activation_maps(model, x, layer)
+        side = max(maps.shape[0], 1)
+        pictures = [
+            ("input", "Input as the model sees it", grid_png(_display_image(x)[0], scale=2), {}),
+            ("filters", "First convolution's filters", grid_png(filter_grid(model), scale=8), {}),
+            (
+                "activations",
+                f"Activations of {layer} ({maps.shape[-1]} channels, strongest "
+                f"{min(maps.shape[-1], MAX_ACTIVATION_MAPS)}, {maps.shape[0]}x{maps.shape[1]})",
+                grid_png(
+                    activation_grid(maps, max_maps=MAX_ACTIVATION_MAPS, order="strongest"),
+                    scale=max(1, 64 // side),
+                    cmap="viridis",
+                ),
+                {},
+            ),
+        ]
+        labels = dict(Explanation.Method.choices)
+        for method in METHODS:
+            heatmap = explain(model, x, method, classes=classifier.classes)
+            scores = deletion_insertion(model, x, heatmap.values, heatmap.target_class)
+            title = f"{labels.get(method, method)}: {heatmap.target_label}"
+            pictures.append(
+                (
+                    method,
+                    title,
+                    render_overlay(x[..., 0], heatmap.values, title=title),
+                    {
+                        "deletion_auc": round(scores["deletion_auc"], 4),
+                        "insertion_auc": round(scores["insertion_auc"], 4),
+                        "seconds": round(heatmap.seconds, 3),
+                    },
+                )
+            )
+        seconds = time.perf_counter() - start
+        with files_removed_on_error() as stored, transaction.atomic():
+            inspection.pictures.all().delete()  # a retried job starts clean
+            for position, (kind, title, png, scores) in enumerate(pictures):
+                _save_picture(inspection, stored, kind, title, png, position, scores)
+            inspection.mark_done(
+                layer=layer,
+                layers=layers,
+                results={"probabilities": probabilities},
+                seconds=round(seconds, 2),
+            )
+        # The layer list is fixed per version: cache it for the inspector form.
+        ModelVersion.objects.filter(pk=version.pk).update(
+            card={**version.card, "inspector_layers": layers}
+        )
+    return inspection
