@@ -304,6 +304,19 @@ def cmd_heatmap_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lung_check(args: argparse.Namespace) -> int:
+    from ml.study_heatmaps import lung_quality
+
+    r = lung_quality(args.covid, args.out)
+    print(
+        f"{r['n']} images with a lungVAE mask: Dice {r['dice']['mean']:.3f} ± "
+        f"{r['dice']['sd']:.3f} (median {r['dice']['median']:.3f}); prior fallback used "
+        f"{r['prior_used']}x; prior alone {r['dice_prior_only']['mean']:.3f}; "
+        f"Dice < 0.5: {r['dice_below_0_5']}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ml.model import ARCHITECTURES
 
@@ -416,6 +429,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=METHODS, action="append", help="default: all")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_heatmap_study)
+
+    p = sub.add_parser("lung-check", help="lung-field heuristic vs the lungVAE masks (Dice)")
+    p.add_argument("--covid", type=Path, required=True, help="the covid-chestxray folder")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_lung_check)
 
     for name, func, text in (
         ("ood-fit", cmd_ood_fit, "fit the out-of-distribution input gate on chest X-rays"),

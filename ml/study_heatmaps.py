@@ -485,3 +485,53 @@ def _report(result: dict, methods: Sequence[str], out_dir: Path) -> Path:
     path = out_dir / "heatmap-study.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def lung_quality(covid_dir: Path, out_dir: Path, *, size: int = 128) -> dict:
+    """Dice of the lung heuristic against every lungVAE mask of the covid-chestxray set.
+
+    The lungVAE masks are model outputs (arXiv:2005.10052), not expert drawings: this
+    measures agreement with another method, an upper bound on what can be checked here.
+    Also reports the prior fallback alone, as the floor a fixed anatomical guess reaches.
+    """
+    from ml.explain.lungs import dice, lung_fields, prior_mask
+    from ml.preprocess import PreprocessSpec, open_image, preprocess
+
+    spec = PreprocessSpec(input_size=size)
+    covid_dir = Path(covid_dir)
+    rows = []
+    tiles = []
+    for mask_path in sorted((covid_dir / "annotations" / "lungVAE-masks").glob("*_mask.png")):
+        stem = mask_path.name.removesuffix("_mask.png")
+        images = sorted((covid_dir / "images").glob(f"{stem}.*"))
+        if not images:
+            continue
+        x = preprocess(open_image(images[0]), spec)[..., 0]
+        reference = preprocess(open_image(mask_path), spec)[..., 0] > 0.5
+        lungs = lung_fields(x)
+        rows.append(
+            {
+                "image": images[0].name,
+                "method": lungs.method,
+                "dice": dice(lungs.mask, reference),
+                "dice_prior_only": dice(prior_mask(x.shape, lungs.content_box), reference),
+                "area_fraction": lungs.area_fraction,
+            }
+        )
+        if len(tiles) < 24:
+            tiles.append(_contour_tile(x, lungs.mask, reference, lungs.method[0]))
+    result = {
+        "n": len(rows),
+        "dice": _stats([r["dice"] for r in rows]),
+        "dice_threshold_path": _stats([r["dice"] for r in rows if r["method"] == "threshold"]),
+        "dice_prior_only": _stats([r["dice_prior_only"] for r in rows]),
+        "prior_used": sum(r["method"] == "prior" for r in rows),
+        "dice_below_0_5": sum(r["dice"] < 0.5 for r in rows),
+        "images": rows,
+    }
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "lung-quality.json").write_text(json.dumps(result, indent=1))
+    if tiles:
+        _save_png(_sheet(tiles, 8), out_dir / "lung-quality.png")
+    return result
