@@ -56,3 +56,12 @@ test-model: install
 
 clean:
 	rm -rf var .pytest_cache
+
+# The evaluation report (docs/evaluation.md): training study, heatmap study, lung check.
+.PHONY: study
+study: install
+	$(PY) -m ml study --data $(SHARED)/covid-chestxray $(SHARED)/pediatric-pneumonia $(SHARED)/adult-normal \
+		--out docs/study --title "Training study: compact CNN on the shared data" --quiet
+	$(PY) -m ml heatmap-study --data $(SHARED)/covid-chestxray $(SHARED)/pediatric-pneumonia $(SHARED)/adult-normal \
+		--out docs/heatmap-study --per-source 30 --sanity-images 6 --quiet
+	$(PY) -m ml lung-check --covid $(SHARED)/covid-chestxray --out docs/heatmap-study

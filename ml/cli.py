@@ -276,10 +276,13 @@ def cmd_study(args: argparse.Namespace) -> int:
     from ml.study import default_plan, quick_plan, run_study, write_report
 
     plan = quick_plan() if args.quick else default_plan(args.seeds, max_epochs=args.max_epochs)
-    dataset = load_many(args.data, args.layout)
-    runs = run_study(
-        dataset, args.out, plan, cache=args.cache, progress=not args.quiet, only=args.factor
-    )
+    if args.report_only:
+        runs = json.loads((args.out / "runs.json").read_text())["runs"]
+    else:
+        dataset = load_many(args.data, args.layout)
+        runs = run_study(
+            dataset, args.out, plan, cache=args.cache, progress=not args.quiet, only=args.factor
+        )
     if args.factor:
         plan.factors = {k: v for k, v in plan.factors.items() if k in args.factor}
     report = write_report(runs, plan, args.out, title=args.title)
@@ -416,6 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", type=Path, default=Path("var/study-cache"))
     p.add_argument("--quick", action="store_true", help="tiny grid: 32/48 px, 1 epoch, 1 seed")
     p.add_argument("--title", default="Training study")
+    p.add_argument(
+        "--report-only", action="store_true", help="rewrite the report from runs.json, no training"
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_study)
 
