@@ -206,6 +206,11 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_TRACK_STARTED = True
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# When the broker connection drops (Redis restarts), let running tasks finish:
+# their result goes to the database, which does not need the broker. Cancelling
+# them would rely on redelivery, and a Redis restarted without persistence has
+# lost the message (tests/reliability/test_broker_restart.py).
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 # How often beat looks for jobs stuck in `running` past their hard limit, and
 # how old a `pending` job must be before the sweeper queues it again (it was
 # lost: the broker was down when it was queued, or restarted without persistence).

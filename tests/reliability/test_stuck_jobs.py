@@ -1,0 +1,123 @@
+"""Jobs stuck in ``running`` past their hard time limit: the beat task finds them.
+
+The worker that ran them is gone (killed, its machine lost, its message gone
+with a broker restart), so nothing else will ever finish them. The real beat
+tasks (run here in this process with ``Task.apply``; a real beat runs them in
+tests/reliability/test_broker_restart.py) mark them failed with the reason,
+and a failed prediction can be retried through the API and completes.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from apps.cases import services
+from apps.cases.models import Prediction
+from apps.cases.tasks import classify_image, sweep_stuck_predictions
+from apps.explain.models import Explanation
+from apps.explain.tasks import sweep_stuck_explanations
+from apps.models import services as registry
+from apps.models.datasets import import_reference_dataset
+from apps.models.models import TrainingRun
+from apps.models.tasks import sweep_stuck_training_runs
+from tests.conftest import IMAGES, upload_of
+
+pytestmark = pytest.mark.django_db
+
+
+def _started_long_ago(model, pk: int, queue: str, settings) -> None:
+    """As if its worker died just after ``mark_running``: past the limit and the grace."""
+    hard = settings.CXR_TASK_HARD_LIMITS[queue]
+    model.objects.filter(pk=pk).update(started_at=timezone.now() - timedelta(seconds=hard + 61))
+
+
+def test_stuck_prediction_is_failed_with_the_reason_and_a_retry_completes_it(
+    clinician, production_model, settings, django_capture_on_commit_callbacks
+):
+    case = services.create_case(
+        owner=clinician, files=[upload_of("2168a917.jpg"), upload_of("5f619d7e.jpg")]
+    )
+    stuck, recent = Prediction.objects.filter(image__case=case).order_by("pk")
+    stuck.mark_running()
+    recent.mark_running()
+    _started_long_ago(Prediction, stuck.pk, "inference", settings)
+
+    result = sweep_stuck_predictions.apply().get()
+    assert result == {"failed": 1, "requeued": 0}
+    stuck.refresh_from_db()
+    recent.refresh_from_db()
+    assert stuck.status == "failed"
+    assert "No result within the 120 s time limit" in stuck.error
+    assert recent.status == "running"  # within its limit: still someone's job
+    assert case.status == "processing"
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=clinician).key}")
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = client.post(f"/api/v1/images/{stuck.image_id}/prediction/retry/")
+    assert response.status_code == 202
+    assert len(callbacks) == 1
+    classify_image.apply(kwargs={"prediction_id": stuck.pk}).get()  # the queued task's body
+    stuck.refresh_from_db()
+    assert stuck.status == "done"
+    assert stuck.attempts == 2
+    assert stuck.label in {"covid19", "pneumonia", "normal"}
+
+
+def test_stuck_explanation_is_failed_and_asking_again_queues_a_new_one(
+    clinician, production_model, settings, django_capture_on_commit_callbacks
+):
+    from apps.cases.inference import run_prediction
+    from apps.explain.services import request_explanation
+
+    case = services.create_case(owner=clinician, files=[upload_of("2168a917.jpg")])
+    prediction = Prediction.objects.get(image__case=case)
+    run_prediction(prediction_id=prediction.pk)
+    explanation = Explanation.objects.get(image__case=case)
+    explanation.mark_running()
+    _started_long_ago(Explanation, explanation.pk, "explain", settings)
+
+    assert sweep_stuck_explanations.apply().get() == {"failed": 1, "requeued": 0}
+    explanation.refresh_from_db()
+    assert explanation.status == "failed"
+    assert "time limit" in explanation.error
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        again = request_explanation(image=explanation.image, method=explanation.method)
+    assert again.pk != explanation.pk
+    assert again.status == "pending"
+    assert len(callbacks) == 1
+
+
+def test_stuck_training_run_is_failed_so_it_no_longer_blocks_the_next_one(
+    model_admin, production_model, settings
+):
+    import_reference_dataset(IMAGES / "manifest.csv", "generic")
+    run = registry.start_training_run(requested_by=model_admin)
+    run.mark_running()
+    _started_long_ago(TrainingRun, run.pk, "training", settings)
+
+    assert sweep_stuck_training_runs.apply().get() == {"failed": 1, "requeued": 0}
+    run.refresh_from_db()
+    assert run.status == "failed"
+    assert "time limit" in run.error
+    assert registry.active_training_run() is None
+    second = registry.start_training_run(requested_by=model_admin)
+    assert second.status == "pending"
+
+
+def test_pending_job_whose_message_was_lost_is_queued_again(
+    clinician, production_model, settings, django_capture_on_commit_callbacks
+):
+    settings.CXR_PENDING_REQUEUE_SECONDS = 30
+    case = services.create_case(owner=clinician, files=[upload_of("2168a917.jpg")])
+    lost = Prediction.objects.get(image__case=case)
+    Prediction.objects.filter(pk=lost.pk).update(created_at=timezone.now() - timedelta(minutes=1))
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        assert sweep_stuck_predictions.apply().get() == {"failed": 0, "requeued": 1}
+    assert len(callbacks) == 1
+    assert Prediction.objects.get(pk=lost.pk).status == "pending"
