@@ -34,10 +34,12 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-# Benchmarks print figures and write bench/results-*.json (not timed tests).
+# Benchmarks (figures, not timed tests): inference, explanations, API upload -> prediction
+# with 1 and 2 real workers, read API under 20 clients, training per epoch, worker memory.
+# Writes bench/results.json and bench/results.md. The full explanation study
+# (faithfulness, randomisation checks) is `$(PY) -m bench.explain`.
 bench: install
-	$(PY) -m bench.inference
-	CXR_SHARED_DATASETS=$${CXR_SHARED_DATASETS:-$(SHARED)} $(PY) -m bench.explain
+	CXR_SHARED_DATASETS=$${CXR_SHARED_DATASETS:-$(SHARED)} $(PY) -m bench
 
 # Reproduce the bundled default model (ml/bundled/) from the shared data sets.
 SHARED ?= ../shared/datasets

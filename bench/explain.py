@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.stats import summary
 from ml.artifacts import read_card
 from ml.classifier import Classifier
 from ml.explain import (
@@ -49,12 +50,7 @@ SANITY_IMAGES = 8
 
 
 def _percentiles(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    return {
-        "p50_s": round(statistics.median(ordered), 4),
-        "p95_s": round(ordered[int(0.95 * (len(ordered) - 1))], 4),
-        "n": len(ordered),
-    }
+    return summary(samples, "s", digits=4)
 
 
 def _shared_image_path(datasets: Path, key: str) -> Path | None:
@@ -103,7 +99,9 @@ def _images() -> tuple[list[Path], str]:
     return paths, f"fixture images ({len(paths)})"
 
 
-def _occlusion_comparison(model, images: list[np.ndarray], classes: list[int]) -> dict:
+def _occlusion_comparison(
+    model, images: list[np.ndarray], classes: list[int], *, default_only: bool = False
+) -> dict:
     """Fast path vs tf-explain's ``get_sensitivity_map``: time and agreement.
 
     The fast path is the one ``explain`` takes (``occlusion_path``: incremental or full
@@ -112,7 +110,10 @@ def _occlusion_comparison(model, images: list[np.ndarray], classes: list[int]) -
     """
     size = images[0].shape[:2]
     rows = []
-    for patch in sorted({default_patch_size(size), max(1, min(size) // 16), min(size) // 4}):
+    sizes = {default_patch_size(size)}
+    if not default_only:
+        sizes |= {max(1, min(size) // 16), min(size) // 4}
+    for patch in sorted(sizes):
         fast_times, full_times, reference_times, differences = [], [], [], []
         for x, target in zip(images, classes, strict=True):
             fill = default_fill_value(x)
@@ -150,6 +151,37 @@ def _occlusion_comparison(model, images: list[np.ndarray], classes: list[int]) -
             }
         )
     return {"fill": "image mean", "by_patch_size": rows}
+
+
+def speed(max_images: int = 6, occlusion_images: int = 3) -> dict:
+    """The quick part for ``python -m bench``: warm seconds per method, and fast
+    occlusion vs tf-explain's at the default patch size (same run, same images).
+    The faithfulness scores and randomisation checks stay in ``main``."""
+    model_path = BUNDLED if BUNDLED.is_file() else TINY
+    classifier = Classifier.load(model_path)
+    model = classifier.model
+    paths = sorted(
+        p for p in FIXTURE_IMAGES.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"}
+    )[:max_images]
+    images = [preprocess(open_image(path), classifier.spec) for path in paths]
+    targets = [int(np.argmax(p)) for p in classifier.predict_array(np.stack(images))]
+    per_method = {}
+    for method in METHODS:
+        explain(model, images[0], method, target_class=targets[0])  # warm-up: tracing
+        seconds = [
+            explain(model, x, method, target_class=t).seconds
+            for x, t in zip(images, targets, strict=True)
+        ]
+        per_method[method] = _percentiles(seconds)
+    occlusion = _occlusion_comparison(
+        model, images[:occlusion_images], targets[:occlusion_images], default_only=True
+    )
+    return {
+        "model": read_card(model_path).get("name", model_path.stem),
+        "images": f"fixture images ({len(images)})",
+        "seconds_per_image": per_method,
+        "occlusion_fast_vs_tf_explain": occlusion["by_patch_size"][0],
+    }
 
 
 def main() -> None:

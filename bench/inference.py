@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import os
 import platform
-import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 
+from bench.stats import summary
 from ml.artifacts import read_card
 from ml.classifier import Classifier
 from ml.preprocess import open_image, preprocess
@@ -28,12 +28,7 @@ IMAGE = ROOT / "tests" / "fixtures" / "images" / "2168a917.jpg"
 
 
 def _percentiles(samples_ms: list[float]) -> dict[str, float]:
-    ordered = sorted(samples_ms)
-    return {
-        "p50_ms": round(statistics.median(ordered), 2),
-        "p95_ms": round(ordered[int(0.95 * (len(ordered) - 1))], 2),
-        "n": len(ordered),
-    }
+    return summary(samples_ms, "ms")
 
 
 def _time(fn, repeats: int) -> list[float]:
@@ -47,7 +42,8 @@ def _time(fn, repeats: int) -> list[float]:
     return samples
 
 
-def main() -> None:
+def measure(repeats: int = 200) -> dict:
+    """Warm latencies of the bundled model; ``repeats`` timed calls per measure."""
     card = read_card(MODEL)
     classifier = Classifier.load(MODEL, expected_sha256=card["sha256"])
     image = open_image(IMAGE)
@@ -55,15 +51,20 @@ def main() -> None:
     results = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "model": {"name": card["name"], "sha256": card["sha256"]},
-        "end_to_end_predict": _percentiles(_time(lambda: classifier.predict(image), 200)),
-        "direct_call": _percentiles(_time(lambda: classifier.predict_array(batch), 200)),
+        "end_to_end_predict": _percentiles(_time(lambda: classifier.predict(image), repeats)),
+        "direct_call": _percentiles(_time(lambda: classifier.predict_array(batch), repeats)),
         "keras_model_predict": _percentiles(
-            _time(lambda: classifier.model.predict(batch, verbose=0), 50)
+            _time(lambda: classifier.model.predict(batch, verbose=0), max(10, repeats // 4))
         ),
     }
     results["predict_over_direct_ratio"] = round(
         results["keras_model_predict"]["p50_ms"] / results["direct_call"]["p50_ms"], 1
     )
+    return results
+
+
+def main() -> None:
+    results = measure()
     out = ROOT / "bench" / "results-inference.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"{'measure':<42}{'p50 ms':>10}{'p95 ms':>10}")

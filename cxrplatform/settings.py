@@ -119,6 +119,31 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
+# Uploads, heatmaps and model artifacts: local disk (MEDIA_ROOT) by default; with
+# CXR_STORAGE=s3 an S3-compatible bucket (AWS S3, MinIO) through django-storages,
+# so web and workers on several machines share them (README "Scaling").
+CXR_STORAGE = env_str("CXR_STORAGE", default="filesystem").lower()
+if CXR_STORAGE == "s3":
+    STORAGES["default"] = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": env_str("AWS_STORAGE_BUCKET_NAME"),
+            # MinIO and other S3-compatible services: their URL; unset for AWS S3.
+            "endpoint_url": env_str("AWS_S3_ENDPOINT_URL", default="") or None,
+            "region_name": env_str("AWS_S3_REGION_NAME", default="") or None,
+            # Unset: boto3's own chain (instance role, ~/.aws, AWS_* variables).
+            "access_key": env_str("AWS_ACCESS_KEY_ID", default="") or None,
+            "secret_key": env_str("AWS_SECRET_ACCESS_KEY", default="") or None,
+            "location": env_str("AWS_LOCATION", default=""),
+            # Patient images: private objects, never overwritten, read only
+            # through the authorised views (which stream them).
+            "default_acl": None,
+            "querystring_auth": True,
+            "file_overwrite": False,
+        },
+    }
+elif CXR_STORAGE != "filesystem":
+    raise ImproperlyConfigured(f"CXR_STORAGE={CXR_STORAGE!r} must be 'filesystem' or 's3'.")
 
 # Uploads. Limits live here so the form, the API and the tests share them.
 CXR_MAX_UPLOAD_BYTES = env_int("CXR_MAX_UPLOAD_BYTES", default=30 * 1024 * 1024, min_value=1024)
