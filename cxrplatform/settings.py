@@ -236,6 +236,14 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # them would rely on redelivery, and a Redis restarted without persistence has
 # lost the message (tests/reliability/test_broker_restart.py).
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
+# A new pool process must report "up" within this many seconds or the worker
+# kills it and forks another. Inference pool processes load TensorFlow and the
+# model before that (CXR_WARM_MODEL); Celery's 4 s default is too short on a
+# busy machine, and a pool process killed mid-task (OOM) was then replaced in an
+# endless fork-and-kill loop (tests/reliability/test_worker_killed.py).
+CELERY_WORKER_PROC_ALIVE_TIMEOUT = env_int(
+    "CXR_WORKER_PROC_ALIVE_TIMEOUT", default=120, min_value=4
+)
 # How often beat looks for jobs stuck in `running` past their hard limit, and
 # how old a `pending` job must be before the sweeper queues it again (it was
 # lost: the broker was down when it was queued, or restarted without persistence).
