@@ -92,7 +92,7 @@ def run_inspection(*, inspection_id: int) -> Inspection | None:
     """Compute and store every picture of one inspection. Idempotent like the others."""
     with transaction.atomic():
         inspection = (
-            Inspection.objects.select_for_update()
+            Inspection.objects.select_for_update(of=("self",))
             .select_related("model_version", "reference_image", "case_image")
             .filter(pk=inspection_id)
             .first()
