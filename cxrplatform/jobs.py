@@ -107,6 +107,31 @@ def enqueue_on_commit(task: Any, **kwargs: Any) -> None:
     transaction.on_commit(send)
 
 
+def claim_job(model: type[Job], pk: int, *, related: tuple[str, ...] = ()) -> Job | None:
+    """Lock a job row and mark it running, or say why there is nothing to do.
+
+    Returns ``None`` when the row is gone, the finished job itself when it is
+    already done or failed (a redelivered message does nothing), and otherwise
+    the job marked ``running``. A job left ``running`` by a killed worker is
+    claimed again. Only the job's own row is locked (``of=("self",)``):
+    PostgreSQL refuses ``FOR UPDATE`` across nullable outer joins.
+    """
+    with transaction.atomic():
+        job = (
+            model.objects.select_for_update(of=("self",))
+            .select_related(*related)
+            .filter(pk=pk)
+            .first()
+        )
+        if job is None:
+            log.warning("%s %s no longer exists; nothing to do", model.__name__, pk)
+            return None
+        if job.is_finished:
+            return job
+        job.mark_running()
+    return job
+
+
 @contextmanager
 def failure_recorded(job: Job, *, what: str) -> Iterator[None]:
     """Write any failure of the block on the job row, so no job is lost or stuck.

@@ -8,7 +8,7 @@ from django.db import transaction
 
 from apps.cases.models import Prediction
 from apps.models.services import get_production_version
-from cxrplatform.jobs import failure_recorded
+from cxrplatform.jobs import claim_job, failure_recorded
 
 log = logging.getLogger(__name__)
 
@@ -28,19 +28,9 @@ def run_prediction(*, prediction_id: int) -> Prediction | None:
     left ``running`` by a killed worker runs again. Every failure other than
     a database outage is written on the row, never lost.
     """
-    with transaction.atomic():
-        prediction = (
-            Prediction.objects.select_for_update()
-            .select_related("image")
-            .filter(pk=prediction_id)
-            .first()
-        )
-        if prediction is None:
-            log.warning("prediction %s no longer exists; nothing to do", prediction_id)
-            return None
-        if prediction.status in {Prediction.Status.DONE, Prediction.Status.FAILED}:
-            return prediction
-        prediction.mark_running()
+    prediction = claim_job(Prediction, prediction_id, related=("image",))
+    if prediction is None or prediction.is_finished:
+        return prediction
 
     with failure_recorded(prediction, what="Classification"):
         from apps.models.serving import classifier_for

@@ -19,7 +19,7 @@ from apps.cases.models import CaseImage, Prediction
 from apps.explain.models import Explanation, Inspection, InspectionPicture
 from apps.models.models import ModelVersion, ReferenceImage
 from cxrplatform.files import files_removed_on_error
-from cxrplatform.jobs import enqueue_on_commit, failure_recorded
+from cxrplatform.jobs import claim_job, enqueue_on_commit, failure_recorded
 
 log = logging.getLogger(__name__)
 
@@ -90,19 +90,11 @@ def _save_picture(inspection, stored, kind, title, png, position, scores=None):
 
 def run_inspection(*, inspection_id: int) -> Inspection | None:
     """Compute and store every picture of one inspection. Idempotent like the others."""
-    with transaction.atomic():
-        inspection = (
-            Inspection.objects.select_for_update(of=("self",))
-            .select_related("model_version", "reference_image", "case_image")
-            .filter(pk=inspection_id)
-            .first()
-        )
-        if inspection is None:
-            log.warning("inspection %s no longer exists", inspection_id)
-            return None
-        if inspection.is_finished:
-            return inspection
-        inspection.mark_running()
+    inspection = claim_job(
+        Inspection, inspection_id, related=("model_version", "reference_image", "case_image")
+    )
+    if inspection is None or inspection.is_finished:
+        return inspection
 
     with failure_recorded(inspection, what="The inspection"):
         from apps.models.serving import classifier_for

@@ -6,30 +6,19 @@ import logging
 import time
 
 from django.core.files.base import ContentFile
-from django.db import transaction
 
 from apps.explain.models import Explanation
 from cxrplatform.files import files_removed_on_error
-from cxrplatform.jobs import failure_recorded
+from cxrplatform.jobs import claim_job, failure_recorded
 
 log = logging.getLogger(__name__)
 
 
 def run_explanation(*, explanation_id: int) -> Explanation | None:
     """Compute, score and store one heatmap. Idempotent like ``run_prediction``."""
-    with transaction.atomic():
-        explanation = (
-            Explanation.objects.select_for_update()
-            .select_related("image", "model_version")
-            .filter(pk=explanation_id)
-            .first()
-        )
-        if explanation is None:
-            log.warning("explanation %s no longer exists", explanation_id)
-            return None
-        if explanation.is_finished:
-            return explanation
-        explanation.mark_running()
+    explanation = claim_job(Explanation, explanation_id, related=("image", "model_version"))
+    if explanation is None or explanation.is_finished:
+        return explanation
 
     with failure_recorded(explanation, what="The explanation"):
         from apps.models.serving import classifier_for

@@ -12,7 +12,7 @@ from apps.accounts.models import record
 from apps.models import services
 from apps.models.models import ModelVersion, SnapshotItem, TrainingRun
 from apps.models.serving import local_file_path
-from cxrplatform.jobs import failure_recorded
+from cxrplatform.jobs import claim_job, failure_recorded
 
 TRACKED = ("macro_f1", "precision", "recall")
 
@@ -50,11 +50,9 @@ def _records(items, workdir: Path):
 
 
 def run_training(*, run_id: int) -> TrainingRun | None:
-    with transaction.atomic():
-        run = TrainingRun.objects.select_for_update().filter(pk=run_id).first()
-        if run is None or run.is_finished:
-            return run
-        run.mark_running()
+    run = claim_job(TrainingRun, run_id)
+    if run is None or run.is_finished:
+        return run
 
     last_write = 0.0
 
