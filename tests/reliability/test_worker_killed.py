@@ -126,9 +126,9 @@ def test_task_of_a_sigkilled_worker_is_redelivered_to_a_new_worker(
         prediction.refresh_from_db()
         assert prediction.status == "done", prediction.error
         assert prediction.attempts == 2
-        text = second_log.read_text()
-        assert "apps.cases.tasks.classify_image" in text
-        assert "succeeded" in text
+        # The row is written before the worker logs the task's end: wait for the line.
+        wait_for_log(second_log, "succeeded", second, timeout=30)
+        assert "apps.cases.tasks.classify_image" in second_log.read_text()
     finally:
         stop_worker(first, signal.SIGKILL)
         if second is not None:
