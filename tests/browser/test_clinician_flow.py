@@ -89,7 +89,8 @@ def test_clinician_uploads_in_the_browser_and_sees_prediction_and_heatmap(
     assert set(labels) <= {"COVID-19", "Other pneumonia", "Normal"}
     first = page.locator("article[data-image]").first
     layer = first.locator("img.heat[data-method=gradcam]")
-    assert layer.evaluate("img => img.complete && img.naturalWidth") == 128
+    # decode() waits for the layer the live update just inserted to finish loading.
+    assert layer.evaluate("img => img.decode().then(() => img.naturalWidth)") == 128
     assert first.locator(".prob-row").count() == 3
 
     # Opacity slider and tabs act on the heatmap layer.
