@@ -150,7 +150,7 @@ def run_one(
     from ml.evaluate import evaluate_predictions
     from ml.model import build_compact_cnn
     from ml.splits import split_records
-    from ml.train import make_dataset, predict_batches
+    from ml.train import balanced_class_weight, make_dataset, predict_batches
 
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
@@ -166,9 +166,7 @@ def run_one(
         index["train"] = sorted(rng.choice(index["train"], size=keep, replace=False).tolist())
     y_all = np.array([CLASSES.index(r.label) for r in records], dtype=np.int32)
     x_train, y_train = x_all[index["train"]], y_all[index["train"]]
-    present = np.unique(y_train)
-    weights = len(y_train) / (len(present) * np.bincount(y_train)[present])
-    class_weight = {int(c): float(w) for c, w in zip(present, weights, strict=True)}
+    class_weight = balanced_class_weight(y_train)
 
     model = build_compact_cnn(input_size=config.input_size, width=plan.width, seed=seed)
     model.compile(
@@ -211,9 +209,7 @@ def run_one(
     metrics = evaluate_predictions(
         [r.label for r in test], probs, CLASSES, sources=[r.source for r in test], n_bootstrap=0
     )
-    metrics.pop("curves", None)
-    for sub in metrics.get("per_source", {}).values():
-        sub.pop("curves", None)
+    metrics.pop("curves", None)  # top level only; per_source entries carry none
     keras.backend.clear_session()
     return {
         "key": config.key(),

@@ -153,6 +153,13 @@ class ProgressCallback(keras.callbacks.Callback):
             )
 
 
+def balanced_class_weight(y: np.ndarray) -> dict[int, float]:
+    """Keras ``class_weight`` for the classes present in ``y``, "balanced" as in scikit-learn."""
+    present = np.unique(y)
+    weights = compute_class_weight("balanced", classes=present, y=y)
+    return {int(c): float(w) for c, w in zip(present, weights, strict=True)}
+
+
 def predict_batches(model: keras.Model, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """Direct model calls in batches (no ``model.predict`` pipeline overhead)."""
     call = tf.function(lambda t: model(t, training=False), reduce_retracing=True)
@@ -232,11 +239,7 @@ def train(
     x_val, y_val = x_all[index["val"]], y_all[index["val"]]
     x_test = x_all[index["test"]]
 
-    class_weight = None
-    if config.class_weights:
-        present = np.unique(y_train)
-        weights = compute_class_weight("balanced", classes=present, y=y_train)
-        class_weight = {int(c): float(w) for c, w in zip(present, weights, strict=True)}
+    class_weight = balanced_class_weight(y_train) if config.class_weights else None
 
     model = build_model(
         config.architecture, config.input_size, seed=config.seed, **config.model_kwargs()
