@@ -54,7 +54,7 @@ data: install
 
 # The tiny model the tests use (fitted on the 18 fixture images).
 test-model: install
-	$(PY) -m ml.bootstrap
+	$(PY) -m ml.models.tiny
 
 clean:
 	rm -rf var .pytest_cache

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from bench.stats import summary
-from ml.artifacts import read_card
-from ml.classifier import Classifier
-from ml.explain import (
+from ml.data.preprocess import open_image, preprocess
+from ml.explain._common import normalise_map
+from ml.explain.api import (
     METHODS,
     deletion_insertion,
     explain,
@@ -35,9 +35,9 @@ from ml.explain import (
     randomisation_check,
     tf_explain_occlusion,
 )
-from ml.explain._common import normalise_map
 from ml.explain.occlusion import default_fill_value, default_patch_size, occlusion_path
-from ml.preprocess import open_image, preprocess
+from ml.models.artifacts import read_card
+from ml.serving.classifier import Classifier
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED = ROOT / "ml" / "bundled" / "cxr-compact.keras"

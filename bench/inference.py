@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from bench.stats import summary
-from ml.artifacts import read_card
-from ml.classifier import Classifier
-from ml.preprocess import open_image, preprocess
+from ml.data.preprocess import open_image, preprocess
+from ml.models.artifacts import read_card
+from ml.serving.classifier import Classifier
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "ml" / "bundled" / "cxr-compact.keras"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 
-from ml.artifacts import read_card
+from ml.models.artifacts import read_card
 
 ROOT = Path(__file__).resolve().parent.parent
 EPOCHS = 3

@@ -3,7 +3,7 @@
 Nothing in ``ml`` imports Django (a ruff rule enforces it), so data scientists
 can use it from a notebook or the ``python -m ml`` CLI without the web app.
 Importing ``ml`` itself is cheap; TensorFlow loads only in the modules that
-need it (``ml.classifier``, ``ml.model``).
+need it (``ml.serving.classifier``, ``ml.models.architectures``).
 """
 
 import os as _os

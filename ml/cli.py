@@ -35,7 +35,7 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from ml.data import load_many
+    from ml.data.loaders import load_many
 
     dataset = load_many(args.dirs, args.layout)
     print(json.dumps(dataset.summary(), indent=2))
@@ -43,8 +43,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ml.data import load_many
-    from ml.train import TrainConfig, train
+    from ml.data.loaders import load_many
+    from ml.models.training import TrainConfig, train
 
     overrides = {
         f.name: getattr(args, f.name)
@@ -76,12 +76,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ml.artifacts import read_card
-    from ml.classifier import Classifier
-    from ml.data import load_many
-    from ml.evaluate import evaluate_predictions, write_report
-    from ml.splits import split_records
-    from ml.train import classifier_probabilities
+    from ml.data.loaders import load_many
+    from ml.data.splits import split_records
+    from ml.models.artifacts import read_card
+    from ml.models.evaluation import evaluate_predictions, write_report
+    from ml.models.training import classifier_probabilities
+    from ml.serving.classifier import Classifier
 
     card = read_card(args.model)
     classifier = Classifier.load(args.model, expected_sha256=card.get("sha256"), card=card)
@@ -132,8 +132,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ml.classifier import Classifier
-    from ml.preprocess import open_image
+    from ml.data.preprocess import open_image
+    from ml.serving.classifier import Classifier
 
     classifier = Classifier.load(args.model)
     status = 0
@@ -183,7 +183,7 @@ def _print_ood(result: dict, as_json: bool) -> None:
 
 
 def cmd_ood_fit(args: argparse.Namespace) -> int:
-    from ml.ood import evaluate, fit_from_shared_data
+    from ml.serving.ood import evaluate, fit_from_shared_data
 
     gate, chest = fit_from_shared_data(args.data, args.splits, progress=not args.quiet)
     result = evaluate(gate, chest)
@@ -195,7 +195,7 @@ def cmd_ood_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_ood_eval(args: argparse.Namespace) -> int:
-    from ml.ood import OodGate, chest_xray_paths, evaluate, features_of_paths
+    from ml.serving.ood import OodGate, chest_xray_paths, evaluate, features_of_paths
 
     gate = OodGate.load(args.gate)
     paths = chest_xray_paths(args.data, args.splits)
@@ -205,9 +205,9 @@ def cmd_ood_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from ml.classifier import Classifier
-    from ml.explain import deletion_insertion, explain, heatmap_to_npy, render_overlay
-    from ml.preprocess import open_image, preprocess
+    from ml.data.preprocess import open_image, preprocess
+    from ml.explain.api import deletion_insertion, explain, heatmap_to_npy, render_overlay
+    from ml.serving.classifier import Classifier
 
     classifier = Classifier.load(args.model)
     target = None
@@ -244,9 +244,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_sanity(args: argparse.Namespace) -> int:
-    from ml.classifier import Classifier
-    from ml.explain import randomisation_check
-    from ml.preprocess import open_image, preprocess
+    from ml.data.preprocess import open_image, preprocess
+    from ml.explain.api import randomisation_check
+    from ml.serving.classifier import Classifier
 
     classifier = Classifier.load(args.model)
     images = [preprocess(open_image(path), classifier.spec) for path in args.images]
@@ -272,8 +272,8 @@ def cmd_sanity(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from ml.data import load_many
-    from ml.study import default_plan, quick_plan, run_study, write_report
+    from ml.data.loaders import load_many
+    from ml.research.study import default_plan, quick_plan, run_study, write_report
 
     plan = quick_plan() if args.quick else default_plan(args.seeds, max_epochs=args.max_epochs)
     if args.report_only:
@@ -291,7 +291,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def cmd_heatmap_study(args: argparse.Namespace) -> int:
-    from ml.study_heatmaps import run_heatmap_study
+    from ml.research.heatmaps import run_heatmap_study
 
     report = run_heatmap_study(
         args.data,
@@ -308,7 +308,7 @@ def cmd_heatmap_study(args: argparse.Namespace) -> int:
 
 
 def cmd_lung_check(args: argparse.Namespace) -> int:
-    from ml.study_heatmaps import lung_quality
+    from ml.research.heatmaps import lung_quality
 
     r = lung_quality(args.covid, args.out)
     print(
@@ -321,7 +321,7 @@ def cmd_lung_check(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ml.model import ARCHITECTURES
+    from ml.models.architectures import ARCHITECTURES
 
     parser = argparse.ArgumentParser(prog="python -m ml", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true")

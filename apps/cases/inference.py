@@ -34,7 +34,7 @@ def run_prediction(*, prediction_id: int) -> Prediction | None:
 
     with failure_recorded(prediction, what="Classification"):
         from apps.models.serving import classifier_for
-        from ml.preprocess import open_image
+        from ml.data.preprocess import open_image
 
         version = get_production_version()
         if version is None:

@@ -7,7 +7,7 @@ from django.db import models
 from django.utils import timezone
 
 from cxrplatform.jobs import Job
-from ml.labels import CLASS_CHOICES
+from ml.data.labels import CLASS_CHOICES
 
 LABEL_CHOICES = CLASS_CHOICES
 UNUSABLE = "unusable"

@@ -7,10 +7,10 @@ match the file's extension), 400 for everything else (empty, truncated,
 corrupt, too small, not a chest X-ray).
 
 Accepted: PNG and JPEG (8- or 16-bit, grayscale or RGB, EXIF orientation
-applied) and DICOM (see ml.dicom). A DICOM upload is de-identified here
+applied) and DICOM (see ml.data.dicom). A DICOM upload is de-identified here
 (apps.cases.deidentify) so that what leaves this module, and so what is
 stored, never holds the original identifiers. Last, the out-of-distribution
-gate (ml.ood) refuses images that are not frontal chest radiographs.
+gate (ml.serving.ood) refuses images that are not frontal chest radiographs.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def _human_bytes(n: int) -> str:
 
 @lru_cache(maxsize=4)
 def _load_gate(path: str):
-    from ml.ood import OodGate
+    from ml.serving.ood import OodGate
 
     return OodGate.load(Path(path))
 
@@ -159,7 +159,7 @@ def validate_image(uploaded: UploadedFile) -> ValidatedImage:
     content = uploaded.read()
     if not content:
         raise UploadRejected(name, "the file is empty.")
-    from ml.dicom import looks_like_dicom
+    from ml.data.dicom import looks_like_dicom
 
     if looks_like_dicom(content):
         return _validate_dicom(name, content)
@@ -167,8 +167,8 @@ def validate_image(uploaded: UploadedFile) -> ValidatedImage:
 
 
 def _validate_picture(name: str, content: bytes) -> ValidatedImage:
-    from ml.ood import colourful_fraction
-    from ml.preprocess import open_image, to_unit_gray
+    from ml.data.preprocess import open_image, to_unit_gray
+    from ml.serving.ood import colourful_fraction
 
     max_pixels = settings.CXR_MAX_IMAGE_PIXELS
     try:
@@ -237,7 +237,7 @@ DICOM_STATUS = {"invalid": 400, "unsupported": 415, "too_large": 413}
 
 
 def _validate_dicom(name: str, content: bytes) -> ValidatedImage:
-    from ml.dicom import (
+    from ml.data.dicom import (
         DicomProblem,
         check_image,
         not_a_frontal_chest_radiograph,

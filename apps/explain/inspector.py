@@ -98,7 +98,8 @@ def run_inspection(*, inspection_id: int) -> Inspection | None:
 
     with failure_recorded(inspection, what="The inspection"):
         from apps.models.serving import classifier_for
-        from ml.explain import (
+        from ml.data.preprocess import open_image, preprocess
+        from ml.explain.api import (
             METHODS,
             activation_grid,
             activation_maps,
@@ -110,8 +111,7 @@ def run_inspection(*, inspection_id: int) -> Inspection | None:
             render_overlay,
             spatial_layers,
         )
-        from ml.explain.render import _display_image
-        from ml.preprocess import open_image, preprocess
+        from ml.explain.render import display_image
 
         start = time.perf_counter()
         version = inspection.model_version
@@ -133,7 +133,7 @@ def run_inspection(*, inspection_id: int) -> Inspection | None:
         maps = activation_maps(model, x, layer)
         side = max(maps.shape[0], 1)
         pictures = [
-            ("input", "Input as the model sees it", grid_png(_display_image(x)[0], scale=2), {}),
+            ("input", "Input as the model sees it", grid_png(display_image(x)[0], scale=2), {}),
             ("filters", "First convolution's filters", grid_png(filter_grid(model), scale=8), {}),
             (
                 "activations",

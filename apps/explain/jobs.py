@@ -22,8 +22,8 @@ def run_explanation(*, explanation_id: int) -> Explanation | None:
 
     with failure_recorded(explanation, what="The explanation"):
         from apps.models.serving import classifier_for
-        from ml.explain import deletion_insertion, explain, heatmap_to_npy, render_overlay
-        from ml.preprocess import open_image, preprocess
+        from ml.data.preprocess import open_image, preprocess
+        from ml.explain.api import deletion_insertion, explain, heatmap_to_npy, render_overlay
 
         start = time.perf_counter()
         classifier = classifier_for(explanation.model_version)

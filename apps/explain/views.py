@@ -78,7 +78,7 @@ def layer(request: HttpRequest, pk: int) -> HttpResponse:
     """The coloured heatmap alone (PNG), laid over the image at the viewer's chosen opacity."""
     import numpy as np
 
-    from ml.colours import heatmap_png
+    from ml.serving.colours import heatmap_png
 
     explanation = _visible_explanation(request, pk)
     try:

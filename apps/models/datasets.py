@@ -22,10 +22,10 @@ log = logging.getLogger(__name__)
 def import_reference_dataset(root: Path, layout: str = "auto") -> dict[str, int]:
     """Load a seed data set as labelled reference images; idempotent by sha256.
 
-    Uses the ``ml.data`` loaders, so the label mapping and exclusions are the
+    Uses the ``ml.data.loaders`` loaders, so the label mapping and exclusions are the
     ones training uses. Each image is checked to decode before it is stored.
     """
-    from ml.data import load_dataset
+    from ml.data.loaders import load_dataset
 
     dataset = load_dataset(Path(root), layout)
     created = skipped = unreadable = 0
@@ -71,13 +71,13 @@ def _hash(items: list[tuple[str, str, str]]) -> str:
 def create_snapshot(*, created_by=None, seed: int = 0) -> DatasetSnapshot:
     """Freeze the current training data.
 
-    The first snapshot splits the reference images by patient (``ml.splits``).
+    The first snapshot splits the reference images by patient (``ml.data.splits``).
     Later ones keep every item of the previous snapshot with its split (so the
     test split never changes), put reference images imported since then into
     train, and add every newly confirmed clinical image to train.
     """
-    from ml.data import Record
-    from ml.splits import split_records
+    from ml.data.loaders import Record
+    from ml.data.splits import split_records
 
     parent = DatasetSnapshot.objects.select_for_update().first()
     items: list[SnapshotItem] = []

@@ -7,7 +7,7 @@ from django.db import models
 from django.db.models import Q
 
 from cxrplatform.jobs import Job
-from ml.labels import CLASS_CHOICES
+from ml.data.labels import CLASS_CHOICES
 
 LABEL_CHOICES = CLASS_CHOICES
 
@@ -15,7 +15,7 @@ LABEL_CHOICES = CLASS_CHOICES
 class ModelVersion(models.Model):
     """One trained model artifact and where it stands in the serving lifecycle.
 
-    ``metrics`` are computed by ``ml.evaluate`` on the fixed test split of
+    ``metrics`` are computed by ``ml.models.evaluation`` on the fixed test split of
     ``snapshot`` (the bundled model's on its own held-out split), so versions
     trained on snapshots of one lineage are comparable.
     """

@@ -104,13 +104,13 @@ def register_artifact(
     The card's recorded sha256 must match the file: a card that describes a
     different artifact is refused rather than registered with wrong metadata.
     When the card names a ``training_animation`` (the Grad-CAM GIF that
-    ``ml.train`` writes beside the artifact) and that file is there, it is copied
+    ``ml.models.training`` writes beside the artifact) and that file is there, it is copied
     too; when the card's metrics are those of a ``report/metrics.json`` beside the
     artifact, that fuller result (confusion matrix, per source, curves) is stored
     as the version's metrics, so its plots can be drawn.
     """
-    # Lightweight: hashing lives in ml.artifacts, which does not import TensorFlow.
-    from ml.artifacts import card_path, sha256_file
+    # Lightweight: hashing lives in ml.models.artifacts, which does not import TensorFlow.
+    from ml.models.artifacts import card_path, sha256_file
 
     artifact_path = Path(artifact_path)
     if not artifact_path.is_file():
@@ -169,7 +169,7 @@ def _training_animation_path(artifact_path: Path, card: dict) -> Path | None:
 def _report_metrics(artifact_path: Path, card: dict) -> dict | None:
     """``report/metrics.json`` beside the artifact, when it is the card's own evaluation.
 
-    ``ml.train`` writes it next to the card; it holds more than the card's summary
+    ``ml.models.training`` writes it next to the card; it holds more than the card's summary
     (confusion matrix, per-source figures, ROC and calibration curves). It is used
     only when its macro-F1, accuracy and ECE are exactly the card's, so a report
     left there by another model is never attached to this one.
@@ -193,7 +193,7 @@ def _report_metrics(artifact_path: Path, card: dict) -> dict | None:
 
 
 def _card_metrics(card: dict) -> dict:
-    """The card's test metrics in the ``ml.evaluate`` shape (macro_f1, per_class, ...)."""
+    """The card's test metrics in the ``ml.models.evaluation`` shape (macro_f1, per_class, ...)."""
     metrics = card.get("metrics", {})
     if "test_macro_f1" not in metrics:
         return {}

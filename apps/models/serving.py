@@ -3,7 +3,7 @@
 Loading a Keras model takes seconds; a worker loads each model version once
 and keeps it. The cache is keyed by version and sha256, so a newly promoted
 model is picked up by the next task without restarting the worker.
-This module imports ``ml.classifier`` (and so TensorFlow) lazily.
+This module imports ``ml.serving.classifier`` (and so TensorFlow) lazily.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from django.conf import settings
 from apps.models.models import ModelVersion
 
 if TYPE_CHECKING:
-    from ml.classifier import Classifier
+    from ml.serving.classifier import Classifier
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def classifier_for(version: ModelVersion) -> Classifier:
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
-        from ml.classifier import Classifier
+        from ml.serving.classifier import Classifier
 
         log.info("loading model version %s", version)
         classifier = Classifier.load(

@@ -32,7 +32,7 @@ def gate_passes(comparison: dict) -> bool:
 
 
 def _records(items, workdir: Path):
-    from ml.data import Record
+    from ml.data.loaders import Record
 
     records, splits = [], []
     for item in items:
@@ -69,8 +69,8 @@ def run_training(*, run_id: int) -> TrainingRun | None:
                 TrainingRun.objects.filter(pk=run_id).update(log=run.log)
 
     with failure_recorded(run, what="Training"):
-        from ml.data import Dataset
-        from ml.train import TrainConfig, evaluate_classifier, train
+        from ml.data.loaders import Dataset
+        from ml.models.training import TrainConfig, evaluate_classifier, train
 
         items = list(
             SnapshotItem.objects.filter(snapshot=run.snapshot)

@@ -10,7 +10,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from apps.accounts.roles import MODEL_ADMIN, role_required
 from apps.models import services
 from apps.models.models import ModelVersion, TrainingRun
-from ml.labels import CLASS_DISPLAY, CLASSES
+from ml.data.labels import CLASS_DISPLAY, CLASSES
 
 METRIC_ROWS = [("macro_f1", "macro-F1")] + [
     (f"{c}.{m}", f"{CLASS_DISPLAY[c]} {m}") for c in CLASSES for m in ("precision", "recall")
@@ -126,17 +126,17 @@ def version_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @role_required(MODEL_ADMIN)
 def version_plot(request: HttpRequest, pk: int, kind: str) -> HttpResponse:
     """A plot drawn from the version's stored metrics (SVG): no test images needed."""
-    import ml.evaluate
+    import ml.models.evaluation
 
     version = get_object_or_404(ModelVersion, pk=pk)
     if kind not in PLOTS or not version.metrics:
         raise Http404("No such plot for this version.")
     try:
-        figure = getattr(ml.evaluate, PLOTS[kind])(version.metrics, title=version.name)
+        figure = getattr(ml.models.evaluation, PLOTS[kind])(version.metrics, title=version.name)
     except (KeyError, ValueError) as exc:
         raise Http404(f"This version's metrics cannot draw it: {exc}") from None
     return HttpResponse(
-        ml.evaluate.figure_bytes(figure, fmt="svg"),
+        ml.models.evaluation.figure_bytes(figure, fmt="svg"),
         content_type="image/svg+xml",
         headers={"Cache-Control": "private, max-age=3600"},
     )

@@ -1,6 +1,6 @@
 """Explanations for Keras image classifiers (SPEC section 5), usable without the platform.
 
-    from ml.explain import explain, render_overlay
+    from ml.explain.api import explain, render_overlay
     heatmap = explain(model, image, "gradcam", classes=CLASSES)
     png = render_overlay(image, heatmap.values, title=heatmap.target_label)
 
@@ -11,55 +11,10 @@ on tf-explain's cores, guided backprop on ``tf.GradientTape``; faithfulness scor
 Model inspector (:mod:`ml.explain.inspect`): ``conv_layers``, ``spatial_layers``,
 ``filter_grid`` (first-layer kernels), ``activation_maps`` / ``activation_grid`` and
 ``grid_png``. Training animation: ``GradCAMAnimation`` (a Keras callback writing a GIF of
-Grad-CAM on fixed images after every epoch; :mod:`ml.train_animation`). Approximate lung
-fields for the shortcut check: :mod:`ml.explain.lungs`. Example:
+Grad-CAM on fixed images after every epoch; :mod:`ml.explain.animation`). Approximate lung
+fields for the shortcut check: :mod:`ml.lungs.heuristic`. Example:
 ``docs/inspecting-a-model.md``.
+
+This package's ``__init__`` imports nothing, so ``import ml.explain.render`` in the web
+process does not load TensorFlow; :mod:`ml.explain.api` gathers the public functions.
 """
-
-from ml.explain.faithfulness import deletion_insertion, random_heatmap
-from ml.explain.inspect import (
-    activation_grid,
-    activation_maps,
-    conv_layers,
-    filter_grid,
-    first_conv_layer,
-    grid_png,
-    spatial_layers,
-)
-from ml.explain.methods import METHODS, Heatmap, explain, last_conv_layer
-from ml.explain.occlusion import fast_occlusion, tf_explain_occlusion
-from ml.explain.render import heatmap_from_npy, heatmap_to_npy, render_overlay
-from ml.explain.sanity import randomisation_check
-
-__all__ = [
-    "METHODS",
-    "GradCAMAnimation",
-    "Heatmap",
-    "activation_grid",
-    "activation_maps",
-    "conv_layers",
-    "deletion_insertion",
-    "explain",
-    "fast_occlusion",
-    "filter_grid",
-    "first_conv_layer",
-    "grid_png",
-    "heatmap_from_npy",
-    "heatmap_to_npy",
-    "last_conv_layer",
-    "pick_images",
-    "random_heatmap",
-    "randomisation_check",
-    "render_overlay",
-    "spatial_layers",
-    "tf_explain_occlusion",
-]
-
-
-def __getattr__(name: str):
-    # ml.train_animation imports ml.explain; importing it lazily avoids the cycle.
-    if name in ("GradCAMAnimation", "pick_images"):
-        from ml import train_animation
-
-        return getattr(train_animation, name)
-    raise AttributeError(f"module 'ml.explain' has no attribute {name!r}")

@@ -5,7 +5,7 @@ platform's inspector page alike. Works on any Keras 3 functional or Sequential i
 model with one input, including models that nest a backbone as a sub-model (layers
 inside it are named by path, ``"densenet121/conv1_conv"``, as in :func:`last_conv_layer`).
 
-    from ml.explain import conv_layers, filter_grid, activation_maps, activation_grid
+    from ml.explain.api import conv_layers, filter_grid, activation_maps, activation_grid
     conv_layers(model)                      # ['conv1', 'conv2', 'conv3', 'last_conv']
     grid = filter_grid(model)               # first conv layer's kernels, one tile each
     maps = activation_maps(model, x, "relu2")   # (H', W', C) raw activations

@@ -15,11 +15,11 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ml.colours import HEATMAP_CMAP
 from ml.explain._common import normalise_map, resize_map
+from ml.serving.colours import HEATMAP_CMAP
 
 
-def _display_image(image: np.ndarray) -> tuple[np.ndarray, str | None]:
+def display_image(image: np.ndarray) -> tuple[np.ndarray, str | None]:
     array = np.asarray(image, dtype=np.float32)
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
@@ -46,7 +46,7 @@ def render_overlay(
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError("alpha must be in [0, 1]")
-    picture, gray = _display_image(image)
+    picture, gray = display_image(image)
     height, width = picture.shape[:2]
     values = resize_map(np.asarray(heatmap, dtype=np.float32), (height, width))
     if not np.all(np.isfinite(values)) or values.min() < 0.0 or values.max() > 1.0:

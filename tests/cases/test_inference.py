@@ -9,7 +9,7 @@ from apps.cases.inference import run_prediction
 from apps.cases.models import Prediction
 from apps.cases.tasks import classify_image
 from apps.models.models import ModelVersion
-from ml.labels import CLASSES
+from ml.data.labels import CLASSES
 from tests.conftest import fixture_manifest, upload_of
 
 

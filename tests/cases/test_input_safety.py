@@ -21,7 +21,7 @@ from apps.cases import services
 from apps.cases.inference import run_prediction
 from apps.cases.models import Case, CaseImage, Prediction
 from apps.cases.validation import UploadRejected
-from ml.dicom import read_dataset, to_unit_gray
+from ml.data.dicom import read_dataset, to_unit_gray
 from tests.conftest import IMAGES, fixture_manifest, stored_files, upload_of
 
 PHI = [
@@ -320,7 +320,7 @@ def _packaged(name: str) -> Image.Image:
 
 
 def test_sixteen_bit_png_is_accepted_and_scaled_by_its_range(clinician, media_root):
-    from ml.preprocess import open_image, to_unit_gray
+    from ml.data.preprocess import open_image, to_unit_gray
 
     deep = (_fixture_gray().astype(np.uint32) * 16 + 100).astype(np.uint16)  # 12-bit data
     content = _encoded(Image.fromarray(deep), "PNG")
@@ -334,7 +334,7 @@ def test_sixteen_bit_png_is_accepted_and_scaled_by_its_range(clinician, media_ro
 def test_exif_orientation_is_applied_to_the_recorded_size_and_what_the_model_sees(
     clinician, media_root
 ):
-    from ml.preprocess import open_image
+    from ml.data.preprocess import open_image
 
     upright = _xray().resize((400, 320))
     exif = Image.Exif()
@@ -368,8 +368,8 @@ def test_a_bad_file_half_way_through_a_multi_image_upload_stores_nothing(clinici
 
 def test_gate_accepts_every_fixture_xray_and_refuses_packaged_non_chest_images():
     from apps.cases.validation import ood_gate
-    from ml.ood import colourful_fraction, packaged_non_chest_images
-    from ml.preprocess import open_image, to_unit_gray
+    from ml.data.preprocess import open_image, to_unit_gray
+    from ml.serving.ood import colourful_fraction, packaged_non_chest_images
 
     gate = ood_gate()
     for row in fixture_manifest():

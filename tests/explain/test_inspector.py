@@ -14,7 +14,7 @@ from apps.explain.inspector import run_inspection
 from apps.explain.models import Inspection
 from apps.explain.tasks import inspect_model
 from apps.models.models import ReferenceImage
-from ml.explain import METHODS
+from ml.explain.api import METHODS
 from tests.conftest import IMAGES
 
 

@@ -4,11 +4,11 @@ import shutil
 import numpy as np
 import pytest
 
-from ml.artifacts import ArtifactIntegrityError, card_path, sha256_file
-from ml.classifier import Classifier
-from ml.labels import CLASSES
-from ml.model import build_compact_cnn
-from ml.preprocess import open_image
+from ml.data.labels import CLASSES
+from ml.data.preprocess import open_image
+from ml.models.architectures import build_compact_cnn
+from ml.models.artifacts import ArtifactIntegrityError, card_path, sha256_file
+from ml.serving.classifier import Classifier
 from tests.conftest import IMAGES, REPO_ROOT, fixture_manifest
 
 BUNDLED = REPO_ROOT / "ml" / "bundled" / "cxr-compact.keras"

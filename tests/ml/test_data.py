@@ -2,7 +2,7 @@ import shutil
 
 import pytest
 
-from ml.data import (
+from ml.data.loaders import (
     MappingExclusion,
     detect_layout,
     load_covid_chestxray,

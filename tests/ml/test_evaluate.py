@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 from sklearn.metrics import precision_recall_fscore_support
 
-from ml.evaluate import (
+from ml.models.evaluation import (
     _bootstrap_metrics,
     evaluate_predictions,
     expected_calibration_error,
@@ -342,7 +342,7 @@ def test_module_imports_neither_django_nor_tensorflow():
     import sys
 
     code = (
-        "import sys, ml.evaluate; "
+        "import sys, ml.models.evaluation; "
         "bad = [m for m in ('django', 'tensorflow', 'keras') if m in sys.modules]; "
         "assert not bad, bad"
     )

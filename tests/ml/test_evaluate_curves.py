@@ -11,7 +11,7 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
-from ml.evaluate import (
+from ml.models.evaluation import (
     ECE_BINS,
     evaluate_predictions,
     figure_bytes,
@@ -207,7 +207,7 @@ def test_write_report_adds_curves_to_a_result_computed_before_them(tmp_path):
 
 def test_importing_evaluate_loads_neither_tensorflow_nor_pyplot():
     code = (
-        "import sys, ml.evaluate; "
+        "import sys, ml.models.evaluation; "
         "bad = [m for m in ('tensorflow', 'keras', 'django', 'matplotlib.pyplot') "
         "if m in sys.modules]; "
         "assert not bad, bad"

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ml.classifier import Classifier
-from ml.explain import (
+from ml.data.preprocess import open_image, preprocess
+from ml.explain._common import normalise_map
+from ml.explain.api import (
     METHODS,
     Heatmap,
     deletion_insertion,
@@ -25,9 +26,8 @@ from ml.explain import (
     render_overlay,
     tf_explain_occlusion,
 )
-from ml.explain._common import normalise_map
-from ml.model import build_compact_cnn
-from ml.preprocess import open_image, preprocess
+from ml.models.architectures import build_compact_cnn
+from ml.serving.classifier import Classifier
 from tests.conftest import FIXTURES, IMAGES, REPO_ROOT, fixture_manifest
 
 TINY = FIXTURES / "models" / "cxr-tiny.keras"

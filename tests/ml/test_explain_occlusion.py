@@ -17,15 +17,15 @@ import numpy as np
 import pytest
 from keras import layers
 
-from ml.classifier import Classifier
-from ml.explain import fast_occlusion, tf_explain_occlusion
+from ml.data.preprocess import open_image, preprocess
 from ml.explain._common import normalise_map
+from ml.explain.api import fast_occlusion, tf_explain_occlusion
 from ml.explain.occlusion import (
     default_fill_value,
     incremental_unsupported_reason,
     occlusion_path,
 )
-from ml.preprocess import open_image, preprocess
+from ml.serving.classifier import Classifier
 from tests.conftest import IMAGES, REPO_ROOT, fixture_manifest
 
 BUNDLED = REPO_ROOT / "ml" / "bundled" / "cxr-compact.keras"

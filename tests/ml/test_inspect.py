@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ml.classifier import Classifier
-from ml.explain import (
+from ml.data.preprocess import open_image, preprocess
+from ml.explain.api import (
     GradCAMAnimation,
     activation_grid,
     activation_maps,
@@ -19,8 +19,8 @@ from ml.explain import (
     grid_png,
     spatial_layers,
 )
-from ml.explain.lungs import dice, lung_fields, mass_outside, prior_mask
-from ml.preprocess import open_image, preprocess
+from ml.lungs.heuristic import dice, lung_fields, mass_outside, prior_mask
+from ml.serving.classifier import Classifier
 from tests.conftest import FIXTURES, IMAGES
 
 BUNDLED = Path(__file__).resolve().parents[2] / "ml" / "bundled" / "cxr-compact.keras"
@@ -122,7 +122,7 @@ def test_adhoc_functional_model_with_a_nested_backbone():
 
 
 def test_gradcam_animation_is_exported_from_ml_explain():
-    from ml import train_animation
+    from ml.explain import animation as train_animation
 
     assert GradCAMAnimation is train_animation.GradCAMAnimation
 

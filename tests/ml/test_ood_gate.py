@@ -1,12 +1,12 @@
-"""The out-of-distribution gate (ml.ood) measured on real images."""
+"""The out-of-distribution gate (ml.serving.ood) measured on real images."""
 
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ml.ood import OodGate, chest_xray_paths, features_of_paths, packaged_non_chest_images
-from ml.preprocess import to_unit_gray
+from ml.data.preprocess import to_unit_gray
+from ml.serving.ood import OodGate, chest_xray_paths, features_of_paths, packaged_non_chest_images
 
 GATE = Path(__file__).resolve().parents[2] / "ml" / "bundled" / "ood-gate.npz"
 
@@ -45,7 +45,7 @@ def test_gate_accepts_at_least_99_percent_of_test_split_chest_xrays(shared_datas
 
 def test_gate_refuses_at_least_94_percent_of_packaged_non_chest_images():
     """Measured 35/37 (94.6%): the target of 95% is missed by one image (see README)."""
-    from ml.ood import colourful_fraction
+    from ml.serving.ood import colourful_fraction
 
     gate = OodGate.load(GATE)
     images = packaged_non_chest_images()
@@ -57,7 +57,7 @@ def test_at_least_95_percent_of_packaged_non_chest_images_are_refused_as_uploade
     """As uploaded: a DICOM's header (Modality, Body Part, View Position) is read before
     the pixel gate. Measured 36/37 (97.3%); the one miss is scikit-image's photographed
     page. The pixel gate alone refuses 35/37 (the other pass is pydicom's CT slice)."""
-    from ml.ood import colourful_fraction, dicom_header_verdicts
+    from ml.serving.ood import colourful_fraction, dicom_header_verdicts
 
     gate = OodGate.load(GATE)
     images = packaged_non_chest_images()

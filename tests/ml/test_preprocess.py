@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ml.preprocess import PreprocessSpec, open_image, preprocess, to_unit_gray
+from ml.data.preprocess import PreprocessSpec, open_image, preprocess, to_unit_gray
 from tests.conftest import IMAGES
 
 SPEC = PreprocessSpec(input_size=64)

@@ -5,9 +5,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ml.data import Record
-from ml.labels import CLASSES
-from ml.splits import patients_in_several_splits, split_records
+from ml.data.labels import CLASSES
+from ml.data.loaders import Record
+from ml.data.splits import patients_in_several_splits, split_records
 
 record_lists = st.lists(
     st.tuples(

@@ -6,7 +6,7 @@ import sys
 
 from PIL import Image
 
-from ml.study import default_plan
+from ml.research.study import default_plan
 from tests.conftest import FIXTURES, IMAGES, REPO_ROOT, fixture_manifest
 
 CLI = [sys.executable, "-m", "ml"]

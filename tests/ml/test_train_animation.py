@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageSequence
 
-from ml.artifacts import read_card
-from ml.classifier import Classifier
-from ml.data import load_generic
-from ml.train import TrainConfig, train
-from ml.train_animation import TILE, pick_images
+from ml.data.loaders import load_generic
+from ml.explain.animation import TILE, pick_images
+from ml.models.artifacts import read_card
+from ml.models.training import TrainConfig, train
+from ml.serving.classifier import Classifier
 from tests.conftest import IMAGES
 
 MANIFEST = IMAGES / "manifest.csv"
@@ -68,7 +68,7 @@ def test_training_writes_an_animated_gif_with_one_frame_per_epoch(with_and_witho
 
 
 def _val_labels(result):
-    from ml.labels import CLASSES
+    from ml.data.labels import CLASSES
 
     rows = (result.artifact.parent / "splits.csv").read_text().splitlines()[1:]
     return [CLASSES.index(r.split(",")[2]) for r in rows if r.split(",")[4] == "val"]

@@ -6,11 +6,11 @@ import sys
 
 import pytest
 
-from ml.artifacts import read_card, sha256_file
-from ml.classifier import Classifier
-from ml.data import load_generic
-from ml.labels import CLASSES
-from ml.train import TrainConfig, train
+from ml.data.labels import CLASSES
+from ml.data.loaders import load_generic
+from ml.models.artifacts import read_card, sha256_file
+from ml.models.training import TrainConfig, train
+from ml.serving.classifier import Classifier
 from tests.conftest import IMAGES, REPO_ROOT
 
 MANIFEST = IMAGES / "manifest.csv"
@@ -140,7 +140,7 @@ def test_cli_refuses_missing_data_folder_with_a_message(tmp_path):
 
 
 def test_imagenet_backbone_without_local_weights_is_a_clear_error(monkeypatch, tmp_path):
-    from ml.model import build_backbone
+    from ml.models.architectures import build_backbone
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="never downloads weights"):
@@ -148,7 +148,7 @@ def test_imagenet_backbone_without_local_weights_is_a_clear_error(monkeypatch, t
 
 
 def test_efficientnet_backbone_builds_on_the_one_channel_input():
-    from ml.model import build_backbone
+    from ml.models.architectures import build_backbone
 
     model = build_backbone("efficientnetb0", input_size=64, weights=None)
     assert model.input_shape == (None, 64, 64, 1)
@@ -160,8 +160,8 @@ def test_training_and_serving_feed_the_model_identical_arrays(trained):
     the served probabilities equal the model's output on the training array."""
     import numpy as np
 
-    from ml.preprocess import open_image
-    from ml.train import load_arrays
+    from ml.data.preprocess import open_image
+    from ml.models.training import load_arrays
 
     result, _ = trained
     classifier = Classifier.load(result.artifact)

@@ -8,7 +8,7 @@ from django.db import IntegrityError, transaction
 
 from apps.models.models import ModelVersion
 from apps.models.services import RegistryError, get_production_version, promote, register_artifact
-from ml.artifacts import card_path, sha256_file
+from ml.models.artifacts import card_path, sha256_file
 
 
 @pytest.mark.django_db

@@ -112,11 +112,11 @@ def test_model_admin_starts_a_training_run_and_sees_its_progress(
 
 
 def _evaluated_metrics() -> dict:
-    """A real ml.evaluate result (with curves) for 30 images."""
+    """A real ml.models.evaluation result (with curves) for 30 images."""
     import numpy as np
 
-    from ml.evaluate import evaluate_predictions
-    from ml.labels import CLASSES
+    from ml.data.labels import CLASSES
+    from ml.models.evaluation import evaluate_predictions
 
     rng = np.random.default_rng(0)
     truth = [CLASSES[i % 3] for i in range(30)]

@@ -9,7 +9,7 @@ from PIL import Image
 from apps.models import services
 from apps.models.models import ModelVersion
 from apps.models.services import RegistryError, register_artifact
-from ml.artifacts import card_path, read_card
+from ml.models.artifacts import card_path, read_card
 from tests.conftest import REPO_ROOT
 from tests.models.test_registry import make_variant
 

@@ -11,7 +11,7 @@ register = template.Library()
 
 @cache
 def _gradient() -> str:
-    from ml.colours import css_gradient
+    from ml.serving.colours import css_gradient
 
     return css_gradient()
 
@@ -33,6 +33,6 @@ def percent(value) -> str:
 @register.filter
 def class_display(name: str) -> str:
     """'covid19' -> 'COVID-19'; unknown names are shown as they are."""
-    from ml.labels import CLASS_DISPLAY
+    from ml.data.labels import CLASS_DISPLAY
 
     return CLASS_DISPLAY.get(name, name)

@@ -332,7 +332,7 @@ def _pydicom_samples():
     """(name, dataset) of pydicom's sample files that decode to one grayscale image."""
     from pydicom.data import get_testdata_file
 
-    from ml.dicom import DicomProblem, check_image, read_dataset
+    from ml.data.dicom import DicomProblem, check_image, read_dataset
 
     for name in PYDICOM_SAMPLES:
         path = get_testdata_file(name, download=False)
@@ -348,7 +348,7 @@ def _pydicom_samples():
 
 
 def _pydicom_medical_images() -> list[tuple[str, Image.Image]]:
-    from ml.dicom import DicomProblem, to_uint8, to_unit_gray
+    from ml.data.dicom import DicomProblem, to_uint8, to_unit_gray
 
     out = []
     for name, dataset in _pydicom_samples():
@@ -367,7 +367,7 @@ def dicom_header_verdicts() -> dict[str, str]:
 
     if find_spec("pydicom") is None:
         return {}
-    from ml.dicom import not_a_frontal_chest_radiograph
+    from ml.data.dicom import not_a_frontal_chest_radiograph
 
     verdicts = {}
     for name, dataset in _pydicom_samples():
@@ -391,7 +391,7 @@ def _to_pil(array: np.ndarray) -> Image.Image:
 
 def image_features(image: Image.Image) -> tuple[np.ndarray, float]:
     """(appearance features, colourful share) of an opened image, as the web process sees it."""
-    from ml.preprocess import to_unit_gray
+    from ml.data.preprocess import to_unit_gray
 
     return features(to_unit_gray(image)), colourful_fraction(image)
 
@@ -400,7 +400,7 @@ def chest_xray_paths(data_dirs: list[Path], splits_csv: Path) -> dict[str, list[
     """Image paths per split ("train", "val", "test") of a model's patient-level split."""
     import csv
 
-    from ml.data import load_many
+    from ml.data.loaders import load_many
 
     with Path(splits_csv).open(newline="") as fh:
         split_of = {row["key"]: row["split"] for row in csv.DictReader(fh)}
@@ -414,7 +414,7 @@ def chest_xray_paths(data_dirs: list[Path], splits_csv: Path) -> dict[str, list[
 
 
 def features_of_paths(paths: list[Path], progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    from ml.preprocess import open_image
+    from ml.data.preprocess import open_image
 
     iterator = paths
     if progress:

@@ -26,8 +26,8 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
 
-from ml.explain import explain
 from ml.explain._common import clear_cache, forward
+from ml.explain.methods import explain
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from ml.artifacts import ArtifactIntegrityError, read_card, sha256_file
-from ml.preprocess import PreprocessSpec, preprocess
+from ml.data.preprocess import PreprocessSpec, preprocess
+from ml.models.artifacts import ArtifactIntegrityError, read_card, sha256_file
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from ml.labels import CLASSES
+from ml.data.labels import CLASSES
 
 
 def build_compact_cnn(

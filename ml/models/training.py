@@ -21,12 +21,12 @@ import tensorflow as tf
 from sklearn.utils.class_weight import compute_class_weight
 from tqdm.auto import tqdm
 
-from ml.artifacts import sha256_file, write_card
-from ml.data import LABEL_MAPPING_VERSION, Dataset, Record
-from ml.labels import CLASSES
-from ml.model import build_model
-from ml.preprocess import PreprocessSpec, open_image, preprocess
-from ml.splits import patients_in_several_splits, split_records
+from ml.data.labels import CLASSES
+from ml.data.loaders import LABEL_MAPPING_VERSION, Dataset, Record
+from ml.data.preprocess import PreprocessSpec, open_image, preprocess
+from ml.data.splits import patients_in_several_splits, split_records
+from ml.models.architectures import build_model
+from ml.models.artifacts import sha256_file, write_card
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class TrainConfig:
 def load_arrays(
     records: Sequence[Record], spec: PreprocessSpec, *, workers: int = 2, progress: bool = True
 ) -> np.ndarray:
-    """Preprocess every image with the serving function (``ml.preprocess``)."""
+    """Preprocess every image with the serving function (``ml.data.preprocess``)."""
 
     def one(record: Record) -> np.ndarray:
         return preprocess(open_image(record.path), spec)
@@ -195,10 +195,10 @@ def train(
 
     With ``config.gradcam_animation`` it also writes ``NAME.gradcam.gif`` (Grad-CAM
     of up to three fixed validation images after every epoch, see
-    :mod:`ml.train_animation`), named in the card as ``training_animation``; it
+    :mod:`ml.explain.animation`), named in the card as ``training_animation``; it
     draws no random numbers, so the trained weights are the same either way.
     """
-    from ml.evaluate import evaluate_predictions, write_report
+    from ml.models.evaluation import evaluate_predictions, write_report
 
     config = config or TrainConfig()
     out_dir = Path(out_dir)
@@ -272,7 +272,7 @@ def train(
     ]
     animation = None
     if config.gradcam_animation:
-        from ml.train_animation import GradCAMAnimation, pick_images
+        from ml.explain.animation import GradCAMAnimation, pick_images
 
         shown = pick_images(y_val, len(CLASSES), sources=[records[i].source for i in index["val"]])
         animation = GradCAMAnimation(
@@ -354,7 +354,7 @@ def train(
 def classifier_probabilities(
     classifier, records: Sequence[Record], *, progress: bool = False, batch_size: int = 64
 ) -> np.ndarray:
-    """Probabilities of a loaded ``ml.classifier.Classifier`` for records, in batches."""
+    """Probabilities of a loaded ``ml.serving.classifier.Classifier`` for records, in batches."""
     x = load_arrays(records, classifier.spec, progress=progress)
     return np.concatenate(
         [classifier.predict_array(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
@@ -364,8 +364,8 @@ def classifier_probabilities(
 def evaluate_classifier(
     classifier, records: Sequence[Record], *, n_bootstrap: int = 1000, progress: bool = False
 ) -> dict:
-    """Metrics of a loaded ``ml.classifier.Classifier`` on labelled records (per source too)."""
-    from ml.evaluate import evaluate_predictions
+    """Metrics of a loaded ``Classifier`` (ml.serving) on labelled records, per source too."""
+    from ml.models.evaluation import evaluate_predictions
 
     probs = classifier_probabilities(classifier, records, progress=progress)
     return evaluate_predictions(

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold, train_test_split
 
-from ml.data import Record
+from ml.data.loaders import Record
 
 SPLITS = ("train", "val", "test")
 

@@ -6,7 +6,7 @@ all 18 committed fixture images (``tests/fixtures/images/manifest.csv``) and
 writes ``.keras`` + model card. It is a plumbing model, not a diagnostic one:
 its card says so. The shipped default model is trained by ``make train``.
 
-    python -m ml.bootstrap --manifest tests/fixtures/images/manifest.csv \
+    python -m ml.models.tiny --manifest tests/fixtures/images/manifest.csv \
         --out tests/fixtures/models/cxr-tiny.keras
 """
 
@@ -22,10 +22,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ml.artifacts import sha256_file, write_card
-from ml.labels import CLASSES
-from ml.model import build_compact_cnn
-from ml.preprocess import PreprocessSpec, open_image, preprocess
+from ml.data.labels import CLASSES
+from ml.data.preprocess import PreprocessSpec, open_image, preprocess
+from ml.models.architectures import build_compact_cnn
+from ml.models.artifacts import sha256_file, write_card
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Why: the shortcut check of the heatmap study asks how much heatmap mass falls outside
 the lungs. This machine has no lung-segmentation model and no expert masks for every
 source, so the lung fields come from a documented, runnable heuristic. **It is an
-approximation**; :mod:`ml.study_heatmaps` measures how good it is against the lungVAE
+approximation**; :mod:`ml.research.heatmaps` measures how good it is against the lungVAE
 masks shipped with the covid-chestxray snapshot and shows a contact sheet.
 
 Method (on the letterboxed, preprocessed image, values in [0, 1]):

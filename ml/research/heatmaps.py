@@ -12,7 +12,7 @@ split (``ml/bundled/splits.csv``), at most ``per_source`` images per data source
 * **sanity**: the cascading model-randomisation check
   (:func:`ml.explain.randomisation_check`) on ``sanity_images`` images;
 * **shortcut check**: the share of heatmap mass outside the approximate lung fields
-  (:mod:`ml.explain.lungs`) per data source, next to the share of the *area* outside
+  (:mod:`ml.lungs.heuristic`) per data source, next to the share of the *area* outside
   the lungs (what a map spread evenly over the image would give) and a random map's.
 
 The lung-field heuristic is measured where a reference exists: Dice against the
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ml.data import Record, load_many
+from ml.data.loaders import Record, load_many
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def select_test_records(data: Sequence[Path], splits_csv: Path, per_source: int,
 
 def _reference_mask(record: Record, spec) -> np.ndarray | None:
     """The lungVAE mask of a covid-chestxray image, letterboxed like the image, if any."""
-    from ml.preprocess import open_image, preprocess
+    from ml.data.preprocess import open_image, preprocess
 
     folder = record.path.parent.parent / "annotations" / "lungVAE-masks"
     path = folder / f"{record.path.stem}_mask.png"
@@ -122,12 +122,12 @@ def run_heatmap_study(
 ) -> Path:
     from tqdm.auto import tqdm
 
-    from ml.classifier import Classifier
-    from ml.explain import METHODS, deletion_insertion, explain, random_heatmap
+    from ml.data.preprocess import open_image, preprocess
     from ml.explain._common import forward
-    from ml.explain.lungs import dice, lung_fields, mass_outside
+    from ml.explain.api import METHODS, deletion_insertion, explain, random_heatmap
     from ml.explain.sanity import randomisation_check
-    from ml.preprocess import open_image, preprocess
+    from ml.lungs.heuristic import dice, lung_fields, mass_outside
+    from ml.serving.classifier import Classifier
 
     methods = list(methods or METHODS)
     out_dir = Path(out_dir)
@@ -310,7 +310,7 @@ def summarise(rows: Sequence[dict], methods: Sequence[str]) -> dict:
 def _figures(summary, sanity, examples, methods, out_dir: Path) -> None:
     from matplotlib.figure import Figure
 
-    from ml.colours import HEATMAP_CMAP
+    from ml.serving.colours import HEATMAP_CMAP
 
     names = [*methods, *RANDOM_REFERENCES]
     faith = summary["faithfulness"]
@@ -443,7 +443,7 @@ def _report(result: dict, methods: Sequence[str], out_dir: Path) -> Path:
         "",
         "## Heatmap mass outside the lung fields, per source",
         "",
-        "Approximate lung fields (`ml/explain/lungs.py`). *area outside* is the share of the "
+        "Approximate lung fields (`ml/lungs/heuristic.py`). *area outside* is the share of the "
         "image outside the lung mask: a map spread evenly would put that much mass outside.",
         "",
         "| source | n | accuracy | lung prior used | area outside | " + " | ".join(names) + " |",
@@ -494,8 +494,8 @@ def lung_quality(covid_dir: Path, out_dir: Path, *, size: int = 128) -> dict:
     measures agreement with another method, an upper bound on what can be checked here.
     Also reports the prior fallback alone, as the floor a fixed anatomical guess reaches.
     """
-    from ml.explain.lungs import dice, lung_fields, prior_mask
-    from ml.preprocess import PreprocessSpec, open_image, preprocess
+    from ml.data.preprocess import PreprocessSpec, open_image, preprocess
+    from ml.lungs.heuristic import dice, lung_fields, prior_mask
 
     spec = PreprocessSpec(input_size=size)
     covid_dir = Path(covid_dir)

@@ -1,7 +1,7 @@
 """Dataset loaders and the versioned label mapping.
 
 Every loader returns :class:`Dataset`: the images kept, each with a label in
-``ml.labels.CLASSES``, a patient key (for patient-level splits) and its data
+``ml.data.labels.CLASSES``, a patient key (for patient-level splits) and its data
 source, plus a count of every row left out and why. Nothing here downloads
 anything; the data must already be on disk (README, "Data").
 
@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ml.labels import CLASSES
+from ml.data.labels import CLASSES
 
 log = logging.getLogger(__name__)
 

@@ -43,8 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ml.data import Dataset
-from ml.labels import CLASSES
+from ml.data.labels import CLASSES
+from ml.data.loaders import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +120,8 @@ def quick_plan() -> StudyPlan:
 
 
 def _arrays(dataset: Dataset, size: int, cache: Path | None, progress: bool) -> np.ndarray:
-    from ml.preprocess import PreprocessSpec
-    from ml.train import load_arrays
+    from ml.data.preprocess import PreprocessSpec
+    from ml.models.training import load_arrays
 
     spec = PreprocessSpec(input_size=size)
     path = None
@@ -147,10 +147,10 @@ def run_one(
     import keras
     import tensorflow as tf
 
-    from ml.evaluate import evaluate_predictions
-    from ml.model import build_compact_cnn
-    from ml.splits import split_records
-    from ml.train import balanced_class_weight, make_dataset, predict_batches
+    from ml.data.splits import split_records
+    from ml.models.architectures import build_compact_cnn
+    from ml.models.evaluation import evaluate_predictions
+    from ml.models.training import balanced_class_weight, make_dataset, predict_batches
 
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
