@@ -9,8 +9,9 @@ Layouts:
 
 * ``covid-chestxray`` - ieee8023 ``metadata.csv`` + ``images/``
 * ``pediatric`` - Kermany ``{train,test}/{NORMAL,PNEUMONIA}/*.jpeg``
-* ``nih`` - ``labels.csv`` (filename, patient_id, label, view, ...) + ``images/``
-  (the adult NIH "No Finding" set in ``../shared/datasets/adult-normal``)
+* ``nih`` - ``labels.csv`` (filename, patient_id, label, view, source, ...) + ``images/``
+  (the adult NIH ChestX-ray14 sets in ``../shared/datasets/adult-normal`` and
+  ``adult-pneumonia``: one source, ``nih-cxr14``, with two classes)
 * ``generic`` - a folder per class (``covid19/``, ``pneumonia/``, ``normal/``),
   or a CSV with ``path,label[,patient][,source]`` columns
 """
@@ -126,7 +127,7 @@ class Dataset:
         return Dataset(
             records=self.records + other.records,
             excluded=self.excluded + other.excluded,
-            sources=self.sources + other.sources,
+            sources=list(dict.fromkeys(self.sources + other.sources)),
         )
 
     def counts(self) -> dict[str, dict[str, int]]:
@@ -282,7 +283,23 @@ def _row_problem(label: str, path: Path, view: str | None = None) -> str | None:
     return None
 
 
-def load_nih(root: Path, source: str = "adult-normal") -> Dataset:
+NIH_SOURCE = "nih-cxr14"
+
+
+def nih_row_source(row: dict[str, str], default: str) -> str:
+    """The data source of one NIH ``labels.csv`` row.
+
+    Both NIH folders (normal and pneumonia) are exports of ChestX-ray14 from one
+    hospital: they are one source with two classes in per-source metrics, whatever
+    folder they came from. The ``source`` column names the origin per row.
+    """
+    described = (row.get("source") or "").strip()
+    if described.startswith("NIH ChestX-ray14"):
+        return NIH_SOURCE
+    return default
+
+
+def load_nih(root: Path, source: str = NIH_SOURCE) -> Dataset:
     root = Path(root)
     labels = root / "labels.csv"
     if not labels.is_file():
@@ -302,11 +319,12 @@ def load_nih(root: Path, source: str = "adult-normal") -> Dataset:
                     path=path,
                     label=label,
                     patient=(row.get("patient_id") or path.stem).strip(),
-                    source=source,
+                    source=nih_row_source(row, source),
                     view=row["view"].strip(),
                 )
             )
-    return Dataset(records=records, excluded=excluded, sources=[source])
+    sources = sorted({r.source for r in records}) or [source]
+    return Dataset(records=records, excluded=excluded, sources=sources)
 
 
 def load_generic(root: Path, source: str | None = None) -> Dataset:

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from ml.data.preprocess import PreprocessSpec, preprocess
+from ml.data.preprocess import Prepared, PreprocessSpec, prepare, to_unit_gray
 from ml.models.artifacts import ArtifactIntegrityError, read_card, sha256_file
 
 
@@ -27,6 +27,9 @@ class Prediction:
     probabilities: dict[str, float]
     preprocess_ms: float
     inference_ms: float
+    segment_ms: float = 0.0
+    lungs: Any = None  # ml.lungs.segmenter.LungResult for preprocessing v2 models
+    prepared: Prepared | None = None
 
 
 class Classifier:
@@ -34,14 +37,8 @@ class Classifier:
         self.model = model
         self.card = card
         self.classes: tuple[str, ...] = tuple(card["classes"])
-        pre = card["preprocessing"]
-        self.spec = PreprocessSpec(
-            input_size=int(pre["input_size"]),
-            channels=int(pre.get("channels", 1)),
-            resize=pre.get("resize", "letterbox-bilinear"),
-            normalise=pre.get("normalise", "unit-range"),
-            version=int(pre.get("version", 1)),
-        )
+        self.spec = PreprocessSpec.from_dict(card["preprocessing"])
+        self._segmenter: Any = None
         if model.output_shape[-1] != len(self.classes):
             raise ValueError(
                 f"Model has {model.output_shape[-1]} outputs but its card lists "
@@ -74,17 +71,50 @@ class Classifier:
         """Probabilities for a preprocessed batch, shape (n, n_classes)."""
         return self._call(tf.convert_to_tensor(batch, dtype=tf.float32)).numpy()
 
-    def predict(self, image: Image.Image) -> Prediction:
+    @property
+    def needs_lungs(self) -> bool:
+        return self.spec.version >= 2
+
+    @property
+    def segmenter(self) -> Any:
+        """The lung segmenter of a v2 model (loaded once, checked against the card's hash)."""
+        if self._segmenter is None:
+            from ml.lungs.segmenter import BUNDLED_LUNG_MODEL, LungSegmenter
+
+            recorded = self.card["preprocessing"].get("segmenter") or {}
+            path = BUNDLED_LUNG_MODEL.parent / recorded.get("artifact", BUNDLED_LUNG_MODEL.name)
+            self._segmenter = LungSegmenter.load(path, expected_sha256=recorded.get("sha256"))
+        return self._segmenter
+
+    def prepare(self, image: Image.Image, lungs: Any = None) -> tuple[Prepared, Any, float]:
+        """The model input for one image, segmenting the lungs first for a v2 model.
+
+        ``lungs`` (a ``LungResult`` the caller already has) saves a second segmentation.
+        Returns the prepared input, the lung result (None for v1) and the segmentation ms.
+        """
+        gray = to_unit_gray(image)
+        segment_ms = 0.0
+        if self.needs_lungs and lungs is None:
+            start = time.perf_counter()
+            lungs = self.segmenter.segment_gray(gray)
+            segment_ms = (time.perf_counter() - start) * 1000
+        mask = lungs.mask if lungs is not None and lungs.found else None
+        return prepare(gray, self.spec, mask), lungs, segment_ms
+
+    def predict(self, image: Image.Image, *, lungs: Any = None) -> Prediction:
         start = time.perf_counter()
-        array = preprocess(image, self.spec)
+        prepared, lungs, segment_ms = self.prepare(image, lungs)
         middle = time.perf_counter()
-        probs = self.predict_array(array[np.newaxis])[0].astype(np.float64)
+        probs = self.predict_array(prepared.x[np.newaxis])[0].astype(np.float64)
         end = time.perf_counter()
         probabilities = {name: float(p) for name, p in zip(self.classes, probs, strict=True)}
         label = self.classes[int(np.argmax(probs))]
         return Prediction(
             label=label,
             probabilities=probabilities,
-            preprocess_ms=(middle - start) * 1000,
+            preprocess_ms=(middle - start) * 1000 - segment_ms,
             inference_ms=(end - middle) * 1000,
+            segment_ms=segment_ms,
+            lungs=lungs,
+            prepared=prepared,
         )

@@ -120,12 +120,14 @@ def test_nih_loader_reads_labels_csv(tmp_path):
     shutil.copy(IMAGES / "00001280_004.jpg", root / "images")
     (root / "labels.csv").write_text(
         "filename,patient_id,label,view,source,original_filename,age,sex,follow_up\n"
-        "00001280_004.jpg,nih-1280,normal,PA,NIH,00001280_004.png,36,F,4\n"
+        "00001280_004.jpg,nih-1280,normal,PA,NIH ChestX-ray14 (No Finding),00001280_004.png,36,F,4\n"
         "00009999_000.jpg,nih-9999,normal,PA,NIH,00009999_000.png,40,M,0\n"
     )
     assert detect_layout(root) == "nih"
     dataset = load_nih(root)
-    assert [(r.label, r.patient) for r in dataset.records] == [("normal", "nih-1280")]
+    assert [(r.label, r.patient, r.source) for r in dataset.records] == [
+        ("normal", "nih-1280", "nih-cxr14")
+    ]
     assert dict(dataset.excluded) == {"image file missing": 1}
 
 
@@ -166,14 +168,21 @@ def test_content_hash_changes_with_membership_and_labels():
 @pytest.mark.shared_data
 def test_shared_datasets_load_with_documented_counts(shared_datasets):
     """Counts from ../shared/datasets/README.md, after the project's label mapping."""
-    dataset = load_many(
-        [shared_datasets / n for n in ("covid-chestxray", "pediatric-pneumonia", "adult-normal")]
-    )
+    folders = ("covid-chestxray", "pediatric-pneumonia", "adult-normal", "adult-pneumonia")
+    dataset = load_many([shared_datasets / n for n in folders])
     assert dataset.counts() == {
         "covid-chestxray": {"covid19": 427, "pneumonia": 74, "normal": 19},
         "pediatric-pneumonia": {"covid19": 0, "pneumonia": 250, "normal": 250},
-        "adult-normal": {"covid19": 0, "pneumonia": 0, "normal": 383},
+        "nih-cxr14": {"covid19": 0, "pneumonia": 373, "normal": 383},
     }
+    assert dataset.sources == ["covid-chestxray", "pediatric-pneumonia", "nih-cxr14"]
+    # 17 NIH patients have images in both folders: one patient key each, so a
+    # patient-level split keeps them on one side.
+    nih_patients = {}
+    for record in dataset.records:
+        if record.source == "nih-cxr14":
+            nih_patients.setdefault(record.patient, set()).add(record.label)
+    assert sum(1 for labels in nih_patients.values() if len(labels) == 2) == 17
     assert dict(dataset.excluded) == {
         "duplicate row for an image already kept": 4,
         "non-infectious finding (ARDS, lipoid)": 7,

@@ -1,0 +1,357 @@
+"""View check: is this chest X-ray a frontal (PA/AP) view or a lateral one?
+
+The classifier reads frontal views only. A lateral chest X-ray passes for a
+chest radiograph (it is one), so the out-of-distribution gate
+(:mod:`ml.serving.ood`) cannot be relied on to refuse it; this check can. Like
+the gate it runs in the web process at upload, so serving is numpy only: a
+linear score of a few hundred appearance features, fitted offline by
+``python -m ml view-fit`` with scikit-learn and stored as a small ``.npz`` plus
+a JSON card (figures included) next to it.
+
+Features (of the grayscale image in [0, 1], any size):
+
+* a 24x24 contrast-normalised thumbnail: the layout (a frontal view has dark
+  lungs either side of a bright mediastinum; a lateral view one dark field with
+  the spine along one edge and the heart in front);
+* left-right symmetry: the correlation of that thumbnail, and of its gradient
+  magnitude, with their mirror images (frontal views are nearly symmetric);
+* a gradient-orientation histogram (HOG-like, 4x4 cells x 9 unsigned
+  orientations at 64 px): the spine and sternum of a lateral view are
+  vertical edges where a frontal view has ribs running sideways;
+* the log aspect ratio.
+
+The model is an L2-regularised logistic regression, class-balanced, fitted on
+frontal training views and *half* of the lateral views (split by patient) and
+on their mirror images (patients face either way on a lateral film). The
+threshold on its logit is chosen on frontal validation views only, so the
+refusal rate of the held-out lateral views and the acceptance rate of the
+frontal test views are honest estimates.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+VIEW_CHECK_VERSION = 1
+THUMB = 24
+HOG_SIZE = 64
+HOG_CELLS = 4
+HOG_BINS = 9
+LATERAL_MESSAGE = "this looks like a lateral view; upload a frontal (PA/AP) chest X-ray."
+
+
+def _resize(gray: np.ndarray, size: int) -> np.ndarray:
+    image = Image.fromarray(np.asarray(gray, dtype=np.float32), mode="F")
+    return np.asarray(image.resize((size, size), Image.Resampling.BOX), dtype=np.float32)
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    a = a - a.mean()
+    b = b - b.mean()
+    denominator = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / denominator) if denominator > 1e-9 else 0.0
+
+
+def _orientation_histograms(mid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(HOG_CELLS^2 x HOG_BINS magnitude-weighted unsigned orientation histograms,
+    gradient magnitude image) of a square image."""
+    gy, gx = np.gradient(mid)
+    magnitude = np.hypot(gx, gy)
+    angle = np.mod(np.arctan2(gy, gx), np.pi)
+    bins = np.minimum((angle / np.pi * HOG_BINS).astype(np.int64), HOG_BINS - 1)
+    cell = mid.shape[0] // HOG_CELLS
+    rows = np.arange(mid.shape[0]) // cell
+    cols = np.arange(mid.shape[1]) // cell
+    cell_index = rows[:, None] * HOG_CELLS + cols[None, :]
+    flat = (cell_index * HOG_BINS + bins).ravel()
+    hist = np.bincount(flat, weights=magnitude.ravel(), minlength=HOG_CELLS**2 * HOG_BINS)
+    total = float(np.sqrt((hist**2).sum()))
+    return (hist / total if total > 1e-9 else hist).astype(np.float32), magnitude
+
+
+def features(gray: np.ndarray) -> np.ndarray:
+    """Frontal-vs-lateral features of a grayscale image in [0, 1] (H x W, any size)."""
+    gray = np.asarray(gray, dtype=np.float32)
+    height, width = gray.shape
+    thumb = np.clip(_resize(gray, THUMB), 0.0, 1.0)
+    normalised = (thumb - thumb.mean()) / (float(thumb.std()) + 0.02)
+    mid = np.clip(_resize(gray, HOG_SIZE), 0.0, 1.0)
+    hog, magnitude = _orientation_histograms(mid)
+    symmetry = [
+        _correlation(normalised, normalised[:, ::-1]),
+        _correlation(magnitude, magnitude[:, ::-1]),
+    ]
+    return np.concatenate(
+        [normalised.ravel(), np.sqrt(hog), symmetry, [np.log(width / height)]]
+    ).astype(np.float32)
+
+
+@dataclass
+class ViewCheck:
+    """A linear score (logit of "lateral") and its threshold; numpy only."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    weights: np.ndarray
+    bias: float
+    threshold: float
+    card: dict = field(default_factory=dict)
+
+    def scores(self, feats: np.ndarray) -> np.ndarray:
+        z = (np.asarray(feats, dtype=np.float32) - self.mean) / self.scale
+        return z @ self.weights + self.bias
+
+    def score(self, gray: np.ndarray) -> float:
+        return float(self.scores(features(gray)[np.newaxis])[0])
+
+    def is_lateral(self, gray: np.ndarray) -> bool:
+        # NaN (a degenerate image) is not called lateral: other checks handle it.
+        return bool(self.score(gray) > self.threshold)
+
+    def save(self, path: Path) -> None:
+        path = Path(path)
+        np.savez_compressed(
+            path,
+            mean=self.mean,
+            scale=self.scale,
+            weights=self.weights,
+            bias=np.float64(self.bias),
+            threshold=np.float64(self.threshold),
+        )
+        path.with_suffix(".json").write_text(json.dumps(self.card, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> ViewCheck:
+        path = Path(path)
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+        card_path = path.with_suffix(".json")
+        card = json.loads(card_path.read_text()) if card_path.exists() else {}
+        check = cls(
+            mean=arrays["mean"],
+            scale=arrays["scale"],
+            weights=arrays["weights"],
+            bias=float(arrays["bias"]),
+            threshold=float(arrays["threshold"]),
+            card=card,
+        )
+        expected = len(features(np.zeros((THUMB * 2, THUMB * 2), dtype=np.float32)))
+        if check.weights.shape != (expected,) or check.mean.shape != (expected,):
+            raise ValueError(
+                f"{path}: view check for {check.weights.shape} features; this code makes "
+                f"{expected} (refit with python -m ml view-fit)."
+            )
+        return check
+
+
+def fit_view_check(
+    frontal_train: np.ndarray,
+    lateral_fit: np.ndarray,
+    frontal_val: np.ndarray,
+    *,
+    c: float = 0.05,
+    val_quantile: float = 1.0,
+    margin: float = 1.0,
+) -> ViewCheck:
+    """Fit the logistic regression; threshold = the ``val_quantile`` quantile of the
+    frontal validation logits plus ``margin`` (default: one logit unit above the
+    most lateral-looking validation frontal view)."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.concatenate([frontal_train, lateral_fit])
+    y = np.concatenate([np.zeros(len(frontal_train)), np.ones(len(lateral_fit))])
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0) + 1e-3
+    model = LogisticRegression(C=c, class_weight="balanced", max_iter=5000)
+    model.fit((x - mean) / scale, y)
+    check = ViewCheck(
+        mean=mean.astype(np.float32),
+        scale=scale.astype(np.float32),
+        weights=model.coef_[0].astype(np.float32),
+        bias=float(model.intercept_[0]),
+        threshold=0.0,
+    )
+    val_scores = check.scores(frontal_val)
+    check.threshold = float(np.quantile(val_scores, val_quantile) + margin)
+    check.card = {
+        "view_check_version": VIEW_CHECK_VERSION,
+        "features": (
+            f"{THUMB}x{THUMB} contrast-normalised box thumbnail, left-right symmetry of it and "
+            f"of its gradient magnitude, {HOG_CELLS}x{HOG_CELLS} cells x {HOG_BINS} "
+            f"orientations sqrt gradient histogram at {HOG_SIZE} px, log aspect ratio "
+            f"({len(mean)} features)"
+        ),
+        "model": f"logistic regression (scikit-learn), L2, C={c}, class_weight=balanced, "
+        "standardised features, fitted on the images and their mirror images",
+        "score": "logit of 'lateral'; refused when above the threshold",
+        "threshold": check.threshold,
+        "threshold_rule": f"quantile {val_quantile} of frontal validation logits + {margin}",
+        "val_frontal_score_max": float(val_scores.max()),
+    }
+    return check
+
+
+# -- fitting and evaluation on the shared data ------------------------------------------
+
+
+def image_features(image: Image.Image) -> np.ndarray:
+    """Features of an opened image, as the web process sees it."""
+    from ml.data.preprocess import to_unit_gray
+
+    return features(to_unit_gray(image))
+
+
+def _features_of_paths(
+    paths: list[Path], *, mirrored: bool = False, progress: bool = False
+) -> np.ndarray:
+    """Features of each image (and, with ``mirrored``, of its mirror image after it)."""
+    from ml.data.preprocess import open_image, to_unit_gray
+
+    iterator = paths
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(paths, unit="image", leave=False)
+    rows = []
+    for path in iterator:
+        with open_image(path) as image:
+            gray = to_unit_gray(image)
+        rows.append(features(gray))
+        if mirrored:
+            rows.append(features(gray[:, ::-1]))
+    return np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class LateralView:
+    path: Path
+    patient: str
+    license: str
+
+
+def lateral_views(folder: Path) -> list[LateralView]:
+    """The lateral views of a ``lateral-views`` folder (``labels.csv`` + ``images/``)."""
+    folder = Path(folder)
+    labels = folder / "labels.csv"
+    if not labels.exists():
+        raise FileNotFoundError(f"{labels} not found (expected the shared lateral-views folder).")
+    with labels.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    views = [
+        LateralView(folder / "images" / row["filename"], row["patient_id"], row["license"])
+        for row in rows
+    ]
+    missing = [v.path.name for v in views if not v.path.exists()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} lateral images missing, e.g. {missing[0]}")
+    return views
+
+
+def split_by_patient(
+    views: list[LateralView], *, seed: int = 0
+) -> tuple[list[LateralView], list[LateralView]]:
+    """(fitting half, held-out half) of the lateral views; no patient in both."""
+    patients = sorted({v.patient for v in views})
+    order = np.random.default_rng(seed).permutation(len(patients))
+    fitting = {patients[i] for i in order[: len(patients) // 2]}
+    return (
+        [v for v in views if v.patient in fitting],
+        [v for v in views if v.patient not in fitting],
+    )
+
+
+def frontal_paths(data_dirs: list[Path], splits_csv: Path) -> dict[str, list[Path]]:
+    """Image paths per split ("train", "val", "test") of a model's patient-level split.
+
+    A split file names images ``<source>/<file name>``; an image is found under
+    its loader's source name or, when the loader names the source differently
+    from the split file (the NIH folders became one source, ``nih-cxr14``),
+    under its data folder's name.
+    """
+    from ml.data.loaders import load_many
+
+    with Path(splits_csv).open(newline="") as fh:
+        split_of = {row["key"]: row["split"] for row in csv.DictReader(fh)}
+    paths: dict[str, list[Path]] = {"train": [], "val": [], "test": []}
+    for folder in data_dirs:
+        for record in load_many([folder]).records:
+            split = split_of.get(record.key) or split_of.get(
+                f"{Path(folder).name}/{record.path.name}"
+            )
+            if split in paths:
+                paths[split].append(record.path)
+    found = sum(len(p) for p in paths.values())
+    if found < len(split_of):
+        log.warning("%d of the %d images in %s not found", len(split_of) - found,
+                    len(split_of), Path(splits_csv).name)  # fmt: skip
+    return paths
+
+
+def fit_from_shared_data(
+    data_dirs: list[Path],
+    splits_csv: Path,
+    lateral_dir: Path,
+    *,
+    seed: int = 0,
+    extra_frontal: list[Path] | None = None,
+    progress: bool = False,
+) -> tuple[ViewCheck, dict[str, object]]:
+    """Fit on frontal train + fitting laterals, threshold on frontal val, measure the rest.
+
+    ``extra_frontal``: folders of frontal views used in no way for fitting (e.g.
+    the NIH adult pneumonia set), measured as a further acceptance check.
+    """
+    frontal = frontal_paths(data_dirs, splits_csv)
+    fitting, held_out = split_by_patient(lateral_views(lateral_dir), seed=seed)
+    feats = {
+        split: _features_of_paths(paths, mirrored=split == "train", progress=progress)
+        for split, paths in frontal.items()
+    }
+    lateral_fit = _features_of_paths([v.path for v in fitting], mirrored=True, progress=progress)
+    check = fit_view_check(feats["train"], lateral_fit, feats["val"])
+    held_out_feats = _features_of_paths([v.path for v in held_out], progress=progress)
+    measured: dict[str, object] = {}
+    for split in ("train", "val", "test"):
+        split_feats = feats[split][::2] if split == "train" else feats[split]  # not the mirrors
+        accepted = check.scores(split_feats) <= check.threshold
+        measured[f"frontal_{split}_accepted"] = [int(accepted.sum()), len(accepted)]
+    fit_refused = check.scores(lateral_fit[::2]) > check.threshold
+    measured["lateral_fit_refused"] = [int(fit_refused.sum()), len(fit_refused)]
+    held_scores = check.scores(held_out_feats)
+    refused = held_scores > check.threshold
+    measured["lateral_held_out_refused"] = [int(refused.sum()), len(refused)]
+    measured["lateral_held_out_missed"] = [
+        v.path.name for v, r in zip(held_out, refused, strict=True) if not r
+    ]
+    if extra_frontal:
+        from ml.data.loaders import load_many
+
+        paths = [r.path for r in load_many(extra_frontal).records]
+        accepted = check.scores(_features_of_paths(paths, progress=progress)) <= check.threshold
+        measured["frontal_unseen_sources_accepted"] = [int(accepted.sum()), len(accepted)]
+        measured["frontal_unseen_sources"] = [Path(d).name for d in extra_frontal]
+    check.card["fitted_on"] = {
+        "frontal_train_images": len(frontal["train"]),
+        "frontal_val_images_for_threshold": len(frontal["val"]),
+        "splits_csv": Path(splits_csv).name,
+        "data": [Path(d).name for d in data_dirs],
+        "lateral_views_total": len(fitting) + len(held_out),
+        "lateral_patients_total": len({v.patient for v in fitting + held_out}),
+        "lateral_fit_images": len(fitting),
+        "lateral_fit_patients": len({v.patient for v in fitting}),
+        "lateral_held_out_images": len(held_out),
+        "lateral_held_out_patients": len({v.patient for v in held_out}),
+        "lateral_split_seed": seed,
+        "lateral_held_out_files": sorted(v.path.name for v in held_out),
+    }
+    check.card["measured"] = measured
+    return check, measured
