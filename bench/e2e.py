@@ -55,7 +55,10 @@ FINISHED = {"done", "failed"}
 
 
 def _load_client_module():
-    spec = importlib.util.spec_from_file_location("api_client", ROOT / "examples" / "api_client.py")
+    path = ROOT / "examples" / "api_client.py"
+    spec = importlib.util.spec_from_file_location("api_client", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -255,6 +258,11 @@ def _prediction(case: dict) -> dict | None:
     return image.get("prediction")
 
 
+def _prediction_done(case: dict) -> bool:
+    prediction = _prediction(case)
+    return prediction is not None and prediction["status"] == "done"
+
+
 def _wait_case(client, case_id: int, timeout: float = 120, interval: float = 0.025) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -285,7 +293,7 @@ def upload_latency(client, n: int) -> dict:
         case = client.create_case([image])
         done = _wait_case(client, case["id"])
         samples.append((time.perf_counter() - start) * 1000)
-        failed += _prediction(done)["status"] != "done"
+        failed += not _prediction_done(done)
         _wait_gradcam(client, case["id"])
     return {**summary(samples, "ms", digits=1), "failed": failed}
 
@@ -297,7 +305,7 @@ def throughput(client, n: int, clients: int = 4) -> dict:
     uploaded = time.perf_counter() - start
     results = [_wait_case(client, case["id"], timeout=300, interval=0.1) for case in cases]
     seconds = time.perf_counter() - start
-    failed = sum(_prediction(case)["status"] != "done" for case in results)
+    failed = sum(not _prediction_done(case) for case in results)
     return {
         "images": n,
         "seconds": round(seconds, 2),

@@ -20,6 +20,7 @@ import statistics
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -207,7 +208,7 @@ def main() -> None:
         ]
         for name, grid in (("pixels", None), (f"{cells}x{cells} cells", cells))
     }
-    per_method = {}
+    per_method: dict[str, dict[str, Any]] = {}
     for method in METHODS:
         explain(model, images[0], method, target_class=targets[0])  # warm-up: tracing
         seconds, deletion, insertion = [], [], []
@@ -242,7 +243,7 @@ def main() -> None:
     cascading = randomisation_check(model, sanity_images, "gradcam", mode="cascading")
     print(f"  randomisation check: done ({time.perf_counter() - started:.0f} s)")
 
-    results = {
+    results: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "model": {"name": card.get("name", model_path.stem), "sha256": card.get("sha256")},
         "images": {"source": image_source, "n": len(images)},

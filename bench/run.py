@@ -51,7 +51,7 @@ def _timed(name: str, fn, results: dict) -> None:
 
 
 def run() -> dict:
-    from bench import e2e, explain, inference, training
+    from bench import e2e, explain, inference, lungs, training
 
     results: dict = {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -60,6 +60,7 @@ def run() -> dict:
     }
     parts: dict = {}
     _timed("inference", lambda: inference.measure(repeats=100), parts)
+    _timed("lungs", lambda: lungs.measure(repeats=100), parts)
     _timed("explain", lambda: explain.speed(max_images=6, occlusion_images=3), parts)
     _timed("e2e", lambda: e2e.measure(n_latency=12, n_burst=16), parts)
     _timed("training", training.measure, parts)
@@ -94,6 +95,20 @@ def markdown(r: dict) -> str:
             f"({inf['predict_over_direct_ratio']}x)",
         ),
     ]
+    if "lungs" in r:
+        lu = r["lungs"]
+        rows.append(
+            _row(
+                f"warm lung segmentation at {lu['model']['input_size']} px "
+                "(LungSegmenter.segment_gray), p50 / p95",
+                f"{lu['segment_at_input_size']['p50_ms']} / "
+                f"{lu['segment_at_input_size']['p95_ms']} ms (model alone "
+                f"{lu['model_call']['p50_ms']} ms; 1024 px film "
+                f"{lu['segment_original_resolution']['p50_ms']} ms)",
+                f"p50 <= {lu['target_ms']:.0f} ms",
+                lu["target_met"],
+            )
+        )
     for method, row in ex["seconds_per_image"].items():
         rows.append(_row(f"explanation `{method}`, p50 per image", f"{row['p50_s']} s"))
     rows += [

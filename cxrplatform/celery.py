@@ -3,6 +3,10 @@
 Queues are split by the kind of work so each can be scaled on its own
 machines: ``inference`` (fast, latency-sensitive), ``explain`` (heavier),
 ``training`` (hours) and ``default`` (housekeeping).
+
+Job kinds, the one stuck-job sweeper and enqueueing by task name live in
+``cxrplatform.jobs``; the worker's model warm-up is wired by the model
+registry's app config (``apps.models.apps``).
 """
 
 from __future__ import annotations
@@ -11,7 +15,6 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from celery.signals import worker_process_init
 from django.conf import settings
 from kombu import Exchange, Queue
 
@@ -82,18 +85,3 @@ def platform_task(
         )(func)
 
     return decorator
-
-
-@worker_process_init.connect
-def _warm_up_model(**_kwargs: Any) -> None:
-    """Load the production model when a worker process starts, not on its first task.
-
-    Only for workers that consume the ``inference`` queue (set by
-    ``CXR_WARM_MODEL=1``, which the Procfile and docker-compose set), so
-    training and housekeeping workers do not pay for TensorFlow.
-    """
-    if os.environ.get("CXR_WARM_MODEL", "0") != "1":
-        return
-    from apps.models.serving import warm_up
-
-    warm_up()

@@ -8,6 +8,7 @@ into a silently wrong default hours later, so every helper raises
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -79,6 +80,34 @@ def env_int(
     return result
 
 
+def env_float(
+    name: str,
+    default: float,
+    *,
+    min_value: float | None = None,
+    max_value: float | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> float:
+    """A finite number; ``default`` when unset; error on text, NaN, infinity or out of range."""
+    value = _raw(name, environ)
+    if value is None or value == "":
+        result = default
+    else:
+        try:
+            result = float(value)
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"Environment variable {name}={value!r} is not a number."
+            ) from None
+        if not math.isfinite(result):
+            raise ImproperlyConfigured(f"Environment variable {name}={value!r} is not finite.")
+    if min_value is not None and result < min_value:
+        raise ImproperlyConfigured(f"Environment variable {name}={result} is below {min_value}.")
+    if max_value is not None and result > max_value:
+        raise ImproperlyConfigured(f"Environment variable {name}={result} is above {max_value}.")
+    return result
+
+
 def env_list(
     name: str, default: list[str], *, environ: Mapping[str, str] | None = None
 ) -> list[str]:
@@ -108,7 +137,7 @@ def env_path(name: str, default: Path, *, environ: Mapping[str, str] | None = No
 
 def env_database(
     name: str, default: str, *, environ: Mapping[str, str] | None = None
-) -> dict[str, object]:
+) -> dj_database_url.DBConfig:
     """A database URL (``postgres://…`` or ``sqlite:///…``) parsed into Django's dict."""
     url = env_str(name, default, environ=environ)
     try:

@@ -1,25 +1,61 @@
-"""Jobs as state machines: pending -> running -> done | failed.
+"""Jobs as state machines: pending -> running -> done | failed, and their one registry.
 
-Prediction, Explanation (and later TrainingRun) share this base so every job
-has the same timestamps, error field and one path per transition, and the
-beat sweeper can treat them alike (grand-challenge ``ComponentJob``).
+Every job kind (Prediction, Explanation, Inspection, TrainingRun, and every new
+one) subclasses the abstract ``Job``: the same timestamps, error field and one
+path per transition. A concrete subclass declares ``job_kind = JobKind(...)``:
+the Celery task that runs it, that task's queue (and so its time limits) and
+the keyword the task takes the primary key as. That declaration is the
+registration: ``enqueue_job`` sends any job by its task's registered name, and
+the one beat task ``sweep_stuck_jobs`` sweeps every registered kind, so a new
+kind gets queueing, requeueing and the stuck-job sweep for free (grand-challenge
+``ComponentJob`` and its generic tasks keyed by app label and model name).
+A concrete Job without a ``job_kind`` fails the system checks (``jobs.E001``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import DatabaseError, models, transaction
+from django.core import checks
+from django.db import DatabaseError, InterfaceError, OperationalError, models, transaction
+from django.db.models.signals import class_prepared
 from django.utils import timezone
 
+from cxrplatform.celery import QUEUES, app, platform_task
+
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """What a concrete ``Job`` declares so the platform can run, requeue and sweep it.
+
+    ``task`` is the registered Celery task name (declared with ``platform_task``
+    on ``queue``); the task takes the job's primary key as ``pk_kwarg``. The
+    queue sets the limits: the task's hard time limit is the queue's
+    (``settings.CXR_TASK_HARD_LIMITS``), and the sweeper fails a job still
+    ``running`` past that limit plus ``RUNNING_GRACE``.
+    """
+
+    task: str
+    queue: str
+    pk_kwarg: str
+
+    def __post_init__(self) -> None:
+        if self.queue not in QUEUES:
+            raise ValueError(f"Unknown queue {self.queue!r}; expected one of {QUEUES}.")
+
+    @property
+    def hard_limit_seconds(self) -> int:
+        return settings.CXR_TASK_HARD_LIMITS[self.queue]
 
 
 class JobStatus(models.TextChoices):
@@ -31,6 +67,8 @@ class JobStatus(models.TextChoices):
 
 class Job(models.Model):
     Status = JobStatus
+    # Set on every concrete subclass; the registry and the system check read it.
+    job_kind: ClassVar[JobKind | None] = None
 
     status = models.CharField(max_length=20, choices=JobStatus.choices, default=JobStatus.PENDING)
     error = models.TextField(blank=True)
@@ -84,27 +122,91 @@ class Job(models.Model):
         self.save(update_fields=["status", "started_at", "finished_at"])
 
 
-def enqueue_on_commit(task: Any, **kwargs: Any) -> None:
-    """Send ``task`` with ``kwargs`` once the surrounding transaction commits.
+# Concrete Job models by label ("cases.prediction"), filled as each class is prepared.
+_REGISTRY: dict[str, type[Job]] = {}
 
-    If the broker cannot be reached at that moment (Redis restarting), the
-    data is already committed and must stay so: the error is logged, not
-    raised into the request that stored the upload, and the job stays
-    ``pending`` until the beat sweeper (``sweep_stuck``) queues it again.
+
+def _register(sender: type[models.Model], **_kwargs: Any) -> None:
+    if issubclass(sender, Job) and not sender._meta.proxy and sender.job_kind is not None:
+        _REGISTRY[sender._meta.label_lower] = sender
+
+
+class_prepared.connect(_register, dispatch_uid="cxrplatform.jobs.register")
+
+
+def registered_jobs() -> dict[str, type[Job]]:
+    """Every registered job model, by label (``app_label.modelname``)."""
+    return dict(sorted(_REGISTRY.items()))
+
+
+@checks.register()
+def check_every_job_is_registered(app_configs=None, **_kwargs: Any) -> list[checks.CheckMessage]:
+    """System check ``jobs.E001``: a concrete Job without a ``job_kind`` is never swept."""
+    from django.apps import apps
+
+    if app_configs is None:
+        candidates = apps.get_models()
+    else:
+        candidates = [model for config in app_configs for model in config.get_models()]
+    return [
+        checks.Error(
+            f"{model._meta.label} is a Job but declares no job_kind, so nothing queues or "
+            "sweeps it.",
+            hint="Add job_kind = JobKind(task=..., queue=..., pk_kwarg=...) to the model.",
+            obj=model,
+            id="jobs.E001",
+        )
+        for model in candidates
+        if issubclass(model, Job) and not model._meta.proxy and model.job_kind is None
+    ]
+
+
+def registered_task(name: str) -> Any:
+    """The Celery task registered as ``name``.
+
+    A worker imports every app's ``tasks`` module when it starts; a web process
+    never imports them (services queue by name), so the first lookup there
+    discovers them. The task carries its own queue (routing) and options.
     """
+    if name not in app.tasks:
+        app.autodiscover_tasks(force=True)
+    try:
+        return app.tasks[name]
+    except KeyError:
+        raise LookupError(f"No Celery task is registered as {name!r}.") from None
+
+
+def enqueue_on_commit(task: str, **kwargs: Any) -> None:
+    """Send the task registered as ``task`` with ``kwargs`` once the transaction commits.
+
+    The task is looked up by name, so services never import tasks modules. If
+    the broker cannot be reached at that moment (Redis restarting), the data is
+    already committed and must stay so: the error is logged, not raised into
+    the request that stored the upload, and the job stays ``pending`` until the
+    beat sweeper (``sweep_stuck_jobs``) queues it again.
+    """
+    registered = registered_task(task)  # a wrong name fails here, not after the commit
 
     def send() -> None:
         try:
-            task.apply_async(kwargs=kwargs)
+            registered.apply_async(kwargs=kwargs)
         except Exception:
             log.warning(
                 "could not queue %s%s (broker unreachable?); the sweeper will queue it again",
-                task.name,
+                task,
                 kwargs,
                 exc_info=True,
             )
 
     transaction.on_commit(send)
+
+
+def enqueue_job(job: Job) -> None:
+    """Queue the task that runs ``job`` (its kind's), once the transaction commits."""
+    kind = type(job).job_kind
+    if kind is None:
+        raise TypeError(f"{type(job).__name__} declares no job_kind; it cannot be queued.")
+    enqueue_on_commit(kind.task, **{kind.pk_kwarg: job.pk})
 
 
 def claim_job(model: type[Job], pk: int, *, related: tuple[str, ...] = ()) -> Job | None:
@@ -158,15 +260,13 @@ def failure_recorded(job: Job, *, what: str) -> Iterator[None]:
 RUNNING_GRACE = timedelta(seconds=60)
 
 
-def sweep_stuck(
-    model: type[Job],
-    *,
-    hard_limit_seconds: int,
-    enqueue: Callable[[Job], None],
-    now=None,
-) -> dict[str, int]:
+def sweep_stuck(model: type[Job], *, now=None) -> dict[str, int]:
     """Fail jobs whose worker vanished; requeue jobs that never reached a worker."""
+    kind = model.job_kind
+    if kind is None:
+        raise TypeError(f"{model.__name__} declares no job_kind; it cannot be swept.")
     now = now or timezone.now()
+    hard_limit_seconds = kind.hard_limit_seconds
     hard = timedelta(seconds=hard_limit_seconds)
     failed = 0
     stuck = model.objects.filter(
@@ -188,10 +288,22 @@ def sweep_stuck(
         created_at__lt=now - timedelta(seconds=settings.CXR_PENDING_REQUEUE_SECONDS),
     ):
         with transaction.atomic():
-            enqueue(job)
+            enqueue_job(job)
         requeued += 1
     if failed or requeued:
         log.warning(
             "sweep %s: %d stuck job(s) failed, %d requeued", model.__name__, failed, requeued
         )
     return {"failed": failed, "requeued": requeued}
+
+
+def sweep_all(*, now=None) -> dict[str, dict[str, int]]:
+    """Sweep every registered job kind; the result is keyed by model label."""
+    now = now or timezone.now()
+    return {label: sweep_stuck(model, now=now) for label, model in registered_jobs().items()}
+
+
+@platform_task(queue="default", retry_for=(OperationalError, InterfaceError))
+def sweep_stuck_jobs(self) -> dict[str, dict[str, int]]:
+    """Celery beat, every ``CXR_STUCK_SWEEP_SECONDS``: the one sweeper of every job kind."""
+    return sweep_all()

@@ -21,6 +21,7 @@ from urllib.parse import quote
 from django.conf import settings
 from django.db.models.fields.files import FieldFile
 from django.http import FileResponse, Http404, HttpResponse
+from django.http.response import HttpResponseBase
 from django.utils.http import content_disposition_header
 
 CACHE_CONTROL = "private, no-store"
@@ -28,7 +29,7 @@ CACHE_CONTROL = "private, no-store"
 
 def protected_file_response(
     field_file: FieldFile, content_type: str, download_name: str | None = None
-) -> HttpResponse:
+) -> HttpResponseBase:
     """The file's bytes (or an X-Accel-Redirect to them) for a user already authorised.
 
     The caller has checked access; this function only decides *how* the bytes
@@ -39,7 +40,7 @@ def protected_file_response(
         raise Http404("No file is stored for this item.")
     prefix = settings.CXR_PROTECTED_MEDIA_ACCEL_PREFIX
     if prefix:
-        response: HttpResponse = HttpResponse(content_type=content_type)
+        response: HttpResponseBase = HttpResponse(content_type=content_type)
         # Storage names are generated (random hex, no user input); quote anyway.
         response["X-Accel-Redirect"] = prefix.rstrip("/") + "/" + quote(field_file.name)
     else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -18,6 +19,7 @@ from cxrplatform.env import (
     env_bool,
     env_broker_url,
     env_database,
+    env_float,
     env_int,
     env_list,
     env_path,
@@ -115,7 +117,7 @@ STATIC_ROOT = env_path("STATIC_ROOT", VAR_DIR / "static")
 STATICFILES_DIRS = [BASE_DIR / "static"]
 MEDIA_URL = "media/"
 MEDIA_ROOT = env_path("MEDIA_ROOT", VAR_DIR / "media")
-STORAGES = {
+STORAGES: dict[str, dict[str, Any]] = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
@@ -158,6 +160,16 @@ DATA_UPLOAD_MAX_NUMBER_FILES = CXR_MAX_IMAGES_PER_CASE
 # "off" turns the gate off (only for development with synthetic images).
 _OOD_GATE = env_str("CXR_OOD_GATE", default=str(BASE_DIR / "ml" / "bundled" / "ood-gate.npz"))
 CXR_OOD_GATE = None if _OOD_GATE.strip().lower() in {"", "off", "none"} else Path(_OOD_GATE)
+# View check (apps.cases.validation, after the gate): refuses lateral views. A path
+# to the fitted check (`python -m ml view-fit`); "off" turns it off.
+_VIEW_CHECK = env_str("CXR_VIEW_CHECK", default=str(BASE_DIR / "ml" / "bundled" / "view-check.npz"))
+CXR_VIEW_CHECK = None if _VIEW_CHECK.strip().lower() in {"", "off", "none"} else Path(_VIEW_CHECK)
+# Lung segmentation model (apps.cases.lungs, worker only): every prediction gets
+# the image's lung mask. "off" turns it off (predictions then say so).
+_LUNG_MODEL = env_str(
+    "CXR_LUNG_MODEL", default=str(BASE_DIR / "ml" / "bundled" / "lung-unet.keras")
+)
+CXR_LUNG_MODEL = None if _LUNG_MODEL.strip().lower() in {"", "off", "none"} else Path(_LUNG_MODEL)
 # Key of the keyed hash (HMAC-SHA256) that turns a DICOM PatientID into the
 # pseudonymous patient reference. Derived from SECRET_KEY when unset; set it
 # explicitly so pseudonyms survive a SECRET_KEY rotation.
@@ -171,6 +183,16 @@ CXR_TRAINING_EPOCHS = env_int("CXR_TRAINING_EPOCHS", default=60, min_value=1)
 # Promote a new candidate automatically only when no tracked metric (macro-F1,
 # per-class precision and recall) is worse than production's on the same test split.
 CXR_AUTO_PROMOTE = env_bool("CXR_AUTO_PROMOTE", default=False)
+# Shortcut gate (apps.models.services.shortcut_gate_refusals), for every promotion:
+# refuse a candidate whose lungs-blanked accuracy exceeds production's by more than
+# this, or whose lowest per-source Grad-CAM mass in the lungs is below production's
+# by more than this (both shares, 0..1).
+CXR_GATE_BLANKED_ACC_TOLERANCE = env_float(
+    "CXR_GATE_BLANKED_ACC_TOLERANCE", default=0.0, min_value=0.0, max_value=1.0
+)
+CXR_GATE_LUNG_MASS_TOLERANCE = env_float(
+    "CXR_GATE_LUNG_MASS_TOLERANCE", default=0.0, min_value=0.0, max_value=1.0
+)
 
 # The model that `register_model --bundled` puts into the registry.
 CXR_BUNDLED_MODEL = env_path("CXR_BUNDLED_MODEL", BASE_DIR / "ml" / "bundled" / "cxr-compact.keras")
@@ -255,24 +277,15 @@ CXR_TEST_PAUSE_AFTER_RUNNING_SECONDS = env_int(
     "CXR_TEST_PAUSE_AFTER_RUNNING_SECONDS", default=0, min_value=0, max_value=120
 )
 CELERY_BEAT_SCHEDULE = {
-    "sweep-stuck-predictions": {
-        "task": "apps.cases.tasks.sweep_stuck_predictions",
+    # One sweeper for every registered job kind (cxrplatform.jobs.registered_jobs).
+    "sweep-stuck-jobs": {
+        "task": "cxrplatform.jobs.sweep_stuck_jobs",
         "schedule": float(CXR_STUCK_SWEEP_SECONDS),
         "options": {"queue": "default"},
     },
     "retrain-when-enough-labels": {
         "task": "apps.models.tasks.retrain_if_enough_labels",
         "schedule": float(CXR_RETRAIN_CHECK_SECONDS),
-        "options": {"queue": "default"},
-    },
-    "sweep-stuck-explanations": {
-        "task": "apps.explain.tasks.sweep_stuck_explanations",
-        "schedule": float(CXR_STUCK_SWEEP_SECONDS),
-        "options": {"queue": "default"},
-    },
-    "sweep-stuck-training-runs": {
-        "task": "apps.models.tasks.sweep_stuck_training_runs",
-        "schedule": float(CXR_STUCK_SWEEP_SECONDS),
         "options": {"queue": "default"},
     },
 }

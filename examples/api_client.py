@@ -186,8 +186,11 @@ def main(argv: list[str] | None = None) -> int:
             probabilities = ", ".join(
                 f"{label} {prediction['probabilities'][label]:.3f}" for label in CLASSES
             )
+            gradcam = _gradcam(image)
+            if gradcam is None:  # wait_for_results waits for one on every image
+                raise ApiError(f"image {image['id']}: no Grad-CAM")
             overlay = client.download(
-                _gradcam(image)["overlay_url"],
+                gradcam["overlay_url"],
                 args.out / f"case{case['id']}-image{image['id']}-gradcam.png",
             )
             print(

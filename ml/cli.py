@@ -8,8 +8,11 @@ python -m ml explain --model M --method gradcam IMAGE... --out DIR   heatmaps + 
 python -m ml sanity --model M --method gradcam IMAGE... [--json]     randomisation check
 python -m ml ood-fit --data DIR... [--out ml/bundled/ood-gate.npz]  fit the input gate
 python -m ml ood-eval --data DIR... [--gate G] [--json]             measure it
+python -m ml view-fit --data DIR... --laterals DIR [--out O]    fit the frontal/lateral check
+python -m ml view-eval --data DIR... --laterals DIR [--check C] [--json]  measure it
 python -m ml study --data DIR... --out DIR [--quick]              split/size/parameter study
 python -m ml heatmap-study --data DIR... --out DIR               heatmaps vs lungs, faithfulness
+python -m ml lungs train|evaluate|predict ...                    lung segmentation U-Net
 """
 
 from __future__ import annotations
@@ -60,14 +63,24 @@ def cmd_train(args: argparse.Namespace) -> int:
         size = min(args.limit, len(dataset.records))
         keep = rng.choice(len(dataset.records), size=size, replace=False)
         dataset.records = [dataset.records[i] for i in sorted(keep)]
-    result = train(dataset, args.out, config, progress=not args.quiet, name=args.name)
+    result = train(
+        dataset,
+        args.out,
+        config,
+        progress=not args.quiet,
+        name=args.name,
+        cache=getattr(args, "cache", None),
+    )
     m = result.metrics
-    covid = m["per_class"]["covid19"]
+    covid = m.per_class["covid19"]
     print(f"model:    {result.artifact}")
     print(f"report:   {result.report_dir / 'report.md'}")
-    low, high = m["macro_f1_ci"]
-    print(f"macro-F1: {m['macro_f1']:.3f} (95% CI {low:.3f}-{high:.3f})")
-    print(f"COVID-19: precision {covid['precision']:.3f}, recall {covid['recall']:.3f}")
+    ci = f" (95% CI {m.macro_f1_ci[0]:.3f}-{m.macro_f1_ci[1]:.3f})" if m.macro_f1_ci else ""
+    print(f"macro-F1: {m.macro_f1:.3f}{ci}")
+    print(f"COVID-19: precision {covid.precision:.3f}, recall {covid.recall:.3f}")
+    if m.shortcuts is not None:
+        for check in m.shortcuts.checks():
+            print(f"shortcut: {check}")
     print(
         f"training: {result.card['training']['seconds']} s, "
         f"{result.card['training']['seconds_per_epoch']} s/epoch"
@@ -79,8 +92,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ml.data.loaders import load_many
     from ml.data.splits import split_records
     from ml.models.artifacts import read_card
-    from ml.models.evaluation import evaluate_predictions, write_report
-    from ml.models.training import classifier_probabilities
+    from ml.models.evaluation import write_report
     from ml.serving.classifier import Classifier
 
     card = read_card(args.model)
@@ -106,15 +118,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             level=split["level"],
         )
         records = [r for r, name in zip(records, names, strict=True) if name == args.split]
-    probs = classifier_probabilities(classifier, records, progress=not args.quiet)
+    result, probs = _evaluate_records(classifier, records, args)
     y_true = [r.label for r in records]
-    result = evaluate_predictions(
-        y_true,
-        probs,
-        classifier.classes,
-        sources=[r.source for r in records],
-        n_bootstrap=args.bootstrap,
-    )
     paths = write_report(
         result,
         y_true,
@@ -123,12 +128,37 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.out,
         title=f"{Path(args.model).stem}: {args.split} split",
     )
-    print(
-        f"n={result['n']} macro-F1 {result['macro_f1']:.3f} "
-        f"(95% CI {result['macro_f1_ci'][0]:.3f}-{result['macro_f1_ci'][1]:.3f})"
-    )
+    ci = result.macro_f1_ci
+    ci_text = f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""
+    print(f"n={result.n} macro-F1 {result.macro_f1:.3f}{ci_text}")
+    if result.shortcuts is not None:
+        for check in result.shortcuts.checks():
+            print(f"shortcut: {check}")
     print(f"report: {paths['markdown']}")
     return 0
+
+
+def _evaluate_records(classifier, records, args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """Metrics of a loaded classifier on records, with the shortcut tests when the lung
+    segmenter is there (every v2 model has it; v1 models are measured with it too)."""
+    import numpy as np
+
+    from ml.data.labels import CLASSES
+    from ml.models.arrays import prepare_arrays
+    from ml.models.training import evaluate_split, fit_data, load_segmenter
+
+    segmenter = classifier.segmenter if classifier.needs_lungs else load_segmenter(False)
+    arrays = prepare_arrays(records, classifier.spec, segmenter=segmenter, progress=not args.quiet)
+    y_all = np.array([CLASSES.index(r.label) for r in records], dtype=np.int32)
+    data = fit_data(arrays, records, list(range(len(records))), y_all)
+    return evaluate_split(
+        classifier.model,
+        data,
+        [r.label for r in records],
+        n_bootstrap=args.bootstrap,
+        seed=0,
+        shortcut_tests=not getattr(args, "no_shortcut_tests", False),
+    )
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -204,6 +234,70 @@ def cmd_ood_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_view(result: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    for key, value in result.items():
+        if isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value):
+            ok, n = value
+            print(f"{key.replace('_', ' ')}: {ok}/{n} ({100 * ok / max(n, 1):.1f}%)")
+    if result.get("lateral_held_out_missed"):
+        print(f"held-out lateral views accepted: {', '.join(result['lateral_held_out_missed'])}")
+
+
+def _view_gate(path: Path | None):
+    from ml.serving.ood import OodGate
+
+    return None if path is None or str(path).lower() == "none" else OodGate.load(path)
+
+
+def cmd_view_fit(args: argparse.Namespace) -> int:
+    from ml.serving.viewcheck import evaluate, fit_from_shared_data
+
+    check, frontal, fitting, held_out = fit_from_shared_data(
+        args.data, args.splits, args.laterals, seed=args.seed, progress=not args.quiet
+    )
+    result = evaluate(
+        check,
+        frontal,
+        fitting,
+        held_out,
+        extra_frontal=args.extra_frontal,
+        gate=_view_gate(args.gate),
+        progress=not args.quiet,
+    )
+    check.card["measured"] = result
+    check.save(args.out)
+    fitted = check.card["fitted_on"]
+    print(
+        f"view check: {args.out} (threshold {check.threshold:.3f}); lateral views: "
+        f"{fitted['lateral_fit_images']} used to fit ({fitted['lateral_fit_patients']} patients), "
+        f"{fitted['lateral_held_out_images']} held out ({fitted['lateral_held_out_patients']} "
+        "patients)"
+    )
+    _print_view(result, as_json=False)
+    return 0
+
+
+def cmd_view_eval(args: argparse.Namespace) -> int:
+    from ml.serving.viewcheck import ViewCheck, evaluate, frontal_paths, held_out_split
+
+    check = ViewCheck.load(args.check)
+    fitting, held_out = held_out_split(check, args.laterals)
+    result = evaluate(
+        check,
+        frontal_paths(args.data, args.splits),
+        fitting,
+        held_out,
+        extra_frontal=args.extra_frontal,
+        gate=_view_gate(args.gate),
+        progress=not args.quiet,
+    )
+    _print_view(result, as_json=args.json)
+    return 0
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     from ml.data.preprocess import open_image, preprocess
     from ml.explain.api import deletion_insertion, explain, heatmap_to_npy, render_overlay
@@ -273,9 +367,20 @@ def cmd_sanity(args: argparse.Namespace) -> int:
 
 def cmd_study(args: argparse.Namespace) -> int:
     from ml.data.loaders import load_many
-    from ml.research.study import default_plan, quick_plan, run_study, write_report
+    from ml.research.study import (
+        default_plan,
+        quick_plan,
+        run_study,
+        shortcut_plan,
+        write_report,
+    )
 
-    plan = quick_plan() if args.quick else default_plan(args.seeds, max_epochs=args.max_epochs)
+    if args.quick:
+        plan = quick_plan()
+    elif args.plan == "shortcut":
+        plan = shortcut_plan(args.seeds, max_epochs=args.max_epochs)
+    else:
+        plan = default_plan(args.seeds, max_epochs=args.max_epochs)
     if args.report_only:
         runs = json.loads((args.out / "runs.json").read_text())["runs"]
     else:
@@ -351,6 +456,47 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not write NAME.gradcam.gif (Grad-CAM of 3 validation images per epoch)",
     )
     p.add_argument("--patience", type=int)
+    p.add_argument(
+        "--preprocessing",
+        type=int,
+        choices=[1, 2],
+        help="1: whole image letterboxed; 2: lung-field crop + CLAHE (needs the lung model)",
+    )
+    p.add_argument(
+        "--mask-outside",
+        dest="mask_outside",
+        action="store_const",
+        const=True,
+        help="v2: set everything outside the dilated lung mask to 0",
+    )
+    p.add_argument(
+        "--balanced-sampling",
+        dest="balanced_sampling",
+        action="store_const",
+        const=True,
+        help="sample batches evenly over source x class (instead of class weights)",
+    )
+    p.add_argument(
+        "--acquisition-augment",
+        dest="acquisition_augment",
+        action="store_const",
+        const=True,
+        help="crops, gamma, blur/sharpen, noise, JPEG, down-up sampling against source cues",
+    )
+    p.add_argument(
+        "--lung-penalty",
+        dest="lung_penalty",
+        type=float,
+        help="lambda of the input-gradient-outside-the-lungs penalty (Ross et al. 2017)",
+    )
+    p.add_argument(
+        "--no-shortcut-tests",
+        dest="shortcut_tests",
+        action="store_const",
+        const=False,
+        help="skip lungs-blanked / within-source / Grad-CAM-mass tests",
+    )
+    p.add_argument("--cache", type=Path, default=None, help="cache preprocessed arrays here")
     p.add_argument("--split-level", dest="split_level", choices=["patient", "image"])
     p.add_argument("--val-fraction", dest="val_fraction", type=float)
     p.add_argument("--test-fraction", dest="test_fraction", type=float)
@@ -418,6 +564,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cache", type=Path, default=Path("var/study-cache"))
     p.add_argument("--quick", action="store_true", help="tiny grid: 32/48 px, 1 epoch, 1 seed")
+    p.add_argument(
+        "--plan",
+        choices=["training", "shortcut"],
+        default="training",
+        help="training: split/size/parameters (v1); shortcut: the anti-shortcut factors",
+    )
     p.add_argument("--title", default="Training study")
     p.add_argument(
         "--report-only", action="store_true", help="rewrite the report from runs.json, no training"
@@ -441,6 +593,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_lung_check)
 
+    from ml.lungs.cli import add_lungs_parser
+
+    add_lungs_parser(sub)
+
     for name, func, text in (
         ("ood-fit", cmd_ood_fit, "fit the out-of-distribution input gate on chest X-rays"),
         ("ood-eval", cmd_ood_eval, "chest X-rays accepted per split, non-chest images refused"),
@@ -458,6 +614,37 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--out", type=Path, default=bundled / "ood-gate.npz")
         else:
             p.add_argument("--gate", type=Path, default=bundled / "ood-gate.npz")
+            p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.set_defaults(func=func)
+
+    for name, func, text in (
+        ("view-fit", cmd_view_fit, "fit the frontal-vs-lateral view check (upload refusal)"),
+        ("view-eval", cmd_view_eval, "frontal views accepted, held-out lateral views refused"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--data", nargs="+", type=Path, required=True, help="frontal data folders")
+        p.add_argument("--laterals", type=Path, required=True, help="the lateral-views folder")
+        p.add_argument("--splits", type=Path, default=bundled / "splits.csv")
+        p.add_argument(
+            "--extra-frontal",
+            dest="extra_frontal",
+            nargs="*",
+            type=Path,
+            default=[],
+            help="frontal folders never used to fit, measured as well (e.g. adult-pneumonia)",
+        )
+        p.add_argument(
+            "--gate",
+            type=Path,
+            default=bundled / "ood-gate.npz",
+            help="OOD gate that runs first at upload, for the as-uploaded figures ('none': off)",
+        )
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        if name == "view-fit":
+            p.add_argument("--out", type=Path, default=bundled / "view-check.npz")
+            p.add_argument("--seed", type=int, default=0, help="seed of the lateral patient split")
+        else:
+            p.add_argument("--check", type=Path, default=bundled / "view-check.npz")
             p.add_argument("--json", action="store_true", help="machine-readable output")
         p.set_defaults(func=func)
     return parser

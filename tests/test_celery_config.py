@@ -1,29 +1,48 @@
+import pytest
 from django.conf import settings
 
-from apps.cases.tasks import classify_image, sweep_stuck_predictions
+from apps.cases.tasks import classify_image
 from cxrplatform.celery import QUEUES, app
+from cxrplatform.jobs import registered_task, sweep_stuck_jobs
 
 
-def test_classification_runs_on_the_inference_queue_with_late_acks():
-    assert app.amqp.router.route({}, classify_image.name)["queue"].name == "inference"
-    assert app.amqp.router.route({}, sweep_stuck_predictions.name)["queue"].name == "default"
+def _project_tasks() -> list:
+    registered_task(classify_image.name)  # every app's tasks module imported
+    return [task for name, task in sorted(app.tasks.items()) if name.startswith(("apps.", "cxr"))]
 
 
-def test_explanations_and_training_run_on_their_own_queues():
-    from apps.explain.tasks import explain_image
-    from apps.models.tasks import retrain_if_enough_labels, train_model
+def test_every_project_task_acks_late_and_is_requeued_when_its_worker_is_lost():
+    tasks = _project_tasks()
+    assert {t.name for t in tasks} >= {
+        "apps.cases.tasks.classify_image",
+        "apps.explain.tasks.explain_image",
+        "apps.explain.tasks.inspect_model",
+        "apps.models.tasks.train_model",
+        "apps.models.tasks.retrain_if_enough_labels",
+        "cxrplatform.jobs.sweep_stuck_jobs",
+    }
+    for task in tasks:
+        assert task.acks_late is True, task.name
+        assert task.reject_on_worker_lost is True, task.name
 
-    route = app.amqp.router.route
-    assert route({}, explain_image.name)["queue"].name == "explain"
-    assert route({}, train_model.name)["queue"].name == "training"
-    assert route({}, retrain_if_enough_labels.name)["queue"].name == "default"
-    assert train_model.time_limit == settings.CXR_TASK_HARD_LIMITS["training"]
-    assert "retrain-when-enough-labels" in app.conf.beat_schedule
-    assert classify_image.acks_late is True
-    assert classify_image.reject_on_worker_lost is True
-    hard = settings.CXR_TASK_HARD_LIMITS["inference"]
-    assert classify_image.time_limit == hard
-    assert classify_image.soft_time_limit == int(hard * 0.9)
+
+@pytest.mark.parametrize(
+    ("name", "queue"),
+    [
+        ("apps.cases.tasks.classify_image", "inference"),
+        ("apps.explain.tasks.explain_image", "explain"),
+        ("apps.explain.tasks.inspect_model", "explain"),
+        ("apps.models.tasks.train_model", "training"),
+        ("apps.models.tasks.retrain_if_enough_labels", "default"),
+        ("cxrplatform.jobs.sweep_stuck_jobs", "default"),
+    ],
+)
+def test_each_task_runs_on_its_queue_with_that_queues_time_limits(name, queue):
+    task = registered_task(name)
+    assert app.amqp.router.route({}, task.name)["queue"].name == queue
+    hard = settings.CXR_TASK_HARD_LIMITS[queue]
+    assert task.time_limit == hard
+    assert task.soft_time_limit == int(hard * 0.9)
 
 
 def test_broker_visibility_timeout_exceeds_every_hard_limit():
@@ -38,11 +57,15 @@ def test_each_queue_has_its_own_routing_key_so_a_task_reaches_one_queue():
     assert route["queue"].routing_key == "inference"
 
 
-def test_all_four_queues_are_declared_and_beat_runs_the_sweeper():
+def test_all_four_queues_are_declared_and_beat_runs_one_sweeper_and_the_retrain_check():
     assert (
         {q.name for q in app.conf.task_queues}
         == set(QUEUES)
         == {"inference", "explain", "training", "default"}
     )
-    schedule = app.conf.beat_schedule["sweep-stuck-predictions"]
-    assert schedule["task"] == sweep_stuck_predictions.name
+    schedule = app.conf.beat_schedule
+    assert {name: entry["task"] for name, entry in schedule.items()} == {
+        "sweep-stuck-jobs": sweep_stuck_jobs.name,
+        "retrain-when-enough-labels": "apps.models.tasks.retrain_if_enough_labels",
+    }
+    assert schedule["sweep-stuck-jobs"]["schedule"] == settings.CXR_STUCK_SWEEP_SECONDS

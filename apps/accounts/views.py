@@ -29,9 +29,8 @@ def home(request: HttpRequest) -> HttpResponse:
         context["disputed"] = labelling.disagreements().count()
     if MODEL_ADMIN in roles:
         from apps.models.models import ModelVersion, TrainingRun
-        from apps.models.services import get_production_version
 
-        context["production"] = get_production_version()
+        context["production"] = ModelVersion.objects.production()
         context["candidates"] = ModelVersion.objects.filter(
             status=ModelVersion.Status.CANDIDATE
         ).count()

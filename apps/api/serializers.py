@@ -81,7 +81,9 @@ class ExplanationSerializer(serializers.ModelSerializer):
     scores = serializers.DictField(
         child=serializers.JSONField(),
         read_only=True,
-        help_text="Faithfulness: deletion_auc, insertion_auc and their curves; empty until done.",
+        help_text="Faithfulness: deletion_auc, insertion_auc and their curves, and "
+        "mass_in_lungs (share of the map's positive mass inside the image's lung mask, 0-1; "
+        "null when the image has no lung mask); empty until done.",
     )
 
     class Meta:
@@ -122,6 +124,38 @@ class ExplanationRequestSerializer(serializers.Serializer):
 # -- images and cases ---------------------------------------------------------
 
 
+class LungsSerializer(serializers.Serializer):
+    """The image's lung fields, from its newest finished prediction."""
+
+    found = serializers.BooleanField(
+        allow_null=True,
+        help_text="A plausible pair of lung fields was found; null when segmentation did not "
+        "run or failed (see message).",
+    )
+    message = serializers.CharField(
+        help_text="Empty when found; else why not, e.g. 'lung fields not found: is this a "
+        "frontal chest X-ray? (one region)'."
+    )
+    bbox = serializers.ListField(
+        child=serializers.IntegerField(min_value=0),
+        min_length=4,
+        max_length=4,
+        allow_null=True,
+        help_text="[top, left, bottom, right] of the lungs in image pixels (bottom/right "
+        "exclusive); null when not found.",
+    )
+    area_fraction = serializers.FloatField(
+        min_value=0.0, max_value=1.0, allow_null=True, help_text="Lung pixels / image pixels."
+    )
+    segmenter_version = serializers.CharField(help_text="'lung-unet@<sha256 prefix>'.")
+    mask_url = serializers.URLField(
+        allow_null=True, help_text="8-bit PNG mask (255 = lung); null when not found."
+    )
+    outline_url = serializers.URLField(
+        allow_null=True, help_text="Transparent PNG with the lung contour; null when not found."
+    )
+
+
 class ImageSerializer(serializers.ModelSerializer):
     """An image with its latest prediction and explanations; never a patient identifier."""
 
@@ -133,6 +167,7 @@ class ImageSerializer(serializers.ModelSerializer):
         help_text="Set once enough annotators agree; empty before.",
     )
     prediction = serializers.SerializerMethodField()
+    lungs = serializers.SerializerMethodField()
     explanations = ExplanationSerializer(many=True, read_only=True)
 
     class Meta:
@@ -148,6 +183,7 @@ class ImageSerializer(serializers.ModelSerializer):
             "created_at",
             "file_url",
             "prediction",
+            "lungs",
             "explanations",
         ]
         read_only_fields = fields
@@ -160,6 +196,27 @@ class ImageSerializer(serializers.ModelSerializer):
     def get_prediction(self, image) -> dict | None:
         prediction = image.latest_prediction
         return PredictionSerializer(prediction).data if prediction else None
+
+    @extend_schema_field(
+        LungsSerializer(allow_null=True, help_text="Null until the prediction is done.")
+    )
+    def get_lungs(self, image) -> dict | None:
+        prediction = image.latest_prediction
+        if prediction is None or prediction.status != "done":
+            return None
+        has_mask = bool(prediction.lungs_found and prediction.lung_mask)
+        request = self.context.get("request")
+        return {
+            "found": prediction.lungs_found,
+            "message": prediction.lung_message,
+            "bbox": prediction.lung_bbox,
+            "area_fraction": prediction.lung_area_fraction,
+            "segmenter_version": prediction.segmenter_version,
+            "mask_url": _absolute(request, "image-lung-mask", image.pk) if has_mask else None,
+            "outline_url": (
+                _absolute(request, "image-lung-outline", image.pk) if has_mask else None
+            ),
+        }
 
 
 class CaseSerializer(serializers.ModelSerializer):

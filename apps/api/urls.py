@@ -12,6 +12,12 @@ urlpatterns = [
     path("images/", views.ImageList.as_view(), name="image-list"),
     path("images/<int:pk>/", views.ImageDetail.as_view(), name="image-detail"),
     path("images/<int:pk>/file/", views.ImageFile.as_view(), name="image-file"),
+    path("images/<int:pk>/lung-mask/", views.ImageLungMask.as_view(), name="image-lung-mask"),
+    path(
+        "images/<int:pk>/lung-outline/",
+        views.ImageLungOutline.as_view(),
+        name="image-lung-outline",
+    ),
     path(
         "images/<int:pk>/explanations/",
         views.ImageExplanations.as_view(),

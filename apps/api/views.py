@@ -15,7 +15,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import generics, status
 from rest_framework.authtoken.models import Token
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
@@ -245,6 +245,42 @@ class ImageFile(FileView):
     def get(self, request, pk: int):
         image = get_object_or_404(visible_images(request.user), pk=pk)
         return protected_file_response(image.file, IMAGE_TYPES[image.source_format])
+
+
+class _ImageLungFile(FileView):
+    allowed_roles = (CLINICIAN, ANNOTATOR)
+    field = ""
+
+    def get(self, request, pk: int):
+        from apps.cases.lungs import lung_prediction
+
+        image = get_object_or_404(visible_images(request.user), pk=pk)
+        prediction = lung_prediction(image)
+        if prediction is None:
+            raise NotFound("This image has no lung mask.")
+        return protected_file_response(getattr(prediction, self.field), "image/png")
+
+
+@extend_schema_view(
+    get=extend_schema(
+        summary="The image's lung mask (8-bit PNG, 255 = lung)",
+        responses={(200, "image/png"): OpenApiTypes.BINARY, **errors(401, 403, 404)},
+        tags=["images"],
+    )
+)
+class ImageLungMask(_ImageLungFile):
+    field = "lung_mask"
+
+
+@extend_schema_view(
+    get=extend_schema(
+        summary="The image's lung outline (transparent PNG, to lay over the image)",
+        responses={(200, "image/png"): OpenApiTypes.BINARY, **errors(401, 403, 404)},
+        tags=["images"],
+    )
+)
+class ImageLungOutline(_ImageLungFile):
+    field = "lung_outline"
 
 
 class ImageExplanations(RoleView):

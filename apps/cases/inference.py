@@ -6,8 +6,10 @@ import logging
 
 from django.db import transaction
 
+from apps.cases.lungs import segment_lungs
 from apps.cases.models import Prediction
-from apps.models.services import get_production_version
+from apps.models.models import ModelVersion
+from cxrplatform.files import files_removed_on_error
 from cxrplatform.jobs import claim_job, failure_recorded
 
 log = logging.getLogger(__name__)
@@ -22,7 +24,8 @@ class UnreadableImageError(RuntimeError):
 
 
 def run_prediction(*, prediction_id: int) -> Prediction | None:
-    """Classify the image of one Prediction with the current production model.
+    """Classify the image of one Prediction with the current production model
+    and store its lung fields (mask, outline, box, area) with the result.
 
     Idempotent: a redelivered message for a finished job does nothing; a job
     left ``running`` by a killed worker runs again. Every failure other than
@@ -36,7 +39,7 @@ def run_prediction(*, prediction_id: int) -> Prediction | None:
         from apps.models.serving import classifier_for
         from ml.data.preprocess import open_image
 
-        version = get_production_version()
+        version = ModelVersion.objects.production()
         if version is None:
             raise NoProductionModelError(
                 "No production model is registered; a model admin must promote one."
@@ -50,13 +53,18 @@ def run_prediction(*, prediction_id: int) -> Prediction | None:
                 f"The stored image could not be read ({type(exc).__name__}: {exc})."
             ) from exc
         result = classifier.predict(image)
-        with transaction.atomic():
+        # The lung fields go with the prediction; segment_lungs records its own
+        # errors instead of raising, so it never fails the classification.
+        lungs = segment_lungs(image)
+        # The mask files are written before the row; a rollback deletes them.
+        with files_removed_on_error() as stored, transaction.atomic():
             prediction.mark_done(
                 model_version_id=version.pk,
                 label=result.label,
                 probabilities=result.probabilities,
                 preprocess_ms=result.preprocess_ms,
                 inference_ms=result.inference_ms,
+                lungs=lungs.store(prediction, stored),
             )
             # Every prediction gets a Grad-CAM, queued once this commits.
             from apps.explain.services import AUTOMATIC_METHOD, request_explanation

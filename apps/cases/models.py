@@ -3,10 +3,12 @@ from __future__ import annotations
 import uuid
 
 from django.conf import settings
-from django.db import models
+from django.db import models, transaction
+from django.db.models.signals import post_delete
+from django.dispatch import receiver
 from django.utils import timezone
 
-from cxrplatform.jobs import Job
+from cxrplatform.jobs import Job, JobKind
 from ml.data.labels import CLASS_CHOICES
 
 LABEL_CHOICES = CLASS_CHOICES
@@ -23,6 +25,11 @@ def _image_upload_to(instance: CaseImage, filename: str) -> str:
 
 def _original_upload_to(instance: CaseImage, filename: str) -> str:
     return f"cases/{timezone.now():%Y/%m}/{uuid.uuid4().hex}.dcm"
+
+
+def _lung_upload_to(instance: Prediction, filename: str) -> str:
+    # The lung mask and outline PNGs of a prediction's image.
+    return f"lungs/{timezone.now():%Y/%m}/{uuid.uuid4().hex}.png"
 
 
 class CaseQuerySet(models.QuerySet):
@@ -160,6 +167,10 @@ class CaseImage(models.Model):
 class Prediction(Job):
     """A classification job and its result; a state machine (pending→running→done|failed)."""
 
+    job_kind = JobKind(
+        task="apps.cases.tasks.classify_image", queue="inference", pk_kwarg="prediction_id"
+    )
+
     image = models.ForeignKey(CaseImage, on_delete=models.CASCADE, related_name="predictions")
     model_version = models.ForeignKey(
         "registry.ModelVersion",
@@ -172,6 +183,27 @@ class Prediction(Job):
     probabilities = models.JSONField(default=dict, blank=True)
     preprocess_ms = models.FloatField(null=True, blank=True)
     inference_ms = models.FloatField(null=True, blank=True)
+    # Lung fields of the image (apps.cases.lungs), stored with the prediction. A
+    # segmentation error never fails the prediction: lungs_found stays null and
+    # lung_message says what went wrong.
+    lung_mask = models.FileField(
+        upload_to=_lung_upload_to, max_length=300, blank=True, help_text="8-bit PNG, 255 = lung."
+    )
+    lung_outline = models.FileField(
+        upload_to=_lung_upload_to,
+        max_length=300,
+        blank=True,
+        help_text="RGBA PNG, transparent except the lung contour (drawn over the image).",
+    )
+    lung_bbox = models.JSONField(
+        null=True, blank=True, help_text="[top, left, bottom, right] in image pixels, exclusive."
+    )
+    lung_area_fraction = models.FloatField(null=True, blank=True)
+    lungs_found = models.BooleanField(
+        null=True, blank=True, help_text="Null when segmentation did not run or failed."
+    )
+    lung_message = models.TextField(blank=True)
+    segmenter_version = models.CharField(max_length=100, blank=True)
 
     class Meta:
         ordering = ("-created_at",)
@@ -206,14 +238,30 @@ class Prediction(Job):
         probabilities: dict[str, float],
         preprocess_ms: float,
         inference_ms: float,
+        lungs: dict[str, object] | None = None,
     ) -> None:
+        """``lungs``: the lung fields (``apps.cases.lungs.LungFields.as_fields``)."""
         self._mark_done(
             model_version_id=model_version_id,
             label=label,
             probabilities=probabilities,
             preprocess_ms=preprocess_ms,
             inference_ms=inference_ms,
+            **(lungs or {}),
         )
+
+    @property
+    def lung_area_percent(self) -> float | None:
+        return None if self.lung_area_fraction is None else 100 * self.lung_area_fraction
+
+
+@receiver(post_delete, sender=Prediction, dispatch_uid="cases.prediction.delete_lung_files")
+def _delete_lung_files(sender, instance: Prediction, **kwargs) -> None:
+    """A deleted prediction's lung mask and outline go too, once the deletion commits
+    (a rolled-back deletion keeps them)."""
+    files = [f for f in (instance.lung_mask, instance.lung_outline) if f and f.name]
+    if files:
+        transaction.on_commit(lambda: [f.storage.delete(f.name) for f in files])
 
 
 class ExpertLabel(models.Model):

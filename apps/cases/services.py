@@ -13,20 +13,9 @@ from django.db import transaction
 from apps.cases.models import Case, CaseImage, Prediction
 from apps.cases.validation import UploadRejected, validate_image
 from cxrplatform.files import files_removed_on_error
-from cxrplatform.jobs import enqueue_on_commit, sweep_stuck
+from cxrplatform.jobs import enqueue_job
 
 log = logging.getLogger(__name__)
-
-
-def enqueue_prediction(prediction: Prediction) -> None:
-    """Queue classification once the surrounding transaction has committed.
-
-    A broker outage at that moment does not undo or fail the upload: the
-    prediction stays pending and the beat sweeper queues it again.
-    """
-    from apps.cases.tasks import classify_image
-
-    enqueue_on_commit(classify_image, prediction_id=prediction.pk)
 
 
 def create_case(
@@ -75,7 +64,9 @@ def create_case(
                 stored.add(image.original.name)
             image.save()
             prediction = Prediction.objects.create(image=image)
-            enqueue_prediction(prediction)
+            # Sent once this commits; a broker outage then does not undo or fail
+            # the upload: the prediction stays pending and the sweeper queues it.
+            enqueue_job(prediction)
     log.info("case %s created by %s with %d image(s)", case.pk, owner, len(validated))
     return case
 
@@ -124,15 +115,6 @@ def retry_prediction(*, prediction: Prediction, actor=None) -> Prediction:
         before={"status": "failed", "error": error[:500]},
         after={"status": "pending"},
     )
-    enqueue_prediction(locked)
+    enqueue_job(locked)
     log.info("prediction %s queued again by %s", locked.pk, actor)
     return locked
-
-
-def sweep_stuck_predictions() -> dict[str, int]:
-    """Run by Celery beat: fail predictions whose worker vanished, requeue lost ones."""
-    return sweep_stuck(
-        Prediction,
-        hard_limit_seconds=settings.CXR_TASK_HARD_LIMITS["inference"],
-        enqueue=enqueue_prediction,
-    )

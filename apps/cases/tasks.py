@@ -1,7 +1,9 @@
 """Celery tasks for cases: thin wrappers that take primary keys.
 
-Nothing here imports TensorFlow at module level: the web process imports
-this module to enqueue.
+Nothing here imports TensorFlow at module level: the worker imports this
+module at start. ``Prediction.job_kind`` names ``classify_image``; services
+queue it by that name (``cxrplatform.jobs.enqueue_job``) and the one beat
+sweeper (``cxrplatform.jobs.sweep_stuck_jobs``) requeues or fails it.
 """
 
 from __future__ import annotations
@@ -16,10 +18,3 @@ def classify_image(self, *, prediction_id: int) -> None:
     from apps.cases.inference import run_prediction
 
     run_prediction(prediction_id=prediction_id)
-
-
-@platform_task(queue="default", retry_for=(OperationalError, InterfaceError))
-def sweep_stuck_predictions(self) -> dict[str, int]:
-    from apps.cases.services import sweep_stuck_predictions as sweep
-
-    return sweep()

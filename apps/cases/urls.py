@@ -9,6 +9,7 @@ urlpatterns = [
     path("new/", views.case_create, name="create"),
     path("<int:pk>/", views.case_detail, name="detail"),
     path("images/<int:pk>/file/", views.image_file, name="image-file"),
+    path("images/<int:pk>/lungs/<str:kind>.png", views.lung_file, name="lung-file"),
     path("labelling/", views.label_queue, name="label-queue"),
     path("images/<int:pk>/label/", views.label_submit, name="label"),
 ]

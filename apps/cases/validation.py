@@ -10,7 +10,8 @@ Accepted: PNG and JPEG (8- or 16-bit, grayscale or RGB, EXIF orientation
 applied) and DICOM (see ml.data.dicom). A DICOM upload is de-identified here
 (apps.cases.deidentify) so that what leaves this module, and so what is
 stored, never holds the original identifiers. Last, the out-of-distribution
-gate (ml.serving.ood) refuses images that are not frontal chest radiographs.
+gate (ml.serving.ood) refuses images that are not frontal chest radiographs,
+then the view check (ml.serving.viewcheck) refuses lateral views.
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ NOT_A_CHEST_XRAY = {
     "a document, another body part or a lateral view); upload a frontal (PA or AP) "
     "chest radiograph.",
 }
+
+
+# The view check runs on images the gate accepted: it is a frontal-vs-lateral
+# model of chest radiographs and says nothing sensible about other pictures.
+LATERAL_VIEW = "this looks like a lateral view; upload a frontal (PA/AP) chest X-ray."
 
 
 class UploadRejected(Exception):  # noqa: N818 - reads as what happened to the upload
@@ -102,6 +108,28 @@ def ood_gate():
     """The fitted gate named by CXR_OOD_GATE (loaded once per process), or None when off."""
     path = settings.CXR_OOD_GATE
     return None if path is None else _load_gate(str(path))
+
+
+@lru_cache(maxsize=4)
+def _load_view_check(path: str):
+    from ml.serving.viewcheck import ViewCheck
+
+    return ViewCheck.load(Path(path))
+
+
+def view_check():
+    """The fitted view check named by CXR_VIEW_CHECK (loaded once per process), or None."""
+    path = settings.CXR_VIEW_CHECK
+    return None if path is None else _load_view_check(str(path))
+
+
+def _check_frontal_view(name: str, gray) -> None:
+    check = view_check()
+    if check is None:
+        return
+    if check.is_lateral(gray):
+        log.info("upload %r refused by the view check (lateral)", name)
+        raise UploadRejected(name, LATERAL_VIEW)
 
 
 def _check_extension(name: str, actual: str) -> None:
@@ -223,6 +251,7 @@ def _validate_picture(name: str, content: bytes) -> ValidatedImage:
         ) from None
     _check_size(name, width, height)
     _check_chest_xray(name, gray, colourful)
+    _check_frontal_view(name, gray)
     return ValidatedImage(
         original_name=name,
         content=content,
@@ -268,6 +297,7 @@ def _validate_dicom(name: str, content: bytes) -> ValidatedImage:
     height, width = gray.shape
     _check_size(name, width, height)
     _check_chest_xray(name, gray)
+    _check_frontal_view(name, gray)
 
     from apps.cases.deidentify import deidentify
 

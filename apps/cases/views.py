@@ -5,7 +5,8 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -106,13 +107,29 @@ def case_detail(request: HttpRequest, pk: int) -> HttpResponse:
 
 @require_GET
 @role_required(CLINICIAN, ANNOTATOR)
-def image_file(request: HttpRequest, pk: int) -> HttpResponse:
+def image_file(request: HttpRequest, pk: int) -> HttpResponseBase:
     """Uploaded images are never public: only the case's owner and annotators see them."""
     image = get_object_or_404(visible_images(request.user), pk=pk)
     content_type = {"png": "image/png", "jpeg": "image/jpeg", "dicom": "image/png"}[
         image.source_format
     ]
     return protected_file_response(image.file, content_type)
+
+
+LUNG_FILES = {"mask": "lung_mask", "outline": "lung_outline"}
+
+
+@require_GET
+@role_required(CLINICIAN, ANNOTATOR)
+def lung_file(request: HttpRequest, pk: int, kind: str) -> HttpResponseBase:
+    """The image's lung mask or outline PNG: the same people as the image itself."""
+    from apps.cases.lungs import lung_prediction
+
+    image = get_object_or_404(visible_images(request.user), pk=pk)
+    prediction = lung_prediction(image)
+    if prediction is None or kind not in LUNG_FILES:
+        raise Http404("This image has no lung mask.")
+    return protected_file_response(getattr(prediction, LUNG_FILES[kind]), "image/png")
 
 
 @require_GET

@@ -19,7 +19,7 @@ from apps.cases.models import CaseImage, Prediction
 from apps.explain.models import Explanation, Inspection, InspectionPicture
 from apps.models.models import ModelVersion, ReferenceImage
 from cxrplatform.files import files_removed_on_error
-from cxrplatform.jobs import claim_job, enqueue_on_commit, failure_recorded
+from cxrplatform.jobs import claim_job, enqueue_job, failure_recorded
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,6 @@ def image_choice(value: str) -> ReferenceImage | CaseImage | None:
 def request_inspection(
     *, user, version: ModelVersion, image: ReferenceImage | CaseImage, layer: str = ""
 ) -> Inspection:
-    from apps.explain.tasks import inspect_model
-
     inspection = Inspection.objects.create(
         model_version=version,
         reference_image=image if isinstance(image, ReferenceImage) else None,
@@ -71,7 +69,7 @@ def request_inspection(
         target=inspection,
         after={"model_version": version.pk, "layer": inspection.layer},
     )
-    enqueue_on_commit(inspect_model, inspection_id=inspection.pk)
+    enqueue_job(inspection)
     return inspection
 
 

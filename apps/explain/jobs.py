@@ -31,6 +31,8 @@ def run_explanation(*, explanation_id: int) -> Explanation | None:
             array = preprocess(open_image(fh), classifier.spec)
         heatmap = explain(classifier.model, array, explanation.method, classes=classifier.classes)
         scores = deletion_insertion(classifier.model, array, heatmap.values, heatmap.target_class)
+        in_lungs = _mass_in_lungs(explanation, heatmap.values)
+        scores = {**scores, "mass_in_lungs": in_lungs}
         overlay = render_overlay(
             array[..., 0],
             heatmap.values,
@@ -57,5 +59,24 @@ def run_explanation(*, explanation_id: int) -> Explanation | None:
                 overlay=overlay_name,
                 scores=scores,
                 seconds=seconds,
+                mass_in_lungs=in_lungs,
             )
     return explanation
+
+
+def _mass_in_lungs(explanation: Explanation, values) -> float | None:
+    """Share of the map's positive mass on the image's lungs; None without a lung mask.
+
+    A problem here is logged and leaves the figure empty: the heatmap itself is
+    still worth storing.
+    """
+    from apps.cases.lungs import lung_mask_of, mass_in_lungs
+
+    mask = lung_mask_of(explanation.image)
+    if mask is None:
+        return None
+    try:
+        return round(mass_in_lungs(values, mask), 4)
+    except ValueError:
+        log.warning("mass in lungs of explanation %s not computed", explanation.pk, exc_info=True)
+        return None

@@ -7,7 +7,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from cxrplatform.jobs import Job
+from cxrplatform.jobs import Job, JobKind
 
 
 def _explanation_upload_to(instance: Explanation, filename: str) -> str:
@@ -22,6 +22,10 @@ class Explanation(Job):
     in [0, 1]) and a rendered overlay PNG with a colour scale, plus the
     faithfulness scores that say how much to trust it.
     """
+
+    job_kind = JobKind(
+        task="apps.explain.tasks.explain_image", queue="explain", pk_kwarg="explanation_id"
+    )
 
     class Method(models.TextChoices):
         GRADCAM = "gradcam", "Grad-CAM"
@@ -52,6 +56,12 @@ class Explanation(Job):
     heatmap = models.FileField(upload_to=_explanation_upload_to, max_length=300, blank=True)
     overlay = models.FileField(upload_to=_explanation_upload_to, max_length=300, blank=True)
     scores = models.JSONField(default=dict, blank=True)
+    mass_in_lungs = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="Share of the heatmap's positive mass inside the image's lung mask; "
+        "empty when the image has no lung mask.",
+    )
     seconds = models.FloatField(null=True, blank=True)
 
     class Meta:
@@ -79,6 +89,7 @@ class Explanation(Job):
         overlay: str,
         scores: dict,
         seconds: float,
+        mass_in_lungs: float | None = None,
     ) -> None:
         self._mark_done(
             params=params,
@@ -89,7 +100,12 @@ class Explanation(Job):
             overlay=overlay,
             scores=scores,
             seconds=seconds,
+            mass_in_lungs=mass_in_lungs,
         )
+
+    @property
+    def mass_in_lungs_percent(self) -> float | None:
+        return None if self.mass_in_lungs is None else 100 * self.mass_in_lungs
 
 
 def _inspection_upload_to(instance: InspectionPicture, filename: str) -> str:
@@ -99,6 +115,10 @@ def _inspection_upload_to(instance: InspectionPicture, filename: str) -> str:
 class Inspection(Job):
     """The model inspector: filters, activation maps and every explanation method for one
     model version, one image and one layer (computed on the ``explain`` queue)."""
+
+    job_kind = JobKind(
+        task="apps.explain.tasks.inspect_model", queue="explain", pk_kwarg="inspection_id"
+    )
 
     model_version = models.ForeignKey(
         "registry.ModelVersion", on_delete=models.CASCADE, related_name="inspections"

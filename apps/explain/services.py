@@ -3,25 +3,18 @@ and the automatic Grad-CAM after each prediction."""
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from apps.cases.models import CaseImage, Prediction
 from apps.explain.models import Explanation
 from apps.models.models import ModelVersion
-from cxrplatform.jobs import enqueue_on_commit, sweep_stuck
+from cxrplatform.jobs import enqueue_job
 
 AUTOMATIC_METHOD = Explanation.Method.GRADCAM
 
 
 class ExplanationUnavailable(Exception):  # noqa: N818 - reads as an outcome
     pass
-
-
-def enqueue_explanation(explanation: Explanation) -> None:
-    from apps.explain.tasks import explain_image
-
-    enqueue_on_commit(explain_image, explanation_id=explanation.pk)
 
 
 def _explained_version(image: CaseImage) -> ModelVersion:
@@ -69,13 +62,5 @@ def request_explanation(*, image: CaseImage, method: str, requested_by=None) -> 
         return Explanation.objects.exclude(status=Explanation.Status.FAILED).get(
             image=image, method=method, model_version=version
         )
-    enqueue_explanation(explanation)
+    enqueue_job(explanation)
     return explanation
-
-
-def sweep_stuck_explanations() -> dict[str, int]:
-    return sweep_stuck(
-        Explanation,
-        hard_limit_seconds=settings.CXR_TASK_HARD_LIMITS["explain"],
-        enqueue=enqueue_explanation,
-    )

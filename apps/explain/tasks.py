@@ -1,4 +1,6 @@
-"""Celery tasks for explanations (queue ``explain``); thin, keyed by primary key."""
+"""Celery tasks for explanations and inspections (queue ``explain``); thin, keyed by
+primary key. ``Explanation.job_kind`` and ``Inspection.job_kind`` name them; the one
+beat sweeper (``cxrplatform.jobs.sweep_stuck_jobs``) requeues or fails their jobs."""
 
 from __future__ import annotations
 
@@ -12,13 +14,6 @@ def explain_image(self, *, explanation_id: int) -> None:
     from apps.explain.jobs import run_explanation
 
     run_explanation(explanation_id=explanation_id)
-
-
-@platform_task(queue="default", retry_for=(OperationalError, InterfaceError))
-def sweep_stuck_explanations(self) -> dict[str, int]:
-    from apps.explain.services import sweep_stuck_explanations as sweep
-
-    return sweep()
 
 
 @platform_task(queue="explain", retry_for=(OperationalError, InterfaceError))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect
 from django.views.decorators.http import require_GET, require_POST
 
@@ -61,7 +62,7 @@ def _visible_explanation(request: HttpRequest, pk: int) -> Explanation:
 
 def _serve(
     request: HttpRequest, pk: int, field: str, content_type: str, download_name: str | None = None
-) -> HttpResponse:
+) -> HttpResponseBase:
     explanation = _visible_explanation(request, pk)
     return protected_file_response(getattr(explanation, field), content_type, download_name)
 

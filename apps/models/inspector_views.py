@@ -5,6 +5,7 @@ filters, activation maps and explanation methods side by side. Thin: the work is
 from __future__ import annotations
 
 from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
 
@@ -79,6 +80,6 @@ def inspection_detail(request: HttpRequest, pk: int) -> HttpResponse:
 
 @role_required(MODEL_ADMIN)
 @require_GET
-def inspection_picture(request: HttpRequest, pk: int) -> HttpResponse:
+def inspection_picture(request: HttpRequest, pk: int) -> HttpResponseBase:
     picture = get_object_or_404(InspectionPicture, pk=pk)
     return protected_file_response(picture.file, "image/png")

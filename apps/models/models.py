@@ -1,15 +1,30 @@
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from cxrplatform.jobs import Job
+from cxrplatform.jobs import Job, JobKind
 from ml.data.labels import CLASS_CHOICES
+from ml.models.metrics import EvaluationResult, MetricsFormatError
+
+log = logging.getLogger(__name__)
 
 LABEL_CHOICES = CLASS_CHOICES
+
+
+class ModelVersionQuerySet(models.QuerySet):
+    def production(self) -> ModelVersion | None:
+        """The version that serves predictions, or None before a model admin promotes one.
+
+        The one place that says which model is in production: the worker's
+        warm-up, inference, training's comparison and the pages all ask here.
+        A partial unique constraint allows at most one such row.
+        """
+        return self.filter(status=ModelVersion.Status.PRODUCTION).first()
 
 
 class ModelVersion(models.Model):
@@ -58,6 +73,8 @@ class ModelVersion(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     promoted_at = models.DateTimeField(null=True, blank=True)
 
+    objects = ModelVersionQuerySet.as_manager()
+
     class Meta:
         ordering = ("-created_at",)
         constraints = [
@@ -74,6 +91,19 @@ class ModelVersion(models.Model):
     @property
     def classes(self) -> list[str]:
         return list(self.card.get("classes", []))
+
+    @property
+    def evaluation(self) -> EvaluationResult | None:
+        """``metrics`` read as the typed evaluation (None when none was recorded).
+
+        Rows that cannot be read (hand-edited, or a format this code does not know) are
+        logged and treated as unmeasured, so a page still renders.
+        """
+        try:
+            return EvaluationResult.from_json_or_none(self.metrics)
+        except MetricsFormatError as exc:
+            log.warning("model version %s: unreadable metrics (%s)", self.pk, exc)
+            return None
 
 
 class Split(models.TextChoices):
@@ -164,6 +194,8 @@ class SnapshotItem(models.Model):
 
 class TrainingRun(Job):
     """Training a candidate on a snapshot; progress is written while it runs."""
+
+    job_kind = JobKind(task="apps.models.tasks.train_model", queue="training", pk_kwarg="run_id")
 
     class Trigger(models.TextChoices):
         MANUAL = "manual", "Started by a model admin"

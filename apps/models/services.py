@@ -17,17 +17,13 @@ from django.utils import timezone
 from apps.accounts.models import record
 from apps.models.models import ModelVersion, TrainingRun
 from cxrplatform.files import files_removed_on_error
-from cxrplatform.jobs import enqueue_on_commit, sweep_stuck
+from cxrplatform.jobs import enqueue_job
 
 log = logging.getLogger(__name__)
 
 
 class RegistryError(Exception):
     pass
-
-
-def get_production_version() -> ModelVersion | None:
-    return ModelVersion.objects.filter(status=ModelVersion.Status.PRODUCTION).first()
 
 
 def _state(version: ModelVersion | None) -> dict:
@@ -49,11 +45,7 @@ def promote(*, version: ModelVersion, actor=None, reason: str = "") -> ModelVers
         return version
     if version.status not in {ModelVersion.Status.CANDIDATE, ModelVersion.Status.ARCHIVED}:
         raise RegistryError(f"A {version.status} model version cannot be promoted.")
-    previous = (
-        ModelVersion.objects.select_for_update()
-        .filter(status=ModelVersion.Status.PRODUCTION)
-        .first()
-    )
+    previous = ModelVersion.objects.select_for_update().production()
     if previous is not None:
         previous.status = ModelVersion.Status.ARCHIVED
         previous.save(update_fields=["status"])
@@ -74,7 +66,7 @@ def promote(*, version: ModelVersion, actor=None, reason: str = "") -> ModelVers
 @transaction.atomic
 def rollback(*, actor=None) -> ModelVersion:
     """Make the previous production version serve again."""
-    current = get_production_version()
+    current = ModelVersion.objects.production()
     if current is None:
         raise RegistryError("There is no production version to roll back.")
     previous = (
@@ -214,12 +206,6 @@ def active_training_run() -> TrainingRun | None:
     ).first()
 
 
-def enqueue_training(run: TrainingRun) -> None:
-    from apps.models.tasks import train_model
-
-    enqueue_on_commit(train_model, run_id=run.pk)
-
-
 @transaction.atomic
 def start_training_run(
     *, requested_by=None, trigger: str = TrainingRun.Trigger.MANUAL, config: dict | None = None
@@ -243,21 +229,8 @@ def start_training_run(
         target=run,
         after={"snapshot": snapshot.pk, "trigger": trigger, "config": run.config},
     )
-    enqueue_training(run)
+    enqueue_job(run)
     return run
-
-
-def sweep_stuck_training_runs() -> dict[str, int]:
-    """Beat: fail runs whose worker vanished, requeue runs that never reached one.
-
-    Without this a lost run would stay active and block every later run
-    (one run at a time).
-    """
-    return sweep_stuck(
-        TrainingRun,
-        hard_limit_seconds=settings.CXR_TASK_HARD_LIMITS["training"],
-        enqueue=enqueue_training,
-    )
 
 
 def retrain_if_enough_labels() -> TrainingRun | None:

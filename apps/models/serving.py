@@ -71,10 +71,11 @@ def classifier_for(version: ModelVersion) -> Classifier:
 
 def warm_up() -> None:
     """Load the production model now (worker start); failures are logged, not fatal."""
-    from apps.models.services import get_production_version
+    from apps.cases.lungs import warm_up as warm_up_lungs
 
+    warm_up_lungs()  # every prediction also segments the lungs (logs its own failures)
     try:
-        version = get_production_version()
+        version = ModelVersion.objects.production()
         if version is None:
             log.warning("no production model to warm up")
             return

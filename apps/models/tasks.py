@@ -1,4 +1,9 @@
-"""Celery tasks of the model registry: training (queue ``training``) and its schedule."""
+"""Celery tasks of the model registry: training (queue ``training``) and its schedule.
+
+``TrainingRun.job_kind`` names ``train_model``; the one beat sweeper
+(``cxrplatform.jobs.sweep_stuck_jobs``) requeues or fails runs. Tasks import
+services, never the other way round (services queue tasks by name).
+"""
 
 from __future__ import annotations
 
@@ -20,10 +25,3 @@ def retrain_if_enough_labels(self) -> int | None:
 
     run = check()
     return run.pk if run else None
-
-
-@platform_task(queue="default", retry_for=(OperationalError, InterfaceError))
-def sweep_stuck_training_runs(self) -> dict[str, int]:
-    from apps.models.services import sweep_stuck_training_runs as sweep
-
-    return sweep()

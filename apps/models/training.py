@@ -91,7 +91,7 @@ def run_training(*, run_id: int) -> TrainingRun | None:
                 splits=splits,
             )
             test_records = [r for r, s in zip(records, splits, strict=True) if s == "test"]
-            parent = services.get_production_version()
+            parent = ModelVersion.objects.production()
             production_metrics = None
             if parent is not None:
                 from apps.models.serving import classifier_for

@@ -81,7 +81,7 @@ def _evidence(version: ModelVersion) -> tuple[dict | None, dict | None, str]:
             f"both on snapshot {run.snapshot_id}'s test split "
             f"({run.comparison['test_images']} images)",
         )
-    production = services.get_production_version()
+    production = ModelVersion.objects.production()
     return (
         version.metrics,
         production.metrics if production else None,

@@ -19,9 +19,13 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
+
+if TYPE_CHECKING:  # pydicom is imported where a DICOM file is read, not with this module
+    from PIL import Image
+    from pydicom.dataset import Dataset
 
 MONOCHROME = {"MONOCHROME1", "MONOCHROME2"}
 
@@ -45,7 +49,7 @@ def looks_like_dicom(data: bytes) -> bool:
     return len(data) >= 132 and data[128:132] == b"DICM"
 
 
-def read_dataset(source: bytes | BinaryIO):
+def read_dataset(source: bytes | BinaryIO) -> Dataset:
     """Parse a DICOM Part 10 file (header and pixel data bytes, nothing decoded yet)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -93,7 +97,7 @@ CHEST_BODY_PARTS = {"", "CHEST", "THORAX", "LUNG", "LUNGS", "CHEST_LUNG"}
 LATERAL_VIEWS = {"LL", "RL", "LATERAL", "LAT", "LLD", "RLD", "LLO", "RLO"}
 
 
-def not_a_frontal_chest_radiograph(dataset) -> str | None:
+def not_a_frontal_chest_radiograph(dataset: Dataset) -> str | None:
     """What the header says the image is, when that is not a frontal chest radiograph.
 
     Only what the header states is used (Modality, Body Part Examined, View
@@ -120,7 +124,7 @@ def not_a_frontal_chest_radiograph(dataset) -> str | None:
     return None
 
 
-def check_image(dataset, *, max_pixels: int) -> DicomImageInfo:
+def check_image(dataset: Dataset, *, max_pixels: int) -> DicomImageInfo:
     """Refuse, before decoding any pixels, what cannot be shown as one grayscale image."""
     if "PixelData" not in dataset:
         modality = dataset.get("Modality") or "unknown modality"
@@ -182,7 +186,7 @@ def check_image(dataset, *, max_pixels: int) -> DicomImageInfo:
     return DicomImageInfo(rows, columns, photometric, bits_stored, syntax.name)
 
 
-def _voi_output_range(dataset, values: np.ndarray) -> tuple[float, float]:
+def _voi_output_range(dataset: Dataset, values: np.ndarray) -> tuple[float, float]:
     """The range apply_voi_lut maps into (pydicom's rules), so windowed images keep
     their window instead of being re-stretched to their own min/max."""
     if dataset.get("VOILUTSequence"):
@@ -207,7 +211,7 @@ def _voi_output_range(dataset, values: np.ndarray) -> tuple[float, float]:
     return float(values.min()), float(values.max())
 
 
-def to_unit_gray(dataset) -> np.ndarray:
+def to_unit_gray(dataset: Dataset) -> np.ndarray:
     """Decoded pixels as float32 in [0, 1], white = dense (bone), ready to display.
 
     Order (PS3.4 grayscale pipeline): modality LUT / rescale, then VOI LUT or
@@ -254,10 +258,13 @@ def to_unit_gray(dataset) -> np.ndarray:
 
 def to_uint8(gray: np.ndarray) -> np.ndarray:
     """The 8-bit rendition stored for display and inference (the model trains on 8-bit)."""
-    return np.round(np.clip(gray, 0.0, 1.0) * 255.0).astype(np.uint8)
+    rendition: np.ndarray = np.round(np.clip(gray, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return rendition
 
 
-def open_dicom_as_image(source: str | bytes | BinaryIO, *, max_pixels: int = 60_000_000):
+def open_dicom_as_image(
+    source: str | bytes | BinaryIO, *, max_pixels: int = 60_000_000
+) -> Image.Image:
     """A DICOM file as an 8-bit grayscale PIL image (for ``python -m ml predict``)."""
     from pathlib import Path
 

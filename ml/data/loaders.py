@@ -120,7 +120,7 @@ class Record:
 @dataclass
 class Dataset:
     records: list[Record]
-    excluded: Counter = field(default_factory=Counter)
+    excluded: Counter[str] = field(default_factory=Counter)
     sources: list[str] = field(default_factory=list)
 
     def __add__(self, other: Dataset) -> Dataset:
@@ -131,7 +131,7 @@ class Dataset:
         )
 
     def counts(self) -> dict[str, dict[str, int]]:
-        table: dict[str, Counter] = {}
+        table: dict[str, Counter[str]] = {}
         for record in self.records:
             table.setdefault(record.source, Counter())[record.label] += 1
         return {src: {c: int(counter[c]) for c in CLASSES} for src, counter in table.items()}
@@ -180,7 +180,7 @@ def load_covid_chestxray(root: Path, source: str = "covid-chestxray") -> Dataset
     metadata = root / "metadata.csv"
     if not metadata.is_file():
         raise FileNotFoundError(f"{metadata} not found: not a covid-chestxray layout.")
-    excluded: Counter = Counter()
+    excluded: Counter[str] = Counter()
     kept: dict[str, tuple[dict[str, str], str]] = {}
     patients = _UnionFind()
     with metadata.open(newline="", encoding="utf-8") as fh:
@@ -243,7 +243,7 @@ def load_pediatric(root: Path, source: str = "pediatric-pneumonia") -> Dataset:
     """Kermany layout. The upstream train/test split is recorded in ``meta`` but
     not used: the platform makes its own patient-level split."""
     root = Path(root)
-    excluded: Counter = Counter()
+    excluded: Counter[str] = Counter()
     records = []
     found_any = False
     for split in ("train", "val", "test"):
@@ -304,7 +304,7 @@ def load_nih(root: Path, source: str = NIH_SOURCE) -> Dataset:
     labels = root / "labels.csv"
     if not labels.is_file():
         raise FileNotFoundError(f"{labels} not found: not an NIH labels.csv layout.")
-    excluded: Counter = Counter()
+    excluded: Counter[str] = Counter()
     records = []
     with labels.open(newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
@@ -336,7 +336,7 @@ def load_generic(root: Path, source: str | None = None) -> Dataset:
     root = Path(root)
     csv_path = root if root.suffix == ".csv" else root / "labels.csv"
     source = source or (root.stem if root.suffix == ".csv" else root.name)
-    excluded: Counter = Counter()
+    excluded: Counter[str] = Counter()
     records = []
     if csv_path.is_file():
         base = csv_path.parent

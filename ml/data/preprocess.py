@@ -87,6 +87,7 @@ class Prepared:
     lung_mask: np.ndarray | None  # bool (S, S) in the same frame, None without a mask
     box: tuple[int, int, int, int]  # (top, left, bottom, right) of the frame in the image
     used_lungs: bool  # False: v2 fell back to the whole image (no plausible lungs)
+    visible: np.ndarray | None = None  # bool (S, S): what mask_outside kept, else None
 
 
 def open_image(source: str | Path | BinaryIO) -> Image.Image:
@@ -235,9 +236,17 @@ def _prepare_v2(gray: np.ndarray, spec: PreprocessSpec, lung_mask: np.ndarray | 
     if high - low < 1.0:
         low, high = float(values.min()), float(max(values.max(), values.min() + 1.0))
     array = np.clip((values - low) / (high - low), 0.0, 1.0).astype(np.float32)
+    visible = None
     if spec.mask_outside and frame_mask is not None:
         grow = max(1, round(spec.mask_dilation * size))
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
         keep = cv2.dilate(frame_mask.astype(np.uint8), kernel) > 0
         array = np.where(keep, array, 0.0).astype(np.float32)
-    return Prepared(x=_channels(array, spec), lung_mask=frame_mask, box=box, used_lungs=used_lungs)
+        visible = keep
+    return Prepared(
+        x=_channels(array, spec),
+        lung_mask=frame_mask,
+        box=box,
+        used_lungs=used_lungs,
+        visible=visible,
+    )

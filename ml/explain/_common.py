@@ -16,7 +16,7 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import cv2
 import keras
@@ -25,13 +25,18 @@ import tensorflow as tf
 
 log = logging.getLogger(__name__)
 
-_CACHE: weakref.WeakKeyDictionary[keras.Model, dict[tuple, Any]] = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[keras.Model, dict[tuple[object, ...], Any]] = (
+    weakref.WeakKeyDictionary()
+)
 _CACHE_LOCK = threading.Lock()
 
 ModelRef = Callable[[], keras.Model]
+_Built = TypeVar("_Built")
 
 
-def cached_function(model: keras.Model, key: tuple, factory: Callable[[ModelRef], Any]) -> Any:
+def cached_function(
+    model: keras.Model, key: tuple[object, ...], factory: Callable[[ModelRef], _Built]
+) -> _Built:
     """The compiled function ``factory`` builds for ``model``, built once per (model, key).
 
     ``factory`` receives a weak reference to the model, not the model: a function that
@@ -55,7 +60,8 @@ def cached_function(model: keras.Model, key: tuple, factory: Callable[[ModelRef]
 
             function = factory(model_ref)
             per_model[key] = function
-    return function
+    # Every caller passes a key of its own, so the entry was built by a factory like this one.
+    return cast(_Built, function)
 
 
 def clear_cache(model: keras.Model | None = None) -> None:
@@ -109,14 +115,15 @@ def forward(model: keras.Model, batch: np.ndarray, *, batch_size: int | None = N
     batch = np.asarray(batch, dtype=np.float32)
     shape = tuple(batch.shape[1:])
 
-    def factory(model_ref: ModelRef):
+    def factory(model_ref: ModelRef) -> Any:
         return tf.function(
             lambda x: model_ref()(x, training=False), input_signature=[_batch_spec(shape)]
         )
 
     call = cached_function(model, ("forward", shape), factory)
     if batch_size is None or len(batch) <= batch_size:
-        return call(tf.constant(batch)).numpy()
+        whole: np.ndarray = call(tf.constant(batch)).numpy()
+        return whole
     parts = [
         call(tf.constant(batch[i : i + batch_size])).numpy()
         for i in range(0, len(batch), batch_size)

@@ -20,6 +20,7 @@ import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -165,7 +166,7 @@ def write_gif(frames: Sequence[Image.Image], path: Path, *, duration_ms: int = F
     return path
 
 
-class GradCAMAnimation(keras.callbacks.Callback):
+class GradCAMAnimation(keras.callbacks.Callback):  # type: ignore[misc]  # Keras ships no types
     """After every epoch, Grad-CAM of a few fixed images; at the end, ``path`` as a GIF.
 
     ``images`` (N, H, W, 1) in [0, 1] and their true ``labels`` (class indices). Each
@@ -197,11 +198,11 @@ class GradCAMAnimation(keras.callbacks.Callback):
         self.frames: list[Image.Image] = []
         self.written = False
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self.frames = []
         self.written = False
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         probs = forward(self.model, self.images)
         tiles, captions = [], []
         for image, label, row in zip(self.images, self.labels, probs, strict=True):
@@ -212,7 +213,7 @@ class GradCAMAnimation(keras.callbacks.Callback):
             captions.append(f"{self.classes[label]}  p={row[label]:.2f}")
         self.frames.append(compose_frame(tiles, captions, epoch + 1, tile=self.tile))
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         # The compiled Grad-CAM functions hold graph state for this model; drop them.
         clear_cache(self.model)
         if self.frames:

@@ -16,6 +16,8 @@ All ``2 * (steps + 1)`` images go through the model in one compiled call.
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 import numpy as np
 
@@ -49,7 +51,7 @@ def deletion_insertion(
     steps: int = 32,
     baseline: float = 0.0,
     batch_size: int | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Deletion and insertion AUC of ``heatmap`` for ``class_index``.
 
     Pixels are ranked by heatmap value (ties keep raster order, so the result is

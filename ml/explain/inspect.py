@@ -22,7 +22,7 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image
 
-from ml.explain._common import as_image, cached_function
+from ml.explain._common import ModelRef, as_image, cached_function
 from ml.explain.methods import _CONV_TYPES, _expose
 
 _GAP = 1  # pixels between tiles (value: the grid's background)
@@ -143,7 +143,7 @@ def activation_maps(model: keras.Model, image: np.ndarray, layer: str) -> np.nda
     if _output_rank(found) != 4:
         raise ValueError(f"Layer {layer!r} has no 4-D (feature map) output.")
 
-    def factory(model_ref):
+    def factory(model_ref: ModelRef) -> keras.Model:
         inputs, layer_output, _ = _expose(model_ref(), path)
         return keras.Model(inputs, layer_output)
 

@@ -82,7 +82,7 @@ class Heatmap:
     target_class: int
     target_label: str | None
     layer: str | None  # conv layer used (Grad-CAM), else None
-    params: dict = field(default_factory=dict)  # JSON-serialisable
+    params: dict[str, Any] = field(default_factory=dict)  # JSON-serialisable
     seconds: float = 0.0
 
     def metadata(self) -> dict[str, Any]:
@@ -219,9 +219,9 @@ def gradcam_map(
     view = _GradCAMView(inputs, layer_output, output, path[-1])
     spec = tf.TensorSpec((None, *image.shape), tf.float32)
 
-    def factory(model_ref: ModelRef):
-        @tf.function(input_signature=[spec, tf.TensorSpec((), tf.int32)])
-        def gradients_and_filters(images, class_index):
+    def factory(model_ref: ModelRef) -> Any:
+        @tf.function(input_signature=[spec, tf.TensorSpec((), tf.int32)])  # type: ignore[untyped-decorator]  # TF is untyped
+        def gradients_and_filters(images: tf.Tensor, class_index: tf.Tensor) -> Any:
             return GradCAM.get_gradients_and_filters(view, images, path[-1], class_index, guided)
 
         return gradients_and_filters
@@ -237,7 +237,8 @@ def gradcam_map(
 
 
 def _reduce_channels(gradients: np.ndarray) -> np.ndarray:
-    return np.abs(gradients).sum(axis=-1)
+    reduced: np.ndarray = np.abs(gradients).sum(axis=-1)
+    return reduced
 
 
 def smoothgrad_map(
@@ -261,7 +262,7 @@ def smoothgrad_map(
     spec = tf.TensorSpec((samples, *image.shape), tf.float32)
     averaged = SmoothGrad.get_averaged_gradients.python_function
 
-    def factory(model_ref: ModelRef):
+    def factory(model_ref: ModelRef) -> Any:
         return tf.function(
             lambda x, c: averaged(x, model_ref(), c, samples),
             input_signature=[spec, tf.TensorSpec((), tf.int32)],
@@ -300,7 +301,7 @@ def ig_map(
     spec = tf.TensorSpec((steps, *image.shape), tf.float32)
     integrate = IntegratedGradients.get_integrated_gradients.python_function
 
-    def factory(model_ref: ModelRef):
+    def factory(model_ref: ModelRef) -> Any:
         return tf.function(
             lambda x, c: integrate(x, model_ref(), c, steps),
             input_signature=[spec, tf.TensorSpec((), tf.int32)],
@@ -328,11 +329,11 @@ def _guided(function: Callable[[tf.Tensor], tf.Tensor]) -> Callable[[tf.Tensor],
     Other element-wise activations get the same rule with their own derivative.
     """
 
-    @tf.custom_gradient
-    def guided(x):
+    @tf.custom_gradient  # type: ignore[untyped-decorator]  # TF is untyped
+    def guided(x: tf.Tensor) -> tuple[tf.Tensor, Callable[[tf.Tensor], tf.Tensor]]:
         y = function(x)
 
-        def backward(upstream):
+        def backward(upstream: tf.Tensor) -> tf.Tensor:
             with tf.GradientTape() as tape:
                 tape.watch(x)
                 again = function(x)
@@ -340,10 +341,11 @@ def _guided(function: Callable[[tf.Tensor], tf.Tensor]) -> Callable[[tf.Tensor],
 
         return y, backward
 
-    return guided
+    guided_activation: Callable[[tf.Tensor], tf.Tensor] = guided  # tf.custom_gradient is untyped
+    return guided_activation
 
 
-class _Elementwise(layers.Layer):
+class _Elementwise(layers.Layer):  # type: ignore[misc]  # Keras ships no types
     """Stands in for an activation layer in the guided clone.
 
     Takes (and ignores) ``mask`` because a replaced ``Softmax`` node is called with it.
@@ -398,9 +400,9 @@ def guided_map(
     clone, score = cached_function(model, ("guided-clone",), lambda ref: _guided_clone(ref()))
     spec = tf.TensorSpec((None, *image.shape), tf.float32)
 
-    def factory(model_ref: ModelRef):
-        @tf.function(input_signature=[spec, tf.TensorSpec((), tf.int32)])
-        def gradients(images, class_index):
+    def factory(model_ref: ModelRef) -> Any:
+        @tf.function(input_signature=[spec, tf.TensorSpec((), tf.int32)])  # type: ignore[untyped-decorator]  # TF is untyped
+        def gradients(images: tf.Tensor, class_index: tf.Tensor) -> tf.Tensor:
             with tf.GradientTape() as tape:
                 tape.watch(images)
                 scores = clone(images, training=False)[:, class_index]

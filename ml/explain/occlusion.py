@@ -188,17 +188,18 @@ def _plan(model: keras.Model, shape: tuple[int, ...], patch_size: int) -> _Plan 
         return graph
     if patch_size < 1:
         raise ValueError("patch_size must be >= 1")
-    shape = tuple(int(s) for s in shape)
+    height, width, channels = (int(s) for s in shape)
+    image_shape = (height, width, channels)
 
     def factory(model_ref: ModelRef) -> _Plan | str:
         try:
-            plan = _make_plan(graph, shape, patch_size)
+            plan = _make_plan(graph, image_shape, patch_size)
         except _UnsupportedError as error:
             return str(error)
-        plan.function = _build_function(graph, plan, shape)
+        plan.function = _build_function(graph, plan, image_shape)
         return plan
 
-    return cached_function(model, ("occlusion-incremental", shape, patch_size), factory)
+    return cached_function(model, ("occlusion-incremental", image_shape, patch_size), factory)
 
 
 def _pays(plan: _Plan) -> bool:
@@ -232,7 +233,8 @@ class _QuietModel:
         self._model = model
 
     def predict(self, x: np.ndarray, batch_size: int | None = None) -> np.ndarray:
-        return self._model.predict(x, batch_size=batch_size, verbose=0)
+        probabilities: np.ndarray = self._model.predict(x, batch_size=batch_size, verbose=0)
+        return probabilities
 
 
 def tf_explain_occlusion(
@@ -249,8 +251,10 @@ def tf_explain_occlusion(
     x = as_image(model, image)
     original = tfx_occlusion.apply_grey_patch
 
-    def apply_patch(image, top_left_x, top_left_y, patch_size):
-        patched = original(image, top_left_x, top_left_y, patch_size)  # a copy
+    def apply_patch(
+        image: np.ndarray, top_left_x: int, top_left_y: int, patch_size: int
+    ) -> np.ndarray:
+        patched: np.ndarray = original(image, top_left_x, top_left_y, patch_size)  # a copy
         # Same slice tf-explain fills, with our value instead of 127.5.
         patched[top_left_y : top_left_y + patch_size, top_left_x : top_left_x + patch_size, :] = (
             fill_value
@@ -290,7 +294,7 @@ def tf_explain_occlusion(
 _LAYERS = keras.layers
 
 
-def _types(*names: str) -> tuple[type, ...]:
+def _types(*names: str) -> tuple[type[Any], ...]:
     return tuple(getattr(_LAYERS, name) for name in names if hasattr(_LAYERS, name))
 
 
@@ -364,7 +368,8 @@ def _check_spatial(layer: keras.layers.Layer) -> None:
             raise _UnsupportedError(f"{layer.name}: grouped convolution")
         if getattr(layer, "quantization_mode", None) is not None:
             raise _UnsupportedError(f"{layer.name}: quantized convolution")
-    if isinstance(layer, (*_CONV, *_POOL)) and layer.padding not in ("valid", "same"):
+    kernel_layers: tuple[type[Any], ...] = (*_CONV, *_POOL)
+    if isinstance(layer, kernel_layers) and layer.padding not in ("valid", "same"):
         raise _UnsupportedError(f"{layer.name}: padding {layer.padding!r}")
 
 
@@ -412,8 +417,8 @@ def _graph_model(model: keras.Model) -> Any:
     return graph
 
 
-def _analyse(model: keras.Model) -> _Graph:
-    """Split ``model`` into trunk, global pools and head, or raise :class:`_UnsupportedError`."""
+def _functional_nodes(model: keras.Model) -> tuple[Any, dict[int, list[Any]]]:
+    """``model``'s functional graph and its nodes by depth, if it takes one float32 image."""
     graph = _graph_model(model)
     by_depth = getattr(graph, "_nodes_by_depth", None)
     if not by_depth:
@@ -423,9 +428,52 @@ def _analyse(model: keras.Model) -> _Graph:
     model_input = graph.inputs[0]
     if len(model_input.shape) != 4 or model_input.dtype != "float32":
         raise _UnsupportedError("input is not a float32 (H, W, C) image")
+    return graph, by_depth
+
+
+def _check_trunk_node(layer: Any, input_kinds: set[str | None], outs: list[Any]) -> None:
+    """A node fed by the trunk must compute in float32 on feature maps only, one output."""
+    if input_kinds != {"trunk"}:
+        raise _UnsupportedError(f"{layer.name}: mixes the image's feature maps and vectors")
+    if isinstance(layer, keras.layers.Layer) and layer.compute_dtype != "float32":
+        raise _UnsupportedError(f"{layer.name}: computes in {layer.compute_dtype}")
+    if len(outs) != 1:
+        raise _UnsupportedError(f"{layer.name}: several outputs")
+
+
+def _trunk_step_kind(layer: Any, ins: list[Any], out: Any) -> str:
+    """How a trunk layer (not a global pooling) changes cells: pointwise, spatial or merge."""
+    if len(out.shape) != 4:
+        raise _UnsupportedError(
+            f"{layer.name} ({type(layer).__name__}): output is not a feature map, "
+            "and the layer is no global pooling"
+        )
+    if _is(layer, _POINTWISE) and len(ins) == 1:
+        _check_pointwise(layer)
+        return "pointwise"
+    if _is(layer, (*_CONV, *_POOL, *_SHIFT)) and len(ins) == 1:
+        _check_spatial(layer)
+        return "spatial"
+    if _is(layer, _MERGE) and len(ins) >= 1:
+        if _is(layer, _types("Concatenate")) and not _last_axis(layer.axis):
+            raise _UnsupportedError(f"{layer.name}: concatenates along axis {layer.axis}")
+        return "merge"
+    raise _UnsupportedError(
+        f"{layer.name} ({type(layer).__name__}) is not known to act per pixel "
+        "or through a fixed kernel"
+    )
+
+
+def _analyse(model: keras.Model) -> _Graph:
+    """Split ``model`` into trunk, global pools and head, or raise :class:`_UnsupportedError`."""
+    graph, by_depth = _functional_nodes(model)
+    model_input = graph.inputs[0]
     kind = {id(model_input): "trunk"}
     channels = {id(model_input): model_input.shape[-1] or 1}
-    steps, trunk_nodes, pools, head_nodes = [], [], [], []
+    steps: list[_Step] = []
+    trunk_nodes: list[Any] = []
+    pools: list[tuple[Any, int, int]] = []
+    head_nodes: list[Any] = []
     for depth in sorted(by_depth, reverse=True):
         for node in by_depth[depth]:
             if node.is_input:
@@ -438,38 +486,14 @@ def _analyse(model: keras.Model) -> _Graph:
                 head_nodes.append(node)
                 kind.update({id(t): "head" for t in outs})
                 continue
-            if kinds != {"trunk"}:
-                raise _UnsupportedError(f"{layer.name}: mixes the image's feature maps and vectors")
-            if isinstance(layer, keras.layers.Layer) and layer.compute_dtype != "float32":
-                raise _UnsupportedError(f"{layer.name}: computes in {layer.compute_dtype}")
-            if len(outs) != 1:
-                raise _UnsupportedError(f"{layer.name}: several outputs")
+            _check_trunk_node(layer, kinds, outs)
             if _is(layer, _GLOBAL_POOL) and len(ins) == 1:
                 if layer.data_format != "channels_last":
                     raise _UnsupportedError(f"{layer.name}: channels_first")
                 pools.append((node, id(ins[0]), id(outs[0])))
                 kind[id(outs[0])] = "head"
                 continue
-            if len(outs[0].shape) != 4:
-                raise _UnsupportedError(
-                    f"{layer.name} ({type(layer).__name__}): output is not a feature map, "
-                    "and the layer is no global pooling"
-                )
-            if _is(layer, _POINTWISE) and len(ins) == 1:
-                _check_pointwise(layer)
-                step_kind = "pointwise"
-            elif _is(layer, (*_CONV, *_POOL, *_SHIFT)) and len(ins) == 1:
-                _check_spatial(layer)
-                step_kind = "spatial"
-            elif _is(layer, _MERGE) and len(ins) >= 1:
-                if _is(layer, _types("Concatenate")) and not _last_axis(layer.axis):
-                    raise _UnsupportedError(f"{layer.name}: concatenates along axis {layer.axis}")
-                step_kind = "merge"
-            else:
-                raise _UnsupportedError(
-                    f"{layer.name} ({type(layer).__name__}) is not known to act per pixel "
-                    "or through a fixed kernel"
-                )
+            step_kind = _trunk_step_kind(layer, ins, outs[0])
             steps.append(_Step(step_kind, node, tuple(id(t) for t in ins), id(outs[0])))
             trunk_nodes.append(node)
             kind[id(outs[0])] = "trunk"
@@ -706,9 +730,9 @@ def _make_plan(graph: _Graph, shape: tuple[int, int, int], patch_size: int) -> _
         if step.kind == "pointwise":
             out = windows[step.inputs[0]]
         elif step.kind == "spatial":
-            source = windows[step.inputs[0]]
-            geometry = tuple(_axis_geometry(layer, a, source.size[a]) for a in range(2))
-            out, crops, lengths = _out_window(source, geometry)
+            source_window = windows[step.inputs[0]]
+            geometry = tuple(_axis_geometry(layer, a, source_window.size[a]) for a in range(2))
+            out, crops, lengths = _out_window(source_window, geometry)
             pad_value = -np.inf if _is(layer, _types("MaxPooling2D")) else 0.0
             add_gather(_Gather(step.inputs[0], crops, lengths, pad_value))
         else:
@@ -754,7 +778,7 @@ def _build_function(graph: _Graph, plan: _Plan, shape: tuple[int, int, int]) -> 
         [tf.TensorSpec((None, *g.length), tf.int32) for g, _ in gathers if not g.identity],
     ]
 
-    def run(image, window_values, indices):
+    def run(image: tf.Tensor, window_values: tf.Tensor, indices: list[tf.Tensor]) -> tf.Tensor:
         # The clean pass runs on the image twice: with oneDNN on CPU a batch of one takes
         # other kernels than a batch of several, whose results differ in the last bits
         # from the batched pass tf-explain makes; any larger batch gives the same bits.

@@ -64,7 +64,8 @@ def render_overlay(
         axes.set_title(title, fontsize=9)
     bar_axes = figure.add_axes((0.80, 0.08, 0.04, 0.78 if title else 0.84))
     bar = figure.colorbar(overlay, cax=bar_axes, ticks=np.linspace(0.0, 1.0, 6))
-    bar.solids.set_alpha(1.0)
+    if bar.solids is not None:  # set once the colorbar has drawn its colours
+        bar.solids.set_alpha(1.0)
     bar.set_label("relative importance (0 = least, 1 = most)", fontsize=8)
     bar.ax.tick_params(labelsize=8)
     buffer = io.BytesIO()
@@ -81,4 +82,5 @@ def heatmap_to_npy(heatmap: np.ndarray) -> bytes:
 
 def heatmap_from_npy(data: bytes) -> np.ndarray:
     """The map stored by :func:`heatmap_to_npy`."""
-    return np.load(io.BytesIO(data), allow_pickle=False)
+    values: np.ndarray = np.load(io.BytesIO(data), allow_pickle=False)
+    return values

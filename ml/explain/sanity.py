@@ -103,7 +103,8 @@ def ssim(a: np.ndarray, b: np.ndarray, *, data_range: float = 1.0, sigma: float 
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
 
     def blur(x: np.ndarray) -> np.ndarray:
-        return ndimage.gaussian_filter(x, sigma, truncate=3.5)
+        blurred: np.ndarray = ndimage.gaussian_filter(x, sigma, truncate=3.5)
+        return blurred
 
     mu_a, mu_b = blur(a), blur(b)
     var_a = blur(a * a) - mu_a**2
@@ -149,7 +150,7 @@ def randomisation_check(
     seed: int = 0,
     mode: str = "cascading",
     **params: Any,
-) -> dict:
+) -> dict[str, Any]:
     """Similarity of trained vs randomised-model maps for ``method`` (lower is better).
 
     Returns ``spearman_mean`` and ``ssim_mean`` for the fully randomised model, and

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import keras
 from keras import layers
@@ -114,7 +115,7 @@ def build_backbone(
     return keras.Model(inputs, outputs, name=name)
 
 
-def build_model(architecture: str, input_size: int, seed: int = 0, **kwargs) -> keras.Model:
+def build_model(architecture: str, input_size: int, seed: int = 0, **kwargs: Any) -> keras.Model:
     if architecture == "compact_cnn":
         return build_compact_cnn(input_size=input_size, seed=seed, **kwargs)
     return build_backbone(architecture, input_size=input_size, seed=seed, **kwargs)

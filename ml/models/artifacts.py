@@ -31,7 +31,8 @@ def read_card(artifact: str | Path) -> dict[str, Any]:
     path = card_path(artifact)
     if not path.exists():
         raise FileNotFoundError(f"Model card {path} not found beside artifact {artifact}.")
-    return json.loads(path.read_text())
+    card: dict[str, Any] = json.loads(path.read_text())
+    return card
 
 
 def write_card(artifact: str | Path, card: dict[str, Any]) -> Path:

@@ -7,9 +7,11 @@ plots) can read. The metrics come from scikit-learn so that their definitions
 are the standard ones; the only hand-written computation is the expected
 calibration error, which scikit-learn does not provide.
 
-The result also summarises the curves (ROC per class, reliability bins, the
-confidence histogram) in a few kilobytes, so the plots can be drawn again from
-``metrics.json`` or the database row alone, without the model or the images:
+The result is an :class:`ml.models.metrics.EvaluationResult`: the typed contract that
+``metrics.json``, the model card and the registry store with ``to_json`` and read
+back with ``from_json``. It also summarises the curves (ROC per class, reliability
+bins, the confidence histogram) in a few kilobytes, so the plots can be drawn again
+from ``metrics.json`` or the database row alone, without the model or the images:
 :func:`figure_confusion_matrix`, :func:`figure_roc` and :func:`figure_calibration`
 draw them with matplotlib's object API (no pyplot state), so a multi-threaded web
 process can call them.
@@ -24,8 +26,10 @@ import io
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -37,6 +41,15 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
     roc_auc_score,
     roc_curve,
+)
+
+from ml.models.metrics import (
+    BootstrapInfo,
+    ClassMetrics,
+    ConfusionMatrix,
+    EvaluationResult,
+    ShortcutMetrics,
+    SourceMetrics,
 )
 
 logger = logging.getLogger(__name__)
@@ -65,13 +78,15 @@ def evaluate_predictions(
     sources: Sequence[str] | None = None,
     n_bootstrap: int = 1000,
     seed: int = 0,
-) -> dict:
+    shortcuts: ShortcutMetrics | None = None,
+) -> EvaluationResult:
     """Score predicted probabilities against reference labels, with bootstrap intervals.
 
-    Why the shape of the result: it is written verbatim to ``metrics.json`` and
-    compared across model versions, so it holds only JSON types, and values that
-    are undefined (for instance the ROC-AUC of a class that no image belongs to)
-    are ``None`` rather than NaN, which JSON cannot represent.
+    Why the shape of the result: an :class:`~ml.models.metrics.EvaluationResult` is
+    what ``metrics.json``, the model card and the registry store (``to_json``), and
+    what they are read back into (``from_json``). Values that are undefined (for
+    instance the ROC-AUC of a class that no image belongs to) are ``None`` rather than
+    NaN, which JSON cannot represent.
 
     The predicted label of an image is the argmax of its row of ``probs`` (the first
     class wins a tie). Precision, recall and F1 use ``zero_division=0`` and
@@ -92,6 +107,9 @@ def evaluate_predictions(
     reliability bins and the confidence histogram, rounded and thinned, so the
     figures can be drawn from the result alone.
 
+    ``shortcuts`` (see :func:`ml.models.shortcuts.shortcut_metrics`, which needs the
+    model and the lung masks) is carried along as the result's ``shortcuts``.
+
     Raises ``ValueError`` for inputs that would otherwise give silently wrong
     numbers: labels outside ``classes``, mismatched lengths, or rows of ``probs``
     that are not probability distributions (such as logits).
@@ -108,40 +126,41 @@ def evaluate_predictions(
                 f"sources has {len(source_list)} entries but y_true has {len(true_idx)}"
             )
 
-    result = _evaluate(true_idx, prob_array, class_list, n_bootstrap=n_bootstrap, seed=seed)
-    result["curves"] = curves(true_idx, prob_array, class_list)
+    whole = _evaluate(true_idx, prob_array, class_list, n_bootstrap=n_bootstrap, seed=seed)
+    per_source: dict[str, SourceMetrics] = {}
     if source_list is not None:
         source_array = np.asarray(source_list, dtype=object)
-        result["per_source"] = {
-            source: _evaluate(
-                true_idx[source_array == source],
-                prob_array[source_array == source],
-                class_list,
-                n_bootstrap=n_bootstrap,
-                seed=seed,
+        for source in sorted(set(source_list)):
+            chosen = source_array == source
+            per_source[source] = _evaluate(
+                true_idx[chosen], prob_array[chosen], class_list, n_bootstrap=n_bootstrap, seed=seed
             )
-            for source in sorted(set(source_list))
-        }
-        for sub in result["per_source"].values():
-            # A source holds only some classes (the paediatric set has no COVID-19):
-            # averaging F1 over absent classes would count zeros that mean nothing.
-            present = [name for name, row in sub["per_class"].items() if row["support"] > 0]
-            sub["classes_present"] = present
-            sub["macro_f1_present"] = float(
-                np.mean([sub["per_class"][name]["f1"] for name in present])
-            )
+    result = EvaluationResult(
+        n=whole.n,
+        accuracy=whole.accuracy,
+        macro_f1=whole.macro_f1,
+        macro_f1_ci=whole.macro_f1_ci,
+        per_class=whole.per_class,
+        confusion_matrix=whole.confusion_matrix,
+        roc_auc_macro=whole.roc_auc_macro,
+        ece=whole.ece,
+        bootstrap=whole.bootstrap,
+        per_source=per_source,
+        curves=curves(true_idx, prob_array, class_list),
+        shortcuts=shortcuts,
+    )
     logger.info(
         "Evaluated %d images: accuracy %.4f, macro-F1 %.4f%s",
-        result["n"],
-        result["accuracy"],
-        result["macro_f1"],
-        f", {len(result['per_source'])} sources" if "per_source" in result else "",
+        whole.n,
+        whole.accuracy,
+        whole.macro_f1,
+        f", {len(per_source)} sources" if per_source else "",
     )
     return result
 
 
 def write_report(
-    result: dict,
+    result: EvaluationResult,
     y_true: Sequence[str],
     probs: np.ndarray,
     classes: Sequence[str],
@@ -161,14 +180,16 @@ def write_report(
     alone. The raw inputs are still taken, to check that ``result`` belongs to
     them, and to add ``curves`` to a result computed before they existed.
     ``out_dir`` is created if missing; existing files of the same names are
-    replaced. Returns the path of every file written, by kind.
+    replaced. ``metrics.json`` is ``result.to_json()``; ``report.md`` has a section on
+    the shortcut tests when ``result.shortcuts`` is set. Returns the path of every
+    file written, by kind.
     """
     class_list = list(classes)
     true_idx, prob_array = _validate(y_true, probs, class_list)
-    if result.get("n") != len(true_idx):
-        raise ValueError(f"result is for {result.get('n')} images but y_true has {len(true_idx)}")
-    if "curves" not in result:
-        result = {**result, "curves": curves(true_idx, prob_array, class_list)}
+    if result.n != len(true_idx):
+        raise ValueError(f"result is for {result.n} images but y_true has {len(true_idx)}")
+    if result.curves is None:
+        result = replace(result, curves=curves(true_idx, prob_array, class_list))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -178,7 +199,7 @@ def write_report(
         "roc": out_dir / "roc.png",
         "calibration": out_dir / "calibration.png",
     }
-    paths["json"].write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
+    paths["json"].write_text(json.dumps(result.to_json(), indent=2, allow_nan=False) + "\n")
     for kind, draw in (
         ("confusion_matrix", figure_confusion_matrix),
         ("roc", figure_roc),
@@ -222,7 +243,7 @@ def _validate(
 
 def _evaluate(
     true_idx: np.ndarray, probs: np.ndarray, classes: list[str], *, n_bootstrap: int, seed: int
-) -> dict:
+) -> SourceMetrics:
     """Evaluate one set of images (the whole set or one source's subset)."""
     n_classes = len(classes)
     label_ids = list(range(n_classes))
@@ -238,32 +259,37 @@ def _evaluate(
 
     intervals = _bootstrap_intervals(true_idx, pred_idx, n_classes, n_bootstrap, seed)
 
-    per_class = {}
-    for c, name in enumerate(classes):
-        per_class[name] = {
-            "precision": float(precision[c]),
-            "recall": float(recall[c]),
-            "f1": float(f1[c]),
-            "support": int(support[c]),
-            "precision_ci": intervals["precision"][c] if intervals else None,
-            "recall_ci": intervals["recall"][c] if intervals else None,
-            "f1_ci": intervals["f1"][c] if intervals else None,
-            "roc_auc": aucs[c],
-        }
-    return {
-        "n": len(true_idx),
-        "accuracy": float(accuracy_score(true_idx, pred_idx)),
-        "macro_f1": float(macro_f1),
-        "macro_f1_ci": intervals["macro_f1"] if intervals else None,
-        "per_class": per_class,
-        "confusion_matrix": {
-            "labels": list(classes),
-            "matrix": [[int(v) for v in row] for row in matrix],
-        },
-        "roc_auc_macro": float(np.mean(defined_aucs)) if defined_aucs else None,
-        "ece": expected_calibration_error(true_idx, probs),
-        "bootstrap": {"n": n_bootstrap, "seed": seed, "method": BOOTSTRAP_METHOD},
+    per_class = {
+        name: ClassMetrics(
+            precision=float(precision[c]),
+            recall=float(recall[c]),
+            f1=float(f1[c]),
+            support=int(support[c]),
+            precision_ci=intervals["precision"][c] if intervals else None,
+            recall_ci=intervals["recall"][c] if intervals else None,
+            f1_ci=intervals["f1"][c] if intervals else None,
+            roc_auc=aucs[c],
+        )
+        for c, name in enumerate(classes)
     }
+    # A source holds only some classes (the paediatric set has no COVID-19): averaging
+    # F1 over absent classes would count zeros that mean nothing.
+    present = tuple(name for name, row in per_class.items() if row.support > 0)
+    return SourceMetrics(
+        n=len(true_idx),
+        accuracy=float(accuracy_score(true_idx, pred_idx)),
+        macro_f1=float(macro_f1),
+        macro_f1_ci=intervals["macro_f1"] if intervals else None,
+        per_class=per_class,
+        confusion_matrix=ConfusionMatrix(
+            labels=tuple(classes), matrix=tuple(tuple(int(v) for v in row) for row in matrix)
+        ),
+        roc_auc_macro=float(np.mean(defined_aucs)) if defined_aucs else None,
+        ece=expected_calibration_error(true_idx, probs),
+        bootstrap=BootstrapInfo(n=n_bootstrap, seed=seed, method=BOOTSTRAP_METHOD),
+        classes_present=present,
+        macro_f1_present=float(np.mean([per_class[name].f1 for name in present])),
+    )
 
 
 def _roc_auc(is_class: np.ndarray, scores: np.ndarray) -> float | None:
@@ -397,8 +423,8 @@ def _bootstrap_metrics(
 
 def _bootstrap_intervals(
     true_idx: np.ndarray, pred_idx: np.ndarray, n_classes: int, n_bootstrap: int, seed: int
-) -> dict | None:
-    """95% percentile intervals for macro-F1 and per-class precision, recall and F1."""
+) -> dict[str, Any] | None:
+    """95% percentile intervals for accuracy, macro-F1 and per-class precision, recall, F1."""
     if n_bootstrap == 0:
         return None
     n = len(true_idx)
@@ -410,17 +436,20 @@ def _bootstrap_intervals(
         for start in range(0, n_bootstrap, chunk)
     ]
     precision, recall, f1 = (np.concatenate(metric) for metric in zip(*parts, strict=True))
-
-    def interval(values: np.ndarray) -> list[list[float]]:
-        bounds = np.percentile(values, CI_PERCENTILES, axis=0)  # (2, ...) lo and hi
-        return np.atleast_2d(bounds.T).tolist()
-
+    accuracy = (true_idx[resamples] == pred_idx[resamples]).mean(axis=1)
     return {
-        "precision": [[float(v) for v in pair] for pair in interval(precision)],
-        "recall": [[float(v) for v in pair] for pair in interval(recall)],
-        "f1": [[float(v) for v in pair] for pair in interval(f1)],
-        "macro_f1": [float(v) for v in interval(f1.mean(axis=1))[0]],
+        "accuracy": percentile_intervals(accuracy)[0],
+        "precision": percentile_intervals(precision),
+        "recall": percentile_intervals(recall),
+        "f1": percentile_intervals(f1),
+        "macro_f1": percentile_intervals(f1.mean(axis=1))[0],
     }
+
+
+def percentile_intervals(values: np.ndarray) -> list[tuple[float, float]]:
+    """95% percentile intervals of bootstrap ``values``, (B,) or (B, k): (low, high) per column."""
+    bounds = np.percentile(values, CI_PERCENTILES, axis=0)  # (2, ...) lo and hi
+    return [(float(low), float(high)) for low, high in np.atleast_2d(bounds.T).tolist()]
 
 
 # --- report ---------------------------------------------------------------------------------
@@ -450,47 +479,49 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]
     return lines
 
 
-def _markdown(result: dict, classes: list[str], paths: dict[str, Path], title: str) -> str:
+def _markdown(
+    result: EvaluationResult, classes: list[str], paths: dict[str, Path], title: str
+) -> str:
     """Render the human-readable report."""
-    boot = result.get("bootstrap", {})
+    boot = result.bootstrap
     lines = [
         f"# {title}",
         "",
-        f"- **Images (n):** {result['n']}",
-        f"- **Accuracy:** {_fmt(result['accuracy'])}",
-        f"- **Macro-F1:** {_fmt_ci(result['macro_f1'], result['macro_f1_ci'])}",
-        f"- **Macro ROC-AUC (one-vs-rest):** {_fmt(result['roc_auc_macro'])}",
-        f"- **ECE (top-1 confidence, {ECE_BINS} equal-width bins):** {_fmt(result['ece'])}",
+        f"- **Images (n):** {result.n}",
+        f"- **Accuracy:** {_fmt(result.accuracy)}",
+        f"- **Macro-F1:** {_fmt_ci(result.macro_f1, result.macro_f1_ci)}",
+        f"- **Macro ROC-AUC (one-vs-rest):** {_fmt(result.roc_auc_macro)}",
+        f"- **ECE (top-1 confidence, {ECE_BINS} equal-width bins):** {_fmt(result.ece)}",
         "",
         "Intervals in brackets are 95% bootstrap intervals "
-        f"({boot.get('method', BOOTSTRAP_METHOD)}; "
-        f"{boot.get('n')} resamples, seed {boot.get('seed')}).",
+        f"({boot.method if boot else BOOTSTRAP_METHOD}; "
+        f"{boot.n if boot else None} resamples, seed {boot.seed if boot else None}).",
         "",
         "## Per class",
         "",
     ]
     class_rows = []
     for name in classes:
-        m = result["per_class"][name]
+        m = result.per_class[name]
         class_rows.append(
             [
                 name,
-                _fmt_ci(m["precision"], m["precision_ci"]),
-                _fmt_ci(m["recall"], m["recall_ci"]),
-                _fmt_ci(m["f1"], m["f1_ci"]),
-                m["support"],
-                _fmt(m["roc_auc"]),
+                _fmt_ci(m.precision, m.precision_ci),
+                _fmt_ci(m.recall, m.recall_ci),
+                _fmt_ci(m.f1, m.f1_ci),
+                m.support,
+                _fmt(m.roc_auc),
             ]
         )
     lines += _table(["class", "precision", "recall", "F1", "support", "ROC-AUC"], class_rows)
 
-    cm = result["confusion_matrix"]
-    lines += ["", "## Confusion matrix", "", "Rows: true class; columns: predicted class.", ""]
-    lines += _table(
-        ["true \\ predicted", *cm["labels"]],
-        [[label, *row] for label, row in zip(cm["labels"], cm["matrix"], strict=True)],
-    )
-    lines += ["", f"![Confusion matrix]({paths['confusion_matrix'].name})", ""]
+    cm = result.confusion_matrix
+    if cm is not None:
+        lines += ["", "## Confusion matrix", "", "Rows: true class; columns: predicted class.", ""]
+        lines += _table(
+            ["true \\ predicted", *cm.labels], [[label, *row] for label, row in cm.rows()]
+        )
+        lines += ["", f"![Confusion matrix]({paths['confusion_matrix'].name})", ""]
 
     lines += [
         "## ROC curves",
@@ -501,29 +532,26 @@ def _markdown(result: dict, classes: list[str], paths: dict[str, Path], title: s
         "",
         "## Calibration",
         "",
-        f"ECE: {_fmt(result['ece'])}.",
+        f"ECE: {_fmt(result.ece)}.",
         "",
         f"![Reliability diagram]({paths['calibration'].name})",
         "",
     ]
 
-    per_source = result.get("per_source")
-    if per_source:
+    if result.per_source:
         lines += ["## Per source", ""]
         rows = [
             [
                 source,
-                sub["n"],
-                _fmt(sub["accuracy"]),
-                _fmt(sub.get("macro_f1_present")),
+                sub.n,
+                _fmt(sub.accuracy),
+                _fmt(sub.macro_f1_present),
                 *(
-                    _fmt(sub["per_class"][name]["recall"])
-                    if sub["per_class"][name]["support"]
-                    else "n/a"
+                    _fmt(sub.per_class[name].recall) if sub.per_class[name].support else "n/a"
                     for name in classes
                 ),
             ]
-            for source, sub in per_source.items()
+            for source, sub in result.per_source.items()
         ]
         header = [
             "source",
@@ -533,7 +561,35 @@ def _markdown(result: dict, classes: list[str], paths: dict[str, Path], title: s
             *(f"recall {c}" for c in classes),
         ]
         lines += [*_table(header, rows), ""]
+    if result.shortcuts is not None:
+        lines += _shortcut_markdown(result.shortcuts)
     return "\n".join(lines)
+
+
+def _shortcut_markdown(shortcuts: ShortcutMetrics) -> list[str]:
+    """The shortcut tests: each figure with its interval, its target, and whether it is met."""
+    verdict = {True: "yes", False: "**no**", None: "n/a"}
+    rows = [
+        [
+            check.label,
+            "not measured" if check.value is None else _fmt_ci(check.value, check.ci),
+            check.target or "(reference)",
+            verdict[check.met] if check.target else "",
+            check.note,
+        ]
+        for check in shortcuts.checks()
+    ]
+    return [
+        "## Shortcut tests",
+        "",
+        "Does the model read the lungs, or where the image came from? Within-source ROC-AUC "
+        "needs the disease, not the hospital; with the lung fields filled with the image's "
+        "mean accuracy should fall towards chance; Grad-CAM mass (predicted class) should "
+        f"lie in the lungs. {shortcuts.n} images.",
+        "",
+        *_table(["test", "value [95% CI]", "target", "met", "note"], rows),
+        "",
+    ]
 
 
 # --- figures (drawn from the result alone) ---------------------------------------------------
@@ -556,9 +612,9 @@ def _relative_luminance(rgba: Sequence[float]) -> float:
     return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
 
 
-def _require_curves(result: dict) -> dict:
-    curves = result.get("curves")
-    if not isinstance(curves, dict):
+def _require_curves(result: EvaluationResult) -> Mapping[str, Any]:
+    curves = result.curves
+    if curves is None:
         raise ValueError(
             "This result has no curves (metrics computed before curves were stored); "
             "evaluate the model again to draw ROC and calibration plots."
@@ -566,15 +622,18 @@ def _require_curves(result: dict) -> dict:
     return curves
 
 
-def figure_confusion_matrix(result: dict, title: str = "") -> Figure:
+def figure_confusion_matrix(result: EvaluationResult, title: str = "") -> Figure:
     """The confusion matrix of an :func:`evaluate_predictions` result, counts in every cell.
 
     Sequential blues (light = few): each count is printed in black or white,
-    whichever contrasts more with its cell.
+    whichever contrasts more with its cell. Raises ``ValueError`` when the result has
+    no confusion matrix (metrics stored from an old model card's summary).
     """
-    cm = result["confusion_matrix"]
-    matrix = np.asarray(cm["matrix"], dtype=np.int64)
-    labels = cm["labels"]
+    cm = result.confusion_matrix
+    if cm is None:
+        raise ValueError("This result has no confusion matrix; evaluate the model again.")
+    matrix = np.asarray(cm.matrix, dtype=np.int64).reshape(len(cm.labels), len(cm.labels))
+    labels = list(cm.labels)
     size = 1.2 + 1.1 * len(labels)
     figure = _new_figure(size + 1.2, size)
     ax = figure.add_subplot()
@@ -603,8 +662,8 @@ def figure_confusion_matrix(result: dict, title: str = "") -> Figure:
     return figure
 
 
-def figure_roc(result: dict, title: str = "") -> Figure:
-    """One-vs-rest ROC curves from ``result["curves"]["roc"]``, AUC in the legend.
+def figure_roc(result: EvaluationResult, title: str = "") -> Figure:
+    """One-vs-rest ROC curves from ``result.curves["roc"]``, AUC in the legend.
 
     Raises ``ValueError`` when the result has no ``curves`` (metrics stored before
     they were added). Classes whose ROC is undefined are absent from the curves
@@ -640,10 +699,10 @@ def figure_roc(result: dict, title: str = "") -> Figure:
     return figure
 
 
-def figure_calibration(result: dict, title: str = "") -> Figure:
+def figure_calibration(result: EvaluationResult, title: str = "") -> Figure:
     """Reliability diagram (accuracy vs mean confidence per bin) over a confidence histogram.
 
-    Drawn from ``result["curves"]["calibration"]`` and ``["confidence_histogram"]``;
+    Drawn from ``result.curves["calibration"]`` and ``["confidence_histogram"]``;
     raises ``ValueError`` when the result has no ``curves``.
     """
     curves = _require_curves(result)
@@ -669,7 +728,7 @@ def figure_calibration(result: dict, title: str = "") -> Figure:
     )
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("accuracy (fraction correct)")
-    ax.set_title(_titled(title, f"reliability diagram, ECE {_fmt(result.get('ece'))}"))
+    ax.set_title(_titled(title, f"reliability diagram, ECE {_fmt(result.ece)}"))
     ax.grid(color="#dddddd", linewidth=0.6)
     ax.legend(loc="upper left")
     edges = np.asarray(histogram["edges"], dtype=np.float64)

@@ -17,6 +17,7 @@ import csv
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -48,7 +49,7 @@ def train_bootstrap(
     epochs: int = 40,
     lr: float = 3e-3,
     seed: int = 0,
-) -> dict:
+) -> dict[str, Any]:
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
     spec = PreprocessSpec(input_size=input_size)
@@ -67,7 +68,7 @@ def train_bootstrap(
     served_accuracy = float(np.mean(served == y))
     out.parent.mkdir(parents=True, exist_ok=True)
     model.save(out)
-    card = {
+    card: dict[str, Any] = {
         "name": out.stem,
         "architecture": "compact_cnn",
         "classes": list(CLASSES),

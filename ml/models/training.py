@@ -1,36 +1,52 @@
-"""Training: records -> arrays -> tf.data -> Keras fit -> artifact, card and report.
+"""Training: records -> arrays -> the fit loop -> artifact, card and report.
 
-One entry point, :func:`train`, used by the CLI (``python -m ml train``), the
-study, and the platform's training task. Reproducible: the same data, config
-and seed give the same split and (with op determinism) the same weights.
+One entry point, :func:`train`, used by the CLI (``python -m ml train``) and the
+platform's training task; the study (:mod:`ml.research.study`) uses the same pieces
+(:func:`resolve_split`, :func:`ml.models.fit.fit`). Reproducible: the same data,
+config and seed give the same split and (with op determinism) the same weights.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
-from sklearn.utils.class_weight import compute_class_weight
-from tqdm.auto import tqdm
 
 from ml.data.labels import CLASSES
 from ml.data.loaders import LABEL_MAPPING_VERSION, Dataset, Record
-from ml.data.preprocess import PreprocessSpec, open_image, preprocess
+from ml.data.preprocess import PreprocessSpec
 from ml.data.splits import patients_in_several_splits, split_records
 from ml.models.architectures import build_model
+from ml.models.arrays import Arrays, load_arrays, prepare_arrays
 from ml.models.artifacts import sha256_file, write_card
+from ml.models.fit import (
+    FitData,
+    FitResult,
+    FitSettings,
+    ProgressHook,
+    balanced_class_weight,
+    fit,
+    predict_batches,
+)
 
 log = logging.getLogger(__name__)
 
-ProgressHook = Callable[[dict], None]
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "balanced_class_weight",
+    "classifier_probabilities",
+    "evaluate_classifier",
+    "load_arrays",
+    "predict_batches",
+    "train",
+]
 
 
 @dataclass
@@ -51,269 +67,201 @@ class TrainConfig:
     seed: int = 0
     n_bootstrap: int = 1000
     gradcam_animation: bool = True  # <name>.gradcam.gif: Grad-CAM of 3 val images per epoch
+    # Against shortcuts (issue 16); each is recorded on the card.
+    preprocessing: int = 1  # 1: whole image, letterboxed; 2: lung frame (ml.data.preprocess)
+    mask_outside: bool = False  # v2: zero everything outside the dilated lung mask
+    balanced_sampling: bool = False  # sample evenly over source x class (replaces weights)
+    acquisition_augment: bool = False  # crops, gamma, blur/sharpen, noise, JPEG, resampling
+    lung_penalty: float = 0.0  # lambda of the input-gradient-outside-the-lungs penalty
+    shortcut_tests: bool = True  # lungs-blanked, within-source AUROC, Grad-CAM mass (needs lungs)
     extra: dict = field(default_factory=dict)
 
     def model_kwargs(self) -> dict:
         return {"width": self.width} if self.architecture == "compact_cnn" else {}
 
-
-def load_arrays(
-    records: Sequence[Record], spec: PreprocessSpec, *, workers: int = 2, progress: bool = True
-) -> np.ndarray:
-    """Preprocess every image with the serving function (``ml.data.preprocess``)."""
-
-    def one(record: Record) -> np.ndarray:
-        return preprocess(open_image(record.path), spec)
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        arrays = list(
-            tqdm(
-                pool.map(one, records),
-                total=len(records),
-                desc="preprocess",
-                unit="img",
-                disable=not progress,
-            )
-        )
-    return np.stack(arrays).astype(np.float32)
-
-
-def augmenter(seed: int) -> keras.Sequential:
-    """Small geometric and contrast jitter. No horizontal flip: the heart is on the left."""
-    return keras.Sequential(
-        [
-            keras.layers.RandomRotation(0.04, fill_mode="constant", seed=seed),
-            keras.layers.RandomTranslation(0.05, 0.05, fill_mode="constant", seed=seed + 1),
-            keras.layers.RandomZoom(0.1, fill_mode="constant", seed=seed + 2),
-            keras.layers.RandomContrast(0.15, seed=seed + 3),
-        ],
-        name="augment",
-    )
-
-
-def make_dataset(
-    x: np.ndarray, y: np.ndarray, *, batch_size: int, training: bool, augment: bool, seed: int
-) -> tf.data.Dataset:
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).cache()
-    if training:
-        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
-    if training and augment:
-        layer = augmenter(seed)
-        ds = ds.map(
-            lambda a, b: (tf.clip_by_value(layer(a, training=True), 0.0, 1.0), b),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
-class ProgressCallback(keras.callbacks.Callback):
-    """A tqdm bar per epoch plus an optional hook (the platform stores progress rows)."""
-
-    def __init__(self, steps: int, epochs: int, hook: ProgressHook | None, show: bool) -> None:
-        super().__init__()
-        self.steps, self.epochs, self.hook, self.show = steps, epochs, hook, show
-        self.bar: tqdm | None = None
-        self.epoch = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-        self.bar = tqdm(
-            total=self.steps, desc=f"epoch {epoch + 1}/{self.epochs}", disable=not self.show
+    def spec(self) -> PreprocessSpec:
+        return PreprocessSpec(
+            input_size=self.input_size,
+            version=self.preprocessing,
+            mask_outside=self.mask_outside if self.preprocessing >= 2 else False,
         )
 
-    def on_train_batch_end(self, batch, logs=None):
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(loss=f"{(logs or {}).get('loss', float('nan')):.3f}")
-        if self.hook:
-            self.hook(
-                {
-                    "epoch": self.epoch + 1,
-                    "epochs": self.epochs,
-                    "batch": batch + 1,
-                    "batches": self.steps,
-                }
-            )
+    def fit_settings(self) -> FitSettings:
+        return FitSettings(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            patience=self.patience,
+            seed=self.seed,
+            augment=self.augment,
+            class_weights=self.class_weights,
+            balanced_sampling=self.balanced_sampling,
+            acquisition_augment=self.acquisition_augment,
+            lung_penalty=self.lung_penalty,
+            mask_outside=self.mask_outside and self.preprocessing >= 2,
+        )
 
-    def on_epoch_end(self, epoch, logs=None):
-        if self.bar is not None:
-            self.bar.close()
-        logs = {k: float(v) for k, v in (logs or {}).items()}
-        log.info("epoch %d: %s", epoch + 1, json.dumps(logs))
-        if self.hook:
-            self.hook(
-                {
-                    "epoch": epoch + 1,
-                    "epochs": self.epochs,
-                    "batch": self.steps,
-                    "batches": self.steps,
-                    "logs": logs,
-                }
-            )
-
-
-def balanced_class_weight(y: np.ndarray) -> dict[int, float]:
-    """Keras ``class_weight`` for the classes present in ``y``, "balanced" as in scikit-learn."""
-    present = np.unique(y)
-    weights = compute_class_weight("balanced", classes=present, y=y)
-    return {int(c): float(w) for c, w in zip(present, weights, strict=True)}
-
-
-def predict_batches(model: keras.Model, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Direct model calls in batches (no ``model.predict`` pipeline overhead)."""
-    call = tf.function(lambda t: model(t, training=False), reduce_retracing=True)
-    outputs = [
-        call(tf.constant(x[i : i + batch_size])).numpy() for i in range(0, len(x), batch_size)
-    ]
-    return np.concatenate(outputs) if outputs else np.zeros((0, len(CLASSES)), np.float32)
+    def needs_segmenter(self) -> bool:
+        return self.preprocessing >= 2 or self.lung_penalty > 0 or self.shortcut_tests
 
 
 @dataclass
 class TrainResult:
     artifact: Path
     card: dict
-    metrics: dict
+    metrics: Any  # ml.models.metrics.EvaluationResult
     report_dir: Path
 
 
-def train(
-    dataset: Dataset,
-    out_dir: Path,
-    config: TrainConfig | None = None,
+def resolve_split(
+    records: Sequence[Record],
     *,
-    progress: bool = True,
-    hook: ProgressHook | None = None,
-    name: str = "model",
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    level: str,
     splits: Sequence[str] | None = None,
-) -> TrainResult:
-    """Split, train, evaluate on the test split, and write artifact + card + report.
+    train_fraction_used: float = 1.0,
+) -> dict[str, list[int]]:
+    """Indices of the train/val/test images: the given split or a computed one.
 
-    ``splits`` (one of train/val/test per record) replaces the computed split:
-    the platform passes a dataset snapshot's frozen split so the test images
-    stay the same across model versions.
-
-    With ``config.gradcam_animation`` it also writes ``NAME.gradcam.gif`` (Grad-CAM
-    of up to three fixed validation images after every epoch, see
-    :mod:`ml.explain.animation`), named in the card as ``training_animation``; it
-    draws no random numbers, so the trained weights are the same either way.
+    ``splits`` (one of train/val/test per record) replaces the computed split: the
+    platform passes a dataset snapshot's frozen split so the test images stay the same
+    across model versions. A patient-level split that leaks a patient is an error.
     """
-    from ml.models.evaluation import evaluate_predictions, write_report
-
-    config = config or TrainConfig()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(config.seed)
-    tf.config.experimental.enable_op_determinism()
-
-    records = dataset.records
-    split_source = "given" if splits is not None else config.split_level
     if splits is None:
         splits = split_records(
-            records,
-            val_fraction=config.val_fraction,
-            test_fraction=config.test_fraction,
-            seed=config.seed,
-            level=config.split_level,
+            records, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, level=level
         )
     elif len(splits) != len(records) or not set(splits) <= {"train", "val", "test"}:
         raise ValueError("splits must name train, val or test for every record.")
     leaked = patients_in_several_splits(records, splits)
-    if config.split_level == "patient" and leaked:
+    if level == "patient" and leaked:
         raise RuntimeError(f"patient-level split leaked {len(leaked)} patients")
     index = {s: [i for i, name in enumerate(splits) if name == s] for s in ("train", "val", "test")}
-    if config.train_fraction_used < 1.0:
-        rng = np.random.default_rng(config.seed)
-        keep = max(len(CLASSES), round(len(index["train"]) * config.train_fraction_used))
+    if train_fraction_used < 1.0:
+        rng = np.random.default_rng(seed)
+        keep = max(len(CLASSES), round(len(index["train"]) * train_fraction_used))
         index["train"] = sorted(rng.choice(index["train"], size=keep, replace=False).tolist())
     for split_name, idx in index.items():
         if not idx:
             raise ValueError(
                 f"The {split_name} split is empty: too little data for these fractions."
             )
+    return index
 
-    spec = PreprocessSpec(input_size=config.input_size)
-    x_all = load_arrays(records, spec, progress=progress)
-    y_all = np.array([CLASSES.index(r.label) for r in records], dtype=np.int32)
-    x_train, y_train = x_all[index["train"]], y_all[index["train"]]
-    x_val, y_val = x_all[index["val"]], y_all[index["val"]]
-    x_test = x_all[index["test"]]
 
-    class_weight = balanced_class_weight(y_train) if config.class_weights else None
+def load_segmenter(required: bool) -> Any:
+    """The bundled lung segmenter, or None when it is not needed or not there."""
+    from ml.lungs.segmenter import BUNDLED_LUNG_MODEL, LungSegmenter
 
-    model = build_model(
-        config.architecture, config.input_size, seed=config.seed, **config.model_kwargs()
-    )
-    model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    train_ds = make_dataset(
-        x_train,
-        y_train,
-        batch_size=config.batch_size,
-        training=True,
-        augment=config.augment,
-        seed=config.seed,
-    )
-    val_ds = make_dataset(
-        x_val, y_val, batch_size=config.batch_size, training=False, augment=False, seed=config.seed
-    )
-    steps = int(np.ceil(len(x_train) / config.batch_size))
-    callbacks = [
-        keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=config.patience, restore_best_weights=True
-        ),
-        keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss", factor=0.5, patience=max(1, config.patience // 2), min_lr=1e-5
-        ),
-        ProgressCallback(steps, config.epochs, hook, progress),
-    ]
-    animation = None
-    if config.gradcam_animation:
-        from ml.explain.animation import GradCAMAnimation, pick_images
+    if not BUNDLED_LUNG_MODEL.is_file():
+        if required:
+            raise FileNotFoundError(
+                f"Preprocessing v2 and the lung penalty need the lung segmenter "
+                f"{BUNDLED_LUNG_MODEL} (make train-lungs)."
+            )
+        log.warning("no lung segmenter at %s: shortcut tests skipped", BUNDLED_LUNG_MODEL)
+        return None
+    return LungSegmenter.load(BUNDLED_LUNG_MODEL)
 
-        shown = pick_images(y_val, len(CLASSES), sources=[records[i].source for i in index["val"]])
-        animation = GradCAMAnimation(
-            x_val[shown], y_val[shown], CLASSES, out_dir / f"{name}.gradcam.gif"
+
+def fit_data(
+    arrays: Arrays, records: Sequence[Record], index: Sequence[int], y_all: np.ndarray
+) -> FitData:
+    return FitData(
+        arrays=arrays.subset(index),
+        y=y_all[list(index)],
+        sources=[records[i].source for i in index],
+    )
+
+
+def evaluate_split(
+    model: keras.Model,
+    test: FitData,
+    labels: Sequence[str],
+    *,
+    n_bootstrap: int,
+    seed: int,
+    shortcut_tests: bool = True,
+) -> Any:
+    """Metrics on a held-out split, with the shortcut tests when lung masks are known."""
+    from ml.models.evaluation import evaluate_predictions
+
+    probs = predict_batches(model, test.arrays.x)
+    shortcuts = None
+    if shortcut_tests and test.arrays.lungs is not None:
+        from ml.models.shortcuts import shortcut_metrics
+
+        shortcuts = shortcut_metrics(
+            model,
+            test.arrays.x,
+            test.arrays.lungs,
+            list(labels),
+            test.sources,
+            CLASSES,
+            probs=probs,
+            n_bootstrap=n_bootstrap,
+            seed=seed,
         )
-        callbacks.append(animation)
-    start = time.perf_counter()
-    history = model.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=config.epochs,
-        class_weight=class_weight,
-        callbacks=callbacks,
-        shuffle=False,  # the tf.data pipeline shuffles, seeded
-        verbose=0,
-    )
-    seconds = time.perf_counter() - start
-    epochs_run = len(history.history["loss"])
+    return evaluate_predictions(
+        list(labels),
+        probs,
+        CLASSES,
+        sources=test.sources,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+        shortcuts=shortcuts,
+    ), probs
 
-    probs = predict_batches(model, x_test)
-    test_records = [records[i] for i in index["test"]]
-    y_true = [r.label for r in test_records]
-    sources = [r.source for r in test_records]
-    metrics = evaluate_predictions(
-        y_true, probs, CLASSES, sources=sources, n_bootstrap=config.n_bootstrap, seed=config.seed
-    )
-    report_dir = out_dir / "report"
-    write_report(metrics, y_true, probs, CLASSES, report_dir, title=f"{name}: test split")
 
-    artifact = out_dir / f"{name}.keras"
-    model.save(artifact)
-    with (out_dir / "splits.csv").open("w") as fh:
+def _animation(
+    config: TrainConfig, val: FitData, out_dir: Path, name: str
+) -> keras.callbacks.Callback | None:
+    if not config.gradcam_animation or config.lung_penalty > 0:
+        return None  # the penalty wraps the model: the animation reads the served net only
+    from ml.explain.animation import GradCAMAnimation, pick_images
+
+    shown = pick_images(val.y, len(CLASSES), sources=val.sources)
+    return GradCAMAnimation(
+        val.arrays.x[shown], val.y[shown], CLASSES, out_dir / f"{name}.gradcam.gif"
+    )
+
+
+def _write_splits(path: Path, records: Sequence[Record], index: dict[str, list[int]]) -> None:
+    names = {i: split for split, idx in index.items() for i in idx}
+    with path.open("w") as fh:
         fh.write("key,patient,label,source,split\n")
-        for record, split_name in zip(records, splits, strict=True):
-            fh.write(f"{record.key},{record.patient},{record.label},{record.source},{split_name}\n")
+        for i, record in enumerate(records):
+            split = names.get(i, "unused")
+            fh.write(f"{record.key},{record.patient},{record.label},{record.source},{split}\n")
 
-    card = {
+
+def _card(
+    *,
+    name: str,
+    config: TrainConfig,
+    dataset: Dataset,
+    spec: PreprocessSpec,
+    segmenter: Any,
+    split_source: str,
+    index: dict[str, list[int]],
+    result: FitResult,
+    metrics: Any,
+    artifact: Path,
+) -> dict:
+    preprocessing = spec.to_dict()
+    if spec.version >= 2:
+        preprocessing["segmenter"] = {
+            "artifact": Path(getattr(segmenter, "path", "lung-unet.keras")).name,
+            "sha256": segmenter.sha256,
+            "version": segmenter.version,
+        }
+    return {
         "name": name,
         "architecture": config.architecture,
         "classes": list(CLASSES),
-        "preprocessing": spec.to_dict(),
+        "preprocessing": preprocessing,
         "label_mapping_version": LABEL_MAPPING_VERSION,
         "data": {
             **dataset.summary(),
@@ -328,26 +276,104 @@ def train(
         },
         "hyperparameters": asdict(config),
         "training": {
-            "seconds": round(seconds, 1),
-            "epochs_run": epochs_run,
-            "seconds_per_epoch": round(seconds / max(epochs_run, 1), 2),
-            "best_val_loss": float(min(history.history["val_loss"])),
+            "seconds": round(result.seconds, 1),
+            "epochs_run": result.epochs_run,
+            "seconds_per_epoch": round(result.seconds / max(result.epochs_run, 1), 2),
+            "best_val_loss": result.best_val_loss,
         },
-        "metrics": {
-            "test_macro_f1": metrics["macro_f1"],
-            "test_macro_f1_ci": metrics["macro_f1_ci"],
-            "test_accuracy": metrics["accuracy"],
-            "test_per_class": metrics["per_class"],
-            "test_roc_auc_macro": metrics["roc_auc_macro"],
-            "test_ece": metrics["ece"],
-        },
+        "metrics": metrics.to_json(),
         "framework": {"tensorflow": tf.__version__, "keras": keras.__version__},
         "sha256": sha256_file(artifact),
     }
-    if animation is not None and animation.written:
+
+
+def train(
+    dataset: Dataset,
+    out_dir: Path,
+    config: TrainConfig | None = None,
+    *,
+    progress: bool = True,
+    hook: ProgressHook | None = None,
+    name: str = "model",
+    splits: Sequence[str] | None = None,
+    cache: Path | None = None,
+) -> TrainResult:
+    """Split, train, evaluate on the test split, and write artifact + card + report.
+
+    With ``config.gradcam_animation`` it also writes ``NAME.gradcam.gif`` (Grad-CAM
+    of up to three fixed validation images after every epoch, see
+    :mod:`ml.explain.animation`), named in the card as ``training_animation``; it
+    draws no random numbers, so the trained weights are the same either way.
+    """
+    from ml.models.evaluation import write_report
+
+    config = config or TrainConfig()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = dataset.records
+    index = resolve_split(
+        records,
+        val_fraction=config.val_fraction,
+        test_fraction=config.test_fraction,
+        seed=config.seed,
+        level=config.split_level,
+        splits=splits,
+        train_fraction_used=config.train_fraction_used,
+    )
+    spec = config.spec()
+    segmenter = (
+        load_segmenter(required=config.preprocessing >= 2 or config.lung_penalty > 0)
+        if config.needs_segmenter()
+        else None
+    )
+    arrays = prepare_arrays(records, spec, segmenter=segmenter, cache=cache, progress=progress)
+    y_all = np.array([CLASSES.index(r.label) for r in records], dtype=np.int32)
+    train_data, val_data, test_data = (
+        fit_data(arrays, records, index[s], y_all) for s in ("train", "val", "test")
+    )
+    net = build_model(
+        config.architecture, config.input_size, seed=config.seed, **config.model_kwargs()
+    )
+    animation = _animation(config, val_data, out_dir, name)
+    result = fit(
+        net,
+        train_data,
+        val_data,
+        config.fit_settings(),
+        callbacks=[animation] if animation is not None else [],
+        hook=hook,
+        progress=progress,
+    )
+    y_true = [records[i].label for i in index["test"]]
+    metrics, probs = evaluate_split(
+        net,
+        test_data,
+        y_true,
+        n_bootstrap=config.n_bootstrap,
+        seed=config.seed,
+        shortcut_tests=config.shortcut_tests,
+    )
+    report_dir = out_dir / "report"
+    write_report(metrics, y_true, probs, CLASSES, report_dir, title=f"{name}: test split")
+    artifact = out_dir / f"{name}.keras"
+    net.save(artifact)
+    _write_splits(out_dir / "splits.csv", records, index)
+    card = _card(
+        name=name,
+        config=config,
+        dataset=dataset,
+        spec=spec,
+        segmenter=segmenter,
+        split_source="given" if splits is not None else config.split_level,
+        index=index,
+        result=result,
+        metrics=metrics,
+        artifact=artifact,
+    )
+    if animation is not None and getattr(animation, "written", False):
         card["training_animation"] = animation.path.name
     write_card(artifact, card)
-    log.info("wrote %s: test macro-F1 %.3f", artifact, metrics["macro_f1"])
+    log.info("wrote %s: test macro-F1 %.3f", artifact, metrics.macro_f1)
     return TrainResult(artifact=artifact, card=card, metrics=metrics, report_dir=report_dir)
 
 
@@ -355,7 +381,8 @@ def classifier_probabilities(
     classifier, records: Sequence[Record], *, progress: bool = False, batch_size: int = 64
 ) -> np.ndarray:
     """Probabilities of a loaded ``ml.serving.classifier.Classifier`` for records, in batches."""
-    x = load_arrays(records, classifier.spec, progress=progress)
+    segmenter = classifier.segmenter if classifier.needs_lungs else None
+    x = prepare_arrays(records, classifier.spec, segmenter=segmenter, progress=progress).x
     return np.concatenate(
         [classifier.predict_array(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
     )

@@ -28,18 +28,27 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from ml.data.loaders import Record, load_many
 
+if TYPE_CHECKING:
+    import keras
+    from matplotlib.figure import Figure
+
+    from ml.data.preprocess import PreprocessSpec
+
 log = logging.getLogger(__name__)
 
 RANDOM_REFERENCES = ("random-pixel", "random-smooth")
 
 
-def select_test_records(data: Sequence[Path], splits_csv: Path, per_source: int, seed: int = 0):
+def select_test_records(
+    data: Sequence[Path], splits_csv: Path, per_source: int, seed: int = 0
+) -> tuple[list[Record], dict[str, int]]:
     """The test-split records named in ``splits_csv``, at most ``per_source`` per source."""
     with Path(splits_csv).open(newline="") as fh:
         test_keys = {row["key"] for row in csv.DictReader(fh) if row["split"] == "test"}
@@ -49,7 +58,7 @@ def select_test_records(data: Sequence[Path], splits_csv: Path, per_source: int,
         if record.key in test_keys:
             by_source.setdefault(record.source, []).append(record)
     rng = np.random.default_rng(seed)
-    chosen = []
+    chosen: list[Record] = []
     for source in sorted(by_source):
         records = by_source[source]
         if len(records) > per_source:
@@ -59,7 +68,7 @@ def select_test_records(data: Sequence[Path], splits_csv: Path, per_source: int,
     return chosen, {s: len(v) for s, v in by_source.items()}
 
 
-def _reference_mask(record: Record, spec) -> np.ndarray | None:
+def _reference_mask(record: Record, spec: PreprocessSpec) -> np.ndarray | None:
     """The lungVAE mask of a covid-chestxray image, letterboxed like the image, if any."""
     from ml.data.preprocess import open_image, preprocess
 
@@ -67,10 +76,13 @@ def _reference_mask(record: Record, spec) -> np.ndarray | None:
     path = folder / f"{record.path.stem}_mask.png"
     if not path.is_file():
         return None
-    return preprocess(open_image(path), spec)[..., 0] > 0.5
+    mask: np.ndarray = preprocess(open_image(path), spec)[..., 0] > 0.5
+    return mask
 
 
-def _contour_tile(gray: np.ndarray, mask: np.ndarray, ref: np.ndarray | None, label: str):
+def _contour_tile(
+    gray: np.ndarray, mask: np.ndarray, ref: np.ndarray | None, label: str
+) -> Image.Image:
     import cv2
 
     u8 = (np.clip(gray, 0, 1) * 255).astype(np.uint8)
@@ -94,7 +106,7 @@ def _sheet(tiles: Sequence[Image.Image], columns: int) -> Image.Image:
     return sheet
 
 
-def _save_figure(fig, path: Path, *, dpi: int) -> None:
+def _save_figure(fig: Figure, path: Path, *, dpi: int) -> None:
     """A matplotlib figure as a palette PNG (a fraction of the RGBA file's size)."""
     import io
 
@@ -124,9 +136,8 @@ def run_heatmap_study(
 
     from ml.data.preprocess import open_image, preprocess
     from ml.explain._common import forward
-    from ml.explain.api import METHODS, deletion_insertion, explain, random_heatmap
-    from ml.explain.sanity import randomisation_check
-    from ml.lungs.heuristic import dice, lung_fields, mass_outside
+    from ml.explain.api import METHODS, explain, random_heatmap
+    from ml.lungs.heuristic import dice, lung_fields
     from ml.serving.classifier import Classifier
 
     methods = list(methods or METHODS)
@@ -139,7 +150,7 @@ def run_heatmap_study(
 
     rows = []
     contact: dict[str, list[Image.Image]] = {}
-    examples: dict[str, dict] = {}
+    examples: dict[str, dict[str, Any]] = {}
     seconds = dict.fromkeys(methods, 0.0)
     start = time.perf_counter()
     for i, record in enumerate(tqdm(records, desc="images", disable=not progress)):
@@ -148,7 +159,7 @@ def run_heatmap_study(
         predicted = int(np.argmax(probs))
         lungs = lung_fields(x)
         reference = _reference_mask(record, spec) if record.source == "covid-chestxray" else None
-        row = {
+        row: dict[str, Any] = {
             "key": record.key,
             "source": record.source,
             "label": record.label,
@@ -158,7 +169,7 @@ def run_heatmap_study(
             "lung_area_fraction": lungs.area_fraction,
             "area_outside": float(1.0 - lungs.mask.mean()),
             "lung_dice_vs_lungvae": dice(lungs.mask, reference) if reference is not None else None,
-            "methods": {},
+            "methods": {},  # filled below
         }
         if reference is not None:
             row["area_outside_lungvae"] = float(1.0 - reference.mean())
@@ -171,16 +182,7 @@ def run_heatmap_study(
             heatmap = explain(model, x, method, target_class=predicted, classes=classes)
             seconds[method] += heatmap.seconds
             maps[method] = heatmap.values
-        for name, values in maps.items():
-            scores = deletion_insertion(model, x, values, predicted)
-            entry = {
-                "deletion_auc": scores["deletion_auc"],
-                "insertion_auc": scores["insertion_auc"],
-                "outside_lungs": mass_outside(values, lungs.mask),
-            }
-            if reference is not None:
-                entry["outside_lungvae"] = mass_outside(values, reference)
-            row["methods"][name] = entry
+        row["methods"] = _map_scores(model, x, predicted, maps, lungs.mask, reference)
         rows.append(row)
         tiles = contact.setdefault(record.source, [])
         if len(tiles) < 8:
@@ -189,16 +191,8 @@ def run_heatmap_study(
             examples[record.source] = {"x": x, "maps": maps, "mask": lungs.mask, "row": row}
     study_seconds = time.perf_counter() - start
 
-    sanity = []
     sanity_x = [preprocess(open_image(r.path), spec) for r in _spread(records, sanity_images)]
-    for method in methods:
-        t0 = time.perf_counter()
-        result = randomisation_check(model, sanity_x, method, seed=seed, mode="cascading")
-        result["seconds"] = round(time.perf_counter() - t0, 1)
-        result.pop("params", None)
-        sanity.append(result)
-        log.info("sanity %s: Spearman %.3f", method, result["spearman_mean"])
-
+    sanity = _sanity_checks(model, sanity_x, methods, seed=seed)
     summary = summarise(rows, methods)
     result = {
         "model": str(model_path),
@@ -219,6 +213,50 @@ def run_heatmap_study(
     return _report(result, methods, out_dir)
 
 
+def _map_scores(
+    model: keras.Model,
+    x: np.ndarray,
+    predicted: int,
+    maps: dict[str, np.ndarray],
+    lungs: np.ndarray,
+    reference: np.ndarray | None,
+) -> dict[str, dict[str, float]]:
+    """Per map: deletion and insertion AUC for ``predicted``, and its mass outside the lungs
+    (the heuristic's ``lungs`` mask, and the lungVAE ``reference`` where there is one)."""
+    from ml.explain.api import deletion_insertion
+    from ml.lungs.heuristic import mass_outside
+
+    scored = {}
+    for name, values in maps.items():
+        scores = deletion_insertion(model, x, values, predicted)
+        entry = {
+            "deletion_auc": scores["deletion_auc"],
+            "insertion_auc": scores["insertion_auc"],
+            "outside_lungs": mass_outside(values, lungs),
+        }
+        if reference is not None:
+            entry["outside_lungvae"] = mass_outside(values, reference)
+        scored[name] = entry
+    return scored
+
+
+def _sanity_checks(
+    model: keras.Model, images: list[np.ndarray], methods: Sequence[str], *, seed: int
+) -> list[dict[str, Any]]:
+    """The cascading randomisation check of every method on ``images``, timed."""
+    from ml.explain.sanity import randomisation_check
+
+    sanity = []
+    for method in methods:
+        t0 = time.perf_counter()
+        result = randomisation_check(model, images, method, seed=seed, mode="cascading")
+        result["seconds"] = round(time.perf_counter() - t0, 1)
+        result.pop("params", None)
+        sanity.append(result)
+        log.info("sanity %s: Spearman %.3f", method, result["spearman_mean"])
+    return sanity
+
+
 def _spread(records: Sequence[Record], n: int) -> list[Record]:
     """``n`` records taken round-robin across sources (deterministic)."""
     by_source: dict[str, list[Record]] = {}
@@ -234,7 +272,7 @@ def _spread(records: Sequence[Record], n: int) -> list[Record]:
     return chosen
 
 
-def _stats(values: Sequence[float]) -> dict:
+def _stats(values: Sequence[float | None]) -> dict[str, float | None]:
     array = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=np.float64)
     if not len(array):
         return {"n": 0, "mean": None, "sd": None, "median": None}
@@ -246,10 +284,10 @@ def _stats(values: Sequence[float]) -> dict:
     }
 
 
-def summarise(rows: Sequence[dict], methods: Sequence[str]) -> dict:
+def summarise(rows: Sequence[dict[str, Any]], methods: Sequence[str]) -> dict[str, Any]:
     names = [*methods, *RANDOM_REFERENCES]
     sources = sorted({r["source"] for r in rows})
-    faith = {
+    faith: dict[str, dict[str, Any]] = {
         name: {
             metric: _stats([r["methods"][name][metric] for r in rows])
             for metric in ("deletion_auc", "insertion_auc")
@@ -307,13 +345,24 @@ def summarise(rows: Sequence[dict], methods: Sequence[str]) -> dict:
     return {"faithfulness": faith, "outside_lungs": outside}
 
 
-def _figures(summary, sanity, examples, methods, out_dir: Path) -> None:
+def _figures(
+    summary: dict[str, Any],
+    sanity: list[dict[str, Any]],
+    examples: dict[str, dict[str, Any]],
+    methods: Sequence[str],
+    out_dir: Path,
+) -> None:
+    _faithfulness_figure(summary["faithfulness"], methods, out_dir / "heatmap-faithfulness.png")
+    _outside_lungs_figure(summary["outside_lungs"], methods, out_dir / "heatmap-outside-lungs.png")
+    _sanity_figure(sanity, out_dir / "heatmap-sanity.png")
+    if examples:
+        _examples_figure(examples, methods, out_dir / "heatmap-examples.png")
+
+
+def _faithfulness_figure(faith: dict[str, Any], methods: Sequence[str], path: Path) -> None:
     from matplotlib.figure import Figure
 
-    from ml.serving.colours import HEATMAP_CMAP
-
     names = [*methods, *RANDOM_REFERENCES]
-    faith = summary["faithfulness"]
     fig = Figure(figsize=(8, 3.2), layout="constrained")
     axes = fig.subplots(1, 2)
     for ax, metric, better in zip(
@@ -326,9 +375,13 @@ def _figures(summary, sanity, examples, methods, out_dir: Path) -> None:
         ax.set_xticks(range(len(names)), names, rotation=35, ha="right")
         ax.set_title(f"{metric.replace('_', ' ')} ({better} = more faithful)")
         ax.grid(axis="y", alpha=0.3)
-    fig.savefig(out_dir / "heatmap-faithfulness.png", dpi=80)
+    fig.savefig(path, dpi=80)
 
-    outside = summary["outside_lungs"]
+
+def _outside_lungs_figure(outside: dict[str, Any], methods: Sequence[str], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    names = [*methods, *RANDOM_REFERENCES]
     sources = sorted(outside)
     fig = Figure(figsize=(8, 3.4), layout="constrained")
     ax = fig.subplots()
@@ -345,7 +398,11 @@ def _figures(summary, sanity, examples, methods, out_dir: Path) -> None:
     ax.set_ylim(0, 1)
     ax.set_title("Heatmap mass outside the approximate lung fields (dotted: area outside)")
     ax.legend(fontsize=8, loc="lower right")
-    fig.savefig(out_dir / "heatmap-outside-lungs.png", dpi=80)
+    fig.savefig(path, dpi=80)
+
+
+def _sanity_figure(sanity: list[dict[str, Any]], path: Path) -> None:
+    from matplotlib.figure import Figure
 
     fig = Figure(figsize=(5.5, 3.2), layout="constrained")
     ax = fig.subplots()
@@ -369,35 +426,42 @@ def _figures(summary, sanity, examples, methods, out_dir: Path) -> None:
     ax.axhline(0, color="#555555", lw=0.8)
     ax.legend(fontsize=7)
     ax.set_title("Cascading randomisation (lower = map depends on weights)")
-    fig.savefig(out_dir / "heatmap-sanity.png", dpi=80)
-
-    if examples:
-        sources = sorted(examples)
-        fig = Figure(figsize=(1.6 * (len(methods) + 1), 1.8 * len(sources)), layout="constrained")
-        grid = fig.subplots(len(sources), len(methods) + 1, squeeze=False)
-        for r, source in enumerate(sources):
-            ex = examples[source]
-            grid[r][0].imshow(ex["x"][..., 0], cmap="gray", vmin=0, vmax=1)
-            grid[r][0].contour(ex["mask"], levels=[0.5], colors="yellow", linewidths=0.6)
-            grid[r][0].set_title(f"{source}\n{ex['row']['label']}", fontsize=7)
-            for c, method in enumerate(methods, 1):
-                grid[r][c].imshow(ex["x"][..., 0], cmap="gray", vmin=0, vmax=1)
-                grid[r][c].imshow(ex["maps"][method], cmap=HEATMAP_CMAP, alpha=0.5, vmin=0, vmax=1)
-                grid[r][c].contour(ex["mask"], levels=[0.5], colors="white", linewidths=0.5)
-                share = ex["row"]["methods"][method]["outside_lungs"]
-                grid[r][c].set_title(f"{method}: {share:.0%} out", fontsize=7)
-        for ax in grid.ravel():
-            ax.set_axis_off()
-        _save_figure(fig, out_dir / "heatmap-examples.png", dpi=80)
+    fig.savefig(path, dpi=80)
 
 
-def _f(stats: dict) -> str:
+def _examples_figure(
+    examples: dict[str, dict[str, Any]], methods: Sequence[str], path: Path
+) -> None:
+    from matplotlib.figure import Figure
+
+    from ml.serving.colours import HEATMAP_CMAP
+
+    sources = sorted(examples)
+    fig = Figure(figsize=(1.6 * (len(methods) + 1), 1.8 * len(sources)), layout="constrained")
+    grid = fig.subplots(len(sources), len(methods) + 1, squeeze=False)
+    for r, source in enumerate(sources):
+        ex = examples[source]
+        grid[r][0].imshow(ex["x"][..., 0], cmap="gray", vmin=0, vmax=1)
+        grid[r][0].contour(ex["mask"], levels=[0.5], colors="yellow", linewidths=0.6)
+        grid[r][0].set_title(f"{source}\n{ex['row']['label']}", fontsize=7)
+        for c, method in enumerate(methods, 1):
+            grid[r][c].imshow(ex["x"][..., 0], cmap="gray", vmin=0, vmax=1)
+            grid[r][c].imshow(ex["maps"][method], cmap=HEATMAP_CMAP, alpha=0.5, vmin=0, vmax=1)
+            grid[r][c].contour(ex["mask"], levels=[0.5], colors="white", linewidths=0.5)
+            share = ex["row"]["methods"][method]["outside_lungs"]
+            grid[r][c].set_title(f"{method}: {share:.0%} out", fontsize=7)
+    for ax in grid.ravel():
+        ax.set_axis_off()
+    _save_figure(fig, path, dpi=80)
+
+
+def _f(stats: dict[str, Any]) -> str:
     if not stats or stats.get("mean") is None:
         return "n/a"
     return f"{stats['mean']:.3f} ± {stats['sd']:.3f}"
 
 
-def _report(result: dict, methods: Sequence[str], out_dir: Path) -> Path:
+def _report(result: dict[str, Any], methods: Sequence[str], out_dir: Path) -> Path:
     summary = result["summary"]
     names = [*methods, *RANDOM_REFERENCES]
     lines = [
@@ -487,7 +551,7 @@ def _report(result: dict, methods: Sequence[str], out_dir: Path) -> Path:
     return path
 
 
-def lung_quality(covid_dir: Path, out_dir: Path, *, size: int = 128) -> dict:
+def lung_quality(covid_dir: Path, out_dir: Path, *, size: int = 128) -> dict[str, Any]:
     """Dice of the lung heuristic against every lungVAE mask of the covid-chestxray set.
 
     The lungVAE masks are model outputs (arXiv:2005.10052), not expert drawings: this
@@ -499,8 +563,8 @@ def lung_quality(covid_dir: Path, out_dir: Path, *, size: int = 128) -> dict:
 
     spec = PreprocessSpec(input_size=size)
     covid_dir = Path(covid_dir)
-    rows = []
-    tiles = []
+    rows: list[dict[str, Any]] = []
+    tiles: list[Image.Image] = []
     for mask_path in sorted((covid_dir / "annotations" / "lungVAE-masks").glob("*_mask.png")):
         stem = mask_path.name.removesuffix("_mask.png")
         images = sorted((covid_dir / "images").glob(f"{stem}.*"))

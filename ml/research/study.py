@@ -33,18 +33,22 @@ so the test split changes with ``f``: each run is scored on its own test split.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ml.data.labels import CLASSES
 from ml.data.loaders import Dataset
+from ml.data.preprocess import PreprocessSpec
+
+if TYPE_CHECKING:
+    from ml.models.arrays import Arrays
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +63,30 @@ class RunConfig:
     augment: bool = True
     input_size: int = 64
     split_level: str = "patient"
+    # Against shortcuts (issue 16). Defaults are the v1 procedure, so old keys stay valid.
+    preprocessing: int = 1
+    mask_outside: bool = False
+    balanced_sampling: bool = False
+    acquisition_augment: bool = False
+    lung_penalty: float = 0.0
+    hold_out_source: str = ""  # leave-one-source-out: train without it, test on all of it
 
     def key(self) -> str:
-        return (
+        key = (
             f"tf{self.train_fraction:g}-df{self.data_fraction:g}-lr{self.learning_rate:g}-"
             f"aug{int(self.augment)}-px{self.input_size}-{self.split_level}"
         )
+        if self.preprocessing != 1 or self.balanced_sampling or self.acquisition_augment:
+            key += (
+                f"-pre{self.preprocessing}-mask{int(self.mask_outside)}"
+                f"-bal{int(self.balanced_sampling)}-acq{int(self.acquisition_augment)}"
+                f"-pen{self.lung_penalty:g}"
+            )
+        elif self.mask_outside or self.lung_penalty:
+            key += f"-mask{int(self.mask_outside)}-pen{self.lung_penalty:g}"
+        if self.hold_out_source:
+            key += f"-loso-{self.hold_out_source}"
+        return key
 
 
 # factor -> (attribute of RunConfig, values, label of each value)
@@ -98,8 +120,37 @@ class StudyPlan:
         return list(seen.values())
 
 
+# The anti-shortcut factors, varied one at a time around the shortcut baseline.
+SHORTCUT_FACTORS: dict[str, tuple[str, tuple, tuple[str, ...]]] = {
+    "preprocessing": ("preprocessing", (1, 2), ("v1 whole image", "v2 lung crop")),
+    "mask_outside": ("mask_outside", (False, True), ("off", "on")),
+    "balanced_sampling": ("balanced_sampling", (False, True), ("off", "on")),
+    "acquisition_augment": ("acquisition_augment", (False, True), ("off", "on")),
+    "lung_penalty": ("lung_penalty", (0.0, 1.0), ("0", "1")),
+    "hold_out_source": (
+        "hold_out_source",
+        ("", "pediatric-pneumonia", "nih-cxr14"),
+        ("none", "pediatric held out", "NIH held out"),
+    ),
+}
+SHORTCUT_BASELINE = RunConfig(
+    input_size=96,
+    learning_rate=1e-3,
+    preprocessing=2,
+    mask_outside=False,
+    balanced_sampling=True,
+    acquisition_augment=True,
+)
+
+
 def default_plan(seeds: Sequence[int] = (0, 1, 2), *, max_epochs: int = 12) -> StudyPlan:
     return StudyPlan(RunConfig(), dict(FACTORS), tuple(seeds), max_epochs=max_epochs)
+
+
+def shortcut_plan(seeds: Sequence[int] = (0, 1, 2), *, max_epochs: int = 12) -> StudyPlan:
+    """Issue 16: preprocessing, masking, sampling, augmentation, the lung penalty and
+    leave-one-source-out, one factor at a time around the shortcut baseline."""
+    return StudyPlan(SHORTCUT_BASELINE, dict(SHORTCUT_FACTORS), tuple(seeds), max_epochs=max_epochs)
 
 
 def quick_plan() -> StudyPlan:
@@ -119,124 +170,143 @@ def quick_plan() -> StudyPlan:
     )
 
 
-def _arrays(dataset: Dataset, size: int, cache: Path | None, progress: bool) -> np.ndarray:
-    from ml.data.preprocess import PreprocessSpec
-    from ml.models.training import load_arrays
+def _spec(config: RunConfig) -> PreprocessSpec:
+    return PreprocessSpec(
+        input_size=config.input_size,
+        version=config.preprocessing,
+        mask_outside=config.mask_outside if config.preprocessing >= 2 else False,
+    )
 
-    spec = PreprocessSpec(input_size=size)
-    path = None
-    if cache is not None:
-        digest = hashlib.sha256(
-            (dataset.content_hash() + json.dumps(spec.to_dict(), sort_keys=True)).encode()
-        ).hexdigest()[:16]
-        path = Path(cache) / f"arrays-{size}px-{digest}.npy"
-        if path.is_file():
-            log.info("preprocessed arrays from %s", path)
-            return np.load(path)
-    x = load_arrays(dataset.records, spec, progress=progress)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(path, x)
-    return x
+
+def _arrays(
+    dataset: Dataset, config: RunConfig, cache: Path | None, progress: bool, segmenter: Any
+) -> Arrays:
+    from ml.models.arrays import prepare_arrays
+
+    return prepare_arrays(
+        dataset.records, _spec(config), segmenter=segmenter, cache=cache, progress=progress
+    )
+
+
+def _split(dataset: Dataset, config: RunConfig, seed: int) -> dict[str, list[int]]:
+    from ml.models.training import resolve_split
+
+    records = dataset.records
+    holdout = (1.0 - config.train_fraction) / 2
+    if not config.hold_out_source:
+        return resolve_split(
+            records,
+            val_fraction=holdout,
+            test_fraction=holdout,
+            seed=seed,
+            level=config.split_level,
+            train_fraction_used=config.data_fraction,
+        )
+    # Leave one source out: the held-out source is the whole test set; the rest is split
+    # into train and val (by patient) in the usual proportions.
+    kept = [i for i, r in enumerate(records) if r.source != config.hold_out_source]
+    if len(kept) == len(records):
+        raise ValueError(f"No images of source {config.hold_out_source!r} to hold out.")
+    inner = resolve_split(
+        [records[i] for i in kept],
+        val_fraction=holdout,
+        test_fraction=holdout,
+        seed=seed,
+        level=config.split_level,
+        train_fraction_used=config.data_fraction,
+    )
+    return {
+        "train": [kept[i] for i in inner["train"] + inner["test"]],
+        "val": [kept[i] for i in inner["val"]],
+        "test": [i for i, r in enumerate(records) if r.source == config.hold_out_source],
+    }
+
+
+def _class_rows(per_class: Any) -> dict:
+    return {
+        name: {
+            "precision": row.precision,
+            "recall": row.recall,
+            "f1": row.f1,
+            "support": row.support,
+        }
+        for name, row in per_class.items()
+    }
 
 
 def run_one(
-    dataset: Dataset, x_all: np.ndarray, config: RunConfig, seed: int, plan: StudyPlan
+    dataset: Dataset, arrays: Arrays, config: RunConfig, seed: int, plan: StudyPlan
 ) -> dict:
-    """Train and test one configuration with one seed; returns the run's JSON row."""
+    """Train and test one configuration with one seed (the fit loop of ``ml train``)."""
     import keras
-    import tensorflow as tf
 
-    from ml.data.splits import split_records
     from ml.models.architectures import build_compact_cnn
-    from ml.models.evaluation import evaluate_predictions
-    from ml.models.training import balanced_class_weight, make_dataset, predict_batches
+    from ml.models.fit import FitSettings, fit
+    from ml.models.training import evaluate_split, fit_data
 
-    keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
     records = dataset.records
-    holdout = (1.0 - config.train_fraction) / 2
-    splits = split_records(
-        records, val_fraction=holdout, test_fraction=holdout, seed=seed, level=config.split_level
-    )
-    index = {s: [i for i, n in enumerate(splits) if n == s] for s in ("train", "val", "test")}
-    if config.data_fraction < 1.0:
-        rng = np.random.default_rng(seed)
-        keep = max(len(CLASSES), round(len(index["train"]) * config.data_fraction))
-        index["train"] = sorted(rng.choice(index["train"], size=keep, replace=False).tolist())
+    index = _split(dataset, config, seed)
     y_all = np.array([CLASSES.index(r.label) for r in records], dtype=np.int32)
-    x_train, y_train = x_all[index["train"]], y_all[index["train"]]
-    class_weight = balanced_class_weight(y_train)
-
-    model = build_compact_cnn(input_size=config.input_size, width=plan.width, seed=seed)
-    model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
-        loss="sparse_categorical_crossentropy",
+    train, val, test = (
+        fit_data(arrays, records, index[s], y_all) for s in ("train", "val", "test")
     )
-    train_ds = make_dataset(
-        x_train,
-        y_train,
-        batch_size=plan.batch_size,
-        training=True,
-        augment=config.augment,
-        seed=seed,
-    )
-    val_ds = make_dataset(
-        x_all[index["val"]],
-        y_all[index["val"]],
-        batch_size=plan.batch_size,
-        training=False,
-        augment=False,
-        seed=seed,
-    )
-    start = time.perf_counter()
-    history = model.fit(
-        train_ds,
-        validation_data=val_ds,
+    settings = FitSettings(
         epochs=plan.max_epochs,
-        class_weight=class_weight,
-        callbacks=[
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=plan.patience, restore_best_weights=True
-            )
-        ],
-        shuffle=False,
-        verbose=0,
+        batch_size=plan.batch_size,
+        learning_rate=config.learning_rate,
+        patience=plan.patience,
+        seed=seed,
+        augment=config.augment,
+        balanced_sampling=config.balanced_sampling,
+        acquisition_augment=config.acquisition_augment,
+        lung_penalty=config.lung_penalty,
+        mask_outside=config.mask_outside and config.preprocessing >= 2,
     )
-    seconds = time.perf_counter() - start
-    probs = predict_batches(model, x_all[index["test"]])
-    test = [records[i] for i in index["test"]]
-    metrics = evaluate_predictions(
-        [r.label for r in test], probs, CLASSES, sources=[r.source for r in test], n_bootstrap=0
+    model = build_compact_cnn(input_size=config.input_size, width=plan.width, seed=seed)
+    result = fit(model, train, val, settings, progress=False)
+    metrics, _ = evaluate_split(
+        model, test, [records[i].label for i in index["test"]], n_bootstrap=0, seed=seed
     )
-    metrics.pop("curves", None)  # top level only; per_source entries carry none
     keras.backend.clear_session()
-    return {
+    row = {
         "key": config.key(),
         "seed": seed,
         "config": asdict(config),
         "counts": {k: len(v) for k, v in index.items()},
-        "epochs_run": len(history.history["loss"]),
-        "seconds": round(seconds, 1),
-        "macro_f1": metrics["macro_f1"],
-        "accuracy": metrics["accuracy"],
-        "per_class": {
-            name: {k: row[k] for k in ("precision", "recall", "f1", "support")}
-            for name, row in metrics["per_class"].items()
-        },
+        "epochs_run": result.epochs_run,
+        "seconds": round(result.seconds, 1),
+        "macro_f1": metrics.macro_f1,
+        "accuracy": metrics.accuracy,
+        "per_class": _class_rows(metrics.per_class),
         "per_source": {
             source: {
-                "n": sub["n"],
-                "accuracy": sub["accuracy"],
-                "macro_f1_present": sub["macro_f1_present"],
-                "per_class": {
-                    name: {k: row[k] for k in ("precision", "recall", "f1", "support")}
-                    for name, row in sub["per_class"].items()
-                },
+                "n": sub.n,
+                "accuracy": sub.accuracy,
+                "macro_f1_present": sub.macro_f1_present,
+                "per_class": _class_rows(sub.per_class),
             }
-            for source, sub in metrics.get("per_source", {}).items()
+            for source, sub in (metrics.per_source or {}).items()
         },
     }
+    if metrics.shortcuts is not None:
+        row["shortcuts"] = shortcut_row(metrics.shortcuts)
+    return row
+
+
+def shortcut_row(shortcuts: Any) -> dict:
+    """The shortcut figures of one run, flat (study tables read these keys)."""
+    data = shortcuts.to_json()
+    flat: dict[str, float | None] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            flat[prefix] = float(value)
+
+    walk("", data)
+    return flat
 
 
 def run_study(
@@ -270,12 +340,18 @@ def run_study(
         len(todo),
         len(done),
     )
-    arrays: dict[int, np.ndarray] = {}
+    arrays: dict[str, Arrays] = {}
+    segmenter = None
     study_start = time.perf_counter()
     for n, (config, seed) in enumerate(todo, 1):
-        if config.input_size not in arrays:
-            arrays[config.input_size] = _arrays(dataset, config.input_size, cache, progress)
-        row = run_one(dataset, arrays[config.input_size], config, seed, plan)
+        spec_key = json.dumps(_spec(config).to_dict(), sort_keys=True)
+        if spec_key not in arrays:
+            if segmenter is None:
+                from ml.models.training import load_segmenter
+
+                segmenter = load_segmenter(required=config.preprocessing >= 2)
+            arrays[spec_key] = _arrays(dataset, config, cache, progress, segmenter)
+        row = run_one(dataset, arrays[spec_key], config, seed, plan)
         done.append(row)
         runs_path.write_text(json.dumps(_header(dataset, plan) | {"runs": done}, indent=1))
         log.info(

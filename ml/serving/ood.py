@@ -24,11 +24,16 @@ The fitted gate is a small ``.npz`` plus a JSON card next to it.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 GATE_VERSION = 1
 THUMB = 32
@@ -116,7 +121,7 @@ class OodGate:
     threshold: float
     max_colourful: float
     min_spread: float  # thumbnail standard deviation below this: a blank image
-    card: dict
+    card: dict[str, Any]
 
     def score(self, gray: np.ndarray) -> float:
         """PPCA negative log-likelihood (up to a constant) of an image's features."""
@@ -129,7 +134,8 @@ class OodGate:
         inside = (projected**2 / self.variances).sum(axis=1)
         outside = (residual**2).sum(axis=1) / self.residual_variance
         # Divided by the feature count so the threshold reads on a familiar scale.
-        return (inside + outside) / z.shape[1]
+        per_feature: np.ndarray = (inside + outside) / z.shape[1]
+        return per_feature
 
     def verdict(self, gray: np.ndarray, colourful: float = 0.0) -> str | None:
         """None if the image looks like a chest radiograph, else why not:
@@ -305,11 +311,14 @@ def packaged_non_chest_images() -> list[tuple[str, Image.Image]]:
 
         from matplotlib import cbook
 
-        with cbook.get_sample_data("grace_hopper.jpg") as fh:
+        def sample(name: str) -> Path:
+            return Path(cbook.get_sample_data(name, asfileobj=False))
+
+        with sample("grace_hopper.jpg").open("rb") as fh:
             out.append(("matplotlib:grace_hopper.jpg", Image.open(fh).copy()))
-        with cbook.get_sample_data("Minduka_Present_Blue_Pack.png") as fh:
+        with sample("Minduka_Present_Blue_Pack.png").open("rb") as fh:
             out.append(("matplotlib:Minduka_Present_Blue_Pack.png", Image.open(fh).copy()))
-        with cbook.get_sample_data("s1045.ima.gz") as fh:
+        with sample("s1045.ima.gz").open("rb") as fh:
             raw = fh.read()
             if raw[:2] == b"\x1f\x8b":
                 raw = gzip.decompress(raw)
@@ -328,7 +337,7 @@ PYDICOM_SAMPLES = [
 ]  # fmt: skip
 
 
-def _pydicom_samples():
+def _pydicom_samples() -> Iterator[tuple[str, Dataset]]:
     """(name, dataset) of pydicom's sample files that decode to one grayscale image."""
     from pydicom.data import get_testdata_file
 
@@ -416,7 +425,7 @@ def chest_xray_paths(data_dirs: list[Path], splits_csv: Path) -> dict[str, list[
 def features_of_paths(paths: list[Path], progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     from ml.data.preprocess import open_image
 
-    iterator = paths
+    iterator: Iterable[Path] = paths
     if progress:
         from tqdm import tqdm
 
@@ -448,12 +457,12 @@ def evaluate(gate: OodGate, chest: dict[str, tuple[np.ndarray, np.ndarray]]) -> 
     for split, (feats, colour) in chest.items():
         accepted = gate.accepted(feats, colour)
         result[f"chest_{split}_accepted"] = [int(accepted.sum()), len(accepted)]
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, image in packaged_non_chest_images():
-        f, colour = image_features(image)
+        f, colourful = image_features(image)
         score = float(gate.scores(f[np.newaxis])[0])
-        verdict = gate.verdict_from(score, colour, float(f[-2]))
-        rows.append({"image": name, "score": round(score, 3), "colour": round(colour, 4),
+        verdict = gate.verdict_from(score, colourful, float(f[-2]))
+        rows.append({"image": name, "score": round(score, 3), "colour": round(colourful, 4),
                      "refused": verdict is not None, "reason": verdict or ""})  # fmt: skip
     refused = sum(row["refused"] for row in rows)
     result["non_chest_refused"] = [refused, len(rows)]

@@ -80,7 +80,8 @@ def _orientation_histograms(mid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def features(gray: np.ndarray) -> np.ndarray:
     """Frontal-vs-lateral features of a grayscale image in [0, 1] (H x W, any size)."""
-    gray = np.asarray(gray, dtype=np.float32)
+    # NaN/inf (a broken decoder) count as black, so the features stay finite.
+    gray = np.nan_to_num(np.asarray(gray, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
     height, width = gray.shape
     thumb = np.clip(_resize(gray, THUMB), 0.0, 1.0)
     normalised = (thumb - thumb.mean()) / (float(thumb.std()) + 0.02)
@@ -302,43 +303,21 @@ def fit_from_shared_data(
     lateral_dir: Path,
     *,
     seed: int = 0,
-    extra_frontal: list[Path] | None = None,
     progress: bool = False,
-) -> tuple[ViewCheck, dict[str, object]]:
-    """Fit on frontal train + fitting laterals, threshold on frontal val, measure the rest.
+) -> tuple[ViewCheck, dict[str, list[Path]], list[LateralView], list[LateralView]]:
+    """Fit on frontal train + the fitting half of the laterals, threshold on frontal val.
 
-    ``extra_frontal``: folders of frontal views used in no way for fitting (e.g.
-    the NIH adult pneumonia set), measured as a further acceptance check.
+    Returns the check, the frontal paths per split and the (fitting, held-out)
+    lateral views, for :func:`evaluate`.
     """
     frontal = frontal_paths(data_dirs, splits_csv)
+    if not frontal["train"] or not frontal["val"]:
+        raise ValueError(f"no frontal training/validation images of {splits_csv} in {data_dirs}")
     fitting, held_out = split_by_patient(lateral_views(lateral_dir), seed=seed)
-    feats = {
-        split: _features_of_paths(paths, mirrored=split == "train", progress=progress)
-        for split, paths in frontal.items()
-    }
+    train = _features_of_paths(frontal["train"], mirrored=True, progress=progress)
+    val = _features_of_paths(frontal["val"], progress=progress)
     lateral_fit = _features_of_paths([v.path for v in fitting], mirrored=True, progress=progress)
-    check = fit_view_check(feats["train"], lateral_fit, feats["val"])
-    held_out_feats = _features_of_paths([v.path for v in held_out], progress=progress)
-    measured: dict[str, object] = {}
-    for split in ("train", "val", "test"):
-        split_feats = feats[split][::2] if split == "train" else feats[split]  # not the mirrors
-        accepted = check.scores(split_feats) <= check.threshold
-        measured[f"frontal_{split}_accepted"] = [int(accepted.sum()), len(accepted)]
-    fit_refused = check.scores(lateral_fit[::2]) > check.threshold
-    measured["lateral_fit_refused"] = [int(fit_refused.sum()), len(fit_refused)]
-    held_scores = check.scores(held_out_feats)
-    refused = held_scores > check.threshold
-    measured["lateral_held_out_refused"] = [int(refused.sum()), len(refused)]
-    measured["lateral_held_out_missed"] = [
-        v.path.name for v, r in zip(held_out, refused, strict=True) if not r
-    ]
-    if extra_frontal:
-        from ml.data.loaders import load_many
-
-        paths = [r.path for r in load_many(extra_frontal).records]
-        accepted = check.scores(_features_of_paths(paths, progress=progress)) <= check.threshold
-        measured["frontal_unseen_sources_accepted"] = [int(accepted.sum()), len(accepted)]
-        measured["frontal_unseen_sources"] = [Path(d).name for d in extra_frontal]
+    check = fit_view_check(train, lateral_fit, val)
     check.card["fitted_on"] = {
         "frontal_train_images": len(frontal["train"]),
         "frontal_val_images_for_threshold": len(frontal["val"]),
@@ -350,8 +329,98 @@ def fit_from_shared_data(
         "lateral_fit_patients": len({v.patient for v in fitting}),
         "lateral_held_out_images": len(held_out),
         "lateral_held_out_patients": len({v.patient for v in held_out}),
+        "lateral_split": f"by patient, seed {seed} (ml.serving.viewcheck.split_by_patient)",
         "lateral_split_seed": seed,
         "lateral_held_out_files": sorted(v.path.name for v in held_out),
     }
-    check.card["measured"] = measured
-    return check, measured
+    return check, frontal, fitting, held_out
+
+
+def _verdicts(check: ViewCheck, paths: list[Path], gate, progress: bool) -> list[str]:
+    """Per image: "accepted", "lateral" (refused by this check) or "ood" (by the gate,
+    which runs first at upload)."""
+    from ml.data.preprocess import open_image, to_unit_gray
+
+    iterator = paths
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(paths, unit="image", leave=False)
+    out = []
+    for path in iterator:
+        with open_image(path) as image:
+            gray = to_unit_gray(image)
+            if gate is not None:
+                from ml.serving.ood import colourful_fraction
+
+                if gate.verdict(gray, colourful_fraction(image)) is not None:
+                    out.append("ood")
+                    continue
+        out.append("lateral" if check.is_lateral(gray) else "accepted")
+    return out
+
+
+def evaluate(
+    check: ViewCheck,
+    frontal: dict[str, list[Path]],
+    fitting: list[LateralView],
+    held_out: list[LateralView],
+    *,
+    extra_frontal: list[Path] | None = None,
+    gate=None,
+    progress: bool = False,
+) -> dict[str, object]:
+    """Frontal views accepted per split, lateral views refused, as ``[count, total]``.
+
+    With the OOD ``gate`` the figures are as at upload (the gate runs first; an
+    image it refuses never reaches this check): ``*_as_uploaded`` counts an image
+    refused by either, and ``lateral_held_out_refused_as_lateral`` those refused
+    with this check's message.
+    """
+    result: dict[str, object] = {}
+
+    def count(verdicts: list[str], wanted: set[str]) -> list[int]:
+        return [sum(v in wanted for v in verdicts), len(verdicts)]
+
+    groups: dict[str, list[Path]] = {f"frontal_{k}": v for k, v in frontal.items()}
+    if extra_frontal:
+        from ml.data.loaders import load_many
+
+        groups["frontal_unseen_sources"] = [r.path for r in load_many(extra_frontal).records]
+        result["frontal_unseen_sources"] = [Path(d).name for d in extra_frontal]
+    for name, paths in groups.items():
+        alone = _verdicts(check, paths, None, progress)
+        result[f"{name}_accepted"] = count(alone, {"accepted"})
+        if gate is not None:
+            result[f"{name}_accepted_as_uploaded"] = count(
+                _verdicts(check, paths, gate, progress), {"accepted"}
+            )
+    for name, views in (("lateral_fit", fitting), ("lateral_held_out", held_out)):
+        paths = [v.path for v in views]
+        alone = _verdicts(check, paths, None, progress)
+        result[f"{name}_refused"] = count(alone, {"lateral"})
+        if name == "lateral_held_out":
+            result["lateral_held_out_missed"] = [
+                p.name for p, v in zip(paths, alone, strict=True) if v != "lateral"
+            ]
+        if gate is not None:
+            uploaded = _verdicts(check, paths, gate, progress)
+            result[f"{name}_refused_as_uploaded"] = count(uploaded, {"lateral", "ood"})
+            result[f"{name}_refused_as_lateral"] = count(uploaded, {"lateral"})
+    return result
+
+
+def held_out_split(check: ViewCheck, lateral_dir: Path) -> tuple[list[LateralView], ...]:
+    """The (fitting, held-out) lateral views a fitted check was built with (from its card)."""
+    fitted_on = check.card.get("fitted_on", {})
+    seed = fitted_on.get("lateral_split_seed")
+    if seed is None:
+        raise ValueError("the view check's card does not record its lateral split")
+    fitting, held_out = split_by_patient(lateral_views(lateral_dir), seed=int(seed))
+    recorded = fitted_on.get("lateral_held_out_files")
+    if recorded is not None and sorted(v.path.name for v in held_out) != sorted(recorded):
+        raise ValueError(
+            f"{lateral_dir} does not split into the held-out views the check's card records; "
+            "is it the same lateral-views folder?"
+        )
+    return fitting, held_out

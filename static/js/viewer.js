@@ -1,7 +1,8 @@
-/* Case viewer: method tabs, heatmap opacity, explanation requests with a spinner. */
+/* Case viewer: method tabs, heatmap opacity, lung outline, explanation requests with a spinner. */
 (function () {
   "use strict";
   var OPACITY_KEY = "cxr.heatmapOpacity";
+  var LUNGS_KEY = "cxr.lungOutline";
   var chosenMethod = {}; // image id -> method the user picked or requested last
 
   function storedOpacity() {
@@ -37,10 +38,26 @@
     if (output) output.textContent = value + "%";
   }
 
+  function showLungs(block, on) {
+    var outline = block.querySelector("[data-lung-outline]");
+    var toggle = block.querySelector("[data-lung-toggle]");
+    if (outline) outline.hidden = !on;
+    if (toggle) toggle.checked = on;
+  }
+
   function init(block) {
     var image = block.dataset.image;
     select(block, chosenMethod[image] || "gradcam", false);
     setOpacity(block, storedOpacity());
+    // One choice for every image on the page, kept across visits (like the opacity).
+    showLungs(block, window.localStorage.getItem(LUNGS_KEY) === "1");
+    var lungToggle = block.querySelector("[data-lung-toggle]");
+    if (lungToggle) {
+      lungToggle.addEventListener("change", function () {
+        window.localStorage.setItem(LUNGS_KEY, lungToggle.checked ? "1" : "0");
+        document.querySelectorAll("[data-viewer]").forEach(function (other) { showLungs(other, lungToggle.checked); });
+      });
+    }
     block.querySelectorAll('[role="tab"]').forEach(function (tab) {
       tab.addEventListener("click", function () {
         chosenMethod[image] = tab.dataset.method;

@@ -2,8 +2,12 @@ import pytest
 from django.contrib.auth import authenticate
 from django.contrib.auth.models import Group
 from django.core.management import call_command
+from django.urls import reverse
 
 from apps.accounts.roles import ROLE_PERMISSIONS, ROLES, role_required
+from apps.cases.models import Case
+from apps.models.models import ModelVersion
+from tests.conftest import upload_of
 
 
 @pytest.mark.django_db
@@ -14,17 +18,23 @@ def test_migrations_create_each_role_group_with_exactly_its_permissions():
         assert granted == set(ROLE_PERMISSIONS[role])
 
 
-@pytest.mark.django_db
-def test_annotators_cannot_create_cases_and_clinicians_cannot_promote_models():
-    assert "cases.add_case" not in ROLE_PERMISSIONS["annotator"]
-    from tests.factories import UserFactory
+def test_annotators_cannot_create_cases_and_clinicians_cannot_promote_models(
+    client, annotator, clinician, production_model
+):
+    client.force_login(annotator)
+    response = client.post(reverse("cases:create"), {"images": [upload_of("2168a917.jpg")]})
+    assert response.status_code == 403
+    assert not Case.objects.exists()
 
-    annotator = UserFactory(roles=["annotator"])
-    clinician = UserFactory(roles=["clinician"])
-    assert not annotator.has_perm("cases.add_case")
-    assert annotator.has_perm("cases.add_expertlabel")
-    assert clinician.has_perm("cases.add_case")
-    assert not clinician.has_perm("registry.change_modelversion")
+    candidate = ModelVersion.objects.create(
+        name="candidate", sha256="c" * 64, card=production_model.card
+    )
+    client.force_login(clinician)
+    response = client.post(reverse("registry:promote", args=[candidate.pk]))
+    assert response.status_code == 403
+    assert ModelVersion.objects.production() == production_model
+    candidate.refresh_from_db()
+    assert candidate.status == ModelVersion.Status.CANDIDATE
 
 
 @pytest.mark.django_db

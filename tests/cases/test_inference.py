@@ -9,6 +9,7 @@ from apps.cases.inference import run_prediction
 from apps.cases.models import Prediction
 from apps.cases.tasks import classify_image
 from apps.models.models import ModelVersion
+from cxrplatform.jobs import sweep_stuck
 from ml.data.labels import CLASSES
 from tests.conftest import fixture_manifest, upload_of
 
@@ -112,7 +113,7 @@ def test_sweeper_fails_predictions_stuck_running_past_the_hard_limit(pending, se
         started_at=timezone.now()
         - timedelta(seconds=settings.CXR_TASK_HARD_LIMITS["inference"] + 120)
     )
-    assert services.sweep_stuck_predictions() == {"failed": 1, "requeued": 0}
+    assert sweep_stuck(Prediction) == {"failed": 1, "requeued": 0}
     stuck.refresh_from_db()
     fresh.refresh_from_db()
     assert stuck.status == Prediction.Status.FAILED
@@ -127,6 +128,6 @@ def test_sweeper_requeues_pending_predictions_that_never_reached_a_worker(
     Prediction.objects.filter(pk=lost.pk).update(created_at=timezone.now() - timedelta(hours=1))
     pending("5f619d7e.jpg")  # recent: still in the queue, leave it alone
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        result = services.sweep_stuck_predictions()
+        result = sweep_stuck(Prediction)
     assert result == {"failed": 0, "requeued": 1}
     assert len(callbacks) == 1

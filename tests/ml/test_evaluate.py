@@ -12,6 +12,7 @@ from ml.models.evaluation import (
     expected_calibration_error,
     write_report,
 )
+from ml.models.metrics import BootstrapInfo, EvaluationResult
 
 CLASSES = ("a", "b", "c")
 
@@ -54,11 +55,9 @@ def hand_result():
 
 
 def test_hand_example_confusion_matrix(hand_result):
-    assert hand_result["n"] == 10
-    assert hand_result["confusion_matrix"] == {
-        "labels": ["a", "b", "c"],
-        "matrix": [[3, 1, 0], [1, 2, 0], [0, 1, 2]],
-    }
+    assert hand_result.n == 10
+    assert hand_result.confusion_matrix.labels == ("a", "b", "c")
+    assert hand_result.confusion_matrix.matrix == ((3, 1, 0), (1, 2, 0), (0, 1, 2))
 
 
 def test_hand_example_per_class_metrics(hand_result):
@@ -68,31 +67,29 @@ def test_hand_example_per_class_metrics(hand_result):
         "c": (2 / 2, 2 / 3, 4 / 5, 3),
     }
     for name, (precision, recall, f1, support) in expected.items():
-        metrics = hand_result["per_class"][name]
-        assert metrics["precision"] == pytest.approx(precision)
-        assert metrics["recall"] == pytest.approx(recall)
-        assert metrics["f1"] == pytest.approx(f1)
-        assert metrics["support"] == support
+        metrics = hand_result.per_class[name]
+        assert metrics.precision == pytest.approx(precision)
+        assert metrics.recall == pytest.approx(recall)
+        assert metrics.f1 == pytest.approx(f1)
+        assert metrics.support == support
 
 
 def test_hand_example_summary_metrics(hand_result):
-    assert hand_result["accuracy"] == pytest.approx(0.7)
-    assert hand_result["macro_f1"] == pytest.approx(99 / 140)
-    assert hand_result["ece"] == pytest.approx(0.1)
-    assert hand_result["bootstrap"] == {
-        "n": 200,
-        "seed": 0,
-        "method": "percentile, resampling images with replacement",
-    }
+    assert hand_result.accuracy == pytest.approx(0.7)
+    assert hand_result.macro_f1 == pytest.approx(99 / 140)
+    assert hand_result.ece == pytest.approx(0.1)
+    assert hand_result.bootstrap == BootstrapInfo(
+        n=200, seed=0, method="percentile, resampling images with replacement"
+    )
 
 
 def test_hand_example_roc_auc(hand_result):
     # Class a, one-vs-rest scores: positives [.6, .6, .6, .2], negatives [.2, .2, .6, .2, .2, .2].
     # Of 24 pairs, each .6 positive beats five .2 negatives and ties one .6: 3 * 5.5 = 16.5;
     # the .2 positive ties five negatives: 2.5. AUC = 19 / 24.
-    assert hand_result["per_class"]["a"]["roc_auc"] == pytest.approx(19 / 24)
-    aucs = [hand_result["per_class"][c]["roc_auc"] for c in CLASSES]
-    assert hand_result["roc_auc_macro"] == pytest.approx(sum(aucs) / 3)
+    assert hand_result.per_class["a"].roc_auc == pytest.approx(19 / 24)
+    aucs = [hand_result.per_class[c].roc_auc for c in CLASSES]
+    assert hand_result.roc_auc_macro == pytest.approx(sum(aucs) / 3)
 
 
 def test_perfect_predictions():
@@ -105,32 +102,32 @@ def test_perfect_predictions():
 
     result = evaluate_predictions(true, probs, CLASSES, n_bootstrap=300)
 
-    assert result["accuracy"] == 1.0
-    assert result["macro_f1"] == 1.0
-    assert result["macro_f1_ci"] == [1.0, 1.0]
+    assert result.accuracy == 1.0
+    assert result.macro_f1 == 1.0
+    assert result.macro_f1_ci == (1.0, 1.0)
     for name in CLASSES:
-        metrics = result["per_class"][name]
-        assert metrics["f1"] == 1.0
-        assert metrics["f1_ci"] == [1.0, 1.0]
-        assert metrics["precision_ci"] == [1.0, 1.0]
-        assert metrics["recall_ci"] == [1.0, 1.0]
-        assert metrics["roc_auc"] == 1.0
-    assert result["roc_auc_macro"] == 1.0
-    assert result["ece"] == pytest.approx(1 - confidences.mean())
-    assert result["confusion_matrix"]["matrix"] == [[20, 0, 0], [0, 20, 0], [0, 0, 20]]
+        metrics = result.per_class[name]
+        assert metrics.f1 == 1.0
+        assert metrics.f1_ci == (1.0, 1.0)
+        assert metrics.precision_ci == (1.0, 1.0)
+        assert metrics.recall_ci == (1.0, 1.0)
+        assert metrics.roc_auc == 1.0
+    assert result.roc_auc_macro == 1.0
+    assert result.ece == pytest.approx(1 - confidences.mean())
+    assert result.confusion_matrix.matrix == ((20, 0, 0), (0, 20, 0), (0, 0, 20))
 
 
 def test_confidence_intervals_contain_the_estimate():
     true, probs = noisy_dataset()
     result = evaluate_predictions(true, probs, CLASSES, n_bootstrap=500, seed=3)
 
-    lo, hi = result["macro_f1_ci"]
-    assert lo <= result["macro_f1"] <= hi
+    lo, hi = result.macro_f1_ci
+    assert lo <= result.macro_f1 <= hi
     assert lo < hi  # a mediocre classifier on 300 images is not certain
-    for metrics in result["per_class"].values():
+    for metrics in result.per_class.values():
         for key in ("precision", "recall", "f1"):
-            lo, hi = metrics[f"{key}_ci"]
-            assert 0.0 <= lo <= metrics[key] <= hi <= 1.0
+            lo, hi = getattr(metrics, f"{key}_ci")
+            assert 0.0 <= lo <= getattr(metrics, key) <= hi <= 1.0
 
 
 def test_same_seed_same_result_and_different_seed_different_intervals():
@@ -141,10 +138,10 @@ def test_same_seed_same_result_and_different_seed_different_intervals():
 
     assert first == again
     # Point estimates do not depend on the seed; the resamples (and so intervals) do.
-    assert other["macro_f1"] == first["macro_f1"]
-    assert other["per_class"]["a"]["f1"] == first["per_class"]["a"]["f1"]
-    assert other["macro_f1_ci"] != first["macro_f1_ci"]
-    assert other["bootstrap"]["seed"] == 8
+    assert other.macro_f1 == first.macro_f1
+    assert other.per_class["a"].f1 == first.per_class["a"].f1
+    assert other.macro_f1_ci != first.macro_f1_ci
+    assert other.bootstrap.seed == 8
 
 
 def test_bootstrap_relabelling_matches_scikit_learn_per_resample():
@@ -170,24 +167,24 @@ def test_absent_class_gives_no_auc_and_json_without_nan():
     predicted = ["a", "b", "c", "b", "a", "a"]
     result = evaluate_predictions(true, one_hot_probs(predicted), CLASSES, n_bootstrap=100)
 
-    c = result["per_class"]["c"]
-    assert c["roc_auc"] is None
-    assert c["support"] == 0
-    assert c["precision"] == 0.0  # predicted once, never right
-    assert c["recall"] == 0.0  # zero_division=0
-    assert c["recall_ci"] == [0.0, 0.0]
-    defined = [result["per_class"][k]["roc_auc"] for k in ("a", "b")]
+    c = result.per_class["c"]
+    assert c.roc_auc is None
+    assert c.support == 0
+    assert c.precision == 0.0  # predicted once, never right
+    assert c.recall == 0.0  # zero_division=0
+    assert c.recall_ci == (0.0, 0.0)
+    defined = [result.per_class[k].roc_auc for k in ("a", "b")]
     assert None not in defined
-    assert result["roc_auc_macro"] == pytest.approx(sum(defined) / 2)
-    text = json.dumps(result, allow_nan=False)
-    assert json.loads(text) == result
+    assert result.roc_auc_macro == pytest.approx(sum(defined) / 2)
+    text = json.dumps(result.to_json(), allow_nan=False)
+    assert EvaluationResult.from_json(json.loads(text)) == result
 
 
 def test_single_class_data_has_no_roc_auc_at_all():
     result = evaluate_predictions(["a", "a"], one_hot_probs(["a", "b"]), CLASSES, n_bootstrap=10)
-    assert result["roc_auc_macro"] is None
-    assert all(m["roc_auc"] is None for m in result["per_class"].values())
-    json.dumps(result, allow_nan=False)
+    assert result.roc_auc_macro is None
+    assert all(m.roc_auc is None for m in result.per_class.values())
+    json.dumps(result.to_json(), allow_nan=False)
 
 
 def test_result_holds_only_plain_json_types():
@@ -207,7 +204,7 @@ def test_result_holds_only_plain_json_types():
             if isinstance(value, float):
                 assert math.isfinite(value)
 
-    check(result)
+    check(result.to_json())
 
 
 def test_per_source_splits_the_counts():
@@ -216,33 +213,33 @@ def test_per_source_splits_the_counts():
         HAND_TRUE, one_hot_probs(HAND_PRED), CLASSES, sources=sources, n_bootstrap=50
     )
 
-    assert sorted(result["per_source"]) == ["site1", "site2"]
-    site1, site2 = result["per_source"]["site1"], result["per_source"]["site2"]
+    assert sorted(result.per_source) == ["site1", "site2"]
+    site1, site2 = result.per_source["site1"], result.per_source["site2"]
     # site1: true a a a a b b, predicted a a a b b b; site2: true b c c c, predicted a c c b.
-    assert site1["n"] == 6
-    assert site2["n"] == 4
-    assert site1["confusion_matrix"]["matrix"] == [[3, 1, 0], [0, 2, 0], [0, 0, 0]]
-    assert site2["confusion_matrix"]["matrix"] == [[0, 0, 0], [1, 0, 0], [0, 1, 2]]
-    assert site1["accuracy"] == pytest.approx(5 / 6)
-    assert site2["accuracy"] == pytest.approx(2 / 4)
-    assert site1["per_class"]["b"]["recall"] == pytest.approx(1.0)
-    assert site2["per_class"]["c"]["recall"] == pytest.approx(2 / 3)
-    assert "per_source" not in site1
-    assert "per_source" not in site2
+    assert site1.n == 6
+    assert site2.n == 4
+    assert site1.confusion_matrix.matrix == ((3, 1, 0), (0, 2, 0), (0, 0, 0))
+    assert site2.confusion_matrix.matrix == ((0, 0, 0), (1, 0, 0), (0, 1, 2))
+    assert site1.accuracy == pytest.approx(5 / 6)
+    assert site2.accuracy == pytest.approx(2 / 4)
+    assert site1.per_class["b"].recall == pytest.approx(1.0)
+    assert site2.per_class["c"].recall == pytest.approx(2 / 3)
+    assert "per_source" not in site1.to_json()
+    assert "per_source" not in site2.to_json()
     # Macro-F1 over the classes each source actually holds: site1 has a (F1 6/7)
     # and b (F1 4/5); the absent class c does not count as a zero.
-    assert site1["classes_present"] == ["a", "b"]
-    assert site1["macro_f1_present"] == pytest.approx((6 / 7 + 4 / 5) / 2)
+    assert site1.classes_present == ("a", "b")
+    assert site1.macro_f1_present == pytest.approx((6 / 7 + 4 / 5) / 2)
     # The subsets' matrices add up to the whole.
-    total = np.add(site1["confusion_matrix"]["matrix"], site2["confusion_matrix"]["matrix"])
-    assert total.tolist() == result["confusion_matrix"]["matrix"]
+    total = np.add(site1.confusion_matrix.matrix, site2.confusion_matrix.matrix)
+    assert total.tolist() == result.to_json()["confusion_matrix"]["matrix"]
 
 
 def test_zero_bootstrap_gives_no_intervals():
     result = evaluate_predictions(HAND_TRUE, one_hot_probs(HAND_PRED), CLASSES, n_bootstrap=0)
-    assert result["macro_f1_ci"] is None
-    assert result["per_class"]["a"]["f1_ci"] is None
-    assert result["macro_f1"] == pytest.approx(99 / 140)
+    assert result.macro_f1_ci is None
+    assert result.per_class["a"].f1_ci is None
+    assert result.macro_f1 == pytest.approx(99 / 140)
 
 
 @pytest.mark.parametrize(
@@ -282,7 +279,7 @@ def test_write_report_writes_every_file(tmp_path):
         assert path.stat().st_size > 0
     assert paths["json"].name == "metrics.json"
     assert paths["markdown"].name == "report.md"
-    assert json.loads(paths["json"].read_text()) == result
+    assert EvaluationResult.from_json(json.loads(paths["json"].read_text())) == result
     for kind in ("confusion_matrix", "roc", "calibration"):
         assert paths[kind].suffix == ".png"
         with Image.open(paths[kind]) as image:
@@ -291,23 +288,24 @@ def test_write_report_writes_every_file(tmp_path):
             assert image.size[1] > 0
 
     report = paths["markdown"].read_text()
-    lo, hi = result["macro_f1_ci"]
+    lo, hi = result.macro_f1_ci
     assert report.startswith("# Model v3 on test set\n")
-    assert f"**Macro-F1:** {result['macro_f1']:.3f} [{lo:.3f}, {hi:.3f}]" in report
-    assert f"**Accuracy:** {result['accuracy']:.3f}" in report
+    assert f"**Macro-F1:** {result.macro_f1:.3f} [{lo:.3f}, {hi:.3f}]" in report
+    assert f"**Accuracy:** {result.accuracy:.3f}" in report
     for name in CLASSES:
-        m = result["per_class"][name]
+        m = result.per_class[name]
         cells = [
-            f"{m[key]:.3f} [{m[key + '_ci'][0]:.3f}, {m[key + '_ci'][1]:.3f}]"
+            f"{getattr(m, key):.3f} "
+            f"[{getattr(m, key + '_ci')[0]:.3f}, {getattr(m, key + '_ci')[1]:.3f}]"
             for key in ("precision", "recall", "f1")
         ]
-        row = f"| {name} | {' | '.join(cells)} | {m['support']} | {m['roc_auc']:.3f} |"
+        row = f"| {name} | {' | '.join(cells)} | {m.support} | {m.roc_auc:.3f} |"
         assert row in report
-    matrix_row = "| a | " + " | ".join(str(v) for v in result["confusion_matrix"]["matrix"][0])
+    matrix_row = "| a | " + " | ".join(str(v) for v in result.confusion_matrix.matrix[0])
     assert matrix_row + " |" in report
-    assert f"{result['ece']:.3f}" in report
+    assert f"{result.ece:.3f}" in report
     for source in ("hospital-1", "hospital-2", "hospital-3"):
-        assert f"| {source} | 30 | {result['per_source'][source]['accuracy']:.3f} |" in report
+        assert f"| {source} | 30 | {result.per_source[source].accuracy:.3f} |" in report
     for name in ("confusion_matrix.png", "roc.png", "calibration.png"):
         assert f"]({name})" in report
 

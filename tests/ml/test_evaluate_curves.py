@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from ml.models.evaluation import (
     figure_roc,
     write_report,
 )
+from ml.models.metrics import EvaluationResult
 from tests.ml.test_evaluate import CLASSES, HAND_PRED, HAND_TRUE, noisy_dataset, one_hot_probs
 
 
@@ -47,7 +49,7 @@ def test_perfect_classifier_has_roc_through_the_top_left_corner_and_auc_one():
     true = ["a", "b", "c"] * 20
     result = evaluate_predictions(true, perfect_probs(true), CLASSES, n_bootstrap=0)
 
-    roc = result["curves"]["roc"]
+    roc = result.curves["roc"]
     assert list(roc) == list(CLASSES)
     for curve in roc.values():
         assert curve["auc"] == 1.0
@@ -62,8 +64,8 @@ def test_calibration_bins_follow_the_ece_bins_and_count_every_image():
     probs = perfect_probs(true)
     result = evaluate_predictions(true, probs, CLASSES, n_bootstrap=0)
 
-    calibration = result["curves"]["calibration"]
-    histogram = result["curves"]["confidence_histogram"]
+    calibration = result.curves["calibration"]
+    histogram = result.curves["confidence_histogram"]
     assert calibration["bins"] == ECE_BINS == 15
     assert sum(calibration["count"]) == len(true)
     assert all(count > 0 for count in calibration["count"])
@@ -88,28 +90,28 @@ def test_calibration_bins_follow_the_ece_bins_and_count_every_image():
             strict=True,
         )
     )
-    assert gap / len(true) == pytest.approx(result["ece"], abs=1e-4)
+    assert gap / len(true) == pytest.approx(result.ece, abs=1e-4)
 
 
 def test_hand_example_has_one_calibration_bin_at_its_single_confidence():
     result = evaluate_predictions(HAND_TRUE, one_hot_probs(HAND_PRED), CLASSES, n_bootstrap=0)
-    calibration = result["curves"]["calibration"]
+    calibration = result.curves["calibration"]
     assert calibration["count"] == [10]
     assert calibration["mean_confidence"] == [0.6]
     assert calibration["accuracy"] == [0.7]
-    assert result["curves"]["roc"]["a"]["auc"] == round(19 / 24, 4)
-    assert sum(result["curves"]["confidence_histogram"]["counts"]) == 10
+    assert result.curves["roc"]["a"]["auc"] == round(19 / 24, 4)
+    assert sum(result.curves["confidence_histogram"]["counts"]) == 10
 
 
 def test_classes_without_a_roc_curve_are_left_out():
     true = ["a", "b"] * 10
     probs = one_hot_probs(["a", "b"] * 9 + ["c", "a"])
     result = evaluate_predictions(true, probs, CLASSES, n_bootstrap=0)
-    assert sorted(result["curves"]["roc"]) == ["a", "b"]
+    assert sorted(result.curves["roc"]) == ["a", "b"]
 
     single = evaluate_predictions(["a", "a"], one_hot_probs(["a", "b"]), CLASSES, n_bootstrap=0)
-    assert single["curves"]["roc"] == {}
-    assert single["curves"]["calibration"]["count"] == [2]
+    assert single.curves["roc"] == {}
+    assert single.curves["calibration"]["count"] == [2]
 
 
 def test_curves_are_top_level_only():
@@ -117,24 +119,25 @@ def test_curves_are_top_level_only():
     result = evaluate_predictions(
         HAND_TRUE, one_hot_probs(HAND_PRED), CLASSES, sources=sources, n_bootstrap=0
     )
-    assert "curves" in result
-    assert all("curves" not in sub for sub in result["per_source"].values())
+    assert result.curves is not None
+    assert "curves" in result.to_json()
+    assert all("curves" not in sub.to_json() for sub in result.per_source.values())
 
 
 def test_long_roc_curves_are_thinned_keeping_both_ends_and_floats_are_rounded():
     true, probs = noisy_dataset(n=6000, seed=4)
     result = evaluate_predictions(true, probs, CLASSES, n_bootstrap=0)
 
-    for name, curve in result["curves"]["roc"].items():
+    for name, curve in result.curves["roc"].items():
         assert 2 < len(curve["fpr"]) <= 200, name
         assert len(curve["fpr"]) == len(curve["tpr"])
         assert (curve["fpr"][0], curve["tpr"][0]) == (0.0, 0.0)
         assert (curve["fpr"][-1], curve["tpr"][-1]) == (1.0, 1.0)
         assert np.all(np.diff(curve["fpr"]) >= 0)
         assert np.all(np.diff(curve["tpr"]) >= 0)
-        assert curve["auc"] == round(result["per_class"][name]["roc_auc"], 4)
-    assert all(v == round(v, 4) for v in floats(result["curves"]))
-    size = len(json.dumps(result["curves"], allow_nan=False))
+        assert curve["auc"] == round(result.per_class[name].roc_auc, 4)
+    assert all(v == round(v, 4) for v in floats(result.curves))
+    size = len(json.dumps(result.curves, allow_nan=False))
     assert size < 20_000, size
 
 
@@ -146,7 +149,8 @@ def noisy_result():
 
 @pytest.mark.parametrize("draw", [figure_confusion_matrix, figure_roc, figure_calibration])
 def test_figures_render_from_the_result_alone_to_svg_and_png(noisy_result, draw):
-    stored = json.loads(json.dumps(noisy_result))  # as read back from metrics.json
+    # as read back from metrics.json
+    stored = EvaluationResult.from_json(json.loads(json.dumps(noisy_result.to_json())))
     figure = draw(stored, title="v3")
     assert isinstance(figure, Figure)
     assert all(ax.get_ylabel() for ax in figure.axes)
@@ -166,7 +170,7 @@ def test_roc_figure_has_a_legend_entry_per_class_with_its_auc(noisy_result):
     figure = figure_roc(noisy_result)
     texts = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
     for name in CLASSES:
-        auc = noisy_result["curves"]["roc"][name]["auc"]
+        auc = noisy_result.curves["roc"][name]["auc"]
         assert f"{name} (AUC {auc:.3f})" in texts
     assert "chance" in texts
     colours = {line.get_color() for line in figure.axes[0].get_lines()[:3]}
@@ -175,7 +179,7 @@ def test_roc_figure_has_a_legend_entry_per_class_with_its_auc(noisy_result):
 
 @pytest.mark.parametrize("draw", [figure_roc, figure_calibration])
 def test_figures_of_metrics_without_curves_are_refused(noisy_result, draw):
-    old = {k: v for k, v in noisy_result.items() if k != "curves"}
+    old = replace(noisy_result, curves=None)
     with pytest.raises(ValueError, match="no curves"):
         draw(old)
     assert isinstance(figure_confusion_matrix(old), Figure)
@@ -195,11 +199,11 @@ def test_figures_can_be_drawn_from_several_threads_at_once(noisy_result):
 def test_write_report_adds_curves_to_a_result_computed_before_them(tmp_path):
     true, probs = noisy_dataset(n=60)
     result = evaluate_predictions(true, probs, CLASSES, n_bootstrap=0)
-    old = {k: v for k, v in result.items() if k != "curves"}
+    old = replace(result, curves=None)
 
     paths = write_report(old, true, probs, CLASSES, tmp_path)
 
-    assert json.loads(paths["json"].read_text())["curves"] == result["curves"]
+    assert json.loads(paths["json"].read_text())["curves"] == result.curves
     for kind in ("confusion_matrix", "roc", "calibration"):
         with Image.open(paths[kind]) as image:
             assert image.format == "PNG"

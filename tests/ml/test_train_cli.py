@@ -36,7 +36,7 @@ def test_one_epoch_run_writes_a_loadable_model_and_a_complete_card(trained):
     assert sum(card["data"]["split"]["counts"].values()) == 18
     assert card["hyperparameters"]["epochs"] == 1
     assert card["training"]["epochs_run"] == 1
-    assert 0.0 <= card["metrics"]["test_macro_f1"] <= 1.0
+    assert 0.0 <= card["metrics"]["macro_f1"] <= 1.0
     classifier = Classifier.load(result.artifact, expected_sha256=card["sha256"])
     assert classifier.model.output_shape == (None, 3)
 
@@ -61,7 +61,7 @@ def test_same_seed_gives_the_same_weights(trained, tmp_path):
     first = Classifier.load(result.artifact).model.get_weights()
     second = Classifier.load(again.artifact).model.get_weights()
     assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
-    assert again.metrics["macro_f1"] == result.metrics["macro_f1"]
+    assert again.metrics.macro_f1 == result.metrics.macro_f1
 
 
 def test_training_reports_progress_per_batch_and_epoch(trained):
@@ -122,7 +122,7 @@ def test_cli_evaluate_recomputes_the_models_test_split(trained, tmp_path):
     assert run.returncode == 0, run.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n"] == result.card["data"]["split"]["counts"]["test"]
-    assert metrics["macro_f1"] == pytest.approx(result.metrics["macro_f1"], abs=1e-6)
+    assert metrics["macro_f1"] == pytest.approx(result.metrics.macro_f1, abs=1e-6)
 
 
 def test_cli_data_prints_kept_and_excluded_counts():

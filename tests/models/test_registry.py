@@ -7,7 +7,7 @@ from django.core.management import CommandError, call_command
 from django.db import IntegrityError, transaction
 
 from apps.models.models import ModelVersion
-from apps.models.services import RegistryError, get_production_version, promote, register_artifact
+from apps.models.services import RegistryError, promote, register_artifact
 from ml.models.artifacts import card_path, sha256_file
 
 
@@ -48,7 +48,7 @@ def test_promotion_archives_the_previous_production_version(second_artifact):
     promote(version=new)
     old.refresh_from_db()
     assert old.status == ModelVersion.Status.ARCHIVED
-    assert get_production_version() == new
+    assert ModelVersion.objects.production() == new
 
 
 @pytest.mark.django_db
@@ -73,7 +73,7 @@ def test_card_that_describes_another_artifact_is_refused(second_artifact, media_
 @pytest.mark.django_db
 def test_register_model_command_promotes_only_when_asked(capsys):
     call_command("register_model", "--bundled", "--if-no-production")
-    assert get_production_version() is not None
+    assert ModelVersion.objects.production() is not None
     assert "production" in capsys.readouterr().out
     with pytest.raises(CommandError, match="either an artifact path or --bundled"):
         call_command("register_model")

@@ -133,7 +133,7 @@ def test_uploads_survive_a_redis_outage_and_a_restart_mid_processing(
                 )
             ) == {"done"}
         text = log.read_text()
-        assert "apps.cases.tasks.sweep_stuck_predictions" in text  # beat ran the sweeper
+        assert "cxrplatform.jobs.sweep_stuck_jobs" in text  # beat ran the sweeper
     finally:
         stop_worker(process)
         redis_server.stop()

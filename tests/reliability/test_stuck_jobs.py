@@ -2,9 +2,10 @@
 
 The worker that ran them is gone (killed, its machine lost, its message gone
 with a broker restart), so nothing else will ever finish them. The real beat
-tasks (run here in this process with ``Task.apply``; a real beat runs them in
-tests/reliability/test_broker_restart.py) mark them failed with the reason,
-and a failed prediction can be retried through the API and completes.
+task, the one sweeper of every job kind (run here in this process with
+``Task.apply``; a real beat runs it in tests/reliability/test_broker_restart.py),
+marks them failed with the reason, and a failed prediction can be retried
+through the API and completes.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ from rest_framework.test import APIClient
 
 from apps.cases import services
 from apps.cases.models import Prediction
-from apps.cases.tasks import classify_image, sweep_stuck_predictions
-from apps.explain.models import Explanation
-from apps.explain.tasks import sweep_stuck_explanations
+from apps.cases.tasks import classify_image
+from apps.explain.models import Explanation, Inspection
 from apps.models import services as registry
 from apps.models.datasets import import_reference_dataset
 from apps.models.models import TrainingRun
-from apps.models.tasks import sweep_stuck_training_runs
+from cxrplatform.celery import app
+from cxrplatform.jobs import sweep_stuck_jobs
 from tests.conftest import IMAGES, upload_of
 
 pytestmark = pytest.mark.django_db
@@ -47,8 +48,8 @@ def test_stuck_prediction_is_failed_with_the_reason_and_a_retry_completes_it(
     recent.mark_running()
     _started_long_ago(Prediction, stuck.pk, "inference", settings)
 
-    result = sweep_stuck_predictions.apply().get()
-    assert result == {"failed": 1, "requeued": 0}
+    result = sweep_stuck_jobs.apply().get()
+    assert result["cases.prediction"] == {"failed": 1, "requeued": 0}
     stuck.refresh_from_db()
     recent.refresh_from_db()
     assert stuck.status == "failed"
@@ -82,7 +83,7 @@ def test_stuck_explanation_is_failed_and_asking_again_queues_a_new_one(
     explanation.mark_running()
     _started_long_ago(Explanation, explanation.pk, "explain", settings)
 
-    assert sweep_stuck_explanations.apply().get() == {"failed": 1, "requeued": 0}
+    assert sweep_stuck_jobs.apply().get()["explain.explanation"] == {"failed": 1, "requeued": 0}
     explanation.refresh_from_db()
     assert explanation.status == "failed"
     assert "time limit" in explanation.error
@@ -101,7 +102,7 @@ def test_stuck_training_run_is_failed_so_it_no_longer_blocks_the_next_one(
     run.mark_running()
     _started_long_ago(TrainingRun, run.pk, "training", settings)
 
-    assert sweep_stuck_training_runs.apply().get() == {"failed": 1, "requeued": 0}
+    assert sweep_stuck_jobs.apply().get()["registry.trainingrun"] == {"failed": 1, "requeued": 0}
     run.refresh_from_db()
     assert run.status == "failed"
     assert "time limit" in run.error
@@ -118,6 +119,48 @@ def test_pending_job_whose_message_was_lost_is_queued_again(
     lost = Prediction.objects.get(image__case=case)
     Prediction.objects.filter(pk=lost.pk).update(created_at=timezone.now() - timedelta(minutes=1))
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        assert sweep_stuck_predictions.apply().get() == {"failed": 0, "requeued": 1}
+        result = sweep_stuck_jobs.apply().get()
+    assert result["cases.prediction"] == {"failed": 0, "requeued": 1}
     assert len(callbacks) == 1
     assert Prediction.objects.get(pk=lost.pk).status == "pending"
+
+
+def _run_every_beat_task() -> None:
+    """What beat sends every few minutes, each scheduled task run here in-process."""
+    for entry in app.conf.beat_schedule.values():
+        app.tasks[entry["task"]].apply().get()
+
+
+def test_inspection_whose_worker_vanished_is_failed_and_a_lost_one_is_queued_again_and_runs(
+    clinician, model_admin, production_model, settings, django_capture_on_commit_callbacks
+):
+    settings.CXR_PENDING_REQUEUE_SECONDS = 30
+    case = services.create_case(owner=clinician, files=[upload_of("2168a917.jpg")])
+    image = case.images.get()
+    stuck, lost = (
+        Inspection.objects.create(
+            model_version=production_model, case_image=image, requested_by=model_admin
+        )
+        for _ in range(2)
+    )
+    stuck.mark_running()
+    _started_long_ago(Inspection, stuck.pk, "explain", settings)
+    Inspection.objects.filter(pk=lost.pk).update(created_at=timezone.now() - timedelta(minutes=1))
+
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        _run_every_beat_task()
+    stuck.refresh_from_db()
+    assert stuck.status == "failed"
+    hard = settings.CXR_TASK_HARD_LIMITS["explain"]
+    assert f"No result within the {hard} s time limit" in stuck.error
+    assert Inspection.objects.get(pk=lost.pk).status == "pending"
+    assert len(callbacks) == 1  # the lost inspection's task, sent once this commits
+    eager = app.conf.task_always_eager
+    app.conf.task_always_eager = True  # run the queued task's body here
+    try:
+        callbacks[0]()
+    finally:
+        app.conf.task_always_eager = eager
+    lost.refresh_from_db()
+    assert lost.status == "done", lost.error
+    assert lost.pictures.filter(kind="gradcam").exists()

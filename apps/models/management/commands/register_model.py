@@ -3,7 +3,8 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.models.services import RegistryError, get_production_version, register_artifact
+from apps.models.models import ModelVersion
+from apps.models.services import RegistryError, register_artifact
 
 
 class Command(BaseCommand):
@@ -40,7 +41,8 @@ class Command(BaseCommand):
         if bundled == (artifact is not None):
             raise CommandError("Give either an artifact path or --bundled.")
         path = Path(settings.CXR_BUNDLED_MODEL) if bundled else artifact
-        make_production = promote or (if_no_production and get_production_version() is None)
+        no_production = ModelVersion.objects.production() is None
+        make_production = promote or (if_no_production and no_production)
         try:
             version = register_artifact(
                 artifact_path=path, name=name, make_production=make_production

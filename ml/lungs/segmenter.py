@@ -1,0 +1,160 @@
+"""Serving: segment the lung fields of one chest X-ray with the bundled U-Net.
+
+The image is letterboxed to the model's square input exactly as the classifier's
+preprocessing does (:func:`ml.lungs.masks.letterbox`), the U-Net gives a lung
+probability per input pixel, :func:`ml.lungs.masks.postprocess` keeps the two largest
+regions and fills their holes, and the cleaned probability map is resampled back to
+the original resolution (bilinear, then the threshold), so the outline follows the
+probabilities rather than the 128-pixel grid. :func:`ml.lungs.masks.plausibility`
+decides whether the result looks like a pair of lung fields; when it does not, the
+result says so (``found`` is False, ``message`` says why) instead of raising: a blank,
+inverted, cropped or rotated film is an answer, not a crash.
+
+Workers keep one ``LungSegmenter`` per process; calls go through a ``tf.function``
+with a fixed input signature (``model.predict`` costs a data pipeline per call).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from ml.data.preprocess import to_unit_gray
+from ml.lungs import masks
+from ml.models.artifacts import ArtifactIntegrityError, read_card, sha256_file
+
+log = logging.getLogger(__name__)
+
+LUNGS_NOT_FOUND = "lung fields not found: is this a frontal chest X-ray?"
+BUNDLED_LUNG_MODEL = Path(__file__).resolve().parent.parent / "bundled" / "lung-unet.keras"
+
+
+@dataclass(frozen=True)
+class LungResult:
+    mask: np.ndarray  # bool (H, W) at the original image resolution
+    bbox: (
+        tuple[int, int, int, int] | None
+    )  # (top, left, bottom, right), exclusive; None if not found
+    area_fraction: float  # lung pixels / image pixels
+    found: bool  # a plausible pair of lung fields
+    message: str  # "" when found, else LUNGS_NOT_FOUND + " (reason)"
+    version: str  # "lung-unet@" + first 12 hex digits of the artifact's sha256
+
+    def outline_png(self) -> bytes:
+        """RGBA PNG, transparent except the lung contour (1-2 px), same size as the mask."""
+        return masks.outline_png(self.mask)
+
+    def mask_png(self) -> bytes:
+        """8-bit L PNG, 255 inside the lungs."""
+        return masks.mask_png(self.mask)
+
+
+def not_found_message(reason: str) -> str:
+    return f"{LUNGS_NOT_FOUND} ({reason})"
+
+
+class LungSegmenter:
+    def __init__(self, model: keras.Model, card: dict[str, Any], sha256: str) -> None:
+        self.model = model
+        self.card = card
+        self.sha256 = sha256
+        self.version = f"{card.get('name', 'lung-unet')}@{sha256[:12]}"
+        self.size = int(card["preprocessing"]["input_size"])
+        self.threshold = float(card.get("postprocessing", {}).get("threshold", 0.5))
+        if tuple(model.input_shape[1:]) != (self.size, self.size, 1):
+            raise ValueError(
+                f"Model input {model.input_shape} does not match the card's input size {self.size}."
+            )
+        self._call = tf.function(
+            lambda x: self.model(x, training=False)[..., 0],
+            input_signature=[tf.TensorSpec((None, self.size, self.size, 1), tf.float32)],
+            reduce_retracing=True,
+        )
+
+    @classmethod
+    def load(
+        cls, path: str | Path = BUNDLED_LUNG_MODEL, *, expected_sha256: str | None = None
+    ) -> LungSegmenter:
+        """Load a ``.keras`` lung model and its card; refuse a file whose sha256 differs
+        from ``expected_sha256``. The first call is traced here, so segment() is warm."""
+        path = Path(path)
+        actual = sha256_file(path)
+        if expected_sha256 is not None and actual != expected_sha256:
+            raise ArtifactIntegrityError(
+                f"Artifact {path.name} has sha256 {actual}, expected {expected_sha256}."
+            )
+        model = keras.saving.load_model(path, compile=False)
+        segmenter = cls(model, read_card(path), actual)
+        segmenter.probability(np.zeros((1, segmenter.size, segmenter.size), np.float32))
+        return segmenter
+
+    def probability(self, gray_batch: np.ndarray) -> np.ndarray:
+        """Lung probabilities (n, S, S) of a letterboxed batch (n, S, S, 1) or (n, S, S)."""
+        batch = np.asarray(gray_batch, dtype=np.float32)
+        if batch.ndim == 3:
+            batch = batch[..., np.newaxis]
+        if batch.shape[1:] != (self.size, self.size, 1):
+            raise ValueError(
+                f"Expected a batch of shape (n, {self.size}, {self.size}, 1), got {batch.shape}."
+            )
+        return self._call(tf.convert_to_tensor(batch)).numpy()
+
+    def segment(self, image: Image.Image) -> LungResult:
+        """Lung fields of a PIL image of any mode (converted as the classifier converts it)."""
+        return self.segment_gray(to_unit_gray(image))
+
+    def segment_gray(self, gray: np.ndarray) -> LungResult:
+        """Lung fields of a grayscale float image (H, W) with values in [0, 1]."""
+        gray = np.nan_to_num(np.asarray(gray, dtype=np.float32), nan=0.0)
+        if gray.ndim == 3 and gray.shape[-1] == 1:
+            gray = gray[..., 0]
+        if gray.ndim != 2 or min(gray.shape) < 8:
+            raise ValueError(f"Expected a 2-D grayscale image of at least 8x8, got {gray.shape}.")
+        gray = np.clip(gray, 0.0, 1.0)
+        if float(gray.max() - gray.min()) < 1e-3:
+            return self._not_found(np.zeros(gray.shape, dtype=bool), "blank image")
+        x, box = masks.letterbox(gray, self.size)
+        prob = self.probability(x[np.newaxis])[0]
+        kept = masks.postprocess(prob, self.threshold)
+        top, left, bottom, right = box.content_box()
+        found, reason = masks.plausibility(kept[top:bottom, left:right])
+        # Probabilities of the kept regions only (a 1-pixel rim so the resampled edge
+        # is right), holes counted as lung; then back at the original resolution.
+        rim = kept | _dilate(kept)
+        clean = np.where(rim, prob, 0.0)
+        clean[kept & (prob < self.threshold)] = 1.0
+        mask = masks.unletterbox(clean, box) >= self.threshold
+        if not found:
+            return self._not_found(mask, reason)
+        return LungResult(
+            mask=mask,
+            bbox=masks.lung_bbox(mask),
+            area_fraction=float(mask.mean()),
+            found=True,
+            message="",
+            version=self.version,
+        )
+
+    def _not_found(self, mask: np.ndarray, reason: str) -> LungResult:
+        log.info("lungs not found: %s", reason)
+        return LungResult(
+            mask=mask,
+            bbox=None,
+            area_fraction=float(mask.mean()),
+            found=False,
+            message=not_found_message(reason),
+            version=self.version,
+        )
+
+
+def _dilate(mask: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    return ndimage.binary_dilation(mask, structure=np.ones((3, 3), bool))

@@ -1,0 +1,43 @@
+"""The model registry's app config makes each new worker pool process load the
+production model (``worker_process_init``), only where ``CXR_WARM_MODEL=1``."""
+
+import pytest
+from celery.signals import worker_process_init
+
+from apps.models import serving
+from apps.models.models import ModelVersion
+
+
+@pytest.fixture
+def empty_model_cache():
+    serving._cache.clear()
+    yield serving._cache
+    serving._cache.clear()
+
+
+def test_a_new_inference_worker_process_loads_the_production_model(
+    production_model, empty_model_cache, monkeypatch
+):
+    monkeypatch.setenv("CXR_WARM_MODEL", "1")
+    worker_process_init.send(sender=None)  # what Celery sends in each new pool process
+    assert list(empty_model_cache) == [(production_model.pk, production_model.sha256)]
+    classifier = empty_model_cache[(production_model.pk, production_model.sha256)]
+    assert list(classifier.classes) == production_model.classes
+
+
+def test_other_worker_processes_do_not_load_a_model(
+    production_model, empty_model_cache, monkeypatch
+):
+    monkeypatch.setenv("CXR_WARM_MODEL", "0")
+    worker_process_init.send(sender=None)
+    assert not empty_model_cache
+
+
+@pytest.mark.django_db
+def test_production_is_the_one_promoted_version_or_none():
+    assert ModelVersion.objects.production() is None
+    ModelVersion.objects.create(name="a", sha256="a" * 64, status=ModelVersion.Status.CANDIDATE)
+    served = ModelVersion.objects.create(
+        name="b", sha256="b" * 64, status=ModelVersion.Status.PRODUCTION
+    )
+    assert ModelVersion.objects.production() == served
