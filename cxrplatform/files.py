@@ -18,8 +18,10 @@ class StoredFiles:
         self.storage = storage
         self.names: list[str] = []
 
-    def add(self, name: str) -> None:
-        self.names.append(name)
+    def add(self, name: str | None) -> None:
+        """Record a written file by its storage name (a ``FieldFile.name``; None: no file)."""
+        if name:
+            self.names.append(name)
 
     def delete_all(self) -> None:
         for name in self.names:

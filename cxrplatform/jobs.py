@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
@@ -122,6 +122,8 @@ class Job(models.Model):
         self.save(update_fields=["status", "started_at", "finished_at"])
 
 
+J = TypeVar("J", bound=Job)
+
 # Concrete Job models by label ("cases.prediction"), filled as each class is prepared.
 _REGISTRY: dict[str, type[Job]] = {}
 
@@ -209,7 +211,7 @@ def enqueue_job(job: Job) -> None:
     enqueue_on_commit(kind.task, **{kind.pk_kwarg: job.pk})
 
 
-def claim_job(model: type[Job], pk: int, *, related: tuple[str, ...] = ()) -> Job | None:
+def claim_job(model: type[J], pk: int, *, related: tuple[str, ...] = ()) -> J | None:
     """Lock a job row and mark it running, or say why there is nothing to do.
 
     Returns ``None`` when the row is gone, the finished job itself when it is

@@ -497,6 +497,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip lungs-blanked / within-source / Grad-CAM-mass tests",
     )
     p.add_argument("--cache", type=Path, default=None, help="cache preprocessed arrays here")
+    p.add_argument(
+        "--report-split",
+        dest="report_split",
+        choices=["test", "val"],
+        help="val: score the validation split (choosing settings); test: the default",
+    )
     p.add_argument("--split-level", dest="split_level", choices=["patient", "image"])
     p.add_argument("--val-fraction", dest="val_fraction", type=float)
     p.add_argument("--test-fraction", dest="test_fraction", type=float)

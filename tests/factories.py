@@ -1,12 +1,33 @@
+"""factory_boy factories: rows in the states tests need, without running the model.
+
+``ModelVersionFactory``, ``PredictionFactory`` and ``ExplanationFactory`` write
+the rows a finished job leaves (status, results, small real files) directly, so
+a test that only needs "a done prediction" or "a done Grad-CAM" does not run
+the classifier or an explanation method. Tests of the jobs themselves still
+run them (``apps.cases.inference.run_prediction``, ``apps.explain.jobs``).
+"""
+
 from __future__ import annotations
 
+import hashlib
+import io
+from pathlib import Path
+
 import factory
+import numpy as np
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from django.core.files.base import ContentFile
+from django.utils import timezone
+from PIL import Image
 
-from apps.cases.models import Case
+from apps.cases.models import Case, CaseImage, Prediction
+from apps.explain.models import Explanation
+from apps.models.models import ModelVersion
 
 PASSWORD = "correct-horse-battery-staple"
+CLASSES = ("covid19", "pneumonia", "normal")
+IMAGES = Path(__file__).parent / "fixtures" / "images"
 
 
 class UserFactory(factory.django.DjangoModelFactory):
@@ -30,3 +51,142 @@ class CaseFactory(factory.django.DjangoModelFactory):
 
     owner = factory.SubFactory(UserFactory, roles=["clinician"])
     patient_ref = factory.Sequence(lambda n: f"PSEUDO-{n:04d}")
+
+
+def _fixture_image(name: str) -> tuple[bytes, int, int]:
+    data = (IMAGES / name).read_bytes()
+    with Image.open(io.BytesIO(data)) as image:
+        return data, image.width, image.height
+
+
+class CaseImageFactory(factory.django.DjangoModelFactory):
+    """An accepted image of a case: one of the fixture X-rays, stored as uploaded."""
+
+    class Meta:
+        model = CaseImage
+        exclude = ("source", "content")
+
+    class Params:
+        fixture = "2168a917.jpg"
+
+    case = factory.SubFactory(CaseFactory)
+    source = factory.LazyAttribute(lambda o: _fixture_image(o.fixture))
+    content = factory.LazyAttribute(lambda o: o.source[0])
+    file = factory.LazyAttribute(lambda o: ContentFile(o.content, name=o.fixture))
+    sha256 = factory.LazyAttribute(lambda o: hashlib.sha256(o.content).hexdigest())
+    width = factory.LazyAttribute(lambda o: o.source[1])
+    height = factory.LazyAttribute(lambda o: o.source[2])
+    source_format = factory.LazyAttribute(
+        lambda o: "png" if o.fixture.lower().endswith(".png") else "jpeg"
+    )
+
+
+class ModelVersionFactory(factory.django.DjangoModelFactory):
+    """A registry row. Its ``artifact`` names a file that is not there unless given one:
+    tests that load the model register the real artifact (``production_model``) and may
+    pass ``artifact=production_model.artifact.name`` to share its file."""
+
+    class Meta:
+        model = ModelVersion
+
+    class Params:
+        production = factory.Trait(
+            status=ModelVersion.Status.PRODUCTION, promoted_at=factory.LazyFunction(timezone.now)
+        )
+        archived = factory.Trait(
+            status=ModelVersion.Status.ARCHIVED,
+            promoted_at=factory.LazyFunction(lambda: timezone.now() - timezone.timedelta(days=1)),
+        )
+
+    name = factory.Sequence(lambda n: f"model-{n}")
+    sha256 = factory.LazyAttribute(lambda o: hashlib.sha256(o.name.encode()).hexdigest())
+    artifact = factory.LazyAttribute(lambda o: f"models/factory/{o.name}.keras")
+    status = ModelVersion.Status.CANDIDATE
+    card = factory.LazyAttribute(
+        lambda o: {
+            "name": o.name,
+            "classes": list(CLASSES),
+            "preprocessing": {"input_size": 64, "channels": 1},
+        }
+    )
+
+
+class PredictionFactory(factory.django.DjangoModelFactory):
+    """A finished classification: ``label`` gets the largest probability."""
+
+    class Meta:
+        model = Prediction
+
+    class Params:
+        pending = factory.Trait(
+            status=Prediction.Status.PENDING,
+            model_version=None,
+            label="",
+            probabilities={},
+            preprocess_ms=None,
+            inference_ms=None,
+            started_at=None,
+            finished_at=None,
+            attempts=0,
+        )
+
+    image = factory.SubFactory(CaseImageFactory)
+    model_version = factory.SubFactory(ModelVersionFactory)
+    status = Prediction.Status.DONE
+    probabilities = factory.LazyFunction(lambda: {"covid19": 0.1, "pneumonia": 0.2, "normal": 0.7})
+    label = factory.LazyAttribute(
+        lambda o: max(o.probabilities, key=o.probabilities.get) if o.probabilities else ""
+    )
+    preprocess_ms = 1.0
+    inference_ms = 1.0
+    attempts = 1
+    started_at = factory.LazyFunction(timezone.now)
+    finished_at = factory.LazyFunction(timezone.now)
+
+
+def _heatmap_npy(size: int = 64) -> bytes:
+    """A float32 map in [0, 1] (a centred blob), as ``np.save`` writes it."""
+    axis = np.linspace(-1.0, 1.0, size, dtype=np.float32)
+    heatmap = np.exp(-(axis[:, None] ** 2 + axis[None, :] ** 2) * 4).astype(np.float32)
+    buffer = io.BytesIO()
+    np.save(buffer, heatmap)
+    return buffer.getvalue()
+
+
+def _overlay_png(size: int = 64) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), (200, 60, 30)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class ExplanationFactory(factory.django.DjangoModelFactory):
+    """A finished heatmap with a real ``.npy`` map and a PNG overlay on storage."""
+
+    class Meta:
+        model = Explanation
+
+    class Params:
+        pending = factory.Trait(
+            status=Explanation.Status.PENDING,
+            heatmap="",
+            overlay="",
+            scores={},
+            target_class=None,
+            target_label="",
+            seconds=None,
+            finished_at=None,
+        )
+
+    image = factory.SubFactory(CaseImageFactory)
+    model_version = factory.SubFactory(ModelVersionFactory)
+    method = Explanation.Method.GRADCAM
+    status = Explanation.Status.DONE
+    target_class = 2
+    target_label = "normal"
+    layer = "last_conv"
+    heatmap = factory.LazyFunction(lambda: ContentFile(_heatmap_npy(), name="heatmap.npy"))
+    overlay = factory.LazyFunction(lambda: ContentFile(_overlay_png(), name="overlay.png"))
+    scores = factory.LazyFunction(lambda: {"deletion_auc": 0.3, "insertion_auc": 0.6})
+    seconds = 0.1
+    attempts = 1
+    finished_at = factory.LazyFunction(timezone.now)

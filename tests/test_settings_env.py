@@ -9,6 +9,7 @@ from cxrplatform.env import (
     env_bool,
     env_broker_url,
     env_database,
+    env_float,
     env_int,
     env_list,
     env_path,
@@ -36,6 +37,17 @@ def test_env_int_rejects_text_and_out_of_range():
     with pytest.raises(ImproperlyConfigured, match="N=0 is below 1"):
         env_int("N", default=1, min_value=1, environ={"N": "0"})
     assert env_int("N", default=7, environ={}) == 7
+
+
+def test_env_float_reads_numbers_and_rejects_text_non_finite_and_out_of_range():
+    assert env_float("T", default=0.0, environ={"T": "0.05"}) == 0.05
+    assert env_float("T", default=0.25, environ={}) == 0.25
+    with pytest.raises(ImproperlyConfigured, match="T='a little' is not a number"):
+        env_float("T", default=0.0, environ={"T": "a little"})
+    with pytest.raises(ImproperlyConfigured, match="T='nan' is not finite"):
+        env_float("T", default=0.0, environ={"T": "nan"})
+    with pytest.raises(ImproperlyConfigured, match=r"T=1\.5 is above 1\.0"):
+        env_float("T", default=0.0, max_value=1.0, environ={"T": "1.5"})
 
 
 def test_env_str_without_default_requires_a_value():

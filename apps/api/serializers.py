@@ -51,7 +51,8 @@ class PredictionSerializer(serializers.Serializer):
 
     id = serializers.IntegerField()
     status = serializers.CharField()
-    label = serializers.SerializerMethodField()
+    # A field named "label" shadows Field.label (a str) in the DRF stubs.
+    label = serializers.SerializerMethodField()  # type: ignore[assignment]
     probabilities = serializers.SerializerMethodField()
     model_version = ModelVersionRefSerializer(allow_null=True)
     error = serializers.CharField()
@@ -249,7 +250,8 @@ class CaseCreateSerializer(serializers.Serializer):
 
 
 class LabelRequestSerializer(serializers.Serializer):
-    label = serializers.ChoiceField(choices=VERDICT_CHOICES)
+    # A field named "label" shadows Field.label (a str) in the DRF stubs.
+    label = serializers.ChoiceField(choices=VERDICT_CHOICES)  # type: ignore[assignment]
     note = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
 
 

@@ -22,8 +22,9 @@ class AddressRateThrottle(SimpleRateThrottle):
 
     scope: str = ""
 
-    def get_rate(self) -> str:
-        return api_settings.DEFAULT_THROTTLE_RATES[self.scope]
+    def get_rate(self) -> str | None:
+        # DRF takes "N/period" strings (None: no limit); its stubs type the rates as numbers.
+        return api_settings.DEFAULT_THROTTLE_RATES[self.scope]  # type: ignore[return-value]
 
     def get_cache_key(self, request, view) -> str:
         return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
@@ -45,7 +46,8 @@ def throttle_posts(throttle_class: type[AddressRateThrottle]) -> Callable:
         def wrapped(request: HttpRequest, *args, **kwargs) -> HttpResponse:
             if request.method == "POST":
                 throttle = throttle_class()
-                if not throttle.allow_request(request, None):
+                # A plain Django view: the throttle reads only the request's address.
+                if not throttle.allow_request(request, None):  # type: ignore[arg-type]
                     seconds = math.ceil(throttle.wait() or 1)
                     response = HttpResponse(
                         f"Too many log-in attempts from this address; "

@@ -5,10 +5,10 @@ from __future__ import annotations
 from django.db.models import Prefetch, QuerySet
 
 from apps.accounts.roles import ANNOTATOR, CLINICIAN, has_role
-from apps.cases.models import Case, CaseImage, Prediction
+from apps.cases.models import Case, CaseImage, CaseQuerySet, Prediction
 
 
-def own_cases(user) -> QuerySet[Case]:
+def own_cases(user) -> CaseQuerySet:
     """A clinician's own cases, with images, predictions and explanations prefetched."""
     return Case.objects.filter(owner=user).prefetch_related(
         Prefetch(

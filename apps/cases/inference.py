@@ -6,7 +6,7 @@ import logging
 
 from django.db import transaction
 
-from apps.cases.lungs import segment_lungs
+from apps.cases.lungs import lungs_for_classifier, segment_lungs
 from apps.cases.models import Prediction
 from apps.models.models import ModelVersion
 from cxrplatform.files import files_removed_on_error
@@ -52,10 +52,11 @@ def run_prediction(*, prediction_id: int) -> Prediction | None:
             raise UnreadableImageError(
                 f"The stored image could not be read ({type(exc).__name__}: {exc})."
             ) from exc
-        result = classifier.predict(image)
         # The lung fields go with the prediction; segment_lungs records its own
-        # errors instead of raising, so it never fails the classification.
+        # errors instead of raising, so it never fails the classification. A
+        # model preprocessed with the same segmenter (v2) reuses them.
         lungs = segment_lungs(image)
+        result = classifier.predict(image, lungs=lungs_for_classifier(classifier, lungs.result))
         # The mask files are written before the row; a rollback deletes them.
         with files_removed_on_error() as stored, transaction.atomic():
             prediction.mark_done(

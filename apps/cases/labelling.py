@@ -10,6 +10,7 @@ dataset snapshot.
 from __future__ import annotations
 
 from collections import Counter
+from typing import TYPE_CHECKING, TypedDict
 
 from django.conf import settings
 from django.db import transaction
@@ -18,6 +19,13 @@ from django.utils import timezone
 
 from apps.accounts.models import record
 from apps.cases.models import UNUSABLE, VERDICT_CHOICES, CaseImage, ExpertLabel, Prediction
+
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations
+
+    class _Verdicts(TypedDict):  # what labelling_queue annotates each image with
+        n_verdicts: int
+
 
 VERDICTS = {value for value, _ in VERDICT_CHOICES}
 
@@ -37,7 +45,7 @@ def _confirmation(verdicts: list[str]) -> str:
     return verdict if n >= settings.CXR_LABEL_AGREEMENT else ""
 
 
-def labelling_queue(*, annotator) -> list[CaseImage]:
+def labelling_queue(*, annotator) -> list[WithAnnotations[CaseImage, _Verdicts]]:
     """Images with a finished prediction and no confirmed label that this annotator
     has not judged yet, most in need first: disputed images, then the model's least
     confident predictions. Annotators never see patient identifiers (the queue
@@ -52,7 +60,7 @@ def labelling_queue(*, annotator) -> list[CaseImage]:
         .prefetch_related("predictions__model_version", "explanations")
     )
 
-    def need(image: CaseImage) -> tuple:
+    def need(image: WithAnnotations[CaseImage, _Verdicts]) -> tuple[int, float, int]:
         prediction = image.latest_prediction
         confidence = prediction.confidence if prediction and prediction.confidence else 1.0
         return (-(image.n_verdicts > 1), confidence, image.pk)

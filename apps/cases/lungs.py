@@ -14,9 +14,9 @@ from __future__ import annotations
 import io
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
@@ -77,6 +77,9 @@ class LungFields:
     area_fraction: float | None = None
     mask_png: bytes = b""
     outline_png: bytes = b""
+    # The segmenter's LungResult, for a classifier that preprocesses with the same
+    # segmenter (preprocessing v2) so it need not segment the image again; not stored.
+    result: Any = field(default=None, compare=False, repr=False)
 
     def store(self, prediction: Prediction, stored: StoredFiles) -> dict[str, object]:
         """Write the mask and outline files; the field values for ``Prediction.mark_done``.
@@ -133,6 +136,7 @@ def segment_lungs(image: Image.Image) -> LungFields:
             message=result.message,
             version=result.version,
             area_fraction=result.area_fraction,
+            result=result,
         )
     return LungFields(
         found=True,
@@ -142,7 +146,24 @@ def segment_lungs(image: Image.Image) -> LungFields:
         area_fraction=result.area_fraction,
         mask_png=result.mask_png(),
         outline_png=result.outline_png(),
+        result=result,
     )
+
+
+def same_segmenter(classifier: Any, version: str) -> bool:
+    """Whether lungs segmented by ``version`` ("lung-unet@<sha256 prefix>") are the ones
+    a preprocessing-v2 classifier's card asks for (its ``preprocessing.segmenter``)."""
+    recorded = (classifier.card.get("preprocessing") or {}).get("segmenter") or {}
+    sha = str(recorded.get("sha256") or "")
+    return bool(sha) and version.rpartition("@")[2] == sha[:12]
+
+
+def lungs_for_classifier(classifier: Any, lungs: Any) -> Any:
+    """``lungs`` (a LungResult or :class:`StoredLungs`) if the classifier may reuse them,
+    else None: a v1 model needs none, a v2 model then segments with its own segmenter."""
+    if lungs is None or not classifier.needs_lungs:
+        return None
+    return lungs if same_segmenter(classifier, lungs.version) else None
 
 
 # -- reading stored masks (NumPy only: web process and explanation jobs) -------------
@@ -160,32 +181,25 @@ def lung_prediction(image: CaseImage) -> Prediction | None:
     return prediction
 
 
-def lung_mask_of(image: CaseImage) -> np.ndarray | None:
-    """The image's lung mask (bool, image resolution), or None when it has none."""
+@dataclass(frozen=True)
+class StoredLungs:
+    """A stored lung mask, shaped like the segmenter's LungResult where a classifier
+    reads one (``mask``, ``found``, ``version``)."""
+
+    mask: np.ndarray  # bool (H, W), the image's resolution
+    version: str
+    found: bool = True
+
+
+def stored_lungs(image: CaseImage) -> StoredLungs | None:
+    """The image's stored lung mask, or None when it has none (or it cannot be read)."""
     prediction = lung_prediction(image)
     if prediction is None:
         return None
     try:
         with prediction.lung_mask.open("rb") as fh, Image.open(io.BytesIO(fh.read())) as png:
-            return np.asarray(png.convert("L")) > 127
+            mask = np.asarray(png.convert("L")) > 127
     except (FileNotFoundError, OSError, ValueError):
         log.warning("the lung mask of prediction %s cannot be read", prediction.pk, exc_info=True)
         return None
-
-
-def mass_in_lungs(heatmap: np.ndarray, mask: np.ndarray) -> float:
-    """Share of a heatmap's positive mass inside the lung mask, in [0, 1].
-
-    The heatmap lives in the model's input frame (the image letterboxed to a
-    square, ``ml.data.preprocess.preprocess``); the mask is at the image's
-    resolution, so it is letterboxed the same way before the two are compared.
-    """
-    from ml.lungs.masks import letterbox, mass_in_mask
-
-    values = np.asarray(heatmap, dtype=np.float32)
-    if values.ndim == 3 and values.shape[-1] == 1:
-        values = values[..., 0]
-    if values.ndim != 2 or values.shape[0] != values.shape[1]:
-        raise ValueError(f"Expected a square 2-D heatmap, got shape {values.shape}.")
-    framed, _ = letterbox(np.asarray(mask, dtype=np.float32), values.shape[0])
-    return mass_in_mask(values, framed >= 0.5)
+    return StoredLungs(mask=mask, version=prediction.segmenter_version)

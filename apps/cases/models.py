@@ -32,7 +32,7 @@ def _lung_upload_to(instance: Prediction, filename: str) -> str:
     return f"lungs/{timezone.now():%Y/%m}/{uuid.uuid4().hex}.png"
 
 
-class CaseQuerySet(models.QuerySet):
+class CaseQuerySet(models.QuerySet["Case"]):
     def with_status(self) -> CaseQuerySet:
         """Annotate ``derived_status``, the same rule as ``Case.status``, for filtering in SQL."""
         predictions = Prediction.objects.filter(image__case=models.OuterRef("pk"))
@@ -259,9 +259,14 @@ class Prediction(Job):
 def _delete_lung_files(sender, instance: Prediction, **kwargs) -> None:
     """A deleted prediction's lung mask and outline go too, once the deletion commits
     (a rolled-back deletion keeps them)."""
-    files = [f for f in (instance.lung_mask, instance.lung_outline) if f and f.name]
+    files = [(f.storage, f.name) for f in (instance.lung_mask, instance.lung_outline) if f.name]
+
+    def delete_files() -> None:
+        for storage, name in files:
+            storage.delete(name)
+
     if files:
-        transaction.on_commit(lambda: [f.storage.delete(f.name) for f in files])
+        transaction.on_commit(delete_files)
 
 
 class ExpertLabel(models.Model):

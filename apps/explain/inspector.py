@@ -130,7 +130,7 @@ def run_inspection(*, inspection_id: int) -> Inspection | None:
         )
         maps = activation_maps(model, x, layer)
         side = max(maps.shape[0], 1)
-        pictures = [
+        pictures: list[tuple[str, str, bytes, dict[str, float]]] = [
             ("input", "Input as the model sees it", grid_png(display_image(x)[0], scale=2), {}),
             ("filters", "First convolution's filters", grid_png(filter_grid(model), scale=8), {}),
             (

@@ -22,16 +22,17 @@ def run_explanation(*, explanation_id: int) -> Explanation | None:
 
     with failure_recorded(explanation, what="The explanation"):
         from apps.models.serving import classifier_for
-        from ml.data.preprocess import open_image, preprocess
+        from ml.data.preprocess import open_image
         from ml.explain.api import deletion_insertion, explain, heatmap_to_npy, render_overlay
 
         start = time.perf_counter()
         classifier = classifier_for(explanation.model_version)
         with explanation.image.file.open("rb") as fh:
-            array = preprocess(open_image(fh), classifier.spec)
+            prepared = _prepare(classifier, open_image(fh), explanation.image)
+        array = prepared.x
         heatmap = explain(classifier.model, array, explanation.method, classes=classifier.classes)
         scores = deletion_insertion(classifier.model, array, heatmap.values, heatmap.target_class)
-        in_lungs = _mass_in_lungs(explanation, heatmap.values)
+        in_lungs = _mass_in_lungs(heatmap.values, prepared.lung_mask)
         scores = {**scores, "mass_in_lungs": in_lungs}
         overlay = render_overlay(
             array[..., 0],
@@ -64,19 +65,29 @@ def run_explanation(*, explanation_id: int) -> Explanation | None:
     return explanation
 
 
-def _mass_in_lungs(explanation: Explanation, values) -> float | None:
-    """Share of the map's positive mass on the image's lungs; None without a lung mask.
+def _prepare(classifier, image, case_image):
+    """The model input, exactly as the prediction made it, with the image's lung mask
+    carried into the model's frame (``ml.data.preprocess.prepare``).
 
-    A problem here is logged and leaves the figure empty: the heatmap itself is
-    still worth storing.
+    The stored lung mask is used when the model may use it (any v1 model; a v2
+    model preprocessed with the same segmenter); a v2 model otherwise segments
+    the image with its own segmenter, as its predictions do.
     """
-    from apps.cases.lungs import lung_mask_of, mass_in_lungs
+    from apps.cases.lungs import lungs_for_classifier, stored_lungs
+    from ml.data.preprocess import prepare
 
-    mask = lung_mask_of(explanation.image)
-    if mask is None:
+    lungs = stored_lungs(case_image)
+    if classifier.needs_lungs:
+        prepared, _, _ = classifier.prepare(image, lungs_for_classifier(classifier, lungs))
+        return prepared
+    return prepare(image, classifier.spec, lungs.mask if lungs is not None else None)
+
+
+def _mass_in_lungs(values, frame_mask) -> float | None:
+    """Share of the map's positive mass inside the lung mask (both in the model's
+    frame), in [0, 1]; None when the image has no lung mask."""
+    from ml.lungs.masks import mass_in_mask
+
+    if frame_mask is None:
         return None
-    try:
-        return round(mass_in_lungs(values, mask), 4)
-    except ValueError:
-        log.warning("mass in lungs of explanation %s not computed", explanation.pk, exc_info=True)
-        return None
+    return round(mass_in_mask(values, frame_mask), 4)

@@ -5,6 +5,7 @@ import uuid
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.db.models.fields.files import FieldFile
 from django.utils import timezone
 
 from cxrplatform.jobs import Job, JobKind
@@ -161,8 +162,11 @@ class Inspection(Job):
         return f"Inspection {self.pk} of version {self.model_version_id} ({self.status})"
 
     @property
-    def image_file(self):
-        return (self.reference_image or self.case_image).file
+    def image_file(self) -> FieldFile:
+        image = self.reference_image or self.case_image
+        if image is None:  # excluded by the explain_inspection_one_image constraint
+            raise ValueError(f"Inspection {self.pk} has no image.")
+        return image.file
 
     def mark_done(self, *, layer: str, layers: list, results: dict, seconds: float) -> None:
         self._mark_done(layer=layer, layers=layers, results=results, seconds=seconds)

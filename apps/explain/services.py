@@ -25,7 +25,7 @@ def _explained_version(image: CaseImage) -> ModelVersion:
         .order_by("-finished_at", "-pk")
         .first()
     )
-    if prediction is None:
+    if prediction is None or prediction.model_version is None:  # done: always has a version
         raise ExplanationUnavailable(
             "This image has no finished prediction yet; explanations follow the prediction."
         )

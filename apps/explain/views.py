@@ -69,7 +69,7 @@ def _serve(
 
 @require_GET
 @role_required(CLINICIAN, ANNOTATOR)
-def overlay(request: HttpRequest, pk: int) -> HttpResponse:
+def overlay(request: HttpRequest, pk: int) -> HttpResponseBase:
     return _serve(request, pk, "overlay", "image/png")
 
 
@@ -94,6 +94,6 @@ def layer(request: HttpRequest, pk: int) -> HttpResponse:
 
 @require_GET
 @role_required(CLINICIAN, ANNOTATOR)
-def heatmap(request: HttpRequest, pk: int) -> HttpResponse:
+def heatmap(request: HttpRequest, pk: int) -> HttpResponseBase:
     """The raw float32 map as a NumPy .npy file (for research tools)."""
     return _serve(request, pk, "heatmap", "application/octet-stream", f"explanation-{pk}.npy")

@@ -86,7 +86,8 @@ def create_snapshot(*, created_by=None, seed: int = 0) -> DatasetSnapshot:
         if not references:
             raise ValueError("No reference images: run `manage.py import_dataset` first.")
         records = [
-            Record(path=Path(r.file.name), label=r.label, patient=r.patient, source=r.source)
+            # A reference image always has its file (the field is required).
+            Record(path=Path(r.file.name), label=r.label, patient=r.patient, source=r.source)  # type: ignore[arg-type]
             for r in references
         ]
         splits = split_records(records, seed=seed)
@@ -128,7 +129,7 @@ def create_snapshot(*, created_by=None, seed: int = 0) -> DatasetSnapshot:
                 source="clinical",
             )
         )
-    counts: dict[str, dict[str, int]] = {}
+    counts: dict[str, dict[str, int] | int] = {}
     for split, counter in (
         (s, Counter(i.label for i in items if i.split == s)) for s in Split.values
     ):

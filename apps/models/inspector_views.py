@@ -50,7 +50,7 @@ def inspector_form(request: HttpRequest) -> HttpResponse:
             errors.append("Choose an image.")
         if layer and context["layers"] and layer not in context["layers"]:
             errors.append("Choose a layer of this model version.")
-        if not errors:
+        if not errors and version is not None and image is not None:
             inspection = inspector.request_inspection(
                 user=request.user, version=version, image=image, layer=layer
             )

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 LABEL_CHOICES = CLASS_CHOICES
 
 
-class ModelVersionQuerySet(models.QuerySet):
+class ModelVersionQuerySet(models.QuerySet["ModelVersion"]):
     def production(self) -> ModelVersion | None:
         """The version that serves predictions, or None before a model admin promotes one.
 
@@ -169,7 +169,7 @@ class SnapshotItem(models.Model):
         "cases.CaseImage", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )
     label = models.CharField(max_length=20, choices=LABEL_CHOICES)
-    split = models.CharField(max_length=10, choices=Split.choices)
+    split = models.CharField(max_length=10, choices=Split)
     patient = models.CharField(max_length=100)
     source = models.CharField(max_length=100)
 

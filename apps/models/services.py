@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
@@ -18,12 +19,192 @@ from apps.accounts.models import record
 from apps.models.models import ModelVersion, TrainingRun
 from cxrplatform.files import files_removed_on_error
 from cxrplatform.jobs import enqueue_job
+from ml.models.metrics import EvaluationResult, MetricsFormatError, ShortcutMetrics
 
 log = logging.getLogger(__name__)
 
 
 class RegistryError(Exception):
     pass
+
+
+class PromotionGateError(RegistryError):
+    """The promotion gate refused a candidate; ``reasons`` says why, one sentence each."""
+
+    def __init__(self, version: ModelVersion, reasons: list[str]) -> None:
+        self.reasons = reasons
+        super().__init__(f"#{version.pk} {version.name} cannot be promoted: " + " ".join(reasons))
+
+
+# --- the evidence a promotion is judged on ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Candidate and production metrics, and on which images they were measured."""
+
+    candidate: EvaluationResult | None
+    production: EvaluationResult | None
+    production_version: ModelVersion | None
+    basis: str
+    same_split: bool
+
+
+def promotion_evidence(version: ModelVersion) -> Evidence:
+    """What the promote page shows and the gate judges: the same split when a run measured both.
+
+    A training run measures its candidate and the production version of the time on
+    the snapshot's test split; that pair is used while that version still serves.
+    Otherwise each version's own stored metrics are compared (each on its own split).
+    """
+    production = ModelVersion.objects.production()
+    run = getattr(version, "training_run", None)
+    comparison = run.comparison if run is not None else {}
+    if (
+        run is not None
+        and comparison.get("production")
+        and production is not None
+        and comparison.get("production_version") == production.pk
+    ):
+        return Evidence(
+            candidate=EvaluationResult.from_json_or_none(comparison.get("candidate")),
+            production=EvaluationResult.from_json_or_none(comparison["production"]),
+            production_version=production,
+            basis=(
+                f"both on snapshot {run.snapshot_id}'s test split "
+                f"({comparison.get('test_images')} images)"
+            ),
+            same_split=True,
+        )
+    return Evidence(
+        candidate=version.evaluation,
+        production=production.evaluation if production is not None else None,
+        production_version=production,
+        basis="each on its own test split (no shared measurement yet)",
+        same_split=False,
+    )
+
+
+def _shortcuts_of(evidence: Evidence, version: ModelVersion) -> tuple[ShortcutMetrics | None, ...]:
+    """The shortcut tests of both sides: from the shared split when both were measured
+    there, else each version's own (the production of a run's time may lack them)."""
+    candidate = evidence.candidate.shortcuts if evidence.candidate else None
+    production = evidence.production.shortcuts if evidence.production else None
+    if evidence.same_split and candidate is not None and production is not None:
+        return candidate, production
+    own = version.evaluation
+    served = evidence.production_version.evaluation if evidence.production_version else None
+    return (own.shortcuts if own else None), (served.shortcuts if served else None)
+
+
+# --- the promotion gate ----------------------------------------------------------------------
+
+
+def shortcut_gate_refusals(
+    candidate: ShortcutMetrics | None,
+    production: ShortcutMetrics | None,
+    *,
+    blanked_tolerance: float | None = None,
+    mass_tolerance: float | None = None,
+) -> list[str]:
+    """Why a candidate's shortcut tests are worse than production's (empty: not worse).
+
+    Two figures decide, each with a tolerance from the settings
+    (``CXR_GATE_BLANKED_ACC_TOLERANCE``, ``CXR_GATE_LUNG_MASS_TOLERANCE``): the accuracy
+    with the lungs blanked (higher is worse: the model classifies without the lungs)
+    and the lowest per-source Grad-CAM mass in the lungs (lower is worse). A figure
+    production has and the candidate lacks is a refusal: "not measured" must not pass
+    as "no worse". Production without shortcut tests (older versions) refuses nothing.
+    """
+    if production is None:
+        return []
+    blanked_tolerance = (
+        settings.CXR_GATE_BLANKED_ACC_TOLERANCE if blanked_tolerance is None else blanked_tolerance
+    )
+    mass_tolerance = (
+        settings.CXR_GATE_LUNG_MASS_TOLERANCE if mass_tolerance is None else mass_tolerance
+    )
+    if candidate is None:
+        return [
+            "It has no shortcut tests, but production has: evaluate it with lung masks "
+            "(preprocessing version 2) before promoting."
+        ]
+    reasons = []
+    ours, theirs = candidate.lungs_blanked_accuracy, production.lungs_blanked_accuracy
+    if theirs is not None and ours is None:
+        reasons.append("Its lungs-blanked accuracy was not measured; production's was.")
+    elif theirs is not None and ours is not None and ours > theirs + blanked_tolerance:
+        reasons.append(
+            f"With the lungs blanked it is still {ours:.3f} accurate, more than production's "
+            f"{theirs:.3f} (tolerance {blanked_tolerance:.3f}): it relies more on what lies "
+            "outside the lungs."
+        )
+    ours, theirs = candidate.min_mass_in_lungs, production.min_mass_in_lungs
+    if theirs is not None and ours is None:
+        reasons.append("Its Grad-CAM mass in the lungs was not measured; production's was.")
+    elif theirs is not None and ours is not None and ours < theirs - mass_tolerance:
+        reasons.append(
+            f"Its lowest per-source Grad-CAM mass in the lungs is {ours:.3f}, below "
+            f"production's {theirs:.3f} (tolerance {mass_tolerance:.3f}): its explanations "
+            "look outside the lungs more."
+        )
+    return reasons
+
+
+TRACKED_METRICS = ("precision", "recall")
+
+
+def metric_gate_refusals(
+    candidate: EvaluationResult | None, production: EvaluationResult | None
+) -> list[str]:
+    """Why a candidate is worse than production on the tracked metrics (macro-F1, and
+    precision and recall of every class production was measured on)."""
+    if candidate is None or production is None:
+        return ["Candidate and production were not both measured on the same images."]
+    reasons = []
+    if candidate.macro_f1 < production.macro_f1:
+        reasons.append(
+            f"Macro-F1 {candidate.macro_f1:.3f} is below production's {production.macro_f1:.3f}."
+        )
+    for name, row in production.per_class.items():
+        ours = candidate.per_class.get(name)
+        for metric in TRACKED_METRICS:
+            theirs = getattr(row, metric)
+            value = getattr(ours, metric) if ours is not None else None
+            if value is None or value < theirs:
+                shown = "not measured" if value is None else f"{value:.3f}"
+                reasons.append(f"{name} {metric} {shown} is below production's {theirs:.3f}.")
+    return reasons
+
+
+def promotion_refusals(version: ModelVersion) -> list[str]:
+    """Why promoting ``version`` now would be refused (empty: the gate lets it through).
+
+    Every promotion (the page, the API, the schedule) passes the shortcut gate; a
+    rollback does not (it restores a version that served before, in an emergency).
+    """
+    evidence = promotion_evidence(version)
+    if evidence.production_version is None or evidence.production_version.pk == version.pk:
+        return []
+    candidate, production = _shortcuts_of(evidence, version)
+    return shortcut_gate_refusals(candidate, production)
+
+
+def auto_promotion_refusals(comparison: dict) -> list[str]:
+    """Why a training run's candidate is not promoted automatically (empty: promote it).
+
+    Stricter than a model admin's promotion: no tracked metric may be worse than
+    production's on the same test split, and the shortcut tests must not be worse.
+    """
+    try:
+        candidate = EvaluationResult.from_json_or_none(comparison.get("candidate"))
+        production = EvaluationResult.from_json_or_none(comparison.get("production"))
+    except MetricsFormatError as exc:
+        return [f"The run's metrics cannot be read: {exc}."]
+    reasons = metric_gate_refusals(candidate, production)
+    if candidate is not None and production is not None:
+        reasons += shortcut_gate_refusals(candidate.shortcuts, production.shortcuts)
+    return reasons
 
 
 def _state(version: ModelVersion | None) -> dict:
@@ -33,12 +214,18 @@ def _state(version: ModelVersion | None) -> dict:
 
 
 @transaction.atomic
-def promote(*, version: ModelVersion, actor=None, reason: str = "") -> ModelVersion:
+def promote(
+    *, version: ModelVersion, actor=None, reason: str = "", gate: bool = True
+) -> ModelVersion:
     """Archive the current production version and promote ``version``, in one transaction.
 
     The partial unique constraint guarantees that a concurrent promotion
     cannot leave two production rows: one of the two transactions fails.
     Workers pick the new model up on their next task (no restart).
+
+    ``gate``: refuse (:class:`PromotionGateError`, with the reasons) a candidate whose
+    shortcut tests are worse than production's (:func:`promotion_refusals`). Only a
+    rollback passes ``gate=False``.
     """
     version = ModelVersion.objects.select_for_update().get(pk=version.pk)
     if version.status == ModelVersion.Status.PRODUCTION:
@@ -46,6 +233,10 @@ def promote(*, version: ModelVersion, actor=None, reason: str = "") -> ModelVers
     if version.status not in {ModelVersion.Status.CANDIDATE, ModelVersion.Status.ARCHIVED}:
         raise RegistryError(f"A {version.status} model version cannot be promoted.")
     previous = ModelVersion.objects.select_for_update().production()
+    refusals = promotion_refusals(version) if gate else []
+    if refusals:
+        log.info("promotion of %s refused: %s", version, " ".join(refusals))
+        raise PromotionGateError(version, refusals)
     if previous is not None:
         previous.status = ModelVersion.Status.ARCHIVED
         previous.save(update_fields=["status"])
@@ -77,7 +268,9 @@ def rollback(*, actor=None) -> ModelVersion:
     )
     if previous is None:
         raise RegistryError("No earlier production version to roll back to.")
-    restored = promote(version=previous, actor=actor, reason=f"rollback from {current.pk}")
+    restored = promote(
+        version=previous, actor=actor, reason=f"rollback from {current.pk}", gate=False
+    )
     record(
         actor=actor,
         action="model.rollback",
@@ -121,6 +314,7 @@ def register_artifact(
         if key not in card:
             raise RegistryError(f"Model card {cpath.name} lacks {key!r}.")
     animation_path = _training_animation_path(artifact_path, card)
+    evaluation = _card_evaluation(artifact_path, card)
     with files_removed_on_error() as stored, transaction.atomic():
         version = ModelVersion.objects.filter(sha256=digest).first()
         if version is None:
@@ -128,7 +322,7 @@ def register_artifact(
                 name=name or card.get("name") or artifact_path.stem,
                 sha256=digest,
                 card=card,
-                metrics=_report_metrics(artifact_path, card) or _card_metrics(card),
+                metrics=evaluation.to_json() if evaluation is not None else {},
                 status=ModelVersion.Status.CANDIDATE,
             )
             with artifact_path.open("rb") as fh:
@@ -158,46 +352,40 @@ def _training_animation_path(artifact_path: Path, card: dict) -> Path | None:
     return path
 
 
-def _report_metrics(artifact_path: Path, card: dict) -> dict | None:
-    """``report/metrics.json`` beside the artifact, when it is the card's own evaluation.
+def _card_evaluation(artifact_path: Path, card: dict) -> EvaluationResult | None:
+    """The evaluation to store for a card: its own, or the fuller report beside it.
 
-    ``ml.models.training`` writes it next to the card; it holds more than the card's summary
-    (confusion matrix, per-source figures, ROC and calibration curves). It is used
-    only when its macro-F1, accuracy and ECE are exactly the card's, so a report
-    left there by another model is never attached to this one.
+    A card written since the typed contract holds the whole evaluation. An older card
+    holds a summary (``test_macro_f1``, ...; no confusion matrix, no curves): then
+    ``report/metrics.json`` beside the artifact is used instead, when it is the card's
+    own evaluation (same macro-F1, accuracy and ECE), so a report left there by another
+    model is never attached to this one.
     """
-    path = artifact_path.parent / "report" / "metrics.json"
-    summary = card.get("metrics", {})
-    if not path.is_file() or "test_macro_f1" not in summary:
+    try:
+        summary = EvaluationResult.from_card(card)
+    except MetricsFormatError as exc:
+        raise RegistryError(
+            f"Model card of {artifact_path.name} has unreadable metrics: {exc}"
+        ) from None
+    if summary is None or (summary.confusion_matrix is not None and summary.curves is not None):
+        return summary
+    report = _report_evaluation(artifact_path.parent / "report" / "metrics.json")
+    same = report is not None and (report.macro_f1, report.accuracy, report.ece) == (
+        summary.macro_f1,
+        summary.accuracy,
+        summary.ece,
+    )
+    return report if same else summary
+
+
+def _report_evaluation(path: Path) -> EvaluationResult | None:
+    if not path.is_file():
         return None
     try:
-        metrics = json.loads(path.read_text())
-    except (OSError, ValueError):
-        log.warning("could not read %s; storing the card's metrics", path)
+        return EvaluationResult.from_json(json.loads(path.read_text()))
+    except (OSError, ValueError) as exc:  # MetricsFormatError is a ValueError
+        log.warning("could not read %s (%s); storing the card's metrics", path, exc)
         return None
-    same = (
-        isinstance(metrics, dict)
-        and metrics.get("macro_f1") == summary["test_macro_f1"]
-        and metrics.get("accuracy") == summary.get("test_accuracy")
-        and metrics.get("ece") == summary.get("test_ece")
-    )
-    return metrics if same else None
-
-
-def _card_metrics(card: dict) -> dict:
-    """The card's test metrics in the ``ml.models.evaluation`` shape (macro_f1, per_class, ...)."""
-    metrics = card.get("metrics", {})
-    if "test_macro_f1" not in metrics:
-        return {}
-    return {
-        "macro_f1": metrics["test_macro_f1"],
-        "macro_f1_ci": metrics.get("test_macro_f1_ci"),
-        "accuracy": metrics.get("test_accuracy"),
-        "per_class": metrics.get("test_per_class", {}),
-        "roc_auc_macro": metrics.get("test_roc_auc_macro"),
-        "ece": metrics.get("test_ece"),
-        "n": card.get("data", {}).get("split", {}).get("counts", {}).get("test"),
-    }
 
 
 def active_training_run() -> TrainingRun | None:

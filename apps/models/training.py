@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -14,21 +15,7 @@ from apps.models.models import ModelVersion, SnapshotItem, TrainingRun
 from apps.models.serving import local_file_path
 from cxrplatform.jobs import claim_job, failure_recorded
 
-TRACKED = ("macro_f1", "precision", "recall")
-
-
-def gate_passes(comparison: dict) -> bool:
-    """True when no tracked metric of the candidate is worse than production's."""
-    candidate, production = comparison.get("candidate"), comparison.get("production")
-    if not candidate or not production:
-        return False
-    if candidate["macro_f1"] < production["macro_f1"]:
-        return False
-    for name, row in production["per_class"].items():
-        for metric in ("precision", "recall"):
-            if candidate["per_class"][name][metric] < row[metric]:
-                return False
-    return True
+log = logging.getLogger(__name__)
 
 
 def _records(items, workdir: Path):
@@ -102,24 +89,37 @@ def run_training(*, run_id: int) -> TrainingRun | None:
             version = services.register_artifact(artifact_path=result.artifact)
         comparison = {
             "test_images": len(test_records),
-            "candidate": result.metrics,
-            "production": production_metrics,
+            "candidate": result.metrics.to_json(),
+            "production": production_metrics.to_json() if production_metrics else None,
             "production_version": parent.pk if parent else None,
         }
+        refusals = services.auto_promotion_refusals(comparison)
+        comparison["gate"] = {"passed": not refusals, "reasons": refusals}
         with transaction.atomic():
             ModelVersion.objects.filter(pk=version.pk).update(
-                metrics=result.metrics, snapshot=run.snapshot, parent=parent
+                metrics=comparison["candidate"], snapshot=run.snapshot, parent=parent
             )
             run.mark_done(model_version=version, comparison=comparison)
             record(
                 actor=run.requested_by,
                 action="training.done",
                 target=run,
-                after={"model_version": version.pk, "macro_f1": result.metrics["macro_f1"]},
+                after={
+                    "model_version": version.pk,
+                    "macro_f1": result.metrics.macro_f1,
+                    "gate": comparison["gate"],
+                },
             )
         version.refresh_from_db()
         from django.conf import settings
 
-        if settings.CXR_AUTO_PROMOTE and gate_passes(comparison):
+        if not settings.CXR_AUTO_PROMOTE:
+            return run
+        if refusals:
+            log.info("candidate %s not promoted automatically: %s", version, " ".join(refusals))
+            return run
+        try:
             services.promote(version=version, actor=None, reason="automatic: gate passed")
+        except services.RegistryError as exc:  # production changed while the run trained
+            log.warning("automatic promotion of %s refused: %s", version, exc)
     return run

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import messages
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -11,6 +13,7 @@ from apps.accounts.roles import MODEL_ADMIN, role_required
 from apps.models import services
 from apps.models.models import ModelVersion, TrainingRun
 from ml.data.labels import CLASS_DISPLAY, CLASSES
+from ml.models.metrics import EvaluationResult
 
 METRIC_ROWS = [("macro_f1", "macro-F1")] + [
     (f"{c}.{m}", f"{CLASS_DISPLAY[c]} {m}") for c in CLASSES for m in ("precision", "recall")
@@ -34,21 +37,15 @@ PLOTS = {
 }
 
 
-def _metric(metrics: dict | None, key: str) -> float | None:
-    if not metrics:
-        return None
-    if "." not in key:
-        return metrics.get(key)
-    name, metric = key.split(".")
-    return metrics.get("per_class", {}).get(name, {}).get(metric)
-
-
 def comparison_rows(
-    candidate: dict | None, production: dict | None, keys: list[tuple[str, str]] = METRIC_ROWS
+    candidate: EvaluationResult | None,
+    production: EvaluationResult | None,
+    keys: list[tuple[str, str]] = METRIC_ROWS,
 ) -> list[dict]:
     rows = []
     for key, label in keys:
-        a, b = _metric(candidate, key), _metric(production, key)
+        a = candidate.metric(key) if candidate else None
+        b = production.metric(key) if production else None
         diff = None if a is None or b is None else a - b
         # "better" and "worse" are read from the metric's direction, not the sign alone.
         gain = None if diff is None else (-diff if key in LOWER_IS_BETTER else diff)
@@ -56,37 +53,40 @@ def comparison_rows(
     return rows
 
 
-def per_class_rows(metrics: dict | None) -> list[dict]:
-    per_class = (metrics or {}).get("per_class", {})
-    return [{"name": name, **per_class[name]} for name in CLASSES if name in per_class]
+def per_class_rows(result: EvaluationResult | None) -> list[dict]:
+    per_class = result.per_class if result else {}
+    return [{"name": name, "m": per_class[name]} for name in CLASSES if name in per_class]
 
 
-def confusion_rows(metrics: dict | None) -> dict | None:
-    matrix = (metrics or {}).get("confusion_matrix")
-    if not matrix:
+def confusion_rows(result: EvaluationResult | None) -> dict | None:
+    matrix = result.confusion_matrix if result else None
+    if matrix is None:
         return None
-    return {
-        "labels": matrix["labels"],
-        "rows": list(zip(matrix["labels"], matrix["matrix"], strict=True)),
-    }
+    return {"labels": matrix.labels, "rows": matrix.rows()}
 
 
-def _evidence(version: ModelVersion) -> tuple[dict | None, dict | None, str]:
-    """Candidate vs production metrics, on the same test split when a run measured both."""
-    run = getattr(version, "training_run", None)
-    if run is not None and run.comparison.get("production"):
-        return (
-            run.comparison["candidate"],
-            run.comparison["production"],
-            f"both on snapshot {run.snapshot_id}'s test split "
-            f"({run.comparison['test_images']} images)",
-        )
-    production = ModelVersion.objects.production()
-    return (
-        version.metrics,
-        production.metrics if production else None,
-        "each on its own test split (no shared measurement yet)",
-    )
+def shortcut_rows(*results: EvaluationResult | None) -> list[dict] | None:
+    """The shortcut tests of one or more versions, one row per figure (None: none measured).
+
+    Each row has the figure's label and target, and per version a cell with the value,
+    its interval and whether the target is met (None where that version lacks it).
+    """
+    tested = [r.shortcuts if r else None for r in results]
+    if all(shortcuts is None for shortcuts in tested):
+        return None
+    rows: dict[str, dict] = {}
+    for i, shortcuts in enumerate(tested):
+        for check in shortcuts.checks() if shortcuts else []:
+            row = rows.setdefault(
+                check.key,
+                {"label": check.label, "target": check.target, "cells": [None] * len(results)},
+            )
+            row["cells"][i] = check
+    return list(rows.values())
+
+
+def _has_curves(result: EvaluationResult | None) -> bool:
+    return bool(result and result.curves)
 
 
 @require_GET
@@ -105,18 +105,22 @@ def registry(request: HttpRequest) -> HttpResponse:
 @role_required(MODEL_ADMIN)
 def version_detail(request: HttpRequest, pk: int) -> HttpResponse:
     version = get_object_or_404(ModelVersion, pk=pk)
-    candidate, production, basis = _evidence(version)
+    evaluation = version.evaluation
+    evidence = services.promotion_evidence(version)
     return render(
         request,
         "registry/version.html",
         {
             "version": version,
-            "rows": comparison_rows(candidate, production),
-            "basis": basis,
-            "per_class": per_class_rows(version.metrics),
-            "confusion": confusion_rows(version.metrics),
-            "has_curves": bool((version.metrics or {}).get("curves")),
-            "per_source": (version.metrics or {}).get("per_source", {}),
+            "evaluation": evaluation,
+            "rows": comparison_rows(evidence.candidate, evidence.production),
+            "basis": evidence.basis,
+            "per_class": per_class_rows(evaluation),
+            "confusion": confusion_rows(evaluation),
+            "has_curves": _has_curves(evaluation),
+            "per_source": evaluation.per_source if evaluation else {},
+            "shortcuts": shortcut_rows(evaluation),
+            "shortcut_headers": ["this version"],
             "others": ModelVersion.objects.exclude(pk=version.pk),
         },
     )
@@ -129,10 +133,11 @@ def version_plot(request: HttpRequest, pk: int, kind: str) -> HttpResponse:
     import ml.models.evaluation
 
     version = get_object_or_404(ModelVersion, pk=pk)
-    if kind not in PLOTS or not version.metrics:
+    evaluation = version.evaluation
+    if kind not in PLOTS or evaluation is None:
         raise Http404("No such plot for this version.")
     try:
-        figure = getattr(ml.models.evaluation, PLOTS[kind])(version.metrics, title=version.name)
+        figure = getattr(ml.models.evaluation, PLOTS[kind])(evaluation, title=version.name)
     except (KeyError, ValueError) as exc:
         raise Http404(f"This version's metrics cannot draw it: {exc}") from None
     return HttpResponse(
@@ -167,18 +172,21 @@ def compare(request: HttpRequest) -> HttpResponse:
         a = next((v for v in versions if v.status == ModelVersion.Status.PRODUCTION), versions[1])
     if b is None and len(versions) >= 2:
         b = next(v for v in versions if v != a)
-    context = {"versions": versions, "a": a, "b": b}
+    context: dict[str, Any] = {"versions": versions, "a": a, "b": b}
     if a is not None and b is not None:
+        evaluation_a, evaluation_b = a.evaluation, b.evaluation
         context.update(
-            rows=comparison_rows(b.metrics, a.metrics, COMPARE_ROWS),
+            rows=comparison_rows(evaluation_b, evaluation_a, COMPARE_ROWS),
+            shortcuts=shortcut_rows(evaluation_a, evaluation_b),
+            shortcut_headers=[f"A: #{a.pk} {a.name}", f"B: #{b.pk} {b.name}"],
             same_split=a.snapshot_id is not None and a.snapshot_id == b.snapshot_id,
             sides=[
                 {
                     "version": v,
-                    "confusion": confusion_rows(v.metrics),
-                    "has_curves": bool((v.metrics or {}).get("curves")),
+                    "confusion": confusion_rows(evaluation),
+                    "has_curves": _has_curves(evaluation),
                 }
-                for v in (a, b)
+                for v, evaluation in ((a, evaluation_a), (b, evaluation_b))
             ],
         )
     return render(request, "registry/compare.html", context)
@@ -197,12 +205,24 @@ def promote(request: HttpRequest, pk: int) -> HttpResponse:
         else:
             messages.success(request, f"{version.name} now serves all new predictions.")
         return redirect("registry:index")
-    candidate, production, basis = _evidence(version)
+    evidence = services.promotion_evidence(version)
     return render(
         request,
         "registry/promote_confirm.html",
-        {"version": version, "rows": comparison_rows(candidate, production), "basis": basis},
+        {
+            "version": version,
+            "rows": comparison_rows(evidence.candidate, evidence.production),
+            "basis": evidence.basis,
+            "refusals": services.promotion_refusals(version),
+            "shortcuts": shortcut_rows(version.evaluation, _served_evaluation(evidence)),
+            "shortcut_headers": ["this version", "production"],
+        },
     )
+
+
+def _served_evaluation(evidence: services.Evidence) -> EvaluationResult | None:
+    served = evidence.production_version
+    return served.evaluation if served is not None else None
 
 
 @require_POST

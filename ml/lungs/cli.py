@@ -80,6 +80,7 @@ def cmd_lungs_evaluate(args: argparse.Namespace) -> int:
         other_sources=args.others,
         config=LungTrainConfig(n_bootstrap=args.bootstrap),
         split=args.split,
+        update_card=args.update_card,
     )
     _print_summary(card)
     print(f"report: {Path(args.out) / 'report.md'}")
@@ -152,6 +153,13 @@ def add_lungs_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--splits", type=Path, default=BUNDLED / "splits.csv", help=splits_help)
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     p.add_argument("--bootstrap", type=int, default=2000)
+    p.add_argument(
+        "--update-card",
+        dest="update_card",
+        action="store_true",
+        help="also write the figures into the model's card (use with --out <model dir>/"
+        "lungs-report to refresh the bundled report)",
+    )
     p.set_defaults(func=cmd_lungs_evaluate)
 
     p = verbs.add_parser("predict", help="segment images; print found/area/box")

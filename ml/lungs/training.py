@@ -329,7 +329,7 @@ def _other_source_images(root: Path, n: int, seed: int) -> tuple[str, list[Path]
     from ml.data.loaders import load_dataset
 
     dataset = load_dataset(root)
-    source = dataset.sources[0] if dataset.sources else root.name
+    source = root.name  # the NIH loader names both NIH folders "adult-normal"
     rng = np.random.default_rng(seed)
     by_label: dict[str, list[Path]] = {}
     for record in sorted(dataset.records, key=lambda r: str(r.path)):

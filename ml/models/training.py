@@ -74,6 +74,9 @@ class TrainConfig:
     acquisition_augment: bool = False  # crops, gamma, blur/sharpen, noise, JPEG, resampling
     lung_penalty: float = 0.0  # lambda of the input-gradient-outside-the-lungs penalty
     shortcut_tests: bool = True  # lungs-blanked, within-source AUROC, Grad-CAM mass (needs lungs)
+    # "val" for model selection: the report and card score the validation split, so that
+    # settings are chosen without looking at the test split (which is reported once).
+    report_split: str = "test"
     extra: dict = field(default_factory=dict)
 
     def model_kwargs(self) -> dict:
@@ -282,6 +285,7 @@ def _card(
             "best_val_loss": result.best_val_loss,
         },
         "metrics": metrics.to_json(),
+        "metrics_split": config.report_split,
         "framework": {"tensorflow": tf.__version__, "keras": keras.__version__},
         "sha256": sha256_file(artifact),
     }
@@ -344,17 +348,22 @@ def train(
         hook=hook,
         progress=progress,
     )
-    y_true = [records[i].label for i in index["test"]]
+    if config.report_split not in ("test", "val"):
+        raise ValueError(f"report_split must be test or val, not {config.report_split!r}")
+    scored = test_data if config.report_split == "test" else val_data
+    y_true = [records[i].label for i in index[config.report_split]]
     metrics, probs = evaluate_split(
         net,
-        test_data,
+        scored,
         y_true,
         n_bootstrap=config.n_bootstrap,
         seed=config.seed,
         shortcut_tests=config.shortcut_tests,
     )
     report_dir = out_dir / "report"
-    write_report(metrics, y_true, probs, CLASSES, report_dir, title=f"{name}: test split")
+    write_report(
+        metrics, y_true, probs, CLASSES, report_dir, title=f"{name}: {config.report_split} split"
+    )
     artifact = out_dir / f"{name}.keras"
     net.save(artifact)
     _write_splits(out_dir / "splits.csv", records, index)

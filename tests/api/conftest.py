@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -20,6 +19,7 @@ from apps.models import services as registry
 from apps.models.datasets import import_reference_dataset
 from apps.models.models import ModelVersion, TrainingRun
 from tests.conftest import IMAGES, upload_of
+from tests.factories import ModelVersionFactory
 
 ROLES = ["anonymous", "clinician", "other_clinician", "annotator", "model_admin"]
 
@@ -48,8 +48,8 @@ def predicted_case(owner, *names: str, patient_ref: str = "PSEUDO-API-1") -> Cas
     return case
 
 
-@pytest.fixture
-def world(clinician, other_clinician, model_admin, production_model) -> World:
+def build_world(clinician, other_clinician, model_admin, production_model) -> World:
+    """The world's rows and files, for these users and this registered production model."""
     case = predicted_case(clinician)
     image = case.images.get()
     explanation = Explanation.objects.get(image=image, method="gradcam")
@@ -60,19 +60,18 @@ def world(clinician, other_clinician, model_admin, production_model) -> World:
 
     # Registry rows: a candidate to promote and an earlier production version to roll back to.
     artifact = production_model.artifact.name
-    previous = ModelVersion.objects.create(
-        name="previous",
-        sha256="a" * 64,
-        artifact=artifact,
-        status=ModelVersion.Status.ARCHIVED,
-        promoted_at=timezone.now() - timezone.timedelta(days=1),
+    previous = ModelVersionFactory(
+        name="previous", sha256="a" * 64, artifact=artifact, archived=True
     )
-    candidate = ModelVersion.objects.create(
-        name="candidate", sha256="b" * 64, artifact=artifact, status="candidate"
-    )
+    candidate = ModelVersionFactory(name="candidate", sha256="b" * 64, artifact=artifact)
     import_reference_dataset(IMAGES / "manifest.csv", "generic")
     run = registry.start_training_run(requested_by=model_admin)
     return World(case, image, explanation, other_case, production_model, candidate, previous, run)
+
+
+@pytest.fixture
+def world(clinician, other_clinician, model_admin, production_model) -> World:
+    return build_world(clinician, other_clinician, model_admin, production_model)
 
 
 @pytest.fixture

@@ -4,6 +4,11 @@ Object-level cells use the first clinician's case, image and explanation:
 the other clinician gets 404 (not 403, as on the web: its existence is not
 theirs to know); annotators may read predicted images and their heatmaps but
 not cases; model admins see only the registry.
+
+The world (real predictions, a real Grad-CAM, registry rows, a training run) is
+built once for the module, not once per cell: every test runs in its own
+transaction nested in the world's, so what a cell writes is rolled back before
+the next one, and the world's transaction is rolled back when the module ends.
 """
 
 from __future__ import annotations
@@ -11,11 +16,59 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+from django.conf import settings as django_settings
+from django.db import transaction
+from django.test import override_settings
 from django.urls import resolve
 
-from tests.api.conftest import ROLES
+from tests.api.conftest import ROLES, build_world
 from tests.conftest import upload_of
-from tests.factories import PASSWORD
+from tests.factories import PASSWORD, UserFactory
+
+
+@pytest.fixture(scope="module")
+def module_world(django_db_setup, django_db_blocker, tmp_path_factory):
+    """The users, the world and its media folder, built once in a transaction of their own."""
+    from apps.models.services import register_artifact
+
+    media = tmp_path_factory.mktemp("matrix-media")
+    with (
+        django_db_blocker.unblock(),
+        override_settings(MEDIA_ROOT=media),
+        transaction.atomic(),
+    ):
+        users = {
+            "anonymous": None,
+            "clinician": UserFactory(username="dr-a", roles=["clinician"]),
+            "other_clinician": UserFactory(username="dr-b", roles=["clinician"]),
+            "annotator": UserFactory(username="annotator-a", roles=["annotator"]),
+            "model_admin": UserFactory(username="admin-a", roles=["model_admin"]),
+        }
+        production = register_artifact(
+            artifact_path=django_settings.CXR_BUNDLED_MODEL, make_production=True
+        )
+        world = build_world(
+            users["clinician"], users["other_clinician"], users["model_admin"], production
+        )
+        yield SimpleNamespace(world=world, users=users, media=media)
+        transaction.set_rollback(True)
+
+
+@pytest.fixture
+def media_root(settings, module_world):
+    """The world's media folder (instead of a fresh one per test): its files are there."""
+    settings.MEDIA_ROOT = module_world.media
+    return module_world.media
+
+
+@pytest.fixture
+def world(module_world, db):
+    return module_world.world
+
+
+@pytest.fixture
+def users(module_world, db):
+    return module_world.users
 
 
 def _codes(anonymous, clinician, other, annotator, admin) -> dict[str, int]:
@@ -48,6 +101,10 @@ MATRIX = [
      _codes(401, 200, 404, 200, 403)),
     ("image-file", "get", lambda w: f"/api/v1/images/{w.image.pk}/file/", None, None,
      _codes(401, 200, 404, 200, 403)),
+    ("image-lung-mask", "get", lambda w: f"/api/v1/images/{w.image.pk}/lung-mask/", None, None,
+     _codes(401, 200, 404, 200, 403)),
+    ("image-lung-outline", "get", lambda w: f"/api/v1/images/{w.image.pk}/lung-outline/",
+     None, None, _codes(401, 200, 404, 200, 403)),
     ("image-explanations", "post", lambda w: f"/api/v1/images/{w.image.pk}/explanations/",
      lambda w, u, r: {"method": "occlusion"}, "json",
      _codes(401, 202, 404, 403, 403)),
@@ -134,6 +191,8 @@ def test_another_clinicians_case_and_its_files_are_not_found(world, api_as):
         f"/api/v1/cases/{world.case.pk}/",
         f"/api/v1/images/{image.pk}/",
         f"/api/v1/images/{image.pk}/file/",
+        f"/api/v1/images/{image.pk}/lung-mask/",
+        f"/api/v1/images/{image.pk}/lung-outline/",
         f"/api/v1/explanations/{explanation.pk}/overlay/",
         f"/api/v1/explanations/{explanation.pk}/heatmap/",
     ):

@@ -31,17 +31,9 @@ def _file(name: str, data: bytes, content_type: str) -> dict:
     return {"name": name, "data": base64.b64encode(data).decode(), "type": content_type}
 
 
-def test_clinician_uploads_in_the_browser_and_sees_prediction_and_heatmap(
-    browser_page, live_server, clinician, production_model, worker
-):
-    page = browser_page
-    log_in(page, live_server.url, clinician.username, PASSWORD)
-    assert page.url.endswith("/cases/")
-    assert page.get_by_role("heading", name="No cases yet").is_visible()
-    page.get_by_role("link", name="New case").first.click()
-    assert_accessible(page)
-
-    # One file chosen with the file picker, two dropped on the drop zone.
+def _upload_refuses_the_broken_file(page) -> None:
+    """One file chosen with the file picker, two dropped on the drop zone; the server
+    refuses the broken one and says so next to it."""
     page.get_by_label("Chest X-ray images (PNG, JPEG or DICOM)").set_input_files(
         [str(IMAGES / "2168a917.jpg")]
     )
@@ -68,14 +60,9 @@ def test_clinician_uploads_in_the_browser_and_sees_prediction_and_heatmap(
     assert Case.objects.count() == 0
     screenshot(page, "clinician-upload-refused")
 
-    page.get_by_role("button", name="Remove scan.png").click()
-    page.get_by_role("button", name="Upload and classify").click()
-    page.wait_for_url(re.compile(r"/cases/\d+/$"))
-    case = Case.objects.get(owner=clinician)
-    assert case.images.count() == 2
-    assert page.url.endswith(f"/cases/{case.pk}/")
 
-    # The page updates itself (no reload) until both images are classified and explained.
+def _results_arrive_without_a_reload(page) -> None:
+    """The page updates itself until both images are classified and explained."""
     page.evaluate("window.__sameDocument = true")
     page.wait_for_function(
         "document.querySelectorAll('.viewer img.heat[data-method=gradcam]').length == 2"
@@ -87,13 +74,14 @@ def test_clinician_uploads_in_the_browser_and_sees_prediction_and_heatmap(
     labels = page.locator("strong[data-label]").all_inner_texts()
     assert len(labels) == 2
     assert set(labels) <= {"COVID-19", "Other pneumonia", "Normal"}
-    first = page.locator("article[data-image]").first
+
+
+def _viewer_controls_act_on_the_heatmap(first) -> None:
+    """Opacity slider and tabs act on the Grad-CAM layer of the first image."""
     layer = first.locator("img.heat[data-method=gradcam]")
     # decode() waits for the layer the live update just inserted to finish loading.
     assert layer.evaluate("img => img.decode().then(() => img.naturalWidth)") == 128
     assert first.locator(".prob-row").count() == 3
-
-    # Opacity slider and tabs act on the heatmap layer.
     first.get_by_label("Heatmap opacity").fill("80")
     assert layer.evaluate("img => getComputedStyle(img).opacity") == "0.8"
     first.get_by_role("tab", name="Image only").click()
@@ -101,7 +89,9 @@ def test_clinician_uploads_in_the_browser_and_sees_prediction_and_heatmap(
     first.get_by_role("tab", name="Grad-CAM").click()
     assert layer.is_visible()
 
-    # Another method: a spinner in its tab until the worker has made it.
+
+def _another_method_arrives_without_a_reload(page, first) -> None:
+    """A spinner in the new method's tab until the worker has made it, then the map."""
     first.get_by_label("Another explanation method").select_option("occlusion")
     first.get_by_role("button", name="Explain").click()
     page.locator("article[data-image] >> nth=0 >> [role=tab][data-method=occlusion]").wait_for()
@@ -118,6 +108,30 @@ def test_clinician_uploads_in_the_browser_and_sees_prediction_and_heatmap(
         == "true"
     )
     assert page.evaluate("window.__sameDocument") is True
+
+
+def test_clinician_uploads_in_the_browser_and_sees_prediction_and_heatmap(
+    browser_page, live_server, clinician, production_model, worker
+):
+    page = browser_page
+    log_in(page, live_server.url, clinician.username, PASSWORD)
+    assert page.url.endswith("/cases/")
+    assert page.get_by_role("heading", name="No cases yet").is_visible()
+    page.get_by_role("link", name="New case").first.click()
+    assert_accessible(page)
+    _upload_refuses_the_broken_file(page)
+
+    page.get_by_role("button", name="Remove scan.png").click()
+    page.get_by_role("button", name="Upload and classify").click()
+    page.wait_for_url(re.compile(r"/cases/\d+/$"))
+    case = Case.objects.get(owner=clinician)
+    assert case.images.count() == 2
+    assert page.url.endswith(f"/cases/{case.pk}/")
+
+    _results_arrive_without_a_reload(page)
+    first = page.locator("article[data-image]").first
+    _viewer_controls_act_on_the_heatmap(first)
+    _another_method_arrives_without_a_reload(page, first)
     assert_accessible(page)
     path = screenshot(page, "clinician-case")
     with Image.open(path) as shot:

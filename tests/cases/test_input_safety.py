@@ -37,6 +37,32 @@ def _fixture_gray(name=FIXTURE) -> np.ndarray:
         return np.asarray(image.convert("L"), dtype=np.uint16)
 
 
+def _add_identifiers(ds: Dataset) -> None:
+    """PHI in many places: patient, staff and institution tags, a private block, and
+    nested sequences."""
+    ds.PatientName = "DOE^JANE"
+    ds.PatientID = "MRN-4711-SECRET"
+    ds.PatientBirthDate = "19470203"
+    ds.PatientAddress = "42 ELM STREET SPRINGFIELD"
+    ds.PatientTelephoneNumbers = "+44 20 7946 0000"
+    ds.ReferringPhysicianName = "DR^WHO^REFERRER"
+    ds.InstitutionName = "ST MUNGOS HOSPITAL"
+    ds.InstitutionalDepartmentName = "RADIOLOGY WING B"
+    ds.AccessionNumber = "ACC-99881"
+    ds.OperatorsName = "OPERATOR^OTTO"
+    ds.StudyDate = "20230417"
+    ds.ContentDate = "20230417"
+    block = ds.private_block(0x0011, "ACME PHI", create=True)
+    block.add_new(0x01, "LO", "PRIVATE-PHI-VALUE")
+    item = Dataset()
+    item.PatientName = "NESTED^PERSON"
+    item.AccessionNumber = "NESTED-ACCESSION-77"
+    item.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+    ds.ReferencedStudySequence = Sequence([item])
+    ds.RequestAttributesSequence = Sequence([Dataset()])
+    ds.RequestAttributesSequence[0].RequestedProcedureID = "NESTED-ACCESSION-77"
+
+
 def make_dicom(
     *,
     name=FIXTURE,
@@ -64,27 +90,7 @@ def make_dicom(
     ds.StudyInstanceUID = pydicom.uid.generate_uid()
     ds.SeriesInstanceUID = pydicom.uid.generate_uid()
     ds.Modality = "DX"
-    ds.PatientName = "DOE^JANE"
-    ds.PatientID = "MRN-4711-SECRET"
-    ds.PatientBirthDate = "19470203"
-    ds.PatientAddress = "42 ELM STREET SPRINGFIELD"
-    ds.PatientTelephoneNumbers = "+44 20 7946 0000"
-    ds.ReferringPhysicianName = "DR^WHO^REFERRER"
-    ds.InstitutionName = "ST MUNGOS HOSPITAL"
-    ds.InstitutionalDepartmentName = "RADIOLOGY WING B"
-    ds.AccessionNumber = "ACC-99881"
-    ds.OperatorsName = "OPERATOR^OTTO"
-    ds.StudyDate = "20230417"
-    ds.ContentDate = "20230417"
-    block = ds.private_block(0x0011, "ACME PHI", create=True)
-    block.add_new(0x01, "LO", "PRIVATE-PHI-VALUE")
-    item = Dataset()
-    item.PatientName = "NESTED^PERSON"
-    item.AccessionNumber = "NESTED-ACCESSION-77"
-    item.ReferencedSOPInstanceUID = ds.SOPInstanceUID
-    ds.ReferencedStudySequence = Sequence([item])
-    ds.RequestAttributesSequence = Sequence([Dataset()])
-    ds.RequestAttributesSequence[0].RequestedProcedureID = "NESTED-ACCESSION-77"
+    _add_identifiers(ds)
     ds.Rows, ds.Columns = stored.shape
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"

@@ -82,8 +82,8 @@ def test_the_animation_does_not_change_the_trained_weights(with_and_without):
     first = Classifier.load(on.artifact).model.get_weights()
     second = Classifier.load(off.artifact).model.get_weights()
     assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
-    assert on.metrics["macro_f1"] == off.metrics["macro_f1"]
-    assert on.metrics["ece"] == off.metrics["ece"]
+    assert on.metrics.macro_f1 == off.metrics.macro_f1
+    assert on.metrics.ece == off.metrics.ece
 
 
 def test_images_are_picked_one_per_class_first_without_randomness():

@@ -146,9 +146,9 @@ def test_refitting_reproduces_the_bundled_check_and_its_figures(shared_datasets)
         seed=bundled.card["fitted_on"]["lateral_split_seed"],
     )
     assert check.threshold == pytest.approx(bundled.threshold, abs=1e-4)
-    assert sorted(v.path.name for v in held_out) == bundled.card["fitted_on"][
-        "lateral_held_out_files"
-    ]
+    assert (
+        sorted(v.path.name for v in held_out) == bundled.card["fitted_on"]["lateral_held_out_files"]
+    )
     assert {v.patient for v in fitting}.isdisjoint({v.patient for v in held_out})
     result = evaluate(check, frontal, fitting, held_out)
     for key in ("frontal_test_accepted", "lateral_held_out_refused", "lateral_fit_refused"):

@@ -14,8 +14,10 @@ from apps.cases.models import Prediction
 from apps.models import services
 from apps.models.datasets import create_snapshot, import_reference_dataset
 from apps.models.models import ModelVersion, ReferenceImage, TrainingRun
+from apps.models.services import auto_promotion_refusals
 from apps.models.tasks import retrain_if_enough_labels
-from apps.models.training import gate_passes, run_training
+from apps.models.training import run_training
+from ml.models.metrics import ClassMetrics, EvaluationResult
 from tests.conftest import IMAGES, upload_of
 from tests.factories import UserFactory
 
@@ -139,16 +141,19 @@ def test_the_whole_loop(
     assert candidate.status == "candidate"
     assert candidate.parent == seeded
     assert candidate.snapshot == run.snapshot
-    assert 0.0 <= candidate.metrics["macro_f1"] <= 1.0
-    assert "roc" in candidate.metrics["curves"]  # the report's curves, for the plots
+    assert 0.0 <= candidate.evaluation.macro_f1 <= 1.0
+    assert "roc" in candidate.evaluation.curves  # the report's curves, for the plots
     # The training animation travelled from the run's folder into storage.
     assert candidate.training_animation.name.endswith(".gradcam.gif")
     with Image.open(candidate.training_animation.path) as animation:
         assert animation.format == "GIF"
         assert animation.n_frames == 1  # one epoch
     # candidate and production measured on the same test images
-    assert run.comparison["candidate"]["n"] == run.comparison["production"]["n"]
-    assert run.comparison["test_images"] == run.comparison["candidate"]["n"]
+    evidence = services.promotion_evidence(candidate)
+    assert evidence.same_split
+    assert evidence.candidate.n == evidence.production.n == run.comparison["test_images"]
+    # the automatic gate's verdict is kept with the run (the tiny model vs one epoch)
+    assert run.comparison["gate"]["passed"] is (run.comparison["gate"]["reasons"] == [])
 
     services.promote(version=candidate, actor=model_admin)
     third = _predict(clinician, "00001280_004.jpg", django_capture_on_commit_callbacks)
@@ -177,17 +182,24 @@ def test_a_second_run_is_refused_while_one_is_active(seeded, model_admin):
         services.start_training_run(requested_by=model_admin)
 
 
-def test_gate_promotes_only_when_no_tracked_metric_is_worse():
-    row = {"precision": 0.8, "recall": 0.8}
-    production = {"macro_f1": 0.8, "per_class": {"covid19": row, "normal": row}}
-    better = {"macro_f1": 0.85, "per_class": {"covid19": row, "normal": {**row, "recall": 0.9}}}
-    worse_recall = {
-        "macro_f1": 0.9,
-        "per_class": {"covid19": {**row, "recall": 0.7}, "normal": row},
+def _result(macro_f1, per_class):
+    rows = {
+        name: ClassMetrics(precision=p, recall=r, f1=0.8, support=10)
+        for name, (p, r) in per_class.items()
     }
-    assert gate_passes({"candidate": better, "production": production})
-    assert not gate_passes({"candidate": worse_recall, "production": production})
-    assert not gate_passes({"candidate": better, "production": None})
+    return EvaluationResult(macro_f1=macro_f1, per_class=rows).to_json()
+
+
+def test_gate_promotes_only_when_no_tracked_metric_is_worse():
+    production = _result(0.8, {"covid19": (0.8, 0.8), "normal": (0.8, 0.8)})
+    better = _result(0.85, {"covid19": (0.8, 0.8), "normal": (0.8, 0.9)})
+    worse_recall = _result(0.9, {"covid19": (0.8, 0.7), "normal": (0.8, 0.8)})
+    assert auto_promotion_refusals({"candidate": better, "production": production}) == []
+    refusals = auto_promotion_refusals({"candidate": worse_recall, "production": production})
+    assert refusals == ["covid19 recall 0.700 is below production's 0.800."]
+    assert auto_promotion_refusals({"candidate": better, "production": None}) == [
+        "Candidate and production were not both measured on the same images."
+    ]
 
 
 @pytest.mark.django_db(transaction=True)

@@ -112,7 +112,7 @@ def test_model_admin_starts_a_training_run_and_sees_its_progress(
 
 
 def _evaluated_metrics() -> dict:
-    """A real ml.models.evaluation result (with curves) for 30 images."""
+    """A real ml.models.evaluation result (with curves) for 30 images, as stored."""
     import numpy as np
 
     from ml.data.labels import CLASSES
@@ -124,7 +124,7 @@ def _evaluated_metrics() -> dict:
     for row, label in zip(probs, truth, strict=True):
         row[CLASSES.index(label)] += 1.0
     probs = probs / probs.sum(axis=1, keepdims=True)
-    return evaluate_predictions(truth, probs, CLASSES, n_bootstrap=50)
+    return evaluate_predictions(truth, probs, CLASSES, n_bootstrap=50).to_json()
 
 
 @pytest.mark.parametrize("kind", ["confusion-matrix", "roc", "calibration"])

@@ -10,6 +10,7 @@ from apps.models import services
 from apps.models.models import ModelVersion
 from apps.models.services import RegistryError, register_artifact
 from ml.models.artifacts import card_path, read_card
+from ml.models.metrics import EvaluationResult
 from tests.conftest import REPO_ROOT
 from tests.models.test_registry import make_variant
 
@@ -105,9 +106,10 @@ def test_the_shipped_model_registers_with_its_gif_and_its_curves(media_root):
         assert image.is_animated
         assert image.n_frames == card["training"]["epochs_run"]
     # The full report (curves included) is stored, matching the card's summary.
-    assert version.metrics["macro_f1"] == card["metrics"]["test_macro_f1"]
-    assert set(version.metrics["curves"]) == {"roc", "calibration", "confidence_histogram"}
-    assert version.metrics["confusion_matrix"]["labels"] == card["classes"]
+    evaluation = version.evaluation
+    assert evaluation.macro_f1 == EvaluationResult.from_card(card).macro_f1
+    assert set(evaluation.curves) == {"roc", "calibration", "confidence_histogram"}
+    assert list(evaluation.confusion_matrix.labels) == card["classes"]
 
 
 @pytest.mark.django_db
@@ -117,7 +119,8 @@ def test_the_report_beside_the_artifact_is_stored_when_it_matches_the_card(artif
     metrics = {"macro_f1": 0.5, "accuracy": 0.625, "ece": 0.125, "curves": {"roc": {}}}
     (report / "metrics.json").write_text(json.dumps(metrics))
     version = register_artifact(artifact_path=artifact)
-    assert version.metrics == metrics
+    assert version.metrics == EvaluationResult.from_json(metrics).to_json()
+    assert version.evaluation.curves == {"roc": {}}
 
 
 @pytest.mark.django_db
@@ -126,6 +129,6 @@ def test_a_report_of_another_model_beside_the_artifact_is_not_attached(artifact)
     report.mkdir()
     (report / "metrics.json").write_text(json.dumps({"macro_f1": 0.123, "curves": {}}))
     version = register_artifact(artifact_path=artifact)
-    assert "curves" not in version.metrics
-    assert version.metrics["macro_f1"] == 0.5
-    assert version.metrics["accuracy"] == 0.625
+    assert version.evaluation.curves is None
+    assert version.evaluation.macro_f1 == 0.5
+    assert version.evaluation.accuracy == 0.625
