@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: install demo test lint format bench train data test-model clean
+.PHONY: install demo test test-fast lint format bench train data test-model clean
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -22,12 +22,25 @@ demo: install
 	@echo "Open http://$${DEMO_HOST:-127.0.0.1}:$${DEMO_PORT:-8000}/ and log in with a demo user above (Ctrl-C stops)."
 	DEBUG=1 $(VENV)/bin/honcho -f Procfile.demo start
 
+# Every test, on $(TEST_PROCS) processes (pytest-xdist; each has its own test database,
+# state folder and Redis key prefix). The tests that start Celery workers or a browser
+# run one after another on one of them. TEST_PROCS=0: one process, no xdist.
+TEST_PROCS ?= 2
+PYTEST_XDIST = $(if $(filter-out 0,$(TEST_PROCS)),-n $(TEST_PROCS) --dist loadgroup)
 test: install
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest $(PYTEST_XDIST)
 
+# Quick feedback: no Celery worker processes, no browser (markers `worker`, `browser`).
+test-fast: install
+	$(VENV)/bin/pytest -m "not worker and not browser" $(PYTEST_XDIST)
+
+# The same checks as .pre-commit-config.yaml (`$(VENV)/bin/pre-commit install` runs them
+# before each commit). DEBUG=1: the mypy Django plugin imports the settings.
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	DEBUG=1 $(VENV)/bin/mypy
+	$(VENV)/bin/djlint templates --lint
 	DEBUG=1 $(PY) manage.py makemigrations --check --dry-run
 
 format: install

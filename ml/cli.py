@@ -490,6 +490,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="lambda of the input-gradient-outside-the-lungs penalty (Ross et al. 2017)",
     )
     p.add_argument(
+        "--penalty-on",
+        dest="penalty_on",
+        choices=["gradient", "gradcam"],
+        help="what the lung penalty measures: input gradients (default) or Grad-CAM",
+    )
+    p.add_argument(
         "--no-shortcut-tests",
         dest="shortcut_tests",
         action="store_const",

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import csv
+import io
+import subprocess
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -34,6 +37,17 @@ def pytest_configure(config):
     post_migrate.connect(_restore_role_groups, dispatch_uid="tests-restore-role-groups")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (``make test``: ``-n 2 --dist loadgroup``) the tests that start
+    Celery workers or drive a browser run one after another on one xdist worker, so
+    at most one of those heavy process trees runs at a time; the rest are shared out."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        if item.get_closest_marker("worker") or item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.xdist_group("processes"))
+
+
 FIXTURES = Path(__file__).parent / "fixtures"
 IMAGES = FIXTURES / "images"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +67,26 @@ def upload_of(
 
 def stored_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def ml_cli(*args: object) -> subprocess.CompletedProcess:
+    """``python -m ml ARGS`` run in this process through ``ml.cli.main``: the same parser
+    and commands, exit status, stdout and stderr, without a new interpreter importing
+    TensorFlow again (~5 s each). ``tests/ml/test_train_cli.py`` runs the real
+    ``python -m ml`` entry point in a subprocess once."""
+    from ml.cli import main
+
+    argv = [str(arg) for arg in args]
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # argparse's usage errors and --help
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    code = 0 if code is None else code  # as sys.exit(main()) exits
+    return subprocess.CompletedProcess(
+        ["python", "-m", "ml", *argv], code, out.getvalue(), err.getvalue()
+    )
 
 
 @pytest.fixture(scope="session")

@@ -9,11 +9,31 @@ import os
 import tempfile
 
 os.environ.setdefault("SECRET_KEY", "tests-only-secret-key-not-for-production")
+# pytest-xdist: a worker process inherits the controller's environment, so it takes
+# a state directory of its own here (SQLite file, filesystem broker), once: a Celery
+# worker that a test starts inherits the marker and keeps the test's directory.
+if "PYTEST_XDIST_WORKER" in os.environ and (
+    os.environ["PYTEST_XDIST_WORKER"] != os.environ.get("CXR_TESTS_XDIST_WORKER")
+):
+    os.environ["CXR_VAR_DIR"] = tempfile.mkdtemp(
+        prefix=f"cxr-tests-{os.environ['PYTEST_XDIST_WORKER']}-"
+    )
+    os.environ["CXR_TESTS_XDIST_WORKER"] = os.environ["PYTEST_XDIST_WORKER"]
 if "CXR_VAR_DIR" not in os.environ:  # a worker started by a test inherits the test's
     os.environ["CXR_VAR_DIR"] = tempfile.mkdtemp(prefix="cxr-tests-")
 
 from cxrplatform.settings import *  # noqa: F403
-from cxrplatform.settings import BASE_DIR, DATABASES, STATIC_ROOT, VAR_DIR
+from cxrplatform.settings import (
+    BASE_DIR,
+    CACHES,
+    CELERY_BROKER_TRANSPORT_OPTIONS,
+    CELERY_BROKER_URL,
+    DATABASES,
+    STATIC_ROOT,
+    VAR_DIR,
+)
+
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
 
 # The tiny bootstrap model was fitted on the 18 fixture images, so tests can
 # check the serving path end to end against known answers. The shipped default
@@ -28,3 +48,13 @@ STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise warns when it is mi
 # Close connections after each request: a live-server request thread that kept
 # its connection would stop the test database from being dropped.
 DATABASES["default"]["CONN_MAX_AGE"] = 0
+
+if XDIST_WORKER:
+    # xdist workers share one Redis (CI's DB number) when CELERY_BROKER_URL is set: keys
+    # of their own, so one worker's Celery worker never takes another's messages and
+    # throttle counts are not shared. The test database is per worker already
+    # (pytest-django adds the _gwN suffix).
+    if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+        CELERY_BROKER_TRANSPORT_OPTIONS["global_keyprefix"] = f"cxr-tests-{XDIST_WORKER}:"
+    if "KEY_PREFIX" in CACHES["default"]:
+        CACHES["default"]["KEY_PREFIX"] = f"cxr-tests-{XDIST_WORKER}"

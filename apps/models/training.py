@@ -90,10 +90,11 @@ def run_training(*, run_id: int) -> TrainingRun | None:
         comparison = {
             "test_images": len(test_records),
             "candidate": result.metrics.to_json(),
-            "production": production_metrics.to_json() if production_metrics else None,
+            # TEMPORARY: evaluate_classifier is annotated `dict`; it returns an EvaluationResult.
+            "production": production_metrics.to_json() if production_metrics else None,  # type: ignore[attr-defined]
             "production_version": parent.pk if parent else None,
         }
-        refusals = services.auto_promotion_refusals(comparison)
+        refusals = services.auto_promotion_refusals(comparison, parent)
         comparison["gate"] = {"passed": not refusals, "reasons": refusals}
         with transaction.atomic():
             ModelVersion.objects.filter(pk=version.pk).update(

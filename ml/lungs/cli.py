@@ -29,6 +29,8 @@ def cmd_lungs_train(args: argparse.Namespace) -> int:
         overrides["learning_rate"] = args.learning_rate
     if args.bootstrap is not None:
         overrides["n_bootstrap"] = args.bootstrap
+    if args.negatives is not None:
+        overrides["negatives"] = args.negatives
     if args.found_rate_images is not None:
         overrides["found_rate_images"] = args.found_rate_images
     config = LungTrainConfig(**overrides)
@@ -138,6 +140,11 @@ def add_lungs_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", dest="batch_size", type=int)
     p.add_argument("--learning-rate", dest="learning_rate", type=float)
     p.add_argument("--repeats", type=int, help="augmented copies of each image per epoch")
+    p.add_argument(
+        "--negatives",
+        type=float,
+        help="share of training variants inverted/upside down/turned with an empty target",
+    )
     p.add_argument("--seed", type=int)
     p.add_argument("--bootstrap", type=int)
     p.add_argument("--found-rate-images", dest="found_rate_images", type=int)

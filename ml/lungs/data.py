@@ -222,7 +222,12 @@ def model_inputs(arrays: Arrays, size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def augment(
-    image: np.ndarray, mask: np.ndarray, box: np.ndarray, size: int, rng: np.random.Generator
+    image: np.ndarray,
+    mask: np.ndarray,
+    box: np.ndarray,
+    size: int,
+    rng: np.random.Generator,
+    negatives: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One random variant of a cached pair: (size, size) float image in [0, 1], float mask.
 
@@ -232,6 +237,11 @@ def augment(
     (+-12 deg), zoom (0.7-1.15: children's lungs fill less of the film) and shift
     (+-8 %), and a horizontal flip half of the time. Intensity: gamma (0.5-2), contrast
     and brightness, a blur or an unsharp mask, noise; the letterbox stays black.
+
+    With probability ``negatives`` the variant is then made a film that is *not* a
+    frontal chest X-ray the right way up (inverted, upside down, turned by 90 degrees)
+    and its target is empty: the model learns to find no lungs there, which is what
+    lets the segmenter say "lung fields not found" for such input.
     """
     import cv2
 
@@ -288,4 +298,16 @@ def augment(
         canvas = canvas + rng.normal(0.0, rng.uniform(0.005, 0.04), canvas.shape)
     # The letterbox bars and the corners the rotation uncovered stay black, as in serving.
     canvas = np.clip(canvas * content, 0.0, 1.0).astype(np.float32)
-    return canvas, (canvas_mask >= 0.5).astype(np.float32)
+    target = (canvas_mask >= 0.5).astype(np.float32)
+    if negatives > 0 and rng.random() < negatives:
+        canvas, target = _negative(canvas, rng), np.zeros_like(target)
+    return canvas, target
+
+
+def _negative(canvas: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    kind = rng.integers(0, 4)
+    if kind == 0:  # inverted (a MONOCHROME1 film shown as is), letterbox stays black
+        return np.where(canvas > 0, 1.0 - canvas, 0.0).astype(np.float32)
+    if kind == 1:  # upside down
+        return np.ascontiguousarray(canvas[::-1, ::-1])
+    return np.ascontiguousarray(np.rot90(canvas, 1 if kind == 2 else -1))

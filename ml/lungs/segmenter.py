@@ -5,7 +5,8 @@ preprocessing does (:func:`ml.lungs.masks.letterbox`), the U-Net gives a lung
 probability per input pixel, :func:`ml.lungs.masks.postprocess` keeps the two largest
 regions and fills their holes, and the cleaned probability map is resampled back to
 the original resolution (bilinear, then the threshold), so the outline follows the
-probabilities rather than the 128-pixel grid. :func:`ml.lungs.masks.plausibility`
+probabilities rather than the 128-pixel grid (lungs joined into one region are
+retried at higher thresholds first). :func:`ml.lungs.masks.plausibility`
 decides whether the result looks like a pair of lung fields; when it does not, the
 result says so (``found`` is False, ``message`` says why) instead of raising: a blank,
 inverted, cropped or rotated film is an answer, not a crash.
@@ -33,6 +34,8 @@ from ml.models.artifacts import ArtifactIntegrityError, read_card, sha256_file
 log = logging.getLogger(__name__)
 
 LUNGS_NOT_FOUND = "lung fields not found: is this a frontal chest X-ray?"
+# Tried in turn when the lungs come out as one region (see segment_gray).
+SPLIT_THRESHOLDS = (0.7, 0.85)
 BUNDLED_LUNG_MODEL = Path(__file__).resolve().parent.parent / "bundled" / "lung-unet.keras"
 
 
@@ -61,8 +64,11 @@ def not_found_message(reason: str) -> str:
 
 
 class LungSegmenter:
-    def __init__(self, model: keras.Model, card: dict[str, Any], sha256: str) -> None:
+    def __init__(
+        self, model: keras.Model, card: dict[str, Any], sha256: str, path: Path | None = None
+    ) -> None:
         self.model = model
+        self.path = path
         self.card = card
         self.sha256 = sha256
         self.version = f"{card.get('name', 'lung-unet')}@{sha256[:12]}"
@@ -91,7 +97,7 @@ class LungSegmenter:
                 f"Artifact {path.name} has sha256 {actual}, expected {expected_sha256}."
             )
         model = keras.saving.load_model(path, compile=False)
-        segmenter = cls(model, read_card(path), actual)
+        segmenter = cls(model, read_card(path), actual, path)
         segmenter.probability(np.zeros((1, segmenter.size, segmenter.size), np.float32))
         return segmenter
 
@@ -122,15 +128,24 @@ class LungSegmenter:
             return self._not_found(np.zeros(gray.shape, dtype=bool), "blank image")
         x, box = masks.letterbox(gray, self.size)
         prob = self.probability(x[np.newaxis])[0]
-        kept = masks.postprocess(prob, self.threshold)
         top, left, bottom, right = box.content_box()
+        threshold = self.threshold
+        kept = masks.postprocess(prob, threshold)
         found, reason = masks.plausibility(kept[top:bottom, left:right])
+        if reason == "one region":
+            # Two lungs joined by a bridge of middling probability (the upper
+            # mediastinum of small children): a higher threshold cuts the bridge.
+            for higher in SPLIT_THRESHOLDS:
+                candidate = masks.postprocess(prob, higher)
+                if masks.plausibility(candidate[top:bottom, left:right])[0]:
+                    threshold, kept, found, reason = higher, candidate, True, ""
+                    break
         # Probabilities of the kept regions only (a 1-pixel rim so the resampled edge
         # is right), holes counted as lung; then back at the original resolution.
         rim = kept | _dilate(kept)
         clean = np.where(rim, prob, 0.0)
-        clean[kept & (prob < self.threshold)] = 1.0
-        mask = masks.unletterbox(clean, box) >= self.threshold
+        clean[kept & (prob < threshold)] = 1.0
+        mask = masks.unletterbox(clean, box) >= threshold
         if not found:
             return self._not_found(mask, reason)
         return LungResult(

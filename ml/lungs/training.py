@@ -55,10 +55,12 @@ class LungTrainConfig:
     batch_size: int = 16
     learning_rate: float = 2e-3
     repeats: int = 4  # augmented variants of each training image per epoch
+    negatives: float = 0.0  # share of variants made inverted/upside down/turned, empty target
     seed: int = 0
     n_bootstrap: int = 2000
     sheet_images: int = 24  # outlines per source on the contact sheets
     found_rate_images: int = 100  # films per unmasked source for the found rate
+    bad_input_images: int = 30  # films per unmasked source made unfit (inverted, turned...)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -149,6 +151,7 @@ def train_lungs(
                 train_arrays.boxes[index],
                 size,
                 rng,
+                config.negatives,
             )
         fit = model.fit(x, y, batch_size=config.batch_size, epochs=1, shuffle=True, verbose=0)
         val_prob = np.concatenate(
@@ -178,7 +181,10 @@ def train_lungs(
     out_dir.mkdir(parents=True, exist_ok=True)
     artifact = out_dir / MODEL_FILE
     partial = out_dir / f".{MODEL_FILE}.partial.keras"
-    model.save(partial)
+    # Saved from an uncompiled copy: the Adam state would triple the file for nothing.
+    export = build_lung_unet(size, width=config.width, seed=config.seed)
+    export.set_weights(model.get_weights())
+    export.save(partial)
     partial.replace(artifact)
     counts = {s: sum(i.split == s for i in items) for s in ("train", "val", "test")}
     patients = {s: len({i.patient for i in items if i.split == s}) for s in counts}
@@ -324,6 +330,22 @@ def _reason(result) -> str:
     return "ok" if result.found else result.message.rsplit("(", 1)[-1].rstrip(")")
 
 
+BAD_INPUT = {
+    "inverted": lambda g: 1.0 - g,
+    "upside down": lambda g: g[::-1, ::-1],
+    "turned 90 degrees": lambda g: np.rot90(g),
+    "left half only": lambda g: g[:, : g.shape[1] // 2],
+}
+
+
+def _count_refusals(segmenter, gray: np.ndarray, counts: dict[str, list[int]]) -> None:
+    """Add to ``counts[kind] = [refused, films]`` for each kind of bad input made of a film."""
+    for kind, transform in BAD_INPUT.items():
+        result = segmenter.segment_gray(np.ascontiguousarray(transform(gray)))
+        refused, films = counts.get(kind, [0, 0])
+        counts[kind] = [refused + (not result.found), films + 1]
+
+
 def _other_source_images(root: Path, n: int, seed: int) -> tuple[str, list[Path]]:
     """Source name and ``n`` films drawn with ``seed`` (half per class where there are two)."""
     from ml.data.loaders import load_dataset
@@ -379,6 +401,7 @@ def evaluate_lungs(
     rows = []
     tiles = []
     latencies = []
+    refusals: dict[str, list[int]] = {}  # bad input made of held-out and unmasked films
     for item in chosen:
         gray = to_unit_gray(open_image(item.image))
         reference = reference_mask(item, gray.shape)
@@ -400,6 +423,7 @@ def evaluate_lungs(
                 "reference_area_fraction": round(float(reference.mean()), 4),
             }
         )
+        _count_refusals(segmenter, gray, refusals)
         if len(tiles) < config.sheet_images:
             tiles.append(
                 _tile(gray, result.mask, reference, f"{rows[-1]['dice']:.2f} {_reason(result)}")
@@ -441,6 +465,8 @@ def evaluate_lungs(
             result = segmenter.segment_gray(gray)
             found.append(result.found)
             areas.append(result.area_fraction)
+            if len(found) <= config.bad_input_images:
+                _count_refusals(segmenter, gray, refusals)
             reasons[_reason(result)] = reasons.get(_reason(result), 0) + 1
         # The sheet shows an even spread over the sample (both classes).
         for path in paths[:: max(1, len(paths) // config.sheet_images)][: config.sheet_images]:
@@ -461,6 +487,11 @@ def evaluate_lungs(
         "note": "no reference masks for these sources: share of a seeded sample of films "
         "where plausible lung fields were found; outlines on the contact sheets",
         "per_source": generalisation,
+    }
+    card["bad_input"] = {
+        "note": f"films made unfit on purpose: the {split} covid-chestxray images and the "
+        f"first {config.bad_input_images} films of each other source; [refused, films]",
+        "refused": refusals,
     }
     card["latency_ms_during_evaluation"] = {
         "segment_gray_p50": round(float(np.median(latencies)), 1),
@@ -534,6 +565,19 @@ def _markdown(card: dict, rows: list[dict], sheets: dict[str, Path]) -> str:
             f"| {source} | {g['films']} | {g['found_rate']:.0%} | {g['area_fraction_median']:.2f} "
             f"| {', '.join(f'{k} {v}' for k, v in g['outcomes'].items())} |"
         )
+    bad = card.get("bad_input", {}).get("refused", {})
+    if bad:
+        lines += [
+            "",
+            "## Bad input",
+            "",
+            "Films made unfit on purpose; the segmenter should answer 'lung fields not found'.",
+            "",
+            "| input | refused |",
+            "|---|---|",
+        ]
+        for kind, (refused, films) in bad.items():
+            lines.append(f"| {kind} | {refused} of {films} ({refused / max(films, 1):.0%}) |")
     lines += [
         "",
         "## Contact sheets",

@@ -124,24 +124,24 @@ def acquisition_augment(
     channels = image.shape[-1]
     image, masks = stacked[..., :channels], tf.cast(stacked[..., channels:] > 0.5, tf.float32)
     # Down-then-up sampling (half the images): resolution differs between sources.
-    factor = uniform(4, 0.35, 1.0)
+    factor = uniform(4, 0.55, 1.0)
     small = tf.cast(tf.round(factor * size), tf.int32)
     resampled = tf.image.resize(tf.image.resize(image, (small, small)), (size, size))
     image = tf.where(uniform(5, 0.0, 1.0) < 0.5, resampled, image)
     # Blur (s < 0) or sharpen (s > 0).
-    amount = uniform(6, -1.0, 1.5)
+    amount = uniform(6, -0.7, 1.0)
     image = image + amount * (image - _gaussian_blur(image))
     image = tf.clip_by_value(image, 0.0, 1.0)
     # Gamma, contrast, brightness.
-    image = tf.pow(image + 1e-6, tf.exp(uniform(7, -0.4, 0.4)))
+    image = tf.pow(image + 1e-6, tf.exp(uniform(7, -0.3, 0.3)))
     mean = tf.reduce_mean(image)
-    image = (image - mean) * uniform(8, 0.75, 1.3) + mean + uniform(9, -0.08, 0.08)
+    image = (image - mean) * uniform(8, 0.8, 1.25) + mean + uniform(9, -0.06, 0.06)
     noise_seeds = tf.random.experimental.stateless_split(seeds[9], 3)
-    sigma = tf.random.stateless_uniform((), noise_seeds[0], 0.0, 0.04)
+    sigma = tf.random.stateless_uniform((), noise_seeds[0], 0.0, 0.025)
     image = image + sigma * tf.random.stateless_normal(tf.shape(image), noise_seeds[1])
     image = tf.clip_by_value(image, 0.0, 1.0)
     # JPEG re-compression at a random quality.
-    jpeg = tf.image.stateless_random_jpeg_quality(image, 30, 95, noise_seeds[2])
+    jpeg = tf.image.stateless_random_jpeg_quality(image, 50, 95, noise_seeds[2])
     image = tf.reshape(jpeg, tf.shape(image))
     if mask_outside:
         image = image * masks[..., 1:2]
@@ -171,6 +171,7 @@ class FitSettings:
     balanced_sampling: bool = False
     acquisition_augment: bool = False
     lung_penalty: float = 0.0
+    penalty_on: str = "gradient"  # "gradient" (input gradients) or "gradcam" (last_conv)
     mask_outside: bool = False
     lr_schedule: bool = True  # halve on plateau (the bundled models' procedure)
 
@@ -253,26 +254,53 @@ class LungPenaltyModel(keras.Model):
     (what is saved and served) sees the image only.
     """
 
-    def __init__(self, net: keras.Model, lam: float, **kwargs: Any) -> None:
+    def __init__(self, net: keras.Model, lam: float, on: str = "gradient", **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if on not in ("gradient", "gradcam"):
+            raise ValueError(f"penalty_on must be gradient or gradcam, not {on!r}")
         self.net = net
         self.lam = float(lam)
+        self.on = on
         self.outside_tracker = keras.metrics.Mean(name="outside_share")
+        if on == "gradcam":
+            self.cam_model = keras.Model(
+                net.inputs, [net.get_layer("last_conv").output, net.outputs[0]]
+            )
 
     def call(self, inputs: tf.Tensor, training: bool = False) -> tf.Tensor:
         return self.net(inputs[..., :-1], training=training)
+
+    def _gradient_share(self, image: tf.Tensor, mask: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Share of the input-gradient energy of the summed log-probabilities outside."""
+        with tf.GradientTape() as inner:
+            inner.watch(image)
+            probs = self.net(image, training=True)
+            summed = tf.reduce_sum(tf.math.log(tf.clip_by_value(probs, 1e-7, 1.0)))
+        energy = tf.square(inner.gradient(summed, image))
+        total = tf.reduce_sum(energy, axis=[1, 2, 3]) + 1e-12
+        return tf.reduce_sum(energy * (1.0 - mask), axis=[1, 2, 3]) / total, probs
+
+    def _gradcam_share(self, image: tf.Tensor, mask: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Share of the Grad-CAM (predicted class, ``last_conv``) mass outside the lungs."""
+        with tf.GradientTape() as inner:
+            conv, probs = self.cam_model(image, training=True)
+            target = tf.one_hot(tf.argmax(probs, axis=-1), tf.shape(probs)[-1])
+            score = tf.reduce_sum(probs * tf.stop_gradient(target))
+        grads = inner.gradient(score, conv)
+        weights = tf.reduce_mean(grads, axis=[1, 2], keepdims=True)
+        cam = tf.nn.relu(tf.reduce_sum(weights * conv, axis=-1))
+        small = tf.image.resize(mask, tf.shape(cam)[1:3], method="area")[..., 0]
+        total = tf.reduce_sum(cam, axis=[1, 2]) + 1e-8
+        return tf.reduce_sum(cam * (1.0 - small), axis=[1, 2]) / total, probs
 
     def train_step(self, data: Any) -> dict[str, tf.Tensor]:
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         image, mask = x[..., :-1], x[..., -1:]
         with tf.GradientTape() as tape:
-            with tf.GradientTape() as inner:
-                inner.watch(image)
-                probs = self.net(image, training=True)
-                summed = tf.reduce_sum(tf.math.log(tf.clip_by_value(probs, 1e-7, 1.0)))
-            energy = tf.square(inner.gradient(summed, image))
-            total = tf.reduce_sum(energy, axis=[1, 2, 3]) + 1e-12
-            outside = tf.reduce_sum(energy * (1.0 - mask), axis=[1, 2, 3]) / total
+            if self.on == "gradcam":
+                outside, probs = self._gradcam_share(image, mask)
+            else:
+                outside, probs = self._gradient_share(image, mask)
             share = tf.reduce_mean(outside)
             loss = self.compute_loss(x=image, y=y, y_pred=probs, sample_weight=sample_weight)
             loss = loss + self.lam * share
@@ -357,7 +385,11 @@ def fit(
     """Compile and fit ``net`` in place (best validation weights restored)."""
     keras.utils.set_random_seed(settings.seed)
     tf.config.experimental.enable_op_determinism()
-    model = LungPenaltyModel(net, settings.lung_penalty) if settings.lung_penalty > 0 else net
+    model = (
+        LungPenaltyModel(net, settings.lung_penalty, on=settings.penalty_on)
+        if settings.lung_penalty > 0
+        else net
+    )
     model.compile(
         optimizer=keras.optimizers.Adam(settings.learning_rate),
         loss="sparse_categorical_crossentropy",

@@ -72,7 +72,8 @@ class TrainConfig:
     mask_outside: bool = False  # v2: zero everything outside the dilated lung mask
     balanced_sampling: bool = False  # sample evenly over source x class (replaces weights)
     acquisition_augment: bool = False  # crops, gamma, blur/sharpen, noise, JPEG, resampling
-    lung_penalty: float = 0.0  # lambda of the input-gradient-outside-the-lungs penalty
+    lung_penalty: float = 0.0  # lambda of the explanation-mass-outside-the-lungs penalty
+    penalty_on: str = "gradient"  # what the penalty measures: input gradients or Grad-CAM
     shortcut_tests: bool = True  # lungs-blanked, within-source AUROC, Grad-CAM mass (needs lungs)
     # "val" for model selection: the report and card score the validation split, so that
     # settings are chosen without looking at the test split (which is reported once).
@@ -101,6 +102,7 @@ class TrainConfig:
             balanced_sampling=self.balanced_sampling,
             acquisition_augment=self.acquisition_augment,
             lung_penalty=self.lung_penalty,
+            penalty_on=self.penalty_on,
             mask_outside=self.mask_outside and self.preprocessing >= 2,
         )
 

@@ -120,7 +120,8 @@ def test_nih_loader_reads_labels_csv(tmp_path):
     shutil.copy(IMAGES / "00001280_004.jpg", root / "images")
     (root / "labels.csv").write_text(
         "filename,patient_id,label,view,source,original_filename,age,sex,follow_up\n"
-        "00001280_004.jpg,nih-1280,normal,PA,NIH ChestX-ray14 (No Finding),00001280_004.png,36,F,4\n"
+        "00001280_004.jpg,nih-1280,normal,PA,NIH ChestX-ray14 (No Finding),"
+        "00001280_004.png,36,F,4\n"
         "00009999_000.jpg,nih-9999,normal,PA,NIH,00009999_000.png,40,M,0\n"
     )
     assert detect_layout(root) == "nih"

@@ -2,8 +2,6 @@
 the randomisation check, rendering, storage and the CLI. No database."""
 
 import json
-import subprocess
-import sys
 from io import BytesIO
 
 import numpy as np
@@ -28,7 +26,7 @@ from ml.explain.api import (
 )
 from ml.models.architectures import build_compact_cnn
 from ml.serving.classifier import Classifier
-from tests.conftest import FIXTURES, IMAGES, REPO_ROOT, fixture_manifest
+from tests.conftest import FIXTURES, IMAGES, fixture_manifest, ml_cli
 
 TINY = FIXTURES / "models" / "cxr-tiny.keras"
 QUADRANT = 32  # the corner model's square lies in [:QUADRANT, :QUADRANT] of 64 x 64
@@ -383,25 +381,8 @@ def test_sanity_cli_prints_json(tmp_path, capsys):
 def test_explain_cli_writes_readable_npy_and_png(tmp_path):
     row = fixture_manifest()[0]
     out = tmp_path / "out"
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ml",
-            "explain",
-            "--model",
-            str(TINY),
-            "--method",
-            "gradcam",
-            str(IMAGES / row["path"]),
-            "--out",
-            str(out),
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    completed = ml_cli(
+        "explain", "--model", TINY, "--method", "gradcam", IMAGES / row["path"], "--out", out
     )
     assert completed.returncode == 0, completed.stderr
     stem = row["path"].rsplit(".", 1)[0]

@@ -163,7 +163,8 @@ def test_lungs_are_found_on_real_frontal_films(segmenter, name):
     assert result.message == ""
     assert result.mask.shape == (image.height, image.width)
     assert result.mask.dtype == bool
-    assert 0.08 < result.area_fraction < 0.5
+    # 5f619d7e.jpg is collimated to the chest: its lungs cover 53 % of the film.
+    assert 0.08 < result.area_fraction < masks.MAX_AREA
     top, left, bottom, right = result.bbox
     assert 0 <= top < bottom <= image.height
     assert 0 <= left < right <= image.width

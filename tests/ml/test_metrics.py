@@ -1,10 +1,11 @@
 """The typed metrics contract (ml.models.metrics): round trips, old formats, targets."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
-from ml.models.evaluation import evaluate_predictions
+from ml.models.evaluation import evaluate_predictions, write_report
 from ml.models.metrics import (
     EvaluationResult,
     MassInLungs,
@@ -74,6 +75,21 @@ def test_an_evaluation_reads_back_equal_from_its_json(evaluated):
         evaluated.per_source["nih-cxr14"].macro_f1_present
     )
     assert again.to_json() == stored
+
+
+def test_the_report_has_a_shortcut_section_when_the_result_has_shortcut_tests(evaluated, tmp_path):
+    true, probs = noisy_dataset(n=90)
+    paths = write_report(evaluated, true, probs, CLASSES, tmp_path)
+    report = paths["markdown"].read_text()
+    assert "## Shortcut tests" in report
+    assert "| Lungs blanked: accuracy | 0.410 [0.330, 0.500] | <= 0.45 | yes |" in report
+    nih = "| Grad-CAM mass in the lungs: nih-cxr14 | 0.620 [0.580, 0.660] | >= 0.70 | **no** |"
+    assert nih in report
+    assert "| Lungs only (rest blanked): accuracy | 0.700 [0.620, 0.780] | (reference) |" in report
+    assert EvaluationResult.from_json(json.loads(paths["json"].read_text())) == evaluated
+
+    plain = write_report(replace(evaluated, shortcuts=None), true, probs, CLASSES, tmp_path)
+    assert "Shortcut tests" not in plain["markdown"].read_text()
 
 
 def test_shortcut_metrics_read_back_equal_from_json():

@@ -1,15 +1,12 @@
-"""python -m ml study --quick and heatmap-study on fixture images and the tiny model."""
+"""python -m ml study --quick and heatmap-study on fixture images and the tiny model
+(run in this process through ``ml.cli.main``)."""
 
 import json
-import subprocess
-import sys
 
 from PIL import Image
 
 from ml.research.study import default_plan
-from tests.conftest import FIXTURES, IMAGES, REPO_ROOT, fixture_manifest
-
-CLI = [sys.executable, "-m", "ml"]
+from tests.conftest import FIXTURES, IMAGES, fixture_manifest, ml_cli
 
 
 def test_default_plan_shares_the_baseline_and_covers_every_factor():
@@ -24,26 +21,18 @@ def test_default_plan_shares_the_baseline_and_covers_every_factor():
 
 def test_quick_study_writes_runs_report_and_plots(tmp_path):
     out = tmp_path / "study"
-    done = subprocess.run(
-        [
-            *CLI,
-            "study",
-            "--quick",
-            "--data",
-            str(IMAGES / "manifest.csv"),
-            "--layout",
-            "generic",
-            "--out",
-            str(out),
-            "--cache",
-            str(tmp_path / "cache"),
-            "--quiet",
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    done = ml_cli(
+        "study",
+        "--quick",
+        "--data",
+        IMAGES / "manifest.csv",
+        "--layout",
+        "generic",
+        "--out",
+        out,
+        "--cache",
+        tmp_path / "cache",
+        "--quiet",
     )
     assert done.returncode == 0, done.stderr[-2000:]
     runs = json.loads((out / "runs.json").read_text())["runs"]
@@ -62,26 +51,18 @@ def test_quick_study_writes_runs_report_and_plots(tmp_path):
     for name in ("study-macro-f1.png", "study-per-class.png"):
         assert Image.open(out / name).size[0] > 300
     # Resumable: a second call trains nothing new.
-    again = subprocess.run(
-        [
-            *CLI,
-            "study",
-            "--quick",
-            "--data",
-            str(IMAGES / "manifest.csv"),
-            "--layout",
-            "generic",
-            "--out",
-            str(out),
-            "--cache",
-            str(tmp_path / "cache"),
-            "--quiet",
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    again = ml_cli(
+        "study",
+        "--quick",
+        "--data",
+        IMAGES / "manifest.csv",
+        "--layout",
+        "generic",
+        "--out",
+        out,
+        "--cache",
+        tmp_path / "cache",
+        "--quiet",
     )
     assert again.returncode == 0
     assert "8 runs" in again.stdout
@@ -98,33 +79,25 @@ def test_heatmap_study_on_the_tiny_model(tmp_path):
         )
     )
     out = tmp_path / "heatmaps"
-    done = subprocess.run(
-        [
-            *CLI,
-            "heatmap-study",
-            "--data",
-            str(IMAGES / "manifest.csv"),
-            "--out",
-            str(out),
-            "--model",
-            str(FIXTURES / "models" / "cxr-tiny.keras"),
-            "--splits",
-            str(splits),
-            "--per-source",
-            "1",
-            "--sanity-images",
-            "1",
-            "--method",
-            "gradcam",
-            "--method",
-            "occlusion",
-            "--quiet",
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    done = ml_cli(
+        "heatmap-study",
+        "--data",
+        IMAGES / "manifest.csv",
+        "--out",
+        out,
+        "--model",
+        FIXTURES / "models" / "cxr-tiny.keras",
+        "--splits",
+        splits,
+        "--per-source",
+        "1",
+        "--sanity-images",
+        "1",
+        "--method",
+        "gradcam",
+        "--method",
+        "occlusion",
+        "--quiet",
     )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((out / "heatmaps.json").read_text())

@@ -11,7 +11,7 @@ from ml.data.loaders import load_generic
 from ml.models.artifacts import read_card, sha256_file
 from ml.models.training import TrainConfig, train
 from ml.serving.classifier import Classifier
-from tests.conftest import IMAGES, REPO_ROOT
+from tests.conftest import IMAGES, REPO_ROOT, ml_cli
 
 MANIFEST = IMAGES / "manifest.csv"
 
@@ -70,15 +70,8 @@ def test_training_reports_progress_per_batch_and_epoch(trained):
     assert "val_loss" in progress[-1]["logs"]
 
 
-def _cli(*args, timeout=300):
-    return subprocess.run(
-        [sys.executable, "-m", "ml", *args],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+def _cli(*args):
+    return ml_cli(*args)
 
 
 def test_cli_predict_json_gives_probabilities_that_sum_to_one(trained):
@@ -137,6 +130,22 @@ def test_cli_refuses_missing_data_folder_with_a_message(tmp_path):
     run = _cli("data", str(tmp_path / "nowhere"))
     assert run.returncode == 2
     assert "error:" in run.stderr
+
+
+def test_python_dash_m_ml_runs_the_cli_and_exits_with_its_status(tmp_path):
+    """The entry point itself (``ml/__main__.py``), in a process of its own; the other
+    CLI tests call ``ml.cli.main`` in this process."""
+    run = subprocess.run(
+        [sys.executable, "-m", "ml", "data", str(tmp_path / "nowhere")],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert run.returncode == 2
+    assert "error:" in run.stderr
+    assert "nowhere" in run.stderr
 
 
 def test_imagenet_backbone_without_local_weights_is_a_clear_error(monkeypatch, tmp_path):

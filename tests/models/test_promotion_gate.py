@@ -108,6 +108,16 @@ def test_the_automatic_gate_adds_the_shortcut_tests_to_the_metrics():
     assert services.auto_promotion_refusals({"candidate": better, "production": production}) == []
 
 
+@pytest.mark.django_db
+def test_the_automatic_gate_falls_back_to_productions_stored_shortcut_tests(production):
+    # The run measured production on its split without shortcut tests (an older model).
+    comparison = {"candidate": metrics(shortcuts(blanked=0.6)), "production": metrics(None)}
+    assert services.auto_promotion_refusals(comparison) == []
+    reasons = services.auto_promotion_refusals(comparison, production)
+    assert len(reasons) == 1
+    assert "more than production's 0.400" in reasons[0]
+
+
 # --- promotion -----------------------------------------------------------------------------------
 
 
