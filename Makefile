@@ -62,7 +62,7 @@ SHARED ?= ../shared/datasets
 CXR_DATA = $(SHARED)/covid-chestxray $(SHARED)/pediatric-pneumonia $(SHARED)/adult-normal \
 	$(SHARED)/adult-pneumonia
 TRAIN_ARGS ?= --epochs 60 --patience 10 --seed 0 --quiet
-SHORTCUT_ARGS ?= --preprocessing 2 --mask-outside --balanced-sampling --acquisition-augment
+SHORTCUT_ARGS ?= --preprocessing 2 --balanced-sampling --acquisition-augment
 train: install
 	$(PY) -m ml train --data $(CXR_DATA) --out ml/bundled/cxr-lungs --name cxr-lungs \
 		$(SHORTCUT_ARGS) --cache var/cache/train $(TRAIN_ARGS)

@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +28,7 @@ IMAGE = ROOT / "tests" / "fixtures" / "images" / "2168a917.jpg"
 TARGET_MS = 10.0
 
 
-def _time(fn, repeats: int) -> list[float]:
+def _time(fn: Callable[[], object], repeats: int) -> list[float]:
     for _ in range(5):
         fn()  # warm-up: tracing, oneDNN kernel selection
     samples = []
@@ -37,7 +39,7 @@ def _time(fn, repeats: int) -> list[float]:
     return samples
 
 
-def measure(repeats: int = 200) -> dict:
+def measure(repeats: int = 200) -> dict[str, Any]:
     """Warm latencies (ms) of the bundled lung model; ``repeats`` timed calls per measure."""
     from ml.data.preprocess import open_image, to_unit_gray
     from ml.lungs.masks import letterbox
@@ -48,7 +50,7 @@ def measure(repeats: int = 200) -> dict:
     gray = to_unit_gray(open_image(IMAGE))
     at_input, _ = letterbox(gray, segmenter.size)
     batch = at_input[np.newaxis]
-    results = {
+    results: dict[str, Any] = {
         "model": {"version": segmenter.version, "input_size": segmenter.size},
         "image": f"{IMAGE.name} {gray.shape[1]}x{gray.shape[0]}",
         "model_call": summary(_time(lambda: segmenter.probability(batch), repeats), "ms"),

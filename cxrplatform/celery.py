@@ -31,9 +31,13 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 # default routing key and deliver each task to all of them).
 EXCHANGE = Exchange("cxr", type="direct")
 app.conf.task_queues = tuple(Queue(name, EXCHANGE, routing_key=name) for name in QUEUES)
-app.conf.task_default_exchange = EXCHANGE.name
-app.conf.task_default_routing_key = "default"
-app.conf.task_default_queue = "default"
+# `update`, not attribute assignment: celery-types declares the first two as read-only
+# properties, though they are plain configuration keys like the third.
+app.conf.update(
+    task_default_exchange=EXCHANGE.name,
+    task_default_routing_key="default",
+    task_default_queue="default",
+)
 # A task's queue is part of its declaration (`platform_task`). Routing looks
 # the queue up at send time: a routes *dict* would be copied into Celery's
 # router when the first task is sent, and tasks imported after that would
@@ -41,7 +45,9 @@ app.conf.task_default_queue = "default"
 _QUEUE_OF: dict[str, str] = {}
 
 
-def _route(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any):
+def _route(
+    name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any
+) -> dict[str, str] | None:
     queue = _QUEUE_OF.get(name)
     return {"queue": queue} if queue else None
 

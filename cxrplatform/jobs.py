@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -220,9 +220,11 @@ def claim_job(model: type[J], pk: int, *, related: tuple[str, ...] = ()) -> J | 
     claimed again. Only the job's own row is locked (``of=("self",)``):
     PostgreSQL refuses ``FOR UPDATE`` across nullable outer joins.
     """
+    # `_default_manager` is Django's handle for code written against any model (the
+    # abstract Job declares no `objects` of its own); on every Job it is `objects`.
     with transaction.atomic():
         job = (
-            model.objects.select_for_update(of=("self",))
+            model._default_manager.select_for_update(of=("self",))
             .select_related(*related)
             .filter(pk=pk)
             .first()
@@ -262,7 +264,7 @@ def failure_recorded(job: Job, *, what: str) -> Iterator[None]:
 RUNNING_GRACE = timedelta(seconds=60)
 
 
-def sweep_stuck(model: type[Job], *, now=None) -> dict[str, int]:
+def sweep_stuck(model: type[Job], *, now: datetime | None = None) -> dict[str, int]:
     """Fail jobs whose worker vanished; requeue jobs that never reached a worker."""
     kind = model.job_kind
     if kind is None:
@@ -271,12 +273,12 @@ def sweep_stuck(model: type[Job], *, now=None) -> dict[str, int]:
     hard_limit_seconds = kind.hard_limit_seconds
     hard = timedelta(seconds=hard_limit_seconds)
     failed = 0
-    stuck = model.objects.filter(
+    stuck = model._default_manager.filter(
         status=JobStatus.RUNNING, started_at__lt=now - hard - RUNNING_GRACE
     ).values_list("pk", flat=True)
     for pk in stuck:
         with transaction.atomic():
-            job = model.objects.select_for_update().get(pk=pk)
+            job = model._default_manager.select_for_update().get(pk=pk)
             if job.status != JobStatus.RUNNING:
                 continue
             job.mark_failed(
@@ -285,7 +287,7 @@ def sweep_stuck(model: type[Job], *, now=None) -> dict[str, int]:
             )
             failed += 1
     requeued = 0
-    for job in model.objects.filter(
+    for job in model._default_manager.filter(
         status=JobStatus.PENDING,
         created_at__lt=now - timedelta(seconds=settings.CXR_PENDING_REQUEUE_SECONDS),
     ):
@@ -299,7 +301,7 @@ def sweep_stuck(model: type[Job], *, now=None) -> dict[str, int]:
     return {"failed": failed, "requeued": requeued}
 
 
-def sweep_all(*, now=None) -> dict[str, dict[str, int]]:
+def sweep_all(*, now: datetime | None = None) -> dict[str, dict[str, int]]:
     """Sweep every registered job kind; the result is keyed by model label."""
     now = now or timezone.now()
     return {label: sweep_stuck(model, now=now) for label, model in registered_jobs().items()}

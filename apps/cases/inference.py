@@ -48,7 +48,7 @@ def run_prediction(*, prediction_id: int) -> Prediction | None:
         try:
             with prediction.image.file.open("rb") as fh:
                 # TEMPORARY: open_image's BinaryIO refuses a FieldFile (IO[bytes] would take it).
-                image = open_image(fh)  # type: ignore[arg-type]
+                image = open_image(fh)
         except (OSError, SyntaxError, ValueError) as exc:
             raise UnreadableImageError(
                 f"The stored image could not be read ({type(exc).__name__}: {exc})."

@@ -25,6 +25,8 @@ from django.core.files.base import ContentFile
 from PIL import Image
 
 if TYPE_CHECKING:
+    from django.core.files.storage import Storage
+
     from apps.cases.models import CaseImage, Prediction
     from cxrplatform.files import StoredFiles
     from ml.lungs.segmenter import LungSegmenter
@@ -84,7 +86,9 @@ class LungFields:
     def store(self, prediction: Prediction, stored: StoredFiles) -> dict[str, object]:
         """Write the mask and outline files; the field values for ``Prediction.mark_done``.
 
-        Every file written is added to ``stored``, so a rollback removes it.
+        Every file written is added to ``stored``, so a rollback removes it. A
+        storage error is recorded like a segmentation error (no mask, ``found``
+        None, the reason in the message): it does not fail the prediction.
         """
         fields: dict[str, object] = {
             "lungs_found": self.found,
@@ -95,15 +99,34 @@ class LungFields:
             "lung_mask": "",
             "lung_outline": "",
         }
-        for name, content in (("lung_mask", self.mask_png), ("lung_outline", self.outline_png)):
-            if not content:
-                continue
-            field = getattr(prediction, name)
-            saved = field.storage.save(
-                field.field.generate_filename(prediction, f"{name}.png"), ContentFile(content)
+        written: list[tuple[Storage, str]] = []
+        try:
+            for name, content in (
+                ("lung_mask", self.mask_png),
+                ("lung_outline", self.outline_png),
+            ):
+                if not content:
+                    continue
+                file_field = getattr(prediction, name)
+                saved = file_field.storage.save(
+                    file_field.field.generate_filename(prediction, f"{name}.png"),
+                    ContentFile(content),
+                )
+                written.append((file_field.storage, saved))
+                stored.add(saved)
+                fields[name] = saved
+        except SoftTimeLimitExceeded:
+            raise
+        except Exception as exc:
+            log.exception("the lung mask of prediction %s could not be stored", prediction.pk)
+            for storage, saved in written:
+                storage.delete(saved)
+            fields.update(
+                lungs_found=None,
+                lung_mask="",
+                lung_outline="",
+                lung_message=f"The lung mask could not be stored ({type(exc).__name__}: {exc}).",
             )
-            stored.add(saved)
-            fields[name] = saved
         return fields
 
 

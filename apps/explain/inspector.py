@@ -121,7 +121,7 @@ def run_inspection(*, inspection_id: int) -> Inspection | None:
             raise ValueError(f"Layer {layer!r} is not a feature-map layer of this model.")
         with inspection.image_file.open("rb") as fh:
             # TEMPORARY: open_image's BinaryIO refuses a FieldFile (IO[bytes] would take it).
-            x = preprocess(open_image(fh), classifier.spec)  # type: ignore[arg-type]
+            x = preprocess(open_image(fh), classifier.spec)
         probabilities = dict(
             zip(
                 classifier.classes,

@@ -29,7 +29,7 @@ def run_explanation(*, explanation_id: int) -> Explanation | None:
         classifier = classifier_for(explanation.model_version)
         with explanation.image.file.open("rb") as fh:
             # TEMPORARY: open_image's BinaryIO refuses a FieldFile (IO[bytes] would take it).
-            prepared = _prepare(classifier, open_image(fh), explanation.image)  # type: ignore[arg-type]
+            prepared = _prepare(classifier, open_image(fh), explanation.image)
         array = prepared.x
         heatmap = explain(classifier.model, array, explanation.method, classes=classifier.classes)
         scores = deletion_insertion(classifier.model, array, heatmap.values, heatmap.target_class)

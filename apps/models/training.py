@@ -90,8 +90,7 @@ def run_training(*, run_id: int) -> TrainingRun | None:
         comparison = {
             "test_images": len(test_records),
             "candidate": result.metrics.to_json(),
-            # TEMPORARY: evaluate_classifier is annotated `dict`; it returns an EvaluationResult.
-            "production": production_metrics.to_json() if production_metrics else None,  # type: ignore[attr-defined]
+            "production": production_metrics.to_json() if production_metrics else None,
             "production_version": parent.pk if parent else None,
         }
         refusals = services.auto_promotion_refusals(comparison, parent)

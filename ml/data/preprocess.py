@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -90,7 +90,7 @@ class Prepared:
     visible: np.ndarray | None = None  # bool (S, S): what mask_outside kept, else None
 
 
-def open_image(source: str | Path | BinaryIO) -> Image.Image:
+def open_image(source: str | Path | IO[bytes]) -> Image.Image:
     """Open an image file and apply its EXIF orientation (phone photos of films)."""
     image = Image.open(source)
     image.load()
@@ -204,22 +204,21 @@ def _prepare_v2(gray: np.ndarray, spec: PreprocessSpec, lung_mask: np.ndarray | 
     size = spec.input_size
     height, width = gray.shape
     box = None
+    mask_crop = None
     if lung_mask is not None:
         if lung_mask.shape != gray.shape:
             raise ValueError(
                 f"Lung mask shape {lung_mask.shape} differs from the image's {gray.shape}."
             )
         box = lung_frame(lung_mask, spec.crop_margin, gray.shape)
+        if box is not None:
+            mask_crop = _crop(lung_mask.astype(np.uint8), box, 0)
+    used_lungs = box is not None
     if box is None:
         # No lungs: the whole image, squared (the caller flags the image).
         side = max(height, width)
         top, left = (height - side) // 2, (width - side) // 2
         box = (top, left, top + side, left + side)
-        used_lungs = False
-        mask_crop = None
-    else:
-        used_lungs = True
-        mask_crop = _crop(lung_mask.astype(np.uint8), box, 0)
     crop = _crop(gray.astype(np.float32), box, 0.0)
     resized = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
     frame_mask = None

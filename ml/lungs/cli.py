@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 BUNDLED = Path(__file__).resolve().parent.parent / "bundled"
 
@@ -50,14 +51,14 @@ def cmd_lungs_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ci(summary: dict) -> str:
+def _ci(summary: dict[str, Any]) -> str:
     if summary["ci95"] is None:
         return f"{summary['mean']:.3f}"
     low, high = summary["ci95"]
     return f"{summary['mean']:.3f} (95% CI {low:.3f}-{high:.3f})"
 
 
-def _print_summary(card: dict) -> None:
+def _print_summary(card: dict[str, Any]) -> None:
     m = card["metrics"]["per_source"]["covid-chestxray"]
     for label, part in (("U-Net", m), ("heuristic", m["heuristic"])):
         print(
@@ -120,7 +121,7 @@ def cmd_lungs_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_lungs_parser(sub: argparse._SubParsersAction) -> None:
+def add_lungs_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``lungs`` with its own ``train``, ``evaluate`` and ``predict`` sub-commands."""
     lungs = sub.add_parser("lungs", help="lung segmentation U-Net: train, evaluate, predict")
     verbs = lungs.add_subparsers(dest="lungs_command", required=True)

@@ -166,7 +166,9 @@ class Arrays:
     boxes: np.ndarray  # (n, 4) int: top, left, bottom, right of the image in the canvas
 
 
-def _load_one(item: MaskedImage, size: int) -> tuple[np.ndarray, np.ndarray, tuple]:
+def _load_one(
+    item: MaskedImage, size: int
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
     gray = to_unit_gray(open_image(item.image))
     canvas, box = letterbox(gray, size)
     reference = reference_mask(item, gray.shape).astype(np.float32)
@@ -260,8 +262,8 @@ def augment(
     side = max(height, width)
     scale = size / side
     new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
-    canvas = np.zeros((size, size), np.float32)
-    canvas_mask = np.zeros((size, size), np.float32)
+    canvas: np.ndarray = np.zeros((size, size), np.float32)
+    canvas_mask: np.ndarray = np.zeros((size, size), np.float32)
     y0, x0 = (size - new_h) // 2, (size - new_w) // 2
     canvas[y0 : y0 + new_h, x0 : x0 + new_w] = (
         cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
@@ -270,17 +272,26 @@ def augment(
         cv2.resize(msk, (new_w, new_h), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
     )
 
-    content = np.zeros((size, size), np.float32)
+    content: np.ndarray = np.zeros((size, size), np.float32)
     content[y0 : y0 + new_h, x0 : x0 + new_w] = 1.0
 
     angle = rng.uniform(-12, 12)
     zoom = float(np.exp(rng.uniform(np.log(0.7), np.log(1.15))))
     shift = rng.uniform(-0.08, 0.08, size=2) * size
-    matrix = cv2.getRotationMatrix2D((size / 2, size / 2), angle, zoom)
+    matrix = np.asarray(
+        cv2.getRotationMatrix2D((size / 2, size / 2), angle, zoom), dtype=np.float64
+    )
     matrix[:, 2] += shift
-    flags = {"flags": cv2.INTER_LINEAR, "borderMode": cv2.BORDER_CONSTANT, "borderValue": 0}
     canvas, canvas_mask, content = (
-        cv2.warpAffine(a, matrix, (size, size), **flags) for a in (canvas, canvas_mask, content)
+        cv2.warpAffine(
+            a,
+            matrix,
+            (size, size),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=0,
+        )
+        for a in (canvas, canvas_mask, content)
     )
     if rng.random() < 0.5:
         canvas, canvas_mask, content = canvas[:, ::-1], canvas_mask[:, ::-1], content[:, ::-1]

@@ -83,7 +83,7 @@ def lung_fields(image: np.ndarray) -> LungFields:
     blur = cv2.GaussianBlur(eq, (0, 0), sigmaX=max(1.0, side / 100))
     region = blur[top:bottom, left:right]
     threshold, _ = cv2.threshold(region.reshape(-1, 1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    dark = ((blur < threshold) & content).astype(np.uint8)
+    dark: np.ndarray = ((blur < threshold) & content).astype(np.uint8)
     radius = max(1, side // 40)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
     dark = cv2.morphologyEx(dark, cv2.MORPH_OPEN, kernel)

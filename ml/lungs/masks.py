@@ -43,7 +43,8 @@ def postprocess(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     sizes = np.bincount(labels.ravel())[1:]
     keep = np.argsort(sizes)[::-1][:2] + 1
     kept = np.isin(labels, keep)
-    return ndimage.binary_fill_holes(kept)
+    filled: np.ndarray = ndimage.binary_fill_holes(kept)
+    return filled
 
 
 def components(mask: np.ndarray) -> list[tuple[int, float, float]]:
@@ -221,7 +222,8 @@ def outline(mask: np.ndarray, width: int | None = None) -> np.ndarray:
     if width is None:
         width = 2 if max(mask.shape) > 512 else 1
     inner = ndimage.binary_erosion(mask, structure=_EIGHT, iterations=width, border_value=0)
-    return mask & ~inner
+    contour: np.ndarray = mask & ~inner
+    return contour
 
 
 OUTLINE_RGBA = (0, 230, 118, 255)  # a green that reads on gray films and beside the jet map

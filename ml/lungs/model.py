@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 from keras import layers
 
 ARCHITECTURE = "lung_unet"
 
 
-def _block(x, filters: int, name: str):
+def _block(x: Any, filters: int, name: str) -> Any:
     for i in (1, 2):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
         # momentum 0.9: a few hundred steps in all; 0.99 would leave the moving
@@ -46,7 +48,7 @@ def build_lung_unet(
     return keras.Model(inputs, outputs, name=ARCHITECTURE)
 
 
-def bce_dice_loss(y_true, y_pred):
+def bce_dice_loss(y_true: Any, y_pred: Any) -> Any:
     """Binary cross-entropy plus soft Dice: cross-entropy for calibrated pixels, Dice so
     that the loss does not favour the background (lungs are ~25 % of the input)."""
     y_true = keras.ops.cast(y_true, y_pred.dtype)

@@ -110,7 +110,8 @@ class LungSegmenter:
             raise ValueError(
                 f"Expected a batch of shape (n, {self.size}, {self.size}, 1), got {batch.shape}."
             )
-        return self._call(tf.convert_to_tensor(batch)).numpy()
+        probabilities: np.ndarray = self._call(tf.convert_to_tensor(batch)).numpy()
+        return probabilities
 
     def segment(self, image: Image.Image) -> LungResult:
         """Lung fields of a PIL image of any mode (converted as the classifier converts it)."""
@@ -172,4 +173,5 @@ class LungSegmenter:
 def _dilate(mask: np.ndarray) -> np.ndarray:
     from scipy import ndimage
 
-    return ndimage.binary_dilation(mask, structure=np.ones((3, 3), bool))
+    dilated: np.ndarray = ndimage.binary_dilation(mask, structure=np.ones((3, 3), bool))
+    return dilated

@@ -21,16 +21,18 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ml.data.preprocess import open_image, to_unit_gray
 from ml.lungs import masks
 from ml.lungs.data import (
+    Arrays,
     MaskedImage,
     augment,
     cached_arrays,
@@ -38,6 +40,9 @@ from ml.lungs.data import (
     model_inputs,
     reference_mask,
 )
+
+if TYPE_CHECKING:
+    from ml.lungs.segmenter import LungResult, LungSegmenter
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +76,7 @@ class LungTrainResult:
     report_dir: Path
 
 
-def weights_sha256(model) -> str:
+def weights_sha256(model: Any) -> str:
     """Hash of the weights alone (the .keras zip also stores its save time)."""
     digest = hashlib.sha256()
     for weight in model.get_weights():
@@ -86,51 +91,24 @@ def _dice_batch(prob: np.ndarray, truth: np.ndarray) -> float:
     )
 
 
-def train_lungs(
-    covid_dir: Path,
-    out_dir: Path,
+def _fit(
+    model: Any,
+    train_arrays: Arrays,
+    val_x: np.ndarray,
+    val_y: np.ndarray,
     config: LungTrainConfig,
+    rng: np.random.Generator,
     *,
-    splits_csv: Path | None = None,
-    cache_dir: Path | None = Path("var/cache"),
-    other_sources: Sequence[Path] = (),
-    limit: int | None = None,
-    progress: bool = True,
-) -> LungTrainResult:
-    """Train, save ``out_dir/lung-unet.keras`` + card, evaluate, write the report."""
-    import keras
+    progress: bool,
+) -> tuple[list[dict[str, float]], int, float]:
+    """Train ``model`` one epoch of fresh augmentations at a time, early stopping on the
+    validation Dice. Leaves the best epoch's weights in ``model``; returns (history, best
+    epoch, its validation Dice)."""
     import tensorflow as tf
     from tqdm.auto import tqdm
 
-    from ml.lungs.model import ARCHITECTURE, bce_dice_loss, build_lung_unet
-    from ml.models.artifacts import sha256_file, write_card
-
-    started = time.perf_counter()
-    keras.utils.set_random_seed(config.seed)
-    tf.config.experimental.enable_op_determinism()
-    items = masked_images(covid_dir, splits_csv=splits_csv, seed=config.seed)
-    if limit:
-        # A small run (tests, smoke checks): the first ``limit`` images of each split.
-        items = [
-            i for s in ("train", "val", "test") for i in [x for x in items if x.split == s][:limit]
-        ]
-    train_items = [i for i in items if i.split == "train"]
-    val_items = [i for i in items if i.split == "val"]
-    if not train_items or not val_items:
-        raise ValueError("The lung split needs training and validation images.")
-    log.info(
-        "lungs: %d train / %d val / %d test images",
-        len(train_items),
-        len(val_items),
-        sum(i.split == "test" for i in items),
-    )
-    train_arrays = cached_arrays(train_items, cache_dir)
-    val_x, val_y = model_inputs(cached_arrays(val_items, cache_dir), config.input_size)
     size = config.input_size
-    rng = np.random.default_rng(config.seed)
-
-    model = build_lung_unet(size, width=config.width, seed=config.seed)
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=bce_dice_loss)
+    n_train = len(train_arrays.images)
     call = tf.function(
         lambda x: model(x, training=False)[..., 0],
         input_signature=[tf.TensorSpec((None, size, size, 1), tf.float32)],
@@ -140,8 +118,8 @@ def train_lungs(
     bar = tqdm(range(config.epochs), desc="lungs", disable=not progress)
     for epoch in bar:
         epoch_start = time.perf_counter()
-        n = len(train_items) * config.repeats
-        order = np.tile(np.arange(len(train_items)), config.repeats)
+        n = n_train * config.repeats
+        order = np.tile(np.arange(n_train), config.repeats)
         x = np.empty((n, size, size, 1), np.float32)
         y = np.empty((n, size, size, 1), np.float32)
         for j, index in enumerate(order):
@@ -175,6 +153,56 @@ def train_lungs(
             log.info("lungs: early stop at epoch %d (best %d)", epoch + 1, best[1])
             break
     model.set_weights(best[2])
+    return history, best[1], best[0]
+
+
+def train_lungs(
+    covid_dir: Path,
+    out_dir: Path,
+    config: LungTrainConfig,
+    *,
+    splits_csv: Path | None = None,
+    cache_dir: Path | None = Path("var/cache"),
+    other_sources: Sequence[Path] = (),
+    limit: int | None = None,
+    progress: bool = True,
+) -> LungTrainResult:
+    """Train, save ``out_dir/lung-unet.keras`` + card, evaluate, write the report."""
+    import keras
+    import tensorflow as tf
+
+    from ml.lungs.model import ARCHITECTURE, bce_dice_loss, build_lung_unet
+    from ml.models.artifacts import sha256_file, write_card
+
+    started = time.perf_counter()
+    keras.utils.set_random_seed(config.seed)
+    tf.config.experimental.enable_op_determinism()
+    items = masked_images(covid_dir, splits_csv=splits_csv, seed=config.seed)
+    if limit:
+        # A small run (tests, smoke checks): the first ``limit`` images of each split.
+        items = [
+            i for s in ("train", "val", "test") for i in [x for x in items if x.split == s][:limit]
+        ]
+    train_items = [i for i in items if i.split == "train"]
+    val_items = [i for i in items if i.split == "val"]
+    if not train_items or not val_items:
+        raise ValueError("The lung split needs training and validation images.")
+    log.info(
+        "lungs: %d train / %d val / %d test images",
+        len(train_items),
+        len(val_items),
+        sum(i.split == "test" for i in items),
+    )
+    train_arrays = cached_arrays(train_items, cache_dir)
+    val_x, val_y = model_inputs(cached_arrays(val_items, cache_dir), config.input_size)
+    size = config.input_size
+    rng = np.random.default_rng(config.seed)
+
+    model = build_lung_unet(size, width=config.width, seed=config.seed)
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=bce_dice_loss)
+    history, best_epoch, best_val_dice = _fit(
+        model, train_arrays, val_x, val_y, config, rng, progress=progress
+    )
     train_seconds = time.perf_counter() - started
 
     out_dir = Path(out_dir)
@@ -236,8 +264,8 @@ def train_lungs(
         "training": {
             "seconds": round(train_seconds, 1),
             "epochs_run": len(history),
-            "best_epoch": best[1],
-            "best_val_dice": round(best[0], 4),
+            "best_epoch": best_epoch,
+            "best_val_dice": round(best_val_dice, 4),
             "history": history,
         },
     }
@@ -279,7 +307,7 @@ def _bootstrap_mean(
     return [round(float(low), 4), round(float(high), 4)]
 
 
-def _summary(values: list[float], groups: list[str], n_bootstrap: int, seed: int) -> dict:
+def _summary(values: list[float], groups: list[str], n_bootstrap: int, seed: int) -> dict[str, Any]:
     array = np.asarray(values, dtype=np.float64)
     return {
         "mean": round(float(array.mean()), 4),
@@ -298,7 +326,9 @@ def heuristic_mask(gray: np.ndarray, size: int = 128) -> np.ndarray:
     return masks.unletterbox(fields.mask.astype(np.float32), box) >= 0.5
 
 
-def _tile(gray: np.ndarray, predicted: np.ndarray, reference: np.ndarray | None, text: str):
+def _tile(
+    gray: np.ndarray, predicted: np.ndarray, reference: np.ndarray | None, text: str
+) -> Image.Image:
     """A 160-pixel letterboxed tile: predicted outline green, reference blue."""
     size = 160
     x, _ = masks.letterbox(gray, size)
@@ -313,7 +343,7 @@ def _tile(gray: np.ndarray, predicted: np.ndarray, reference: np.ndarray | None,
     return tile
 
 
-def _sheet(tiles: list, columns: int = 8) -> Image.Image:
+def _sheet(tiles: list[Image.Image], columns: int = 8) -> Image.Image:
     width, height = tiles[0].size
     rows = (len(tiles) + columns - 1) // columns
     sheet = Image.new("RGB", (columns * width, rows * height))
@@ -326,11 +356,11 @@ def _save_png(image: Image.Image, path: Path) -> None:
     image.convert("P", palette=Image.Palette.ADAPTIVE, colors=64).save(path, optimize=True)
 
 
-def _reason(result) -> str:
+def _reason(result: LungResult) -> str:
     return "ok" if result.found else result.message.rsplit("(", 1)[-1].rstrip(")")
 
 
-BAD_INPUT = {
+BAD_INPUT: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "inverted": lambda g: 1.0 - g,
     "upside down": lambda g: g[::-1, ::-1],
     "turned 90 degrees": lambda g: np.rot90(g),
@@ -338,7 +368,9 @@ BAD_INPUT = {
 }
 
 
-def _count_refusals(segmenter, gray: np.ndarray, counts: dict[str, list[int]]) -> None:
+def _count_refusals(
+    segmenter: LungSegmenter, gray: np.ndarray, counts: dict[str, list[int]]
+) -> None:
     """Add to ``counts[kind] = [refused, films]`` for each kind of bad input made of a film."""
     for kind, transform in BAD_INPUT.items():
         result = segmenter.segment_gray(np.ascontiguousarray(transform(gray)))
@@ -365,43 +397,18 @@ def _other_source_images(root: Path, n: int, seed: int) -> tuple[str, list[Path]
     return source, chosen
 
 
-def evaluate_lungs(
-    artifact: Path,
-    covid_dir: Path,
-    report_dir: Path,
-    *,
-    items: list[MaskedImage] | None = None,
-    splits_csv: Path | None = None,
-    other_sources: Sequence[Path] = (),
-    config: LungTrainConfig | None = None,
-    split: str = "test",
-    update_card: bool = False,
-) -> dict[str, Any]:
-    """Dice/IoU on ``split`` patients vs the heuristic, found rates, contact sheets, report.
-
-    Writes ``report_dir/report.md``, ``metrics.json`` (the card with the figures) and the
-    sheet PNGs; with ``update_card`` (training does) the figures (``metrics``,
-    ``generalisation``, ``report``) also go into the card beside ``artifact``.
-    """
-    from ml.data.preprocess import open_image, to_unit_gray
-    from ml.lungs.segmenter import LungSegmenter
-    from ml.models.artifacts import read_card, write_card
-
-    config = config or LungTrainConfig()
-    card = read_card(artifact)
-    if items is None:
-        items = masked_images(covid_dir, splits_csv=splits_csv, seed=config.seed)
-    chosen = [i for i in items if i.split == split] if split != "all" else list(items)
-    if not chosen:
-        raise ValueError(f"No masked images in the {split!r} split.")
-    segmenter = LungSegmenter.load(artifact)
-    report_dir = Path(report_dir)
-    report_dir.mkdir(parents=True, exist_ok=True)
-
-    rows = []
-    tiles = []
-    latencies = []
-    refusals: dict[str, list[int]] = {}  # bad input made of held-out and unmasked films
+def _held_out_rows(
+    chosen: list[MaskedImage],
+    segmenter: LungSegmenter,
+    config: LungTrainConfig,
+    refusals: dict[str, list[int]],
+) -> tuple[list[dict[str, Any]], list[Image.Image], list[float]]:
+    """Per masked image: Dice/IoU of the segmenter and the heuristic against its mask;
+    the first ``config.sheet_images`` tiles; segment_gray latencies (ms). Counts the
+    bad input made of each film into ``refusals``."""
+    rows: list[dict[str, Any]] = []
+    tiles: list[Image.Image] = []
+    latencies: list[float] = []
     for item in chosen:
         gray = to_unit_gray(open_image(item.image))
         reference = reference_mask(item, gray.shape)
@@ -428,6 +435,79 @@ def evaluate_lungs(
             tiles.append(
                 _tile(gray, result.mask, reference, f"{rows[-1]['dice']:.2f} {_reason(result)}")
             )
+    return rows, tiles, latencies
+
+
+def _other_source_outcomes(
+    root: Path,
+    segmenter: LungSegmenter,
+    config: LungTrainConfig,
+    refusals: dict[str, list[int]],
+) -> tuple[str, dict[str, Any], list[Image.Image]]:
+    """A source without masks: its name, found rate and outcomes on a seeded sample of
+    films, and the tiles of its contact sheet. Counts the bad input made of the first
+    ``config.bad_input_images`` films into ``refusals``."""
+    source, paths = _other_source_images(root, config.found_rate_images, config.seed)
+    found: list[bool] = []
+    areas: list[float] = []
+    tiles: list[Image.Image] = []
+    reasons: dict[str, int] = {}
+    for path in paths:
+        gray = to_unit_gray(open_image(path))
+        result = segmenter.segment_gray(gray)
+        found.append(result.found)
+        areas.append(result.area_fraction)
+        if len(found) <= config.bad_input_images:
+            _count_refusals(segmenter, gray, refusals)
+        reasons[_reason(result)] = reasons.get(_reason(result), 0) + 1
+    # The sheet shows an even spread over the sample (both classes).
+    for path in paths[:: max(1, len(paths) // config.sheet_images)][: config.sheet_images]:
+        gray = to_unit_gray(open_image(path))
+        result = segmenter.segment_gray(gray)
+        tiles.append(_tile(gray, result.mask, None, _reason(result)))
+    outcome = {
+        "films": len(paths),
+        "found_rate": round(float(np.mean(found)), 3),
+        "area_fraction_median": round(float(np.median(areas)), 3),
+        "outcomes": dict(sorted(reasons.items())),
+    }
+    return source, outcome, tiles
+
+
+def evaluate_lungs(
+    artifact: Path,
+    covid_dir: Path,
+    report_dir: Path,
+    *,
+    items: list[MaskedImage] | None = None,
+    splits_csv: Path | None = None,
+    other_sources: Sequence[Path] = (),
+    config: LungTrainConfig | None = None,
+    split: str = "test",
+    update_card: bool = False,
+) -> dict[str, Any]:
+    """Dice/IoU on ``split`` patients vs the heuristic, found rates, contact sheets, report.
+
+    Writes ``report_dir/report.md``, ``metrics.json`` (the card with the figures) and the
+    sheet PNGs; with ``update_card`` (training does) the figures (``metrics``,
+    ``generalisation``, ``report``) also go into the card beside ``artifact``.
+    """
+    from ml.lungs.segmenter import LungSegmenter
+    from ml.models.artifacts import read_card, write_card
+
+    config = config or LungTrainConfig()
+    card = read_card(artifact)
+    if items is None:
+        items = masked_images(covid_dir, splits_csv=splits_csv, seed=config.seed)
+    chosen = [i for i in items if i.split == split] if split != "all" else list(items)
+    if not chosen:
+        raise ValueError(f"No masked images in the {split!r} split.")
+    segmenter = LungSegmenter.load(artifact)
+    report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+
+    refusals: dict[str, list[int]] = {}  # bad input made of held-out and unmasked films
+    rows, tiles, latencies = _held_out_rows(chosen, segmenter, config, refusals)
     groups = [r["patient"] for r in rows]
     b, seed = config.n_bootstrap, config.seed
     covid_metrics = {
@@ -458,27 +538,10 @@ def evaluate_lungs(
 
     generalisation: dict[str, Any] = {}
     for root in other_sources:
-        source, paths = _other_source_images(Path(root), config.found_rate_images, seed)
-        found, areas, source_tiles, reasons = [], [], [], {}
-        for path in paths:
-            gray = to_unit_gray(open_image(path))
-            result = segmenter.segment_gray(gray)
-            found.append(result.found)
-            areas.append(result.area_fraction)
-            if len(found) <= config.bad_input_images:
-                _count_refusals(segmenter, gray, refusals)
-            reasons[_reason(result)] = reasons.get(_reason(result), 0) + 1
-        # The sheet shows an even spread over the sample (both classes).
-        for path in paths[:: max(1, len(paths) // config.sheet_images)][: config.sheet_images]:
-            gray = to_unit_gray(open_image(path))
-            result = segmenter.segment_gray(gray)
-            source_tiles.append(_tile(gray, result.mask, None, _reason(result)))
-        generalisation[source] = {
-            "films": len(paths),
-            "found_rate": round(float(np.mean(found)), 3),
-            "area_fraction_median": round(float(np.median(areas)), 3),
-            "outcomes": dict(sorted(reasons.items())),
-        }
+        source, outcome, source_tiles = _other_source_outcomes(
+            Path(root), segmenter, config, refusals
+        )
+        generalisation[source] = outcome
         sheet_paths[source] = report_dir / f"sheet-{source}.png"
         _save_png(_sheet(source_tiles), sheet_paths[source])
 
@@ -518,14 +581,14 @@ def _unmasked_films_of(covid_dir: Path, patients: set[str], skip: set[Path]) -> 
     return sorted(r.path for r in dataset.records if r.patient in patients and r.path not in skip)
 
 
-def _fmt(summary: dict) -> str:
+def _fmt(summary: dict[str, Any]) -> str:
     if summary["ci95"] is None:
         return f"{summary['mean']:.3f}"
     low, high = summary["ci95"]
     return f"{summary['mean']:.3f} ({low:.3f}-{high:.3f})"
 
 
-def _markdown(card: dict, rows: list[dict], sheets: dict[str, Path]) -> str:
+def _markdown(card: dict[str, Any], rows: list[dict[str, Any]], sheets: dict[str, Path]) -> str:
     m = card["metrics"]["per_source"]["covid-chestxray"]
     data, training = card["data"], card.get("training", {})
     lines = [

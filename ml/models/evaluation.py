@@ -323,7 +323,7 @@ def _thin(fpr: np.ndarray, tpr: np.ndarray, max_points: int) -> tuple[np.ndarray
     return fpr[keep], tpr[keep]
 
 
-def curves(true_idx: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict:
+def curves(true_idx: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
     """ROC curves, reliability bins and confidence histogram, small enough to store.
 
     Why: the figures of a model version must be drawable from its stored metrics

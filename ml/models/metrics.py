@@ -536,25 +536,13 @@ class ShortcutMetrics:
         if data is None:
             return None
         data = _mapping(data, "shortcuts")
-        floats = {
-            key: _opt_float(data.get(key), f"shortcuts.{key}")
-            for key in (
-                "lungs_blanked_accuracy",
-                "lungs_blanked_macro_f1",
-                "lungs_only_accuracy",
-                "lungs_only_macro_f1",
-                "chance_accuracy",
-            )
-        }
-        intervals = {
-            f"{key}_ci": _interval(data.get(f"{key}_ci"), f"shortcuts.{key}_ci")
-            for key in (
-                "lungs_blanked_accuracy",
-                "lungs_blanked_macro_f1",
-                "lungs_only_accuracy",
-                "lungs_only_macro_f1",
-            )
-        }
+
+        def opt_float(key: str) -> float | None:
+            return _opt_float(data.get(key), f"shortcuts.{key}")
+
+        def interval(key: str) -> Interval | None:
+            return _interval(data.get(key), f"shortcuts.{key}")
+
         mass = _mapping(data.get("gradcam_mass_in_lungs") or {}, "gradcam_mass_in_lungs")
         return cls(
             n=_int(data.get("n", 0), "shortcuts.n"),
@@ -565,13 +553,20 @@ class ShortcutMetrics:
                 data.get("covid_chestxray_covid19_auroc"),
                 "shortcuts.covid_chestxray_covid19_auroc",
             ),
+            lungs_blanked_accuracy=opt_float("lungs_blanked_accuracy"),
+            lungs_blanked_accuracy_ci=interval("lungs_blanked_accuracy_ci"),
+            lungs_blanked_macro_f1=opt_float("lungs_blanked_macro_f1"),
+            lungs_blanked_macro_f1_ci=interval("lungs_blanked_macro_f1_ci"),
+            lungs_only_accuracy=opt_float("lungs_only_accuracy"),
+            lungs_only_accuracy_ci=interval("lungs_only_accuracy_ci"),
+            lungs_only_macro_f1=opt_float("lungs_only_macro_f1"),
+            lungs_only_macro_f1_ci=interval("lungs_only_macro_f1_ci"),
+            chance_accuracy=opt_float("chance_accuracy"),
             gradcam_mass_in_lungs={
                 str(source): MassInLungs.from_json(value, str(source))
                 for source, value in mass.items()
             },
             bootstrap=BootstrapInfo.from_json(data.get("bootstrap")),
-            **floats,
-            **intervals,
         )
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -34,7 +35,13 @@ from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 from ml.lungs.masks import mass_in_mask
 from ml.models.evaluation import BOOTSTRAP_METHOD, _bootstrap_intervals, percentile_intervals
-from ml.models.metrics import BootstrapInfo, MassInLungs, ShortcutMetrics, WithinSourceAuroc
+from ml.models.metrics import (
+    BootstrapInfo,
+    Interval,
+    MassInLungs,
+    ShortcutMetrics,
+    WithinSourceAuroc,
+)
 
 log = logging.getLogger(__name__)
 
@@ -206,21 +213,29 @@ def blanked_predictions(
     return _predict_batches(predict, blank(x, masks, mode), batch)
 
 
+@dataclass(frozen=True)
+class _Scores:
+    accuracy: float
+    accuracy_ci: Interval | None
+    macro_f1: float
+    macro_f1_ci: Interval | None
+
+
 def _scores(
     true_idx: np.ndarray, probs: np.ndarray, n_classes: int, *, n_bootstrap: int, seed: int
-) -> dict[str, Any]:
+) -> _Scores:
     """Accuracy and macro-F1 (over every class) of argmax predictions, with 95% intervals."""
     pred_idx = np.argmax(probs, axis=1)
     labels = list(range(n_classes))
     intervals = _bootstrap_intervals(true_idx, pred_idx, n_classes, n_bootstrap, seed)
-    return {
-        "accuracy": float(accuracy_score(true_idx, pred_idx)),
-        "accuracy_ci": intervals["accuracy"] if intervals else None,
-        "macro_f1": float(
+    return _Scores(
+        accuracy=float(accuracy_score(true_idx, pred_idx)),
+        accuracy_ci=intervals["accuracy"] if intervals else None,
+        macro_f1=float(
             f1_score(true_idx, pred_idx, labels=labels, average="macro", zero_division=0)
         ),
-        "macro_f1_ci": intervals["macro_f1"] if intervals else None,
-    }
+        macro_f1_ci=intervals["macro_f1"] if intervals else None,
+    )
 
 
 # --- Grad-CAM in the lungs --------------------------------------------------------------------
@@ -259,7 +274,7 @@ def gradcam_maps(
         inputs, layer_output, output = exposed
         grad_model = keras.Model(inputs, [layer_output, output])
 
-        @tf.function(input_signature=[tf.TensorSpec((None, *shape), tf.float32)])
+        @tf.function(input_signature=[tf.TensorSpec((None, *shape), tf.float32)])  # type: ignore[untyped-decorator]  # TF is untyped
         def batched(batch_images: Any) -> Any:
             with tf.GradientTape() as tape:
                 conv, predictions = grad_model(batch_images, training=False)
@@ -397,13 +412,17 @@ def shortcut_metrics(
     within = within_source_auroc(
         labels, probs, class_list, sources, n_bootstrap=n_bootstrap, seed=seed
     )
-    scored: dict[str, Any] = {}
-    for mode, prefix in (("lungs", "lungs_blanked"), ("outside", "lungs_only")):
-        blanked = blanked_predictions(predict, images, lungs, mode, batch=batch)
-        for key, value in _scores(
-            true_idx, blanked, len(class_list), n_bootstrap=n_bootstrap, seed=seed
-        ).items():
-            scored[f"{prefix}_{key}"] = value
+    modes: tuple[BlankMode, BlankMode] = ("lungs", "outside")
+    lungs_blanked, lungs_only = (
+        _scores(
+            true_idx,
+            blanked_predictions(predict, images, lungs, mode, batch=batch),
+            len(class_list),
+            n_bootstrap=n_bootstrap,
+            seed=seed,
+        )
+        for mode in modes
+    )
     mass: Mapping[str, MassInLungs] = {}
     if gradcam and model is not None:
         mass = gradcam_mass_in_lungs(
@@ -413,11 +432,19 @@ def shortcut_metrics(
         log.info("Grad-CAM mass in the lungs not measured: a predict function has no layers")
     result = ShortcutMetrics(
         n=len(labels),
+        nih_pneumonia_auroc=within["nih_pneumonia_auroc"],
+        covid_chestxray_covid19_auroc=within["covid_chestxray_covid19_auroc"],
+        lungs_blanked_accuracy=lungs_blanked.accuracy,
+        lungs_blanked_accuracy_ci=lungs_blanked.accuracy_ci,
+        lungs_blanked_macro_f1=lungs_blanked.macro_f1,
+        lungs_blanked_macro_f1_ci=lungs_blanked.macro_f1_ci,
+        lungs_only_accuracy=lungs_only.accuracy,
+        lungs_only_accuracy_ci=lungs_only.accuracy_ci,
+        lungs_only_macro_f1=lungs_only.macro_f1,
+        lungs_only_macro_f1_ci=lungs_only.macro_f1_ci,
         chance_accuracy=float(np.bincount(true_idx).max() / len(true_idx)),
         gradcam_mass_in_lungs=mass,
         bootstrap=BootstrapInfo(n=n_bootstrap, seed=seed, method=BOOTSTRAP_METHOD),
-        **within,
-        **scored,
     )
     log.info(
         "Shortcut tests on %d images: lungs-blanked accuracy %.3f (chance %.3f), "

@@ -33,11 +33,16 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    from ml.serving.ood import OodGate
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +110,12 @@ class ViewCheck:
     weights: np.ndarray
     bias: float
     threshold: float
-    card: dict = field(default_factory=dict)
+    card: dict[str, Any] = field(default_factory=dict)
 
     def scores(self, feats: np.ndarray) -> np.ndarray:
         z = (np.asarray(feats, dtype=np.float32) - self.mean) / self.scale
-        return z @ self.weights + self.bias
+        logits: np.ndarray = z @ self.weights + self.bias
+        return logits
 
     def score(self, gray: np.ndarray) -> float:
         return float(self.scores(features(gray)[np.newaxis])[0])
@@ -217,7 +223,7 @@ def _features_of_paths(
     """Features of each image (and, with ``mirrored``, of its mirror image after it)."""
     from ml.data.preprocess import open_image, to_unit_gray
 
-    iterator = paths
+    iterator: Iterable[Path] = paths
     if progress:
         from tqdm import tqdm
 
@@ -336,12 +342,14 @@ def fit_from_shared_data(
     return check, frontal, fitting, held_out
 
 
-def _verdicts(check: ViewCheck, paths: list[Path], gate, progress: bool) -> list[str]:
+def _verdicts(
+    check: ViewCheck, paths: list[Path], gate: OodGate | None, progress: bool
+) -> list[str]:
     """Per image: "accepted", "lateral" (refused by this check) or "ood" (by the gate,
     which runs first at upload)."""
     from ml.data.preprocess import open_image, to_unit_gray
 
-    iterator = paths
+    iterator: Iterable[Path] = paths
     if progress:
         from tqdm import tqdm
 
@@ -367,7 +375,7 @@ def evaluate(
     held_out: list[LateralView],
     *,
     extra_frontal: list[Path] | None = None,
-    gate=None,
+    gate: OodGate | None = None,
     progress: bool = False,
 ) -> dict[str, object]:
     """Frontal views accepted per split, lateral views refused, as ``[count, total]``.

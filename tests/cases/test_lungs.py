@@ -130,6 +130,18 @@ def test_a_broken_lung_model_is_recorded_and_the_prediction_still_succeeds(
     assert not prediction.lung_mask
 
 
+def test_a_lung_mask_that_cannot_be_stored_is_recorded_and_the_prediction_still_succeeds(
+    predicted, media_root
+):
+    (media_root / "lungs").write_text("a file where the lungs/ folder should be")
+    prediction = predicted(upload_of("2168a917.jpg"))
+    assert prediction.status == Prediction.Status.DONE
+    assert prediction.lungs_found is None
+    assert prediction.lung_message.startswith("The lung mask could not be stored (")
+    assert not prediction.lung_mask
+    assert not prediction.lung_outline
+
+
 def test_with_segmentation_off_the_prediction_says_so(predicted, settings):
     settings.CXR_LUNG_MODEL = None
     prediction = predicted(upload_of("2168a917.jpg"))
@@ -210,6 +222,77 @@ def test_explanation_of_an_image_without_lungs_has_no_mass_in_lungs(predicted, s
     assert explanation.status == Explanation.Status.DONE, explanation.error
     assert explanation.mass_in_lungs is None
     assert explanation.scores["mass_in_lungs"] is None
+
+
+@pytest.fixture
+def lung_frame_model(tmp_path, db):
+    """The tiny test model with a preprocessing-v2 card (crop to the lung fields of the
+    bundled segmenter), registered as production: real weights, a real v2 pipeline."""
+    import json
+    import shutil
+    import zipfile
+
+    from django.conf import settings as django_settings
+
+    from apps.models.services import register_artifact
+    from ml.models.artifacts import read_card, sha256_file
+
+    source = django_settings.CXR_BUNDLED_MODEL
+    artifact = tmp_path / "cxr-tiny-v2.keras"
+    shutil.copyfile(source, artifact)
+    # Same weights, different bytes: the registry (and the worker's model cache) key
+    # versions by sha256, and this must not be mistaken for the v1 test model.
+    with zipfile.ZipFile(artifact, "a") as archive:
+        archive.comment = b"cxr-tiny with a preprocessing-v2 card (tests)"
+    card = read_card(source)
+    card["preprocessing"] = {
+        **card["preprocessing"],
+        "version": 2,
+        "segmenter": {
+            "artifact": django_settings.CXR_LUNG_MODEL.name,
+            "sha256": sha256_file(django_settings.CXR_LUNG_MODEL),
+        },
+    }
+    card["sha256"] = sha256_file(artifact)
+    (tmp_path / "cxr-tiny-v2.card.json").write_text(json.dumps(card))
+    return register_artifact(artifact_path=artifact, make_production=True)
+
+
+def test_a_lung_frame_model_reuses_the_stored_segmentation_and_measures_mass_in_its_frame(
+    clinician, lung_frame_model, django_capture_on_commit_callbacks
+):
+    from apps.models.serving import classifier_for
+    from ml.data.preprocess import PreprocessSpec, open_image, prepare
+    from ml.lungs.masks import mass_in_mask
+
+    with django_capture_on_commit_callbacks(execute=False):
+        case = services.create_case(owner=clinician, files=[upload_of("2168a917.jpg")])
+    prediction = Prediction.objects.get(image__case=case)
+    run_prediction(prediction_id=prediction.pk)
+    prediction.refresh_from_db()
+    assert prediction.status == Prediction.Status.DONE, prediction.error
+    assert prediction.model_version == lung_frame_model
+    assert prediction.lungs_found is True
+    # The classifier took the worker's segmentation instead of loading its own segmenter.
+    classifier = classifier_for(lung_frame_model)
+    assert classifier.needs_lungs
+    assert classifier._segmenter is None
+
+    explanation = Explanation.objects.get(image=prediction.image, method="gradcam")
+    run_explanation(explanation_id=explanation.pk)
+    explanation.refresh_from_db()
+    assert explanation.status == Explanation.Status.DONE, explanation.error
+    assert classifier._segmenter is None
+    with explanation.heatmap.open("rb") as fh:
+        heatmap = np.load(fh, allow_pickle=False)
+    spec = PreprocessSpec.from_dict(lung_frame_model.card["preprocessing"])
+    prepared = prepare(
+        open_image(IMAGES / "2168a917.jpg"), spec, stored_lungs(case.images.get()).mask
+    )
+    assert prepared.used_lungs
+    assert explanation.mass_in_lungs == pytest.approx(
+        mass_in_mask(heatmap, prepared.lung_mask), abs=1e-4
+    )
 
 
 # -- the case page and the lung files -------------------------------------------------------

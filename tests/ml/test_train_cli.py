@@ -1,7 +1,7 @@
 """Training and the ``python -m ml`` CLI on the committed fixture images."""
 
 import json
-import subprocess
+import runpy
 import sys
 
 import pytest
@@ -11,7 +11,7 @@ from ml.data.loaders import load_generic
 from ml.models.artifacts import read_card, sha256_file
 from ml.models.training import TrainConfig, train
 from ml.serving.classifier import Classifier
-from tests.conftest import IMAGES, REPO_ROOT, ml_cli
+from tests.conftest import IMAGES, ml_cli
 
 MANIFEST = IMAGES / "manifest.csv"
 
@@ -132,20 +132,16 @@ def test_cli_refuses_missing_data_folder_with_a_message(tmp_path):
     assert "error:" in run.stderr
 
 
-def test_python_dash_m_ml_runs_the_cli_and_exits_with_its_status(tmp_path):
-    """The entry point itself (``ml/__main__.py``), in a process of its own; the other
-    CLI tests call ``ml.cli.main`` in this process."""
-    run = subprocess.run(
-        [sys.executable, "-m", "ml", "data", str(tmp_path / "nowhere")],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert run.returncode == 2
-    assert "error:" in run.stderr
-    assert "nowhere" in run.stderr
+def test_python_dash_m_ml_runs_the_cli_and_exits_with_its_status(tmp_path, monkeypatch, capsys):
+    """``ml/__main__.py`` (what ``python -m ml`` runs) passes the arguments to the CLI and
+    exits with its status; the other CLI tests call ``ml.cli.main`` directly."""
+    monkeypatch.setattr(sys, "argv", ["ml", "data", str(tmp_path / "nowhere")])
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_module("ml", run_name="__main__")
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "error:" in err
+    assert "nowhere" in err
 
 
 def test_imagenet_backbone_without_local_weights_is_a_clear_error(monkeypatch, tmp_path):
