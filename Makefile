@@ -18,6 +18,7 @@ demo: install
 	DEBUG=1 $(PY) manage.py migrate --noinput
 	DEBUG=1 $(PY) manage.py seed_demo
 	DEBUG=1 $(PY) manage.py register_model --bundled --if-no-production
+	DEBUG=1 $(PY) manage.py register_model ml/bundled/cxr-compact.keras --name cxr-compact-v1
 	DEBUG=1 $(PY) manage.py import_dataset tests/fixtures/images/manifest.csv --layout generic
 	@echo "Open http://$${DEMO_HOST:-127.0.0.1}:$${DEMO_PORT:-8000}/ and log in with a demo user above (Ctrl-C stops)."
 	DEBUG=1 $(VENV)/bin/honcho -f Procfile.demo start
@@ -62,7 +63,7 @@ SHARED ?= ../shared/datasets
 CXR_DATA = $(SHARED)/covid-chestxray $(SHARED)/pediatric-pneumonia $(SHARED)/adult-normal \
 	$(SHARED)/adult-pneumonia
 TRAIN_ARGS ?= --epochs 60 --patience 10 --seed 0 --quiet
-SHORTCUT_ARGS ?= --preprocessing 2 --balanced-sampling --acquisition-augment
+SHORTCUT_ARGS ?= --preprocessing 2 --balanced-sampling --acquisition-augment --min-epochs 15
 train: install
 	$(PY) -m ml train --data $(CXR_DATA) --out ml/bundled/cxr-lungs --name cxr-lungs \
 		$(SHORTCUT_ARGS) --cache var/cache/train $(TRAIN_ARGS)

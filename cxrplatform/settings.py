@@ -195,7 +195,9 @@ CXR_GATE_LUNG_MASS_TOLERANCE = env_float(
 )
 
 # The model that `register_model --bundled` puts into the registry.
-CXR_BUNDLED_MODEL = env_path("CXR_BUNDLED_MODEL", BASE_DIR / "ml" / "bundled" / "cxr-compact.keras")
+CXR_BUNDLED_MODEL = env_path(
+    "CXR_BUNDLED_MODEL", BASE_DIR / "ml" / "bundled" / "cxr-lungs" / "cxr-lungs.keras"
+)
 
 # Celery. The embedded default is kombu's filesystem transport: a real
 # broker with no server, good for one machine. Production sets a redis:// URL.

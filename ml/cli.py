@@ -110,13 +110,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 "the recomputed %s split is not the one the model was evaluated on",
                 args.split,
             )
-        names = split_records(
-            records,
-            val_fraction=split["val_fraction"],
-            test_fraction=split["test_fraction"],
-            seed=split["seed"],
-            level=split["level"],
-        )
+        saved = Path(args.model).parent / "splits.csv"
+        if saved.is_file():  # the split the model was trained on, written beside it
+            import csv
+
+            with saved.open(newline="") as fh:
+                split_of = {row["key"]: row["split"] for row in csv.DictReader(fh)}
+            names = [next((split_of[k] for k in r.keys if k in split_of), "") for r in records]
+        else:
+            names = split_records(
+                records,
+                val_fraction=split["val_fraction"],
+                test_fraction=split["test_fraction"],
+                seed=split["seed"],
+                level=split["level"],
+            )
         records = [r for r, name in zip(records, names, strict=True) if name == args.split]
     result, probs = _evaluate_records(classifier, records, args)
     y_true = [r.label for r in records]
@@ -456,6 +464,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not write NAME.gradcam.gif (Grad-CAM of 3 validation images per epoch)",
     )
     p.add_argument("--patience", type=int)
+    p.add_argument(
+        "--min-epochs",
+        dest="min_epochs",
+        type=int,
+        help="no early stop (and no best weights kept) before this epoch",
+    )
     p.add_argument(
         "--preprocessing",
         type=int,

@@ -116,6 +116,17 @@ class Record:
         """Stable identity of the image within its source (for hashes and reports)."""
         return f"{self.source}/{self.path.name}"
 
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """This image's key and the key older split files gave it.
+
+        Until the NIH sets became one source (``nih-cxr14``), keys were named by folder
+        (``adult-normal/...``); the bundled v1 model's ``splits.csv`` uses those.
+        """
+        folder = self.path.parent.parent.name if self.path.parent.name == "images" else ""
+        legacy = f"{folder}/{self.path.name}" if folder else self.key
+        return (self.key, legacy) if legacy != self.key else (self.key,)
+
 
 @dataclass
 class Dataset:

@@ -74,6 +74,7 @@ class TrainConfig:
     acquisition_augment: bool = False  # crops, gamma, blur/sharpen, noise, JPEG, resampling
     lung_penalty: float = 0.0  # lambda of the explanation-mass-outside-the-lungs penalty
     penalty_on: str = "gradient"  # what the penalty measures: input gradients or Grad-CAM
+    min_epochs: int = 0  # no early stop, and no best weights kept, before this epoch
     shortcut_tests: bool = True  # lungs-blanked, within-source AUROC, Grad-CAM mass (needs lungs)
     # "val" for model selection: the report and card score the validation split, so that
     # settings are chosen without looking at the test split (which is reported once).
@@ -103,6 +104,7 @@ class TrainConfig:
             acquisition_augment=self.acquisition_augment,
             lung_penalty=self.lung_penalty,
             penalty_on=self.penalty_on,
+            min_epochs=self.min_epochs,
             mask_outside=self.mask_outside and self.preprocessing >= 2,
         )
 

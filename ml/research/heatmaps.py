@@ -55,7 +55,7 @@ def select_test_records(
     dataset = load_many(data)
     by_source: dict[str, list[Record]] = {}
     for record in sorted(dataset.records, key=lambda r: r.key):
-        if record.key in test_keys:
+        if any(k in test_keys for k in record.keys):
             by_source.setdefault(record.source, []).append(record)
     rng = np.random.default_rng(seed)
     chosen: list[Record] = []

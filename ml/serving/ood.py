@@ -416,7 +416,7 @@ def chest_xray_paths(data_dirs: list[Path], splits_csv: Path) -> dict[str, list[
     dataset = load_many(data_dirs)
     paths: dict[str, list[Path]] = {"train": [], "val": [], "test": []}
     for record in dataset.records:
-        split = split_of.get(record.key)
+        split = next((split_of[k] for k in record.keys if k in split_of), None)
         if split in paths:
             paths[split].append(record.path)
     return paths
