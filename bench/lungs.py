@@ -5,9 +5,9 @@
 Three measures on one fixture film: the model alone (``LungSegmenter.probability``, a
 ``tf.function`` direct call on one letterboxed input), the whole ``segment_gray`` on an
 image already at the input size (letterbox, model, post-processing, plausibility), and
-``segment_gray`` on the original 1024-pixel film (adds resizing the mask back to the
-original resolution). Prints the load average beside the figures: on a shared machine
-they hold for the moment they were taken.
+``segment_gray`` on the film at 1024 x 1024 pixels (adds letterboxing a large image and
+resizing the mask back to its resolution). Prints the load average beside the figures:
+on a shared machine they hold for the moment they were taken.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from bench.stats import summary
 
@@ -48,17 +49,20 @@ def measure(repeats: int = 200) -> dict[str, Any]:
     load_before = [round(x, 2) for x in os.getloadavg()]
     segmenter = LungSegmenter.load()
     gray = to_unit_gray(open_image(IMAGE))
+    # The fixture is stored small; NIH and most covid-chestxray films are 1024 px or more.
+    film = to_unit_gray(open_image(IMAGE).resize((1024, 1024), Image.Resampling.BILINEAR))
     at_input, _ = letterbox(gray, segmenter.size)
     batch = at_input[np.newaxis]
     results: dict[str, Any] = {
         "model": {"version": segmenter.version, "input_size": segmenter.size},
-        "image": f"{IMAGE.name} {gray.shape[1]}x{gray.shape[0]}",
+        "image": IMAGE.name,
+        "film_pixels": f"{film.shape[1]}x{film.shape[0]}",
         "model_call": summary(_time(lambda: segmenter.probability(batch), repeats), "ms"),
         "segment_at_input_size": summary(
             _time(lambda: segmenter.segment_gray(at_input), repeats), "ms"
         ),
         "segment_original_resolution": summary(
-            _time(lambda: segmenter.segment_gray(gray), max(10, repeats // 2)), "ms"
+            _time(lambda: segmenter.segment_gray(film), max(10, repeats // 2)), "ms"
         ),
         "target_ms": TARGET_MS,
         "load_average_before": load_before,
@@ -78,7 +82,7 @@ def main() -> None:
     for key, label in (
         ("model_call", "model alone (direct call)"),
         ("segment_at_input_size", f"segment_gray at {results['model']['input_size']} px"),
-        ("segment_original_resolution", "segment_gray at the original resolution"),
+        ("segment_original_resolution", f"segment_gray, {results['film_pixels']} film"),
     ):
         row = results[key]
         print(f"{label:<44}{row['p50_ms']:>10.2f}{row['p95_ms']:>10.2f}")

@@ -103,7 +103,7 @@ def markdown(r: dict) -> str:
                 "(LungSegmenter.segment_gray), p50 / p95",
                 f"{lu['segment_at_input_size']['p50_ms']} / "
                 f"{lu['segment_at_input_size']['p95_ms']} ms (model alone "
-                f"{lu['model_call']['p50_ms']} ms; 1024 px film "
+                f"{lu['model_call']['p50_ms']} ms; {lu['film_pixels']} film "
                 f"{lu['segment_original_resolution']['p50_ms']} ms)",
                 f"p50 <= {lu['target_ms']:.0f} ms",
                 lu["target_met"],

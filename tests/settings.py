@@ -54,7 +54,10 @@ if XDIST_WORKER:
     # of their own, so one worker's Celery worker never takes another's messages and
     # throttle counts are not shared. The test database is per worker already
     # (pytest-django adds the _gwN suffix).
-    if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    if "CXR_TESTS_KEYPREFIX" in os.environ:  # a Celery worker that a test started
+        if os.environ["CXR_TESTS_KEYPREFIX"]:
+            CELERY_BROKER_TRANSPORT_OPTIONS["global_keyprefix"] = os.environ["CXR_TESTS_KEYPREFIX"]
+    elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
         CELERY_BROKER_TRANSPORT_OPTIONS["global_keyprefix"] = f"cxr-tests-{XDIST_WORKER}:"
     if "KEY_PREFIX" in CACHES["default"]:
         CACHES["default"]["KEY_PREFIX"] = f"cxr-tests-{XDIST_WORKER}"

@@ -259,9 +259,9 @@ def bad_input_outcomes(segmenter) -> dict[str, list]:
 # for; ml/bundled/lungs-report/report.md has the same on 110 held-out and unmasked films).
 # It was trained on upright films only: turned films and films with one lung are refused
 # by the plausibility check (the lungs are stacked, one region, or very different), but
-# an inverted film is refused only about half of the time (the U-Net outlines the dark
-# regions of the inverted film, sometimes as two plausible fields), and an upside-down
-# film shows two plausible lung-shaped fields and is accepted. A model trained with such
+# an inverted film is refused only sometimes (10 of these 18, 26 of 110 in the report: the
+# U-Net outlines dark regions of the inverted film, often as two plausible fields), and an
+# upside-down film shows two plausible lung-shaped fields and is accepted. A model trained with such
 # films as negatives (`lungs train --negatives 0.15`) refused all of them in a trial run.
 @pytest.mark.parametrize(
     ("kind", "least_refused"),

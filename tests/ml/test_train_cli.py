@@ -11,7 +11,7 @@ from ml.data.loaders import load_generic
 from ml.models.artifacts import read_card, sha256_file
 from ml.models.training import TrainConfig, train
 from ml.serving.classifier import Classifier
-from tests.conftest import IMAGES, ml_cli
+from tests.conftest import IMAGES, REPO_ROOT, ml_cli
 
 MANIFEST = IMAGES / "manifest.csv"
 
