@@ -126,7 +126,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 level=split["level"],
             )
         records = [r for r, name in zip(records, names, strict=True) if name == args.split]
-    result, probs = _evaluate_records(classifier, records, args)
+    from ml.models.training import evaluate_records
+
+    result, probs = evaluate_records(
+        classifier, records, n_bootstrap=args.bootstrap, progress=not args.quiet
+    )
     y_true = [r.label for r in records]
     paths = write_report(
         result,
@@ -144,29 +148,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"shortcut: {check}")
     print(f"report: {paths['markdown']}")
     return 0
-
-
-def _evaluate_records(classifier, records, args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    """Metrics of a loaded classifier on records, with the shortcut tests when the lung
-    segmenter is there (every v2 model has it; v1 models are measured with it too)."""
-    import numpy as np
-
-    from ml.data.labels import CLASSES
-    from ml.models.arrays import prepare_arrays
-    from ml.models.training import evaluate_split, fit_data, load_segmenter
-
-    segmenter = classifier.segmenter if classifier.needs_lungs else load_segmenter(False)
-    arrays = prepare_arrays(records, classifier.spec, segmenter=segmenter, progress=not args.quiet)
-    y_all = np.array([CLASSES.index(r.label) for r in records], dtype=np.int32)
-    data = fit_data(arrays, records, list(range(len(records))), y_all)
-    return evaluate_split(
-        classifier.model,
-        data,
-        [r.label for r in records],
-        n_bootstrap=args.bootstrap,
-        seed=0,
-        shortcut_tests=not getattr(args, "no_shortcut_tests", False),
-    )
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

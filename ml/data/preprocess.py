@@ -163,9 +163,7 @@ def _letterbox_v1(gray: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return _channels(array, spec)
 
 
-def lung_frame(
-    mask: np.ndarray, margin: float, shape: tuple[int, int]
-) -> tuple[int, int, int, int] | None:
+def lung_frame(mask: np.ndarray, margin: float) -> tuple[int, int, int, int] | None:
     """The square frame around the lungs: their bounding box plus ``margin`` per side.
 
     Square so that the aspect ratio of the lung fields (which differs between children
@@ -181,7 +179,6 @@ def lung_frame(
     side = round(side * (1 + 2 * margin))
     cy, cx = (top + bottom) / 2, (left + right) / 2
     top, left = round(cy - side / 2), round(cx - side / 2)
-    del shape  # the frame may extend past the image; _crop pads
     return top, left, top + side, left + side
 
 
@@ -210,7 +207,7 @@ def _prepare_v2(gray: np.ndarray, spec: PreprocessSpec, lung_mask: np.ndarray | 
             raise ValueError(
                 f"Lung mask shape {lung_mask.shape} differs from the image's {gray.shape}."
             )
-        box = lung_frame(lung_mask, spec.crop_margin, gray.shape)
+        box = lung_frame(lung_mask, spec.crop_margin)
         if box is not None:
             mask_crop = _crop(lung_mask.astype(np.uint8), box, 0)
     used_lungs = box is not None

@@ -43,6 +43,7 @@ __all__ = [
     "balanced_class_weight",
     "classifier_probabilities",
     "evaluate_classifier",
+    "evaluate_records",
     "load_arrays",
     "predict_batches",
     "train",
@@ -401,17 +402,18 @@ def classifier_probabilities(
     )
 
 
-def evaluate_classifier(
+def evaluate_records(
     classifier: Any,
     records: Sequence[Record],
     *,
     n_bootstrap: int = 1000,
     progress: bool = False,
     shortcut_tests: bool = True,
-) -> Any:
-    """Metrics (an ``EvaluationResult``) of a loaded ``Classifier`` (ml.serving) on labelled
-    records, per source too, with the shortcut tests when the lung segmenter is there, so
-    a candidate and production are compared on the same figures."""
+) -> tuple[Any, np.ndarray]:
+    """Metrics (an ``EvaluationResult``) and probabilities of a loaded ``Classifier``
+    (ml.serving) on labelled records, per source too, with the shortcut tests when the
+    lung segmenter is there, so a candidate and production are compared on the same
+    figures. ``python -m ml evaluate`` and the training task both use it."""
     segmenter = (
         classifier.segmenter
         if classifier.needs_lungs
@@ -420,12 +422,30 @@ def evaluate_classifier(
     arrays = prepare_arrays(records, classifier.spec, segmenter=segmenter, progress=progress)
     y_all = np.array([CLASSES.index(r.label) for r in records], dtype=np.int32)
     data = fit_data(arrays, records, list(range(len(records))), y_all)
-    result, _ = evaluate_split(
+    return evaluate_split(
         classifier.model,
         data,
         [r.label for r in records],
         n_bootstrap=n_bootstrap,
         seed=0,
+        shortcut_tests=shortcut_tests,
+    )
+
+
+def evaluate_classifier(
+    classifier: Any,
+    records: Sequence[Record],
+    *,
+    n_bootstrap: int = 1000,
+    progress: bool = False,
+    shortcut_tests: bool = True,
+) -> Any:
+    """The metrics of :func:`evaluate_records` alone."""
+    result, _ = evaluate_records(
+        classifier,
+        records,
+        n_bootstrap=n_bootstrap,
+        progress=progress,
         shortcut_tests=shortcut_tests,
     )
     return result
