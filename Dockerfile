@@ -14,4 +14,4 @@ RUN DEBUG=1 python manage.py collectstatic --noinput \
 USER cxr
 ENV MEDIA_ROOT=/data/media CXR_VAR_DIR=/data/var STATIC_ROOT=/app/var/static
 EXPOSE 8000
-CMD ["gunicorn", "cxrplatform.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "3", "--timeout", "60"]
+CMD ["gunicorn", "-c", "deploy/gunicorn.conf.py", "cxrplatform.wsgi:application"]

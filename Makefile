@@ -19,7 +19,9 @@ demo: install
 	DEBUG=1 $(PY) manage.py seed_demo
 	DEBUG=1 $(PY) manage.py register_model --bundled --if-no-production
 	DEBUG=1 $(PY) manage.py register_model ml/bundled/cxr-compact.keras --name cxr-compact-v1
+	DEBUG=1 $(PY) manage.py register_generator
 	DEBUG=1 $(PY) manage.py import_dataset tests/fixtures/images/manifest.csv --layout generic
+	DEBUG=1 $(PY) manage.py seed_ct_demo
 	@echo "Open http://$${DEMO_HOST:-127.0.0.1}:$${DEMO_PORT:-8000}/ and log in with a demo user above (Ctrl-C stops)."
 	DEBUG=1 $(VENV)/bin/honcho -f Procfile.demo start
 
@@ -48,22 +50,27 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-# Benchmarks (figures, not timed tests): inference, explanations, API upload -> prediction
-# with 1 and 2 real workers, read API under 20 clients, training per epoch, worker memory.
-# Writes bench/results.json and bench/results.md. The full explanation study
-# (faithfulness, randomisation checks) is `$(PY) -m bench.explain`.
+# Benchmarks (figures, not timed tests): inference on Keras vs LiteRT, explanations, API
+# upload -> prediction and burst throughput of one real inference worker (LiteRT, then
+# Keras) with its memory, the read API under 20 clients against the framework floor (wrk
+# when installed: apt-get install wrk), training per epoch. BENCH_DATABASE_URL: an empty
+# PostgreSQL database (default: SQLite). Writes bench/results.json and bench/results.md.
+# The full explanation study (faithfulness, randomisation checks) is `$(PY) -m bench.explain`.
 bench: install
 	CXR_SHARED_DATASETS=$${CXR_SHARED_DATASETS:-$(SHARED)} $(PY) -m bench
 
 # Reproduce the bundled default model (ml/bundled/cxr-lungs/: preprocessing v2 on the lung
-# fields of the bundled lung U-Net, trained against shortcuts) from the shared data sets.
+# fields of the bundled lung U-Net, masked outside them, a CNN that pools over the lungs
+# only, trained against shortcuts, operating point chosen on validation) from the shared
+# data sets (~25 min on 2 cores).
 # The previous model (ml/bundled/cxr-compact.keras, v1, three sources) stays for comparison:
 # `make train-v1` reproduces it.
 SHARED ?= ../shared/datasets
 CXR_DATA = $(SHARED)/covid-chestxray $(SHARED)/pediatric-pneumonia $(SHARED)/adult-normal \
 	$(SHARED)/adult-pneumonia
 TRAIN_ARGS ?= --epochs 60 --patience 10 --seed 0 --quiet
-SHORTCUT_ARGS ?= --preprocessing 2 --balanced-sampling --acquisition-augment --min-epochs 15
+SHORTCUT_ARGS ?= --preprocessing 2 --mask-outside --mask-dilation 0.01 --architecture lung_cnn \
+	--input-size 160 --width 16 --acquisition-augment --min-epochs 15 --operating-point val-macro-f1
 train: install
 	$(PY) -m ml train --data $(CXR_DATA) --out ml/bundled/cxr-lungs --name cxr-lungs \
 		$(SHORTCUT_ARGS) --cache var/cache/train $(TRAIN_ARGS)
@@ -82,6 +89,33 @@ train-lungs: install
 		--others $(SHARED)/pediatric-pneumonia $(SHARED)/adult-normal $(SHARED)/adult-pneumonia \
 		$(LUNGS_ARGS)
 
+# Reproduce the bundled CT lesion segmentation model (ml/bundled/ct-seg/: ct-seg.keras, its
+# card, report/) on CPU: first the zenodo-only model for the cross-set figure
+# (var/ct-zenodo-only), then the model trained on zenodo + MedSeg, evaluated with it.
+CT_DATA ?= $(SHARED)/ct-covid-seg
+CT_ARGS ?= --epochs 20 --seed 0 --quiet
+CT_CROSS_ARGS ?= --epochs 14 --seed 0 --quiet
+.PHONY: train-ct
+train-ct: install
+	$(PY) -m ml ct train --zenodo $(CT_DATA)/zenodo --medseg $(CT_DATA)/medseg \
+		--out var/ct-zenodo-only --zenodo-only $(CT_CROSS_ARGS)
+	$(PY) -m ml ct train --zenodo $(CT_DATA)/zenodo --medseg $(CT_DATA)/medseg \
+		--out ml/bundled/ct-seg --cross-model var/ct-zenodo-only/ct-seg.keras $(CT_ARGS)
+
+# Reproduce the bundled synthetic X-ray generator (ml/bundled/generator/: a class-conditional
+# GAN on the train split of cxr-lungs's patient-level split, at 64 px on cxr-lungs's own
+# preprocessing, checkpoint chosen on val) and its report (ml/bundled/generator/report/).
+# Training stops at 60 epochs or after the epoch that passes 40 minutes (the card records
+# which); run again with the same settings, it resumes from var/cache/gan/. The report
+# trains 9 short classifiers (real / real + synthetic / synthetic only, 3 seeds).
+GAN_ARGS ?= --epochs 60 --max-minutes 40 --quiet
+.PHONY: train-generator evaluate-generator
+train-generator: install
+	$(PY) -m ml generate train --data $(CXR_DATA) $(GAN_ARGS)
+
+evaluate-generator: install
+	$(PY) -m ml generate evaluate --data $(CXR_DATA) --quiet
+
 # Dataset summary: images kept per source and class, rows excluded and why.
 data: install
 	$(PY) -m ml data $(CXR_DATA)
@@ -92,6 +126,19 @@ test-model: install
 
 clean:
 	rm -rf var .pytest_cache
+
+# Backups (docs/operations.md "Backups and restore"): the database (pg_dump, or the SQLite
+# file) and every stored file, with a manifest of sha256s and row counts, into a new
+# folder. `make restore BACKUP_DIR=...` loads one into an EMPTY database and storage.
+BACKUP_DIR ?= var/backups/$(shell date -u +%Y%m%dT%H%M%SZ)
+.PHONY: backup restore
+backup: install
+	$(PY) manage.py backup $(BACKUP_DIR)
+
+restore: install
+	@test -n "$(filter command line environment,$(origin BACKUP_DIR))" || \
+		{ echo "make restore BACKUP_DIR=<a backup folder>" >&2; exit 2; }
+	$(PY) manage.py restore $(BACKUP_DIR)
 
 # The evaluation report (docs/evaluation.md): training study, heatmap study, lung check.
 .PHONY: study

@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,94 @@ def _lung_model(image, repeats: int) -> dict:
     }
 
 
+def _interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Time each function ``repeats`` times, taking turns, so a change of load on a shared
+    machine falls on every one alike (the ratio between them is what is compared)."""
+    for fn in fns.values():
+        for _ in range(5):
+            fn()  # warm-up: tracing, kernel selection, tensor allocation
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append((time.perf_counter() - start) * 1000)
+    return samples
+
+
+def lean_vs_keras(repeats: int = 200) -> dict:
+    """The production model (v2: lung segmentation, crop, classification) on the Keras
+    direct call (``tf.function``) and on LiteRT (the inference worker's runtime), in the
+    same process, taking turns: the whole ``Classifier.predict`` (segmentation included),
+    the classifier's model call alone and the U-Net's alone. LiteRT with 1 thread (the
+    worker's setting, ``CXR_INFERENCE_THREADS``) and 2; Keras with TensorFlow's default
+    thread pools (one thread per core)."""
+    from ml.serving.runtime import lite_path_for
+
+    card = read_card(LUNG_MODEL)
+    source = card["sha256"]
+    lite_path = lite_path_for(LUNG_MODEL)
+    keras_clf = Classifier.load(LUNG_MODEL, expected_sha256=source)
+    lite = {
+        threads: Classifier.load_lite(
+            lite_path, card=card, source_sha256=source, num_threads=threads
+        )
+        for threads in (1, 2)
+    }
+    image = open_image(IMAGE)
+    keras_clf.predict(image)
+    for clf in lite.values():
+        clf.predict(image)
+    x = keras_clf.prepare(image)[0].x[np.newaxis]
+    size = keras_clf.segmenter.size
+    lungs_in = np.zeros((1, size, size, 1), np.float32) + 0.5
+    whole = _interleaved(
+        {
+            "keras": lambda: keras_clf.predict(image),
+            "litert_1_thread": lambda: lite[1].predict(image),
+            "litert_2_threads": lambda: lite[2].predict(image),
+        },
+        repeats,
+    )
+    model = _interleaved(
+        {
+            "keras": lambda: keras_clf.predict_array(x),
+            "litert_1_thread": lambda: lite[1].predict_array(x),
+            "litert_2_threads": lambda: lite[2].predict_array(x),
+        },
+        repeats,
+    )
+    unet = _interleaved(
+        {
+            "keras": lambda: keras_clf.segmenter.probability(lungs_in),
+            "litert_1_thread": lambda: lite[1].segmenter.probability(lungs_in),
+        },
+        repeats,
+    )
+
+    def table(samples: dict[str, list[float]]) -> dict:
+        rows: dict = {name: _percentiles(v) for name, v in samples.items()}
+        keras_p50 = rows["keras"]["p50_ms"]
+        for name in samples:
+            if name != "keras":
+                rows[name]["speedup_over_keras"] = round(keras_p50 / rows[name]["p50_ms"], 2)
+        return rows
+
+    # Largest probability difference between the paths on this image (same lungs).
+    lungs = lite[1].segmenter.segment(image)
+    a = keras_clf.predict(image, lungs=lungs).probabilities
+    b = lite[1].predict(image, lungs=lungs).probabilities
+    return {
+        "model": card["name"],
+        "image_px": list(image.size),
+        "predict_with_segmentation": table(whole),
+        "classifier_call": table(model),
+        "unet_call": table(unet),
+        "max_abs_probability_difference": float(max(abs(a[c] - b[c]) for c in a)),
+        "target_speedup": 3.0,
+    }
+
+
 def measure(repeats: int = 200) -> dict:
     """Warm latencies of the bundled model; ``repeats`` timed calls per measure."""
     card = read_card(MODEL)
@@ -85,6 +174,7 @@ def measure(repeats: int = 200) -> dict:
     }
     if LUNG_MODEL.is_file():
         results["lung_model"] = _lung_model(image, repeats)
+        results["lean_vs_keras"] = lean_vs_keras(repeats)
     results["predict_over_direct_ratio"] = round(
         results["keras_model_predict"]["p50_ms"] / results["direct_call"]["p50_ms"], 1
     )

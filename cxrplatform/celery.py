@@ -1,8 +1,9 @@
 """Celery application, queues and the house task decorator.
 
 Queues are split by the kind of work so each can be scaled on its own
-machines: ``inference`` (fast, latency-sensitive), ``explain`` (heavier),
-``training`` (hours) and ``default`` (housekeeping).
+machines: ``inference`` (fast, latency-sensitive), ``segmentation`` (CT slices, the
+same kind of work with another model), ``explain`` (heavier), ``training`` (hours)
+and ``default`` (housekeeping).
 
 Job kinds, the one stuck-job sweeper and enqueueing by task name live in
 ``cxrplatform.jobs``; the worker's model warm-up is wired by the model
@@ -19,10 +20,11 @@ from django.conf import settings
 from kombu import Exchange, Queue
 
 from celery import Celery
+from cxrplatform import logcontext
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cxrplatform.settings")
 
-QUEUES = ("inference", "explain", "training", "default")
+QUEUES = ("inference", "segmentation", "explain", "training", "default")
 
 app = Celery("cxrplatform")
 app.config_from_object("django.conf:settings", namespace="CELERY")
@@ -54,6 +56,9 @@ def _route(
 
 app.conf.task_routes = (_route,)
 app.autodiscover_tasks()
+# Request id, user id, task id and job id on every log line, web to worker
+# (cxrplatform.logcontext; CXR_LOG_FORMAT=json for JSON lines).
+logcontext.connect_celery_signals()
 
 
 def platform_task(

@@ -9,10 +9,13 @@ README, "Configuration"). Every value goes through a typed helper in
 
 from __future__ import annotations
 
+import ipaddress
 import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 from cxrplatform.env import (
@@ -45,26 +48,55 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
+    # API tokens: stored hashed, expiring, several per user (docs/api.md, "Tokens").
+    "knox",
+    # Per-account lockout after repeated failed log-ins (docs/operations.md).
+    "axes",
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    # Prometheus request metrics (middleware below; /metrics: cxrplatform.metrics).
+    "django_prometheus",
     "apps.accounts",
     "apps.cases",
     "apps.models.apps.RegistryConfig",
     "apps.explain",
     "apps.api",
+    # Backups and restores (manage.py backup / restore).
+    "apps.ops",
+    # The synthetic chest X-ray generator's page and sample grids (issue 20).
+    "apps.generator",
 ]
 
 MIDDLEWARE = [
+    # First and last: django-prometheus times every request through the whole chain.
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    # The request id of every log line (X-Request-ID), carried on to the worker.
+    "cxrplatform.logcontext.RequestIdMiddleware",
+    # /healthz, /readyz and /metrics, before host validation and the HTTPS redirect
+    # (probes and Prometheus speak plain HTTP to the container's own address).
+    "cxrplatform.health.HealthCheckMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # gzip for JSON (the API) only; before everything that could still change the body.
+    "cxrplatform.middleware.JsonGZipMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    # Outside DEBUG, a user whose password must change (the demo users, users created
+    # with a password by a site admin) gets only the password change page until they do.
+    "apps.accounts.passwords.PasswordChangeRequiredMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Content-Security-Policy header (django-csp; CONTENT_SECURITY_POLICY below).
+    "csp.middleware.CSPMiddleware",
+    # Cache-Control: no-store on every response that sets no caching of its own
+    # (after WhiteNoise, which answers static files before this runs).
+    "cxrplatform.middleware.NoStoreMiddleware",
+    # Turns a locked-out log-in (any page or the token endpoint) into a 429.
+    "axes.middleware.AxesMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "cxrplatform.urls"
@@ -103,9 +135,64 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# django-axes first: it refuses a locked account before the password is checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Lockout: after CXR_LOGIN_FAILURE_LIMIT failed log-ins for one username (web log-in,
+# admin log-in and the API token endpoint together) the account is refused for
+# CXR_LOGIN_LOCKOUT_MINUTES, counted again from each further attempt; a success
+# resets the count. Per address, the "login" and "auth" throttles below apply as well.
+AXES_FAILURE_LIMIT = env_int("CXR_LOGIN_FAILURE_LIMIT", default=5, min_value=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("CXR_LOGIN_LOCKOUT_MINUTES", default=15, min_value=1))
+AXES_LOCKOUT_PARAMETERS = ["username"]
+# axes.W006 asks for "ip_address" in the lockout parameters. Locking an address after 5
+# failures would lock a whole hospital behind one NAT address; per address, the
+# "login"/"auth" throttles (10/minute) limit guessing across usernames instead.
+SILENCED_SYSTEM_CHECKS = ["axes.W006"]
+AXES_RESET_ON_SUCCESS = True
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_LOCKOUT_CALLABLE = "apps.accounts.lockout.lockout_response"
+AXES_CLIENT_IP_CALLABLE = "apps.accounts.lockout.client_address"
+# The audit log (apps.accounts.models.AuditEvent) records lockouts; axes keeps its
+# own rows of failed attempts (admin: "Access attempts") but no log of every success.
+AXES_DISABLE_ACCESS_LOG = True
+AXES_VERBOSE = False
+# Password reset and invitations by e-mail: the console (the demo prints the mail) with
+# DEBUG=1, SMTP from the environment otherwise (docs/operations.md "Accounts").
+EMAIL_BACKEND = env_str(
+    "EMAIL_BACKEND",
+    default="django.core.mail.backends.console.EmailBackend"
+    if DEBUG
+    else "django.core.mail.backends.smtp.EmailBackend",
+)
+EMAIL_HOST = env_str("EMAIL_HOST", default="localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", default=25, min_value=1, max_value=65535)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", default="")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", default="")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", default=False)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", default=False)
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise ImproperlyConfigured("Set EMAIL_USE_TLS or EMAIL_USE_SSL, not both.")
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", default=10, min_value=1)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", default="cxr-platform@localhost")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+# How long a password reset or invitation link works.
+PASSWORD_RESET_TIMEOUT = 3600 * env_int(
+    "CXR_PASSWORD_RESET_HOURS", default=72, min_value=1, max_value=24 * 30
+)
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
+# Session idle timeout: a web session ends after CXR_SESSION_IDLE_MINUTES without a request
+# (each request starts the count again) and when the browser closes.
+CXR_SESSION_IDLE_MINUTES = env_int(
+    "CXR_SESSION_IDLE_MINUTES", default=30, min_value=1, max_value=24 * 60
+)
+SESSION_COOKIE_AGE = CXR_SESSION_IDLE_MINUTES * 60
+SESSION_SAVE_EVERY_REQUEST = True
+SESSION_EXPIRE_AT_BROWSER_CLOSE = True
 
 LANGUAGE_CODE = "en-gb"
 TIME_ZONE = "UTC"
@@ -154,7 +241,31 @@ CXR_MIN_IMAGE_SIDE = env_int("CXR_MIN_IMAGE_SIDE", default=64, min_value=1)
 CXR_MAX_IMAGE_PIXELS = env_int("CXR_MAX_IMAGE_PIXELS", default=60_000_000, min_value=10_000)
 DATA_UPLOAD_MAX_MEMORY_SIZE = CXR_MAX_UPLOAD_BYTES + 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+# Stored images, masks and heatmaps on local disk: readable by the platform's user only.
+FILE_UPLOAD_PERMISSIONS = 0o600
+FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o700
 DATA_UPLOAD_MAX_NUMBER_FILES = CXR_MAX_IMAGES_PER_CASE
+# The whole request body: every file at its limit, plus 1 MB for the form. A larger
+# Content-Length is refused before the body is read, and a file that grows past
+# CXR_MAX_UPLOAD_BYTES stops the upload there (apps.cases.uploads); set the proxy's
+# limit (nginx client_max_body_size) to the same value (docs/operations.md).
+CXR_MAX_REQUEST_BYTES = env_int(
+    "CXR_MAX_REQUEST_BYTES",
+    default=CXR_MAX_UPLOAD_BYTES * CXR_MAX_IMAGES_PER_CASE + 1024 * 1024,
+    min_value=1024,
+)
+FILE_UPLOAD_HANDLERS = [
+    "apps.cases.uploads.LimitedUploadHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
+# Uploaded pixels are decoded in a child process (apps.cases.decoding) with this
+# address-space ceiling and this time limit.
+CXR_DECODE_MEMORY_MB = env_int("CXR_DECODE_MEMORY_MB", default=2048, min_value=256)
+CXR_DECODE_TIMEOUT_S = env_int("CXR_DECODE_TIMEOUT_S", default=60, min_value=1)
+# The child is forked by a warm decoder server that has imported the decoders once
+# (apps.cases.decoder_server); 0: a new interpreter per upload (~0.4 s more CPU each).
+CXR_DECODE_SERVER = env_bool("CXR_DECODE_SERVER", default=True)
 # Out-of-distribution gate (apps.cases.validation): refuses uploads that are not
 # frontal chest radiographs. A path to the fitted gate (`python -m ml ood-fit`);
 # "off" turns the gate off (only for development with synthetic images).
@@ -164,19 +275,73 @@ CXR_OOD_GATE = None if _OOD_GATE.strip().lower() in {"", "off", "none"} else Pat
 # to the fitted check (`python -m ml view-fit`); "off" turns it off.
 _VIEW_CHECK = env_str("CXR_VIEW_CHECK", default=str(BASE_DIR / "ml" / "bundled" / "view-check.npz"))
 CXR_VIEW_CHECK = None if _VIEW_CHECK.strip().lower() in {"", "off", "none"} else Path(_VIEW_CHECK)
+# Modality check (apps.cases.validation, in the decoder child): refuses a CT slice
+# uploaded as an X-ray and an X-ray uploaded as CT. A path to the fitted check
+# (`python -m ml ct-modality-fit`); "off" turns it off.
+_MODALITY_CHECK = env_str(
+    "CXR_MODALITY_CHECK", default=str(BASE_DIR / "ml" / "bundled" / "ct-modality.npz")
+)
+CXR_MODALITY_CHECK = (
+    None if _MODALITY_CHECK.strip().lower() in {"", "off", "none"} else Path(_MODALITY_CHECK)
+)
 # Lung segmentation model (apps.cases.lungs, worker only): every prediction gets
 # the image's lung mask. "off" turns it off (predictions then say so).
 _LUNG_MODEL = env_str(
     "CXR_LUNG_MODEL", default=str(BASE_DIR / "ml" / "bundled" / "lung-unet.keras")
 )
 CXR_LUNG_MODEL = None if _LUNG_MODEL.strip().lower() in {"", "off", "none"} else Path(_LUNG_MODEL)
+# How the inference queue runs the classifier and the lung U-Net: "litert" (the .tflite
+# converted at registration, run by the LiteRT interpreter; the worker never imports
+# TensorFlow) or "keras". A version without a converted file is served by Keras, with a
+# warning in the worker's log. Explanation and training workers always use Keras.
+CXR_INFERENCE_RUNTIME = env_str("CXR_INFERENCE_RUNTIME", default="litert").strip().lower()
+if CXR_INFERENCE_RUNTIME not in {"litert", "keras"}:
+    raise ImproperlyConfigured(
+        f"CXR_INFERENCE_RUNTIME={CXR_INFERENCE_RUNTIME!r} must be 'litert' or 'keras'."
+    )
+# Interpreter threads per LiteRT model (one inference pool process per core: 1).
+CXR_INFERENCE_THREADS = env_int("CXR_INFERENCE_THREADS", default=1, min_value=1, max_value=64)
 # Key of the keyed hash (HMAC-SHA256) that turns a DICOM PatientID into the
-# pseudonymous patient reference. Derived from SECRET_KEY when unset; set it
-# explicitly so pseudonyms survive a SECRET_KEY rotation.
-CXR_PSEUDONYM_KEY = env_str("CXR_PSEUDONYM_KEY", default="") or f"pseudonym:{SECRET_KEY}"
+# pseudonymous patient reference, and of the replaced UIDs and per-patient date
+# shifts (apps.cases.deidentify). Required when DEBUG is off, a secret of its own:
+# never derived from SECRET_KEY, which may be rotated (a new pseudonym key gives
+# returning patients new pseudonyms), and long enough that patient IDs cannot be
+# recovered by trying keys.
+_DEV_PSEUDONYM_KEY = "insecure-dev-pseudonym-key-only-for-the-embedded-demo"
+CXR_PSEUDONYM_KEY = env_str("CXR_PSEUDONYM_KEY", default=_DEV_PSEUDONYM_KEY if DEBUG else "")
+if not DEBUG:
+    _pseudonym_problem = (
+        "is not set" if not CXR_PSEUDONYM_KEY.strip()
+        else "is the embedded demo's key" if CXR_PSEUDONYM_KEY == _DEV_PSEUDONYM_KEY
+        else "is shorter than 32 characters" if len(CXR_PSEUDONYM_KEY) < 32
+        else "is the same as SECRET_KEY" if CXR_PSEUDONYM_KEY == SECRET_KEY
+        else ""
+    )  # fmt: skip
+    if _pseudonym_problem:
+        raise ImproperlyConfigured(
+            f"CXR_PSEUDONYM_KEY {_pseudonym_problem}: when DEBUG is off it must be set to "
+            "a secret of its own, at least 32 characters (e.g. `openssl rand -hex 32`). It "
+            "keys the DICOM patient pseudonyms: keep it stable and apart from SECRET_KEY."
+        )
 
 # Labelling and retraining (issue: the learning loop).
+# Agreement policy (apps.cases.labelling, docs/operations.md "Labelling"): "unanimous"
+# (CXR_LABEL_AGREEMENT readers agree and none dissents), "majority" (once that many
+# readers have read, more than half of the readings agree) or "adjudication"
+# (unanimous, and an adjudicator decides disputed images).
+CXR_LABEL_POLICY = env_str("CXR_LABEL_POLICY", default="unanimous").lower()
+if CXR_LABEL_POLICY not in {"unanimous", "majority", "adjudication"}:
+    raise ImproperlyConfigured(
+        f"CXR_LABEL_POLICY={CXR_LABEL_POLICY!r}: use unanimous, majority or adjudication."
+    )
 CXR_LABEL_AGREEMENT = env_int("CXR_LABEL_AGREEMENT", default=1, min_value=1, max_value=10)
+# Show the model's prediction to a reader after their first answer (they may then change
+# it); off by default: the labelling page never shows it (anchoring bias).
+CXR_LABEL_SHOW_MODEL = env_bool("CXR_LABEL_SHOW_MODEL", default=False)
+# Bootstrap resamples behind each interval of the reader agreement page.
+CXR_AGREEMENT_BOOTSTRAP = env_int(
+    "CXR_AGREEMENT_BOOTSTRAP", default=1000, min_value=100, max_value=20000
+)
 CXR_RETRAIN_MIN_NEW_LABELS = env_int("CXR_RETRAIN_MIN_NEW_LABELS", default=20, min_value=1)
 CXR_RETRAIN_CHECK_SECONDS = env_int("CXR_RETRAIN_CHECK_SECONDS", default=3600, min_value=10)
 CXR_TRAINING_EPOCHS = env_int("CXR_TRAINING_EPOCHS", default=60, min_value=1)
@@ -199,6 +364,12 @@ CXR_BUNDLED_MODEL = env_path(
     "CXR_BUNDLED_MODEL", BASE_DIR / "ml" / "bundled" / "cxr-lungs" / "cxr-lungs.keras"
 )
 
+# The CT segmenter that `register_model --bundled --task ct_segmentation` registers
+# (`python -m ml ct train` makes it).
+CXR_BUNDLED_CT_MODEL = env_path(
+    "CXR_BUNDLED_CT_MODEL", BASE_DIR / "ml" / "bundled" / "ct-seg" / "ct-seg.keras"
+)
+
 # Celery. The embedded default is kombu's filesystem transport: a real
 # broker with no server, good for one machine. Production sets a redis:// URL.
 CELERY_BROKER_URL = env_broker_url(
@@ -208,6 +379,7 @@ _BROKER_DIR = VAR_DIR / "broker"
 # Hard limits per queue (seconds); soft limits are 0.9 x hard (cxrplatform.celery).
 CXR_TASK_HARD_LIMITS = {
     "inference": env_int("CXR_INFERENCE_TIME_LIMIT", default=120, min_value=5),
+    "segmentation": env_int("CXR_SEGMENTATION_TIME_LIMIT", default=120, min_value=5),
     "explain": env_int("CXR_EXPLAIN_TIME_LIMIT", default=600, min_value=5),
     "training": env_int("CXR_TRAINING_TIME_LIMIT", default=6 * 3600, min_value=60),
     "default": env_int("CXR_DEFAULT_TIME_LIMIT", default=300, min_value=5),
@@ -278,6 +450,13 @@ CXR_PENDING_REQUEUE_SECONDS = env_int("CXR_PENDING_REQUEUE_SECONDS", default=600
 CXR_TEST_PAUSE_AFTER_RUNNING_SECONDS = env_int(
     "CXR_TEST_PAUSE_AFTER_RUNNING_SECONDS", default=0, min_value=0, max_value=120
 )
+# Retention (apps.cases.retention): a case its clinician deletes disappears at once; its
+# files and rows are purged this many days later (0: at the next purge run) by beat,
+# every CXR_PURGE_CHECK_SECONDS.
+CXR_DELETED_CASE_RETENTION_DAYS = env_int(
+    "CXR_DELETED_CASE_RETENTION_DAYS", default=7, min_value=0, max_value=3650
+)
+CXR_PURGE_CHECK_SECONDS = env_int("CXR_PURGE_CHECK_SECONDS", default=3600, min_value=10)
 CELERY_BEAT_SCHEDULE = {
     # One sweeper for every registered job kind (cxrplatform.jobs.registered_jobs).
     "sweep-stuck-jobs": {
@@ -288,6 +467,12 @@ CELERY_BEAT_SCHEDULE = {
     "retrain-when-enough-labels": {
         "task": "apps.models.tasks.retrain_if_enough_labels",
         "schedule": float(CXR_RETRAIN_CHECK_SECONDS),
+        "options": {"queue": "default"},
+    },
+    # Files (and rows) of cases deleted more than CXR_DELETED_CASE_RETENTION_DAYS ago.
+    "purge-deleted-cases": {
+        "task": "apps.cases.tasks.purge_deleted_cases",
+        "schedule": float(CXR_PURGE_CHECK_SECONDS),
         "options": {"queue": "default"},
     },
 }
@@ -333,7 +518,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_AUTHENTICATION_CLASSES": [
         # Token first: an anonymous API request gets 401 with WWW-Authenticate: Token.
-        "rest_framework.authentication.TokenAuthentication",
+        "knox.auth.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
@@ -349,6 +534,16 @@ REST_FRAMEWORK = {
     },
     "NUM_PROXIES": env_int("CXR_NUM_PROXIES", default=0, min_value=0),
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
+}
+
+# API tokens (django-rest-knox): only a SHA-512 digest is stored; each expires
+# CXR_API_TOKEN_TTL_HOURS after it was issued; changing the password revokes them all.
+REST_KNOX = {
+    "TOKEN_TTL": timedelta(
+        hours=env_int("CXR_API_TOKEN_TTL_HOURS", default=24, min_value=1, max_value=24 * 365)
+    ),
+    "AUTH_HEADER_PREFIX": "Token",
+    "AUTO_REFRESH": False,
 }
 
 SPECTACULAR_SETTINGS = {
@@ -379,16 +574,110 @@ SPECTACULAR_SETTINGS = {
 }
 
 LOG_LEVEL = env_str("LOG_LEVEL", default="INFO")
+# "json": one JSON object per line with request_id, user_id, task_id and job_id
+# (cxrplatform.logcontext), web and workers alike; "plain": text lines.
+CXR_LOG_FORMAT = env_str("CXR_LOG_FORMAT", default="plain").strip().lower()
+if CXR_LOG_FORMAT not in {"plain", "json"}:
+    raise ImproperlyConfigured(f"CXR_LOG_FORMAT={CXR_LOG_FORMAT!r} must be 'plain' or 'json'.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"context": {"()": "cxrplatform.logcontext.ContextFilter"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "json": {"()": "cxrplatform.logcontext.json_formatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": CXR_LOG_FORMAT,
+            "filters": ["context"],
+        }
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    # django-axes logs every log-in at INFO; its lockout warnings are what operators need.
+    "loggers": {
+        "axes": {"level": "WARNING"},
+        # Decoders quote what they read: Pillow logs EXIF and PNG chunk values at DEBUG,
+        # pydicom logs invalid element values as warnings. Uploads may hold patient
+        # identifiers, so neither reaches the logs, whatever LOG_LEVEL says.
+        "PIL": {"level": "INFO"},
+        "pydicom": {"level": "ERROR"},
+    },
 }
+
+# Health and metrics (cxrplatform.health, cxrplatform.metrics; docs/operations.md
+# "Monitoring"). /metrics answers a request from these networks (the client address the
+# throttles see: CXR_NUM_PROXIES applies) or one with `Authorization: Bearer <token>`.
+CXR_METRICS_TOKEN = env_str("CXR_METRICS_TOKEN", default="")
+if CXR_METRICS_TOKEN and len(CXR_METRICS_TOKEN) < 16:
+    raise ImproperlyConfigured("CXR_METRICS_TOKEN must be at least 16 characters.")
+# "none": the token only.
+_METRICS_NETWORKS = env_list("CXR_METRICS_ALLOWED_NETWORKS", default=["127.0.0.1/32", "::1/128"])
+try:
+    CXR_METRICS_ALLOWED_NETWORKS = [
+        ipaddress.ip_network(value, strict=False)
+        for value in _METRICS_NETWORKS
+        if value.lower() != "none"
+    ]
+except ValueError as exc:
+    raise ImproperlyConfigured(f"CXR_METRICS_ALLOWED_NETWORKS: {exc}") from None
+# Seconds a scrape waits for the workers' answers to a control ping (cxr_workers).
+CXR_METRICS_INSPECT_TIMEOUT = env_float(
+    "CXR_METRICS_INSPECT_TIMEOUT", default=1.0, min_value=0.1, max_value=30.0
+)
+# /readyz remembers a passed migration check and model-file hash this long.
+CXR_READYZ_CACHE_SECONDS = env_int("CXR_READYZ_CACHE_SECONDS", default=60, min_value=0)
+
+# Content-Security-Policy (django-csp): scripts, styles, images and connections from this
+# site only; no inline script or style anywhere (the templates use static files), no
+# plugins, no framing. The API docs pages relax style-src for their own inline styles
+# (apps/api/urls.py).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        # blob: the upload page's thumbnails of the chosen files (URL.createObjectURL).
+        "img-src": [SELF, "blob:"],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
+
+
+def _proxy_ssl_header(value: str) -> tuple[str, str] | None:
+    """'X-Forwarded-Proto: https' -> ('HTTP_X_FORWARDED_PROTO', 'https'); '' -> None."""
+    if not value.strip():
+        return None
+    match = re.fullmatch(r"\s*([A-Za-z0-9-]+)\s*:\s*(\S+)\s*", value)
+    if match is None:
+        raise ImproperlyConfigured(
+            f"SECURE_PROXY_SSL_HEADER={value!r} must read 'Header-Name: value', e.g. "
+            "'X-Forwarded-Proto: https' (the header your TLS proxy sets on HTTPS requests)."
+        )
+    return "HTTP_" + match[1].upper().replace("-", "_"), match[2]
+
+
+# HTTPS. Set only behind a TLS proxy that overwrites this header on every request:
+# Django then trusts it to tell HTTPS requests apart (docs/operations.md "HTTPS").
+SECURE_PROXY_SSL_HEADER = _proxy_ssl_header(env_str("SECURE_PROXY_SSL_HEADER", default=""))
 
 if not DEBUG:
     SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", default=True)
     CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", default=True)
+    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", default=True)
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", default=365 * 24 * 3600, min_value=0)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
+    SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", default=False)
     SECURE_CONTENT_TYPE_NOSNIFF = True
     X_FRAME_OPTIONS = "DENY"
+    if not SECURE_HSTS_PRELOAD:
+        # security.W021 asks for the HSTS preload list: a commitment, for the domain and
+        # every subdomain, that the operator makes (and hospital intranet names cannot
+        # be listed); SECURE_HSTS_PRELOAD=1 opts in.
+        SILENCED_SYSTEM_CHECKS = [*SILENCED_SYSTEM_CHECKS, "security.W021"]

@@ -10,8 +10,10 @@ research machine) without installing anything:
         --out overlays/ tests/fixtures/images/2168a917.jpg
 
 or with a token from POST /api/v1/auth/token/ (``--token KEY`` or the
-CXR_API_TOKEN environment variable). Exit status: 0 when every image has a
-prediction and a Grad-CAM overlay, 1 on a refusal or failure, 2 on a timeout.
+CXR_API_TOKEN environment variable; tokens expire, 24 h by default, and a 401
+"Invalid token." means obtain a new one). A token the client obtained itself is
+revoked when it finishes. Exit status: 0 when every image has a prediction and a
+Grad-CAM overlay, 1 on a refusal or failure, 2 on a timeout.
 """
 
 from __future__ import annotations
@@ -77,6 +79,11 @@ class Client:
             "POST", "api/v1/auth/token/", {"username": username, "password": password}
         )["token"]
         return self.token
+
+    def revoke_token(self) -> None:
+        """Revoke the token this client sends (DELETE /api/v1/auth/token/)."""
+        self.request("DELETE", "api/v1/auth/token/")
+        self.token = None
 
     def create_case(self, images: list[Path], patient_ref: str = "", notes: str = "") -> dict:
         fields = [("patient_ref", patient_ref), ("notes", notes)]
@@ -203,6 +210,13 @@ def main(argv: list[str] | None = None) -> int:
     except TimeoutError as exc:
         print(f"timeout: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if client.token and not args.token:  # ours: do not leave it valid until it expires
+            try:
+                client.revoke_token()
+                print("revoked the API token")
+            except ApiError as exc:
+                print(f"warning: could not revoke the API token: {exc}", file=sys.stderr)
     return 0
 
 

@@ -13,6 +13,9 @@ python -m ml view-eval --data DIR... --laterals DIR [--check C] [--json]  measur
 python -m ml study --data DIR... --out DIR [--quick]              split/size/parameter study
 python -m ml heatmap-study --data DIR... --out DIR               heatmaps vs lungs, faithfulness
 python -m ml lungs train|evaluate|predict ...                    lung segmentation U-Net
+python -m ml ct train|evaluate|predict ...                       CT lesion segmentation U-Net
+python -m ml generate train|sample|evaluate ...                  synthetic X-ray generator (GAN)
+python -m ml ct-modality-fit|ct-modality-eval --ct DIR --data DIR...  CT-vs-X-ray upload check
 """
 
 from __future__ import annotations
@@ -46,7 +49,9 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ml.data.loaders import load_many
+    """Train on the data folders. Where the data give each image a split (a platform
+    export's ``labels.csv``), that split is used; otherwise one is computed by patient."""
+    from ml.data.loaders import given_splits, load_many
     from ml.models.training import TrainConfig, train
 
     overrides = {
@@ -63,6 +68,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         size = min(args.limit, len(dataset.records))
         keep = rng.choice(len(dataset.records), size=size, replace=False)
         dataset.records = [dataset.records[i] for i in sorted(keep)]
+    splits = given_splits(dataset.records)
+    if splits is not None:
+        log.info("using the split given with the data (%d images)", len(splits))
     result = train(
         dataset,
         args.out,
@@ -70,6 +78,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         name=args.name,
         cache=getattr(args, "cache", None),
+        splits=splits,
     )
     m = result.metrics
     covid = m.per_class["covid19"]
@@ -465,6 +474,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="v2: set everything outside the dilated lung mask to 0",
     )
     p.add_argument(
+        "--mask-dilation",
+        dest="mask_dilation",
+        type=float,
+        help="v2 with --mask-outside: how far the kept lung mask grows, share of the frame "
+        "side (default 0.04)",
+    )
+    p.add_argument(
         "--balanced-sampling",
         dest="balanced_sampling",
         action="store_const",
@@ -489,6 +505,13 @@ def build_parser() -> argparse.ArgumentParser:
         dest="penalty_on",
         choices=["gradient", "gradcam"],
         help="what the lung penalty measures: input gradients (default) or Grad-CAM",
+    )
+    p.add_argument(
+        "--operating-point",
+        dest="operating_point",
+        choices=["argmax", "val-macro-f1"],
+        help="val-macro-f1: per-class logit offsets chosen on the validation split, "
+        "written into the model (default argmax: none)",
     )
     p.add_argument(
         "--no-shortcut-tests",
@@ -601,8 +624,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_lung_check)
 
     from ml.lungs.cli import add_lungs_parser
+    from ml.serving.runtime import add_lite_parser
 
     add_lungs_parser(sub)
+    add_lite_parser(sub)
+
+    from ml.ct.cli import add_ct_parser
+
+    add_ct_parser(sub)
+
+    from ml.generate.cli import add_generate_parser
+
+    add_generate_parser(sub)
+
+    from ml.ct.modality import add_modality_parser
+
+    add_modality_parser(sub, bundled)
 
     for name, func, text in (
         ("ood-fit", cmd_ood_fit, "fit the out-of-distribution input gate on chest X-rays"),

@@ -100,6 +100,32 @@ def shared_datasets() -> Path:
     return Path(value)
 
 
+@pytest.fixture(scope="session")
+def ct_tiny_model(tmp_path_factory) -> Path:
+    """The tiny real CT model (ml.ct.tiny), trained once per test run on
+    tests/fixtures/ct (~25 s) and shared by xdist workers through a file lock."""
+    import fcntl
+
+    from ml.ct.tiny import build_tiny_ct_model
+
+    root = tmp_path_factory.getbasetemp().parent / "ct-tiny"
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        return build_tiny_ct_model(root)
+
+
+@pytest.fixture
+def ct_production_model(db, ct_tiny_model):
+    """The tiny CT model registered as the production CT segmenter (its own task: the
+    classifier's production version is untouched)."""
+    from apps.models.services import register_artifact
+
+    return register_artifact(
+        artifact_path=ct_tiny_model, make_production=True, task="ct_segmentation"
+    )
+
+
 @pytest.fixture(autouse=True)
 def media_root(settings, tmp_path) -> Path:
     root = tmp_path / "media"

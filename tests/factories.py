@@ -54,13 +54,16 @@ class CaseFactory(factory.django.DjangoModelFactory):
 
 
 def _fixture_image(name: str) -> tuple[bytes, int, int]:
-    data = (IMAGES / name).read_bytes()
-    with Image.open(io.BytesIO(data)) as image:
-        return data, image.width, image.height
+    """The fixture as the upload service stores it: a PNG of its decoded pixels."""
+    from apps.cases.deidentify import picture_without_metadata
+
+    with Image.open(IMAGES / name) as image:
+        return picture_without_metadata(image), image.width, image.height
 
 
 class CaseImageFactory(factory.django.DjangoModelFactory):
-    """An accepted image of a case: one of the fixture X-rays, stored as uploaded."""
+    """An accepted image of a case: one of the fixture X-rays, stored as the upload
+    service stores it (re-encoded as PNG)."""
 
     class Meta:
         model = CaseImage

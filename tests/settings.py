@@ -9,6 +9,7 @@ import os
 import tempfile
 
 os.environ.setdefault("SECRET_KEY", "tests-only-secret-key-not-for-production")
+os.environ.setdefault("CXR_PSEUDONYM_KEY", "tests-only-pseudonym-key-not-for-production")
 # pytest-xdist: a worker process inherits the controller's environment, so it takes
 # a state directory of its own here (SQLite file, filesystem broker), once: a Celery
 # worker that a test starts inherits the marker and keeps the test's directory.
@@ -52,6 +53,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not :memory:, so the end-to-end test's worker process can open it.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}
 
+# The test client and the browser tests' live server speak plain HTTP (the production
+# default redirects it to HTTPS: tests/test_production_settings.py).
+SECURE_SSL_REDIRECT = False
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise warns when it is missing
 # Close connections after each request: a live-server request thread that kept
 # its connection would stop the test database from being dropped.

@@ -15,6 +15,7 @@ def test_every_project_task_acks_late_and_is_requeued_when_its_worker_is_lost():
     tasks = _project_tasks()
     assert {t.name for t in tasks} >= {
         "apps.cases.tasks.classify_image",
+        "apps.cases.tasks.segment_slice",
         "apps.explain.tasks.explain_image",
         "apps.explain.tasks.inspect_model",
         "apps.models.tasks.train_model",
@@ -30,9 +31,11 @@ def test_every_project_task_acks_late_and_is_requeued_when_its_worker_is_lost():
     ("name", "queue"),
     [
         ("apps.cases.tasks.classify_image", "inference"),
+        ("apps.cases.tasks.segment_slice", "segmentation"),
         ("apps.explain.tasks.explain_image", "explain"),
         ("apps.explain.tasks.inspect_model", "explain"),
         ("apps.models.tasks.train_model", "training"),
+        ("apps.cases.tasks.purge_deleted_cases", "default"),
         ("apps.models.tasks.retrain_if_enough_labels", "default"),
         ("cxrplatform.jobs.sweep_stuck_jobs", "default"),
     ],
@@ -57,15 +60,16 @@ def test_each_queue_has_its_own_routing_key_so_a_task_reaches_one_queue():
     assert route["queue"].routing_key == "inference"
 
 
-def test_all_four_queues_are_declared_and_beat_runs_one_sweeper_and_the_retrain_check():
+def test_all_five_queues_are_declared_and_beat_runs_one_sweeper_and_the_retrain_check():
     assert (
         {q.name for q in app.conf.task_queues}
         == set(QUEUES)
-        == {"inference", "explain", "training", "default"}
+        == {"inference", "segmentation", "explain", "training", "default"}
     )
     schedule = app.conf.beat_schedule
     assert {name: entry["task"] for name, entry in schedule.items()} == {
         "sweep-stuck-jobs": sweep_stuck_jobs.name,
         "retrain-when-enough-labels": "apps.models.tasks.retrain_if_enough_labels",
+        "purge-deleted-cases": "apps.cases.tasks.purge_deleted_cases",
     }
     assert schedule["sweep-stuck-jobs"]["schedule"] == settings.CXR_STUCK_SWEEP_SECONDS

@@ -63,3 +63,41 @@ def test_real_worker_classifies_an_uploaded_image_and_explains_it(
     assert "apps.cases.tasks.classify_image" in log
     assert "apps.explain.tasks.explain_image" in log
     assert "succeeded" in log
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_real_worker_segments_an_uploaded_ct_slice_and_explains_it(
+    clinician, production_model, ct_production_model, worker
+):
+    """A CT slice goes to the segmentation queue; the worker stores its masks and the
+    share of the lung affected, then Grad-CAM of the infection output on explain."""
+    from PIL import Image
+
+    from apps.cases.models import CT_MASK_KINDS, Segmentation
+    from tests.ct_uploads import MEDSEG_SLICE, ct_upload
+
+    process, log_path = worker
+    case = services.create_case(owner=clinician, files=[ct_upload(MEDSEG_SLICE)], modality="ct")
+    segmentations = Segmentation.objects.filter(image__case=case)
+    (segmentation,) = _wait_until_finished(segmentations, 1, process, log_path, "segmentation")
+    assert segmentation.status == "done", segmentation.error
+    assert segmentation.model_version_id == ct_production_model.pk
+    image = case.images.get()
+    for kind in CT_MASK_KINDS:
+        with segmentation.mask_field(kind).open("rb") as fh:
+            mask = np.asarray(Image.open(io.BytesIO(fh.read())))
+        assert mask.shape == (image.height, image.width), kind
+    assert segmentation.lung_area is not None
+    assert segmentation.infection_area is not None
+    if segmentation.lungs_found:
+        assert 0.0 <= segmentation.percent_affected <= 100.0
+    else:
+        assert segmentation.message
+    explanations = Explanation.objects.filter(image__case=case)
+    (explanation,) = _wait_until_finished(explanations, 1, process, log_path, "Grad-CAM")
+    assert explanation.status == "done", explanation.error
+    assert explanation.target_label == "infection"
+    log = log_path.read_text()
+    assert "Task apps.cases.tasks.segment_slice[" in log
+    assert "Task apps.cases.tasks.classify_image[" not in log  # no X-ray classification

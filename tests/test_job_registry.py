@@ -1,7 +1,7 @@
 """Every job kind is a registration: a concrete Job declares its task (and so its queue
 and limits), and the one beat sweeper and ``enqueue_job`` serve every registered kind.
 
-A new kind (segmentation, generation, ...) that forgets its declaration fails here
+A new kind (generation, ...) that forgets its declaration fails here
 and in ``manage.py check`` (``jobs.E001``), never silently in production.
 """
 
@@ -37,6 +37,7 @@ def test_every_concrete_job_model_is_registered():
     concrete = _concrete_job_models()
     assert set(concrete) >= {
         "cases.prediction",
+        "cases.segmentation",
         "explain.explanation",
         "explain.inspection",
         "registry.trainingrun",
@@ -67,17 +68,17 @@ def test_the_one_beat_sweeper_sweeps_every_concrete_job_model():
 
 @isolate_apps("apps.cases")
 def test_a_concrete_job_without_a_job_kind_fails_the_system_check():
-    class Segmentation(Job):
+    class Generation(Job):
         image = models.ForeignKey("cases.CaseImage", on_delete=models.CASCADE)
 
         class Meta:
             app_label = "cases"
 
-    config = Segmentation._meta.apps.get_app_config("cases")
+    config = Generation._meta.apps.get_app_config("cases")
     errors = check_every_job_is_registered(app_configs=[config])
-    assert [(error.id, error.obj) for error in errors] == [("jobs.E001", Segmentation)]
-    assert "Segmentation is a Job but declares no job_kind" in errors[0].msg
-    assert "cases.segmentation" not in registered_jobs()
+    assert [(error.id, error.obj) for error in errors] == [("jobs.E001", Generation)]
+    assert "Generation is a Job but declares no job_kind" in errors[0].msg
+    assert "cases.generation" not in registered_jobs()
     assert check_every_job_is_registered() == []  # the project's own kinds all declare one
 
 

@@ -124,3 +124,75 @@ def test_project_refuses_to_start_without_secret_key_when_debug_is_off(tmp_path)
     result = _run_check(DEBUG="0", CXR_VAR_DIR=str(tmp_path))
     assert result.returncode != 0
     assert "SECRET_KEY must be set" in result.stderr
+
+
+def _settings_env(**env) -> dict[str, str]:
+    """The environment without any of the variables production must set itself."""
+    unset = {"DATABASE_URL", "DEBUG", "SECRET_KEY", "CXR_PSEUDONYM_KEY"}
+    full_env = {k: v for k, v in os.environ.items() if k not in unset}
+    full_env.update(env, DJANGO_SETTINGS_MODULE="cxrplatform.settings")
+    return full_env
+
+
+def _import_settings(**env) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", "import django; django.setup(); print('settings loaded')"],
+        cwd=REPO_ROOT,
+        env=_settings_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+PRODUCTION_SECRET = "s" * 50
+
+
+@pytest.mark.parametrize(
+    ("key", "problem"),
+    [
+        (None, "CXR_PSEUDONYM_KEY is not set"),
+        ("", "CXR_PSEUDONYM_KEY is not set"),
+        ("short-key", "CXR_PSEUDONYM_KEY is shorter than 32 characters"),
+        (PRODUCTION_SECRET, "CXR_PSEUDONYM_KEY is the same as SECRET_KEY"),
+    ],
+)
+def test_production_requires_a_pseudonym_key_of_its_own(tmp_path, key, problem):
+    env = {"DEBUG": "0", "SECRET_KEY": PRODUCTION_SECRET, "CXR_VAR_DIR": str(tmp_path)}
+    if key is not None:
+        env["CXR_PSEUDONYM_KEY"] = key
+    result = _import_settings(**env)
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr
+    assert problem in result.stderr
+    assert "when DEBUG is off" in result.stderr
+    assert "openssl rand -hex 32" in result.stderr
+
+
+def test_production_uses_the_pseudonym_key_as_given_and_debug_has_a_default(tmp_path):
+    given = "p" * 40
+    code = "from django.conf import settings; print('KEY', settings.CXR_PSEUDONYM_KEY)"
+    env = _settings_env(
+        DEBUG="0", SECRET_KEY=PRODUCTION_SECRET, CXR_PSEUDONYM_KEY=given, CXR_VAR_DIR=str(tmp_path)
+    )
+    for environment, expected in (
+        (env, given),
+        (_settings_env(DEBUG="1", SECRET_KEY=PRODUCTION_SECRET, CXR_VAR_DIR=str(tmp_path)), None),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-c", f"import django; django.setup(); {code}"],
+            cwd=REPO_ROOT,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        key = result.stdout.split("KEY ", 1)[1].strip()
+        if expected is not None:
+            assert key == expected
+        else:  # the embedded demo's fixed key, never one made from SECRET_KEY
+            assert PRODUCTION_SECRET not in key
+            assert "insecure" in key

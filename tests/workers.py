@@ -35,7 +35,7 @@ def start_worker(
     *,
     log_path: Path,
     media_root: Path,
-    queues: str = "inference,explain",
+    queues: str = "inference,segmentation,explain",
     broker_url: str | None = None,
     hostname: str | None = None,
     extra_env: dict[str, str] | None = None,
@@ -125,7 +125,7 @@ def wait_for_log(log_path: Path, text: str, process: subprocess.Popen, timeout: 
 
 @pytest.fixture
 def worker(tmp_path, media_root):
-    """`celery worker -Q inference,explain` on the test's database, broker and media."""
+    """`celery worker -Q inference,segmentation,explain` on the test database, broker, media."""
     log_path = tmp_path / "worker.log"
     process = start_worker(log_path=log_path, media_root=media_root)
     try:

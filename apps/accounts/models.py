@@ -36,6 +36,24 @@ class AuditEvent(models.Model):
         return f"{self.at:%Y-%m-%d %H:%M} {who} {self.action} {self.target_type}#{self.target_id}"
 
 
+class PasswordChangeRequired(models.Model):
+    """The user must choose a new password before doing anything else (outside DEBUG):
+    demo users with their published password, and users a site admin created with a
+    password the admin knows. Deleted when the password changes (apps.accounts.passwords)."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        primary_key=True,
+        related_name="password_change_required",
+    )
+    reason = models.CharField(max_length=100)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.user} must change their password ({self.reason})"
+
+
 def record(
     *,
     actor,

@@ -18,7 +18,13 @@ from django.http.response import HttpResponseBase
 CLINICIAN = "clinician"
 ANNOTATOR = "annotator"
 MODEL_ADMIN = "model_admin"
-ROLES = (CLINICIAN, ANNOTATOR, MODEL_ADMIN)
+# Decides disputed images under the "adjudication" agreement policy (a senior reader;
+# apps.cases.labelling.adjudicate). Sees the images that have verdicts, never the model's.
+ADJUDICATOR = "adjudicator"
+# Manages accounts: invites and creates users, assigns roles, deactivates
+# (apps.accounts.users). Superusers have every role.
+SITE_ADMIN = "site_admin"
+ROLES = (CLINICIAN, ANNOTATOR, MODEL_ADMIN, ADJUDICATOR, SITE_ADMIN)
 
 # Model permissions each group gets ("app_label.codename"), applied by the
 # data migration accounts/0001 and re-applied by `seed_demo`.
@@ -52,6 +58,19 @@ ROLE_PERMISSIONS: dict[str, tuple[str, ...]] = {
         "registry.add_referenceimage",
         "cases.view_prediction",
         "accounts.view_auditevent",
+    ),
+    ADJUDICATOR: (
+        "cases.view_caseimage",
+        "cases.view_expertlabel",
+        "cases.add_adjudication",
+        "cases.change_adjudication",
+        "cases.view_adjudication",
+    ),
+    SITE_ADMIN: (
+        "auth.view_user",
+        "auth.add_user",
+        "auth.change_user",
+        "auth.view_group",
     ),
 }
 

@@ -21,7 +21,8 @@ def sync_role_groups(
     a renamed model cannot silently strip a role of its rights.
     """
     mapping = ROLE_PERMISSIONS if mapping is None else mapping
-    for role in ROLES:
+    # The roles of the mapping: an older migration's frozen mapping lacks later roles.
+    for role in (role for role in ROLES if role in mapping):
         group, _ = group_model.objects.get_or_create(name=role)
         permissions = []
         for dotted in mapping[role]:
@@ -49,6 +50,8 @@ def create_demo_users() -> list[tuple[str, str, str]]:
     """
     from django.contrib.auth.models import Group, Permission
 
+    from apps.accounts.passwords import require_password_change
+
     sync_role_groups(Group, Permission)
     user_model = get_user_model()
     created = []
@@ -56,12 +59,19 @@ def create_demo_users() -> list[tuple[str, str, str]]:
         ("clinician", CLINICIAN),
         ("clinician2", CLINICIAN),
         ("annotator", "annotator"),
+        ("annotator2", "annotator"),
+        ("adjudicator", "adjudicator"),
         ("modeladmin", "model_admin"),
     ):
         password = f"{username}{DEMO_PASSWORD_SUFFIX}"
         user, _ = user_model.objects.get_or_create(username=username)
         user.set_password(password)
+        # An address on a reserved domain, so the demo's console backend shows the mail
+        # (training notifications, password resets); nothing can be delivered there.
+        user.email = user.email or f"{username}@demo.invalid"
         user.save()
         user.groups.set([Group.objects.get(name=role)])
+        # The password is published: outside DEBUG the user must change it first.
+        require_password_change(user, reason="demo password")
         created.append((username, password, role))
     return created

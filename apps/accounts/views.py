@@ -3,7 +3,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET
 
-from apps.accounts.roles import ANNOTATOR, CLINICIAN, MODEL_ADMIN, user_roles
+from apps.accounts.roles import ADJUDICATOR, ANNOTATOR, CLINICIAN, MODEL_ADMIN, user_roles
 
 
 @require_GET
@@ -27,10 +27,18 @@ def home(request: HttpRequest) -> HttpResponse:
 
         context["to_label"] = len(labelling.labelling_queue(annotator=request.user))
         context["disputed"] = labelling.disagreements().count()
+    if ADJUDICATOR in roles:
+        from django.conf import settings
+
+        from apps.cases import labelling
+
+        context["policy"] = settings.CXR_LABEL_POLICY
+        context["to_adjudicate"] = labelling.disagreements().count()
     if MODEL_ADMIN in roles:
         from apps.models.models import ModelVersion, TrainingRun
 
         context["production"] = ModelVersion.objects.production()
+        context["ct_production"] = ModelVersion.objects.production(task="ct_segmentation")
         context["candidates"] = ModelVersion.objects.filter(
             status=ModelVersion.Status.CANDIDATE
         ).count()

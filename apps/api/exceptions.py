@@ -14,6 +14,7 @@ from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooMany
 from rest_framework import exceptions, status
 from rest_framework.views import exception_handler
 
+from apps.cases.uploads import FileTooLarge, RequestTooLarge
 from apps.cases.validation import UploadRejected
 
 UPLOAD_CODES = {413: "payload_too_large", 415: "unsupported_media_type", 400: "invalid_image"}
@@ -60,6 +61,10 @@ def _flatten(errors, prefix: str = "") -> dict[str, list[str]]:
 def _converted(exc: Exception) -> Exception:
     if isinstance(exc, UploadRejected):
         return UploadProblem(exc)
+    if isinstance(exc, FileTooLarge):  # the upload handler stopped reading at this file
+        return UploadProblem(UploadRejected(exc.filename, exc.problem, status=413))
+    if isinstance(exc, RequestTooLarge):
+        return PayloadTooLarge(str(exc))
     if isinstance(exc, RequestDataTooBig):
         return PayloadTooLarge()
     if isinstance(exc, TooManyFilesSent):

@@ -8,9 +8,19 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from apps.cases.models import LABEL_CHOICES, VERDICT_CHOICES, Case, CaseImage, ExpertLabel
+from apps.cases.access import case_id_for, image_ref
+from apps.cases.models import (
+    CT_MASK_KINDS,
+    LABEL_CHOICES,
+    VERDICT_CHOICES,
+    Case,
+    CaseImage,
+    ExpertLabel,
+    Modality,
+    Segmentation,
+)
 from apps.explain.models import Explanation
-from apps.models.models import ModelVersion, TrainingRun
+from apps.models.models import DatasetSnapshot, ModelVersion, Task, TrainingRun
 
 
 def _absolute(request, name: str, pk: int) -> str:
@@ -27,7 +37,39 @@ class TokenRequestSerializer(serializers.Serializer):
 
 
 class TokenSerializer(serializers.Serializer):
-    token = serializers.CharField(read_only=True)
+    token = serializers.CharField(
+        read_only=True, help_text="Send as `Authorization: Token <token>`; shown only once."
+    )
+    id = serializers.CharField(
+        read_only=True, help_text="The token's first characters: its name in the token list."
+    )
+    expiry = serializers.DateTimeField(
+        read_only=True, help_text="The token stops working at this time."
+    )
+
+
+class TokenInfoSerializer(serializers.Serializer):
+    """One of your tokens, without the token itself (only its digest is stored)."""
+
+    id = serializers.CharField(source="token_key", read_only=True)
+    created = serializers.DateTimeField(read_only=True)
+    expiry = serializers.DateTimeField(read_only=True, allow_null=True)
+    current = serializers.SerializerMethodField(
+        help_text="True for the token this request was sent with."
+    )
+
+    def get_current(self, token) -> bool:
+        request = self.context.get("request")
+        return request is not None and getattr(request.auth, "pk", None) == token.pk
+
+
+class MeSerializer(serializers.Serializer):
+    username = serializers.CharField(read_only=True)
+    roles = serializers.ListField(
+        child=serializers.CharField(),
+        read_only=True,
+        help_text="clinician, annotator, adjudicator, model_admin: what this account may do.",
+    )
 
 
 # -- predictions and explanations ---------------------------------------------
@@ -157,9 +199,92 @@ class LungsSerializer(serializers.Serializer):
     )
 
 
-class ImageSerializer(serializers.ModelSerializer):
-    """An image with its latest prediction and explanations; never a patient identifier."""
+class SegmentationMasksSerializer(serializers.Serializer):
+    lungs = serializers.URLField(help_text="8-bit PNG, 255 = lung.")
+    ggo = serializers.URLField(help_text="8-bit PNG, 255 = ground-glass opacity.")
+    consolidation = serializers.URLField(help_text="8-bit PNG, 255 = consolidation.")
+    infection = serializers.URLField(help_text="8-bit PNG, 255 = either lesion class.")
+    lung_outline = serializers.URLField(help_text="8-bit PNG, 255 = the lung contour.")
 
+
+class SegmentationSerializer(serializers.ModelSerializer):
+    """A CT slice's segmentation: masks and figures (areas in pixels of the slice)."""
+
+    model_version = ModelVersionRefSerializer(allow_null=True, read_only=True)
+    lungs_found = serializers.BooleanField(
+        allow_null=True,
+        read_only=True,
+        help_text="False for a slice with no lung tissue (e.g. an abdomen slice: see "
+        "`message`); null until done.",
+    )
+    percent_affected = serializers.FloatField(
+        allow_null=True,
+        read_only=True,
+        min_value=0.0,
+        max_value=100.0,
+        help_text="Infected share of the lung area (ground-glass or consolidation), in "
+        "percent; null until done or when no lungs were found.",
+    )
+    percent_ggo = serializers.FloatField(
+        allow_null=True, read_only=True, min_value=0.0, max_value=100.0
+    )
+    percent_consolidation = serializers.FloatField(
+        allow_null=True, read_only=True, min_value=0.0, max_value=100.0
+    )
+    masks = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Segmentation
+        fields = [
+            "id",
+            "image",
+            "status",
+            "error",
+            "model_version",
+            "segmenter_version",
+            "lungs_found",
+            "message",
+            "lung_area",
+            "infection_area",
+            "ggo_area",
+            "consolidation_area",
+            "percent_affected",
+            "percent_ggo",
+            "percent_consolidation",
+            "max_infection_probability",
+            "inference_ms",
+            "masks",
+            "created_at",
+            "finished_at",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field(SegmentationMasksSerializer(allow_null=True, help_text="Null until done."))
+    def get_masks(self, segmentation) -> dict | None:
+        if segmentation.status != "done" or not segmentation.lung_mask:
+            return None
+        request = self.context.get("request")
+        return {
+            kind: _absolute_mask(request, segmentation.image_id, kind) for kind in CT_MASK_KINDS
+        }
+
+
+def _absolute_mask(request, image_pk: int, kind: str) -> str:
+    url = reverse("api:image-segmentation-mask", args=[image_pk, kind])
+    return request.build_absolute_uri(url) if request is not None else url
+
+
+class ImageSerializer(serializers.ModelSerializer):
+    """An image with its latest prediction (X-ray) or segmentation (CT slice) and
+    explanations; never a patient identifier."""
+
+    case = serializers.SerializerMethodField(
+        help_text="The case's id for its owner; null for everyone else (annotators judge "
+        "images, not patients: use `ref`)."
+    )
+    ref = serializers.SerializerMethodField(
+        help_text="Opaque, stable per-image reference; says nothing about the case or patient."
+    )
     file_url = serializers.SerializerMethodField()
     confirmed_label = serializers.ChoiceField(
         choices=VERDICT_CHOICES,
@@ -169,25 +294,54 @@ class ImageSerializer(serializers.ModelSerializer):
     )
     prediction = serializers.SerializerMethodField()
     lungs = serializers.SerializerMethodField()
+    modality = serializers.SerializerMethodField()
+    segmentation = serializers.SerializerMethodField()
     explanations = ExplanationSerializer(many=True, read_only=True)
 
     class Meta:
         model = CaseImage
         fields = [
             "id",
+            "ref",
             "case",
+            "modality",
             "width",
             "height",
             "source_format",
+            "intake_note",
             "status",
             "confirmed_label",
             "created_at",
             "file_url",
             "prediction",
             "lungs",
+            "segmentation",
             "explanations",
         ]
         read_only_fields = fields
+
+    @extend_schema_field(serializers.IntegerField(allow_null=True))
+    def get_case(self, image) -> int | None:
+        request = self.context.get("request")
+        return case_id_for(request.user, image) if request is not None else None
+
+    def get_ref(self, image) -> str:
+        return image_ref(image)
+
+    @extend_schema_field(serializers.ChoiceField(choices=Modality.choices))
+    def get_modality(self, image) -> str:
+        return image.case.modality
+
+    @extend_schema_field(
+        SegmentationSerializer(
+            allow_null=True, help_text="A CT slice's segmentation; null for an X-ray."
+        )
+    )
+    def get_segmentation(self, image) -> dict | None:
+        segmentation = image.latest_segmentation
+        if segmentation is None:
+            return None
+        return SegmentationSerializer(segmentation, context=self.context).data
 
     @extend_schema_field(OpenApiTypes.URI)
     def get_file_url(self, image) -> str:
@@ -226,7 +380,16 @@ class CaseSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Case
-        fields = ["id", "status", "patient_ref", "notes", "created_at", "updated_at", "images"]
+        fields = [
+            "id",
+            "status",
+            "modality",
+            "patient_ref",
+            "notes",
+            "created_at",
+            "updated_at",
+            "images",
+        ]
         read_only_fields = fields
 
 
@@ -234,7 +397,16 @@ class CaseCreateSerializer(serializers.Serializer):
     images = serializers.ListField(
         child=serializers.FileField(allow_empty_file=True, use_url=False),
         allow_empty=False,
-        help_text="One or more PNG, JPEG or DICOM chest radiographs (repeat the field).",
+        help_text="One or more PNG, JPEG or DICOM chest radiographs or axial chest CT slices "
+        "(repeat the field).",
+    )
+    modality = serializers.ChoiceField(
+        choices=Modality.choices,
+        required=False,
+        default=Modality.XRAY,
+        help_text="What the images are: `xray` (classified) or `ct` (segmented). A DICOM "
+        "file's own Modality decides for it (CT is routed to CT; CR/DX marked `ct` is "
+        "refused); PNG/JPEG CT slices must be marked `ct`. A case holds one modality.",
     )
     patient_ref = serializers.CharField(
         max_length=64,
@@ -280,6 +452,7 @@ class ModelVersionSerializer(serializers.ModelSerializer):
         fields = [
             "id",
             "name",
+            "task",
             "sha256",
             "status",
             "metrics",
@@ -290,6 +463,15 @@ class ModelVersionSerializer(serializers.ModelSerializer):
             "promoted_at",
         ]
         read_only_fields = fields
+
+
+class RollbackRequestSerializer(serializers.Serializer):
+    task = serializers.ChoiceField(
+        choices=Task.choices,
+        required=False,
+        default=Task.CLASSIFICATION,
+        help_text="Whose production version to roll back (each task has its own).",
+    )
 
 
 class PromoteRequestSerializer(serializers.Serializer):
@@ -320,3 +502,142 @@ class TrainingRunSerializer(serializers.ModelSerializer):
             "finished_at",
         ]
         read_only_fields = fields
+
+
+# -- datasets and provenance ----------------------------------------------------
+
+
+class SnapshotSerializer(serializers.ModelSerializer):
+    counts = serializers.JSONField(
+        read_only=True,
+        help_text="Per split the count of each class; `clinical`, `total`, and "
+        "`by_split_class_source`: rows of {split, label, source, n}.",
+    )
+    changes = serializers.JSONField(
+        read_only=True,
+        help_text="Since the parent snapshot: `added` (rows as in counts), `removed` (with "
+        "`reason`), `relabelled`, `moved` (to keep a patient in one split), "
+        "`duplicates_left_out`; empty for snapshots made before they were recorded.",
+    )
+
+    class Meta:
+        model = DatasetSnapshot
+        fields = ["id", "parent", "created_at", "content_hash", "counts", "changes"]
+        read_only_fields = fields
+
+
+class _ModelRefSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    sha256 = serializers.CharField()
+
+
+class _PreprocessingSerializer(serializers.Serializer):
+    version = serializers.IntegerField()
+    input_size = serializers.IntegerField(allow_null=True)
+    mask_outside = serializers.BooleanField()
+    segmenter = serializers.CharField(allow_null=True)
+
+
+class _ProvenanceImageSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    case = serializers.IntegerField()
+    source_format = serializers.CharField()
+    width = serializers.IntegerField()
+    height = serializers.IntegerField()
+    status = serializers.CharField()
+    uploaded_at = serializers.DateTimeField()
+    uploaded_by_role = serializers.CharField()
+    file_sha256 = serializers.CharField(
+        allow_null=True, help_text="SHA-256 of the stored file now (null: missing)."
+    )
+    file_found = serializers.BooleanField()
+    original_sha256 = serializers.CharField(
+        allow_null=True, help_text="DICOM uploads: SHA-256 of the stored de-identified DICOM."
+    )
+    recorded_sha256 = serializers.CharField(
+        help_text="The hash recorded at upload (the de-identified DICOM's for a DICOM)."
+    )
+    matches_upload = serializers.BooleanField()
+
+
+class _ProvenancePredictionSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    status = serializers.CharField()
+    label = serializers.CharField(allow_null=True)  # type: ignore[assignment]
+    probabilities = serializers.DictField(child=serializers.FloatField())
+    model_version = _ModelRefSerializer(allow_null=True)
+    preprocessing = _PreprocessingSerializer(allow_null=True)
+    segmenter_version = serializers.CharField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField(allow_null=True)
+    error = serializers.CharField(allow_blank=True)
+
+
+class _ProvenanceExplanationSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    method = serializers.CharField()
+    status = serializers.CharField()
+    params = serializers.JSONField()
+    target_label = serializers.CharField(allow_null=True)
+    layer = serializers.CharField(allow_null=True)
+    model_version = _ModelRefSerializer(allow_null=True)
+    explainer_version = serializers.CharField(allow_null=True)
+    mass_in_lungs = serializers.FloatField(allow_null=True)
+    requested_by_role = serializers.CharField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+
+class _VerdictSerializer(serializers.Serializer):
+    reader = serializers.CharField()
+    label = serializers.CharField()  # type: ignore[assignment]
+    note = serializers.CharField(allow_blank=True)
+    given_at = serializers.DateTimeField()
+    revised_at = serializers.DateTimeField(allow_null=True)
+
+
+class _AdjudicationSerializer(serializers.Serializer):
+    adjudicator = serializers.CharField()
+    label = serializers.CharField()  # type: ignore[assignment]
+    note = serializers.CharField(allow_blank=True)
+    decided_at = serializers.DateTimeField()
+
+
+class _LabelProvenanceSerializer(serializers.Serializer):
+    confirmed_label = serializers.CharField(allow_null=True)
+    usable = serializers.BooleanField()
+    confirmed_at = serializers.DateTimeField(allow_null=True)
+    decided_by = serializers.ChoiceField(choices=["agreement", "adjudication"], allow_null=True)
+    policy = serializers.CharField()
+    readers_required = serializers.IntegerField()
+    verdicts = _VerdictSerializer(many=True)
+    adjudication = _AdjudicationSerializer(allow_null=True)
+
+
+class _LabelEventSerializer(serializers.Serializer):
+    action = serializers.CharField()
+    by = serializers.CharField()
+    at = serializers.DateTimeField()
+    label_before = serializers.CharField(allow_null=True)
+    label_after = serializers.CharField(allow_null=True)
+    confirmed_after = serializers.CharField(allow_null=True, allow_blank=True)
+    note = serializers.CharField(allow_blank=True)
+
+
+class _SnapshotMembershipSerializer(serializers.Serializer):
+    snapshot = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+    label = serializers.CharField()  # type: ignore[assignment]
+    split = serializers.CharField()
+
+
+class ProvenanceSerializer(serializers.Serializer):
+    """``apps.cases.provenance.image_provenance``, documented (read-only)."""
+
+    image = _ProvenanceImageSerializer()
+    predictions = _ProvenancePredictionSerializer(many=True)
+    explanations = _ProvenanceExplanationSerializer(many=True)
+    label = _LabelProvenanceSerializer()  # type: ignore[assignment]
+    label_history = _LabelEventSerializer(many=True)
+    snapshots = _SnapshotMembershipSerializer(many=True)

@@ -1,12 +1,28 @@
+from csp.constants import SELF, UNSAFE_INLINE
+from csp.decorators import csp_update
 from django.urls import path, re_path
-from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from drf_spectacular.views import (
+    SpectacularAPIView,
+    SpectacularRedocView,
+    SpectacularSwaggerSplitView,
+)
 
 from apps.api import views
 
 app_name = "api"
 
+# The documentation pages (no patient data) carry inline <style> elements and draw icons
+# from data: URLs; Redoc runs a blob: worker. Scripts stay files: Swagger UI's set-up
+# script is a request of its own (the split view), Redoc's page has none.
+docs_csp = csp_update(
+    {"style-src": [UNSAFE_INLINE], "img-src": ["data:"], "worker-src": [SELF, "blob:"]}
+)
+
 urlpatterns = [
     path("auth/token/", views.TokenView.as_view(), name="token"),
+    path("auth/tokens/", views.TokenList.as_view(), name="token-list"),
+    path("auth/tokens/<str:token_id>/", views.TokenDetail.as_view(), name="token-detail"),
+    path("me/", views.Me.as_view(), name="me"),
     path("cases/", views.CaseListCreate.as_view(), name="case-list"),
     path("cases/<int:pk>/", views.CaseDetail.as_view(), name="case-detail"),
     path("images/", views.ImageList.as_view(), name="image-list"),
@@ -17,6 +33,21 @@ urlpatterns = [
         "images/<int:pk>/lung-outline/",
         views.ImageLungOutline.as_view(),
         name="image-lung-outline",
+    ),
+    path(
+        "images/<int:pk>/segmentation/",
+        views.ImageSegmentation.as_view(),
+        name="image-segmentation",
+    ),
+    path(
+        "images/<int:pk>/segmentation/masks/<str:kind>/",
+        views.ImageSegmentationMask.as_view(),
+        name="image-segmentation-mask",
+    ),
+    path(
+        "images/<int:pk>/segmentation/retry/",
+        views.ImageSegmentationRetry.as_view(),
+        name="image-segmentation-retry",
     ),
     path(
         "images/<int:pk>/explanations/",
@@ -51,16 +82,24 @@ urlpatterns = [
         views.TrainingRunDetail.as_view(),
         name="training-run-detail",
     ),
+    path("images/<int:pk>/provenance/", views.ImageProvenance.as_view(), name="image-provenance"),
+    path("snapshots/", views.SnapshotList.as_view(), name="snapshot-list"),
+    path("snapshots/<int:pk>/", views.SnapshotDetail.as_view(), name="snapshot-detail"),
+    path("snapshots/<int:pk>/export/", views.SnapshotExport.as_view(), name="snapshot-export"),
     # Documentation is public (it holds no data); served from local static files.
     path("schema/", SpectacularAPIView.as_view(permission_classes=[]), name="schema"),
     path(
         "docs/",
-        SpectacularSwaggerView.as_view(url_name="api:schema", permission_classes=[]),
+        docs_csp(SpectacularSwaggerSplitView.as_view(url_name="api:schema", permission_classes=[])),
         name="docs",
     ),
     path(
         "redoc/",
-        SpectacularRedocView.as_view(url_name="api:schema", permission_classes=[]),
+        docs_csp(
+            SpectacularRedocView.as_view(
+                url_name="api:schema", permission_classes=[], template_name="api/redoc.html"
+            )
+        ),
         name="redoc",
     ),
     # Anything else under /api/v1/ (a negative id, a typo) is a 404 in the API's error body.

@@ -6,23 +6,34 @@ web page: one create path, one label path, one promote path."""
 from __future__ import annotations
 
 from django.contrib.auth import authenticate
+from django.contrib.auth.signals import user_logged_in
 from django.http import JsonResponse
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
+from django.utils.cache import get_conditional_response
+from django.utils.http import http_date
 from django.views.decorators.csrf import csrf_exempt
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+)
+from knox.models import AuthToken
 from rest_framework import generics, status
-from rest_framework.authtoken.models import Token
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.accounts.roles import ANNOTATOR, CLINICIAN, MODEL_ADMIN
+from apps.accounts import tokens
+from apps.accounts.audit import record_download
+from apps.accounts.roles import ANNOTATOR, CLINICIAN, MODEL_ADMIN, user_roles
 from apps.api import serializers as s
+from apps.api import summaries
 from apps.api.exceptions import Conflict
 from apps.api.permissions import ANY_AUTHENTICATED, HasAllowedRole
 from apps.api.schema import errors
@@ -30,14 +41,14 @@ from apps.api.throttles import AuthTokenThrottle
 from apps.cases import labelling, services
 from apps.cases.access import own_cases, visible_images
 from apps.cases.filters import CaseFilter
-from apps.cases.models import Case, CaseImage, ExpertLabel
+from apps.cases.freshness import case_etag
+from apps.cases.models import CT_MASK_KINDS, Case, CaseImage, ExpertLabel, Segmentation
 from apps.explain import services as explain_services
 from apps.explain.models import Explanation
 from apps.models import services as registry
-from apps.models.models import ModelVersion, TrainingRun
+from apps.models.models import DatasetSnapshot, ModelVersion, TrainingRun
 from cxrplatform.protected import protected_file_response
 
-IMAGE_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "dicom": "image/png"}  # DICOM: its PNG
 NPY_TYPE = "application/octet-stream"
 
 
@@ -54,7 +65,7 @@ def _located(request, name: str, pk: int) -> dict[str, str]:
 
 def _images_with_results(queryset):
     return queryset.select_related("case").prefetch_related(
-        "predictions__model_version", "explanations"
+        "predictions__model_version", "segmentations__model_version", "explanations"
     )
 
 
@@ -77,8 +88,9 @@ def not_found(request, *args, **kwargs) -> JsonResponse:
 
 
 class TokenView(RoleView):
-    """POST: exchange a username and password for the user's API token (throttled per
-    client address). DELETE: revoke the token; the next POST issues a new one."""
+    """POST: exchange a username and password for a new API token (throttled per client
+    address; the account locks after repeated failures). DELETE: revoke the token the
+    request is sent with (with a browser session: all of the user's tokens)."""
 
     allowed_roles = ANY_AUTHENTICATED
     parser_classes = [JSONParser, FormParser]
@@ -102,6 +114,9 @@ class TokenView(RoleView):
     @extend_schema(
         operation_id="auth_token_obtain",
         summary="Obtain an API token",
+        description="Each call issues a new token (one per tool), valid until `expiry`. "
+        "Only a digest is stored: keep the token, it is not shown again. After repeated "
+        "failures the account is locked for a while (429, `code` `locked_out`).",
         request=s.TokenRequestSerializer,
         responses={200: s.TokenSerializer, **errors(400, 415, 429)},
         auth=[],
@@ -110,6 +125,7 @@ class TokenView(RoleView):
     def post(self, request):
         serializer = s.TokenRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
+        # The Django request: django-axes counts failures on it and answers a lockout.
         user = authenticate(
             request=request._request,
             username=serializer.validated_data["username"],
@@ -118,19 +134,79 @@ class TokenView(RoleView):
         if user is None:
             # As OAuth 2's token endpoint: wrong credentials are a 400, not a 401.
             raise ValidationError("Unable to log in with these credentials.")
-        token, _ = Token.objects.get_or_create(user=user)
-        return Response({"token": token.key})
+        token, key = tokens.issue_token(user=user)
+        # A log-in like the web one: last_login, and django-axes resets the failure count.
+        user_logged_in.send(sender=type(user), request=request._request, user=user)
+        return Response({"token": key, "id": token.token_key, "expiry": token.expiry})
 
     @extend_schema(
         operation_id="auth_token_revoke",
-        summary="Revoke your API token",
+        summary="Revoke the API token this request is sent with",
         request=None,
         responses={204: OpenApiResponse(description="Revoked."), **errors(401)},
         tags=["auth"],
     )
     def delete(self, request):
-        Token.objects.filter(user=request.user).delete()
+        if isinstance(request.auth, AuthToken):
+            tokens.revoke_token(token=request.auth, actor=request.user)
+        else:  # a browser session: the user's every token
+            tokens.revoke_all_tokens(
+                user=request.user, actor=request.user, reason="revoked by its owner"
+            )
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+@extend_schema_view(
+    get=extend_schema(
+        summary="Your API tokens",
+        description="Every token of yours that has not expired, newest first; `current` "
+        "marks the one this request is sent with. The tokens themselves are never shown.",
+        responses={200: s.TokenInfoSerializer(many=True), **errors(400, 401, 404)},
+        tags=["auth"],
+    )
+)
+class TokenList(generics.ListAPIView, RoleView):
+    allowed_roles = ANY_AUTHENTICATED
+    serializer_class = s.TokenInfoSerializer
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return AuthToken.objects.none()
+        return tokens.active_tokens(self.request.user)
+
+
+class TokenDetail(RoleView):
+    allowed_roles = ANY_AUTHENTICATED
+
+    @extend_schema(
+        summary="Revoke one of your API tokens",
+        request=None,
+        responses={204: OpenApiResponse(description="Revoked."), **errors(401, 404)},
+        tags=["auth"],
+    )
+    def delete(self, request, token_id: str):
+        token = tokens.active_tokens(request.user).filter(token_key=token_id).first()
+        if token is None:
+            raise NotFound("You have no token with this id.")
+        tokens.revoke_token(token=token, actor=request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class Me(RoleView):
+    """Who the request is authenticated as. Also the framework floor of ``make bench``: an
+    authenticated DRF JSON response with nothing behind it but authentication."""
+
+    allowed_roles = ANY_AUTHENTICATED
+
+    @extend_schema(
+        summary="Who you are: your user name and roles",
+        responses={200: s.MeSerializer, **errors(401)},
+        tags=["auth"],
+    )
+    def get(self, request):
+        return Response(
+            {"username": request.user.get_username(), "roles": sorted(user_roles(request.user))}
+        )
 
 
 # -- cases --------------------------------------------------------------------
@@ -144,8 +220,11 @@ class TokenView(RoleView):
     ),
     post=extend_schema(
         summary="Submit a case (clinician)",
-        description="Multipart: one or more `images` (PNG, JPEG or DICOM), optional `patient_ref` "
-        "and `notes`. Each image's prediction is queued; poll the case.",
+        description="Multipart: one or more `images` (PNG, JPEG or DICOM), optional "
+        "`modality` (`xray`, the default, or `ct`), `patient_ref` and `notes`. Each X-ray's "
+        "prediction, or each CT slice's segmentation, is queued; poll the case. An X-ray "
+        "marked `ct`, a CT slice marked `xray`, a multi-frame CT DICOM and an upload that "
+        "mixes X-rays and CT slices are refused (400/415); nothing is stored.",
         request={"multipart/form-data": s.CaseCreateSerializer},
         responses={201: s.CaseSerializer, **errors(400, 401, 403, 413, 415)},
         tags=["cases"],
@@ -161,7 +240,23 @@ class CaseListCreate(generics.ListAPIView, RoleView):
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation
             return Case.objects.none()
-        return own_cases(self.request.user).with_status()
+        # Rows only: each case's representation comes from apps.api.summaries.
+        return Case.objects.filter(owner=self.request.user)
+
+    def list(self, request, *args, **kwargs):
+        queryset = self.get_queryset().only("pk", "updated_at")
+        if any(name in request.query_params for name in CaseFilter.base_filters):
+            queryset = self.filter_queryset(queryset)
+        page = self.paginate_queryset(queryset) or []
+        paginator = self.paginator
+        assert paginator is not None  # noqa: S101 - the view has a pagination class
+        envelope = paginator.get_paginated_response([]).data
+        return summaries.json_response(
+            summaries.page_body(
+                {k: v for k, v in envelope.items() if k != "results"},
+                summaries.case_summaries(page, request),
+            )
+        )
 
     def post(self, request):
         serializer = s.CaseCreateSerializer(data=request.data)
@@ -172,6 +267,7 @@ class CaseListCreate(generics.ListAPIView, RoleView):
             files=data["images"],
             patient_ref=data["patient_ref"],
             notes=data["notes"],
+            modality=data["modality"],
         )
         case = own_cases(request.user).get(pk=case.pk)
         body = s.CaseSerializer(case, context={"request": request}).data
@@ -186,13 +282,29 @@ class CaseListCreate(generics.ListAPIView, RoleView):
     )
 )
 class CaseDetail(generics.RetrieveAPIView, RoleView):
+    """Conditional GET: the response carries an ETag and Last-Modified (the case's
+    ``updated_at``, which moves with any change of what it shows); a request with a
+    matching ``If-None-Match`` (or, without one, ``If-Modified-Since``) gets 304."""
+
     allowed_roles = (CLINICIAN,)
     serializer_class = s.CaseSerializer
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return Case.objects.none()
-        return own_cases(self.request.user)
+        return Case.objects.filter(owner=self.request.user).only("pk", "updated_at")
+
+    def retrieve(self, request, *args, **kwargs):
+        case = self.get_object()
+        etag = case_etag(case, request.user.pk, summaries.origin_digest(request))
+        last_modified = int(case.updated_at.timestamp())
+        unchanged = get_conditional_response(request, etag=etag, last_modified=last_modified)
+        if unchanged is not None:
+            return unchanged
+        response = summaries.json_response(summaries.case_summaries([case], request)[0])
+        response["ETag"] = etag
+        response["Last-Modified"] = http_date(last_modified)
+        return response
 
 
 # -- images -------------------------------------------------------------------
@@ -244,7 +356,9 @@ class ImageFile(FileView):
     )
     def get(self, request, pk: int):
         image = get_object_or_404(visible_images(request.user), pk=pk)
-        return protected_file_response(image.file, IMAGE_TYPES[image.source_format])
+        response = protected_file_response(image.file, image.content_type)
+        record_download(request, kind="image", target=image)
+        return response
 
 
 class _ImageLungFile(FileView):
@@ -258,7 +372,9 @@ class _ImageLungFile(FileView):
         prediction = lung_prediction(image)
         if prediction is None:
             raise NotFound("This image has no lung mask.")
-        return protected_file_response(getattr(prediction, self.field), "image/png")
+        response = protected_file_response(getattr(prediction, self.field), "image/png")
+        record_download(request, kind=self.field, target=prediction)
+        return response
 
 
 @extend_schema_view(
@@ -281,6 +397,83 @@ class ImageLungMask(_ImageLungFile):
 )
 class ImageLungOutline(_ImageLungFile):
     field = "lung_outline"
+
+
+# -- CT slices: segmentation figures and masks ------------------------------------
+
+
+def _segmentation_of(request, pk: int) -> Segmentation:
+    """The newest segmentation of one of the clinician's own CT slices (404 otherwise)."""
+    image = get_object_or_404(CaseImage.objects.filter(case__owner=request.user), pk=pk)
+    segmentation = image.segmentations.select_related("model_version").order_by("-pk").first()
+    if segmentation is None:
+        raise NotFound("This image is not a CT slice; it has no segmentation.")
+    return segmentation
+
+
+class ImageSegmentation(RoleView):
+    allowed_roles = (CLINICIAN,)
+
+    @extend_schema(
+        summary="A CT slice's segmentation: figures and mask links (clinician, own cases)",
+        description="Lung, ground-glass, consolidation and infected areas (pixels), the "
+        "share of the lung affected (percent, in total and per class), the model version "
+        "and the time taken; `lungs_found` false with a `message` for a slice without lung "
+        "tissue. 404 for an X-ray.",
+        responses={200: s.SegmentationSerializer, **errors(401, 403, 404)},
+        tags=["ct"],
+    )
+    def get(self, request, pk: int):
+        segmentation = _segmentation_of(request, pk)
+        return Response(s.SegmentationSerializer(segmentation, context={"request": request}).data)
+
+
+class ImageSegmentationMask(FileView):
+    allowed_roles = (CLINICIAN,)
+
+    @extend_schema(
+        summary="One mask of a CT slice (PNG at the slice's size; clinician, own cases)",
+        description="`lungs`, `ggo`, `consolidation`, `infection`: 8-bit PNG, 255 inside; "
+        "`lung_outline`: 8-bit PNG, 255 on the lung contour. 404 until the segmentation "
+        "is done.",
+        parameters=[
+            OpenApiParameter("kind", str, OpenApiParameter.PATH, enum=list(CT_MASK_KINDS)),
+        ],
+        responses={(200, "image/png"): OpenApiTypes.BINARY, **errors(401, 403, 404)},
+        tags=["ct"],
+    )
+    def get(self, request, pk: int, kind: str):
+        segmentation = _segmentation_of(request, pk)
+        if kind not in CT_MASK_KINDS:
+            raise NotFound(f"No mask {kind!r}; choose one of {', '.join(CT_MASK_KINDS)}.")
+        field = segmentation.mask_field(kind)
+        if segmentation.status != Segmentation.Status.DONE or not field:
+            raise NotFound("This slice's segmentation is not done; no masks yet.")
+        response = protected_file_response(field, "image/png")
+        record_download(request, kind="ct_mask", target=segmentation)
+        return response
+
+
+class ImageSegmentationRetry(RoleView):
+    allowed_roles = (CLINICIAN,)
+
+    @extend_schema(
+        summary="Retry the failed segmentation of a CT slice (clinician, own cases)",
+        description="202 with the image, its segmentation `pending` again; 409 unless the "
+        "segmentation failed; 404 for an X-ray.",
+        request=None,
+        responses={202: s.ImageSerializer, **errors(401, 403, 404, 409)},
+        tags=["ct"],
+    )
+    def post(self, request, pk: int):
+        segmentation = _segmentation_of(request, pk)
+        try:
+            services.retry_segmentation(segmentation=segmentation, actor=request.user)
+        except services.RetryRefused as exc:
+            raise Conflict(str(exc)) from None
+        image = _images_with_results(CaseImage.objects.filter(pk=pk)).get()
+        body = s.ImageSerializer(image, context={"request": request}).data
+        return Response(body, status=202, headers=_located(request, "image-detail", image.pk))
 
 
 class ImageExplanations(RoleView):
@@ -425,7 +618,9 @@ class ExplanationOverlay(FileView):
         explanation = get_object_or_404(
             _visible_explanations(request.user), pk=pk, status=Explanation.Status.DONE
         )
-        return protected_file_response(explanation.overlay, "image/png")
+        response = protected_file_response(explanation.overlay, "image/png")
+        record_download(request, kind="overlay", target=explanation)
+        return response
 
 
 class ExplanationHeatmap(FileView):
@@ -440,9 +635,11 @@ class ExplanationHeatmap(FileView):
         explanation = get_object_or_404(
             _visible_explanations(request.user), pk=pk, status=Explanation.Status.DONE
         )
-        return protected_file_response(
+        response = protected_file_response(
             explanation.heatmap, NPY_TYPE, download_name=f"explanation-{pk}.npy"
         )
+        record_download(request, kind="heatmap", target=explanation)
+        return response
 
 
 # -- model registry -------------------------------------------------------------
@@ -478,7 +675,7 @@ class ModelVersionPromote(RoleView):
     allowed_roles = (MODEL_ADMIN,)
 
     @extend_schema(
-        summary="Promote a version to production (model admin; audited)",
+        summary="Promote a version to production of its task (model admin; audited)",
         request=s.PromoteRequestSerializer,
         responses={200: s.ModelVersionSerializer, **errors(400, 401, 403, 404, 409, 415)},
         tags=["models"],
@@ -498,15 +695,21 @@ class ModelVersionPromote(RoleView):
 class ModelRollback(RoleView):
     allowed_roles = (MODEL_ADMIN,)
 
+    parser_classes = [JSONParser, FormParser]
+
     @extend_schema(
         summary="Roll production back to the previous version (model admin; audited)",
-        request=None,
-        responses={200: s.ModelVersionSerializer, **errors(401, 403, 409)},
+        description="Within one task (`task`, classification by default): each task has "
+        "its own production version.",
+        request=s.RollbackRequestSerializer,
+        responses={200: s.ModelVersionSerializer, **errors(400, 401, 403, 409, 415)},
         tags=["models"],
     )
     def post(self, request):
+        serializer = s.RollbackRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
         try:
-            version = registry.rollback(actor=request.user)
+            version = registry.rollback(actor=request.user, task=serializer.validated_data["task"])
         except registry.RegistryError as exc:
             raise Conflict(str(exc)) from None
         return Response(s.ModelVersionSerializer(version).data)
@@ -552,3 +755,75 @@ class TrainingRunDetail(generics.RetrieveAPIView, RoleView):
     allowed_roles = (MODEL_ADMIN,)
     serializer_class = s.TrainingRunSerializer
     queryset = TrainingRun.objects.all()
+
+
+# -- datasets and provenance ------------------------------------------------------
+
+
+class ImageProvenance(RoleView):
+    allowed_roles = (MODEL_ADMIN,)
+
+    @extend_schema(
+        summary="Where an image and its label come from (model admin)",
+        description="The stored file's SHA-256 (and a DICOM upload's de-identified "
+        "original's) against the hash recorded at upload, upload time and uploader role; "
+        "each prediction with its model version and preprocessing; each explanation with "
+        "method, parameters and explainer version; each reader's verdict with its note, "
+        "the adjudication and the confirmed label; the label's history; the snapshots "
+        "that hold the image. No patient reference.",
+        responses={200: s.ProvenanceSerializer, **errors(401, 403, 404)},
+        tags=["datasets"],
+    )
+    def get(self, request, pk: int):
+        from apps.cases.provenance import image_provenance
+
+        image = get_object_or_404(CaseImage, pk=pk)
+        return Response(s.ProvenanceSerializer(image_provenance(image)).data)
+
+
+@extend_schema_view(
+    get=extend_schema(
+        summary="Dataset snapshots with their counts and changes (model admin)",
+        responses={200: s.SnapshotSerializer(many=True), **errors(400, 401, 403, 404)},
+        tags=["datasets"],
+    )
+)
+class SnapshotList(generics.ListAPIView, RoleView):
+    allowed_roles = (MODEL_ADMIN,)
+    serializer_class = s.SnapshotSerializer
+    queryset = DatasetSnapshot.objects.all()
+
+
+@extend_schema_view(
+    get=extend_schema(
+        summary="One dataset snapshot: counts by split x class x source, changes (model admin)",
+        responses={200: s.SnapshotSerializer, **errors(401, 403, 404)},
+        tags=["datasets"],
+    )
+)
+class SnapshotDetail(generics.RetrieveAPIView, RoleView):
+    allowed_roles = (MODEL_ADMIN,)
+    serializer_class = s.SnapshotSerializer
+    queryset = DatasetSnapshot.objects.all()
+
+
+class SnapshotExport(FileView):
+    allowed_roles = (MODEL_ADMIN,)
+
+    @extend_schema(
+        summary="The snapshot as a zip that `python -m ml train --data` reads (model admin)",
+        description="`labels.csv` (path, label, patient, source, split, sha256), `images/`, "
+        "and `manifest.json` with every file's SHA-256 and each label's provenance. "
+        "Audited (`dataset.export`).",
+        responses={(200, "application/zip"): OpenApiTypes.BINARY, **errors(401, 403, 404, 409)},
+        tags=["datasets"],
+    )
+    def get(self, request, pk: int):
+        from apps.models.dataset_views import zip_response
+        from apps.models.export import ExportError
+
+        snapshot = get_object_or_404(DatasetSnapshot, pk=pk)
+        try:
+            return zip_response(snapshot, request.user)
+        except ExportError as exc:
+            raise Conflict(str(exc)) from None

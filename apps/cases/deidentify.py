@@ -1,28 +1,38 @@
-"""De-identify a DICOM dataset before anything of it is stored.
+"""De-identify an upload before anything of it is stored.
 
-Follows the DICOM PS3.15 Annex E *Basic Application Level Confidentiality
-Profile* as far as it applies to a single radiograph, with the *Retain
-Longitudinal Temporal Information with Modified Dates* option (dates are
-shifted by a per-patient offset instead of removed, so follow-up order
-survives):
+**DICOM** (``deidentify``): an allow-list, not a deny-list. Of the uploaded
+dataset only what the platform needs is kept (``KEEP``): the image pixel
+module, the modality / VOI / presentation LUT attributes, Modality,
+BodyPartExamined, ViewPosition, the SOP Class, the study, series, instance and
+frame-of-reference UIDs (replaced), the study, series, acquisition and content
+dates and times (shifted), the patient's name and ID (replaced by the
+pseudonym) and the attributes that record the de-identification. Everything
+else goes: every other public attribute, private attributes, overlays and
+curves, and every attribute of a kept sequence item but the LUT's own data.
+This is stricter than the PS3.15 Annex E Basic Application Level
+Confidentiality Profile with the *Retain Longitudinal Temporal Information with
+Modified Dates* option, which it records having applied:
 
-- attributes of Table E.1-1 that identify people, places or requests are
-  removed (X) or emptied (Z); the patient's name and ID are replaced (D) by a
-  pseudonym, a keyed hash (HMAC-SHA256 with ``CXR_PSEUDONYM_KEY``) of the
-  original patient ID, so the same patient gets the same reference without
-  the ID being stored anywhere;
-- UIDs are replaced (U) by new ones derived from the same key, consistently
-  within and across uploads (a study's images stay one study);
-- every date (DA, DT) is shifted back by 1 to 3650 days, the same for one
-  patient; the birth date is removed;
-- private tags, overlays and curves (groups 50xx, 60xx) are removed;
-- nested sequences are walked, and any person name (PN) left is emptied;
-- PatientIdentityRemoved = YES, DeidentificationMethod and its code
-  sequence record what was done; the file preamble and meta header are
-  rebuilt, so nothing of the original header survives outside the dataset.
+- the patient's name and ID become a pseudonym, a keyed hash (HMAC-SHA256 with
+  ``CXR_PSEUDONYM_KEY``) of the original patient ID, so the same patient gets
+  the same reference without the ID being stored anywhere ("" without an ID);
+- UIDs are replaced by new ones derived from the same key, consistently within
+  and across uploads (a study's images stay one study);
+- dates and times move back together by one offset of 1 to 3650 days plus
+  1 to 86399 seconds (so the time of day changes too): the same offset for
+  every upload of one patient (keyed hash of the patient ID), a random one for
+  each upload without a patient ID. A date without its time is shifted as at
+  midnight; a time without its date, or a value that cannot be read, is removed;
+- PatientIdentityRemoved = YES, DeidentificationMethod and its code sequence
+  record what was done; the file preamble and meta header are rebuilt, so
+  nothing of the original header survives outside the dataset.
 
-Pixel data are kept as they are; an image that declares burned-in
-annotations is refused before this point (apps.cases.validation).
+Pixel data are kept as they are; an image that declares burned-in annotations
+is refused before this point (apps.cases.validation).
+
+**PNG / JPEG** (``picture_without_metadata``): the decoded pixels are written
+into a new PNG, so no text chunk, EXIF, XMP, comment or ICC profile of the
+upload survives, and the original bytes are never stored.
 """
 
 from __future__ import annotations
@@ -31,81 +41,54 @@ import datetime as dt
 import hashlib
 import hmac
 import io
+import re
+import secrets
 
-from pydicom.datadict import tag_for_keyword
+import numpy as np
+from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, generate_uid
 
 # LO: at most 64 characters. The code sequence below names the profile and option in full.
-METHOD = "PS3.15 Basic Profile, Modified Dates option (cxrplatform v1)"
+METHOD = "Allow-list; PS3.15 Basic Profile, Modified Dates (cxrplatform 2)"
 PSEUDONYM_PREFIX = "PX-"
 
-# Table E.1-1 actions for attributes a chest radiograph may carry.
-# D: replaced with a dummy (the pseudonym).
-REPLACE = {"PatientName", "PatientID"}
-# Z: kept, emptied (type 2 attributes).
-EMPTY = {
-    "AccessionNumber", "ContentCreatorName", "FillerOrderNumberImagingServiceRequest",
-    "PatientSex", "PlacerOrderNumberImagingServiceRequest", "ReferringPhysicianName",
-    "StudyID", "RequestingPhysician", "VerifyingObserverName",
+# What is kept of an uploaded dataset (top level), by keyword.
+PIXELS = {
+    # Image pixel module and what decoding needs.
+    "SamplesPerPixel", "PhotometricInterpretation", "Rows", "Columns", "BitsAllocated",
+    "BitsStored", "HighBit", "PixelRepresentation", "PlanarConfiguration", "PixelAspectRatio",
+    "SmallestImagePixelValue", "LargestImagePixelValue", "PixelPaddingValue",
+    "PixelPaddingRangeLimit", "NumberOfFrames", "PixelData", "ExtendedOffsetTable",
+    "ExtendedOffsetTableLengths", "LossyImageCompression", "LossyImageCompressionRatio",
+    "LossyImageCompressionMethod", "BurnedInAnnotation",
+    # Modality LUT, VOI LUT, presentation LUT.
+    "RescaleIntercept", "RescaleSlope", "RescaleType", "ModalityLUTSequence", "WindowCenter",
+    "WindowWidth", "VOILUTFunction", "VOILUTSequence", "PresentationLUTShape",
+    "PresentationLUTSequence",
 }  # fmt: skip
-# X: removed.
-REMOVE = {
-    "AcquisitionComments", "AcquisitionDeviceProcessingDescription",
-    "ActualHumanPerformersSequence", "AdditionalPatientHistory", "AdmissionID",
-    "AdmittingDate", "AdmittingDiagnosesCodeSequence", "AdmittingDiagnosesDescription",
-    "AdmittingTime", "Allergies", "AuthorObserverSequence", "BranchOfService",
-    "CommentsOnThePerformedProcedureStep", "ConfidentialityConstraintOnPatientDataDescription",
-    "ContributionDescription", "CountryOfResidence", "CurrentPatientLocation",
-    "CustodialOrganizationSequence", "DataSetTrailingPadding", "DerivationDescription",
-    "DeviceSerialNumber", "DigitalSignaturesSequence", "DischargeDiagnosisDescription",
-    "DistributionAddress", "DistributionName", "EthnicGroup", "FrameComments", "GantryID",
-    "GeneratorID", "HumanPerformerName", "HumanPerformerOrganization", "IconImageSequence",
-    "IdentifyingComments", "ImageComments", "ImagePresentationComments",
-    "ImagingServiceRequestComments", "Impressions", "InstitutionAddress",
-    "InstitutionalDepartmentName", "InstitutionCodeSequence", "InstitutionName",
-    "IssuerOfAdmissionID", "IssuerOfPatientID", "LastMenstrualDate", "MedicalAlerts",
-    "MedicalRecordLocator", "MilitaryRank", "ModifiedAttributesSequence", "ModifyingDeviceID",
-    "NameOfPhysiciansReadingStudy", "NamesOfIntendedRecipientsOfResults", "Occupation",
-    "OperatorIdentificationSequence", "OperatorsName", "OrderCallbackPhoneNumber",
-    "OrderEnteredBy", "OrderEntererLocation", "OriginalAttributesSequence",
-    "OtherPatientIDs", "OtherPatientIDsSequence", "OtherPatientNames", "ParticipantSequence",
-    "PatientAddress", "PatientAge", "PatientBirthDate", "PatientBirthName", "PatientBirthTime",
-    "PatientComments", "PatientInsurancePlanCodeSequence", "PatientMotherBirthName",
-    "PatientPrimaryLanguageCodeSequence", "PatientReligiousPreference", "PatientSexNeutered",
-    "PatientSize", "PatientState", "PatientTelecomInformation", "PatientTelephoneNumbers",
-    "PatientTransportArrangements", "PatientWeight", "PerformedLocation",
-    "PerformedProcedureStepDescription", "PerformedProcedureStepID",
-    "PerformingPhysicianIdentificationSequence", "PerformingPhysicianName", "PersonAddress",
-    "PersonName", "PersonTelephoneNumbers", "PhysicianApprovingInterpretation",
-    "PhysiciansOfRecord", "PhysiciansOfRecordIdentificationSequence",
-    "PhysiciansReadingStudyIdentificationSequence", "PlateID", "PreMedication",
-    "PregnancyStatus", "ProtocolName", "ReasonForStudy", "ReasonForTheImagingServiceRequest",
-    "ReferencedPatientAliasSequence", "ReferencedPatientSequence",
-    "ReferringPhysicianAddress", "ReferringPhysicianIdentificationSequence",
-    "ReferringPhysicianTelephoneNumbers", "RegionOfResidence", "RequestAttributesSequence",
-    "RequestedContrastAgent", "RequestedProcedureComments", "RequestedProcedureDescription",
-    "RequestedProcedureID", "RequestedProcedureLocation", "RequestingService",
-    "ResponsibleOrganization", "ResponsiblePerson", "ResultsComments",
-    "ResultsDistributionListSequence", "ResultsIDIssuer", "ScheduledHumanPerformersSequence",
-    "ScheduledPatientInstitutionResidence", "ScheduledPerformingPhysicianIdentificationSequence",
-    "ScheduledPerformingPhysicianName", "ScheduledProcedureStepDescription",
-    "SeriesDescription", "ServiceEpisodeDescription", "ServiceEpisodeID", "SmokingStatus",
-    "SpecialNeeds", "StationName", "StudyComments", "StudyDescription", "TextComments",
-    "TextString", "TopicAuthor", "TopicKeywords", "TopicSubject", "TopicTitle",
-    "VerifyingObserverIdentificationCodeSequence", "VerifyingObserverSequence",
-    "VerifyingOrganization", "VisitComments", "InstanceCreatorUID", "StorageMediaFileSetUID",
-    "MediaStorageSOPInstanceUID", "DeviceUID",
+DESCRIPTION = {"SOPClassUID", "Modality", "BodyPartExamined", "ViewPosition"}
+REPLACED_UIDS = {"SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"}
+DATE_TIMES = {  # date -> its time
+    "StudyDate": "StudyTime",
+    "SeriesDate": "SeriesTime",
+    "AcquisitionDate": "AcquisitionTime",
+    "ContentDate": "ContentTime",
+}
+DATETIMES = {"AcquisitionDateTime"}
+PSEUDONYMISED = {"PatientName", "PatientID"}
+RECORD = {
+    "PatientIdentityRemoved", "LongitudinalTemporalInformationModified",
+    "DeidentificationMethod", "DeidentificationMethodCodeSequence",
 }  # fmt: skip
-KEEP_UID = {"SOPClassUID", "TransferSyntaxUID", "ReferencedSOPClassUID", "CodingSchemeUID"}
-
-
-def _tags(keywords: set[str]) -> set[int]:
-    return {tag for tag in (tag_for_keyword(k) for k in keywords) if tag is not None}
-
-
-REPLACE_TAGS, EMPTY_TAGS, REMOVE_TAGS = _tags(REPLACE), _tags(EMPTY), _tags(REMOVE)
+KEEP = (
+    PIXELS | DESCRIPTION | REPLACED_UIDS | set(DATE_TIMES) | set(DATE_TIMES.values())
+    | DATETIMES | PSEUDONYMISED | RECORD
+)  # fmt: skip
+# What is kept inside an item of a kept LUT sequence (LUTExplanation is free text: dropped).
+LUT_ITEM_KEEP = {"LUTDescriptor", "LUTData", "ModalityLUTType"}
+MAX_SHIFT_DAYS = 3650
 
 
 def _keyed(key: str, purpose: str, value: str) -> str:
@@ -120,46 +103,84 @@ def pseudonym_for(patient_id: str, *, key: str) -> str:
     return PSEUDONYM_PREFIX + _keyed(key, "patient", patient_id)[:20].upper()
 
 
-def _shift_date(value: str, days: int) -> str:
-    text = value.strip()
-    if len(text) < 8 or not text[:8].isdigit():
-        return ""  # a date that cannot be shifted is removed
+def date_offset(patient_id: str, *, key: str) -> dt.timedelta:
+    """How far back a patient's dates and times move: 1-3650 days and 1-86399 seconds.
+
+    The same for every upload of one patient (keyed hash of the ID); random for
+    each call without an ID, so unrelated anonymous uploads share no offset."""
+    patient_id = patient_id.strip()
+    if patient_id:
+        digest = _keyed(key, "dates", patient_id)
+        days, seconds = int(digest[:8], 16), int(digest[8:16], 16)
+    else:
+        days, seconds = secrets.randbelow(2**32), secrets.randbelow(2**32)
+    return dt.timedelta(days=1 + days % MAX_SHIFT_DAYS, seconds=1 + seconds % 86399)
+
+
+_TIME = re.compile(r"^(\d{2})(?::?(\d{2})(?::?(\d{2})(\.\d{1,6})?)?)?$")
+_DATETIME = re.compile(r"^(\d{8})(\d{2})?(\d{2})?(\d{2})?(\.\d{1,6})?([+-]\d{4})?$")
+
+
+def _parse_date(value: str) -> dt.date | None:
+    text = value.strip().replace(".", "")  # pre-1993 "YYYY.MM.DD"
+    if not re.fullmatch(r"\d{8}", text):
+        return None
     try:
-        shifted = dt.date(int(text[:4]), int(text[4:6]), int(text[6:8])) - dt.timedelta(days)
+        return dt.date(int(text[:4]), int(text[4:6]), int(text[6:8]))
     except ValueError:
-        return ""
-    return shifted.strftime("%Y%m%d") + text[8:]
+        return None
 
 
-def _clean(dataset: Dataset, *, key: str, pseudonym: str, days: int) -> None:
-    for element in list(dataset):
-        tag = int(element.tag)
-        group = tag >> 16
-        if (
-            element.tag.is_private
-            or tag in REMOVE_TAGS
-            or 0x5000 <= group <= 0x50FF
-            or (0x6000 <= group <= 0x60FF and (tag & 0xFFFF) in (0x3000, 0x4000))
-            or element.VR == "UN"
-        ):
-            del dataset[element.tag]
-            continue
-        if tag in REPLACE_TAGS:
-            element.value = pseudonym
-        elif tag in EMPTY_TAGS:
-            element.value = None
-        elif element.VR == "SQ":
-            for item in element.value or []:
-                _clean(item, key=key, pseudonym=pseudonym, days=days)
-        elif element.VR == "PN":
-            element.value = None
-        elif element.VR in ("DA", "DT") and element.value:
-            if element.VM > 1:
-                element.value = [_shift_date(str(v), days) for v in element.value]
-            else:
-                element.value = _shift_date(str(element.value), days)
-        elif element.VR == "UI" and element.value and element.keyword not in KEEP_UID:
-            element.value = _new_uid(key, str(element.value))
+def _parse_time(value: str) -> tuple[dt.time, str] | None:
+    """The time of a TM value and its fraction as written ("" or ".FFFFFF")."""
+    match = _TIME.match(value.strip())
+    if match is None:
+        return None
+    hour, minute, second, fraction = match.groups()
+    try:
+        parsed = dt.time(int(hour), int(minute or 0), min(int(second or 0), 59))
+    except ValueError:
+        return None
+    return parsed, fraction or ""
+
+
+def _shifted_time(moment: dt.datetime, fraction: str) -> str:
+    return moment.strftime("%H%M%S") + fraction
+
+
+def _shift_date_time(dataset: Dataset, date_kw: str, time_kw: str, offset: dt.timedelta) -> None:
+    date_value = dataset.get(date_kw)
+    time_value = dataset.get(time_kw)
+    date = _parse_date(str(date_value)) if date_value else None
+    if date is None:
+        # Nothing to shift a time against: a time without its date goes too.
+        for keyword in (date_kw, time_kw):
+            if keyword in dataset:
+                del dataset[keyword]
+        return
+    time = _parse_time(str(time_value)) if time_value else None
+    moment = dt.datetime.combine(date, time[0] if time else dt.time()) - offset
+    setattr(dataset, date_kw, moment.strftime("%Y%m%d"))
+    if time is not None:
+        setattr(dataset, time_kw, _shifted_time(moment, time[1]))
+    elif time_kw in dataset:
+        del dataset[time_kw]
+
+
+def _shift_datetime(value: str, offset: dt.timedelta) -> str | None:
+    match = _DATETIME.match(value.strip())
+    if match is None:
+        return None
+    day, hour, minute, second, fraction, zone = match.groups()
+    date = _parse_date(day)
+    if date is None:
+        return None
+    try:
+        time = dt.time(int(hour or 0), int(minute or 0), min(int(second or 0), 59))
+    except ValueError:
+        return None
+    moment = dt.datetime.combine(date, time) - offset
+    return moment.strftime("%Y%m%d%H%M%S") + (fraction or "") + (zone or "")
 
 
 def _new_uid(key: str, uid: str) -> str:
@@ -168,12 +189,44 @@ def _new_uid(key: str, uid: str) -> str:
     return "2.25." + str(int(_keyed(key, "uid", uid)[:32], 16))
 
 
-def deidentify(dataset: Dataset, *, key: str) -> tuple[bytes, str]:
-    """De-identify ``dataset`` in place; return (the DICOM file's bytes, the pseudonym)."""
+def _keep_only(dataset: Dataset, keep: set[str]) -> None:
+    """Delete every element whose keyword is not in ``keep`` (private, unknown,
+    overlay and curve elements have no keyword in it)."""
+    for element in list(dataset):
+        if element.tag.is_private or element.keyword not in keep:
+            del dataset[element.tag]
+
+
+def deidentify(dataset: Dataset, *, key: str, stored: bool = False) -> tuple[bytes, str]:
+    """De-identify ``dataset`` in place; return (the DICOM file's bytes, the pseudonym).
+
+    ``stored``: the dataset is one this platform stored before (its PatientID is
+    already the pseudonym, and stays it; its dates move once more, by the
+    pseudonym's offset, which is again one offset per patient)."""
     original_id = str(dataset.get("PatientID") or "")
-    pseudonym = pseudonym_for(original_id, key=key)
-    days = 1 + int(_keyed(key, "dates", original_id or "no-id")[:8], 16) % 3650
-    _clean(dataset, key=key, pseudonym=pseudonym, days=days)
+    pseudonym = original_id.strip() if stored else pseudonym_for(original_id, key=key)
+    offset = date_offset(original_id, key=key)
+    old_meta = dataset.get("file_meta") or FileMetaDataset()
+
+    _keep_only(dataset, KEEP)
+    for keyword in ("ModalityLUTSequence", "VOILUTSequence", "PresentationLUTSequence"):
+        for item in dataset.get(keyword) or []:
+            _keep_only(item, LUT_ITEM_KEEP)
+    for keyword in REPLACED_UIDS:
+        if dataset.get(keyword):
+            setattr(dataset, keyword, _new_uid(key, str(dataset[keyword].value)))
+    for date_kw, time_kw in DATE_TIMES.items():
+        _shift_date_time(dataset, date_kw, time_kw, offset)
+    for keyword in DATETIMES:
+        if keyword in dataset:
+            shifted = _shift_datetime(str(dataset[keyword].value or ""), offset)
+            if shifted is None:
+                del dataset[keyword]
+            else:
+                setattr(dataset, keyword, shifted)
+
+    dataset.PatientName = pseudonym
+    dataset.PatientID = pseudonym
     dataset.PatientIdentityRemoved = "YES"
     dataset.LongitudinalTemporalInformationModified = "MODIFIED"
     dataset.DeidentificationMethod = METHOD
@@ -181,10 +234,7 @@ def deidentify(dataset: Dataset, *, key: str) -> tuple[bytes, str]:
         [_code("113100", "Basic Application Confidentiality Profile"),
          _code("113107", "Retain Longitudinal Temporal Information Modified Dates Option")]
     )  # fmt: skip
-    dataset.PatientName = pseudonym
-    dataset.PatientID = pseudonym
 
-    old_meta = dataset.file_meta
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = dataset.get("SOPClassUID") or old_meta.get(
         "MediaStorageSOPClassUID"
@@ -208,3 +258,57 @@ def _code(value: str, meaning: str) -> Dataset:
     item.CodingSchemeDesignator = "DCM"
     item.CodeMeaning = meaning
     return item
+
+
+# -- PNG / JPEG ------------------------------------------------------------------------
+
+DEEP_MODES = {"I;16", "I;16B", "I;16L", "I", "F"}
+
+
+def _pixels_only(image: Image.Image) -> Image.Image:
+    """A new image with ``image``'s pixels and nothing else (an empty ``info``), in a
+    mode a PNG stores, such that ml.data.preprocess.to_unit_gray gives what it gives
+    for ``image``: deep grayscale stays 16-bit, transparency is composited on black."""
+    mode = image.mode
+    if mode in DEEP_MODES:
+        values = np.asarray(image)
+        if values.dtype != np.uint16 and (values.min() < 0 or values.max() > 65535):
+            low, high = float(values.min()), float(values.max())
+            values = (values - low) / (high - low) * 65535 if high > low else values * 0
+        values = np.round(values).astype(np.uint16)
+        return Image.frombytes("I;16", image.size, values.astype("<u2").tobytes())
+    if mode in {"RGBA", "LA", "PA"} or (mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+        mode = "L" if mode == "LA" else "RGB"
+    elif mode not in {"L", "RGB"}:
+        mode = "L" if mode == "1" else "RGB"
+    pixels = image.convert(mode) if image.mode != mode else image.copy()
+    pixels.info = {}  # PNG save would carry over an ICC profile, transparency, dpi...
+    return pixels
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PIXEL_CHUNKS = {b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND"}
+
+
+def is_pixels_only_png(data: bytes) -> bool:
+    """Whether ``data`` is a PNG with no chunk but the pixels' own (no text, EXIF,
+    XMP, ICC profile, time or physical-size chunk)."""
+    if not data.startswith(PNG_SIGNATURE):
+        return False
+    position = len(PNG_SIGNATURE)
+    while position + 8 <= len(data):
+        length = int.from_bytes(data[position : position + 4], "big")
+        if data[position + 4 : position + 8] not in PIXEL_CHUNKS:
+            return False
+        position += 12 + length
+    return True
+
+
+def picture_without_metadata(image: Image.Image) -> bytes:
+    """The decoded picture (EXIF orientation already applied) as a new PNG: the pixels
+    only, with no text chunk, EXIF, XMP, comment or ICC profile of the upload."""
+    buffer = io.BytesIO()
+    _pixels_only(image).save(buffer, format="PNG")
+    return buffer.getvalue()

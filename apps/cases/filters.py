@@ -11,7 +11,7 @@ from apps.cases.models import LABEL_CHOICES, VERDICT_CHOICES, Case
 class CaseFilter(django_filters.FilterSet):
     status = django_filters.ChoiceFilter(
         choices=Case.STATUS_CHOICES,
-        field_name="derived_status",
+        method="filter_status",
         label="Status",
         empty_label="Any status",
     )
@@ -45,6 +45,11 @@ class CaseFilter(django_filters.FilterSet):
         model = Case
         fields = ["status", "label", "expert_label", "created_after", "created_before"]
 
+    def filter_status(self, queryset, name, value):
+        # The status is derived from the jobs (Case.status); the annotation that computes
+        # it in SQL is built only when asked for (building it costs ~10 ms per request).
+        return queryset.with_status().filter(derived_status=value)
+
     def filter_label(self, queryset, name, value):
         # Any image of the case whose finished prediction carries the label.
         return queryset.filter(
@@ -53,5 +58,5 @@ class CaseFilter(django_filters.FilterSet):
 
 
 def filter_cases(queryset, params) -> CaseFilter:
-    """Bind the filter to a ``with_status()`` queryset; callers check ``is_valid()``."""
-    return CaseFilter(params, queryset=queryset.with_status())
+    """Bind the filter to ``queryset``; callers check ``is_valid()``."""
+    return CaseFilter(params, queryset=queryset)

@@ -1,5 +1,7 @@
 from django import forms
 
+from apps.cases.models import Modality
+
 
 class MultipleFileInput(forms.ClearableFileInput):
     allow_multiple_selected = True
@@ -26,7 +28,20 @@ class MultipleFileField(forms.FileField):
 
 
 class CaseUploadForm(forms.Form):
-    images = MultipleFileField(label="Chest X-ray images (PNG, JPEG or DICOM)")
+    modality = forms.ChoiceField(
+        label="Kind of study",
+        choices=Modality.choices,
+        initial=Modality.XRAY,
+        required=False,
+        widget=forms.RadioSelect,
+        help_text="A DICOM file's own Modality decides for it (CT slices are segmented, "
+        "X-rays classified); mark PNG and JPEG CT slices as CT.",
+    )
+    images = MultipleFileField(label="Chest X-ray images (PNG, JPEG or DICOM) or CT slices")
+
+    def clean_modality(self) -> str:
+        return self.cleaned_data.get("modality") or Modality.XRAY
+
     patient_ref = forms.CharField(
         label="Pseudonymous patient reference",
         max_length=64,

@@ -1,9 +1,11 @@
-"""Run one prediction job (worker code: imports ml and TensorFlow lazily)."""
+"""Run one prediction job (worker code: imports ml lazily; on the default LiteRT runtime,
+never TensorFlow)."""
 
 from __future__ import annotations
 
 import logging
 
+from django.conf import settings
 from django.db import transaction
 
 from apps.cases.lungs import lungs_for_classifier, segment_lungs
@@ -44,7 +46,8 @@ def run_prediction(*, prediction_id: int) -> Prediction | None:
             raise NoProductionModelError(
                 "No production model is registered; a model admin must promote one."
             )
-        classifier = classifier_for(version)
+        # LiteRT by default: the inference worker never imports TensorFlow.
+        classifier = classifier_for(version, runtime=settings.CXR_INFERENCE_RUNTIME)
         try:
             with prediction.image.file.open("rb") as fh:
                 # TEMPORARY: open_image's BinaryIO refuses a FieldFile (IO[bytes] would take it).

@@ -1,9 +1,10 @@
 """Lung fields of uploaded images: segmented by the worker, read by explanations and views.
 
-The segmenter (``ml.lungs.segmenter``, TensorFlow) is loaded once per worker
-process, like the classifier, and only inside worker functions: this module is
-imported by the web process too (for :func:`lung_mask_of` and
-:func:`mass_in_lungs`, which are NumPy only).
+The segmenter (``ml.lungs.segmenter``) is loaded once per worker process, like the
+classifier, and only inside worker functions: this module is imported by the web
+process too (for :func:`lung_mask_of` and :func:`mass_in_lungs`, which are NumPy
+only). The inference worker runs it on ``CXR_INFERENCE_RUNTIME`` (LiteRT by default:
+no TensorFlow in that process; Keras when the ``.tflite`` beside the model is missing).
 
 Segmentation must never fail a prediction: :func:`segment_lungs` turns every
 error into a recorded message and the classification goes on.
@@ -39,24 +40,43 @@ _lock = threading.Lock()
 _segmenters: dict[str, LungSegmenter] = {}
 
 
-def segmenter() -> LungSegmenter | None:
+def segmenter(runtime: str | None = None) -> LungSegmenter | None:
     """The lung segmenter named by CXR_LUNG_MODEL, loaded once per process; None when off.
 
-    The model card's sha256, when it records one, is checked on load, so a
-    replaced or corrupted file is refused rather than used.
+    ``runtime``: "litert" or "keras" (default ``CXR_INFERENCE_RUNTIME``). The model
+    card's sha256, when it records one, is checked on load (for LiteRT: the ``.tflite``
+    must have been converted from exactly that Keras file), so a replaced or corrupted
+    file is refused rather than used. Without a ``.tflite`` beside the model, LiteRT
+    falls back to Keras with a warning.
     """
     path = settings.CXR_LUNG_MODEL
     if path is None:
         return None
-    key = str(path)
+    runtime = runtime or settings.CXR_INFERENCE_RUNTIME
+    key = f"{path}:{runtime}"
     with _lock:
         if key not in _segmenters:
             from ml.lungs.segmenter import LungSegmenter
             from ml.models.artifacts import read_card
+            from ml.serving.runtime import lite_path_for
 
             expected = read_card(path).get("sha256")
-            log.info("loading the lung segmenter %s", path)
-            _segmenters[key] = LungSegmenter.load(Path(path), expected_sha256=expected)
+            if runtime == "litert" and not lite_path_for(path).is_file():
+                log.warning(
+                    "no %s beside %s (`python -m ml lite-convert`); segmenting with Keras",
+                    lite_path_for(path).name,
+                    path,
+                )
+                runtime = "keras"
+            log.info("loading the lung segmenter %s (%s)", path, runtime)
+            if runtime == "litert":
+                _segmenters[key] = LungSegmenter.load_lite(
+                    Path(path),
+                    expected_sha256=expected,
+                    num_threads=settings.CXR_INFERENCE_THREADS,
+                )
+            else:
+                _segmenters[key] = LungSegmenter.load(Path(path), expected_sha256=expected)
         return _segmenters[key]
 
 
@@ -149,7 +169,7 @@ def segment_lungs(image: Image.Image) -> LungFields:
         return LungFields(
             found=None,
             message=f"Lung segmentation failed ({type(exc).__name__}: {exc}).",
-            version=getattr(_segmenters.get(str(settings.CXR_LUNG_MODEL)), "version", ""),
+            version=next((s.version for s in _segmenters.values()), ""),
         )
     if not result.found:
         # No mask is kept for an implausible result: nothing downstream should

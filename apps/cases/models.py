@@ -16,11 +16,18 @@ UNUSABLE = "unusable"
 VERDICT_CHOICES = [*LABEL_CHOICES, (UNUSABLE, "Unusable image")]
 
 
+class Modality(models.TextChoices):
+    """What kind of study a case is: every image of a case is of its one modality."""
+
+    XRAY = "xray", "Chest X-ray"
+    CT = "ct", "Chest CT slices"
+
+
 def _image_upload_to(instance: CaseImage, filename: str) -> str:
     # Random names: the original file name may carry patient identifiers.
-    # A DICOM upload's `file` is its PNG rendition; the DICOM itself is `original`.
-    ext = {"png": "png", "jpeg": "jpg", "dicom": "png"}.get(instance.source_format, "bin")
-    return f"cases/{timezone.now():%Y/%m}/{uuid.uuid4().hex}.{ext}"
+    # Every upload's `file` is a PNG of its decoded pixels (apps.cases.deidentify);
+    # a DICOM upload's de-identified DICOM is `original`.
+    return f"cases/{timezone.now():%Y/%m}/{uuid.uuid4().hex}.png"
 
 
 def _original_upload_to(instance: CaseImage, filename: str) -> str:
@@ -32,30 +39,61 @@ def _lung_upload_to(instance: Prediction, filename: str) -> str:
     return f"lungs/{timezone.now():%Y/%m}/{uuid.uuid4().hex}.png"
 
 
+def _ct_mask_upload_to(instance: Segmentation, filename: str) -> str:
+    # The mask PNGs of a CT slice's segmentation.
+    return f"ct-masks/{timezone.now():%Y/%m}/{uuid.uuid4().hex}.png"
+
+
 class CaseQuerySet(models.QuerySet["Case"]):
     def with_status(self) -> CaseQuerySet:
         """Annotate ``derived_status``, the same rule as ``Case.status``, for filtering in SQL."""
         predictions = Prediction.objects.filter(image__case=models.OuterRef("pk"))
+        segmentations = Segmentation.objects.filter(image__case=models.OuterRef("pk"))
         active = [Prediction.Status.PENDING, Prediction.Status.RUNNING]
+
+        def any_job(**filters: object) -> models.Q:
+            return models.Q(models.Exists(predictions.filter(**filters))) | models.Q(
+                models.Exists(segmentations.filter(**filters))
+            )
+
         return self.annotate(
             derived_status=models.Case(
-                models.When(~models.Exists(predictions), then=models.Value("pending")),
-                models.When(
-                    models.Exists(predictions.filter(status__in=active)),
-                    then=models.Value("processing"),
-                ),
-                models.When(
-                    models.Exists(predictions.filter(status=Prediction.Status.FAILED)),
-                    then=models.Value("failed"),
-                ),
+                models.When(~any_job(), then=models.Value("pending")),
+                models.When(any_job(status__in=active), then=models.Value("processing")),
+                models.When(any_job(status=Prediction.Status.FAILED), then=models.Value("failed")),
                 default=models.Value("done"),
                 output_field=models.CharField(),
             )
         )
 
 
+class CaseManager(models.Manager.from_queryset(CaseQuerySet)):  # type: ignore[misc]
+    """Cases not deleted: a deleted case disappears from every page, list and API at once
+    (its files and rows are purged later, ``apps.cases.retention``)."""
+
+    def get_queryset(self) -> CaseQuerySet:
+        return super().get_queryset().filter(deleted_at__isnull=True)
+
+
+class CaseImageManager(models.Manager["CaseImage"]):
+    """Images of cases not deleted (labelling queues, snapshots, the API, the pages)."""
+
+    def get_queryset(self) -> models.QuerySet[CaseImage]:
+        return super().get_queryset().filter(case__deleted_at__isnull=True)
+
+
+class AllCaseImagesManager(models.Manager["CaseImage"]):
+    """Every image, of deleted cases too (retention)."""
+
+
 class Case(models.Model):
-    """One clinical submission: one or more images of the same patient."""
+    """One clinical submission: one or more images of the same patient, of one modality.
+
+    The modality is the case's, not each image's: a case is one study read by one
+    model (X-rays by the classifier, CT slices by the CT segmenter), so its page, its
+    status and its API representation have one shape, and an upload that mixes
+    X-rays and CT slices is refused (apps.cases.services).
+    """
 
     STATUS_CHOICES = [
         ("pending", "Waiting"),
@@ -73,10 +111,25 @@ class Case(models.Model):
         help_text="Pseudonymous patient reference (never a name or a hospital ID).",
     )
     notes = models.TextField(blank=True, max_length=5000)
+    modality = models.CharField(
+        max_length=10,
+        choices=Modality.choices,
+        default=Modality.XRAY,
+        help_text="Chest X-rays (classified) or axial chest CT slices (segmented).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    deleted_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        db_index=True,
+        help_text="Deleted by its clinician: hidden everywhere; files and rows are purged "
+        "CXR_DELETED_CASE_RETENTION_DAYS later (apps.cases.retention).",
+    )
 
-    objects = CaseQuerySet.as_manager()
+    # The default manager hides deleted cases; `all_objects` sees them (retention, backups).
+    objects = CaseManager()
+    all_objects = CaseQuerySet.as_manager()
 
     class Meta:
         ordering = ("-created_at",)
@@ -85,9 +138,19 @@ class Case(models.Model):
         return f"Case {self.pk}"
 
     @property
+    def is_ct(self) -> bool:
+        return self.modality == Modality.CT
+
+    @property
     def status(self) -> str:
-        """Derived from the predictions, so it can never disagree with them."""
-        statuses = {p.status for image in self.images.all() for p in image.predictions.all()}
+        """Derived from the jobs (predictions, CT segmentations), so it can never disagree
+        with them."""
+        statuses = {
+            job.status
+            for image in self.images.all()
+            for jobs in (image.predictions.all(), image.segmentations.all())
+            for job in jobs
+        }
         if not statuses:
             return Prediction.Status.PENDING
         for status in (Prediction.Status.RUNNING, Prediction.Status.PENDING):
@@ -109,8 +172,9 @@ class CaseImage(models.Model):
         UNUSABLE = "unusable", "Unusable"
 
     case = models.ForeignKey(Case, on_delete=models.CASCADE, related_name="images")
-    # What the viewer, the worker and the labelling tools read: the PNG or JPEG
-    # as uploaded, or for a DICOM upload an 8-bit PNG rendition of it.
+    # What the viewer, the worker and the labelling tools read: a PNG re-encoded
+    # from the decoded pixels of a PNG or JPEG upload (no metadata of the upload),
+    # or for a DICOM upload an 8-bit PNG rendition of it.
     file = models.FileField(upload_to=_image_upload_to, max_length=300)
     original = models.FileField(
         upload_to=_original_upload_to,
@@ -122,6 +186,12 @@ class CaseImage(models.Model):
     width = models.PositiveIntegerField()
     height = models.PositiveIntegerField()
     source_format = models.CharField(max_length=10, choices=SourceFormat.choices)
+    intake_note = models.CharField(
+        max_length=300,
+        blank=True,
+        help_text="What intake did to the upload that its viewer should know (a CMYK or "
+        "YCCK JPEG converted to grayscale); empty for most images.",
+    )
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.ACCEPTED)
     # Set by apps.cases.labelling when enough annotators agree; the training
     # set only ever takes confirmed labels.
@@ -129,11 +199,22 @@ class CaseImage(models.Model):
     confirmed_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
+    # The default manager hides images of deleted cases; `all_objects` sees them.
+    objects = CaseImageManager()
+    all_objects = AllCaseImagesManager()
+
     class Meta:
         ordering = ("case", "pk")
 
     def __str__(self) -> str:
         return f"Image {self.pk} of case {self.case_id}"
+
+    @property
+    def content_type(self) -> str:
+        """The stored file's media type (PNG; JPEG for a file stored as uploaded before
+        uploads were re-encoded and not converted since)."""
+        name = (self.file.name or "").lower()
+        return "image/jpeg" if name.endswith((".jpg", ".jpeg")) else "image/png"
 
     @property
     def current_explanations(self) -> list:
@@ -147,21 +228,29 @@ class CaseImage(models.Model):
     def live_state(self) -> str:
         """Changes whenever anything shown about this image changes (for live pages)."""
         prediction = self.latest_prediction
+        segmentation = self.latest_segmentation
         parts = [prediction.status if prediction else "none", self.confirmed_label]
+        if segmentation is not None:
+            parts.append(f"segmentation:{segmentation.status}")
         parts += [f"{e.method}:{e.status}" for e in self.current_explanations]
         return "|".join(parts)
 
     @property
     def in_progress(self) -> bool:
-        prediction = self.latest_prediction
-        return (prediction is not None and not prediction.is_finished) or any(
-            not e.is_finished for e in self.current_explanations
-        )
+        jobs = [self.latest_prediction, self.latest_segmentation, *self.current_explanations]
+        return any(job is not None and not job.is_finished for job in jobs)
 
     @property
     def latest_prediction(self) -> Prediction | None:
         predictions = list(self.predictions.all())
         return max(predictions, key=lambda p: p.pk) if predictions else None
+
+    @property
+    def latest_segmentation(self) -> Segmentation | None:
+        """The newest CT segmentation of this slice (None for an X-ray), from the
+        prefetched set."""
+        segmentations = list(self.segmentations.all())
+        return max(segmentations, key=lambda s: s.pk) if segmentations else None
 
 
 class Prediction(Job):
@@ -269,6 +358,100 @@ def _delete_lung_files(sender, instance: Prediction, **kwargs) -> None:
         transaction.on_commit(delete_files)
 
 
+# Each kind of CT mask and the Segmentation field that stores it.
+CT_MASK_FIELDS = {
+    "lungs": "lung_mask",
+    "ggo": "ggo_mask",
+    "consolidation": "consolidation_mask",
+    "infection": "infection_mask",
+    "lung_outline": "lung_outline",
+}
+CT_MASK_KINDS = tuple(CT_MASK_FIELDS)
+
+
+class Segmentation(Job):
+    """A CT slice's segmentation job and its result (pending→running→done|failed).
+
+    The masks are 8-bit PNGs at the slice's size (255 = the class; for the lung
+    outline, the contour); the figures are pixel counts and percentages of the lung
+    area (no pixel spacing is known for a PNG or JPEG slice).
+    """
+
+    job_kind = JobKind(
+        task="apps.cases.tasks.segment_slice", queue="segmentation", pk_kwarg="segmentation_id"
+    )
+
+    image = models.ForeignKey(CaseImage, on_delete=models.CASCADE, related_name="segmentations")
+    model_version = models.ForeignKey(
+        "registry.ModelVersion",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="segmentations",
+    )
+    segmenter_version = models.CharField(max_length=100, blank=True)
+    lung_mask = models.FileField(upload_to=_ct_mask_upload_to, max_length=300, blank=True)
+    ggo_mask = models.FileField(upload_to=_ct_mask_upload_to, max_length=300, blank=True)
+    consolidation_mask = models.FileField(upload_to=_ct_mask_upload_to, max_length=300, blank=True)
+    infection_mask = models.FileField(upload_to=_ct_mask_upload_to, max_length=300, blank=True)
+    lung_outline = models.FileField(upload_to=_ct_mask_upload_to, max_length=300, blank=True)
+    lungs_found = models.BooleanField(null=True, blank=True)
+    message = models.TextField(
+        blank=True, help_text="Empty when lungs were found; else why not (e.g. an abdomen slice)."
+    )
+    lung_area = models.PositiveIntegerField(null=True, blank=True, help_text="Lung pixels.")
+    infection_area = models.PositiveIntegerField(null=True, blank=True)
+    ggo_area = models.PositiveIntegerField(null=True, blank=True)
+    consolidation_area = models.PositiveIntegerField(null=True, blank=True)
+    percent_affected = models.FloatField(
+        null=True, blank=True, help_text="Infected share of the lung area, in percent."
+    )
+    percent_ggo = models.FloatField(null=True, blank=True)
+    percent_consolidation = models.FloatField(null=True, blank=True)
+    max_infection_probability = models.FloatField(
+        null=True, blank=True, help_text="The highest infection probability on the slice."
+    )
+    inference_ms = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("-created_at",)
+        constraints = [
+            models.CheckConstraint(
+                condition=~models.Q(status="done") | models.Q(model_version__isnull=False),
+                name="cases_segmentation_done_has_model",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Segmentation {self.pk} ({self.status})"
+
+    def mark_done(self, **results: object) -> None:
+        """``results``: the figures and stored mask names (apps.cases.segmentation)."""
+        self._mark_done(**results)
+
+    def mask_field(self, kind: str):
+        """The stored file of a mask kind (``CT_MASK_KINDS``)."""
+        return getattr(self, CT_MASK_FIELDS[kind])
+
+    @property
+    def has_masks(self) -> bool:
+        return self.status == "done" and bool(self.lung_mask)
+
+
+@receiver(post_delete, sender=Segmentation, dispatch_uid="cases.segmentation.delete_mask_files")
+def _delete_mask_files(sender, instance: Segmentation, **kwargs) -> None:
+    """A deleted segmentation's mask files go too, once the deletion commits."""
+    fields = [instance.mask_field(kind) for kind in CT_MASK_KINDS]
+    files = [(f.storage, f.name) for f in fields if f.name]
+
+    def delete_files() -> None:
+        for storage, name in files:
+            storage.delete(name)
+
+    if files:
+        transaction.on_commit(delete_files)
+
+
 class ExpertLabel(models.Model):
     """One annotator's verdict on one image: a class, or "unusable"."""
 
@@ -291,3 +474,26 @@ class ExpertLabel(models.Model):
 
     def __str__(self) -> str:
         return f"{self.label} by {self.annotator_id} on image {self.image_id}"
+
+
+class Adjudication(models.Model):
+    """The adjudicator's decision on a disputed image (agreement policy "adjudication").
+
+    It sets the image's confirmed label and stands until the adjudicator decides
+    again; the readers' verdicts stay as they were, for the agreement statistics.
+    """
+
+    image = models.OneToOneField(CaseImage, on_delete=models.CASCADE, related_name="adjudication")
+    adjudicator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="adjudications"
+    )
+    label = models.CharField(max_length=20, choices=VERDICT_CHOICES)
+    note = models.TextField(blank=True, max_length=2000)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("-updated_at",)
+
+    def __str__(self) -> str:
+        return f"{self.label} by adjudicator {self.adjudicator_id} on image {self.image_id}"

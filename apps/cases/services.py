@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import replace
+from tempfile import SpooledTemporaryFile
 
 from django.conf import settings
-from django.core.files.base import ContentFile
+from django.core.files.base import File
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 
-from apps.cases.models import Case, CaseImage, Prediction
-from apps.cases.validation import UploadRejected, validate_image
+from apps.accounts.models import record
+from apps.cases.models import Case, CaseImage, Modality, Prediction, Segmentation
+from apps.cases.validation import MODALITIES, UploadRejected, validate_image
 from cxrplatform.files import files_removed_on_error
 from cxrplatform.jobs import enqueue_job
 
@@ -24,50 +28,124 @@ def create_case(
     files: Sequence[UploadedFile],
     patient_ref: str = "",
     notes: str = "",
+    modality: str = Modality.XRAY,
 ) -> Case:
-    """Store a case with its images and queue one prediction per image.
+    """Store a case with its images and queue one job per image: a prediction per X-ray,
+    a segmentation per CT slice.
 
-    All files are validated before anything is written; if any write fails,
-    the database rolls back and the files already stored are deleted, so a
-    failed upload leaves nothing behind.
+    ``modality`` is what the clinician marked the upload as; a DICOM file's header
+    overrides it (apps.cases.validation), and a case holds one modality. All files are
+    validated before anything is written; if any write fails, the database rolls back
+    and the files already stored are deleted, so a failed upload leaves nothing behind.
     """
+    if modality not in MODALITIES:
+        raise UploadRejected(
+            "upload", f"unknown modality {modality!r}; choose one of {', '.join(MODALITIES)}."
+        )
     if not files:
         raise UploadRejected("upload", "choose at least one image.")
     limit = settings.CXR_MAX_IMAGES_PER_CASE
     if len(files) > limit:
         raise UploadRejected("upload", f"{len(files)} images; a case holds at most {limit}.")
+    with ExitStack() as spooled:
+        validated = _validate_one_at_a_time(files, spooled, modality)
+        case_modality = _one_modality([item for item, _, _ in validated])
+        return _store_case(owner, validated, patient_ref, notes, case_modality)
+
+
+def _one_modality(items: list) -> str:
+    """The case's modality: every file's must be the same (a DICOM's header may route
+    it to CT while the rest of the upload is X-rays)."""
+    modalities = {item.modality for item in items}
+    if len(modalities) > 1:
+        routed = [
+            f"{item.original_name} ({'CT' if item.modality == 'ct' else 'X-ray'}"
+            f"{' by its DICOM header' if item.modality_source == 'header' else ''})"
+            for item in items
+        ]
+        raise UploadRejected(
+            "upload",
+            "the upload mixes X-rays and CT slices: " + ", ".join(routed) + ". A case holds "
+            "one kind of study; upload them as separate cases.",
+        )
+    return modalities.pop()
+
+
+def _validate_one_at_a_time(
+    files: Sequence[UploadedFile], spooled: ExitStack, modality: str = Modality.XRAY
+) -> list:
+    """Validate the files one after the other; what each leaves to store (its PNG and
+    de-identified DICOM) waits in a temporary file, not in memory, until all passed."""
     validated, rejections = [], []
     for uploaded in files:
         # Check every file, so one answer names each refused file and its problem.
         try:
-            validated.append(validate_image(uploaded))
+            item = validate_image(uploaded, modality=modality)
         except UploadRejected as exc:
             rejections.append(exc)
+            continue
+        content = spooled.enter_context(_spool(item.content))
+        dicom = spooled.enter_context(_spool(item.dicom)) if item.dicom else None
+        validated.append((replace(item, content=b"", dicom=b""), content, dicom))
     if rejections:
         raise UploadRejected.of_files(rejections)
-    patient_ref = _patient_ref(patient_ref.strip(), validated)
+    return validated
 
+
+def _spool(data: bytes) -> SpooledTemporaryFile:
+    spool = SpooledTemporaryFile(max_size=1024 * 1024)  # noqa: SIM115 - closed by the ExitStack
+    spool.write(data)
+    spool.seek(0)
+    return spool
+
+
+def _store_case(owner, validated: list, patient_ref: str, notes: str, modality: str) -> Case:
+    """Write the case, its images and their jobs (all or nothing)."""
+    items = [item for item, _, _ in validated]
+    patient_ref = _patient_ref(patient_ref.strip(), items)
     with files_removed_on_error() as stored, transaction.atomic():
-        case = Case.objects.create(owner=owner, patient_ref=patient_ref, notes=notes.strip())
-        for item in validated:
+        case = Case.objects.create(
+            owner=owner, patient_ref=patient_ref, notes=notes.strip(), modality=modality
+        )
+        for item, content, dicom in validated:
             image = CaseImage(
                 case=case,
                 sha256=item.sha256,
                 width=item.width,
                 height=item.height,
                 source_format=item.source_format,
+                intake_note=item.note,
             )
-            image.file.save("upload", ContentFile(item.content), save=False)
+            image.file.save("upload", File(content), save=False)
             stored.add(image.file.name)
-            if item.dicom:
-                image.original.save("upload", ContentFile(item.dicom), save=False)
+            if dicom is not None:
+                image.original.save("upload", File(dicom), save=False)
                 stored.add(image.original.name)
             image.save()
-            prediction = Prediction.objects.create(image=image)
+            job: Prediction | Segmentation
+            if modality == Modality.CT:
+                job = Segmentation.objects.create(image=image)
+            else:
+                job = Prediction.objects.create(image=image)
             # Sent once this commits; a broker outage then does not undo or fail
-            # the upload: the prediction stays pending and the sweeper queues it.
-            enqueue_job(prediction)
-    log.info("case %s created by %s with %d image(s)", case.pk, owner, len(validated))
+            # the upload: the job stays pending and the sweeper queues it.
+            enqueue_job(job)
+        record(
+            actor=owner,
+            action="case.create",
+            target=case,
+            after={
+                "images": [image.pk for image in case.images.order_by("pk")],
+                "formats": sorted({item.source_format for item in items}),
+                "modality": modality,
+                # The logs' names of the uploads (hash prefixes), never file names.
+                "uploads": [item.upload_ref for item in items],
+            },
+        )
+    log.info(
+        "case %s (%s) created by %s with %d image(s): upload(s) %s",
+        case.pk, modality, owner, len(validated), ", ".join(item.upload_ref for item in items),
+    )  # fmt: skip
     return case
 
 
@@ -99,22 +177,30 @@ def retry_prediction(*, prediction: Prediction, actor=None) -> Prediction:
     Only failed predictions can be retried: a pending or running one is still
     on its way, a done one has its answer. Audited like every user action.
     """
-    locked = Prediction.objects.select_for_update().get(pk=prediction.pk)
-    if locked.status != Prediction.Status.FAILED:
+    return _retry(Prediction, prediction.pk, actor=actor, what="prediction")
+
+
+@transaction.atomic
+def retry_segmentation(*, segmentation: Segmentation, actor=None) -> Segmentation:
+    """Queue a failed CT segmentation again; the same rules as :func:`retry_prediction`."""
+    return _retry(Segmentation, segmentation.pk, actor=actor, what="segmentation")
+
+
+def _retry(model, pk: int, *, actor, what: str):
+    locked = model.objects.select_for_update().get(pk=pk)
+    if locked.status != model.Status.FAILED:
         raise RetryRefused(
-            f"Only a failed prediction can be retried; this one is {locked.get_status_display()}."
+            f"Only a failed {what} can be retried; this one is {locked.get_status_display()}."
         )
     error = locked.error
     locked.reset_for_retry()
-    from apps.accounts.models import record
-
     record(
         actor=actor,
-        action="prediction.retry",
+        action=f"{what}.retry",
         target=locked,
         before={"status": "failed", "error": error[:500]},
         after={"status": "pending"},
     )
     enqueue_job(locked)
-    log.info("prediction %s queued again by %s", locked.pk, actor)
+    log.info("%s %s queued again by %s", what, locked.pk, actor)
     return locked

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from apps.cases import views
+from apps.cases import retention_views, retry_views, views
 
 app_name = "cases"
 
@@ -8,8 +8,21 @@ urlpatterns = [
     path("", views.case_list, name="list"),
     path("new/", views.case_create, name="create"),
     path("<int:pk>/", views.case_detail, name="detail"),
+    path("<int:pk>/delete/", retention_views.case_delete, name="delete"),
+    path("erasure/", retention_views.erasure, name="erasure"),
     path("images/<int:pk>/file/", views.image_file, name="image-file"),
+    path(
+        "images/<int:pk>/prediction/retry/",
+        retry_views.prediction_retry,
+        name="prediction-retry",
+    ),
     path("images/<int:pk>/lungs/<str:kind>.png", views.lung_file, name="lung-file"),
+    path("images/<int:pk>/ct/<str:kind>.png", views.ct_layer, name="ct-layer"),
     path("labelling/", views.label_queue, name="label-queue"),
-    path("images/<int:pk>/label/", views.label_submit, name="label"),
+    path("images/<int:pk>/label/", views.label_image, name="label"),
+    path("labelling/mine/", views.my_verdicts, name="my-verdicts"),
+    path("adjudication/", views.adjudication_list, name="adjudication"),
+    path("images/<int:pk>/adjudicate/", views.adjudicate, name="adjudicate"),
+    path("agreement/", views.agreement_page, name="agreement"),
+    path("agreement.csv", views.agreement_csv, name="agreement-csv"),
 ]

@@ -7,11 +7,27 @@ match the file's extension), 400 for everything else (empty, truncated,
 corrupt, too small, not a chest X-ray).
 
 Accepted: PNG and JPEG (8- or 16-bit, grayscale or RGB, EXIF orientation
-applied) and DICOM (see ml.data.dicom). A DICOM upload is de-identified here
-(apps.cases.deidentify) so that what leaves this module, and so what is
-stored, never holds the original identifiers. Last, the out-of-distribution
-gate (ml.serving.ood) refuses images that are not frontal chest radiographs,
-then the view check (ml.serving.viewcheck) refuses lateral views.
+applied; a CMYK or YCCK JPEG, as film scanners write, is converted to grayscale with
+a note on the image, once the content checks pass) and DICOM (see ml.data.dicom).
+Every upload is de-identified here (apps.cases.deidentify) so that what leaves
+this module, and so what is stored, never holds the original identifiers: a DICOM
+keeps an allow-list of attributes, a PNG or JPEG becomes a new PNG of its decoded pixels (no text,
+EXIF, XMP or comments). Logs name an upload by ``upload_ref`` (a prefix of
+the SHA-256 of its bytes), never by its file name or anything inside it.
+Last, the modality check (ml.ct.modality) refuses a CT slice uploaded as an X-ray
+and an X-ray uploaded as CT; for an X-ray the out-of-distribution gate
+(ml.serving.ood) then refuses images that are not frontal chest radiographs, and
+the view check (ml.serving.viewcheck) lateral views.
+
+Modality: a DICOM file's header decides (Modality CT: a CT slice, windowed for
+the lungs; CR or DX: an X-ray, refused when the upload is marked CT); a PNG or
+JPEG is what the clinician marked (``modality``, "xray" by default).
+
+This process reads headers only (sizes, formats, DICOM attributes and the
+frame size inside compressed DICOM pixel data); decoding, the gate, the view
+check and the PNG that is stored run in a child process with a memory ceiling
+(apps.cases.decoding), so a decompression bomb or a decoder bug costs that
+child, not the web process.
 """
 
 from __future__ import annotations
@@ -19,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import traceback
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
@@ -27,6 +44,8 @@ from pathlib import Path, PurePath
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from PIL import Image, UnidentifiedImageError
+
+from ml.ct.modality import CT_HINT, XRAY_LOOKS_LIKE_CT
 
 log = logging.getLogger(__name__)
 
@@ -84,13 +103,34 @@ class UploadRejected(Exception):  # noqa: N818 - reads as what happened to the u
 @dataclass(frozen=True)
 class ValidatedImage:
     original_name: str
-    content: bytes  # what CaseImage.file stores: the PNG/JPEG as sent, or a DICOM's PNG rendition
+    content: bytes  # what CaseImage.file stores: a PNG of the decoded pixels (any upload)
     sha256: str
     width: int
     height: int
     source_format: str
     dicom: bytes = b""  # the de-identified DICOM (DICOM uploads only)
     patient_pseudonym: str = ""  # keyed hash of the DICOM PatientID (DICOM uploads only)
+    upload_ref: str = ""  # what logs call this upload (see upload_ref)
+    modality: str = "xray"  # "xray" or "ct": what the upload is read as
+    modality_source: str = "marked"  # "marked" (by the clinician) or "header" (DICOM)
+    note: str = ""  # shown with the image: what intake did to it (a CMYK JPEG made gray)
+
+
+def upload_ref(content: bytes) -> str:
+    """How logs name an upload: the first 12 hex digits of the SHA-256 of its bytes.
+    File names and headers may hold identifiers; this finds the file's log lines for
+    whoever has the file, and tells nobody else anything."""
+    return hashlib.sha256(content).hexdigest()[:12]
+
+
+def _log_unexpected(what: str, ref: str, exc: BaseException) -> None:
+    """Log an unexpected error with its traceback but not its message, which may
+    quote a value from the file."""
+    frames = "".join(traceback.format_tb(exc.__traceback__))
+    log.warning(
+        "unexpected %s for upload %s: %s (message withheld)\n%s",
+        what, ref, type(exc).__name__, frames,
+    )  # fmt: skip
 
 
 def _human_bytes(n: int) -> str:
@@ -123,12 +163,10 @@ def view_check():
     return None if path is None else _load_view_check(str(path))
 
 
-def _check_frontal_view(name: str, gray) -> None:
-    check = view_check()
-    if check is None:
-        return
-    if check.is_lateral(gray):
-        log.info("upload %r refused by the view check (lateral)", name)
+def _check_frontal_view(name: str, lateral: bool, ref: str = "") -> None:
+    """Refuse what the view check (run by the decoder, view_check()) called lateral."""
+    if lateral:
+        log.info("upload %s refused by the view check (lateral)", ref)
         raise UploadRejected(name, LATERAL_VIEW)
 
 
@@ -152,14 +190,42 @@ def _check_size(name: str, width: int, height: int) -> None:
         )
 
 
-def _check_chest_xray(name: str, gray, colourful: float = 0.0) -> None:
-    gate = ood_gate()
-    if gate is None:
-        return
-    verdict = gate.verdict(gray, colourful)
+SYNTHETIC_IMAGE = (
+    "this image is marked SYNTHETIC: it was made by the platform's image generator and is "
+    "not a patient's radiograph ({reason}); synthetic images are never accepted as cases."
+)
+
+
+def _check_not_synthetic(name: str, reason: str, ref: str = "") -> None:
+    """Refuse the generator's own output (its mark in the metadata or the pixels, found by
+    the decoder: ml.generate.watermark), so it never becomes a case or training data."""
+    if reason:
+        log.info("upload %s refused: synthetic (%s)", ref, reason)
+        raise UploadRejected(name, SYNTHETIC_IMAGE.format(reason=reason))
+
+
+def _check_modality(name: str, problem: str | None, ref: str = "") -> None:
+    """Refuse what the modality check (run by the decoder) says is of the other modality."""
+    if problem is not None:
+        log.info("upload %s refused by the modality check", ref)
+        raise UploadRejected(name, problem)
+
+
+def _check_chest_xray(
+    name: str, verdict: str | None, ref: str = "", ct_slice: bool = False
+) -> None:
+    """Refuse what the OOD gate (run by the decoder, ood_gate()) did not accept, and a
+    CT slice uploaded as an X-ray (the modality check, ml.ct.modality): with its own
+    message when the gate let it through, else the gate's with a hint about CT."""
+    if ct_slice and verdict is None:
+        log.info("upload %s refused by the modality check (a CT slice)", ref)
+        raise UploadRejected(name, XRAY_LOOKS_LIKE_CT)
     if verdict is not None:
-        log.info("upload %r refused by the OOD gate (%s)", name, verdict)
-        raise UploadRejected(name, NOT_A_CHEST_XRAY[verdict])
+        log.info("upload %s refused by the OOD gate (%s)", ref, verdict)
+        problem = NOT_A_CHEST_XRAY[verdict]
+        if ct_slice and verdict == "appearance":
+            problem += CT_HINT
+        raise UploadRejected(name, problem)
 
 
 def _too_many_pixels(name: str, width: int, height: int) -> UploadRejected:
@@ -171,7 +237,14 @@ def _too_many_pixels(name: str, width: int, height: int) -> UploadRejected:
     )
 
 
-def validate_image(uploaded: UploadedFile) -> ValidatedImage:
+MODALITIES = ("xray", "ct")
+
+
+def validate_image(uploaded: UploadedFile, *, modality: str = "xray") -> ValidatedImage:
+    """Check one upload, to be read as ``modality`` ("xray" or "ct"; a DICOM header's
+    Modality overrides it, see the module docstring)."""
+    if modality not in MODALITIES:
+        raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
     name = uploaded.name or "unnamed file"
     size = uploaded.size or 0
     if size == 0:
@@ -190,14 +263,11 @@ def validate_image(uploaded: UploadedFile) -> ValidatedImage:
     from ml.data.dicom import looks_like_dicom
 
     if looks_like_dicom(content):
-        return _validate_dicom(name, content)
-    return _validate_picture(name, content)
+        return _validate_dicom(name, content, modality)
+    return _validate_picture(name, content, modality)
 
 
-def _validate_picture(name: str, content: bytes) -> ValidatedImage:
-    from ml.data.preprocess import open_image, to_unit_gray
-    from ml.serving.ood import colourful_fraction
-
+def _validate_picture(name: str, content: bytes, modality: str = "xray") -> ValidatedImage:
     max_pixels = settings.CXR_MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
@@ -219,19 +289,7 @@ def _validate_picture(name: str, content: bytes) -> ValidatedImage:
                         f"the image is animated ({frames} frames); upload a single still image.",
                         status=415,
                     )
-                if probe.mode == "CMYK":
-                    raise UploadRejected(
-                        name,
-                        "the image is in CMYK colour (a print format); export it as grayscale "
-                        "or RGB.",
-                        status=415,
-                    )
-                probe.verify()
-            # verify() does not decode pixel data; a full load catches truncation.
-            with open_image(io.BytesIO(content)) as upright:
-                width, height = upright.size  # after EXIF orientation
-                gray = to_unit_gray(upright)
-                colourful = colourful_fraction(upright)
+                probe.verify()  # reads the header and chunks; decodes no pixels
     except UploadRejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -245,79 +303,136 @@ def _validate_picture(name: str, content: bytes) -> ValidatedImage:
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise UploadRejected(name, f"the image is truncated or corrupt ({exc}).") from None
     except Exception as exc:
-        log.warning("unexpected decoder error for upload %r", name, exc_info=True)
+        _log_unexpected("decoder error", upload_ref(content), exc)
         raise UploadRejected(
             name, f"the image is truncated or corrupt ({type(exc).__name__})."
         ) from None
-    _check_size(name, width, height)
-    _check_chest_xray(name, gray, colourful)
-    _check_frontal_view(name, gray)
+    ref = upload_ref(content)
+    # Decoding, and what needs the decoded pixels (the gate, the view check and the
+    # PNG that is stored: the pixels only, never the bytes as sent), runs in a
+    # bounded child process (apps.cases.decoding).
+    decoded = _decode(name, "picture", content, ref, modality)
+    _check_size(name, decoded.width, decoded.height)
+    _check_not_synthetic(name, decoded.synthetic, ref=ref)
+    _check_modality(name, decoded.modality_problem, ref=ref)
+    _check_chest_xray(name, decoded.verdict, ref=ref, ct_slice=decoded.ct_slice)
+    _check_frontal_view(name, decoded.lateral, ref=ref)
     return ValidatedImage(
         original_name=name,
-        content=content,
-        sha256=hashlib.sha256(content).hexdigest(),
-        width=width,
-        height=height,
+        content=decoded.stored,
+        sha256=hashlib.sha256(decoded.stored).hexdigest(),
+        width=decoded.width,
+        height=decoded.height,
         source_format=ACCEPTED_FORMATS[fmt],
+        upload_ref=ref,
+        modality=modality,
+        note=decoded.note,
     )
+
+
+def _decode(name: str, kind: str, content: bytes, ref: str, modality: str = "xray"):
+    """The upload decoded in a child process with a memory ceiling (apps.cases.decoding)."""
+    from apps.cases.decoding import DecodeRefused, decode_upload
+
+    try:
+        return decode_upload(kind, content, modality)
+    except DecodeRefused as exc:
+        log.info("upload %s refused by the bounded decoder (%s)", ref, exc.status)
+        raise UploadRejected(name, exc.problem, status=exc.status) from None
 
 
 DICOM_STATUS = {"invalid": 400, "unsupported": 415, "too_large": 413}
 
 
-def _validate_dicom(name: str, content: bytes) -> ValidatedImage:
+def _dicom_modality(dataset, marked: str) -> tuple[str, str]:
+    """(modality, source) of a DICOM upload: its header's Modality decides where it says
+    CT or an X-ray modality; a header that says X-ray contradicts a CT mark (refused)."""
+    from ml.data.dicom import NOT_RADIOGRAPHS, XRAY_MODALITIES, DicomProblem, header_modality
+
+    said = header_modality(dataset)
+    if said == "CT":
+        return "ct", "header"
+    if marked == "ct" and said in XRAY_MODALITIES:
+        raise DicomProblem(
+            f"the DICOM file is a radiograph (Modality {said}), but the upload is marked CT; "
+            "upload it as an X-ray."
+        )
+    if marked == "ct" and said in NOT_RADIOGRAPHS:
+        raise DicomProblem(
+            f"the DICOM file is {NOT_RADIOGRAPHS[said]} (Modality {said}), not a CT slice; "
+            "upload axial chest CT slices."
+        )
+    return (marked, "header") if said in XRAY_MODALITIES else (marked, "marked")
+
+
+def _validate_dicom(name: str, content: bytes, marked: str = "xray") -> ValidatedImage:
+    from apps.cases.decoding import max_inflated_bytes
     from ml.data.dicom import (
         DicomProblem,
         check_image,
+        ct_problem,
         not_a_frontal_chest_radiograph,
         read_dataset,
-        to_uint8,
-        to_unit_gray,
     )
 
     _check_extension(name, "DICOM")
     try:
-        dataset = read_dataset(content)
+        # The header only (a deflated dataset is inflated with a cap); the pixels are
+        # decoded below, in the bounded child, once the header has been checked
+        # (check_image includes the frame size declared inside compressed data).
+        dataset = read_dataset(
+            content, max_inflated=max_inflated_bytes(settings.CXR_MAX_IMAGE_PIXELS)
+        )
+        modality, source = _dicom_modality(dataset, marked)
+        if modality == "ct" and (problem := ct_problem(dataset)) is not None:
+            raise DicomProblem(problem, kind="unsupported")
         info = check_image(dataset, max_pixels=settings.CXR_MAX_IMAGE_PIXELS)
-        if (problem := not_a_frontal_chest_radiograph(dataset)) is not None:
+        if modality == "xray" and (problem := not_a_frontal_chest_radiograph(dataset)):
             raise DicomProblem(problem)
         if str(dataset.get("BurnedInAnnotation") or "").strip().upper() == "YES":
             raise DicomProblem(
                 "the DICOM says patient details are burned into the image (Burned In "
                 "Annotation = YES); export the image without them."
             )
-        gray = to_unit_gray(dataset)
     except DicomProblem as exc:
         raise UploadRejected(name, exc.problem, status=DICOM_STATUS[exc.kind]) from None
     except Exception as exc:
-        log.warning("unexpected DICOM error for upload %r", name, exc_info=True)
+        _log_unexpected("DICOM error", upload_ref(content), exc)
         raise UploadRejected(
             name, f"the DICOM file is truncated or corrupt ({type(exc).__name__})."
         ) from None
-    height, width = gray.shape
+    ref = upload_ref(content)
+    decoded = _decode(name, "dicom", content, ref, modality)
+    width, height = decoded.width, decoded.height
     _check_size(name, width, height)
-    _check_chest_xray(name, gray)
-    _check_frontal_view(name, gray)
+    _check_not_synthetic(name, decoded.synthetic, ref=ref)
+    _check_modality(name, decoded.modality_problem, ref=ref)
+    _check_chest_xray(name, decoded.verdict, ref=ref, ct_slice=decoded.ct_slice)
+    _check_frontal_view(name, decoded.lateral, ref=ref)
 
     from apps.cases.deidentify import deidentify
 
     try:
         dicom, pseudonym = deidentify(dataset, key=settings.CXR_PSEUDONYM_KEY)
     except Exception as exc:
-        log.warning("could not de-identify upload %r", name, exc_info=True)
+        _log_unexpected("de-identification error", ref, exc)
         raise UploadRejected(
             name, f"the DICOM header is corrupt and cannot be de-identified ({type(exc).__name__})."
         ) from None
-    buffer = io.BytesIO()
-    Image.fromarray(to_uint8(gray), mode="L").save(buffer, format="PNG")
-    log.info("DICOM upload %r: %s, %s", name, info.transfer_syntax, info.photometric)
+    log.info(
+        "DICOM upload %s: %s, %s, %s%s", ref, info.transfer_syntax, info.photometric, modality,
+        f", shown through {decoded.window}" if decoded.window else "",
+    )  # fmt: skip
     return ValidatedImage(
         original_name=name,
-        content=buffer.getvalue(),
+        content=decoded.stored,
         sha256=hashlib.sha256(dicom).hexdigest(),
         width=width,
         height=height,
         source_format="dicom",
         dicom=dicom,
         patient_pseudonym=pseudonym,
+        upload_ref=ref,
+        modality=modality,
+        modality_source=source,
     )

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib import messages
+from django.core.exceptions import RequestDataTooBig
 from django.core.paginator import Paginator
+from django.db.models import Count, Max
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.http import require_GET, require_http_methods
 
-from apps.accounts.roles import ANNOTATOR, CLINICIAN, role_required
+from apps.accounts.audit import record_download
+from apps.accounts.roles import ADJUDICATOR, ANNOTATOR, CLINICIAN, MODEL_ADMIN, role_required
 from apps.cases import labelling, services
 from apps.cases.access import own_cases, visible_images
 from apps.cases.filters import filter_cases
 from apps.cases.forms import CaseUploadForm
-from apps.cases.models import VERDICT_CHOICES
+from apps.cases.freshness import live_etag, live_not_modified, mark_live
+from apps.cases.models import VERDICT_CHOICES, Adjudication, Case, CaseImage, ExpertLabel
+from apps.cases.uploads import FileTooLarge
 from apps.cases.validation import UploadRejected
 from apps.explain.models import Explanation
 from cxrplatform.protected import protected_file_response
@@ -24,14 +29,21 @@ from cxrplatform.protected import protected_file_response
 
 @require_GET
 @role_required(CLINICIAN)
-def case_list(request: HttpRequest) -> HttpResponse:
+def case_list(request: HttpRequest) -> HttpResponseBase:
     """The clinician's cases, filtered by status, label and date; statuses update live."""
     filtered = filter_cases(own_cases(request.user), request.GET)
     cases = filtered.qs if filtered.is_valid() else own_cases(request.user).none()
-    page = Paginator(cases, 25).get_page(request.GET.get("page"))
+    # A live refresh of an unchanged list is a 304: one aggregate query, nothing rendered.
+    version = cases.aggregate(n=Count("pk"), last=Max("updated_at"))
+    etag = live_etag(request, version["n"], version["last"], request.GET.urlencode())
+    if (unchanged := live_not_modified(request, etag)) is not None:
+        return unchanged
+    paginator = Paginator(cases, 25)
+    paginator.count = version["n"]  # counted above already (a cached property)
+    page = paginator.get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
-    return render(
+    response = render(
         request,
         "cases/case_list.html",
         {
@@ -39,17 +51,21 @@ def case_list(request: HttpRequest) -> HttpResponse:
             "page": page,
             "query": query.urlencode(),
             "filtering": any(v for k, v in request.GET.items() if k != "page"),
-            "has_cases": own_cases(request.user).exists(),
+            "has_cases": version["n"] > 0 or own_cases(request.user).exists(),
         },
     )
+    return mark_live(request, response, etag)
 
 
 @require_http_methods(["GET", "POST"])
 @role_required(CLINICIAN)
 def case_create(request: HttpRequest) -> HttpResponse:
     """The upload page; its script posts the same form and asks for JSON to show progress."""
-    form = CaseUploadForm(request.POST or None, request.FILES or None)
     wants_json = "application/json" in request.headers.get("Accept", "")
+    try:
+        form = CaseUploadForm(request.POST or None, request.FILES or None)
+    except RequestDataTooBig as exc:  # apps.cases.uploads stopped reading the body
+        return _body_too_large(request, exc, wants_json)
     status, rejected = 200, []
     if request.method == "POST":
         if form.is_valid():
@@ -59,6 +75,7 @@ def case_create(request: HttpRequest) -> HttpResponse:
                     files=form.cleaned_data["images"],
                     patient_ref=form.cleaned_data["patient_ref"],
                     notes=form.cleaned_data["notes"],
+                    modality=form.cleaned_data["modality"],
                 )
             except UploadRejected as exc:
                 rejected = [{"name": r.filename, "problem": r.problem} for r in exc.rejections]
@@ -93,34 +110,66 @@ def case_create(request: HttpRequest) -> HttpResponse:
     )
 
 
+def _body_too_large(request: HttpRequest, exc: RequestDataTooBig, wants_json: bool) -> HttpResponse:
+    problem = str(exc) or "The upload is too large."
+    files = (
+        [{"name": exc.filename, "problem": exc.problem}] if isinstance(exc, FileTooLarge) else []
+    )
+    if wants_json:
+        return JsonResponse(
+            {"error": "The upload was refused; nothing was stored.", "files": files, "fields": {}},
+            status=413,
+        )
+    form = CaseUploadForm()
+    form.add_error(None, problem)
+    context = {
+        "form": form,
+        "max_bytes": settings.CXR_MAX_UPLOAD_BYTES,
+        "max_files": settings.CXR_MAX_IMAGES_PER_CASE,
+        "rejected": files,
+    }
+    return render(request, "cases/case_create.html", context, status=413)
+
+
 @require_GET
 @role_required(CLINICIAN)
-def case_detail(request: HttpRequest, pk: int) -> HttpResponse:
+def case_detail(request: HttpRequest, pk: int) -> HttpResponseBase:
     # Another clinician's case is a 404, not a 403: its existence is not theirs to know.
-    case = get_object_or_404(own_cases(request.user), pk=pk)
-    return render(
-        request,
-        "cases/case_detail.html",
-        {"case": case, "methods": Explanation.Method.choices},
+    stamp = get_object_or_404(
+        Case.objects.filter(owner=request.user).only("pk", "updated_at"), pk=pk
     )
+    # A live refresh of an unchanged case is a 304 (its updated_at moves with anything
+    # the page shows: apps.cases.freshness): no prefetching, nothing rendered.
+    etag = live_etag(request, stamp.pk, stamp.updated_at)
+    if (unchanged := live_not_modified(request, etag)) is not None:
+        return unchanged
+    case = get_object_or_404(own_cases(request.user), pk=pk)
+    if case.is_ct:  # slices with mask layers, a strip of slices, Grad-CAM of infection
+        response = render(request, "cases/case_detail_ct.html", {"case": case})
+    else:
+        response = render(
+            request,
+            "cases/case_detail.html",
+            {"case": case, "methods": Explanation.Method.choices},
+        )
+    return mark_live(request, response, etag)
 
 
 @require_GET
-@role_required(CLINICIAN, ANNOTATOR)
+@role_required(CLINICIAN, ANNOTATOR, ADJUDICATOR)
 def image_file(request: HttpRequest, pk: int) -> HttpResponseBase:
     """Uploaded images are never public: only the case's owner and annotators see them."""
     image = get_object_or_404(visible_images(request.user), pk=pk)
-    content_type = {"png": "image/png", "jpeg": "image/jpeg", "dicom": "image/png"}[
-        image.source_format
-    ]
-    return protected_file_response(image.file, content_type)
+    response = protected_file_response(image.file, image.content_type)
+    record_download(request, kind="image", target=image)
+    return response
 
 
 LUNG_FILES = {"mask": "lung_mask", "outline": "lung_outline"}
 
 
 @require_GET
-@role_required(CLINICIAN, ANNOTATOR)
+@role_required(CLINICIAN, ANNOTATOR, ADJUDICATOR)
 def lung_file(request: HttpRequest, pk: int, kind: str) -> HttpResponseBase:
     """The image's lung mask or outline PNG: the same people as the image itself."""
     from apps.cases.lungs import lung_prediction
@@ -129,13 +178,42 @@ def lung_file(request: HttpRequest, pk: int, kind: str) -> HttpResponseBase:
     prediction = lung_prediction(image)
     if prediction is None or kind not in LUNG_FILES:
         raise Http404("This image has no lung mask.")
-    return protected_file_response(getattr(prediction, LUNG_FILES[kind]), "image/png")
+    response = protected_file_response(getattr(prediction, LUNG_FILES[kind]), "image/png")
+    record_download(request, kind=LUNG_FILES[kind], target=prediction)
+    return response
+
+
+@require_GET
+@role_required(CLINICIAN)
+def ct_layer(request: HttpRequest, pk: int, kind: str) -> HttpResponse:
+    """A CT slice's mask as the viewer's coloured layer (RGBA PNG, transparent outside
+    the mask): the case's owner only. The API serves the plain 8-bit masks."""
+    from apps.cases.models import CT_MASK_KINDS
+    from apps.cases.segmentation import layer_png
+
+    image = get_object_or_404(CaseImage.objects.filter(case__owner_id=request.user.pk), pk=pk)
+    segmentation = image.segmentations.filter(status="done").order_by("-pk").first()
+    if segmentation is None or kind not in CT_MASK_KINDS:
+        raise Http404("This slice has no such mask.")
+    field = segmentation.mask_field(kind)
+    if not field:
+        raise Http404("This slice has no such mask.")
+    try:
+        with field.open("rb") as handle:
+            png = layer_png(handle.read(), kind)
+    except (FileNotFoundError, OSError, ValueError) as exc:
+        raise Http404(f"The stored mask cannot be read: {exc}") from None
+    record_download(request, kind="ct_layer", target=segmentation)
+    return HttpResponse(
+        png, content_type="image/png", headers={"Cache-Control": "private, no-store"}
+    )
 
 
 @require_GET
 @role_required(ANNOTATOR)
 def label_queue(request: HttpRequest) -> HttpResponse:
-    """One image at a time, most in need first; no patient identifiers on this page."""
+    """One image at a time, most in need first; no patient identifiers on this page,
+    and not the model's answer (anchoring): see ``label_image``."""
     queue = labelling.labelling_queue(annotator=request.user)
     skipped = request.GET.get("after", "")
     if skipped.isdigit():
@@ -147,24 +225,149 @@ def label_queue(request: HttpRequest) -> HttpResponse:
         "cases/label_queue.html",
         {
             "image": queue[0] if queue else None,
+            "skip_url": f"{reverse('cases:label-queue')}?after={queue[0].pk}" if queue else "",
             "remaining": len(queue),
             "verdicts": VERDICT_CHOICES,
             "disputed": labelling.disagreements()[:20],
+            "policy": settings.CXR_LABEL_POLICY,
         },
     )
 
 
-@require_POST
+@require_http_methods(["GET", "POST"])
 @role_required(ANNOTATOR)
-def label_submit(request: HttpRequest, pk: int) -> HttpResponse:
-    image = get_object_or_404(visible_images(request.user), pk=pk)
-    try:
-        labelling.submit_label(
-            image=image,
-            annotator=request.user,
-            label=request.POST.get("label", ""),
-            note=request.POST.get("note", ""),
-        )
-    except labelling.LabelRejected as exc:
-        messages.error(request, str(exc))
-    return redirect("cases:label-queue")
+def label_image(request: HttpRequest, pk: int) -> HttpResponse:
+    """One image's verdict: give it, see it, revise it.
+
+    After a reader's first answer, and only with ``CXR_LABEL_SHOW_MODEL``, the
+    reader comes here and sees the model's prediction (their answer is recorded
+    first, so the statistics see the unanchored read); they may then revise.
+    """
+    image = get_object_or_404(
+        visible_images(request.user).prefetch_related("predictions__model_version", "explanations"),
+        pk=pk,
+    )
+    mine = ExpertLabel.objects.filter(image=image, annotator_id=request.user.pk).first()
+    if request.method == "POST":
+        try:
+            labelling.submit_label(
+                image=image,
+                annotator=request.user,
+                label=request.POST.get("label", ""),
+                note=request.POST.get("note", ""),
+            )
+        except labelling.LabelRejected as exc:
+            messages.error(request, str(exc))
+            return redirect("cases:label", pk=image.pk)
+        if request.POST.get("from") == "review":
+            messages.success(request, "Your verdict is changed.")
+            return redirect("cases:label", pk=image.pk)
+        if mine is None and settings.CXR_LABEL_SHOW_MODEL:
+            messages.success(
+                request,
+                "Your answer is recorded. The model's answer is shown below; you may change yours.",
+            )
+            return redirect("cases:label", pk=image.pk)
+        return redirect("cases:label-queue")
+    adjudication = Adjudication.objects.filter(image=image).first()
+    show_model = settings.CXR_LABEL_SHOW_MODEL and mine is not None
+    return render(
+        request,
+        "cases/label_image.html",
+        {
+            "image": image,
+            "mine": mine,
+            "adjudication": adjudication,
+            "show_model": show_model,
+            "prediction": image.latest_prediction if show_model else None,
+            "verdicts": VERDICT_CHOICES,
+            "disputed": labelling.disagreements().filter(pk=image.pk).exists(),
+        },
+    )
+
+
+@require_GET
+@role_required(ANNOTATOR)
+def my_verdicts(request: HttpRequest) -> HttpResponse:
+    """The reader's own verdicts, newest first, each with a link to revise it."""
+    verdicts = ExpertLabel.objects.filter(annotator_id=request.user.pk).select_related(
+        "image__adjudication"
+    )
+    page = Paginator(verdicts.order_by("-updated_at", "-pk"), 25).get_page(request.GET.get("page"))
+    return render(request, "cases/my_verdicts.html", {"page": page})
+
+
+@require_GET
+@role_required(ADJUDICATOR)
+def adjudication_list(request: HttpRequest) -> HttpResponse:
+    """Disputed images waiting for a decision, and the latest decisions."""
+    return render(
+        request,
+        "cases/adjudication_list.html",
+        {
+            "policy": settings.CXR_LABEL_POLICY,
+            "disputed": labelling.disagreements()
+            if settings.CXR_LABEL_POLICY == "adjudication"
+            else [],
+            "decided": Adjudication.objects.select_related("image", "adjudicator")[:25],
+        },
+    )
+
+
+@require_http_methods(["GET", "POST"])
+@role_required(ADJUDICATOR)
+def adjudicate(request: HttpRequest, pk: int) -> HttpResponse:
+    """Every reader's verdict with its note, side by side with the image; the
+    adjudicator decides (without the model's answer: it would anchor them too)."""
+    image = get_object_or_404(
+        CaseImage.objects.filter(expert_labels__isnull=False).distinct(), pk=pk
+    )
+    if request.method == "POST":
+        try:
+            labelling.adjudicate(
+                image=image,
+                adjudicator=request.user,
+                label=request.POST.get("label", ""),
+                note=request.POST.get("note", ""),
+            )
+        except labelling.LabelRejected as exc:
+            messages.error(request, str(exc))
+            return redirect("cases:adjudicate", pk=image.pk)
+        messages.success(request, f"Image {image.pk} decided.")
+        return redirect("cases:adjudication")
+    return render(
+        request,
+        "cases/adjudicate.html",
+        {
+            "image": image,
+            "readings": image.expert_labels.select_related("annotator").order_by(
+                "created_at", "pk"
+            ),
+            "adjudication": Adjudication.objects.filter(image=image)
+            .select_related("adjudicator")
+            .first(),
+            "verdicts": VERDICT_CHOICES,
+            "policy": settings.CXR_LABEL_POLICY,
+        },
+    )
+
+
+@require_GET
+@role_required(MODEL_ADMIN)
+def agreement_page(request: HttpRequest) -> HttpResponse:
+    """Reader agreement statistics (apps.cases.agreement) for model admins."""
+    from apps.cases import agreement
+
+    return render(request, "cases/agreement.html", {"stats": agreement.current()})
+
+
+@require_GET
+@role_required(MODEL_ADMIN)
+def agreement_csv(request: HttpRequest) -> HttpResponse:
+    from apps.cases import agreement
+
+    response = HttpResponse(
+        agreement.to_csv(agreement.current()), content_type="text/csv; charset=utf-8"
+    )
+    response["Content-Disposition"] = 'attachment; filename="reader-agreement.csv"'
+    return response

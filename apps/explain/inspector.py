@@ -13,11 +13,12 @@ import time
 
 from django.core.files.base import ContentFile
 from django.db import transaction
+from django.db.models import Q
 
 from apps.accounts.models import record
-from apps.cases.models import CaseImage, Prediction
+from apps.cases.models import CaseImage
 from apps.explain.models import Explanation, Inspection, InspectionPicture
-from apps.models.models import ModelVersion, ReferenceImage
+from apps.models.models import ModelVersion, ReferenceImage, SnapshotItem, Task
 from cxrplatform.files import files_removed_on_error
 from cxrplatform.jobs import claim_job, enqueue_job, failure_recorded
 
@@ -27,17 +28,38 @@ MAX_ACTIVATION_MAPS = 64
 
 
 def inspectable_versions():
-    return ModelVersion.objects.exclude(status=ModelVersion.Status.FAILED).order_by("-pk")
+    # Classifiers only: the inspector's methods explain a class probability.
+    return (
+        ModelVersion.objects.filter(task=Task.CLASSIFICATION)
+        .exclude(status=ModelVersion.Status.FAILED)
+        .order_by("-pk")
+    )
 
 
 def reference_images():
     return ReferenceImage.objects.order_by("source", "original_name")
 
 
-def predicted_case_images():
-    """Case images with a finished prediction (shown by id only: no patient reference)."""
-    done = Prediction.objects.filter(status=Prediction.Status.DONE).values("image_id")
-    return CaseImage.objects.filter(pk__in=done).order_by("-pk")
+def training_case_images():
+    """Clinicians' images that are training data: in a dataset snapshot (an annotator
+    confirmed their label). Model admins have no case permission, so a case image
+    outside every snapshot is its clinician's and the annotators', not theirs to
+    inspect. Shown by id only: no patient reference."""
+    in_snapshots = SnapshotItem.objects.filter(case_image__isnull=False).values("case_image_id")
+    return CaseImage.objects.filter(pk__in=in_snapshots).order_by("-pk")
+
+
+def visible_inspections():
+    """Inspections of reference images and of case images that are training data; an
+    earlier inspection of any other case image is hidden with its pictures."""
+    return Inspection.objects.filter(
+        Q(case_image__isnull=True) | Q(case_image__in=training_case_images())
+    )
+
+
+def image_key(image: ReferenceImage | CaseImage) -> str:
+    """``ref-<pk>`` or ``case-<pk>``: the form's value and the audit log's name for it."""
+    return f"{'ref' if isinstance(image, ReferenceImage) else 'case'}-{image.pk}"
 
 
 def image_choice(value: str) -> ReferenceImage | CaseImage | None:
@@ -48,7 +70,7 @@ def image_choice(value: str) -> ReferenceImage | CaseImage | None:
     if kind == "ref":
         return reference_images().filter(pk=int(pk)).first()
     if kind == "case":
-        return predicted_case_images().filter(pk=int(pk)).first()
+        return training_case_images().filter(pk=int(pk)).first()
     return None
 
 
@@ -67,10 +89,26 @@ def request_inspection(
         actor=user,
         action="inspection.requested",
         target=inspection,
-        after={"model_version": version.pk, "layer": inspection.layer},
+        after={"model_version": version.pk, "layer": inspection.layer, "image": image_key(image)},
     )
     enqueue_job(inspection)
     return inspection
+
+
+@transaction.atomic
+def picture_viewed(*, user, picture: InspectionPicture) -> None:
+    """Audit a model admin's look at a clinician's image through the inspector (every
+    picture of a case-image inspection shows the image: the input, or a map over it)."""
+    inspection = picture.inspection
+    image = inspection.case_image
+    if image is None:
+        return
+    record(
+        actor=user,
+        action="inspector.image_viewed",
+        target=image,
+        after={"inspection": inspection.pk, "picture": picture.kind},
+    )
 
 
 def _save_picture(inspection, stored, kind, title, png, position, scores=None):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from importlib import metadata
 
+import numpy as np
 from django.core.files.base import ContentFile
 
 from apps.explain.models import Explanation
@@ -14,10 +17,29 @@ from cxrplatform.jobs import claim_job, failure_recorded
 log = logging.getLogger(__name__)
 
 
+@functools.cache
+def explainer_version() -> str:
+    """What computed an explanation, recorded with it: the platform release whose
+    ``ml.explain`` code ran and the libraries under it (tf-explain draws Grad-CAM and
+    occlusion; TensorFlow takes every gradient)."""
+    parts = []
+    for name in ("cxrplatform", "tf-explain", "tensorflow", "keras"):
+        try:
+            parts.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            parts.append(f"{name} (not installed)")
+    return "; ".join(parts)
+
+
 def run_explanation(*, explanation_id: int) -> Explanation | None:
     """Compute, score and store one heatmap. Idempotent like ``run_prediction``."""
     explanation = claim_job(Explanation, explanation_id, related=("image", "model_version"))
     if explanation is None or explanation.is_finished:
+        return explanation
+
+    if explanation.image.case.modality == "ct":
+        with failure_recorded(explanation, what="The explanation"):
+            _run_ct_explanation(explanation)
         return explanation
 
     with failure_recorded(explanation, what="The explanation"):
@@ -62,8 +84,79 @@ def run_explanation(*, explanation_id: int) -> Explanation | None:
                 scores=scores,
                 seconds=seconds,
                 mass_in_lungs=in_lungs,
+                explainer_version=explainer_version(),
             )
     return explanation
+
+
+def _run_ct_explanation(explanation: Explanation) -> None:
+    """Grad-CAM of the CT segmenter's infection output for one slice.
+
+    The map is at the slice's size, in [0, 1]; no deletion/insertion scores (they
+    perturb a classifier's input and read its class probability, which a segmenter
+    has not), and its mass inside the slice's lung mask instead.
+    """
+    from apps.cases.segmentation import read_slice
+    from apps.models.serving import segmenter_for
+    from ml.explain.api import heatmap_to_npy, render_overlay
+
+    start = time.perf_counter()
+    segmenter = segmenter_for(explanation.model_version)
+    segmentation = (
+        explanation.image.segmentations.filter(
+            status="done", model_version=explanation.model_version
+        )
+        .order_by("-pk")
+        .first()
+    )
+    gray = read_slice(segmentation) if segmentation is not None else None
+    if gray is None:
+        raise ValueError("The slice has no finished segmentation by this model.")
+    values = np.clip(np.asarray(segmenter.infection_gradcam(gray), dtype=np.float32), 0.0, 1.0)
+    in_lungs = _ct_mass_in_lungs(values, segmentation)
+    overlay = render_overlay(
+        gray.astype(np.float32) / 255.0, values, title="Grad-CAM: infection (CT)"
+    )
+    seconds = time.perf_counter() - start
+    with files_removed_on_error() as stored:
+        heatmap_name = explanation.heatmap.storage.save(
+            explanation.heatmap.field.generate_filename(explanation, "map.npy"),
+            ContentFile(heatmap_to_npy(values)),
+        )
+        stored.add(heatmap_name)
+        overlay_name = explanation.overlay.storage.save(
+            explanation.overlay.field.generate_filename(explanation, "overlay.png"),
+            ContentFile(overlay),
+        )
+        stored.add(overlay_name)
+        explanation.mark_done(
+            params={"output": "infection", "explain_seconds": round(seconds, 4)},
+            target_class=0,
+            target_label="infection",
+            layer="",
+            heatmap=heatmap_name,
+            overlay=overlay_name,
+            scores={"mass_in_lungs": in_lungs},
+            seconds=seconds,
+            mass_in_lungs=in_lungs,
+            explainer_version=explainer_version(),
+        )
+
+
+def _ct_mass_in_lungs(values, segmentation) -> float | None:
+    """Share of the map's positive mass inside the slice's stored lung mask (None when
+    no lungs were found)."""
+    import io
+
+    from PIL import Image
+
+    from ml.lungs.masks import mass_in_mask
+
+    if not segmentation.lungs_found or not segmentation.lung_mask:
+        return None
+    with segmentation.lung_mask.open("rb") as fh, Image.open(io.BytesIO(fh.read())) as png:
+        mask = np.asarray(png.convert("L")) > 127
+    return round(mass_in_mask(values, mask), 4)
 
 
 def _prepare(classifier, image, case_image):

@@ -34,6 +34,7 @@ class Explanation(Job):
         SMOOTHGRAD = "smoothgrad", "SmoothGrad"
         INTEGRATED_GRADIENTS = "ig", "Integrated gradients"
         GUIDED_BACKPROP = "guided", "Guided backpropagation"
+        DECONVNET = "deconvnet", "Deconvolution"
 
     image = models.ForeignKey(
         "cases.CaseImage", on_delete=models.CASCADE, related_name="explanations"
@@ -64,6 +65,12 @@ class Explanation(Job):
         "empty when the image has no lung mask.",
     )
     seconds = models.FloatField(null=True, blank=True)
+    explainer_version = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="The code that computed it (apps.explain.jobs.explainer_version); empty for "
+        "explanations made before it was recorded.",
+    )
 
     class Meta:
         ordering = ("image", "method", "-created_at")
@@ -91,8 +98,10 @@ class Explanation(Job):
         scores: dict,
         seconds: float,
         mass_in_lungs: float | None = None,
+        explainer_version: str = "",
     ) -> None:
         self._mark_done(
+            explainer_version=explainer_version,
             params=params,
             target_class=target_class,
             target_label=target_label,

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from django.db import IntegrityError, transaction
 
-from apps.cases.models import CaseImage, Prediction
+from apps.accounts.models import record
+from apps.cases.models import CaseImage, Modality, Prediction, Segmentation
 from apps.explain.models import Explanation
 from apps.models.models import ModelVersion
 from cxrplatform.jobs import enqueue_job
@@ -17,8 +18,25 @@ class ExplanationUnavailable(Exception):  # noqa: N818 - reads as an outcome
     pass
 
 
+# What a CT slice's explanation tab offers: Grad-CAM of the segmenter's infection output.
+CT_METHODS = (Explanation.Method.GRADCAM,)
+
+
 def _explained_version(image: CaseImage) -> ModelVersion:
-    """Explanations explain a prediction, so they use the model that made it."""
+    """Explanations explain a prediction (or a CT slice's segmentation), so they use the
+    model that made it."""
+    if image.case.modality == Modality.CT:
+        segmentation = (
+            image.segmentations.filter(status=Segmentation.Status.DONE)
+            .select_related("model_version")
+            .order_by("-finished_at", "-pk")
+            .first()
+        )
+        if segmentation is None or segmentation.model_version is None:
+            raise ExplanationUnavailable(
+                "This CT slice has no finished segmentation yet; its Grad-CAM follows it."
+            )
+        return segmentation.model_version
     prediction = (
         image.predictions.filter(status=Prediction.Status.DONE)
         .select_related("model_version")
@@ -44,6 +62,11 @@ def request_explanation(*, image: CaseImage, method: str, requested_by=None) -> 
             f"Unknown explanation method {method!r}; choose from "
             f"{', '.join(Explanation.Method.values)}."
         )
+    if image.case.modality == Modality.CT and method not in CT_METHODS:
+        raise ExplanationUnavailable(
+            "For CT slices the explanation is Grad-CAM of the infection output; "
+            f"{Explanation.Method(method).label} is offered for X-rays only."
+        )
     version = _explained_version(image)
     existing = (
         Explanation.objects.filter(image=image, method=method, model_version=version)
@@ -51,7 +74,7 @@ def request_explanation(*, image: CaseImage, method: str, requested_by=None) -> 
         .first()
     )
     if existing is not None:
-        return existing
+        return _audited(existing, requested_by=requested_by, queued=False)
     try:
         with transaction.atomic():
             explanation = Explanation.objects.create(
@@ -59,8 +82,76 @@ def request_explanation(*, image: CaseImage, method: str, requested_by=None) -> 
             )
     except IntegrityError:
         # A concurrent request created it first (partial unique constraint).
-        return Explanation.objects.exclude(status=Explanation.Status.FAILED).get(
+        existing = Explanation.objects.exclude(status=Explanation.Status.FAILED).get(
             image=image, method=method, model_version=version
         )
+        return _audited(existing, requested_by=requested_by, queued=False)
     enqueue_job(explanation)
+    return _audited(explanation, requested_by=requested_by, queued=True)
+
+
+def _audited(explanation: Explanation, *, requested_by, queued: bool) -> Explanation:
+    """Every request by a user is audited, also one answered by an existing explanation;
+    the automatic Grad-CAM after each prediction (no user) is not."""
+    if requested_by is not None:
+        record(
+            actor=requested_by,
+            action="explanation.request",
+            target=explanation,
+            after={
+                "image": explanation.image_id,
+                "method": explanation.method,
+                "model_version": explanation.model_version_id,
+                "queued": queued,
+                "status": explanation.status,
+            },
+        )
     return explanation
+
+
+@transaction.atomic
+def retry_explanation(*, explanation: Explanation, actor=None) -> Explanation:
+    """Queue a failed explanation again (the same row, so its tab shows it pending).
+
+    The web twin of ``apps.cases.services.retry_prediction``: only a failed explanation
+    can be retried, and the retry is audited (``explanation.retry``, with the error it
+    replaces). Refused when the same map was asked for again since (that one is live).
+    """
+    locked = Explanation.objects.select_for_update().get(pk=explanation.pk)
+    label = locked.get_method_display()
+    if locked.status != Explanation.Status.FAILED:
+        raise ExplanationUnavailable(
+            f"Only a failed explanation can be retried; this {label} is "
+            f"{locked.get_status_display().lower()}."
+        )
+    live = (
+        Explanation.objects.filter(
+            image_id=locked.image_id, method=locked.method, model_version_id=locked.model_version_id
+        )
+        .exclude(status=Explanation.Status.FAILED)
+        .first()
+    )
+    if live is not None:
+        raise ExplanationUnavailable(
+            f"{label} was asked for again already; it is {live.get_status_display().lower()}."
+        )
+    error = locked.error
+    try:
+        with transaction.atomic():
+            locked.reset_for_retry()
+    except IntegrityError:  # a concurrent request made a live one meanwhile
+        raise ExplanationUnavailable(f"{label} was asked for again already.") from None
+    record(
+        actor=actor,
+        action="explanation.retry",
+        target=locked,
+        before={"status": "failed", "error": error[:500]},
+        after={
+            "status": "pending",
+            "image": locked.image_id,
+            "method": locked.method,
+            "model_version": locked.model_version_id,
+        },
+    )
+    enqueue_job(locked)
+    return locked

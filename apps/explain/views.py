@@ -8,6 +8,7 @@ from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect
 from django.views.decorators.http import require_GET, require_POST
 
+from apps.accounts.audit import record_download
 from apps.accounts.roles import ANNOTATOR, CLINICIAN, role_required
 from apps.cases.models import CaseImage
 from apps.explain import services
@@ -49,6 +50,22 @@ def request_method(request: HttpRequest, image_pk: int) -> HttpResponse:
     return redirect("cases:detail", pk=image.case_id)
 
 
+@require_POST
+@role_required(CLINICIAN)
+def retry(request: HttpRequest, pk: int) -> HttpResponse:
+    """Queue a failed explanation again from the case page (its owner only; audited)."""
+    explanation = get_object_or_404(Explanation, pk=pk, image__case__owner=request.user)
+    try:
+        services.retry_explanation(explanation=explanation, actor=request.user)
+    except services.ExplanationUnavailable as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(
+            request, f"{explanation.get_method_display()} queued again; it appears when ready."
+        )
+    return redirect("cases:detail", pk=explanation.image.case_id)
+
+
 def _visible_explanation(request: HttpRequest, pk: int) -> Explanation:
     from apps.cases.access import visible_images
 
@@ -64,7 +81,9 @@ def _serve(
     request: HttpRequest, pk: int, field: str, content_type: str, download_name: str | None = None
 ) -> HttpResponseBase:
     explanation = _visible_explanation(request, pk)
-    return protected_file_response(getattr(explanation, field), content_type, download_name)
+    response = protected_file_response(getattr(explanation, field), content_type, download_name)
+    record_download(request, kind=field, target=explanation)
+    return response
 
 
 @require_GET
@@ -87,6 +106,7 @@ def layer(request: HttpRequest, pk: int) -> HttpResponse:
             png = heatmap_png(np.load(handle, allow_pickle=False))
     except (FileNotFoundError, ValueError) as exc:
         raise Http404(f"The stored heatmap cannot be read: {exc}") from None
+    record_download(request, kind="heatmap_layer", target=explanation)
     return HttpResponse(
         png, content_type="image/png", headers={"Cache-Control": "private, no-store"}
     )

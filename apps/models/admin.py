@@ -35,7 +35,7 @@ class TrainingRunAdmin(admin.ModelAdmin):
 @admin.register(DatasetSnapshot)
 class DatasetSnapshotAdmin(admin.ModelAdmin):
     list_display = ("id", "content_hash", "parent", "created_at", "created_by")
-    readonly_fields = ("content_hash", "counts", "parent", "created_at", "created_by")
+    readonly_fields = ("content_hash", "counts", "changes", "parent", "created_at", "created_by")
 
 
 @admin.register(ReferenceImage)

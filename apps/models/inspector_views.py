@@ -11,7 +11,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from apps.accounts.roles import MODEL_ADMIN, role_required
 from apps.explain import inspector
-from apps.explain.models import Inspection, InspectionPicture
+from apps.explain.models import InspectionPicture
 from cxrplatform.protected import protected_file_response
 
 
@@ -28,10 +28,10 @@ def _form_context(request: HttpRequest, errors: list[str] | None = None) -> dict
         "version": version,
         "layers": (version.card or {}).get("inspector_layers", []) if version else [],
         "reference_images": inspector.reference_images()[:500],
-        "case_images": inspector.predicted_case_images()[:200],
+        "case_images": inspector.training_case_images()[:200],
         "chosen_image": request.POST.get("image") or request.GET.get("image", ""),
         "chosen_layer": request.POST.get("layer", ""),
-        "recent": Inspection.objects.select_related("model_version")[:10],
+        "recent": inspector.visible_inspections().select_related("model_version")[:10],
         "errors": errors or [],
     }
 
@@ -64,7 +64,10 @@ def inspector_form(request: HttpRequest) -> HttpResponse:
 @require_GET
 def inspection_detail(request: HttpRequest, pk: int) -> HttpResponse:
     inspection = get_object_or_404(
-        Inspection.objects.select_related("model_version", "reference_image", "case_image"), pk=pk
+        inspector.visible_inspections().select_related(
+            "model_version", "reference_image", "case_image"
+        ),
+        pk=pk,
     )
     pictures = list(inspection.pictures.all())
     return render(
@@ -81,5 +84,10 @@ def inspection_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @role_required(MODEL_ADMIN)
 @require_GET
 def inspection_picture(request: HttpRequest, pk: int) -> HttpResponseBase:
-    picture = get_object_or_404(InspectionPicture, pk=pk)
+    picture = get_object_or_404(
+        InspectionPicture.objects.select_related("inspection__case_image"),
+        pk=pk,
+        inspection__in=inspector.visible_inspections(),
+    )
+    inspector.picture_viewed(user=request.user, picture=picture)
     return protected_file_response(picture.file, "image/png")

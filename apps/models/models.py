@@ -4,7 +4,7 @@ import logging
 from pathlib import Path
 
 from django.conf import settings
-from django.db import models
+from django.db import models, transaction
 from django.db.models import Q
 
 from cxrplatform.jobs import Job, JobKind
@@ -16,15 +16,25 @@ log = logging.getLogger(__name__)
 LABEL_CHOICES = CLASS_CHOICES
 
 
+class Task(models.TextChoices):
+    """What a model version does; each task has its own production version."""
+
+    CLASSIFICATION = "classification", "Chest X-ray classification"
+    CT_SEGMENTATION = "ct_segmentation", "CT lesion segmentation"
+
+
 class ModelVersionQuerySet(models.QuerySet["ModelVersion"]):
-    def production(self) -> ModelVersion | None:
-        """The version that serves predictions, or None before a model admin promotes one.
+    def production(self, task: str = Task.CLASSIFICATION) -> ModelVersion | None:
+        """The version that serves ``task``, or None before a model admin promotes one.
 
         The one place that says which model is in production: the worker's
-        warm-up, inference, training's comparison and the pages all ask here.
-        A partial unique constraint allows at most one such row.
+        warm-up, inference, segmentation, training's comparison and the pages all
+        ask here. A partial unique constraint allows at most one such row per task.
         """
-        return self.filter(status=ModelVersion.Status.PRODUCTION).first()
+        return self.filter(status=ModelVersion.Status.PRODUCTION, task=task).first()
+
+    def of_task(self, task: str) -> ModelVersionQuerySet:
+        return self.filter(task=task)
 
 
 class ModelVersion(models.Model):
@@ -43,6 +53,12 @@ class ModelVersion(models.Model):
         FAILED = "failed", "Failed"
 
     name = models.CharField(max_length=200)
+    task = models.CharField(
+        max_length=30,
+        choices=Task.choices,
+        default=Task.CLASSIFICATION,
+        help_text="What the model does; promotion and rollback act within one task.",
+    )
     artifact = models.FileField(upload_to="models/%Y/%m/", max_length=300)
     training_animation = models.FileField(
         upload_to="models/%Y/%m/",
@@ -79,9 +95,9 @@ class ModelVersion(models.Model):
         ordering = ("-created_at",)
         constraints = [
             models.UniqueConstraint(
-                fields=["status"],
+                fields=["task"],
                 condition=Q(status="production"),
-                name="registry_one_production_version",
+                name="registry_one_production_version_per_task",
             ),
         ]
 
@@ -93,17 +109,57 @@ class ModelVersion(models.Model):
         return list(self.card.get("classes", []))
 
     @property
+    def is_classifier(self) -> bool:
+        return self.task == Task.CLASSIFICATION
+
+    @property
     def evaluation(self) -> EvaluationResult | None:
         """``metrics`` read as the typed evaluation (None when none was recorded).
 
         Rows that cannot be read (hand-edited, or a format this code does not know) are
-        logged and treated as unmeasured, so a page still renders.
+        logged and treated as unmeasured, so a page still renders. A CT segmenter's
+        metrics are another shape (Dice and IoU per class, ``ct_metrics``): None here.
         """
+        if not self.is_classifier:
+            return None
         try:
             return EvaluationResult.from_json_or_none(self.metrics)
         except MetricsFormatError as exc:
             log.warning("model version %s: unreadable metrics (%s)", self.pk, exc)
             return None
+
+    @property
+    def ct_metrics(self) -> list[dict[str, object]]:
+        """A CT segmenter's figures as rows for the registry pages (empty for a classifier):
+        every numeric figure of its stored metrics, by its dotted key, with an interval
+        where one is recorded beside it (``<key>_ci`` or ``ci``)."""
+        if self.is_classifier:
+            return []
+        return _metric_rows(self.metrics)
+
+    @property
+    def ct_headline(self) -> list[dict[str, object]]:
+        """A CT segmenter's headline figures: its Dice rows (every figure when none is
+        named Dice), for the registry's table."""
+        rows = self.ct_metrics
+        dice = [row for row in rows if "dice" in str(row["key"]).lower()]
+        return (dice or rows)[:8]
+
+
+def _metric_rows(metrics: object, prefix: str = "") -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    if not isinstance(metrics, dict):
+        return rows
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int | float):
+            ci = metrics.get(f"{key}_ci") or metrics.get(f"{key}_95ci")
+            rows.append({"key": name, "value": value, "ci": ci if isinstance(ci, list) else None})
+        elif isinstance(value, dict):
+            rows += _metric_rows(value, f"{name}.")
+    return rows[:200]
 
 
 class Split(models.TextChoices):
@@ -122,6 +178,13 @@ class ReferenceImage(models.Model):
 
     file = models.FileField(upload_to=_reference_upload_to, max_length=300)
     sha256 = models.CharField(max_length=64, unique=True)
+    pixel_sha256 = models.CharField(
+        max_length=64,
+        blank=True,
+        db_index=True,
+        help_text="SHA-256 of the decoded pixels (apps.models.fingerprint): the same picture "
+        "re-encoded, as every clinical upload is, has the same one.",
+    )
     label = models.CharField(max_length=20, choices=LABEL_CHOICES)
     patient = models.CharField(max_length=100, db_index=True)
     source = models.CharField(max_length=100, db_index=True)
@@ -152,6 +215,12 @@ class DatasetSnapshot(models.Model):
     )
     content_hash = models.CharField(max_length=64)
     counts = models.JSONField(default=dict, blank=True)
+    changes = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="What changed since the parent snapshot: added, removed (with why), "
+        "relabelled, moved between splits, duplicates left out.",
+    )
 
     class Meta:
         ordering = ("-created_at", "-pk")
@@ -172,12 +241,33 @@ class SnapshotItem(models.Model):
     split = models.CharField(max_length=10, choices=Split)
     patient = models.CharField(max_length=100)
     source = models.CharField(max_length=100)
+    pixel_sha256 = models.CharField(
+        max_length=64, blank=True, help_text="The image's pixel hash: one item per picture."
+    )
+    provenance = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Where the label came from when the snapshot was made (the verdicts and "
+        "adjudication of a clinical image; the data set of a reference image).",
+    )
+    withdrawn_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="The clinical image was erased (its case deleted and purged, or an erasure "
+        "request): the row stays as a record, without the image; later snapshots leave it "
+        "out (apps.cases.retention).",
+    )
 
     class Meta:
         constraints = [
             models.CheckConstraint(
                 condition=Q(reference_image__isnull=False, case_image__isnull=True)
-                | Q(reference_image__isnull=True, case_image__isnull=False),
+                | Q(reference_image__isnull=True, case_image__isnull=False)
+                | Q(
+                    reference_image__isnull=True,
+                    case_image__isnull=True,
+                    withdrawn_at__isnull=False,
+                ),
                 name="registry_item_has_exactly_one_image",
             ),
         ]
@@ -189,7 +279,13 @@ class SnapshotItem(models.Model):
     def key(self) -> str:
         if self.reference_image_id:
             return f"ref-{self.reference_image_id}"
+        if self.case_image_id is None:
+            return f"withdrawn-{self.pk}"
         return f"case-{self.case_image_id}"
+
+    @property
+    def is_withdrawn(self) -> bool:
+        return self.reference_image_id is None and self.case_image_id is None
 
 
 class TrainingRun(Job):
@@ -235,3 +331,56 @@ class TrainingRun(Job):
 
     def mark_done(self, *, model_version: ModelVersion, comparison: dict) -> None:
         self._mark_done(model_version=model_version, comparison=comparison)
+
+    def mark_failed(self, error: str) -> None:
+        """Failed, by any path (the task's own error, a time limit, the sweeper): model
+        admins are told (apps.models.notifications)."""
+        super().mark_failed(error)
+        from apps.models.notifications import training_ended
+
+        try:
+            with transaction.atomic():  # a savepoint: the failure itself stays recorded
+                training_ended(self)
+        except Exception:
+            log.exception("training run %s failed, but model admins could not be told", self.pk)
+
+
+class Notification(models.Model):
+    """A message to one model admin that a training run ended: its candidate is ready
+    (with the promotion gate's result, and whether it was promoted automatically) or the
+    run failed. Shown on the registry page (unread ones counted in a badge) and e-mailed
+    when the recipient has an address (apps.models.notifications)."""
+
+    class Kind(models.TextChoices):
+        CANDIDATE_READY = "candidate_ready", "Candidate ready, gate passed"
+        GATE_REFUSED = "gate_refused", "Candidate ready, gate refused"
+        PROMOTED = "promoted", "Candidate promoted automatically"
+        FAILED = "failed", "Training failed"
+
+    recipient = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="registry_notifications"
+    )
+    run = models.ForeignKey(TrainingRun, on_delete=models.CASCADE, related_name="notifications")
+    kind = models.CharField(max_length=30, choices=Kind.choices)
+    subject = models.CharField(max_length=200)
+    body = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    read_at = models.DateTimeField(null=True, blank=True)
+    emailed_at = models.DateTimeField(null=True, blank=True)
+    email_error = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ("-created_at", "-pk")
+        constraints = [
+            # A redelivered task or a second failure path tells each admin once.
+            models.UniqueConstraint(
+                fields=["recipient", "run", "kind"], name="registry_one_notification_per_run"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.subject} (to {self.recipient_id})"
+
+    @property
+    def is_unread(self) -> bool:
+        return self.read_at is None

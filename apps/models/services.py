@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 from django.conf import settings
 from django.core.files import File
@@ -16,8 +20,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.accounts.models import record
-from apps.models.models import ModelVersion, TrainingRun
-from cxrplatform.files import files_removed_on_error
+from apps.models.models import ModelVersion, Task, TrainingRun
+from cxrplatform.files import StoredFiles, files_removed_on_error
 from cxrplatform.jobs import enqueue_job
 from ml.models.metrics import EvaluationResult, MetricsFormatError, ShortcutMetrics
 
@@ -56,8 +60,9 @@ def promotion_evidence(version: ModelVersion) -> Evidence:
     A training run measures its candidate and the production version of the time on
     the snapshot's test split; that pair is used while that version still serves.
     Otherwise each version's own stored metrics are compared (each on its own split).
+    Versions are compared with the production version of their own task.
     """
-    production = ModelVersion.objects.production()
+    production = ModelVersion.objects.production(task=version.task)
     run = getattr(version, "training_run", None)
     comparison = run.comparison if run is not None else {}
     if (
@@ -181,8 +186,11 @@ def promotion_refusals(version: ModelVersion) -> list[str]:
     """Why promoting ``version`` now would be refused (empty: the gate lets it through).
 
     Every promotion (the page, the API, the schedule) passes the shortcut gate; a
-    rollback does not (it restores a version that served before, in an emergency).
+    rollback does not (it restores a version that served before, in an emergency). The
+    gate judges classifiers' shortcut tests; a CT segmenter has none to judge.
     """
+    if not version.is_classifier:
+        return []
     evidence = promotion_evidence(version)
     if evidence.production_version is None or evidence.production_version.pk == version.pk:
         return []
@@ -218,17 +226,23 @@ def auto_promotion_refusals(
 def _state(version: ModelVersion | None) -> dict:
     if version is None:
         return {}
-    return {"version": version.pk, "name": version.name, "status": version.status}
+    return {
+        "version": version.pk,
+        "name": version.name,
+        "status": version.status,
+        "task": version.task,
+    }
 
 
 @transaction.atomic
 def promote(
     *, version: ModelVersion, actor=None, reason: str = "", gate: bool = True
 ) -> ModelVersion:
-    """Archive the current production version and promote ``version``, in one transaction.
+    """Archive the current production version of ``version``'s task and promote
+    ``version``, in one transaction.
 
     The partial unique constraint guarantees that a concurrent promotion
-    cannot leave two production rows: one of the two transactions fails.
+    cannot leave two production rows of one task: one of the two transactions fails.
     Workers pick the new model up on their next task (no restart).
 
     ``gate``: refuse (:class:`PromotionGateError`, with the reasons) a candidate whose
@@ -240,7 +254,7 @@ def promote(
         return version
     if version.status not in {ModelVersion.Status.CANDIDATE, ModelVersion.Status.ARCHIVED}:
         raise RegistryError(f"A {version.status} model version cannot be promoted.")
-    previous = ModelVersion.objects.select_for_update().production()
+    previous = ModelVersion.objects.select_for_update().production(task=version.task)
     refusals = promotion_refusals(version) if gate else []
     if refusals:
         log.info("promotion of %s refused: %s", version, " ".join(refusals))
@@ -263,13 +277,17 @@ def promote(
 
 
 @transaction.atomic
-def rollback(*, actor=None) -> ModelVersion:
-    """Make the previous production version serve again."""
-    current = ModelVersion.objects.production()
+def rollback(*, actor=None, task: str = Task.CLASSIFICATION) -> ModelVersion:
+    """Make the previous production version of ``task`` serve again."""
+    current = ModelVersion.objects.production(task=task)
     if current is None:
-        raise RegistryError("There is no production version to roll back.")
+        raise RegistryError(
+            f"There is no production version of {Task(task).label.lower()} to roll back."
+        )
     previous = (
-        ModelVersion.objects.filter(status=ModelVersion.Status.ARCHIVED, promoted_at__isnull=False)
+        ModelVersion.objects.filter(
+            task=task, status=ModelVersion.Status.ARCHIVED, promoted_at__isnull=False
+        )
         .exclude(pk=current.pk)
         .order_by("-promoted_at")
         .first()
@@ -289,23 +307,34 @@ def rollback(*, actor=None) -> ModelVersion:
     return restored
 
 
-def register_artifact(
-    *, artifact_path: Path, name: str | None = None, make_production: bool = False
-) -> ModelVersion:
-    """Copy a ``.keras`` artifact and its model card into the registry (idempotent by sha256).
+# What a model card must hold, per task.
+CARD_KEYS = {
+    Task.CLASSIFICATION: ("classes", "preprocessing"),
+    Task.CT_SEGMENTATION: ("preprocessing",),
+}
 
-    The card's recorded sha256 must match the file: a card that describes a
-    different artifact is refused rather than registered with wrong metadata.
-    When the card names a ``training_animation`` (the Grad-CAM GIF that
-    ``ml.models.training`` writes beside the artifact) and that file is there, it is copied
-    too; when the card's metrics are those of a ``report/metrics.json`` beside the
-    artifact, that fuller result (confusion matrix, per source, curves) is stored
-    as the version's metrics, so its plots can be drawn.
-    """
+
+def card_task(card: dict) -> str:
+    """The task a model card describes: its ``task`` key when it has one (a CT card says
+    "ct lesion segmentation"), else classification (every card written before CT)."""
+    value = str(card.get("task") or Task.CLASSIFICATION).strip().lower()
+    if "segment" in value:  # "ct lesion segmentation", "ct_segmentation", ...
+        value = Task.CT_SEGMENTATION
+    elif "classif" in value:
+        value = Task.CLASSIFICATION
+    if value not in Task.values:
+        raise RegistryError(
+            f"Model card names task {card.get('task')!r}; expected one of {', '.join(Task.values)}."
+        )
+    return value
+
+
+def _checked_card(artifact_path: Path, task: str | None) -> tuple[dict, str, str]:
+    """(card, artifact sha256, task) of an artifact, or a RegistryError saying what is
+    wrong: no file, no card, a card of another artifact or task, a key the task needs."""
     # Lightweight: hashing lives in ml.models.artifacts, which does not import TensorFlow.
     from ml.models.artifacts import card_path, sha256_file
 
-    artifact_path = Path(artifact_path)
     if not artifact_path.is_file():
         raise RegistryError(f"Model artifact {artifact_path} does not exist.")
     cpath = card_path(artifact_path)
@@ -318,32 +347,189 @@ def register_artifact(
             f"Model card {cpath.name} records sha256 {card['sha256']}, "
             f"but the artifact's is {digest}."
         )
-    for key in ("classes", "preprocessing"):
+    recorded_task = card_task(card)
+    if task is not None and task != recorded_task and "task" in card:
+        raise RegistryError(
+            f"Model card {cpath.name} describes a {recorded_task} model, not {task}."
+        )
+    task = task or recorded_task
+    for key in CARD_KEYS[Task(task)]:
         if key not in card:
             raise RegistryError(f"Model card {cpath.name} lacks {key!r}.")
+    return card, digest, task
+
+
+def register_artifact(
+    *,
+    artifact_path: Path,
+    name: str | None = None,
+    make_production: bool = False,
+    task: str | None = None,
+) -> ModelVersion:
+    """Copy a ``.keras`` artifact and its model card into the registry (idempotent by sha256).
+
+    ``task``: what the model does; by default the card says (:func:`card_task`). A
+    ``task`` given that contradicts the card is refused. A CT segmenter's card stores its
+    own metrics (Dice and IoU per class) as the version's metrics.
+
+    The card's recorded sha256 must match the file: a card that describes a
+    different artifact is refused rather than registered with wrong metadata.
+    When the card names a ``training_animation`` (the Grad-CAM GIF that
+    ``ml.models.training`` writes beside the artifact) and that file is there, it is copied
+    too; when the card's metrics are those of a ``report/metrics.json`` beside the
+    artifact, that fuller result (confusion matrix, per source, curves) is stored
+    as the version's metrics, so its plots can be drawn.
+    """
+    artifact_path = Path(artifact_path)
+    card, digest, task = _checked_card(artifact_path, task)
     animation_path = _training_animation_path(artifact_path, card)
-    evaluation = _card_evaluation(artifact_path, card)
-    with files_removed_on_error() as stored, transaction.atomic():
+    if task == Task.CLASSIFICATION:
+        evaluation = _card_evaluation(artifact_path, card)
+        metrics = evaluation.to_json() if evaluation is not None else {}
+    else:
+        metrics = _segmentation_metrics(card)
+    # A classifier is converted for the inference queue's LiteRT runtime now, outside
+    # the transaction (seconds: it imports TensorFlow), unless it has its file already.
+    existing = ModelVersion.objects.filter(sha256=digest).first()
+    needs_lite = task == Task.CLASSIFICATION and (
+        existing is None or not (existing.card or {}).get("lite")
+    )
+    with (
+        lite_conversion(artifact_path, digest) if needs_lite else nullcontext(None) as lite,
+        files_removed_on_error() as stored,
+        transaction.atomic(),
+    ):
         version = ModelVersion.objects.filter(sha256=digest).first()
         if version is None:
             version = ModelVersion(
                 name=name or card.get("name") or artifact_path.stem,
+                task=task,
                 sha256=digest,
                 card=card,
-                metrics=evaluation.to_json() if evaluation is not None else {},
+                metrics=metrics,
                 status=ModelVersion.Status.CANDIDATE,
             )
             with artifact_path.open("rb") as fh:
                 version.artifact.save(artifact_path.name, File(fh), save=False)
             stored.add(version.artifact.name)
+            if lite is not None:
+                _store_lite(version, lite, stored)
             if animation_path is not None:
                 with animation_path.open("rb") as fh:
                     version.training_animation.save(animation_path.name, File(fh), save=False)
                 stored.add(version.training_animation.name)
             version.save()
+        elif version.task != task:
+            raise RegistryError(
+                f"This artifact is registered already as #{version.pk}, a {version.task} model."
+            )
+        elif lite is not None and not (version.card or {}).get("lite"):
+            _store_lite(version, lite, stored)
+            version.save(update_fields=["card"])
         if make_production:
             version = promote(version=version, reason="registered as production")
     return version
+
+
+@contextmanager
+def lite_conversion(
+    artifact_path: Path, digest: str
+) -> Iterator[tuple[Path, dict[str, Any]] | None]:
+    """The LiteRT file for a classifier's ``.keras`` artifact, and its record.
+
+    The ``.tflite`` beside the artifact is used when its sidecar says it was converted
+    from this very artifact (``digest``) and its own hash matches (no TensorFlow
+    needed: the bundled models ship theirs); otherwise the model is converted now,
+    into a temporary folder removed when the block ends. None, with a warning, when
+    the conversion fails: the version is then served by Keras.
+    """
+    from ml.models.artifacts import sha256_file
+    from ml.serving.runtime import convert_to_lite, lite_path_for, read_lite_record
+
+    beside = lite_path_for(artifact_path)
+    if beside.is_file():
+        try:
+            record = read_lite_record(beside)
+        except (OSError, ValueError):
+            record = {}
+        if record.get("source_sha256") == digest and record.get("sha256") == sha256_file(beside):
+            yield beside, record
+            return
+    with tempfile.TemporaryDirectory(prefix="cxr-lite-") as folder:
+        out = Path(folder) / beside.name
+        try:
+            record = convert_to_lite(artifact_path, out)
+        except Exception:
+            log.warning(
+                "%s could not be converted for LiteRT; the inference queue will serve it "
+                "with Keras",
+                artifact_path.name,
+                exc_info=True,
+            )
+            converted = None
+        else:
+            converted = (out, record)
+        yield converted
+
+
+def _store_lite(
+    version: ModelVersion, lite: tuple[Path, dict[str, Any]], stored: StoredFiles
+) -> None:
+    """Store the ``.tflite`` beside the version's artifact; record it in ``card["lite"]``."""
+    path, conversion = lite
+    if conversion["source_sha256"] != version.sha256:
+        raise RegistryError(
+            f"{path.name} was converted from another artifact than #{version.pk}'s."
+        )
+    name = str(PurePosixPath(version.artifact.name or path.name).with_suffix(path.suffix))
+    with path.open("rb") as fh:
+        saved = version.artifact.storage.save(name, File(fh))
+    stored.add(saved)
+    version.card = {
+        **(version.card or {}),
+        "lite": {
+            "artifact": saved,
+            "sha256": conversion["sha256"],
+            "source_sha256": conversion["source_sha256"],
+            "converter": conversion.get("converter", ""),
+        },
+    }
+
+
+def add_lite(version: ModelVersion, *, force: bool = False) -> bool:
+    """Convert a registered classifier for LiteRT and store the file (versions registered
+    before conversion at registration; ``manage.py lite_convert``). False when there was
+    nothing to do or the conversion failed (logged)."""
+    from apps.models.serving import local_artifact_path
+
+    if not version.is_classifier or ((version.card or {}).get("lite") and not force):
+        return False
+    with (
+        lite_conversion(local_artifact_path(version), version.sha256) as lite,
+        files_removed_on_error() as stored,
+        transaction.atomic(),
+    ):
+        if lite is None:
+            return False
+        locked = ModelVersion.objects.select_for_update().get(pk=version.pk)
+        old = (locked.card or {}).get("lite")
+        _store_lite(locked, lite, stored)
+        locked.save(update_fields=["card"])
+        if old and old.get("artifact") != locked.card["lite"]["artifact"]:
+            name = old["artifact"]
+            transaction.on_commit(lambda: locked.artifact.storage.delete(name))
+        version.card = locked.card
+    return True
+
+
+def _segmentation_metrics(card: dict) -> dict:
+    """A CT segmenter's figures from its card (whatever it calls them: ``metrics``,
+    ``evaluation`` or ``test``); stored as they are, shown by ``ModelVersion.ct_metrics``."""
+    for key in ("metrics", "evaluation", "test"):
+        value = card.get(key)
+        if isinstance(value, dict) and value:
+            return value
+    return {}
 
 
 def _training_animation_path(artifact_path: Path, card: dict) -> Path | None:

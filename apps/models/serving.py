@@ -1,14 +1,23 @@
 """Per-process cache of loaded classifiers (worker code only).
 
 Loading a Keras model takes seconds; a worker loads each model version once
-and keeps it. The cache is keyed by version and sha256, so a newly promoted
-model is picked up by the next task without restarting the worker.
-This module imports ``ml.serving.classifier`` (and so TensorFlow) lazily.
+and keeps it. The cache is keyed by version, sha256 and runtime, so a newly
+promoted model is picked up by the next task without restarting the worker.
+
+Two runtimes (``ml.serving.runtime``): ``keras`` (explanations, training, the model
+inspector: they need the Keras graph) and ``litert`` (the inference queue,
+``CXR_INFERENCE_RUNTIME``): the ``.tflite`` file converted at registration and
+recorded in ``version.card["lite"]``, run without importing TensorFlow.
+This module imports ``ml.serving.classifier`` lazily; only the Keras runtime imports
+TensorFlow.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import shutil
 import threading
 from collections import OrderedDict
@@ -20,13 +29,15 @@ from django.conf import settings
 from apps.models.models import ModelVersion
 
 if TYPE_CHECKING:
+    from ml.ct.segmenter import CTSegmenter
     from ml.serving.classifier import Classifier
 
 log = logging.getLogger(__name__)
 
 _MAX_MODELS = 2  # the production model and the one it just replaced
 _lock = threading.Lock()
-_cache: OrderedDict[tuple[int, str], Classifier] = OrderedDict()
+_cache: OrderedDict[tuple[int, str, str], Classifier] = OrderedDict()
+_ct_cache: OrderedDict[tuple[int, str], CTSegmenter] = OrderedDict()
 
 
 def local_file_path(field_file, directory: Path, name: str | None = None) -> Path:
@@ -51,34 +62,144 @@ def local_artifact_path(version: ModelVersion) -> Path:
     )
 
 
-def classifier_for(version: ModelVersion) -> Classifier:
-    key = (version.pk, version.sha256)
+def local_lite_path(version: ModelVersion) -> Path | None:
+    """A local path for the version's converted ``.tflite`` file, None when it has none."""
+    record = (version.card or {}).get("lite")
+    if not record:
+        return None
+    storage = version.artifact.storage
+    name = str(record["artifact"])
+    try:
+        return Path(storage.path(name))
+    except NotImplementedError:
+        target = Path(settings.VAR_DIR) / "model-cache" / f"{record['sha256']}.tflite"
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_suffix(f".{os.getpid()}.part")
+            with storage.open(name, "rb") as src, partial.open("wb") as dst:
+                shutil.copyfileobj(src, dst)
+            partial.replace(target)
+        return target
+
+
+def classifier_for(version: ModelVersion, *, runtime: str = "keras") -> Classifier:
+    """The version's classifier, loaded once per process and runtime.
+
+    ``runtime="litert"`` serves the converted file recorded in ``version.card["lite"]``
+    (its sha256 and the Keras artifact's it was made from are checked on load); a
+    version without one is served by Keras, with a warning.
+    """
+    if runtime not in ("keras", "litert"):
+        raise ValueError(f"Unknown runtime {runtime!r}; expected 'keras' or 'litert'.")
+    if runtime == "litert" and not (version.card or {}).get("lite"):
+        log.warning(
+            "model version %s has no LiteRT file (registered before conversion at "
+            "registration? run `manage.py lite_convert`); serving it with Keras",
+            version,
+        )
+        runtime = "keras"
+    key = (version.pk, version.sha256, runtime)
     with _lock:
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
         from ml.serving.classifier import Classifier
 
-        log.info("loading model version %s", version)
-        classifier = Classifier.load(
-            local_artifact_path(version), expected_sha256=version.sha256, card=version.card
-        )
+        log.info("loading model version %s (%s)", version, runtime)
+        lite_path = local_lite_path(version) if runtime == "litert" else None
+        if lite_path is not None:
+            classifier = Classifier.load_lite(
+                lite_path,
+                card=version.card,
+                source_sha256=version.sha256,
+                record=version.card["lite"],
+                num_threads=settings.CXR_INFERENCE_THREADS,
+            )
+        else:
+            classifier = Classifier.load(
+                local_artifact_path(version), expected_sha256=version.sha256, card=version.card
+            )
         _cache[key] = classifier
         while len(_cache) > _MAX_MODELS:
             _cache.popitem(last=False)
         return classifier
 
 
-def warm_up() -> None:
-    """Load the production model now (worker start); failures are logged, not fatal."""
-    from apps.cases.lungs import warm_up as warm_up_lungs
+def segmenter_for(version: ModelVersion) -> CTSegmenter:
+    """The CT segmenter of a registered version, loaded once per process (like
+    :func:`classifier_for`).
 
-    warm_up_lungs()  # every prediction also segments the lungs (logs its own failures)
-    try:
-        version = ModelVersion.objects.production()
-        if version is None:
-            log.warning("no production model to warm up")
-            return
-        classifier_for(version)
-    except Exception:
-        log.exception("could not warm up the production model; tasks will load it on demand")
+    ``CTSegmenter.load`` reads the card beside the ``.keras`` file; the registry keeps
+    the card in the database, so the artifact is placed with its card in a cache folder
+    of its own (``var/model-cache/ct-<sha256>/``) and its sha256 checked there: a
+    replaced or corrupted file is refused rather than used.
+    """
+    # The card is part of the key: its postprocessing (thresholds) shapes the answers.
+    card_digest = hashlib.sha256(json.dumps(version.card, sort_keys=True).encode()).hexdigest()
+    key = (version.pk, f"{version.sha256}:{card_digest}")
+    with _lock:
+        if key in _ct_cache:
+            _ct_cache.move_to_end(key)
+            return _ct_cache[key]
+        from ml.ct.segmenter import CTSegmenter
+        from ml.models.artifacts import card_path
+
+        folder = Path(settings.VAR_DIR) / "model-cache" / f"ct-{version.sha256}"
+        path = folder / "ct-seg.keras"
+        folder.mkdir(parents=True, exist_ok=True)
+        if not path.exists():  # partial files of its own: other workers may copy too
+            partial = path.with_suffix(f".{os.getpid()}.part")
+            shutil.copyfile(local_artifact_path(version), partial)
+            partial.replace(path)
+        card = card_path(path).with_suffix(f".{os.getpid()}.part")
+        card.write_text(json.dumps(version.card, indent=2))
+        card.replace(card_path(path))
+        log.info("loading CT segmenter version %s", version)
+        try:
+            segmenter = CTSegmenter.load(path, expected_sha256=version.sha256)
+        except Exception:
+            path.unlink(missing_ok=True)  # a damaged copy is made again next time
+            raise
+        _ct_cache[key] = segmenter
+        while len(_ct_cache) > _MAX_MODELS:
+            _ct_cache.popitem(last=False)
+        return segmenter
+
+
+def consumed_queues() -> set[str]:
+    """The queues this worker process consumes (``-Q``; every queue when none was named).
+
+    The worker's main process selects them before it forks the pool processes, which
+    inherit the selection."""
+    from cxrplatform.celery import QUEUES, app
+
+    selected = app.amqp.queues.consume_from
+    return set(selected) & set(QUEUES) if selected else set(QUEUES)
+
+
+def warm_up() -> None:
+    """Load the production models of the queues this worker consumes (worker start):
+    the classifier and lung segmenter on the inference runtime for ``inference``, the CT
+    segmenter for ``segmentation``. A lean inference worker thus never imports
+    TensorFlow. Failures are logged, not fatal."""
+    from apps.cases.lungs import warm_up as warm_up_lungs
+    from apps.models.models import Task
+
+    queues = consumed_queues()
+    if "inference" in queues:
+        warm_up_lungs()  # every prediction also segments the lungs (logs its own failures)
+        try:
+            version = ModelVersion.objects.production()
+            if version is None:
+                log.warning("no production model to warm up")
+            else:
+                classifier_for(version, runtime=settings.CXR_INFERENCE_RUNTIME)
+        except Exception:
+            log.exception("could not warm up the production model; tasks will load it on demand")
+    if "segmentation" in queues:
+        try:
+            ct_version = ModelVersion.objects.production(task=Task.CT_SEGMENTATION)
+            if ct_version is not None:
+                segmenter_for(ct_version)
+        except Exception:
+            log.exception("could not warm up the CT segmenter; tasks will load it on demand")

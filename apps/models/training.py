@@ -10,7 +10,7 @@ from pathlib import Path
 from django.db import transaction
 
 from apps.accounts.models import record
-from apps.models import services
+from apps.models import notifications, services
 from apps.models.models import ModelVersion, SnapshotItem, TrainingRun
 from apps.models.serving import local_file_path
 from cxrplatform.jobs import claim_job, failure_recorded
@@ -24,6 +24,8 @@ def _records(items, workdir: Path):
     records, splits = [], []
     for item in items:
         image = item.reference_image or item.case_image
+        if image is None:  # withdrawn (an erased clinical image): nothing to train on
+            continue
         records.append(
             Record(
                 path=local_file_path(image.file, workdir),
@@ -111,15 +113,25 @@ def run_training(*, run_id: int) -> TrainingRun | None:
                 },
             )
         version.refresh_from_db()
-        from django.conf import settings
-
-        if not settings.CXR_AUTO_PROMOTE:
-            return run
-        if refusals:
-            log.info("candidate %s not promoted automatically: %s", version, " ".join(refusals))
-            return run
-        try:
-            services.promote(version=version, actor=None, reason="automatic: gate passed")
-        except services.RegistryError as exc:  # production changed while the run trained
-            log.warning("automatic promotion of %s refused: %s", version, exc)
+        _promote_automatically(version, refusals)
+    if run.status == TrainingRun.Status.DONE:
+        # Model admins learn the outcome: candidate ready, the gate's verdict, promoted.
+        # (A failure tells them through TrainingRun.mark_failed, whatever path failed it.)
+        run.refresh_from_db()
+        notifications.training_ended(run)
     return run
+
+
+def _promote_automatically(version: ModelVersion, refusals: list[str]) -> None:
+    from django.conf import settings
+
+    if not settings.CXR_AUTO_PROMOTE:
+        return
+    if refusals:
+        log.info("candidate %s not promoted automatically: %s", version, " ".join(refusals))
+        return
+    try:
+        services.promote(version=version, actor=None, reason="automatic: gate passed")
+    except services.RegistryError as exc:  # production changed while the run trained
+        log.warning("automatic promotion of %s refused: %s", version, exc)
+    version.refresh_from_db()

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from apps.models import inspector_views, views
+from apps.models import dataset_views, inspector_views, notification_views, views
 
 app_name = "registry"
 
@@ -17,6 +17,16 @@ urlpatterns = [
     path("compare/", views.compare, name="compare"),
     path("rollback/", views.rollback, name="rollback"),
     path("training-runs/", views.start_training, name="start-training"),
+    path("notifications/read/", notification_views.mark_read, name="notifications-read"),
+    path("snapshots/", dataset_views.snapshot_list, name="snapshots"),
+    path("snapshots/<int:pk>/", dataset_views.snapshot_detail, name="snapshot"),
+    path("snapshots/<int:pk>/export.zip", dataset_views.snapshot_export, name="snapshot-export"),
+    path("exports/confirmed-labels.zip", dataset_views.confirmed_export, name="confirmed-export"),
+    path(
+        "images/<int:pk>/provenance/",
+        dataset_views.image_provenance_page,
+        name="image-provenance",
+    ),
     path("inspector/", inspector_views.inspector_form, name="inspector"),
     path("inspector/<int:pk>/", inspector_views.inspection_detail, name="inspection"),
     path(

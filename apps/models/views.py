@@ -10,8 +10,8 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from apps.accounts.roles import MODEL_ADMIN, role_required
-from apps.models import services
-from apps.models.models import ModelVersion, TrainingRun
+from apps.models import notifications, services
+from apps.models.models import ModelVersion, Task, TrainingRun
 from ml.data.labels import CLASS_DISPLAY, CLASSES
 from ml.models.metrics import EvaluationResult
 
@@ -85,6 +85,79 @@ def shortcut_rows(*results: EvaluationResult | None) -> list[dict] | None:
     return list(rows.values())
 
 
+def per_source_rows(a: EvaluationResult | None, b: EvaluationResult | None) -> list[dict]:
+    """Both versions' figures per data source, one row per source either was measured on
+    (a model that works on one source only shows here, not in the overall figures)."""
+    per_a = a.per_source if a else {}
+    per_b = b.per_source if b else {}
+    rows = []
+    for source in sorted(set(per_a) | set(per_b)):
+        sa, sb = per_a.get(source), per_b.get(source)
+        diff = None if sa is None or sb is None else sb.accuracy - sa.accuracy
+        rows.append({"source": source, "a": sa, "b": sb, "accuracy_diff": diff})
+    return rows
+
+
+def training_rows(card: dict) -> list[tuple[str, str]]:
+    """How a version was built, from its card: what a model admin checks before promoting
+    (architecture, input, preprocessing, the measures against shortcuts, the operating
+    point). Keys missing from older cards are left out."""
+    rows: list[tuple[str, str]] = []
+    hyper = card.get("hyperparameters") or {}
+    pre = card.get("preprocessing") or {}
+    if card.get("architecture"):
+        width = f", width {hyper['width']}" if hyper.get("width") else ""
+        rows.append(("architecture", f"{card['architecture']}{width}"))
+    if pre:
+        version = pre.get("version", 1)
+        text = f"v{version}, {pre.get('input_size', '?')} px"
+        if version >= 2:
+            text += ", lung frame + CLAHE"
+            if pre.get("mask_outside"):
+                text += f", zero outside the lungs (dilated {pre.get('mask_dilation', 0):g})"
+            segmenter = (pre.get("segmenter") or {}).get("version")
+            if segmenter:
+                text += f", lungs by {segmenter}"
+        else:
+            text += ", whole image letterboxed"
+        rows.append(("preprocessing", text))
+    measures = [
+        label
+        for key, label in (
+            ("balanced_sampling", "sampling balanced over source x class"),
+            ("acquisition_augment", "acquisition augmentation"),
+        )
+        if hyper.get(key)
+    ]
+    if hyper.get("lung_penalty"):
+        measures.append(f"lung penalty {hyper['lung_penalty']:g} on {hyper.get('penalty_on')}")
+    if hyper:
+        rows.append(("against shortcuts", ", ".join(measures) or "none"))
+    point = card.get("operating_point")
+    if point:
+        # In class order: a jsonb column does not keep the card's key order.
+        given = point.get("offsets", {})
+        order = [c for c in card.get("classes", []) if c in given]
+        order += sorted(set(given) - set(order))
+        offsets = ", ".join(f"{k} {given[k]:+g}" for k in order)
+        rows.append(
+            (
+                "operating point",
+                f"logit offsets {offsets} chosen on validation (macro-F1 "
+                f"{point.get('val_macro_f1_before', 0):.3f} -> "
+                f"{point.get('val_macro_f1_after', 0):.3f})",
+            )
+        )
+    elif hyper:
+        rows.append(("operating point", "argmax"))
+    training = card.get("training") or {}
+    if training.get("epochs_run"):
+        rows.append(
+            ("training", f"{training['epochs_run']} epochs, {training.get('seconds', '?')} s")
+        )
+    return rows
+
+
 def _has_curves(result: EvaluationResult | None) -> bool:
     return bool(result and result.curves)
 
@@ -94,10 +167,19 @@ def _has_curves(result: EvaluationResult | None) -> bool:
 def registry(request: HttpRequest) -> HttpResponse:
     versions = ModelVersion.objects.select_related("snapshot", "parent")
     runs = TrainingRun.objects.select_related("model_version", "requested_by")[:20]
+    ct_versions = versions.filter(task=Task.CT_SEGMENTATION)
     return render(
         request,
         "registry/index.html",
-        {"versions": versions, "runs": runs, "classes": CLASSES},
+        {
+            "versions": versions.filter(task=Task.CLASSIFICATION),
+            "ct_versions": ct_versions,
+            "ct_production": ModelVersion.objects.production(task=Task.CT_SEGMENTATION),
+            "runs": runs,
+            "classes": CLASSES,
+            "notifications": notifications.for_user(request.user)[:5],
+            "unread_notifications": notifications.unread_count(request.user),
+        },
     )
 
 
@@ -105,6 +187,17 @@ def registry(request: HttpRequest) -> HttpResponse:
 @role_required(MODEL_ADMIN)
 def version_detail(request: HttpRequest, pk: int) -> HttpResponse:
     version = get_object_or_404(ModelVersion, pk=pk)
+    if not version.is_classifier:
+        return render(
+            request,
+            "registry/version_ct.html",
+            {
+                "version": version,
+                "metrics": version.ct_metrics,
+                "production": ModelVersion.objects.production(task=version.task),
+                "preprocessing": version.card.get("preprocessing") or {},
+            },
+        )
     evaluation = version.evaluation
     evidence = services.promotion_evidence(version)
     return render(
@@ -121,7 +214,8 @@ def version_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "per_source": evaluation.per_source if evaluation else {},
             "shortcuts": shortcut_rows(evaluation),
             "shortcut_headers": ["this version"],
-            "others": ModelVersion.objects.exclude(pk=version.pk),
+            "training": training_rows(version.card),
+            "others": ModelVersion.objects.filter(task=version.task).exclude(pk=version.pk),
         },
     )
 
@@ -164,8 +258,11 @@ def training_animation(request: HttpRequest, pk: int) -> FileResponse:
 @require_GET
 @role_required(MODEL_ADMIN)
 def compare(request: HttpRequest) -> HttpResponse:
-    """Any two versions side by side: headline metrics, per-class table, plots."""
-    versions = list(ModelVersion.objects.select_related("snapshot"))
+    """Any two versions side by side: headline metrics, per-source table, shortcut tests,
+    confusion matrices, ROC and calibration plots and the training animations."""
+    versions = list(
+        ModelVersion.objects.filter(task=Task.CLASSIFICATION).select_related("snapshot")
+    )
     by_pk = {str(v.pk): v for v in versions}
     a, b = by_pk.get(request.GET.get("a", "")), by_pk.get(request.GET.get("b", ""))
     if a is None and len(versions) >= 2:
@@ -179,6 +276,7 @@ def compare(request: HttpRequest) -> HttpResponse:
             rows=comparison_rows(evaluation_b, evaluation_a, COMPARE_ROWS),
             shortcuts=shortcut_rows(evaluation_a, evaluation_b),
             shortcut_headers=[f"A: #{a.pk} {a.name}", f"B: #{b.pk} {b.name}"],
+            per_source=per_source_rows(evaluation_a, evaluation_b),
             same_split=a.snapshot_id is not None and a.snapshot_id == b.snapshot_id,
             sides=[
                 {
@@ -203,7 +301,8 @@ def promote(request: HttpRequest, pk: int) -> HttpResponse:
         except services.RegistryError as exc:
             messages.error(request, str(exc))
         else:
-            messages.success(request, f"{version.name} now serves all new predictions.")
+            what = "predictions" if version.is_classifier else "CT segmentations"
+            messages.success(request, f"{version.name} now serves all new {what}.")
         return redirect("registry:index")
     evidence = services.promotion_evidence(version)
     return render(
@@ -228,8 +327,12 @@ def _served_evaluation(evidence: services.Evidence) -> EvaluationResult | None:
 @require_POST
 @role_required(MODEL_ADMIN)
 def rollback(request: HttpRequest) -> HttpResponse:
+    task = request.POST.get("task") or Task.CLASSIFICATION
+    if task not in Task.values:
+        messages.error(request, f"Unknown task {task!r}.")
+        return redirect("registry:index")
     try:
-        restored = services.rollback(actor=request.user)
+        restored = services.rollback(actor=request.user, task=task)
     except services.RegistryError as exc:
         messages.error(request, str(exc))
     else:

@@ -339,10 +339,12 @@ def load_nih(root: Path, source: str = NIH_SOURCE) -> Dataset:
 
 
 def load_generic(root: Path, source: str | None = None) -> Dataset:
-    """A folder per class, or a CSV (``path,label[,patient][,source]``).
+    """A folder per class, or a CSV (``path,label[,patient][,source][,split]``).
 
     ``root`` may be the CSV itself or a folder holding ``labels.csv``. Without a
-    patient column each image counts as its own patient: say so in reports.
+    patient column each image counts as its own patient: say so in reports. A
+    ``split`` column (train, val or test; the platform's dataset exports write one)
+    is kept in each record's ``meta``; ``given_splits`` reads it back.
     """
     root = Path(root)
     csv_path = root if root.suffix == ".csv" else root / "labels.csv"
@@ -362,12 +364,18 @@ def load_generic(root: Path, source: str | None = None) -> Dataset:
                 if problem:
                     excluded[problem] += 1
                     continue
+                split = (row.get("split") or "").strip()
+                if split and split not in GIVEN_SPLITS:
+                    raise ValueError(
+                        f"{csv_path}: split {split!r} for {row['path']}; use train, val or test."
+                    )
                 records.append(
                     Record(
                         path=path,
                         label=label,
                         patient=(row.get("patient") or "").strip() or f"img-{path.name}",
                         source=(row.get("source") or "").strip() or source,
+                        meta=(("split", split),) if split else (),
                     )
                 )
         return Dataset(records=records, excluded=excluded, sources=[source])
@@ -385,6 +393,25 @@ def load_generic(root: Path, source: str | None = None) -> Dataset:
                 Record(path=path, label=directory.name, patient=f"img-{path.name}", source=source)
             )
     return Dataset(records=records, excluded=excluded, sources=[source])
+
+
+GIVEN_SPLITS = ("train", "val", "test")
+
+
+def given_splits(records: Sequence[Record]) -> list[str] | None:
+    """The split each record was given (a generic CSV's ``split`` column), or None when
+    none was. Some records with a split and some without is an error: the frozen split
+    of a dataset snapshot must not be mixed with a computed one."""
+    splits = [dict(r.meta).get("split", "") for r in records]
+    if not any(splits):
+        return None
+    missing = sum(1 for s in splits if not s)
+    if missing:
+        raise ValueError(
+            f"{missing} of {len(splits)} images have no split while the others have one; "
+            "give every image a split (train, val, test) or none."
+        )
+    return splits
 
 
 LOADERS = {

@@ -5,7 +5,8 @@
     png = render_overlay(image, heatmap.values, title=heatmap.target_label)
 
 Methods: Grad-CAM and occlusion through tf-explain, SmoothGrad and Integrated Gradients
-on tf-explain's cores, guided backprop on ``tf.GradientTape``; faithfulness scores
+on tf-explain's cores, guided backprop and deconvolution (deconvnet) on
+``tf.GradientTape``; faithfulness scores
 (deletion / insertion) and the model-randomisation sanity check. See each module.
 
 Model inspector (:mod:`ml.explain.inspect`): ``conv_layers``, ``spatial_layers``,

@@ -29,6 +29,11 @@ returns a blended uint8 picture rather than the map):
 * **Guided backprop**: not in tf-explain 0.3.1; ``tf.GradientTape`` on a clone of the
   model whose hidden element-wise activations pass back only positive gradients
   (Springenberg et al. 2015), with a softmax output replaced by its logits.
+* **Deconvolution** (deconvnet, Zeiler & Fergus 2014): not in tf-explain 0.3.1; the same
+  clone with the deconvnet's rule instead: the backward signal is rectified
+  (``max(grad, 0)``) at each activation *whatever the forward activation was*, where
+  guided backprop also zeroes it where the forward input was negative. Max pooling's
+  backward is the deconvnet's switch unpooling, a convolution's the transposed filter.
 
 tf-explain's core functions are compiled once per model (``tf.function`` cached in a
 ``WeakKeyDictionary``, see :mod:`ml.explain._common`), never ``model.predict``.
@@ -63,7 +68,7 @@ from ml.explain._common import (
 
 log = logging.getLogger(__name__)
 
-METHODS: tuple[str, ...] = ("gradcam", "occlusion", "smoothgrad", "ig", "guided")
+METHODS: tuple[str, ...] = ("gradcam", "occlusion", "smoothgrad", "ig", "guided", "deconvnet")
 
 _CONV_TYPES = (
     layers.Conv2D,
@@ -106,8 +111,15 @@ def _history(tensor: Any) -> tuple[Any, int]:
     return operation, node_index
 
 
+LUNG_FEATURES = "lung_features"  # the name ml.models.architectures gives masked feature maps
+
+
 def _find_last_conv(model: keras.Model) -> list[str] | None:
     """Breadth-first walk from the outputs back to the inputs; first convolution wins.
+
+    A 4-D layer named ``lung_features`` (the lung-masked feature maps of
+    ``ml.models.architectures.build_lung_cnn``) wins over a convolution: it is the last
+    spatial map that model's classifier reads.
 
     Walking the graph (not ``model.layers`` in reverse) skips layers that do not feed
     the output, and on a residual block finds the conv nearest the output whichever
@@ -121,7 +133,9 @@ def _find_last_conv(model: keras.Model) -> list[str] | None:
         if (id(operation), node_index) in seen:
             continue
         seen.add((id(operation), node_index))
-        if isinstance(operation, _CONV_TYPES) and len(tensor.shape) == 4:
+        if len(tensor.shape) == 4 and (
+            isinstance(operation, _CONV_TYPES) or operation.name == LUNG_FEATURES
+        ):
             return [operation.name]
         if isinstance(operation, keras.Model):
             inner = _find_last_conv(operation)
@@ -362,16 +376,96 @@ class _Elementwise(layers.Layer):  # type: ignore[misc]  # Keras ships no types
         return input_shape
 
 
-def _guided_clone(model: keras.Model) -> tuple[keras.Model, str]:
-    """A copy of ``model`` (same weights) with guided activations and logit output."""
+def _deconvnet(function: Callable[[tf.Tensor], tf.Tensor]) -> Callable[[tf.Tensor], tf.Tensor]:
+    """Element-wise activation with the deconvnet's backward pass (Zeiler & Fergus 2014).
+
+    The backward signal is rectified, grad_in = max(grad_out, 0), whatever the forward
+    input was: unlike guided backprop (``_guided``) it is not masked by where the
+    forward activation was positive, and the activation's own derivative is not used.
+    """
+
+    @tf.custom_gradient  # type: ignore[untyped-decorator]  # TF is untyped
+    def deconvnet(x: tf.Tensor) -> tuple[tf.Tensor, Callable[[tf.Tensor], tf.Tensor]]:
+        def backward(upstream: tf.Tensor) -> tf.Tensor:
+            return tf.nn.relu(upstream)
+
+        return function(x), backward
+
+    deconvnet_activation: Callable[[tf.Tensor], tf.Tensor] = deconvnet  # untyped decorator
+    return deconvnet_activation
+
+
+_RULES: dict[
+    str, Callable[[Callable[[tf.Tensor], tf.Tensor]], Callable[[tf.Tensor], tf.Tensor]]
+] = {
+    "guided": _guided,
+    "deconvnet": _deconvnet,
+}
+
+
+def _weight_free_layers(model: keras.Model) -> set[int]:
+    """Ids of the top-level layers without weights whose inputs no weight has touched.
+
+    They compute something of the raw input, not a feature: ``lung_cnn``'s lung-cell gate
+    (``visible`` and ``lung_cells``: clipped ReLUs of the scaled input, 0 or 1 almost
+    everywhere). The deconvnet rule projects features back to the input, so these keep
+    their own derivative; under the rule the gate's x 1e4 input scale would pass the
+    signal straight to every visible pixel and the map would show the gate.
+    """
+    depends: dict[tuple[int, int], bool] = {}
+
+    def on_weights(tensor: Any) -> bool:
+        operation, node_index = _history(tensor)
+        key = (id(operation), node_index)
+        if key not in depends:
+            inputs = operation._inbound_nodes[node_index].input_tensors
+            depends[key] = bool(operation.weights) or any(on_weights(t) for t in inputs)
+        return depends[key]
+
+    free: set[int] = set()
+    fed: set[int] = set()
+    queue = deque(model.outputs)
+    seen: set[tuple[int, int]] = set()
+    while queue:
+        tensor = queue.popleft()
+        operation, node_index = _history(tensor)
+        if (id(operation), node_index) in seen:
+            continue
+        seen.add((id(operation), node_index))
+        inputs = operation._inbound_nodes[node_index].input_tensors
+        if inputs and not operation.weights and not any(on_weights(t) for t in inputs):
+            free.add(id(operation))
+        else:
+            fed.add(id(operation))
+        queue.extend(inputs)
+    return free - fed
+
+
+def _rule_clone(model: keras.Model, rule: str = "guided") -> tuple[keras.Model, str, list[str]]:
+    """A copy of ``model`` (same weights) whose hidden element-wise activations pass the
+    backward signal by ``rule`` ("guided" or "deconvnet"), with logit output.
+
+    Returns the copy, the score it explains ("logit" or "output") and the names of the
+    activations left with their own derivative (weight-free ones, deconvnet only).
+    """
+    wrap = _RULES[rule]
     output_ops = {id(_history(t)[0]) for t in model.outputs}
+    weight_free = _weight_free_layers(model) if rule == "deconvnet" else set()
     score = {"value": "output"}
+    kept: list[str] = []
 
     def clone_function(layer: Any) -> Any:
         is_output = id(layer) in output_ops
+        if id(layer) in weight_free and not is_output:
+            activation = getattr(layer, "activation", None)
+            if isinstance(layer, (layers.ReLU, layers.LeakyReLU, layers.ELU)) or (
+                callable(activation) and getattr(activation, "__name__", "") not in _NOT_GUIDED
+            ):
+                kept.append(layer.name)
+            return layer.__class__.from_config(layer.get_config())
         if isinstance(layer, (layers.ReLU, layers.LeakyReLU, layers.ELU)):
             original = layer.__class__.from_config(layer.get_config())
-            return _Elementwise(_guided(original), name=layer.name)
+            return _Elementwise(wrap(original), name=layer.name)
         if isinstance(layer, layers.Softmax):
             if is_output:
                 score["value"] = "logit"
@@ -385,19 +479,21 @@ def _guided_clone(model: keras.Model) -> tuple[keras.Model, str]:
                 clone.activation = keras.activations.linear
                 score["value"] = "logit"
             elif not is_output and name not in _NOT_GUIDED:
-                clone.activation = _guided(activation)
+                clone.activation = wrap(activation)
         return clone
 
     clone = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
     clone.set_weights(model.get_weights())
-    return clone, score["value"]
+    return clone, score["value"], sorted(set(kept))
 
 
-def guided_map(
-    model: keras.Model, image: np.ndarray, class_index: int
-) -> tuple[np.ndarray, dict[str, Any], None]:
-    """Guided backprop (tf.GradientTape on a guided clone; not in tf-explain 0.3.1)."""
-    clone, score = cached_function(model, ("guided-clone",), lambda ref: _guided_clone(ref()))
+def _rule_gradients(
+    model: keras.Model, image: np.ndarray, class_index: int, rule: str
+) -> tuple[np.ndarray, str, list[str]]:
+    """The input gradient of the class score through the ``rule`` clone (one image)."""
+    clone, score, kept = cached_function(
+        model, (f"{rule}-clone",), lambda ref: _rule_clone(ref(), rule)
+    )
     spec = tf.TensorSpec((None, *image.shape), tf.float32)
 
     def factory(model_ref: ModelRef) -> Any:
@@ -410,10 +506,40 @@ def guided_map(
 
         return gradients
 
-    function = cached_function(model, ("guided", image.shape), factory)
+    function = cached_function(model, (rule, image.shape), factory)
     grads = function(tf.constant(image[np.newaxis]), tf.constant(class_index, tf.int32))
+    values: np.ndarray = grads.numpy()[0]
+    return values, score, kept
+
+
+def guided_map(
+    model: keras.Model, image: np.ndarray, class_index: int
+) -> tuple[np.ndarray, dict[str, Any], None]:
+    """Guided backprop (tf.GradientTape on a guided clone; not in tf-explain 0.3.1)."""
+    grads, score, _ = _rule_gradients(model, image, class_index, "guided")
     params = {"score": score, "activations": "guided", "reduce": "abs-sum-channels"}
-    return _reduce_channels(grads.numpy()[0]), params, None
+    return _reduce_channels(grads), params, None
+
+
+def deconvnet_map(
+    model: keras.Model, image: np.ndarray, class_index: int
+) -> tuple[np.ndarray, dict[str, Any], None]:
+    """Deconvolution (Zeiler & Fergus 2014) as a backward pass: tf.GradientTape on a clone
+    whose rectifiers pass back max(grad_out, 0) unmasked by the forward activations.
+
+    The rest of the deconvnet is the ordinary backward pass: max pooling sends the signal
+    to the position that won the forward pass (the "switches"), a convolution's backward
+    is the transposed filter. Not in tf-explain 0.3.1. Weight-free activations (the lung
+    gate of ``lung_cnn``) keep their derivative and are listed in ``params``.
+    """
+    grads, score, kept = _rule_gradients(model, image, class_index, "deconvnet")
+    params = {
+        "score": score,
+        "activations": "deconvnet",
+        "reduce": "abs-sum-channels",
+        "own_derivative": kept,
+    }
+    return _reduce_channels(grads), params, None
 
 
 def occlusion_map(
@@ -448,6 +574,7 @@ _IMPLEMENTATIONS: dict[str, Callable[..., tuple[np.ndarray, dict[str, Any], str 
     "smoothgrad": smoothgrad_map,
     "ig": ig_map,
     "guided": guided_map,
+    "deconvnet": deconvnet_map,
 }
 
 

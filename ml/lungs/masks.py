@@ -235,7 +235,9 @@ def outline_png(mask: np.ndarray, colour: tuple[int, int, int, int] = OUTLINE_RG
     rgba = np.zeros((*edge.shape, 4), dtype=np.uint8)
     rgba[edge] = colour
     buffer = io.BytesIO()
-    Image.fromarray(rgba, mode="RGBA").save(buffer, format="PNG", optimize=True)
+    # zlib level 6, not optimize=True: 25 % less time in the inference worker for a file
+    # 10 % larger (a 1024 px outline: 49 vs 64 ms, 5.6 vs 5.1 kB).
+    Image.fromarray(rgba, mode="RGBA").save(buffer, format="PNG", compress_level=6)
     return buffer.getvalue()
 
 
@@ -243,5 +245,5 @@ def mask_png(mask: np.ndarray) -> bytes:
     """8-bit grayscale PNG, 255 inside the lungs, 0 elsewhere."""
     buffer = io.BytesIO()
     image = Image.fromarray(np.asarray(mask, dtype=bool).astype(np.uint8) * 255, mode="L")
-    image.save(buffer, format="PNG", optimize=True)
+    image.save(buffer, format="PNG", compress_level=6)  # half the time of optimize=True
     return buffer.getvalue()

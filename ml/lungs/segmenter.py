@@ -12,7 +12,9 @@ result says so (``found`` is False, ``message`` says why) instead of raising: a 
 inverted, cropped or rotated film is an answer, not a crash.
 
 Workers keep one ``LungSegmenter`` per process; calls go through a ``tf.function``
-with a fixed input signature (``model.predict`` costs a data pipeline per call).
+with a fixed input signature (``model.predict`` costs a data pipeline per call), or,
+loaded with :meth:`LungSegmenter.load_lite`, through the LiteRT interpreter without
+importing TensorFlow (``ml.serving.runtime``).
 """
 
 from __future__ import annotations
@@ -22,14 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
-import tensorflow as tf
 from PIL import Image
 
 from ml.data.preprocess import to_unit_gray
 from ml.lungs import masks
 from ml.models.artifacts import ArtifactIntegrityError, read_card, sha256_file
+from ml.serving.runtime import KerasRunner, LiteRunner, lite_path_for, load_lite_runner
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,16 @@ def not_found_message(reason: str) -> str:
 
 class LungSegmenter:
     def __init__(
-        self, model: keras.Model, card: dict[str, Any], sha256: str, path: Path | None = None
+        self,
+        model: Any,
+        card: dict[str, Any],
+        sha256: str,
+        path: Path | None = None,
+        *,
+        runner: LiteRunner | None = None,
     ) -> None:
+        """``model``: a Keras model, or None with a LiteRT ``runner``; ``sha256`` is the
+        Keras artifact's either way (it names the segmenter version)."""
         self.model = model
         self.path = path
         self.card = card
@@ -74,15 +83,12 @@ class LungSegmenter:
         self.version = f"{card.get('name', 'lung-unet')}@{sha256[:12]}"
         self.size = int(card["preprocessing"]["input_size"])
         self.threshold = float(card.get("postprocessing", {}).get("threshold", 0.5))
-        if tuple(model.input_shape[1:]) != (self.size, self.size, 1):
+        self._run: KerasRunner | LiteRunner = runner if runner is not None else KerasRunner(model)
+        if self._run.input_shape != (self.size, self.size, 1):
             raise ValueError(
-                f"Model input {model.input_shape} does not match the card's input size {self.size}."
+                f"Model input {(None, *self._run.input_shape)} does not match the card's "
+                f"input size {self.size}."
             )
-        self._call = tf.function(
-            lambda x: self.model(x, training=False)[..., 0],
-            input_signature=[tf.TensorSpec((None, self.size, self.size, 1), tf.float32)],
-            reduce_retracing=True,
-        )
 
     @classmethod
     def load(
@@ -90,6 +96,8 @@ class LungSegmenter:
     ) -> LungSegmenter:
         """Load a ``.keras`` lung model and its card; refuse a file whose sha256 differs
         from ``expected_sha256``. The first call is traced here, so segment() is warm."""
+        import keras
+
         path = Path(path)
         actual = sha256_file(path)
         if expected_sha256 is not None and actual != expected_sha256:
@@ -98,6 +106,26 @@ class LungSegmenter:
             )
         model = keras.saving.load_model(path, compile=False)
         segmenter = cls(model, read_card(path), actual, path)
+        segmenter.probability(np.zeros((1, segmenter.size, segmenter.size), np.float32))
+        return segmenter
+
+    @classmethod
+    def load_lite(
+        cls,
+        path: str | Path = BUNDLED_LUNG_MODEL,
+        *,
+        expected_sha256: str | None = None,
+        num_threads: int | None = None,
+    ) -> LungSegmenter:
+        """The lung model converted to LiteRT (``<stem>.tflite`` beside the ``.keras``
+        file ``path``), refused unless it was converted from the Keras file with
+        ``expected_sha256`` (or, without it, from the Keras file at ``path``)."""
+        path = Path(path)
+        source = expected_sha256 if expected_sha256 is not None else sha256_file(path)
+        runner = load_lite_runner(
+            lite_path_for(path), source_sha256=source, num_threads=num_threads
+        )
+        segmenter = cls(None, read_card(path), source, path, runner=runner)
         segmenter.probability(np.zeros((1, segmenter.size, segmenter.size), np.float32))
         return segmenter
 
@@ -110,7 +138,7 @@ class LungSegmenter:
             raise ValueError(
                 f"Expected a batch of shape (n, {self.size}, {self.size}, 1), got {batch.shape}."
             )
-        probabilities: np.ndarray = self._call(tf.convert_to_tensor(batch)).numpy()
+        probabilities: np.ndarray = self._run(batch)[..., 0]
         return probabilities
 
     def segment(self, image: Image.Image) -> LungResult:

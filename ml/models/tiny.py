@@ -3,7 +3,8 @@
 Tests need a real Keras model whose answers on the fixture images are known,
 without ../shared/datasets. This trains the compact CNN for a few seconds on
 all 18 committed fixture images (``tests/fixtures/images/manifest.csv``) and
-writes ``.keras`` + model card. It is a plumbing model, not a diagnostic one:
+writes ``.keras`` + model card (and the ``.tflite`` the inference queue runs, with its
+record). It is a plumbing model, not a diagnostic one:
 its card says so. The shipped default model is trained by ``make train``.
 
     python -m ml.models.tiny --manifest tests/fixtures/images/manifest.csv \
@@ -93,6 +94,10 @@ def train_bootstrap(
         "framework": {"tensorflow": tf.__version__, "keras": keras.__version__},
     }
     write_card(out, card)
+    # The LiteRT file beside it, so registering it in tests needs no conversion.
+    from ml.serving.runtime import convert_to_lite
+
+    convert_to_lite(out)
     log.info("wrote %s (sha256 %s) in %.1f s", out, card["sha256"], seconds)
     return card
 

@@ -3,6 +3,10 @@
 ``model.predict`` builds a data pipeline per call (~240 ms on this CPU);
 calling a ``tf.function`` with a fixed input signature costs ~12 ms for the
 compact CNN. Workers keep one ``Classifier`` per process.
+
+A classifier runs on Keras (:meth:`Classifier.load`; explanations need its
+``model``) or on LiteRT (:meth:`Classifier.load_lite`; ``model`` is None and
+TensorFlow is never imported, for the inference queue). See ``ml.serving.runtime``.
 """
 
 from __future__ import annotations
@@ -12,13 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
-import tensorflow as tf
 from PIL import Image
 
 from ml.data.preprocess import Prepared, PreprocessSpec, prepare, to_unit_gray
 from ml.models.artifacts import ArtifactIntegrityError, read_card, sha256_file
+from ml.serving.runtime import KerasRunner, LiteRunner, load_lite_runner
 
 
 @dataclass(frozen=True)
@@ -33,29 +36,30 @@ class Prediction:
 
 
 class Classifier:
-    def __init__(self, model: keras.Model, card: dict[str, Any]) -> None:
+    def __init__(
+        self, model: Any, card: dict[str, Any], *, runner: LiteRunner | None = None
+    ) -> None:
+        """``model``: a Keras model, or None with a LiteRT ``runner``."""
         self.model = model
         self.card = card
         self.classes: tuple[str, ...] = tuple(card["classes"])
         self.spec = PreprocessSpec.from_dict(card["preprocessing"])
         self._segmenter: Any = None
-        if model.output_shape[-1] != len(self.classes):
+        self.runtime = "keras" if runner is None else "litert"
+        self._run: KerasRunner | LiteRunner = runner if runner is not None else KerasRunner(model)
+        outputs = self._run.output_shape[-1]
+        if outputs != len(self.classes):
             raise ValueError(
-                f"Model has {model.output_shape[-1]} outputs but its card lists "
-                f"{len(self.classes)} classes."
+                f"Model has {outputs} outputs but its card lists {len(self.classes)} classes."
             )
-        shape = (None, self.spec.input_size, self.spec.input_size, self.spec.channels)
-        self._call = tf.function(
-            lambda x: self.model(x, training=False),
-            input_signature=[tf.TensorSpec(shape, tf.float32)],
-            reduce_retracing=True,
-        )
 
     @classmethod
     def load(
         cls, path: str | Path, *, expected_sha256: str | None = None, card: dict | None = None
     ) -> Classifier:
         """Load a ``.keras`` artifact, refusing one whose sha256 is not the recorded one."""
+        import keras
+
         path = Path(path)
         if expected_sha256 is not None:
             actual = sha256_file(path)
@@ -67,9 +71,28 @@ class Classifier:
         model = keras.saving.load_model(path, compile=False)
         return cls(model, card if card is not None else read_card(path))
 
+    @classmethod
+    def load_lite(
+        cls,
+        lite_path: str | Path,
+        *,
+        card: dict[str, Any],
+        source_sha256: str | None = None,
+        num_threads: int | None = None,
+        record: dict[str, Any] | None = None,
+    ) -> Classifier:
+        """A classifier on the LiteRT interpreter: ``lite_path`` converted by
+        ``ml.serving.runtime.convert_to_lite`` from the Keras file ``source_sha256``
+        (``record``: the conversion record, else the sidecar beside ``lite_path``).
+        The lung segmenter of a v2 model runs on LiteRT too."""
+        runner = load_lite_runner(
+            lite_path, source_sha256=source_sha256, num_threads=num_threads, record=record
+        )
+        return cls(None, card, runner=runner)
+
     def predict_array(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities for a preprocessed batch, shape (n, n_classes)."""
-        return self._call(tf.convert_to_tensor(batch, dtype=tf.float32)).numpy()
+        return self._run(batch)
 
     @property
     def needs_lungs(self) -> bool:
@@ -83,7 +106,12 @@ class Classifier:
 
             recorded = self.card["preprocessing"].get("segmenter") or {}
             path = BUNDLED_LUNG_MODEL.parent / recorded.get("artifact", BUNDLED_LUNG_MODEL.name)
-            self._segmenter = LungSegmenter.load(path, expected_sha256=recorded.get("sha256"))
+            if self.runtime == "litert":
+                self._segmenter = LungSegmenter.load_lite(
+                    path, expected_sha256=recorded.get("sha256")
+                )
+            else:
+                self._segmenter = LungSegmenter.load(path, expected_sha256=recorded.get("sha256"))
         return self._segmenter
 
     def prepare(self, image: Image.Image, lungs: Any = None) -> tuple[Prepared, Any, float]:

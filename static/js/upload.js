@@ -79,6 +79,16 @@
   }
 
   input.addEventListener("change", function () { add(input.files); input.value = ""; });
+  // The button says what will happen: X-rays are classified, CT slices segmented.
+  function labelSubmit() {
+    var chosen = form.querySelector('input[name="modality"]:checked');
+    var ct = chosen && chosen.value === "ct";
+    submit.textContent = ct ? submit.dataset.submitCt : submit.dataset.submitXray;
+  }
+  form.querySelectorAll('input[name="modality"]').forEach(function (radio) {
+    radio.addEventListener("change", labelSubmit);
+  });
+  if (submit.dataset.submitCt) labelSubmit();
   ["dragenter", "dragover"].forEach(function (type) {
     zone.addEventListener(type, function (event) { event.preventDefault(); zone.classList.add("dragover"); });
   });

@@ -2,6 +2,7 @@ import pytest
 from django.contrib.auth import authenticate
 from django.contrib.auth.models import Group
 from django.core.management import call_command
+from django.test import RequestFactory
 from django.urls import reverse
 
 from apps.accounts.roles import ROLE_PERMISSIONS, ROLES, role_required
@@ -38,19 +39,35 @@ def test_annotators_cannot_create_cases_and_clinicians_cannot_promote_models(
 
 
 @pytest.mark.django_db
-def test_seed_demo_creates_one_user_per_role_and_prints_credentials(capsys):
+def test_seed_demo_refuses_to_run_without_debug(settings):
+    from django.contrib.auth import get_user_model
+    from django.core.management.base import CommandError
+
+    settings.DEBUG = False
+    with pytest.raises(CommandError, match="only with DEBUG=1"):
+        call_command("seed_demo")
+    assert not get_user_model().objects.filter(username="clinician").exists()
+
+
+@pytest.mark.django_db
+def test_seed_demo_creates_one_user_per_role_and_prints_credentials(capsys, settings):
+    settings.DEBUG = True  # the embedded demo only
     call_command("seed_demo")
     call_command("seed_demo")  # idempotent
     out = capsys.readouterr().out
     for username, role in (
         ("clinician", "clinician"),
         ("annotator", "annotator"),
+        ("annotator2", "annotator"),
+        ("adjudicator", "adjudicator"),
         ("modeladmin", "model_admin"),
     ):
         password = f"{username}-demo-pass"
         assert f"username={username}" in out
         assert f"password={password}" in out
-        user = authenticate(username=username, password=password)
+        # django-axes needs the request a log-in comes with.
+        request = RequestFactory().post("/login/")
+        user = authenticate(request, username=username, password=password)
         assert user is not None
         assert list(user.groups.values_list("name", flat=True)) == [role]
 

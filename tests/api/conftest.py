@@ -7,12 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from rest_framework.authtoken.models import Token
+from knox.models import AuthToken
 from rest_framework.test import APIClient
 
 from apps.cases import services
 from apps.cases.inference import run_prediction
-from apps.cases.models import Case, CaseImage, Prediction
+from apps.cases.models import Case, CaseImage, Prediction, Segmentation
 from apps.explain.jobs import run_explanation
 from apps.explain.models import Explanation
 from apps.models import services as registry
@@ -34,6 +34,21 @@ class World:
     candidate: ModelVersion
     previous: ModelVersion
     run: TrainingRun
+    token_id: str  # the id (not the secret) of one of the first clinician's API tokens
+    ct_image: CaseImage | None = None  # a segmented CT slice of the first clinician's
+
+
+def segmented_ct_case(owner, *uploads, patient_ref: str = "PSEUDO-CT-1") -> Case:
+    """A CT case whose segmentations ran (in this process, on the production CT model)."""
+    from apps.cases.segmentation import run_segmentation
+    from tests.ct_uploads import ct_upload
+
+    case = services.create_case(
+        owner=owner, files=list(uploads) or [ct_upload()], patient_ref=patient_ref, modality="ct"
+    )
+    for segmentation in Segmentation.objects.filter(image__case=case):
+        run_segmentation(segmentation_id=segmentation.pk)
+    return case
 
 
 def predicted_case(owner, *names: str, patient_ref: str = "PSEUDO-API-1") -> Case:
@@ -66,7 +81,10 @@ def build_world(clinician, other_clinician, model_admin, production_model) -> Wo
     candidate = ModelVersionFactory(name="candidate", sha256="b" * 64, artifact=artifact)
     import_reference_dataset(IMAGES / "manifest.csv", "generic")
     run = registry.start_training_run(requested_by=model_admin)
-    return World(case, image, explanation, other_case, production_model, candidate, previous, run)
+    token_id = AuthToken.objects.create(user=clinician)[0].token_key
+    return World(
+        case, image, explanation, other_case, production_model, candidate, previous, run, token_id
+    )
 
 
 @pytest.fixture
@@ -93,8 +111,8 @@ def api_as(users):
         client = APIClient()
         user = users[role] if isinstance(role, str) else role
         if user is not None:
-            token, _ = Token.objects.get_or_create(user=user)
-            client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+            _, token = AuthToken.objects.create(user=user)  # unaudited: a fixture's row
+            client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
         return client
 
     return _client

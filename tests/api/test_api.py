@@ -15,8 +15,8 @@ import pytest
 from django.contrib.staticfiles import finders
 from django.core.management import call_command
 from django.utils import timezone
+from knox.models import AuthToken
 from PIL import Image
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from apps.accounts.models import AuditEvent
@@ -55,12 +55,12 @@ def test_token_is_obtained_used_revoked_and_then_refused(clinician):
     )
     assert response.status_code == 200
     key = response.json()["token"]
-    assert Token.objects.get(user=clinician).key == key
+    assert AuthToken.objects.get(user=clinician).token_key == key[:15]  # only a digest kept
 
     client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
     assert client.get("/api/v1/cases/").status_code == 200
     assert client.delete("/api/v1/auth/token/").status_code == 204
-    assert not Token.objects.filter(user=clinician).exists()
+    assert not AuthToken.objects.filter(user=clinician).exists()
     error = _error(client.get("/api/v1/cases/"), 401)
     assert error["message"] == "Invalid token."
 
@@ -118,7 +118,7 @@ def test_token_endpoint_is_throttled_per_address(settings, clinician):
     )
     assert other.status_code == 200
     # Other API endpoints are not throttled by it.
-    token = Token.objects.get(user=clinician).key
+    token = other.json()["token"]
     client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
     assert client.get("/api/v1/cases/").status_code == 200
 
@@ -215,8 +215,9 @@ def test_clinician_creates_a_case_and_follows_it_to_prediction_and_gradcam(
     assert values.shape == (128, 128)
     assert float(values.max()) == pytest.approx(1.0)
     original = client.get(image["file_url"])
-    assert original["Content-Type"] == "image/jpeg"
-    assert _content(original) == (IMAGES / "2168a917.jpg").read_bytes()
+    assert original["Content-Type"] == "image/png"  # re-encoded: pixels, no metadata
+    with Image.open(io.BytesIO(_content(original))) as served:
+        assert served.tobytes() == Image.open(IMAGES / "2168a917.jpg").tobytes()
 
 
 def test_missing_images_and_overlong_fields_are_400_with_field_errors(api_as, clinician):
@@ -514,7 +515,7 @@ def test_files_go_through_x_accel_redirect_when_configured(api_as, clinician, se
     image = explanation.image
     client = api_as("clinician")
     for url, name, content_type in (
-        (f"/api/v1/images/{image.pk}/file/", image.file.name, "image/jpeg"),
+        (f"/api/v1/images/{image.pk}/file/", image.file.name, "image/png"),
         (f"/api/v1/explanations/{explanation.pk}/overlay/", explanation.overlay.name, "image/png"),
         (
             f"/api/v1/explanations/{explanation.pk}/heatmap/",
@@ -542,15 +543,15 @@ def test_protected_file_response_streams_and_404s_a_missing_file(
     from cxrplatform.protected import protected_file_response
 
     image = predicted_case(clinician).images.get()
-    response = protected_file_response(image.file, "image/jpeg", download_name="x ray.jpg")
-    assert _content(response) == (IMAGES / "2168a917.jpg").read_bytes()
+    response = protected_file_response(image.file, "image/png", download_name="x ray.png")
+    assert _content(response) == (media_root / image.file.name).read_bytes()
     assert response["Cache-Control"] == "private, no-store"
-    assert response["Content-Disposition"] == 'attachment; filename="x ray.jpg"'
+    assert response["Content-Disposition"] == 'attachment; filename="x ray.png"'
     image.file.close()
     (media_root / image.file.name).unlink()
     image = CaseImage.objects.get(pk=image.pk)
     with pytest.raises(Http404):
-        protected_file_response(image.file, "image/jpeg")
+        protected_file_response(image.file, "image/png")
 
 
 def test_media_files_have_no_public_url(client, clinician, production_model):

@@ -7,8 +7,10 @@ import subprocess
 import sys
 
 import pytest
+from knox.models import AuthToken
 from PIL import Image
 
+from apps.accounts.models import AuditEvent
 from apps.cases.models import Case
 from tests.conftest import IMAGES, REPO_ROOT
 from tests.factories import PASSWORD
@@ -63,6 +65,10 @@ def test_example_client_uploads_waits_and_downloads_the_overlay(
             f"normal {p['normal']:.3f})"
         ) in result.stdout
     assert "by model cxr-tiny" in result.stdout
+    # The token it obtained is revoked when it finishes, not left valid until it expires.
+    assert "revoked the API token" in result.stdout
+    assert not AuthToken.objects.filter(user=clinician).exists()
+    assert AuditEvent.objects.filter(action="token.revoked", actor=clinician).count() == 1
 
 
 def test_example_client_explains_refusals_in_words(live_server, clinician, tmp_path):

@@ -36,7 +36,9 @@ def test_factory_prediction_and_explanation_are_served_to_the_cases_owner(api_as
     assert body["prediction"]["status"] == "done"
     assert [e["id"] for e in body["explanations"]] == [explanation.pk]
     original = client.get(f"/api/v1/images/{image.pk}/file/")
-    assert _content(original) == (IMAGES / "IM-0117-0001.jpeg").read_bytes()
+    assert original["Content-Type"] == "image/png"
+    with Image.open(io.BytesIO(_content(original))) as served:
+        assert served.tobytes() == Image.open(IMAGES / "IM-0117-0001.jpeg").tobytes()
     assert (image.width, image.height) == Image.open(IMAGES / "IM-0117-0001.jpeg").size
     heatmap = np.load(io.BytesIO(_content(client.get(body["explanations"][0]["heatmap_url"]))))
     assert heatmap.dtype == np.float32

@@ -21,13 +21,13 @@ from django.db import transaction
 from django.test import override_settings
 from django.urls import resolve
 
-from tests.api.conftest import ROLES, build_world
+from tests.api.conftest import ROLES, build_world, segmented_ct_case
 from tests.conftest import upload_of
 from tests.factories import PASSWORD, UserFactory
 
 
 @pytest.fixture(scope="module")
-def module_world(django_db_setup, django_db_blocker, tmp_path_factory):
+def module_world(django_db_setup, django_db_blocker, tmp_path_factory, ct_tiny_model):
     """The users, the world and its media folder, built once in a transaction of their own."""
     from apps.models.services import register_artifact
 
@@ -47,9 +47,11 @@ def module_world(django_db_setup, django_db_blocker, tmp_path_factory):
         production = register_artifact(
             artifact_path=django_settings.CXR_BUNDLED_MODEL, make_production=True
         )
+        register_artifact(artifact_path=ct_tiny_model, make_production=True)
         world = build_world(
             users["clinician"], users["other_clinician"], users["model_admin"], production
         )
+        world.ct_image = segmented_ct_case(users["clinician"]).images.get()
         yield SimpleNamespace(world=world, users=users, media=media)
         transaction.set_rollback(True)
 
@@ -88,6 +90,12 @@ MATRIX = [
      _codes(400, 200, 200, 200, 200)),
     ("token-revoke", "delete", lambda w: "/api/v1/auth/token/", None, None,
      _codes(401, 204, 204, 204, 204)),
+    ("token-list", "get", lambda w: "/api/v1/auth/tokens/", None, None,
+     _codes(401, 200, 200, 200, 200)),
+    # One of the first clinician's tokens: only its owner may revoke it.
+    ("token-detail", "delete", lambda w: f"/api/v1/auth/tokens/{w.token_id}/", None, None,
+     _codes(401, 204, 404, 404, 404)),
+    ("me", "get", lambda w: "/api/v1/me/", None, None, _codes(401, 200, 200, 200, 200)),
     ("case-list", "get", lambda w: "/api/v1/cases/", None, None,
      _codes(401, 200, 200, 403, 403)),
     ("case-create", "post", lambda w: "/api/v1/cases/",
@@ -105,6 +113,16 @@ MATRIX = [
      _codes(401, 200, 404, 200, 403)),
     ("image-lung-outline", "get", lambda w: f"/api/v1/images/{w.image.pk}/lung-outline/",
      None, None, _codes(401, 200, 404, 200, 403)),
+    # CT slices: the owner only (annotators judge X-rays; a model admin sees no patient data).
+    ("image-segmentation", "get", lambda w: f"/api/v1/images/{w.ct_image.pk}/segmentation/",
+     None, None, _codes(401, 200, 404, 403, 403)),
+    ("image-segmentation-mask", "get",
+     lambda w: f"/api/v1/images/{w.ct_image.pk}/segmentation/masks/ggo/", None, None,
+     _codes(401, 200, 404, 403, 403)),
+    # The world's segmentation is done, so the owner's retry is refused: 409.
+    ("image-segmentation-retry", "post",
+     lambda w: f"/api/v1/images/{w.ct_image.pk}/segmentation/retry/", None, None,
+     _codes(401, 409, 404, 403, 403)),
     ("image-explanations", "post", lambda w: f"/api/v1/images/{w.image.pk}/explanations/",
      lambda w, u, r: {"method": "occlusion"}, "json",
      _codes(401, 202, 404, 403, 403)),
@@ -141,6 +159,15 @@ MATRIX = [
      _codes(401, 403, 403, 403, 409)),
     ("training-run-detail", "get", lambda w: f"/api/v1/training-runs/{w.run.pk}/", None, None,
      _codes(401, 403, 403, 403, 200)),
+    # Datasets: model admins only; the image's owner does not see its provenance either.
+    ("image-provenance", "get", lambda w: f"/api/v1/images/{w.image.pk}/provenance/",
+     None, None, _codes(401, 403, 403, 403, 200)),
+    ("snapshot-list", "get", lambda w: "/api/v1/snapshots/", None, None,
+     _codes(401, 403, 403, 403, 200)),
+    ("snapshot-detail", "get", lambda w: f"/api/v1/snapshots/{w.run.snapshot_id}/", None, None,
+     _codes(401, 403, 403, 403, 200)),
+    ("snapshot-export", "get", lambda w: f"/api/v1/snapshots/{w.run.snapshot_id}/export/",
+     None, None, _codes(401, 403, 403, 403, 200)),
     ("schema", "get", lambda w: "/api/v1/schema/", None, None, _codes(200, 200, 200, 200, 200)),
     ("docs", "get", lambda w: "/api/v1/docs/", None, None, _codes(200, 200, 200, 200, 200)),
     ("redoc", "get", lambda w: "/api/v1/redoc/", None, None, _codes(200, 200, 200, 200, 200)),
@@ -172,7 +199,15 @@ def test_the_matrix_covers_every_api_route_and_method():
     from apps.api.urls import urlpatterns
 
     stub = SimpleNamespace(pk=1)
-    fake_world = SimpleNamespace(case=stub, image=stub, explanation=stub, candidate=stub, run=stub)
+    fake_world = SimpleNamespace(
+        case=stub,
+        image=stub,
+        ct_image=stub,
+        explanation=stub,
+        candidate=stub,
+        run=SimpleNamespace(pk=1, snapshot_id=1),
+        token_id="abc",
+    )
     covered = {(resolve(path(fake_world)).url_name, method) for _, method, path, *_ in MATRIX}
     declared = set()
     for pattern in urlpatterns:
@@ -195,6 +230,8 @@ def test_another_clinicians_case_and_its_files_are_not_found(world, api_as):
         f"/api/v1/images/{image.pk}/lung-outline/",
         f"/api/v1/explanations/{explanation.pk}/overlay/",
         f"/api/v1/explanations/{explanation.pk}/heatmap/",
+        f"/api/v1/images/{world.ct_image.pk}/segmentation/",
+        f"/api/v1/images/{world.ct_image.pk}/segmentation/masks/lungs/",
     ):
         assert client.get(url).status_code == 404, url
     listed = client.get("/api/v1/cases/").json()

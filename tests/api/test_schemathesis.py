@@ -3,7 +3,8 @@
 A live server (pytest-django, real database) serves ``/api/v1/schema/``;
 schemathesis loads it from there and sends generated requests, valid and
 invalid, authenticated with the token of a user holding every role, who owns
-a predicted case with a real Grad-CAM so that some ids exist. Every response
+a predicted case with a real Grad-CAM and a segmented CT case, so that some ids
+exist (the CT endpoints among them). Every response
 must be a non-5xx that conforms to the schema (status code, content type,
 headers, body).
 
@@ -22,13 +23,13 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
-from rest_framework.authtoken.models import Token
+from knox.models import AuthToken
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from apps.explain.jobs import run_explanation
 from apps.explain.models import Explanation
-from tests.api.conftest import predicted_case
+from tests.api.conftest import predicted_case, segmented_ct_case
 from tests.factories import UserFactory
 
 ALL_ROLES = ["clinician", "annotator", "model_admin"]
@@ -36,17 +37,18 @@ MAX_EXAMPLES = 12
 
 
 @pytest.fixture
-def fuzz_tokens(transactional_db, production_model):
+def fuzz_tokens(transactional_db, production_model, ct_production_model):
     fuzzer = UserFactory(username="fuzzer", roles=ALL_ROLES)
     revoker = UserFactory(username="revoker", roles=ALL_ROLES)
     case = predicted_case(fuzzer)
+    segmented_ct_case(fuzzer)
     explanation = Explanation.objects.get(image__case=case)
     run_explanation(explanation_id=explanation.pk)
-    token = Token.objects.create(user=fuzzer).key
+    token = AuthToken.objects.create(user=fuzzer)[1]
 
     def revocable() -> str:
         # DELETE /auth/token/ revokes the token it is sent with: give it its own.
-        return Token.objects.get_or_create(user=revoker)[0].key
+        return AuthToken.objects.create(user=revoker)[1]
 
     return {"token": token, "revocable": revocable}
 
@@ -116,5 +118,5 @@ def test_every_operation_of_the_live_schema_survives_fuzzing(live_server, fuzz_t
         f"statuses {dict(sorted(statuses.items()))}; no invalid input possible for {no_negative}"
     )
     labels = {op.label for op in operations}
-    assert len(labels) == 24, sorted(labels)  # every endpoint and method but the docs
+    assert len(labels) == 34, sorted(labels)  # every endpoint and method but the docs
     assert {200, 202, 204, 400, 404, 409, 415} <= set(statuses)

@@ -25,6 +25,9 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+# Outside resources the policy is meant to refuse, on pages that work without them: the
+# "API docs by Redocly" badge image of the Redoc page (/api/v1/redoc/).
+CSP_EXPECTED_REFUSALS = ("https://cdn.redoc.ly/",)
 
 
 @pytest.fixture
@@ -44,9 +47,24 @@ def browser_page(monkeypatch):
         context = browser.new_context(viewport={"width": 1200, "height": 900})
         page = context.new_page()
         page.set_default_timeout(30_000)
+        # The policy refuses eval: page.wait_for_function takes "() => ..." (a function
+        # runs as Playwright's own code), never a bare expression (evaluated in the page).
+        # Anything the Content-Security-Policy refuses (an inline script or style, a
+        # handler attribute) is a feature that silently stopped working: fail the test.
+        refused: list[str] = []
+        page.on(
+            "console",
+            lambda message: (
+                refused.append(f"{page.url}: {message.text}")
+                if "Content Security Policy" in message.text
+                and not any(url in message.text for url in CSP_EXPECTED_REFUSALS)
+                else None
+            ),
+        )
         yield page
         context.close()
         browser.close()
+        assert refused == [], "refused by the Content-Security-Policy: " + "; ".join(refused)
 
 
 def screenshot(page, name: str) -> Path:

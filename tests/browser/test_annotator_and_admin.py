@@ -110,10 +110,12 @@ def test_model_admin_compares_two_versions_and_promotes_one(
     assert "+0.050" in macro.locator("td.better").inner_text()
     covid_recall = table.locator("tr", has_text="COVID-19 recall")
     assert "-0.050" in covid_recall.locator("td.worse").inner_text()
-    # Both sides draw their plots from the stored metrics.
+    # Both sides draw their plots from the stored metrics: confusion matrix, ROC and
+    # calibration per version (training animations are not stored for these versions).
     plots = page.locator(".compare img")
-    assert plots.count() == 4
-    for index in range(4):
+    assert plots.count() == 6
+    assert page.locator(".compare img[data-plot='calibration']").count() == 2
+    for index in range(6):
         plots.nth(index).scroll_into_view_if_needed()
         assert plots.nth(index).evaluate(LOADED_WIDTH) > 100
     assert_accessible(page)

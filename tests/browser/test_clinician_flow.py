@@ -65,7 +65,7 @@ def _results_arrive_without_a_reload(page) -> None:
     """The page updates itself until both images are classified and explained."""
     page.evaluate("window.__sameDocument = true")
     page.wait_for_function(
-        "document.querySelectorAll('.viewer img.heat[data-method=gradcam]').length == 2"
+        "() => document.querySelectorAll('.viewer img.heat[data-method=gradcam]').length == 2"
         " && !document.querySelector('[data-live-pending]')",
         timeout=180_000,
         polling=500,
@@ -97,7 +97,7 @@ def _another_method_arrives_without_a_reload(page, first) -> None:
     page.locator("article[data-image] >> nth=0 >> [role=tab][data-method=occlusion]").wait_for()
     assert Explanation.objects.filter(method="occlusion").count() == 1
     page.wait_for_function(
-        "document.querySelector('article[data-image] img.heat[data-method=occlusion]')"
+        "() => document.querySelector('article[data-image] img.heat[data-method=occlusion]')"
         " && !document.querySelector('[data-live-pending]')",
         timeout=120_000,
         polling=500,
@@ -169,7 +169,7 @@ def test_case_list_status_changes_without_a_reload(
     page.evaluate("window.__sameDocument = true")
     request.getfixturevalue("worker")  # now a worker takes the queued prediction
     page.wait_for_function(
-        f"document.querySelector('tr[data-case=\"{case.pk}\"] .status-done') !== null",
+        f"() => document.querySelector('tr[data-case=\"{case.pk}\"] .status-done') !== null",
         timeout=120_000,
         polling=500,
     )

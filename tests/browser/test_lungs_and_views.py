@@ -27,7 +27,7 @@ def test_clinician_toggles_the_lung_outline_and_reads_the_share_on_the_lungs(
 
     # The live page fills in the prediction, the lung fields and the Grad-CAM.
     page.wait_for_function(
-        "document.querySelector('.viewer img.heat[data-method=gradcam]')"
+        "() => document.querySelector('.viewer img.heat[data-method=gradcam]')"
         " && document.querySelector('[data-lung-toggle]')"
         " && !document.querySelector('[data-live-pending]')",
         timeout=180_000,

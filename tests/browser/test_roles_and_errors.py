@@ -3,19 +3,34 @@
 import pytest
 
 from tests.browser.conftest import assert_accessible, log_in, screenshot
-from tests.factories import PASSWORD
+from tests.factories import PASSWORD, UserFactory
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 REFUSED = {
-    "clinician": ["/cases/labelling/", "/registry/", "/registry/compare/"],
-    "annotator": ["/cases/", "/cases/new/", "/registry/", "/registry/compare/"],
-    "model_admin": ["/cases/", "/cases/new/", "/cases/labelling/"],
+    "clinician": [
+        "/cases/labelling/",
+        "/registry/",
+        "/registry/compare/",
+        "/cases/agreement/",
+        "/audit/",
+    ],
+    "annotator": [
+        "/cases/",
+        "/cases/new/",
+        "/registry/",
+        "/registry/compare/",
+        "/cases/adjudication/",
+        "/audit/",
+    ],
+    "model_admin": ["/cases/", "/cases/new/", "/cases/labelling/", "/cases/adjudication/"],
+    "adjudicator": ["/cases/", "/cases/labelling/", "/registry/", "/cases/agreement/", "/audit/"],
 }
 ALLOWED = {
     "clinician": ["/cases/", "/cases/new/"],
-    "annotator": ["/cases/labelling/"],
-    "model_admin": ["/registry/", "/registry/compare/"],
+    "annotator": ["/cases/labelling/", "/cases/labelling/mine/"],
+    "model_admin": ["/registry/", "/registry/compare/", "/cases/agreement/", "/audit/"],
+    "adjudicator": ["/cases/adjudication/"],
 }
 
 
@@ -23,7 +38,10 @@ ALLOWED = {
 def test_each_role_is_refused_the_other_roles_pages(
     browser_page, live_server, role, clinician, annotator, model_admin
 ):
-    user = {"clinician": clinician, "annotator": annotator, "model_admin": model_admin}[role]
+    users = {"clinician": clinician, "annotator": annotator, "model_admin": model_admin}
+    if role == "adjudicator":
+        users[role] = UserFactory(username="adjudicator-a", roles=["adjudicator"])
+    user = users[role]
     page = browser_page
     log_in(page, live_server.url, user.username, PASSWORD)
     for path in REFUSED[role]:
@@ -41,7 +59,8 @@ def test_each_role_is_refused_the_other_roles_pages(
     expected = {
         "clinician": {"My cases", "New case"},
         "annotator": {"Labelling queue"},
-        "model_admin": {"Model registry"},
+        "model_admin": {"Model registry", "Reader agreement", "Audit log", "Synthetic images"},
+        "adjudicator": {"Adjudication"},
     }[role]
     assert links == expected
 

@@ -146,7 +146,9 @@ def test_dicom_with_phi_is_stored_deidentified_with_a_pseudonym_and_a_png_rendit
     assert ds.PatientID == case.patient_ref
     assert not any(element.tag.is_private for element in ds.iterall())
     assert ds.StudyDate != "20230417"
-    assert ds.ReferencedStudySequence[0].ReferencedSOPInstanceUID == ds.SOPInstanceUID
+    # Allow-list: sequences the platform does not need are dropped, not walked.
+    assert "ReferencedStudySequence" not in ds
+    assert "RequestAttributesSequence" not in ds
     # The display/inference PNG is the fixture's pixels (12-bit round trip, 8-bit out).
     with image.file.open("rb") as fh, Image.open(fh) as png:
         assert png.format == "PNG"
@@ -229,8 +231,6 @@ def _testdata(name):
         ("mr.dcm", lambda: _testdata("MR_truncated.dcm"), 400,
          "mr.dcm: the DICOM file is an MR image (Modality MR), not a chest radiograph; "
          "upload a chest X-ray (CR or DX)."),
-        ("ct.dcm", lambda: _testdata("CT_small.dcm"), 400,
-         "ct.dcm: the DICOM file is a CT image (Modality CT), not a chest radiograph"),
         ("knee.dcm", lambda: make_dicom(BodyPartExamined="KNEE"), 400,
          "knee.dcm: the DICOM file is of the knee (Body Part Examined), not the chest; "
          "upload a chest X-ray."),
@@ -291,8 +291,6 @@ def _xray() -> Image.Image:
          "scan.png: the file is named .png but holds a JPEG image; check it is the right file"),
         ("scan.jpg", lambda: _encoded(_xray(), "PNG"), 415,
          "scan.jpg: the file is named .jpg but holds a PNG image"),
-        ("cmyk.jpg", lambda: _encoded(_xray().convert("CMYK"), "JPEG"), 415,
-         "cmyk.jpg: the image is in CMYK colour (a print format); export it as grayscale or RGB."),
         ("anim.png", lambda: _encoded(_xray(), "PNG", save_all=True,
                                       append_images=[_xray().rotate(5)]), 415,
          "anim.png: the image is animated (2 frames); upload a single still image."),
@@ -361,11 +359,12 @@ def test_a_bad_file_half_way_through_a_multi_image_upload_stores_nothing(clinici
             files=[
                 upload_of("a.dcm", make_dicom()),
                 upload_of(FIXTURE),
-                upload_of("cmyk.jpg", _encoded(_xray().convert("CMYK"), "JPEG")),
+                upload_of("anim.png", _encoded(_xray(), "PNG", save_all=True,
+                                               append_images=[_xray().rotate(5)])),
                 upload_of("5f619d7e.jpg"),
             ],
-        )
-    assert [r.filename for r in excinfo.value.rejections] == ["cmyk.jpg"]
+        )  # fmt: skip
+    assert [r.filename for r in excinfo.value.rejections] == ["anim.png"]
     _assert_nothing_stored(media_root)
 
 

@@ -46,12 +46,17 @@ def test_create_case_stores_every_image_with_its_metadata_and_queues_a_predictio
         assert (images[1].width, images[1].height) == original.size
     import hashlib
 
-    assert images[0].sha256 == hashlib.sha256((IMAGES / "2168a917.jpg").read_bytes()).hexdigest()
     # Stored under a random name: the uploaded file name may carry identifiers.
     assert "2168a917" not in images[0].file.name
     assert len(stored_files(media_root)) == 2
+    # Stored re-encoded: a PNG of the decoded pixels, never the bytes as sent.
     with images[0].file.open("rb") as fh:
-        assert fh.read() == (IMAGES / "2168a917.jpg").read_bytes()
+        stored = fh.read()
+    assert images[0].sha256 == hashlib.sha256(stored).hexdigest()
+    assert stored != (IMAGES / "2168a917.jpg").read_bytes()
+    with Image.open(io.BytesIO(stored)) as png, Image.open(IMAGES / "2168a917.jpg") as original:
+        assert png.format == "PNG"
+        assert png.tobytes() == original.convert(png.mode).tobytes()
     assert [p.status for p in Prediction.objects.filter(image__case=case)] == ["pending", "pending"]
     # One classification job per image, queued only after commit.
     assert len(callbacks) == 2

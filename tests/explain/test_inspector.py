@@ -110,6 +110,10 @@ def test_job_stores_filters_activations_and_every_method_as_png(requested, produ
         assert min(image.size) >= 20
     gradcam = inspection.pictures.get(kind="gradcam")
     assert 0.0 <= gradcam.scores["deletion_auc"] <= 1.0
+    # Deconvolution sits beside the other methods, with its faithfulness scores.
+    deconvnet = inspection.pictures.get(kind="deconvnet")
+    assert deconvnet.title.startswith("Deconvolution: ")
+    assert 0.0 <= deconvnet.scores["insertion_auc"] <= 1.0
     assert abs(sum(inspection.results["probabilities"].values()) - 1.0) < 1e-4
     production_model.refresh_from_db()
     assert production_model.card["inspector_layers"] == inspection.layers
@@ -117,6 +121,8 @@ def test_job_stores_filters_activations_and_every_method_as_png(requested, produ
     page = client.get(reverse("registry:inspection", args=[inspection.pk])).content.decode()
     assert "data-live-pending" not in page
     assert page.count(reverse("registry:inspection-picture", args=[gradcam.pk])) == 1
+    assert reverse("registry:inspection-picture", args=[deconvnet.pk]) in page
+    assert f"{deconvnet.title} · deletion AUC" in page
     served = client.get(reverse("registry:inspection-picture", args=[gradcam.pk]))
     assert served.status_code == 200
     assert served["Content-Type"] == "image/png"

@@ -153,6 +153,35 @@ def test_generic_folder_per_class_layout(tmp_path):
     ]
 
 
+def _generic_csv(tmp_path, splits: list[str]):
+    rows = ["path,label,patient,source,split"]
+    for name, split in zip(("2168a917.jpg", "00001280_004.jpg"), splits, strict=True):
+        shutil.copy(IMAGES / name, tmp_path / name)
+        rows.append(f"{name},normal,p-{name},src,{split}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    return tmp_path
+
+
+def test_generic_csv_split_column_is_read_back_as_the_given_split(tmp_path):
+    from ml.data.loaders import given_splits
+
+    dataset = load_dataset(_generic_csv(tmp_path, ["train", "test"]))
+    assert given_splits(dataset.records) == ["train", "test"]
+    assert given_splits(load_generic(IMAGES / "manifest.csv").records) is None
+
+
+def test_generic_csv_with_a_split_on_some_rows_or_an_unknown_split_is_an_error(tmp_path):
+    from ml.data.loaders import given_splits
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    partial = load_dataset(_generic_csv(tmp_path / "a", ["train", ""]))
+    with pytest.raises(ValueError, match="1 of 2 images have no split"):
+        given_splits(partial.records)
+    with pytest.raises(ValueError, match="split 'holdout'"):
+        load_dataset(_generic_csv(tmp_path / "b", ["train", "holdout"]))
+
+
 def test_unknown_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no labels\.csv and no class folders"):
         load_dataset(tmp_path)

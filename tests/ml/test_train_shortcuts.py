@@ -162,3 +162,40 @@ def test_v2_training_with_the_penalty_writes_a_served_v2_model(tmp_path):
 
 def segmenter_sha():
     return read_card(BUNDLED_LUNG_MODEL)["sha256"]
+
+
+def test_lung_cnn_with_an_operating_point_trains_and_serves(tmp_path):
+    from ml.explain.methods import explain
+
+    config = TrainConfig(
+        epochs=1,
+        input_size=48,
+        width=4,
+        batch_size=6,
+        n_bootstrap=10,
+        architecture="lung_cnn",
+        preprocessing=2,
+        mask_outside=True,
+        mask_dilation=0.01,
+        acquisition_augment=True,
+        operating_point="val-macro-f1",
+        val_fraction=0.3,
+        test_fraction=0.3,
+    )
+    result = train(load_generic(MANIFEST), tmp_path, config, progress=False)
+    card = read_card(result.artifact)
+    assert card["architecture"] == "lung_cnn"
+    assert card["preprocessing"]["mask_dilation"] == 0.01
+    point = card["operating_point"]
+    assert point["method"] == "val-macro-f1"
+    assert set(point["offsets"]) == set(CLASSES)
+    assert point["offsets"]["covid19"] == 0.0
+    assert point["val_macro_f1_after"] >= point["val_macro_f1_before"]
+    classifier = Classifier.load(result.artifact, expected_sha256=card["sha256"])
+    prediction = classifier.predict(open_image(IMAGES / "00001280_004.jpg"))
+    heatmap = explain(classifier.model, prediction.prepared.x, "gradcam")
+    assert heatmap.layer == "lung_features"
+    # Nothing of the map lies on the blank (masked) part of the frame, beyond upsampling.
+    visible = prediction.prepared.visible
+    assert visible is not None
+    assert heatmap.values[~visible].sum() <= 0.35 * heatmap.values.sum()

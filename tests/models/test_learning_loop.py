@@ -20,6 +20,7 @@ from apps.models.training import run_training
 from ml.models.metrics import ClassMetrics, EvaluationResult
 from tests.conftest import IMAGES, upload_of
 from tests.factories import UserFactory
+from tests.models.test_snapshots import variant_png
 
 
 @pytest.fixture
@@ -30,8 +31,12 @@ def seeded(db, production_model):
 
 
 def _predict(owner, name, capture):
+    """A clinical upload of a new picture made from the fixture ``name`` (the fixture
+    itself is a reference image, and a snapshot holds each picture once)."""
+    content, _, _ = variant_png(name)
+    upload = upload_of(f"{name}.png", content=content, content_type="image/png")
     with capture(execute=False):
-        case = case_services.create_case(owner=owner, files=[upload_of(name)])
+        case = case_services.create_case(owner=owner, files=[upload])
     prediction = Prediction.objects.get(image__case=case)
     with capture(execute=False):
         run_prediction(prediction_id=prediction.pk)
@@ -45,6 +50,7 @@ def test_import_is_idempotent_and_keeps_labels_and_patients(seeded):
         "created": 0,
         "already_present": 18,
         "unreadable": 0,
+        "synthetic_refused": 0,
         "excluded_by_mapping": 0,
     }
     image = ReferenceImage.objects.get(original_name="2168a917.jpg")

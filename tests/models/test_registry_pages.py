@@ -84,7 +84,9 @@ def test_model_admin_compares_promotes_and_rolls_back_in_the_ui(
     client.post(reverse("registry:rollback"))
     assert ModelVersion.objects.get(status="production") == production_model
     assert list(
-        AuditEvent.objects.filter(actor=model_admin).order_by("pk").values_list("action", flat=True)
+        AuditEvent.objects.filter(actor=model_admin, action__startswith="model.")
+        .order_by("pk")
+        .values_list("action", flat=True)
     ) == ["model.promote", "model.promote", "model.rollback"]
 
 
@@ -202,3 +204,44 @@ def test_compare_page_shows_two_versions_and_differences(
     page = client.get(url).content.decode()
     assert f'<option value="{production_model.pk}" selected>' in page
     assert login(annotator).get(url).status_code == 403
+
+
+def test_version_page_says_how_the_version_was_built(login, model_admin):
+    from tests.factories import ModelVersionFactory
+
+    version = ModelVersionFactory(
+        card={
+            "name": "lungs",
+            "classes": ["covid19", "pneumonia", "normal"],
+            "architecture": "lung_cnn",
+            "preprocessing": {
+                "version": 2,
+                "input_size": 160,
+                "mask_outside": True,
+                "mask_dilation": 0.01,
+                "segmenter": {"version": "lung-unet@254299e2a32c"},
+            },
+            "hyperparameters": {"width": 16, "acquisition_augment": True, "lung_penalty": 0.0},
+            "operating_point": {
+                "offsets": {"covid19": 0.0, "pneumonia": -0.75, "normal": -0.5},
+                "val_macro_f1_before": 0.722,
+                "val_macro_f1_after": 0.759,
+            },
+            "training": {"epochs_run": 46, "seconds": 1230.1},
+        }
+    )
+    old = ModelVersionFactory()  # a v1 card without these keys
+    client = login(model_admin)
+    page = client.get(reverse("registry:version", args=[version.pk])).content.decode()
+    assert '<th scope="row">architecture</th><td>lung_cnn, width 16</td>' in page
+    assert "v2, 160 px, lung frame + CLAHE, zero outside the lungs (dilated 0.01)" in page
+    assert "lungs by lung-unet@254299e2a32c" in page
+    assert "<td>acquisition augmentation</td>" in page
+    assert (
+        "logit offsets covid19 +0, pneumonia -0.75, normal -0.5 chosen on validation"
+        " (macro-F1 0.722 -&gt; 0.759)" in page
+    )
+    assert "46 epochs, 1230.1 s" in page
+    old_page = client.get(reverse("registry:version", args=[old.pk])).content.decode()
+    assert "v1, 64 px, whole image letterboxed" in old_page
+    assert "operating point" not in old_page

@@ -20,8 +20,12 @@ def test_a_new_inference_worker_process_loads_the_production_model(
 ):
     monkeypatch.setenv("CXR_WARM_MODEL", "1")
     worker_process_init.send(sender=None)  # what Celery sends in each new pool process
-    assert list(empty_model_cache) == [(production_model.pk, production_model.sha256)]
-    classifier = empty_model_cache[(production_model.pk, production_model.sha256)]
+    # On the inference runtime (LiteRT by default): the file converted at registration.
+    key = (production_model.pk, production_model.sha256, "litert")
+    assert list(empty_model_cache) == [key]
+    classifier = empty_model_cache[key]
+    assert classifier.runtime == "litert"
+    assert classifier.model is None
     assert list(classifier.classes) == production_model.classes
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from rest_framework.authtoken.models import Token
+from knox.models import AuthToken
 from rest_framework.test import APIClient
 
 from apps.cases.models import Case, CaseImage, Prediction
@@ -57,7 +57,7 @@ def test_uploads_survive_a_redis_outage_and_a_restart_mid_processing(
         extra_args=("--beat", "--schedule", str(tmp_path / "beat-schedule")),
     )
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=clinician).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {AuthToken.objects.create(user=clinician)[1]}")
     try:
         wait_for_log(log, "ready.", process)
         with broker(redis_server.url):

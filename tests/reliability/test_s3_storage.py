@@ -18,7 +18,8 @@ import time
 
 import numpy as np
 import pytest
-from rest_framework.authtoken.models import Token
+from knox.models import AuthToken
+from PIL import Image
 from rest_framework.test import APIClient
 
 from apps.cases import services
@@ -132,10 +133,14 @@ def test_upload_classification_explanation_and_download_go_through_s3(
     assert np.load(io.BytesIO(body)).shape == (128, 128)
 
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=clinician).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {AuthToken.objects.create(user=clinician)[1]}")
     response = client.get(f"/api/v1/images/{image.pk}/file/")
     assert response.status_code == 200
-    assert b"".join(response.streaming_content) == (IMAGES / "2168a917.jpg").read_bytes()
+    served = b"".join(response.streaming_content)  # stored re-encoded: the pixels, as PNG
+    assert served == s3_storage.get_object(Bucket=BUCKET, Key=image.file.name)["Body"].read()
+    with Image.open(io.BytesIO(served)) as png, Image.open(IMAGES / "2168a917.jpg") as sent:
+        assert png.format == "PNG"
+        assert png.tobytes() == sent.tobytes()
     overlay = client.get(f"/api/v1/explanations/{explanation.pk}/overlay/")
     assert overlay.status_code == 200
     assert b"".join(overlay.streaming_content)[:8] == b"\x89PNG\r\n\x1a\n"

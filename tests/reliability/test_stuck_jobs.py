@@ -14,7 +14,7 @@ from datetime import timedelta
 
 import pytest
 from django.utils import timezone
-from rest_framework.authtoken.models import Token
+from knox.models import AuthToken
 from rest_framework.test import APIClient
 
 from apps.cases import services
@@ -58,7 +58,7 @@ def test_stuck_prediction_is_failed_with_the_reason_and_a_retry_completes_it(
     assert case.status == "processing"
 
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=clinician).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {AuthToken.objects.create(user=clinician)[1]}")
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         response = client.post(f"/api/v1/images/{stuck.image_id}/prediction/retry/")
     assert response.status_code == 202

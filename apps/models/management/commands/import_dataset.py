@@ -28,5 +28,5 @@ class Command(BaseCommand):
         self.stdout.write(
             f"{directory}: {result['created']} imported, {result['already_present']} already "
             f"present, {result['unreadable']} unreadable, {result['excluded_by_mapping']} rows "
-            "excluded by the label mapping"
+            f"excluded by the label mapping, {result['synthetic_refused']} refused as synthetic"
         )

@@ -1,30 +1,43 @@
+import json
 from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.models.models import ModelVersion
-from apps.models.services import RegistryError, register_artifact
+from apps.models.models import ModelVersion, Task
+from apps.models.services import RegistryError, card_task, register_artifact
 
 
 class Command(BaseCommand):
     help = (
         "Register a .keras artifact (with its .card.json beside it) in the model registry. "
-        "With --bundled, registers the model shipped in ml/bundled/."
+        "With --bundled, registers the model shipped in ml/bundled/ for the task "
+        "(classification: CXR_BUNDLED_MODEL; ct_segmentation: CXR_BUNDLED_CT_MODEL)."
     )
 
     def add_arguments(self, parser):
         parser.add_argument("artifact", nargs="?", type=Path)
-        parser.add_argument("--bundled", action="store_true", help="use settings.CXR_BUNDLED_MODEL")
+        parser.add_argument("--bundled", action="store_true", help="use the task's bundled model")
+        parser.add_argument(
+            "--task",
+            choices=Task.values,
+            help="what the model does (default: what its card says; classification for "
+            "cards without a task)",
+        )
         parser.add_argument(
             "--promote",
             action="store_true",
-            help="make it the production version",
+            help="make it the production version of its task",
         )
         parser.add_argument(
             "--if-no-production",
             action="store_true",
-            help="promote only when no production version exists yet (first start)",
+            help="promote only when its task has no production version yet (first start)",
+        )
+        parser.add_argument(
+            "--if-present",
+            action="store_true",
+            help="with --bundled: a missing bundled model is reported, not an error",
         )
         parser.add_argument("--name")
 
@@ -33,20 +46,42 @@ class Command(BaseCommand):
         *args,
         artifact=None,
         bundled=False,
+        task=None,
         promote=False,
         if_no_production=False,
+        if_present=False,
         name=None,
         **options,
     ):
         if bundled == (artifact is not None):
             raise CommandError("Give either an artifact path or --bundled.")
-        path = Path(settings.CXR_BUNDLED_MODEL) if bundled else artifact
-        no_production = ModelVersion.objects.production() is None
-        make_production = promote or (if_no_production and no_production)
+        if bundled:
+            ct = task == Task.CT_SEGMENTATION
+            path = Path(settings.CXR_BUNDLED_CT_MODEL if ct else settings.CXR_BUNDLED_MODEL)
+            if if_present and not path.is_file():
+                what = "CT segmenter" if ct else "classifier"
+                hint = " (python -m ml ct train makes it)" if ct else ""
+                self.stdout.write(
+                    f"No bundled {what} at {path}{hint}; nothing registered. "
+                    f"{'CT slices' if ct else 'Images'} will wait for a production model."
+                )
+                return
+        else:
+            path = artifact
         try:
+            if task is None and path is not None and Path(path).is_file():
+                from ml.models.artifacts import card_path
+
+                cpath = card_path(Path(path))
+                if cpath.is_file():
+                    task = card_task(json.loads(cpath.read_text()))
+            no_production = (
+                ModelVersion.objects.production(task=task or Task.CLASSIFICATION) is None
+            )
+            make_production = promote or (if_no_production and no_production)
             version = register_artifact(
-                artifact_path=path, name=name, make_production=make_production
+                artifact_path=path, name=name, make_production=make_production, task=task
             )
         except RegistryError as exc:
             raise CommandError(str(exc)) from exc
-        self.stdout.write(f"Model version #{version.pk}: {version}")
+        self.stdout.write(f"Model version #{version.pk} ({version.get_task_display()}): {version}")
