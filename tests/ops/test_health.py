@@ -10,8 +10,8 @@ import json
 import pytest
 from django.db import connection
 
-from cxrplatform.celery import app
 from cxrplatform.health import CHECKS, forget_passed_checks
+from tests.reliability.conftest import broker
 
 
 @pytest.fixture(autouse=True)
@@ -76,15 +76,11 @@ def test_readyz_names_a_missing_model_file(client, production_model):
 
 @pytest.mark.django_db
 def test_readyz_is_503_when_the_broker_cannot_be_reached(client, production_model):
-    # The write and read URLs: a CELERY_BROKER_URL environment variable (CI's) wins over
-    # app.conf.broker_url, not over these.
-    original = (app.conf.broker_write_url, app.conf.broker_read_url)
-    # The discard port: nothing listens there.
-    app.conf.broker_write_url = app.conf.broker_read_url = "redis://127.0.0.1:9/0"
-    try:
+    # The discard port: nothing listens there. broker() switches the write and read URLs
+    # (a CELERY_BROKER_URL environment variable, CI's, wins over broker_url, not over
+    # those) and drops the app's pools on the way in and out.
+    with broker("redis://127.0.0.1:9/0"):
         response, body = _ready(client)
-    finally:
-        app.conf.broker_write_url, app.conf.broker_read_url = original
     assert response.status_code == 503
     assert body["failed"] == ["broker"]
     assert body["checks"]["broker"]["error"]

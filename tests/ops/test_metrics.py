@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from cxrplatform.celery import QUEUES, app
 from cxrplatform.metrics import PLATFORM_METRICS, forget_workers, queue_lengths
 from tests.factories import ModelVersionFactory, PredictionFactory
+from tests.reliability.conftest import REDIS_SERVER, RedisServer, broker
 
 pytestmark = pytest.mark.django_db
 
@@ -153,8 +154,6 @@ PREFIX = "cxr-metrics-test:"
 def own_broker(tmp_path):
     """A redis-server of this test's own with a Redis key prefix, and the app switched to
     it: no worker or purge of another test can touch its queues."""
-    from tests.reliability.conftest import REDIS_SERVER, RedisServer, broker
-
     if REDIS_SERVER is None:
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
     server = RedisServer(tmp_path)
@@ -202,14 +201,10 @@ def test_queue_lengths_cover_every_queue_in_settings_with_a_key_prefix(client, o
 
 
 def test_an_unreachable_broker_is_reported_not_fatal(client):
-    # The write and read URLs: a CELERY_BROKER_URL environment variable (CI's) wins over
-    # app.conf.broker_url, not over these.
-    original = (app.conf.broker_write_url, app.conf.broker_read_url)
-    app.conf.broker_write_url = app.conf.broker_read_url = "redis://127.0.0.1:9/0"
-    try:
+    # broker() drops the app's connection and producer pools on the way in and out: a pool
+    # made for port 9 and kept would send a later test's control pings there.
+    with broker("redis://127.0.0.1:9/0"):
         samples = scrape(client)
-    finally:
-        app.conf.broker_write_url, app.conf.broker_read_url = original
     assert value(samples, "cxr_metrics_errors", part="queues") == 1
     assert "cxr_queue_length" not in samples
     assert value(samples, "cxr_metrics_errors", part="jobs") == 0
