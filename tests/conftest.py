@@ -179,3 +179,22 @@ def _fresh_throttles():
     from apps.api.throttles import reset_throttles
 
     reset_throttles("127.0.0.1")
+
+
+def clear_own_cache() -> None:
+    """Empty this test process's cache entries only. ``cache.clear()`` on Django's
+    RedisCache is FLUSHDB: on CI's Redis it also wiped the other xdist process's cache
+    entries and the Celery queues that share the database (one process's test saw the
+    other's cached summaries vanish mid-test)."""
+    from django.core.cache import caches
+    from django.core.cache.backends.redis import RedisCache
+
+    cache = caches["default"]  # the backend itself (django.core.cache.cache is a proxy)
+    if not isinstance(cache, RedisCache):
+        cache.clear()
+        return
+    client = cache._cache.get_client(write=True)
+    pattern = f"{cache.key_prefix}:*" if cache.key_prefix else "*"
+    keys = list(client.scan_iter(match=pattern, count=1000))
+    if keys:
+        client.delete(*keys)

@@ -8,10 +8,10 @@ import gzip
 import json
 
 import pytest
-from django.core.cache import cache
 from django.utils import timezone
 
 from apps.cases.models import Case, ExpertLabel, Prediction
+from tests.conftest import clear_own_cache
 from tests.factories import (
     CaseFactory,
     CaseImageFactory,
@@ -35,9 +35,9 @@ DETAIL_COLD = DETAIL_WARM + 7
 
 @pytest.fixture(autouse=True)
 def empty_cache():
-    cache.clear()
+    clear_own_cache()
     yield
-    cache.clear()
+    clear_own_cache()
 
 
 @pytest.fixture
