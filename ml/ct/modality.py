@@ -54,12 +54,14 @@ import json
 import logging
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
+
+from ml.serving.linear_check import LinearCheck, check_feature_count, read_check, write_check
 
 if TYPE_CHECKING:
     from ml.serving.ood import OodGate
@@ -190,7 +192,7 @@ _GATE_FLOATS = ("residual_variance", "threshold", "max_colourful", "min_spread")
 
 
 @dataclass
-class ModalityCheck:
+class ModalityCheck(LinearCheck):
     """A linear score (logit of "CT") and its threshold, and a one-class model of CT
     slice appearance (``gate``: the out-of-distribution gate's PPCA, fitted on CT
     slices); NumPy only.
@@ -200,18 +202,7 @@ class ModalityCheck:
     about a photograph, which must not pass for either.
     """
 
-    mean: np.ndarray
-    scale: np.ndarray
-    weights: np.ndarray
-    bias: float
-    threshold: float
-    card: dict[str, Any] = field(default_factory=dict)
     gate: OodGate | None = None
-
-    def scores(self, feats: np.ndarray) -> np.ndarray:
-        z = (np.asarray(feats, dtype=np.float32) - self.mean) / self.scale
-        logits: np.ndarray = z @ self.weights + self.bias
-        return logits
 
     def score(self, gray: np.ndarray) -> float:
         return float(self.scores(features(gray)[np.newaxis])[0])
@@ -252,34 +243,21 @@ class ModalityCheck:
         return CT_LOOKS_LIKE_XRAY if xray else NOT_A_CT_SLICE
 
     def save(self, path: Path) -> None:
-        path = Path(path)
-        arrays: dict[str, Any] = {
-            "mean": self.mean,
-            "scale": self.scale,
-            "weights": self.weights,
-            "bias": np.float64(self.bias),
-            "threshold": np.float64(self.threshold),
-        }
+        arrays = self.linear_arrays()
+        card = dict(self.card)
         if self.gate is not None:
             for name in _GATE_ARRAYS:
                 arrays[f"gate_{name}"] = getattr(self.gate, name)
             for name in _GATE_FLOATS:
                 arrays[f"gate_{name}"] = np.float64(getattr(self.gate, name))
-        np.savez_compressed(path, **arrays)
-        card = dict(self.card)
-        if self.gate is not None:
             card["gate"] = self.gate.card
-        path.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+        write_check(path, arrays, card)
 
     @classmethod
     def load(cls, path: Path) -> ModalityCheck:
         from ml.serving.ood import OodGate
 
-        path = Path(path)
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-        card_path = path.with_suffix(".json")
-        card = json.loads(card_path.read_text()) if card_path.exists() else {}
+        arrays, card, fields = read_check(path)
         gate = None
         if "gate_mean" in arrays:
             gate = OodGate(
@@ -293,21 +271,11 @@ class ModalityCheck:
                 min_spread=float(arrays["gate_min_spread"]),
                 card=card.get("gate", {}),
             )
-        check = cls(
-            mean=arrays["mean"],
-            scale=arrays["scale"],
-            weights=arrays["weights"],
-            bias=float(arrays["bias"]),
-            threshold=float(arrays["threshold"]),
-            card=card,
-            gate=gate,
-        )
+        check = cls(**fields, gate=gate)
         expected = len(features(np.zeros((THUMB * 4, THUMB * 4), dtype=np.float32)))
-        if check.weights.shape != (expected,) or check.mean.shape != (expected,):
-            raise ValueError(
-                f"{path}: modality check for {check.weights.shape} features; this code makes "
-                f"{expected} (refit with python -m ml ct-modality-fit)."
-            )
+        check_feature_count(
+            check, path, expected, what="modality check", refit="python -m ml ct-modality-fit"
+        )
         return check
 
 
@@ -517,15 +485,14 @@ def fit_from_shared_data(
     return check, cts, xrays
 
 
-def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a proportion (95 % by default); (0, 1) for no trials."""
+def wilson_interval(successes: int, total: int) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion (statsmodels); (0, 1) for no trials."""
     if total == 0:
         return 0.0, 1.0
-    p = successes / total
-    denominator = 1 + z * z / total
-    centre = (p + z * z / (2 * total)) / denominator
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
+    from statsmodels.stats.proportion import proportion_confint
+
+    low, high = proportion_confint(successes, total, alpha=0.05, method="wilson")
+    return float(low), float(high)
 
 
 def _ct_slice_flags(

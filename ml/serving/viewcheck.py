@@ -31,15 +31,16 @@ frontal test views are honest estimates.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+from ml.serving.linear_check import LinearCheck, check_feature_count, read_check, write_check
 
 if TYPE_CHECKING:
     from ml.serving.ood import OodGate
@@ -102,20 +103,8 @@ def features(gray: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class ViewCheck:
+class ViewCheck(LinearCheck):
     """A linear score (logit of "lateral") and its threshold; numpy only."""
-
-    mean: np.ndarray
-    scale: np.ndarray
-    weights: np.ndarray
-    bias: float
-    threshold: float
-    card: dict[str, Any] = field(default_factory=dict)
-
-    def scores(self, feats: np.ndarray) -> np.ndarray:
-        z = (np.asarray(feats, dtype=np.float32) - self.mean) / self.scale
-        logits: np.ndarray = z @ self.weights + self.bias
-        return logits
 
     def score(self, gray: np.ndarray) -> float:
         return float(self.scores(features(gray)[np.newaxis])[0])
@@ -125,38 +114,14 @@ class ViewCheck:
         return bool(self.score(gray) > self.threshold)
 
     def save(self, path: Path) -> None:
-        path = Path(path)
-        np.savez_compressed(
-            path,
-            mean=self.mean,
-            scale=self.scale,
-            weights=self.weights,
-            bias=np.float64(self.bias),
-            threshold=np.float64(self.threshold),
-        )
-        path.with_suffix(".json").write_text(json.dumps(self.card, indent=2) + "\n")
+        write_check(path, self.linear_arrays(), self.card)
 
     @classmethod
     def load(cls, path: Path) -> ViewCheck:
-        path = Path(path)
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-        card_path = path.with_suffix(".json")
-        card = json.loads(card_path.read_text()) if card_path.exists() else {}
-        check = cls(
-            mean=arrays["mean"],
-            scale=arrays["scale"],
-            weights=arrays["weights"],
-            bias=float(arrays["bias"]),
-            threshold=float(arrays["threshold"]),
-            card=card,
-        )
+        _, _, fields = read_check(path)
+        check = cls(**fields)
         expected = len(features(np.zeros((THUMB * 2, THUMB * 2), dtype=np.float32)))
-        if check.weights.shape != (expected,) or check.mean.shape != (expected,):
-            raise ValueError(
-                f"{path}: view check for {check.weights.shape} features; this code makes "
-                f"{expected} (refit with python -m ml view-fit)."
-            )
+        check_feature_count(check, path, expected, what="view check", refit="python -m ml view-fit")
         return check
 
 
