@@ -1,8 +1,11 @@
-"""Retry from the case page: a failed classification is queued again by its owner.
+"""Retry from the case page: a failed classification (X-ray) or segmentation (CT slice)
+is queued again by its owner.
 
-The web twin of ``POST /api/v1/images/{id}/prediction/retry/``: the same service
-(``apps.cases.services.retry_prediction``), so the same rules and the same audit
-event (``prediction.retry``). A failed explanation's retry is ``explain:retry``.
+The web twins of ``POST /api/v1/images/{id}/prediction/retry/`` and
+``.../segmentation/retry/``: the same services (``apps.cases.services.retry_prediction``,
+``retry_segmentation``), so the same rules and the same audit events
+(``prediction.retry``, ``segmentation.retry``). A failed explanation's retry is
+``explain:retry``.
 """
 
 from __future__ import annotations
@@ -20,16 +23,31 @@ from apps.cases.models import CaseImage
 @require_POST
 @role_required(CLINICIAN)
 def prediction_retry(request: HttpRequest, pk: int) -> HttpResponse:
+    return _retry(request, pk, job="latest_prediction", what="classification")
+
+
+@require_POST
+@role_required(CLINICIAN)
+def segmentation_retry(request: HttpRequest, pk: int) -> HttpResponse:
+    return _retry(request, pk, job="latest_segmentation", what="segmentation")
+
+
+def _retry(request: HttpRequest, pk: int, *, job: str, what: str) -> HttpResponse:
     # Another clinician's image is a 404, as on the case page.
     image = get_object_or_404(CaseImage, pk=pk, case__owner=request.user)
-    prediction = image.latest_prediction  # the one the page shows
-    if prediction is None:
-        messages.error(request, "This image has no classification to retry.")
+    latest = getattr(image, job)  # the one the page shows
+    if latest is None:
+        messages.error(request, f"This image has no {what} to retry.")
         return redirect("cases:detail", pk=image.case_id)
     try:
-        services.retry_prediction(prediction=prediction, actor=request.user)
+        if what == "classification":
+            services.retry_prediction(prediction=latest, actor=request.user)
+        else:
+            services.retry_segmentation(segmentation=latest, actor=request.user)
     except services.RetryRefused as exc:
         messages.error(request, str(exc))
     else:
-        messages.success(request, "Classification queued again; the result appears when ready.")
+        messages.success(
+            request, f"{what.capitalize()} queued again; the result appears when ready."
+        )
     return redirect("cases:detail", pk=image.case_id)

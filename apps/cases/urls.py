@@ -16,6 +16,11 @@ urlpatterns = [
         retry_views.prediction_retry,
         name="prediction-retry",
     ),
+    path(
+        "images/<int:pk>/segmentation/retry/",
+        retry_views.segmentation_retry,
+        name="segmentation-retry",
+    ),
     path("images/<int:pk>/lungs/<str:kind>.png", views.lung_file, name="lung-file"),
     path("images/<int:pk>/ct/<str:kind>.png", views.ct_layer, name="ct-layer"),
     path("labelling/", views.label_queue, name="label-queue"),

@@ -173,3 +173,55 @@ def test_annotators_see_a_failed_explanation_without_a_retry_button(
     assert "Retry Grad-CAM" not in html
     response = login(annotator).post(reverse("explain:retry", args=[failed_explanation.pk]))
     assert response.status_code == 403
+
+
+def test_owner_retries_a_failed_ct_segmentation_from_the_page_and_it_runs(
+    login, clinician, other_clinician, production_model, ct_tiny_model,
+    django_capture_on_commit_callbacks,
+):  # fmt: skip
+    """A real failure (no production CT segmenter yet), its reason and a retry button on
+    the CT case page; after an admin registers one, the retry runs to done."""
+    from apps.cases.models import Segmentation
+    from apps.cases.segmentation import run_segmentation
+    from apps.models.services import register_artifact
+    from tests.ct_uploads import ct_upload
+
+    with django_capture_on_commit_callbacks(execute=False):
+        case = case_services.create_case(owner=clinician, files=[ct_upload()], modality="ct")
+    segmentation = Segmentation.objects.get(image__case=case)
+    run_segmentation(segmentation_id=segmentation.pk)
+    segmentation.refresh_from_db()
+    assert segmentation.status == "failed"
+
+    client = login(clinician)
+    html = client.get(reverse("cases:detail", args=[case.pk])).content.decode()
+    assert "Segmentation failed: " in html
+    assert "No production CT segmentation model is registered" in html
+    url = reverse("cases:segmentation-retry", args=[segmentation.image_id])
+    assert f'action="{url}"' in html
+    assert "Retry segmentation" in html
+
+    assert login(other_clinician).post(url).status_code == 404
+    client = login(clinician)  # the same test client, logged in again as the owner
+    register_artifact(artifact_path=ct_tiny_model, make_production=True, task="ct_segmentation")
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = client.post(url)
+    assert response.status_code == 302
+    assert response["Location"] == reverse("cases:detail", args=[case.pk])
+    assert len(callbacks) == 1  # the segmentation task, sent on commit
+    segmentation.refresh_from_db()
+    assert segmentation.status == "pending"
+    event = AuditEvent.objects.get(action="segmentation.retry")
+    assert event.actor == clinician
+    assert "No production CT segmentation model" in event.before["error"]
+    page = client.get(response["Location"]).content.decode()
+    assert "Segmentation queued again" in page
+    assert "Retry segmentation" not in page
+
+    run_segmentation(segmentation_id=segmentation.pk)  # what the queued task does
+    segmentation.refresh_from_db()
+    assert segmentation.status == "done"
+    assert segmentation.lung_area > 0
+    response = client.post(url, follow=True)  # done: nothing to retry
+    assert "Only a failed segmentation can be retried" in response.content.decode()
+    assert AuditEvent.objects.filter(action="segmentation.retry").count() == 1
