@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Example REST API client: upload chest X-rays, wait for the prediction and the
-Grad-CAM, download the overlay PNGs.
+Grad-CAM, download the overlay PNGs; or, with --ct, upload chest CT slices, wait for the
+segmentation and download its mask PNGs.
 
 Standard library only, so it runs anywhere Python 3.11 does (a PACS bridge, a
 research machine) without installing anything:
@@ -12,8 +13,15 @@ research machine) without installing anything:
 or with a token from POST /api/v1/auth/token/ (``--token KEY`` or the
 CXR_API_TOKEN environment variable; tokens expire, 24 h by default, and a 401
 "Invalid token." means obtain a new one). A token the client obtained itself is
-revoked when it finishes. Exit status: 0 when every image has a prediction and a
-Grad-CAM overlay, 1 on a refusal or failure, 2 on a timeout.
+revoked when it finishes. With ``--ct`` the files are CT slices (PNG/JPEG, or DICOM
+with Modality CT): it prints the percent of lung affected per slice and writes the masks
+(lungs, infection, ground-glass, consolidation) as PNGs.
+
+    python examples/api_client.py --ct --url http://127.0.0.1:8000 \\
+        --username clinician --password clinician-demo-pass --out masks/ slice.png
+
+Exit status: 0 when every image has a prediction and a Grad-CAM overlay (every slice a
+segmentation with --ct), 1 on a refusal or failure, 2 on a timeout.
 """
 
 from __future__ import annotations
@@ -85,8 +93,10 @@ class Client:
         self.request("DELETE", "api/v1/auth/token/")
         self.token = None
 
-    def create_case(self, images: list[Path], patient_ref: str = "", notes: str = "") -> dict:
-        fields = [("patient_ref", patient_ref), ("notes", notes)]
+    def create_case(
+        self, images: list[Path], patient_ref: str = "", notes: str = "", modality: str = "xray"
+    ) -> dict:
+        fields = [("patient_ref", patient_ref), ("notes", notes), ("modality", modality)]
         body, content_type = _multipart(fields, [("images", path) for path in images])
         _, _, content = self.request("POST", "api/v1/cases/", body=body, content_type=content_type)
         return json.loads(content)
@@ -130,13 +140,31 @@ def _gradcam(image: dict) -> dict | None:
     return next((e for e in image["explanations"] if e["method"] == "gradcam"), None)
 
 
-def wait_for_results(client: Client, case_id: int, timeout: float, interval: float) -> dict:
-    """Poll the case until every image has a finished prediction and Grad-CAM."""
+def _segmentation_pending(image: dict) -> str | None:
+    """What a CT slice still waits for (None when its segmentation is done)."""
+    segmentation = image["segmentation"]
+    if segmentation is None or segmentation["status"] in {"pending", "running"}:
+        return f"image {image['id']}: segmentation {segmentation and segmentation['status']}"
+    if segmentation["status"] == "failed":
+        raise ApiError(f"image {image['id']}: segmentation failed: {segmentation['error']}")
+    return None
+
+
+def wait_for_results(
+    client: Client, case_id: int, timeout: float, interval: float, *, ct: bool = False
+) -> dict:
+    """Poll the case until every image has a finished prediction and Grad-CAM (every CT
+    slice a finished segmentation)."""
     deadline = time.monotonic() + timeout
     while True:
         case = client.json("GET", f"api/v1/cases/{case_id}/")
         pending = []
         for image in case["images"]:
+            if ct:
+                waiting = _segmentation_pending(image)
+                if waiting:
+                    pending.append(waiting)
+                continue
             prediction = image["prediction"]
             if prediction is None or prediction["status"] in {"pending", "running"}:
                 pending.append(
@@ -159,16 +187,40 @@ def wait_for_results(client: Client, case_id: int, timeout: float, interval: flo
         time.sleep(interval)
 
 
+def _report_slice(client: Client, case_id: int, source: Path, image: dict, out: Path) -> None:
+    """Print a CT slice's figures and download its masks."""
+    segmentation = image["segmentation"]
+    model = segmentation["model_version"]["name"]
+    if not segmentation["lungs_found"]:
+        print(f"{source.name}: no lung tissue found ({segmentation['message']}) by model {model}")
+        return
+    paths = [
+        client.download(url, out / f"case{case_id}-image{image['id']}-{kind}.png")
+        for kind, url in segmentation["masks"].items()
+    ]
+    print(
+        f"{source.name}: {segmentation['percent_affected']:.1f}% of the lung affected "
+        f"(ground-glass {segmentation['percent_ggo']:.1f}%, consolidation "
+        f"{segmentation['percent_consolidation']:.1f}%) by model {model}; masks "
+        + ", ".join(str(p) for p in paths)
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("images", nargs="+", type=Path, help="PNG, JPEG or DICOM chest X-rays")
+    parser.add_argument(
+        "images", nargs="+", type=Path, help="PNG, JPEG or DICOM chest X-rays (CT slices with --ct)"
+    )
+    parser.add_argument("--ct", action="store_true", help="the files are chest CT slices")
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="platform base URL")
     parser.add_argument("--username", help="log in with a username and password ...")
     parser.add_argument("--password", default=os.environ.get("CXR_API_PASSWORD"))
     parser.add_argument("--token", default=os.environ.get("CXR_API_TOKEN"), help="... or a token")
     parser.add_argument("--patient-ref", default="", help="pseudonymous patient reference")
     parser.add_argument("--notes", default="")
-    parser.add_argument("--out", type=Path, default=Path("overlays"), help="where overlays go")
+    parser.add_argument(
+        "--out", type=Path, default=Path("overlays"), help="where overlays (CT: masks) go"
+    )
     parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for results")
     parser.add_argument("--interval", type=float, default=2, help="seconds between polls")
     args = parser.parse_args(argv)
@@ -184,11 +236,19 @@ def main(argv: list[str] | None = None) -> int:
         if not args.token:
             client.obtain_token(args.username, args.password)
             print(f"obtained an API token for {args.username}")
-        case = client.create_case(args.images, patient_ref=args.patient_ref, notes=args.notes)
+        case = client.create_case(
+            args.images,
+            patient_ref=args.patient_ref,
+            notes=args.notes,
+            modality="ct" if args.ct else "xray",
+        )
         print(f"created case {case['id']} with {len(case['images'])} image(s); waiting ...")
-        case = wait_for_results(client, case["id"], args.timeout, args.interval)
+        case = wait_for_results(client, case["id"], args.timeout, args.interval, ct=args.ct)
         args.out.mkdir(parents=True, exist_ok=True)
         for source, image in zip(args.images, case["images"], strict=True):
+            if args.ct:
+                _report_slice(client, case["id"], source, image, args.out)
+                continue
             prediction = image["prediction"]
             probabilities = ", ".join(
                 f"{label} {prediction['probabilities'][label]:.3f}" for label in CLASSES

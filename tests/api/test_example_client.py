@@ -71,6 +71,42 @@ def test_example_client_uploads_waits_and_downloads_the_overlay(
     assert AuditEvent.objects.filter(action="token.revoked", actor=clinician).count() == 1
 
 
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_example_client_segments_ct_slices_and_downloads_their_masks(
+    live_server, clinician, ct_production_model, worker, tmp_path
+):
+    from apps.cases.models import CT_MASK_KINDS, Segmentation
+    from tests.ct_uploads import CT_SLICE
+
+    process, log_path = worker
+    out = tmp_path / "masks"
+    result = subprocess.run(
+        [
+            sys.executable, str(REPO_ROOT / "examples" / "api_client.py"), "--ct",
+            "--url", live_server.url, "--username", clinician.username, "--password", PASSWORD,
+            "--out", str(out), "--timeout", "180", "--interval", "0.5", str(CT_SLICE),
+        ],
+        capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    assert process.poll() is None, log_path.read_text()[-4000:]
+    assert result.returncode == 0, result.stderr + "\nworker log:\n" + log_path.read_text()[-4000:]
+    case = Case.objects.get(owner=clinician)
+    assert case.modality == "ct"
+    segmentation = Segmentation.objects.get(image__case=case)
+    assert segmentation.status == "done"
+    image = segmentation.image
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(
+        f"case{case.pk}-image{image.pk}-{kind}.png" for kind in CT_MASK_KINDS
+    )
+    with segmentation.lung_mask.open("rb") as stored:
+        assert (out / f"case{case.pk}-image{image.pk}-lungs.png").read_bytes() == stored.read()
+    assert (
+        f"{CT_SLICE.name}: {segmentation.percent_affected:.1f}% of the lung affected"
+    ) in result.stdout
+    assert f"by model {ct_production_model.name}" in result.stdout
+
+
 def test_example_client_explains_refusals_in_words(live_server, clinician, tmp_path):
     bad = tmp_path / "notes.txt"
     bad.write_text("not an x-ray")
