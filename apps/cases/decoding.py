@@ -25,6 +25,7 @@ second.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -32,11 +33,15 @@ import subprocess
 import sys
 import warnings
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 # The child's environment: nothing of the web process's (no secrets), one
 # thread per numerical library, few malloc arenas (each reserves address space).
 CHILD_ENV_KEEP = ("PATH", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")
+# The parts of a request the decoder server warms up with (decoder_server.serve).
+WARM_KEYS = ("ood_gate", "view_check", "modality_check", "min_side", "max_pixels")
 CHILD_ENV = {
     "OPENBLAS_NUM_THREADS": "1",
     "OMP_NUM_THREADS": "1",
@@ -96,6 +101,8 @@ def decode_upload(kind: str, content: bytes, modality: str = "xray") -> Decoded:
     }
     env = {key: os.environ[key] for key in CHILD_ENV_KEEP if key in os.environ}
     env.update(CHILD_ENV, PYTHONPATH=str(PROJECT_ROOT))
+    # What the decoder server (started with the first request's environment) warms up.
+    env["CXR_DECODER_WARM"] = json.dumps({key: request[key] for key in WARM_KEYS})
     payload = json.dumps(request).encode() + b"\n" + content
     del content
     try:
@@ -208,14 +215,10 @@ def _verdicts(request: dict, gray, width: int, height: int, colourful: float) ->
     reply: dict = {"verdict": None, "lateral": False, "modality_problem": None, "ct_slice": False}
     if min(width, height) < request["min_side"]:
         return reply
-    from ml.serving.ood import OodGate
-
-    gate = OodGate.load(Path(request["ood_gate"])) if request["ood_gate"] else None
+    gate = _loaded("ood_gate", request["ood_gate"]) if request["ood_gate"] else None
     check = None
     if request.get("modality_check"):
-        from ml.ct.modality import ModalityCheck
-
-        check = ModalityCheck.load(Path(request["modality_check"]))
+        check = _loaded("modality_check", request["modality_check"])
     if request.get("modality") == "ct":
         if check is not None:
             reply["modality_problem"] = check.problem(gray, "ct", colourful, xray_gate=gate)
@@ -224,10 +227,55 @@ def _verdicts(request: dict, gray, width: int, height: int, colourful: float) ->
     if gate is not None:
         reply["verdict"] = gate.verdict(gray, colourful)
     if reply["verdict"] is None and not reply["ct_slice"] and request["view_check"]:
-        from ml.serving.viewcheck import ViewCheck
-
-        reply["lateral"] = bool(ViewCheck.load(Path(request["view_check"])).is_lateral(gray))
+        view = _loaded("view_check", request["view_check"])
+        reply["lateral"] = bool(view.is_lateral(gray))
     return reply
+
+
+@lru_cache(maxsize=8)
+def _loaded(kind: str, path: str) -> Any:
+    """A fitted check from its file, read once per process: the decoder server reads the
+    ones the web names (``warm_up``) before it forks, so its children find them loaded."""
+    if kind == "ood_gate":
+        from ml.serving.ood import OodGate
+
+        return OodGate.load(Path(path))
+    if kind == "modality_check":
+        from ml.ct.modality import ModalityCheck
+
+        return ModalityCheck.load(Path(path))
+    from ml.serving.viewcheck import ViewCheck
+
+    return ViewCheck.load(Path(path))
+
+
+def warm_up(given: dict[str, Any]) -> None:
+    """Decode one small made-up picture as the web would ask (``given``: the check files
+    and limits of its requests), so that what a decode loads or sets up on first use
+    (the checks' files, the watermark template, lazily imported modules) is done once
+    in the decoder server, not in every child it forks."""
+    import numpy as np
+    from PIL import Image
+
+    request: dict[str, Any] = {
+        "kind": "picture",
+        "max_pixels": 50_000_000,
+        "max_inflated": 0,
+        "min_side": 64,
+        "ood_gate": None,
+        "view_check": None,
+        "modality": "xray",
+        "modality_check": None,
+    }
+    request.update({key: given[key] for key in WARM_KEYS if given.get(key) is not None})
+    for kind in ("ood_gate", "modality_check", "view_check"):
+        if request[kind]:  # each one, whichever a made-up picture would reach
+            _loaded(kind, request[kind])
+    ramp = np.add.outer(np.arange(256), np.arange(256)).astype(np.uint8)
+    picture = io.BytesIO()
+    Image.fromarray(ramp).save(picture, format="PNG")
+    with contextlib.suppress(_Refused):  # refused or not, the work is done
+        _picture(request, picture.getvalue())
 
 
 # A JPEG in a print colour space (film scanners and print workflows write them) is

@@ -153,15 +153,24 @@ def band_score(gray: np.ndarray) -> float:
             cache[sigma] = cv2.GaussianBlur(array, (0, 0), sigma)
         return cache[sigma]
 
+    scores: dict[tuple[int, int, bool, float], float] = {}
+
     def score_at(scale: float) -> float:
         w, h = round(TILE * scale), round(BAND * scale)
         if h < 7 or w > array.shape[1] or h > array.shape[0]:
             return -1.0
-        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-        resized = cv2.resize(template, (w, h), interpolation=interpolation)
-        resized = cv2.GaussianBlur(resized, (0, 0), round(max(0.8, 0.5 * scale), 1))
-        result = cv2.matchTemplate(blurred(scale), resized, cv2.TM_CCOEFF_NORMED)
-        return float(np.nanmax(result)) if result.size else -1.0
+        sigma = round(max(0.8, 0.5 * scale), 1)
+        # Scales that round to the same template size, interpolation and blur give the
+        # same score: the fine search around neighbouring coarse scales asks for many
+        # of them again (matchTemplate is nearly all the cost).
+        key = (w, h, scale < 1, sigma)
+        if key not in scores:
+            interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+            resized = cv2.resize(template, (w, h), interpolation=interpolation)
+            resized = cv2.GaussianBlur(resized, (0, 0), sigma)
+            result = cv2.matchTemplate(blurred(scale), resized, cv2.TM_CCOEFF_NORMED)
+            scores[key] = float(np.nanmax(result)) if result.size else -1.0
+        return scores[key]
 
     # Coarse over 0.5x-4x (6% apart), then around the three best scales in steps of about
     # one pixel of band width: a band scaled a few pixels off the template no longer

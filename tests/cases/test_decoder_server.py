@@ -86,3 +86,29 @@ def test_the_server_leaves_when_its_web_process_is_gone(tmp_path):
         time.sleep(0.2)
     os.kill(pid, signal.SIGKILL)
     pytest.fail("the decoder server outlived its web process")
+
+
+def test_the_server_is_told_the_check_files_and_warms_up_with_them(settings, fresh_server):
+    """The web passes the checks its requests name; warm_up loads each once (the server
+    does so before it forks, so its children find them loaded) and the watermark band."""
+    import json
+    from pathlib import Path
+
+    from apps.cases import decoding
+    from ml.generate.watermark import band
+
+    decode_upload("picture", (IMAGES / "2168a917.jpg").read_bytes())
+    environ = Path(f"/proc/{decoder_server._server.process.pid}/environ").read_bytes()
+    told = dict(v.split(b"=", 1) for v in environ.split(b"\0") if b"=" in v)
+    warm = json.loads(told[b"CXR_DECODER_WARM"])
+    assert warm["ood_gate"] == str(settings.CXR_OOD_GATE)
+    assert warm["view_check"] == str(settings.CXR_VIEW_CHECK)
+    assert warm["modality_check"] == str(settings.CXR_MODALITY_CHECK)
+
+    decoding._loaded.cache_clear()
+    band.cache_clear()
+    decoding.warm_up(warm)
+    assert decoding._loaded.cache_info().currsize == 3  # gate, modality and view checks
+    assert band.cache_info().currsize == 1
+    decoding.warm_up({})  # no checks configured: still decodes, loads nothing
+    assert decoding._loaded.cache_info().currsize == 3
