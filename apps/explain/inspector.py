@@ -186,7 +186,10 @@ def run_inspection(*, inspection_id: int) -> Inspection | None:
         ]
         labels = dict(Explanation.Method.choices)
         for method in METHODS:
-            heatmap = explain(model, x, method, classes=classifier.classes)
+            extra = {}
+            if method == "occlusion" and getattr(classifier.spec, "mask_outside", False):
+                extra["visible"] = x[..., 0] != 0  # blanked outside the lungs: patches too
+            heatmap = explain(model, x, method, classes=classifier.classes, **extra)
             scores = deletion_insertion(model, x, heatmap.values, heatmap.target_class)
             title = f"{labels.get(method, method)}: {heatmap.target_label}"
             pictures.append(

@@ -550,14 +550,30 @@ def occlusion_map(
     patch_size: int | None = None,
     fill_value: float | None = None,
     batch_size: int | None = None,
+    visible: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[str, Any], None]:
-    """Occlusion sensitivity through the fast path (same map as tf-explain's)."""
+    """Occlusion sensitivity through the fast path (same map as tf-explain's).
+
+    ``visible`` (bool, H x W): for a model fed images blanked outside the lungs (the
+    preprocessing's ``mask_outside``), the pixels it was shown; patches fill only those,
+    with their mean by default, so a patch never paints the blank the model never sees.
+    """
     from ml.explain.occlusion import default_fill_value, default_patch_size, fast_occlusion
 
     patch = int(patch_size) if patch_size is not None else default_patch_size(image.shape[:2])
+    if visible is not None:
+        visible = np.asarray(visible, dtype=bool)
     fill = "given" if fill_value is not None else "image-mean"
-    value = float(fill_value) if fill_value is not None else default_fill_value(image)
-    raw = fast_occlusion(model, image, class_index, patch, value, batch_size=batch_size)
+    if fill_value is not None:
+        value = float(fill_value)
+    elif visible is not None and visible.any():
+        fill = "visible-mean"
+        value = float(np.mean(np.asarray(image)[visible]))
+    else:
+        value = default_fill_value(image)
+    raw = fast_occlusion(
+        model, image, class_index, patch, value, batch_size=batch_size, visible=visible
+    )
     params = {
         "patch_size": patch,
         "stride": patch,
@@ -565,6 +581,8 @@ def occlusion_map(
         "fill_value": value,
         "score": "1 - p(target)",
     }
+    if visible is not None:
+        params["fills"] = "visible pixels only"
     return raw, params, None
 
 

@@ -87,15 +87,23 @@ def _patch_grid(shape: tuple[int, int], patch_size: int) -> tuple[range, range]:
     return range(0, height, patch_size), range(0, width, patch_size)
 
 
-def occluded_batch(image: np.ndarray, patch_size: int, fill_value: float) -> np.ndarray:
-    """All occluded copies of ``image``, row-major over the patch grid: (n, H, W, C)."""
+def occluded_batch(
+    image: np.ndarray, patch_size: int, fill_value: float, visible: np.ndarray | None = None
+) -> np.ndarray:
+    """All occluded copies of ``image``, row-major over the patch grid: (n, H, W, C).
+
+    ``visible`` (bool, H x W): only those pixels are filled; the rest keep their value
+    (a model fed images blanked outside the lungs never sees the blank filled)."""
     rows, cols = _patch_grid(image.shape[:2], patch_size)
     batch = np.repeat(image[np.newaxis], len(rows) * len(cols), axis=0)
     for i, top in enumerate(rows):
         for j, left in enumerate(cols):
-            batch[i * len(cols) + j, top : top + patch_size, left : left + patch_size, :] = (
-                fill_value
-            )
+            window = (slice(top, top + patch_size), slice(left, left + patch_size))
+            if visible is None:
+                batch[i * len(cols) + j, window[0], window[1], :] = fill_value
+            else:
+                region = batch[i * len(cols) + j, window[0], window[1], :]
+                region[visible[window]] = fill_value
     return batch
 
 
@@ -108,8 +116,11 @@ def fast_occlusion(
     *,
     batch_size: int | None = None,
     path: str = "auto",
+    visible: np.ndarray | None = None,
 ) -> np.ndarray:
     """Raw occlusion map (H, W), float32: tf-explain's map from one compiled call.
+
+    ``visible`` (bool, H x W): patches fill only those pixels (see :func:`occluded_batch`).
 
     ``path`` is "auto" (the incremental path where it applies and pays, see
     :func:`occlusion_path`), "incremental" (an error where it does not apply) or "full".
@@ -119,15 +130,19 @@ def fast_occlusion(
     if path not in ("auto", "incremental", "full"):
         raise ValueError(f"path must be 'auto', 'incremental' or 'full', not {path!r}")
     x = as_image(model, image)
+    if visible is not None:
+        visible = np.asarray(visible, dtype=bool)
+        if visible.shape != x.shape[:2]:
+            raise ValueError(f"visible is {visible.shape}; the image is {x.shape[:2]}")
     patch = int(patch_size)
     rows, cols = _patch_grid(x.shape[:2], patch)
     plan = None if path == "full" else _plan(model, x.shape, patch)
     if path == "incremental" and isinstance(plan, str):
         raise ValueError(f"The incremental occlusion path does not apply: {plan}.")
     if isinstance(plan, _Plan) and (path == "incremental" or _pays(plan)):
-        outputs = _incremental_forward(model, plan, x, float(fill_value), batch_size)
+        outputs = _incremental_forward(model, plan, x, float(fill_value), batch_size, visible)
     else:
-        batch = occluded_batch(x, patch, float(fill_value))
+        batch = occluded_batch(x, patch, float(fill_value), visible)
         outputs = forward(model, batch, batch_size=batch_size)
     probabilities = np.asarray(outputs)[:, int(class_index)]
     coarse = (1.0 - probabilities.astype(np.float64)).reshape(len(rows), len(cols))
@@ -207,13 +222,21 @@ def _pays(plan: _Plan) -> bool:
 
 
 def _incremental_forward(
-    model: keras.Model, plan: _Plan, x: np.ndarray, fill_value: float, batch_size: int | None
+    model: keras.Model,
+    plan: _Plan,
+    x: np.ndarray,
+    fill_value: float,
+    batch_size: int | None,
+    visible: np.ndarray | None = None,
 ) -> np.ndarray:
     window = plan.input_window
     rows = window.starts[0][:, None] + np.arange(window.extent[0])
     cols = window.starts[1][:, None] + np.arange(window.extent[1])
     crops = x[rows[:, :, None], cols[:, None, :], :]  # (n, ey, ex, C)
-    values = np.where(plan.patch_mask[..., None], np.float32(fill_value), crops)
+    filled = plan.patch_mask
+    if visible is not None:
+        filled = filled & visible[rows[:, :, None], cols[:, None, :]]
+    values = np.where(filled[..., None], np.float32(fill_value), crops)
     values = values.astype(np.float32)
     image = tf.constant(x[np.newaxis])
     step = plan.n_patches if batch_size is None else max(1, int(batch_size))

@@ -371,3 +371,44 @@ def test_compiled_plan_does_not_keep_the_model_alive():
     del model
     gc.collect()
     assert ref() is None
+
+
+LUNGS_MODEL = REPO_ROOT / "ml" / "bundled" / "cxr-lungs" / "cxr-lungs.keras"
+
+
+def test_patches_fill_only_visible_pixels_and_both_paths_agree():
+    """A model fed images blanked outside the lungs: a patch over the blank leaves it
+    blank (else the model is shown what it never sees), on either path."""
+    if not LUNGS_MODEL.is_file():
+        pytest.skip("ml/bundled/cxr-lungs is not in this checkout")
+    from ml.explain.methods import occlusion_map
+    from ml.explain.occlusion import occluded_batch
+
+    classifier = Classifier.load(LUNGS_MODEL)
+    assert classifier.spec.mask_outside
+    prepared, _, _ = classifier.prepare(open_image(IMAGES / "2168a917.jpg"))
+    x, visible = prepared.x, prepared.visible
+    assert visible is not None
+    assert 0.1 < visible.mean() < 0.9
+    assert (x[~visible] == 0).all()  # what the model is shown outside the lungs
+
+    batch = occluded_batch(x, 16, 0.7, visible)
+    assert (batch[:, ~visible] == 0).all()  # never painted
+    plain = occluded_batch(x, 16, 0.7)
+    assert (plain[:, ~visible] == 0.7).any()  # what the fill did before
+    # Every visible pixel is filled by exactly one patch.
+    assert np.array_equal((batch == 0.7).any(axis=(0, 3)) | ~visible, np.ones_like(visible))
+
+    target = int(np.argmax(classifier.predict_array(x[np.newaxis])[0]))
+    full = fast_occlusion(classifier.model, x, target, 16, 0.5, path="full", visible=visible)
+    auto = fast_occlusion(classifier.model, x, target, 16, 0.5, visible=visible)
+    assert np.abs(full - auto).max() < 1e-4
+    blind = fast_occlusion(classifier.model, x, target, 16, 0.5, path="full")
+    assert np.abs(blind - full).max() > 1e-3  # filling the blank changed the answers
+
+    _raw, params, _ = occlusion_map(classifier.model, x, target, visible=visible)
+    assert params["fill"] == "visible-mean"
+    assert params["fill_value"] == pytest.approx(float(x[visible].mean()))
+    assert params["fills"] == "visible pixels only"
+    with pytest.raises(ValueError, match="visible is"):
+        fast_occlusion(classifier.model, x, target, 16, 0.5, visible=visible[:-1])
