@@ -63,6 +63,11 @@ urlpatterns = [
     path("labelling/queue/", views.LabellingQueue.as_view(), name="labelling-queue"),
     path("explanations/<int:pk>/", views.ExplanationDetail.as_view(), name="explanation-detail"),
     path(
+        "explanations/<int:pk>/retry/",
+        views.ExplanationRetry.as_view(),
+        name="explanation-retry",
+    ),
+    path(
         "explanations/<int:pk>/overlay/",
         views.ExplanationOverlay.as_view(),
         name="explanation-overlay",

@@ -606,6 +606,35 @@ class ExplanationDetail(generics.RetrieveAPIView, RoleView):
         return _visible_explanations(self.request.user)
 
 
+class ExplanationRetry(RoleView):
+    allowed_roles = (CLINICIAN,)
+
+    @extend_schema(
+        summary="Retry a failed explanation (clinician, own cases)",
+        description="202 with the explanation, `pending` again (the same job: its id and "
+        "method stay); 409 unless it failed, or when the same map was asked for again since "
+        "(that one is live). Audited as `explanation.retry`. Poll "
+        "`/api/v1/explanations/{id}/`.",
+        request=None,
+        responses={202: s.ExplanationSerializer, **errors(401, 403, 404, 409)},
+        tags=["explanations"],
+    )
+    def post(self, request, pk: int):
+        explanation = get_object_or_404(
+            Explanation.objects.filter(image__case__owner=request.user), pk=pk
+        )
+        try:
+            explanation = explain_services.retry_explanation(
+                explanation=explanation, actor=request.user
+            )
+        except explain_services.ExplanationUnavailable as exc:
+            raise Conflict(str(exc)) from None
+        body = s.ExplanationSerializer(explanation, context={"request": request}).data
+        return Response(
+            body, status=202, headers=_located(request, "explanation-detail", explanation.pk)
+        )
+
+
 class ExplanationOverlay(FileView):
     allowed_roles = (CLINICIAN, ANNOTATOR)
 

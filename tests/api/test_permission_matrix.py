@@ -137,6 +137,11 @@ MATRIX = [
      _codes(401, 403, 403, 200, 403)),
     ("explanation-detail", "get", lambda w: f"/api/v1/explanations/{w.explanation.pk}/",
      None, None, _codes(401, 200, 404, 200, 403)),
+    # The world's explanation is done, so the owner's retry is refused: 409
+    # (tests/api/test_explanation_retry.py has the 202).
+    ("explanation-retry", "post",
+     lambda w: f"/api/v1/explanations/{w.explanation.pk}/retry/", None, None,
+     _codes(401, 409, 404, 403, 403)),
     ("explanation-overlay", "get",
      lambda w: f"/api/v1/explanations/{w.explanation.pk}/overlay/", None, None,
      _codes(401, 200, 404, 200, 403)),
