@@ -77,11 +77,15 @@ def test_a_finished_run_tells_every_model_admin_in_the_app_and_by_e_mail(
     client = login(admins["mailed"])
     html = client.get(reverse("registry:index")).content.decode()
     assert 'data-unread="1"' in html
+    # ... and beside the registry link in the top navigation, on every page.
+    elsewhere = client.get(reverse("audit-log")).content.decode()
+    assert 'data-nav-unread="1"' in elsewhere
     assert note.subject in html
     response = client.post(reverse("registry:notifications-read"), follow=True)
     html = response.content.decode()
     assert "1 notification marked read." in html
     assert "data-unread" not in html
+    assert "data-nav-unread" not in html
     assert note.subject in html  # still listed, no longer new
     # Only the reader's own notifications were marked read.
     assert Notification.objects.get(recipient=admins["no_address"]).read_at is None
