@@ -279,7 +279,16 @@ class CaseListCreate(generics.ListAPIView, RoleView):
         summary="One of your cases (clinician)",
         responses={200: s.CaseSerializer, **errors(401, 403, 404)},
         tags=["cases"],
-    )
+    ),
+    delete=extend_schema(
+        summary="Delete one of your cases (clinician)",
+        description="204: the case is hidden at once and its rows and files are purged "
+        "after `CXR_DELETED_CASE_RETENTION_DAYS` (7 by default), as from the case page; "
+        "audited as `case.delete`. Labelled images of a purged case leave future "
+        "snapshots. Another clinician's case is a 404.",
+        responses={204: None, **errors(401, 403, 404)},
+        tags=["cases"],
+    ),
 )
 class CaseDetail(generics.RetrieveAPIView, RoleView):
     """Conditional GET: the response carries an ETag and Last-Modified (the case's
@@ -305,6 +314,12 @@ class CaseDetail(generics.RetrieveAPIView, RoleView):
         response["ETag"] = etag
         response["Last-Modified"] = http_date(last_modified)
         return response
+
+    def delete(self, request, *args, **kwargs):
+        from apps.cases import retention
+
+        retention.delete_case(actor=request.user, case=self.get_object())
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 # -- images -------------------------------------------------------------------

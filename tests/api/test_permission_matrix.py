@@ -103,6 +103,8 @@ MATRIX = [
      _codes(401, 201, 201, 403, 403)),
     ("case-detail", "get", lambda w: f"/api/v1/cases/{w.case.pk}/", None, None,
      _codes(401, 200, 404, 403, 403)),
+    ("case-detail", "delete", lambda w: f"/api/v1/cases/{w.case.pk}/", None, None,
+     _codes(401, 204, 404, 403, 403)),
     ("image-list", "get", lambda w: "/api/v1/images/", None, None,
      _codes(401, 200, 200, 200, 403)),
     ("image-detail", "get", lambda w: f"/api/v1/images/{w.image.pk}/", None, None,
