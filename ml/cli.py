@@ -26,6 +26,7 @@ import logging
 import sys
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("ml")
 
@@ -165,7 +166,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     classifier = Classifier.load(args.model)
     status = 0
-    rows = []
+    rows: list[dict[str, Any]] = []
     for path in args.images:
         try:
             result = classifier.predict(open_image(path))
@@ -188,7 +189,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return status
 
 
-def _print_ood(result: dict, as_json: bool) -> None:
+def _print_ood(result: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(result, indent=2))
         return
@@ -232,7 +233,7 @@ def cmd_ood_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_view(result: dict, as_json: bool) -> None:
+def _print_view(result: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(result, indent=2))
         return
@@ -244,7 +245,7 @@ def _print_view(result: dict, as_json: bool) -> None:
         print(f"held-out lateral views accepted: {', '.join(result['lateral_held_out_missed'])}")
 
 
-def _view_gate(path: Path | None):
+def _view_gate(path: Path | None) -> Any:
     from ml.serving.ood import OodGate
 
     return None if path is None or str(path).lower() == "none" else OodGate.load(path)
@@ -702,7 +703,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        return args.func(args)
+        code: int = args.func(args)
+        return code
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -36,7 +36,7 @@ from ml.models.arrays import Arrays
 
 log = logging.getLogger(__name__)
 
-ProgressHook = Callable[[dict], None]
+ProgressHook = Callable[[dict[str, Any]], None]
 
 
 def balanced_class_weight(y: np.ndarray) -> dict[int, float]:
@@ -257,7 +257,7 @@ def validation_dataset(data: FitData, settings: FitSettings) -> tf.data.Dataset:
     return ds.batch(settings.batch_size).cache().prefetch(tf.data.AUTOTUNE)
 
 
-class LungPenaltyModel(keras.Model):
+class LungPenaltyModel(keras.Model):  # type: ignore[misc]  # Keras ships no types
     """Wraps a classifier for training with the "right for the right reasons" penalty.
 
     Its input is the image plus the lung mask as a last channel; the wrapped ``net``
@@ -325,22 +325,22 @@ class LungPenaltyModel(keras.Model):
         return {m.name: m.result() for m in self.metrics}
 
 
-class ProgressCallback(keras.callbacks.Callback):
+class ProgressCallback(keras.callbacks.Callback):  # type: ignore[misc]  # Keras ships no types
     """A tqdm bar per epoch plus an optional hook (the platform stores progress rows)."""
 
     def __init__(self, steps: int, epochs: int, hook: ProgressHook | None, show: bool) -> None:
         super().__init__()
         self.steps, self.epochs, self.hook, self.show = steps, epochs, hook, show
-        self.bar: tqdm | None = None
+        self.bar: tqdm[Any] | None = None
         self.epoch = 0
 
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self.epoch = epoch
         self.bar = tqdm(
             total=self.steps, desc=f"epoch {epoch + 1}/{self.epochs}", disable=not self.show
         )
 
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{(logs or {}).get('loss', float('nan')):.3f}")
@@ -354,7 +354,7 @@ class ProgressCallback(keras.callbacks.Callback):
                 }
             )
 
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self.bar is not None:
             self.bar.close()
         logs = {k: float(v) for k, v in (logs or {}).items()}

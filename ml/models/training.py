@@ -85,7 +85,7 @@ class TrainConfig:
     # "val" for model selection: the report and card score the validation split, so that
     # settings are chosen without looking at the test split (which is reported once).
     report_split: str = "test"
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.operating_point not in ("argmax", "val-macro-f1"):
@@ -98,7 +98,7 @@ class TrainConfig:
                 "--preprocessing 2 --mask-outside."
             )
 
-    def model_kwargs(self) -> dict:
+    def model_kwargs(self) -> dict[str, Any]:
         return {"width": self.width} if self.architecture in ("compact_cnn", "lung_cnn") else {}
 
     def spec(self) -> PreprocessSpec:
@@ -133,7 +133,7 @@ class TrainConfig:
 @dataclass
 class TrainResult:
     artifact: Path
-    card: dict
+    card: dict[str, Any]
     metrics: Any  # ml.models.metrics.EvaluationResult
     report_dir: Path
 
@@ -209,8 +209,9 @@ def evaluate_split(
     n_bootstrap: int,
     seed: int,
     shortcut_tests: bool = True,
-) -> Any:
-    """Metrics on a held-out split, with the shortcut tests when lung masks are known."""
+) -> tuple[Any, np.ndarray]:
+    """Metrics (an ``EvaluationResult``) on a held-out split, with the shortcut tests when
+    lung masks are known, and the split's probabilities."""
     from ml.models.evaluation import evaluate_predictions
 
     probs = predict_batches(model, test.arrays.x)
@@ -247,9 +248,9 @@ def _animation(
         return None  # the penalty wraps the model: the animation reads the served net only
     from ml.explain.animation import GradCAMAnimation, pick_images
 
-    shown = pick_images(val.y, len(CLASSES), sources=val.sources)
+    shown = pick_images(val.y.tolist(), len(CLASSES), sources=val.sources)
     return GradCAMAnimation(
-        val.arrays.x[shown], val.y[shown], CLASSES, out_dir / f"{name}.gradcam.gif"
+        val.arrays.x[shown], val.y[shown].tolist(), CLASSES, out_dir / f"{name}.gradcam.gif"
     )
 
 
@@ -274,7 +275,7 @@ def _card(
     result: FitResult,
     metrics: Any,
     artifact: Path,
-) -> dict:
+) -> dict[str, Any]:
     preprocessing = spec.to_dict()
     if spec.version >= 2:
         preprocessing["segmenter"] = {
@@ -423,7 +424,7 @@ def train(
 
 
 def classifier_probabilities(
-    classifier, records: Sequence[Record], *, progress: bool = False, batch_size: int = 64
+    classifier: Any, records: Sequence[Record], *, progress: bool = False, batch_size: int = 64
 ) -> np.ndarray:
     """Probabilities of a loaded ``ml.serving.classifier.Classifier`` for records, in batches."""
     segmenter = classifier.segmenter if classifier.needs_lungs else None

@@ -55,7 +55,11 @@ class Classifier:
 
     @classmethod
     def load(
-        cls, path: str | Path, *, expected_sha256: str | None = None, card: dict | None = None
+        cls,
+        path: str | Path,
+        *,
+        expected_sha256: str | None = None,
+        card: dict[str, Any] | None = None,
     ) -> Classifier:
         """Load a ``.keras`` artifact, refusing one whose sha256 is not the recorded one."""
         import keras
