@@ -173,6 +173,24 @@ def login(client):
 
 
 @pytest.fixture(autouse=True)
+def _empty_queues_for_process_tests(request):
+    """A test that runs a real worker starts with this test process's queues empty: an
+    earlier test may have left a job's message there (its rows rolled back), which the
+    worker would take, and a test reading the worker's log would see a task it did not
+    queue. Before the test's own body, so what the test queues itself is kept."""
+    if not (
+        request.node.get_closest_marker("worker") or request.node.get_closest_marker("browser")
+    ):
+        return
+    from django.conf import settings
+
+    if settings.CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+        from cxrplatform.celery import app
+
+        app.control.purge()
+
+
+@pytest.fixture(autouse=True)
 def _fresh_throttles():
     """The log-in and token throttles count per client address in the cache, which
     outlives a test (and, with Redis, a test run): start every test at zero."""

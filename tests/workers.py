@@ -125,14 +125,7 @@ def wait_for_log(log_path: Path, text: str, process: subprocess.Popen, timeout: 
 
 @pytest.fixture
 def worker(tmp_path, media_root):
-    """`celery worker -Q inference,segmentation,explain` on the test database, broker, media.
-
-    The queues of this test process are emptied first: an earlier test in the process
-    may have left a job's message there (its rows are gone; the worker would take it,
-    and a test that reads the worker's log would see a task it did not queue)."""
-    from cxrplatform.celery import app
-
-    app.control.purge()
+    """`celery worker -Q inference,segmentation,explain` on the test database, broker, media."""
     log_path = tmp_path / "worker.log"
     process = start_worker(log_path=log_path, media_root=media_root)
     try:
