@@ -100,7 +100,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ml.data.loaders import load_many
-    from ml.data.splits import split_records
+    from ml.data.splits import read_splits_csv, saved_split_names, split_records
     from ml.models.artifacts import read_card
     from ml.models.evaluation import write_report
     from ml.serving.classifier import Classifier
@@ -122,11 +122,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             )
         saved = Path(args.model).parent / "splits.csv"
         if saved.is_file():  # the split the model was trained on, written beside it
-            import csv
-
-            with saved.open(newline="") as fh:
-                split_of = {row["key"]: row["split"] for row in csv.DictReader(fh)}
-            names = [next((split_of[k] for k in r.keys if k in split_of), "") for r in records]
+            names = saved_split_names(records, read_splits_csv(saved))
         else:
             names = split_records(
                 records,

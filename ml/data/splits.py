@@ -9,8 +9,10 @@ show that difference.
 
 from __future__ import annotations
 
+import csv
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold, train_test_split
@@ -101,3 +103,18 @@ def patients_in_several_splits(records: Sequence[Record], splits: Sequence[str])
     for record, split in zip(records, splits, strict=True):
         seen.setdefault(record.patient, set()).add(split)
     return {patient for patient, names in seen.items() if len(names) > 1}
+
+
+def read_splits_csv(path: Path) -> dict[str, str]:
+    """A saved split (a model's ``splits.csv``): the split name by image key."""
+    with Path(path).open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not {"key", "split"} <= set(reader.fieldnames or []):
+            raise ValueError(f"{path} needs the columns key and split.")
+        return {row["key"]: row["split"] for row in reader}
+
+
+def saved_split_names(records: Sequence[Record], split_of: dict[str, str]) -> list[str]:
+    """Each record's split in a saved split (its key, or the key older split files gave
+    it: ``Record.keys``); "" for a record the split does not name."""
+    return [next((split_of[k] for k in r.keys if k in split_of), "") for r in records]

@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ import numpy as np
 from ml.data.labels import CLASSES
 from ml.data.loaders import Dataset, Record, given_splits, load_many
 from ml.data.preprocess import PreprocessSpec
+from ml.data.splits import read_splits_csv, saved_split_names
 
 log = logging.getLogger(__name__)
 
@@ -90,14 +90,6 @@ def classifier_spec(card: dict[str, Any]) -> PreprocessSpec:
     return spec
 
 
-def read_splits_csv(path: Path) -> dict[str, str]:
-    with Path(path).open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        if not {"key", "split"} <= set(reader.fieldnames or []):
-            raise ValueError(f"{path} needs the columns key and split.")
-        return {row["key"]: row["split"] for row in reader}
-
-
 def assign_splits(records: Sequence[Record], splits_csv: Path | None) -> tuple[list[str], str]:
     """train/val/test (or "unused") per record, and where the split came from."""
     given = given_splits(records)
@@ -105,8 +97,7 @@ def assign_splits(records: Sequence[Record], splits_csv: Path | None) -> tuple[l
         return given, "given with the data"
     if splits_csv is None:
         raise ValueError("These data carry no split: give --splits (the classifier's splits.csv).")
-    split_of = read_splits_csv(splits_csv)
-    names = [next((split_of[k] for k in r.keys if k in split_of), "") for r in records]
+    names = saved_split_names(records, read_splits_csv(splits_csv))
     missing = sum(1 for n in names if not n)
     if missing:
         raise ValueError(

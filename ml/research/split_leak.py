@@ -183,12 +183,13 @@ def split_figures(
 
 def read_items(data: Sequence[Path], splits_csv: Path) -> list[Item]:
     from ml.data.loaders import load_many
+    from ml.data.splits import read_splits_csv, saved_split_names
 
-    with splits_csv.open(newline="") as fh:
-        split_of = {row["key"]: row["split"] for row in csv.DictReader(fh)}
+    records = load_many(list(data)).records
     items = []
-    for record in load_many(list(data)).records:
-        split = next((split_of[k] for k in record.keys if k in split_of), "")
+    for record, split in zip(
+        records, saved_split_names(records, read_splits_csv(splits_csv)), strict=True
+    ):
         if split:
             items.append(
                 Item(record.key, record.path, record.patient, record.label, record.source, split)

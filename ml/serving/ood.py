@@ -407,16 +407,14 @@ def image_features(image: Image.Image) -> tuple[np.ndarray, float]:
 
 def chest_xray_paths(data_dirs: list[Path], splits_csv: Path) -> dict[str, list[Path]]:
     """Image paths per split ("train", "val", "test") of a model's patient-level split."""
-    import csv
-
     from ml.data.loaders import load_many
+    from ml.data.splits import read_splits_csv, saved_split_names
 
-    with Path(splits_csv).open(newline="") as fh:
-        split_of = {row["key"]: row["split"] for row in csv.DictReader(fh)}
-    dataset = load_many(data_dirs)
+    records = load_many(data_dirs).records
     paths: dict[str, list[Path]] = {"train": [], "val": [], "test": []}
-    for record in dataset.records:
-        split = next((split_of[k] for k in record.keys if k in split_of), None)
+    for record, split in zip(
+        records, saved_split_names(records, read_splits_csv(splits_csv)), strict=True
+    ):
         if split in paths:
             paths[split].append(record.path)
     return paths
