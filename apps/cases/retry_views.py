@@ -10,6 +10,9 @@ The web twins of ``POST /api/v1/images/{id}/prediction/retry/`` and
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
@@ -23,27 +26,43 @@ from apps.cases.models import CaseImage
 @require_POST
 @role_required(CLINICIAN)
 def prediction_retry(request: HttpRequest, pk: int) -> HttpResponse:
-    return _retry(request, pk, job="latest_prediction", what="classification")
+    return _retry(
+        request,
+        pk,
+        latest=lambda image: image.latest_prediction,
+        retry=lambda job, actor: services.retry_prediction(prediction=job, actor=actor),
+        what="classification",
+    )
 
 
 @require_POST
 @role_required(CLINICIAN)
 def segmentation_retry(request: HttpRequest, pk: int) -> HttpResponse:
-    return _retry(request, pk, job="latest_segmentation", what="segmentation")
+    return _retry(
+        request,
+        pk,
+        latest=lambda image: image.latest_segmentation,
+        retry=lambda job, actor: services.retry_segmentation(segmentation=job, actor=actor),
+        what="segmentation",
+    )
 
 
-def _retry(request: HttpRequest, pk: int, *, job: str, what: str) -> HttpResponse:
+def _retry(
+    request: HttpRequest,
+    pk: int,
+    *,
+    latest: Callable[[CaseImage], Any],
+    retry: Callable[[Any, Any], Any],
+    what: str,
+) -> HttpResponse:
     # Another clinician's image is a 404, as on the case page.
     image = get_object_or_404(CaseImage, pk=pk, case__owner=request.user)
-    latest = getattr(image, job)  # the one the page shows
-    if latest is None:
+    job = latest(image)  # the one the page shows
+    if job is None:
         messages.error(request, f"This image has no {what} to retry.")
         return redirect("cases:detail", pk=image.case_id)
     try:
-        if what == "classification":
-            services.retry_prediction(prediction=latest, actor=request.user)
-        else:
-            services.retry_segmentation(segmentation=latest, actor=request.user)
+        retry(job, request.user)
     except services.RetryRefused as exc:
         messages.error(request, str(exc))
     else:
