@@ -185,11 +185,10 @@ def run_inspection(*, inspection_id: int) -> Inspection | None:
             ),
         ]
         labels = dict(Explanation.Method.choices)
+        # A model fed images blanked outside the lungs: what it is shown is what is not 0.
+        visible = x[..., 0] != 0 if getattr(classifier.spec, "mask_outside", False) else None
         for method in METHODS:
-            extra = {}
-            if method == "occlusion" and getattr(classifier.spec, "mask_outside", False):
-                extra["visible"] = x[..., 0] != 0  # blanked outside the lungs: patches too
-            heatmap = explain(model, x, method, classes=classifier.classes, **extra)
+            heatmap = explain(model, x, method, classes=classifier.classes, visible=visible)
             scores = deletion_insertion(model, x, heatmap.values, heatmap.target_class)
             title = f"{labels.get(method, method)}: {heatmap.target_label}"
             pictures.append(

@@ -53,11 +53,12 @@ def run_explanation(*, explanation_id: int) -> Explanation | None:
             # TEMPORARY: open_image's BinaryIO refuses a FieldFile (IO[bytes] would take it).
             prepared = _prepare(classifier, open_image(fh), explanation.image)
         array = prepared.x
-        extra = {}
-        if explanation.method == "occlusion" and prepared.visible is not None:
-            extra["visible"] = prepared.visible  # blanked outside the lungs: patches too
         heatmap = explain(
-            classifier.model, array, explanation.method, classes=classifier.classes, **extra
+            classifier.model,
+            array,
+            explanation.method,
+            classes=classifier.classes,
+            visible=prepared.visible,  # blanked outside the lungs: occlusion patches too
         )
         scores = deletion_insertion(classifier.model, array, heatmap.values, heatmap.target_class)
         in_lungs = _mass_in_lungs(heatmap.values, prepared.lung_mask)

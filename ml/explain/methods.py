@@ -603,6 +603,7 @@ def explain(
     *,
     target_class: int | None = None,
     classes: Sequence[str] | None = None,
+    visible: np.ndarray | None = None,
     **params: Any,
 ) -> Heatmap:
     """Explain one preprocessed image (H, W, C) float32 in [0, 1].
@@ -610,6 +611,8 @@ def explain(
     ``target_class`` None explains the model's top class. ``params`` are the method's
     own keywords (see each ``*_map`` function); unknown ones raise TypeError. The map is
     resized to the input size and min-max scaled to [0, 1] (constant -> zeros).
+    ``visible`` (bool, H x W, or None): the pixels the model is shown when its inputs are
+    blanked outside the lungs; the methods that change pixels (occlusion) leave the rest.
     """
     if method not in METHODS:
         raise ValueError(f"Unknown explanation method {method!r}; choose from {METHODS}.")
@@ -624,6 +627,8 @@ def explain(
             raise ValueError(f"target_class {target} is outside the model's {n_outputs} outputs.")
     if classes is not None and len(classes) != n_outputs:
         raise ValueError(f"{len(classes)} class names for a model with {n_outputs} outputs.")
+    if visible is not None and method == "occlusion":
+        params["visible"] = visible
     raw, used, layer = _IMPLEMENTATIONS[method](model, x, target, **params)
     values = normalise_map(resize_map(raw, x.shape[:2]))
     seconds = time.perf_counter() - start
