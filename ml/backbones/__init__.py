@@ -1,0 +1,1 @@
+"""ImageNet-pretrained backbones whose weights install with a package (no downloads)."""
