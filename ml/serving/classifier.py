@@ -7,11 +7,19 @@ compact CNN. Workers keep one ``Classifier`` per process.
 A classifier runs on Keras (:meth:`Classifier.load`; explanations need its
 ``model``) or on LiteRT (:meth:`Classifier.load_lite`; ``model`` is None and
 TensorFlow is never imported, for the inference queue). See ``ml.serving.runtime``.
+
+A model admin may move a registered model to another operating point than the one its
+card chose (and its softmax bias carries): :meth:`Classifier.with_offsets` gives the
+same loaded model with the difference applied to its probabilities after each call
+(:func:`shift_probabilities`), so no second copy of the weights is loaded.
 """
 
 from __future__ import annotations
 
+import copy
+import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +30,25 @@ from PIL import Image
 from ml.data.preprocess import Prepared, PreprocessSpec, prepare, to_unit_gray
 from ml.models.artifacts import ArtifactIntegrityError, read_card, sha256_file
 from ml.serving.runtime import KerasRunner, LiteRunner, load_lite_runner
+
+
+def shift_probabilities(probs: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """``softmax(log p + offsets)`` row by row: the probabilities a model whose softmax
+    bias held ``offsets`` more would give (a change of class priors; the argmax moves as
+    ``argmax(log p + offsets)``). Computed in float64, returned in ``probs``' dtype.
+
+    A probability of exactly 0 (float32 underflow) stays ~0 for any offset within
+    a few hundred nats.
+    """
+    p = np.asarray(probs)
+    shift = np.asarray(offsets, dtype=np.float64)
+    if p.ndim != 2 or shift.shape != (p.shape[-1],):
+        raise ValueError(f"offsets of shape {shift.shape} for probabilities of shape {p.shape}")
+    logits = np.log(np.clip(p.astype(np.float64), np.finfo(np.float64).tiny, None)) + shift
+    logits -= logits.max(axis=1, keepdims=True)
+    out = np.exp(logits)
+    out /= out.sum(axis=1, keepdims=True)
+    return out.astype(p.dtype if p.dtype.kind == "f" else np.float64)
 
 
 @dataclass(frozen=True)
@@ -52,6 +79,11 @@ class Classifier:
             raise ValueError(
                 f"Model has {outputs} outputs but its card lists {len(self.classes)} classes."
             )
+        # Added to the log-probabilities after the model (empty: none); see with_offsets.
+        self.offsets: dict[str, float] = {}
+        self._offset_vector: np.ndarray | None = None
+        self._base: Classifier = self
+        self._views: dict[tuple[float, ...], Classifier] = {}
 
     @classmethod
     def load(
@@ -94,9 +126,41 @@ class Classifier:
         )
         return cls(None, card, runner=runner)
 
+    def with_offsets(self, offsets: Mapping[str, float] | None) -> Classifier:
+        """This loaded model with ``offsets`` (class -> nats) added to its log-probabilities
+        after every call (:func:`shift_probabilities`), instead of any it had.
+
+        The view shares the model, runner and lung segmenter; it is made once per set of
+        offsets and kept, so a worker switching back and forth loads nothing again. All
+        zeros (or None) gives the model as loaded. ``model`` (what explanations run) is
+        the unshifted Keras model: callers that pick a target class from it should take
+        the shifted argmax of :meth:`predict_array` instead.
+        """
+        given = dict(offsets or {})
+        unknown = set(given) - set(self.classes)
+        if unknown:
+            raise ValueError(f"offsets for unknown classes {sorted(unknown)}; {self.classes}")
+        key = tuple(float(given.get(c, 0.0)) for c in self.classes)
+        if not all(math.isfinite(v) for v in key):
+            raise ValueError(f"offsets must be finite numbers, got {given}")
+        base = self._base
+        if not any(key):
+            return base
+        view = base._views.get(key)
+        if view is None:
+            view = copy.copy(base)
+            view.offsets = dict(zip(self.classes, key, strict=True))
+            view._offset_vector = np.asarray(key, dtype=np.float64)
+            base._views[key] = view
+        return view
+
     def predict_array(self, batch: np.ndarray) -> np.ndarray:
-        """Probabilities for a preprocessed batch, shape (n, n_classes)."""
-        return self._run(batch)
+        """Probabilities for a preprocessed batch, shape (n, n_classes), at this
+        classifier's offsets (:meth:`with_offsets`)."""
+        probs = self._run(batch)
+        if self._offset_vector is not None:
+            probs = shift_probabilities(probs, self._offset_vector)
+        return probs
 
     @property
     def needs_lungs(self) -> bool:
@@ -104,7 +168,10 @@ class Classifier:
 
     @property
     def segmenter(self) -> Any:
-        """The lung segmenter of a v2 model (loaded once, checked against the card's hash)."""
+        """The lung segmenter of a v2 model (loaded once, checked against the card's hash;
+        shared with the views of :meth:`with_offsets`)."""
+        if self._base is not self:
+            return self._base.segmenter
         if self._segmenter is None:
             from ml.lungs.segmenter import BUNDLED_LUNG_MODEL, LungSegmenter
 
