@@ -84,6 +84,53 @@ class CaseImageFactory(factory.django.DjangoModelFactory):
     )
 
 
+def operating_point(
+    normal_offsets: tuple[float, ...] = (-1.0, 0.0, 1.0), *, card_normal: float = 0.0
+) -> dict:
+    """A card's ``operating_point`` as ``ml.models.operating_point`` writes it (method
+    ``val-specificity``), with a curve: one row per normal offset (the others 0), the
+    row at ``card_normal`` the card's chosen one. The figures are made up but move as a
+    real curve's do: a higher normal offset calls more images normal."""
+    rows = []
+    for i, value in enumerate(sorted(normal_offsets)):
+        share = (i + 1) / (len(normal_offsets) + 1)
+        rows.append(
+            {
+                "offsets": {"covid19": 0.0, "pneumonia": 0.0, "normal": float(value)},
+                "normal_specificity": round(share, 4),
+                "abnormal_sensitivity": round(1 - share / 2, 4),
+                "covid19_sensitivity": 0.8,
+                "covid19_specificity": 0.9,
+                "macro_f1": round(0.6 + share / 10, 4),
+                "chosen": value == card_normal,
+            }
+        )
+    card_row = next(r for r in rows if r["chosen"])
+    return {
+        "method": "val-specificity",
+        "offsets": dict(card_row["offsets"]),
+        "targets": {"normal_specificity": 0.5, "covid19_specificity": 0.9},
+        "reached": {
+            k: card_row[k]
+            for k in (
+                "normal_specificity",
+                "covid19_specificity",
+                "covid19_sensitivity",
+                "abnormal_sensitivity",
+            )
+        },
+        "val_macro_f1_before": 0.6,
+        "val_macro_f1_after": card_row["macro_f1"],
+        "grid": sorted(float(v) for v in normal_offsets),
+        "curve": {
+            "rows": rows,
+            "roc": {"fpr": [0.0, 0.1, 0.3, 1.0], "tpr": [0.0, 0.6, 0.9, 1.0], "auroc": 0.88},
+            "n": 40,
+            "n_normal": 20,
+        },
+    }
+
+
 class ModelVersionFactory(factory.django.DjangoModelFactory):
     """A registry row. Its ``artifact`` names a file that is not there unless given one:
     tests that load the model register the real artifact (``production_model``) and may

@@ -446,6 +446,19 @@ class ExpertLabelSerializer(serializers.ModelSerializer):
 class ModelVersionSerializer(serializers.ModelSerializer):
     metrics = serializers.JSONField(read_only=True)
     card = serializers.JSONField(read_only=True)
+    operating_point = serializers.JSONField(
+        read_only=True,
+        allow_null=True,
+        help_text="The row of the card's operating curve a model admin chose "
+        "(`offsets` and its validation figures); null: the card's own point.",
+    )
+    active_offsets = serializers.DictField(
+        child=serializers.FloatField(),
+        read_only=True,
+        allow_null=True,
+        help_text="The offsets (class -> added log-probability) the version serves at: "
+        "the chosen row's, else the card's; null when the card has no operating point.",
+    )
 
     class Meta:
         model = ModelVersion
@@ -461,8 +474,30 @@ class ModelVersionSerializer(serializers.ModelSerializer):
             "parent",
             "created_at",
             "promoted_at",
+            "operating_point",
+            "active_offsets",
         ]
         read_only_fields = fields
+
+
+class OperatingPointRequestSerializer(serializers.Serializer):
+    offsets = serializers.DictField(
+        child=serializers.FloatField(),
+        required=False,
+        help_text="The offsets of one row of the version's operating curve "
+        "(`card.operating_point.curve.rows[].offsets`), one per class.",
+    )
+    reset = serializers.BooleanField(
+        required=False, default=False, help_text="Serve at the card's own point again."
+    )
+    reason = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
+
+    def validate(self, attrs: dict) -> dict:
+        if attrs["reset"] == ("offsets" in attrs):
+            raise serializers.ValidationError(
+                "Give either `offsets` (a row of the version's operating curve) or `reset: true`."
+            )
+        return attrs
 
 
 class RollbackRequestSerializer(serializers.Serializer):

@@ -81,6 +81,11 @@ urlpatterns = [
     path("models/rollback/", views.ModelRollback.as_view(), name="model-rollback"),
     path("models/<int:pk>/", views.ModelVersionDetail.as_view(), name="model-detail"),
     path("models/<int:pk>/promote/", views.ModelVersionPromote.as_view(), name="model-promote"),
+    path(
+        "models/<int:pk>/operating-point/",
+        views.ModelVersionOperatingPoint.as_view(),
+        name="model-operating-point",
+    ),
     path("training-runs/", views.TrainingRunListCreate.as_view(), name="training-run-list"),
     path(
         "training-runs/<int:pk>/",

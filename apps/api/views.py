@@ -736,6 +736,41 @@ class ModelVersionPromote(RoleView):
         return Response(s.ModelVersionSerializer(version).data)
 
 
+class ModelVersionOperatingPoint(RoleView):
+    allowed_roles = (MODEL_ADMIN,)
+
+    parser_classes = [JSONParser]
+
+    @extend_schema(
+        summary="Serve a version at another row of its operating curve (model admin; audited)",
+        description='`{"offsets": {...}}`: one row of `card.operating_point.curve.rows`, '
+        'applied after the model from the next prediction on; `{"reset": true}`: the '
+        "card's own point. 400 when the offsets are not a row of the curve; 409 when the "
+        "version has no operating curve.",
+        request=s.OperatingPointRequestSerializer,
+        responses={200: s.ModelVersionSerializer, **errors(400, 401, 403, 404, 409, 415)},
+        tags=["models"],
+    )
+    def post(self, request, pk: int):
+        version = get_object_or_404(ModelVersion, pk=pk)
+        serializer = s.OperatingPointRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        try:
+            version = registry.set_operating_point(
+                version=version,
+                actor=request.user,
+                offsets=data.get("offsets"),
+                reset=data["reset"],
+                reason=data["reason"] or "changed through the API",
+            )
+        except registry.OperatingPointError as exc:
+            raise ValidationError({"offsets": [str(exc)]}) from None
+        except registry.RegistryError as exc:
+            raise Conflict(str(exc)) from None
+        return Response(s.ModelVersionSerializer(version).data)
+
+
 class ModelRollback(RoleView):
     allowed_roles = (MODEL_ADMIN,)
 

@@ -53,10 +53,18 @@ def run_explanation(*, explanation_id: int) -> Explanation | None:
             # TEMPORARY: open_image's BinaryIO refuses a FieldFile (IO[bytes] would take it).
             prepared = _prepare(classifier, open_image(fh), explanation.image)
         array = prepared.x
+        # At a chosen operating point the served label is the shifted argmax, not the
+        # Keras model's own: explain that class.
+        target = (
+            int(np.argmax(classifier.predict_array(array[np.newaxis])[0]))
+            if classifier.offsets
+            else None
+        )
         heatmap = explain(
             classifier.model,
             array,
             explanation.method,
+            target_class=target,
             classes=classifier.classes,
             visible=prepared.visible,  # blanked outside the lungs: occlusion patches too
         )

@@ -16,6 +16,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
         "created_at",
         "promoted_at",
         "status",
+        "operating_point",  # the registry's audited form only
     )
     search_fields = ("name", "sha256")
 

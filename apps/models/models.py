@@ -88,6 +88,13 @@ class ModelVersion(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     promoted_at = models.DateTimeField(null=True, blank=True)
+    operating_point = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="The row of the card's operating curve a model admin chose instead of the "
+        "card's point ({offsets, figures}); null: the card's point, which the artifact "
+        "carries. Set only through apps.models.services.set_operating_point (audited).",
+    )
 
     objects = ModelVersionQuerySet.as_manager()
 
@@ -111,6 +118,31 @@ class ModelVersion(models.Model):
     @property
     def is_classifier(self) -> bool:
         return self.task == Task.CLASSIFICATION
+
+    @property
+    def card_point(self) -> dict | None:
+        """The operating point the card chose on validation (and the artifact's softmax
+        bias carries), or None: an older card, or a model served at its argmax."""
+        point = (self.card or {}).get("operating_point")
+        return point if isinstance(point, dict) and isinstance(point.get("offsets"), dict) else None
+
+    @property
+    def operating_curve(self) -> dict | None:
+        """The card point's curve (``rows`` a model admin may choose from, ``roc``), or
+        None when the card recorded none."""
+        point = self.card_point
+        curve = point.get("curve") if point else None
+        if isinstance(curve, dict) and isinstance(curve.get("rows"), list) and curve["rows"]:
+            return curve
+        return None
+
+    @property
+    def active_offsets(self) -> dict[str, float] | None:
+        """The offsets this version serves at: the chosen row's, else the card's."""
+        point = self.operating_point or self.card_point
+        if not point:
+            return None
+        return {str(k): float(v) for k, v in point["offsets"].items()}
 
     @property
     def evaluation(self) -> EvaluationResult | None:

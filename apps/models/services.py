@@ -307,6 +307,115 @@ def rollback(*, actor=None, task: str = Task.CLASSIFICATION) -> ModelVersion:
     return restored
 
 
+# --- the operating point ---------------------------------------------------------------------
+
+
+class OperatingPointError(RegistryError):
+    """The offsets asked for are not a row of the version's operating curve."""
+
+
+# Offsets are stored as JSON floats on a grid of eighths: equal up to rounding.
+_OFFSET_TOLERANCE = 1e-6
+
+ROW_FIGURES = (
+    "normal_specificity",
+    "abnormal_sensitivity",
+    "covid19_sensitivity",
+    "covid19_specificity",
+    "macro_f1",
+)
+
+
+def _point_state(version: ModelVersion) -> dict[str, Any]:
+    """What the audit log records of a version's operating point."""
+    return {
+        "source": "chosen" if version.operating_point else "card",
+        "offsets": version.active_offsets,
+    }
+
+
+def curve_row_for(version: ModelVersion, offsets: Any) -> dict[str, Any]:
+    """The row of ``version``'s operating curve whose offsets are ``offsets`` (every
+    class of the card, each equal up to rounding), or :class:`OperatingPointError`
+    saying why not. A version without a curve has nothing to choose from (RegistryError)."""
+    curve = version.operating_curve if version.is_classifier else None
+    if curve is None:
+        raise RegistryError(
+            f"#{version.pk} {version.name} has no operating curve on its model card: "
+            "its operating point cannot be changed."
+        )
+    if not isinstance(offsets, dict) or not offsets:
+        raise OperatingPointError("Give the offsets as an object: class -> offset.")
+    classes = version.classes
+    if set(offsets) != set(classes):
+        raise OperatingPointError(
+            f"Give one offset for each class ({', '.join(classes)}), got "
+            f"{', '.join(sorted(map(str, offsets))) or 'none'}."
+        )
+    try:
+        given = {c: float(offsets[c]) for c in classes}
+    except (TypeError, ValueError):
+        raise OperatingPointError("Every offset must be a number.") from None
+    for row in curve["rows"]:
+        theirs = row.get("offsets") or {}
+        if all(
+            c in theirs and abs(float(theirs[c]) - given[c]) <= _OFFSET_TOLERANCE for c in classes
+        ):
+            return row
+    raise OperatingPointError(
+        "These offsets are not one of the points measured on validation "
+        f"({len(curve['rows'])} rows on the version's operating curve); choose one of them."
+    )
+
+
+@transaction.atomic
+def set_operating_point(
+    *,
+    version: ModelVersion,
+    actor=None,
+    offsets: dict[str, float] | None = None,
+    reset: bool = False,
+    reason: str = "",
+) -> ModelVersion:
+    """Serve ``version`` at another row of its card's operating curve (``offsets``), or at
+    the card's own point again (``reset``); audited ``model.operating_point``.
+
+    Only rows measured on validation may be chosen (:func:`curve_row_for`): a point
+    nobody measured is refused and nothing is written. Choosing the card's own row is
+    a reset. Workers apply the change from their next task (``apps.models.serving``).
+    """
+    if reset == (offsets is not None):
+        raise OperatingPointError("Give either the offsets of a curve row or reset, not both.")
+    version = ModelVersion.objects.select_for_update().get(pk=version.pk)
+    before = _point_state(version)
+    row = None
+    if offsets is not None:
+        row = curve_row_for(version, offsets)
+        if row.get("chosen"):
+            row = None  # the card's own point: stored as "no choice"
+    elif not version.is_classifier or version.card_point is None:
+        raise RegistryError(f"#{version.pk} {version.name} has no operating point to reset to.")
+    version.operating_point = (
+        None
+        if row is None
+        else {
+            "offsets": {c: float(row["offsets"][c]) for c in version.classes},
+            **{k: row[k] for k in ROW_FIGURES if k in row},
+        }
+    )
+    version.save(update_fields=["operating_point"])
+    after = _point_state(version)
+    record(
+        actor=actor,
+        action="model.operating_point",
+        target=version,
+        before={"operating_point": before},
+        after={"operating_point": after, "figures": version.operating_point, "reason": reason},
+    )
+    log.info("model version %s now serves at %s (%s)", version, after, reason or "manual")
+    return version
+
+
 # What a model card must hold, per task.
 CARD_KEYS = {
     Task.CLASSIFICATION: ("classes", "preprocessing"),

@@ -10,6 +10,11 @@ inspector: they need the Keras graph) and ``litert`` (the inference queue,
 recorded in ``version.card["lite"]``, run without importing TensorFlow.
 This module imports ``ml.serving.classifier`` lazily; only the Keras runtime imports
 TensorFlow.
+
+A version serves at its active operating point: the artifact carries the card's, and a
+point a model admin chose instead (``version.operating_point``) is applied after the
+model (:func:`serving_offsets`). The loaded model stays cached; the offsets are read
+from the version row each time, so the next task after a change uses the new point.
 """
 
 from __future__ import annotations
@@ -82,13 +87,37 @@ def local_lite_path(version: ModelVersion) -> Path | None:
         return target
 
 
+def serving_offsets(version: ModelVersion) -> dict[str, float] | None:
+    """The offsets to add after the model so that ``version`` serves at its chosen
+    operating point: the change from the card's point (which the artifact's softmax bias
+    carries) to the chosen one; None when it serves at the card's point.
+
+    This is ``ml.models.operating_point.offset_change(card, chosen).offsets`` (a test
+    holds them equal), written out because that module imports scikit-learn and SciPy
+    (~120 MB), which the lean inference worker never loads.
+    """
+    if not version.operating_point:
+        return None
+    card = (version.card_point or {}).get("offsets") or {}
+    chosen = version.operating_point["offsets"]
+    return {str(c): float(v) - float(card.get(c, 0.0)) for c, v in chosen.items()}
+
+
 def classifier_for(version: ModelVersion, *, runtime: str = "keras") -> Classifier:
-    """The version's classifier, loaded once per process and runtime.
+    """The version's classifier, loaded once per process and runtime, at the version's
+    active operating point (:func:`serving_offsets`).
 
     ``runtime="litert"`` serves the converted file recorded in ``version.card["lite"]``
     (its sha256 and the Keras artifact's it was made from are checked on load); a
     version without one is served by Keras, with a warning.
     """
+    offsets = serving_offsets(version)
+    with _lock:
+        return _loaded(version, runtime).with_offsets(offsets)
+
+
+def _loaded(version: ModelVersion, runtime: str) -> Classifier:
+    """The version's model as its artifact answers (the cache's entry). Call under _lock."""
     if runtime not in ("keras", "litert"):
         raise ValueError(f"Unknown runtime {runtime!r}; expected 'keras' or 'litert'.")
     if runtime == "litert" and not (version.card or {}).get("lite"):
@@ -99,30 +128,29 @@ def classifier_for(version: ModelVersion, *, runtime: str = "keras") -> Classifi
         )
         runtime = "keras"
     key = (version.pk, version.sha256, runtime)
-    with _lock:
-        if key in _cache:
-            _cache.move_to_end(key)
-            return _cache[key]
-        from ml.serving.classifier import Classifier
+    if key in _cache:
+        _cache.move_to_end(key)
+        return _cache[key]
+    from ml.serving.classifier import Classifier
 
-        log.info("loading model version %s (%s)", version, runtime)
-        lite_path = local_lite_path(version) if runtime == "litert" else None
-        if lite_path is not None:
-            classifier = Classifier.load_lite(
-                lite_path,
-                card=version.card,
-                source_sha256=version.sha256,
-                record=version.card["lite"],
-                num_threads=settings.CXR_INFERENCE_THREADS,
-            )
-        else:
-            classifier = Classifier.load(
-                local_artifact_path(version), expected_sha256=version.sha256, card=version.card
-            )
-        _cache[key] = classifier
-        while len(_cache) > _MAX_MODELS:
-            _cache.popitem(last=False)
-        return classifier
+    log.info("loading model version %s (%s)", version, runtime)
+    lite_path = local_lite_path(version) if runtime == "litert" else None
+    if lite_path is not None:
+        classifier = Classifier.load_lite(
+            lite_path,
+            card=version.card,
+            source_sha256=version.sha256,
+            record=version.card["lite"],
+            num_threads=settings.CXR_INFERENCE_THREADS,
+        )
+    else:
+        classifier = Classifier.load(
+            local_artifact_path(version), expected_sha256=version.sha256, card=version.card
+        )
+    _cache[key] = classifier
+    while len(_cache) > _MAX_MODELS:
+        _cache.popitem(last=False)
+    return classifier
 
 
 def segmenter_for(version: ModelVersion) -> CTSegmenter:

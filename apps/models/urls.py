@@ -8,6 +8,7 @@ urlpatterns = [
     path("", views.registry, name="index"),
     path("versions/<int:pk>/", views.version_detail, name="version"),
     path("versions/<int:pk>/promote/", views.promote, name="promote"),
+    path("versions/<int:pk>/operating-point/", views.operating_point, name="operating-point"),
     path("versions/<int:pk>/plots/<slug:kind>.svg", views.version_plot, name="plot"),
     path(
         "versions/<int:pk>/training-animation.gif",

@@ -7,10 +7,11 @@ from typing import Any
 from django.contrib import messages
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from apps.accounts.roles import MODEL_ADMIN, role_required
-from apps.models import notifications, services
+from apps.models import notifications, operating_points, services
 from apps.models.models import ModelVersion, Task, TrainingRun
 from ml.data.labels import CLASS_DISPLAY, CLASSES
 from ml.models.metrics import EvaluationResult
@@ -215,6 +216,7 @@ def version_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "shortcuts": shortcut_rows(evaluation),
             "shortcut_headers": ["this version"],
             "training": training_rows(version.card),
+            "point": operating_points.summary(version),
             "others": ModelVersion.objects.filter(task=version.task).exclude(pk=version.pk),
         },
     )
@@ -228,10 +230,13 @@ def version_plot(request: HttpRequest, pk: int, kind: str) -> HttpResponse:
 
     version = get_object_or_404(ModelVersion, pk=pk)
     evaluation = version.evaluation
-    if kind not in PLOTS or evaluation is None:
-        raise Http404("No such plot for this version.")
     try:
-        figure = getattr(ml.models.evaluation, PLOTS[kind])(evaluation, title=version.name)
+        if kind == "operating-point":  # drawn from the card's operating curve
+            figure = operating_points.figure(version, title=version.name)
+        elif kind in PLOTS and evaluation is not None:
+            figure = getattr(ml.models.evaluation, PLOTS[kind])(evaluation, title=version.name)
+        else:
+            raise Http404("No such plot for this version.")
     except (KeyError, ValueError) as exc:
         raise Http404(f"This version's metrics cannot draw it: {exc}") from None
     return HttpResponse(
@@ -315,6 +320,69 @@ def promote(request: HttpRequest, pk: int) -> HttpResponse:
             "refusals": services.promotion_refusals(version),
             "shortcuts": shortcut_rows(version.evaluation, _served_evaluation(evidence)),
             "shortcut_headers": ["this version", "production"],
+        },
+    )
+
+
+@require_http_methods(["GET", "POST"])
+@role_required(MODEL_ADMIN)
+def operating_point(request: HttpRequest, pk: int) -> HttpResponse:
+    """GET: the chosen curve row (``row``) or the card's point (``reset=1``) beside the
+    point served now, to confirm; POST: serve at it (audited). A row that is not on the
+    version's curve is a 400, a version without a curve a 409; nothing is written."""
+    version = get_object_or_404(ModelVersion, pk=pk)
+    data = request.POST if request.method == "POST" else request.GET
+    reset = data.get("reset") == "1"
+    try:
+        offsets = None if reset else operating_points.row_offsets(version, data.get("row"))
+        if reset and not operating_points.summary(version):
+            raise services.RegistryError(f"#{version.pk} has no card's point to go back to.")
+        if request.method == "POST":
+            services.set_operating_point(
+                version=version,
+                actor=request.user,
+                offsets=offsets,
+                reset=reset,
+                reason=str(data.get("reason", ""))[:500] or "chosen in the UI",
+            )
+    except services.RegistryError as exc:
+        status = 400 if isinstance(exc, services.OperatingPointError) else 409
+        return render(
+            request,
+            "registry/operating_point_confirm.html",
+            {"version": version, "error": str(exc)},
+            status=status,
+        )
+    if request.method == "POST":
+        version.refresh_from_db()
+        served = ", ".join(f"{c} {v:+g}" for c, v in (version.active_offsets or {}).items())
+        messages.success(request, f"{version.name} now serves at offsets {served}.")
+        return redirect(reverse("registry:version", args=[version.pk]) + "#operating-point")
+    rows = operating_points.curve_rows(version)
+    current = next((r for r in rows if r["active"]), None)
+    # The row was checked by row_offsets above.
+    proposed = next((r for r in rows if r["card"]), None) if reset else rows[int(data["row"])]
+    point = operating_points.summary(version)
+    figures = [
+        (
+            label,
+            current["figures"][i] if current else None,
+            proposed["figures"][i] if proposed else None,
+        )
+        for i, label in enumerate(point["columns"] if point else [])
+    ]
+    return render(
+        request,
+        "registry/operating_point_confirm.html",
+        {
+            "version": version,
+            "point": point,
+            "proposed_offsets": (
+                proposed["offsets"] if proposed else (point or {}).get("card_offsets")
+            ),
+            "figures": figures,
+            "row": proposed["index"] if proposed else None,
+            "reset": reset,
         },
     )
 

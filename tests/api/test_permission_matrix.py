@@ -157,6 +157,11 @@ MATRIX = [
     ("model-promote", "post", lambda w: f"/api/v1/models/{w.candidate.pk}/promote/",
      lambda w, u, r: {"reason": "matrix"}, "json",
      _codes(401, 403, 403, 403, 200)),
+    # The world's candidate has no operating curve on its card: 409 for the admin
+    # (tests/api/test_model_operating_point.py has the 200).
+    ("model-operating-point", "post", lambda w: f"/api/v1/models/{w.candidate.pk}/operating-point/",
+     lambda w, u, r: {"reset": True}, "json",
+     _codes(401, 403, 403, 403, 409)),
     ("model-rollback", "post", lambda w: "/api/v1/models/rollback/", None, None,
      _codes(401, 403, 403, 403, 200)),
     ("training-run-list", "get", lambda w: "/api/v1/training-runs/", None, None,
