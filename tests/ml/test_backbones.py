@@ -103,7 +103,8 @@ def test_the_lung_classifier_freezes_early_blocks_and_loads_without_custom_code(
     model = build_lite0_classifier(64, train_from_block=8)
     frozen = {layer.name for layer in model.layers if not layer.trainable}
     assert {"stem_conv", "block0_dwconv", "block7_project_bn"} <= frozen
-    assert "block8_dwconv" not in frozen and "probs" not in frozen
+    assert "block8_dwconv" not in frozen
+    assert "probs" not in frozen
     # The ImageNet weights are in the backbone.
     state = load_state_dict(weights_path())
     np.testing.assert_allclose(
@@ -189,7 +190,8 @@ def test_lite0_trains_with_held_out_normals_and_serves_on_litert(tmp_path):
     held = card["metrics"]["shortcuts"]["held_out_normals"]["adult-normal"]
     assert held["n"] == 2  # both adult-normal fixture images, whatever their split
     assert sum(held["called"].values()) == 2
-    assert 0.0 <= held["share"] <= 1.0 and held["ci"][0] <= held["share"] <= held["ci"][1]
+    assert 0.0 <= held["share"] <= 1.0
+    assert held["ci"][0] <= held["share"] <= held["ci"][1]
     report = (result.report_dir / "report.md").read_text()
     assert "Normals of adult-normal called normal, trained without them" in report
 

@@ -111,7 +111,8 @@ def test_the_operating_curve_lists_the_chosen_point_and_the_roc():
     assert specificities == sorted(specificities)  # a larger normal offset calls more normal
     assert curve["n_normal"] == 40
     assert 0.5 < curve["roc"]["auroc"] <= 1.0
-    assert curve["roc"]["fpr"][0] == 0.0 and curve["roc"]["tpr"][-1] == 1.0
+    assert curve["roc"]["fpr"][0] == 0.0
+    assert curve["roc"]["tpr"][-1] == 1.0
 
 
 def test_offset_change_moves_a_model_from_one_point_to_another():
