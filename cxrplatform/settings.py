@@ -358,6 +358,10 @@ CXR_GATE_BLANKED_ACC_TOLERANCE = env_float(
 CXR_GATE_LUNG_MASS_TOLERANCE = env_float(
     "CXR_GATE_LUNG_MASS_TOLERANCE", default=0.0, min_value=0.0, max_value=1.0
 )
+# How much lower a candidate's share of held-out-source normals called normal may be.
+CXR_GATE_HELD_OUT_TOLERANCE = env_float(
+    "CXR_GATE_HELD_OUT_TOLERANCE", default=0.0, min_value=0.0, max_value=1.0
+)
 
 # The model that `register_model --bundled` puts into the registry.
 CXR_BUNDLED_MODEL = env_path(

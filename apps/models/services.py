@@ -111,15 +111,19 @@ def shortcut_gate_refusals(
     *,
     blanked_tolerance: float | None = None,
     mass_tolerance: float | None = None,
+    held_out_tolerance: float | None = None,
 ) -> list[str]:
     """Why a candidate's shortcut tests are worse than production's (empty: not worse).
 
-    Two figures decide, each with a tolerance from the settings
-    (``CXR_GATE_BLANKED_ACC_TOLERANCE``, ``CXR_GATE_LUNG_MASS_TOLERANCE``): the accuracy
-    with the lungs blanked (higher is worse: the model classifies without the lungs)
-    and the lowest per-source Grad-CAM mass in the lungs (lower is worse). A figure
-    production has and the candidate lacks is a refusal: "not measured" must not pass
-    as "no worse". Production without shortcut tests (older versions) refuses nothing.
+    Three kinds of figure decide, each with a tolerance from the settings
+    (``CXR_GATE_BLANKED_ACC_TOLERANCE``, ``CXR_GATE_LUNG_MASS_TOLERANCE``,
+    ``CXR_GATE_HELD_OUT_TOLERANCE``): the accuracy with the lungs blanked (higher is
+    worse: the model classifies without the lungs), the lowest per-source Grad-CAM mass
+    in the lungs (lower is worse), and for every source production has one, the share of
+    that source's normals called normal by the recipe trained without them (lower is
+    worse: the model would fail more normals at a new site). A figure production has
+    and the candidate lacks is a refusal: "not measured" must not pass as "no worse".
+    Production without shortcut tests (older versions) refuses nothing.
     """
     if production is None:
         return []
@@ -153,6 +157,26 @@ def shortcut_gate_refusals(
             f"production's {theirs:.3f} (tolerance {mass_tolerance:.3f}): its explanations "
             "look outside the lungs more."
         )
+    held_out_tolerance = (
+        settings.CXR_GATE_HELD_OUT_TOLERANCE if held_out_tolerance is None else held_out_tolerance
+    )
+    for source, served in sorted(production.held_out_normals.items()):
+        mine = candidate.held_out_normals.get(source)
+        theirs = served.share
+        ours = mine.share if mine is not None else None
+        if theirs is None:
+            continue
+        if ours is None:
+            reasons.append(
+                f"Its recipe was not trained without the normals of {source}; production's "
+                f"was (it called {theirs:.3f} of them normal)."
+            )
+        elif ours < theirs - held_out_tolerance:
+            reasons.append(
+                f"Trained without the normals of {source}, its recipe calls {ours:.3f} of them "
+                f"normal, below production's {theirs:.3f} (tolerance {held_out_tolerance:.3f}): "
+                "it would fail more normals at a site it never saw."
+            )
     return reasons
 
 

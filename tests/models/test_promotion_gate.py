@@ -1,6 +1,7 @@
 """The promotion gate on the shortcut tests (issue 16), and where their figures are shown."""
 
 import json
+from dataclasses import replace
 
 import pytest
 from django.urls import reverse
@@ -88,6 +89,38 @@ def test_a_candidate_without_shortcut_tests_is_refused_when_production_has_them(
     unmeasured_mass = ShortcutMetrics(n=10, lungs_blanked_accuracy=0.3)
     assert services.shortcut_gate_refusals(unmeasured_mass, shortcuts()) == [
         "Its Grad-CAM mass in the lungs was not measured; production's was."
+    ]
+
+
+def _held_out(shares: dict[str, float]) -> ShortcutMetrics:
+    from ml.models.metrics import HeldOutNormals
+
+    return replace(
+        shortcuts(),
+        held_out_normals={
+            source: HeldOutNormals(source=source, n=100, called_normal=round(share * 100), ci=None)
+            for source, share in shares.items()
+        },
+    )
+
+
+def test_fewer_held_out_normals_called_normal_than_production_is_refused(settings):
+    production = _held_out({"nih-cxr14": 0.40, "teaching-normal": 0.82})
+    worse = _held_out({"nih-cxr14": 0.45, "teaching-normal": 0.70})
+    reasons = services.shortcut_gate_refusals(worse, production)
+    assert len(reasons) == 1
+    assert "without the normals of teaching-normal, its recipe calls 0.700" in reasons[0]
+    assert services.shortcut_gate_refusals(production, production) == []
+    settings.CXR_GATE_HELD_OUT_TOLERANCE = 0.15
+    assert services.shortcut_gate_refusals(worse, production) == []
+
+
+def test_a_candidate_never_trained_without_a_sites_normals_is_refused():
+    production = _held_out({"teaching-normal": 0.82})
+    reasons = services.shortcut_gate_refusals(shortcuts(), production)
+    assert reasons == [
+        "Its recipe was not trained without the normals of teaching-normal; production's "
+        "was (it called 0.820 of them normal)."
     ]
 
 
