@@ -457,7 +457,7 @@ def measure(n_latency: int = 12, n_burst: int = 40, read_seconds: float = 15.0) 
                 "web": web,
                 "workers": "celery prefork, --concurrency 1, -Q inference, warm model; "
                 "no explanation worker",
-                "model": "bundled cxr-lungs (lung segmentation included)",
+                "model": "the bundled default classifier (lung segmentation included)",
             }
         }
         for runtime in ("litert", "keras"):
