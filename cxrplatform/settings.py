@@ -363,9 +363,10 @@ CXR_GATE_HELD_OUT_TOLERANCE = env_float(
     "CXR_GATE_HELD_OUT_TOLERANCE", default=0.0, min_value=0.0, max_value=1.0
 )
 
-# The model that `register_model --bundled` puts into the registry.
+# The model that `register_model --bundled` puts into the registry (issue 27:
+# EfficientNet-Lite0 on lung crops; `make train` reproduces it).
 CXR_BUNDLED_MODEL = env_path(
-    "CXR_BUNDLED_MODEL", BASE_DIR / "ml" / "bundled" / "cxr-lungs" / "cxr-lungs.keras"
+    "CXR_BUNDLED_MODEL", BASE_DIR / "ml" / "bundled" / "cxr-lite0" / "cxr-lite0.keras"
 )
 
 # The CT segmenter that `register_model --bundled --task ct_segmentation` registers
