@@ -107,13 +107,8 @@ def choose_specificity_offsets(
     validation normals come from every site, so the share of normals called normal is
     the figure that transfers.
     """
-    probs = np.asarray(probs, dtype=np.float64)
-    y = np.asarray(y_true, dtype=np.int64)
+    probs, y = _validated(probs, y_true, len(classes))
     n_classes = len(classes)
-    if probs.ndim != 2 or probs.shape != (len(y), n_classes):
-        raise ValueError(f"probs must be (n, {n_classes}) for {len(y)} labels, got {probs.shape}")
-    if len(y) == 0:
-        raise ValueError("no validation images to choose an operating point on")
     if not (y == list(classes).index("normal")).any():
         raise ValueError("no validation normals: the specificity rule has nothing to measure")
     logp = np.log(np.clip(probs, 1e-7, 1.0))
@@ -147,6 +142,19 @@ def choose_specificity_offsets(
     )
 
 
+def _validated(
+    probs: np.ndarray, y_true: np.ndarray, n_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validation probabilities and labels as arrays, or a clear error."""
+    probs = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(y_true, dtype=np.int64)
+    if probs.ndim != 2 or probs.shape != (len(y), n_classes):
+        raise ValueError(f"probs must be (n, {n_classes}) for {len(y)} labels, got {probs.shape}")
+    if len(y) == 0:
+        raise ValueError("no validation images to choose an operating point on")
+    return probs, y
+
+
 def _macro_f1(y_true: np.ndarray, scores: np.ndarray, n_classes: int) -> float:
     return float(
         f1_score(
@@ -169,13 +177,8 @@ def choose_offsets(
 
     Ties go to the smallest total |offset|, so offsets that do not help stay 0.
     """
-    probs = np.asarray(probs, dtype=np.float64)
-    y = np.asarray(y_true, dtype=np.int64)
+    probs, y = _validated(probs, y_true, len(classes))
     n_classes = len(classes)
-    if probs.ndim != 2 or probs.shape != (len(y), n_classes):
-        raise ValueError(f"probs must be (n, {n_classes}) for {len(y)} labels, got {probs.shape}")
-    if len(y) == 0:
-        raise ValueError("no validation images to choose an operating point on")
     logp = np.log(np.clip(probs, 1e-7, 1.0))
     before = _macro_f1(y, logp, n_classes)
     zero = (0.0,) * n_classes
