@@ -106,7 +106,11 @@ def training_rows(card: dict) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     hyper = card.get("hyperparameters") or {}
     pre = card.get("preprocessing") or {}
-    if card.get("architecture"):
+    if card.get("architecture") == "efficientnet_lite0":
+        first = hyper.get("train_from_block", 0)
+        tuned = f"blocks {first}-15 and head fine-tuned" if first else "every layer fine-tuned"
+        rows.append(("architecture", f"efficientnet_lite0, ImageNet weights, {tuned}"))
+    elif card.get("architecture"):
         width = f", width {hyper['width']}" if hyper.get("width") else ""
         rows.append(("architecture", f"{card['architecture']}{width}"))
     if pre:

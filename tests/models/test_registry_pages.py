@@ -245,3 +245,21 @@ def test_version_page_says_how_the_version_was_built(login, model_admin):
     old_page = client.get(reverse("registry:version", args=[old.pk])).content.decode()
     assert "v1, 64 px, whole image letterboxed" in old_page
     assert "operating point" not in old_page
+
+
+def test_version_page_names_the_pretrained_backbone_and_what_was_fine_tuned(login, model_admin):
+    from tests.factories import ModelVersionFactory
+
+    version = ModelVersionFactory(
+        card={
+            "name": "lite",
+            "classes": ["covid19", "pneumonia", "normal"],
+            "architecture": "efficientnet_lite0",
+            "hyperparameters": {"width": 16, "train_from_block": 8},
+        }
+    )
+    page = login(model_admin).get(reverse("registry:version", args=[version.pk])).content
+    assert (
+        '<th scope="row">architecture</th><td>efficientnet_lite0, ImageNet weights, '
+        "blocks 8-15 and head fine-tuned</td>"
+    ) in page.decode()
