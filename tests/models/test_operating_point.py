@@ -56,7 +56,7 @@ def test_version_page_shows_the_point_its_plot_and_every_curve_row(
     page = client.get(reverse("registry:version", args=[curved_model.pk])).content.decode()
     assert 'id="operating-point"' in page
     assert "<code>val-specificity</code>" in page
-    assert "normals called normal &ge; 0.500" in page  # the target
+    assert "normals called normal ≥ 0.500" in page  # the target
     plot = reverse("registry:plot", args=[curved_model.pk, "operating-point"])
     assert plot in page
     for i in range(len(GRID)):
