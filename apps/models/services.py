@@ -725,18 +725,30 @@ def active_training_run() -> TrainingRun | None:
 def start_training_run(
     *, requested_by=None, trigger: str = TrainingRun.Trigger.MANUAL, config: dict | None = None
 ) -> TrainingRun:
-    """Snapshot the current data and queue a training run (one at a time)."""
+    """Snapshot the current data and queue a training run (one at a time).
+
+    The run trains the way the production classifier was trained (its card's recipe:
+    architecture, preprocessing, measures against shortcuts, operating-point rule, frozen
+    backbone blocks), for ``CXR_TRAINING_EPOCHS`` epochs, with ``config`` on top; a
+    candidate trained another way would be compared with production on unequal terms
+    and refused by the gate for it."""
     from apps.models.datasets import create_snapshot
+    from ml.models.recipe import recipe_from_card
 
     active = active_training_run()
     if active is not None:
         raise RegistryError(f"Training run {active.pk} is still {active.status}; wait for it.")
     snapshot = create_snapshot(created_by=requested_by)
+    production = ModelVersion.objects.production()
     run = TrainingRun.objects.create(
         snapshot=snapshot,
         requested_by=requested_by,
         trigger=trigger,
-        config={"epochs": settings.CXR_TRAINING_EPOCHS, **(config or {})},
+        config={
+            **recipe_from_card(production.card if production is not None else None),
+            "epochs": settings.CXR_TRAINING_EPOCHS,
+            **(config or {}),
+        },
     )
     record(
         actor=requested_by,
