@@ -363,8 +363,9 @@ def fit_at_point(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     hook: ProgressHook | None = None,
     progress: bool = False,
-) -> tuple[keras.Model, FitResult, OperatingPoint | None]:
-    """Build, fit, and move the model to its operating point (chosen on ``val_data``)."""
+) -> tuple[keras.Model, FitResult, dict[str, Any] | None]:
+    """Build, fit, and move the model to its operating point (chosen on ``val_data``);
+    returns the model, the fit and the card's ``operating_point`` (None: argmax)."""
     net = build_model(
         config.architecture, config.input_size, seed=config.seed, **config.model_kwargs()
     )
@@ -377,36 +378,31 @@ def fit_at_point(
         hook=hook,
         progress=progress,
     )
-    point = choose_point(config, predict_batches(net, val_data.arrays.x), val_data.y)
-    if point is not None:
-        apply_offsets(net, point, CLASSES)
-        log.info(
-            "operating point (%s) %s: validation macro-F1 %.3f -> %.3f%s",
-            point.method,
-            point.offsets,
-            point.val_macro_f1_before,
-            point.val_macro_f1_after,
-            " (the reported validation figures are optimistic: chosen on them)"
-            if config.report_split == "val"
-            else "",
-        )
-    return net, result, point
+    val_probs = predict_batches(net, val_data.arrays.x)
+    point = choose_point(config, val_probs, val_data.y)
+    if point is None:
+        return net, result, None
+    apply_offsets(net, point, CLASSES)
+    log.info(
+        "operating point (%s) %s: validation macro-F1 %.3f -> %.3f%s",
+        point.method,
+        point.offsets,
+        point.val_macro_f1_before,
+        point.val_macro_f1_after,
+        " (the reported validation figures are optimistic: chosen on them)"
+        if config.report_split == "val"
+        else "",
+    )
+    return net, result, point_card(point, val_probs, val_data.y)
 
 
-def point_card(point: OperatingPoint, net: keras.Model, val_data: FitData) -> dict[str, Any]:
+def point_card(point: OperatingPoint, val_probs: np.ndarray, y_val: np.ndarray) -> dict[str, Any]:
     """The card's ``operating_point``: the offsets, and for the specificity rule the curve
-    of other points on the same validation images (the version page draws it and a model
-    admin may choose a row of it)."""
+    of other points on the same validation images, from the probabilities before the
+    offsets (the version page draws it and a model admin may choose a row of it)."""
     out = point.to_dict()
     if point.method == "val-specificity":
-        at_point = predict_batches(net, val_data.arrays.x)
-        # The model holds the offsets: take them off to get the probabilities before.
-        logp = np.log(np.clip(at_point, 1e-7, 1.0)) - np.asarray(
-            [point.offsets[c] for c in CLASSES]
-        )
-        before = np.exp(logp - logp.max(axis=1, keepdims=True))
-        before /= before.sum(axis=1, keepdims=True)
-        out["curve"] = operating_curve(before, val_data.y, CLASSES, point)
+        out["curve"] = operating_curve(val_probs, y_val, CLASSES, point)
     return out
 
 
@@ -505,7 +501,7 @@ def train(
         fit_data(arrays, records, index[s], y_all) for s in ("train", "val", "test")
     )
     animation = _animation(config, val_data, out_dir, name)
-    net, result, point = fit_at_point(
+    net, result, point_json = fit_at_point(
         config,
         train_data,
         val_data,
@@ -547,7 +543,7 @@ def train(
         metrics=metrics,
         artifact=artifact,
     )
-    card["operating_point"] = point_card(point, net, val_data) if point is not None else None
+    card["operating_point"] = point_json
     if animation is not None and getattr(animation, "written", False):
         card["training_animation"] = animation.path.name
     write_card(artifact, card)
