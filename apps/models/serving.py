@@ -90,17 +90,13 @@ def local_lite_path(version: ModelVersion) -> Path | None:
 def serving_offsets(version: ModelVersion) -> dict[str, float] | None:
     """The offsets to add after the model so that ``version`` serves at its chosen
     operating point: the change from the card's point (which the artifact's softmax bias
-    carries) to the chosen one; None when it serves at the card's point.
-
-    This is ``ml.models.operating_point.offset_change(card, chosen).offsets`` (a test
-    holds them equal), written out because that module imports scikit-learn and SciPy
-    (~120 MB), which the lean inference worker never loads.
-    """
+    carries) to the chosen one; None when it serves at the card's point."""
     if not version.operating_point:
         return None
-    card = (version.card_point or {}).get("offsets") or {}
-    chosen = version.operating_point["offsets"]
-    return {str(c): float(v) - float(card.get(c, 0.0)) for c, v in chosen.items()}
+    from ml.models.operating_point import OperatingPoint, offset_change
+
+    card = OperatingPoint.from_dict(version.card_point) if version.card_point else None
+    return offset_change(card, OperatingPoint.from_dict(version.operating_point)).offsets
 
 
 def classifier_for(version: ModelVersion, *, runtime: str = "keras") -> Classifier:

@@ -10,6 +10,8 @@ offsets), then written into the bias of the softmax layer ``probs``, so the save
 *is* the model at its operating point: serving, explanations (Grad-CAM's target class)
 and every evaluation use it without knowing about it. The card records the offsets and
 the validation macro-F1 before and after; the test split is scored afterwards, once.
+scikit-learn is imported only where a point is chosen: the lean inference worker
+imports this module for :func:`offset_change` alone.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import f1_score
 
 OFFSET_GRID: tuple[float, ...] = tuple(float(v) for v in np.arange(-1.0, 1.0001, 0.25))
 OUTPUT_LAYER = "probs"  # the softmax Dense layer every architecture ends with
@@ -156,6 +157,8 @@ def _validated(
 
 
 def _macro_f1(y_true: np.ndarray, scores: np.ndarray, n_classes: int) -> float:
+    from sklearn.metrics import f1_score  # here: serving imports this module, lean
+
     return float(
         f1_score(
             y_true,
