@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ml.ct.modality import wilson_interval
 from ml.data.labels import CLASSES
 from ml.data.loaders import Record
 from ml.models.arrays import Arrays
@@ -29,15 +30,6 @@ Trainer = Callable[[list[int], list[int]], Any]
 
 def without_normals_of(records: Sequence[Record], index: Sequence[int], source: str) -> list[int]:
     return [i for i in index if not (records[i].source == source and records[i].label == "normal")]
-
-
-def wilson(hits: int, n: int) -> tuple[float, float] | None:
-    from statsmodels.stats.proportion import proportion_confint
-
-    if n == 0:
-        return None
-    low, high = proportion_confint(hits, n, alpha=0.05, method="wilson")
-    return float(low), float(high)
 
 
 def held_out_normals(
@@ -66,7 +58,11 @@ def held_out_normals(
     called = {c: int((predicted == k).sum()) for k, c in enumerate(CLASSES)}
     hits = called["normal"]
     result = HeldOutNormals(
-        source=source, n=len(held), called_normal=hits, ci=wilson(hits, len(held)), called=called
+        source=source,
+        n=len(held),
+        called_normal=hits,
+        ci=wilson_interval(hits, len(held)),
+        called=called,
     )
     log.info("held-out normals of %s called normal: %d of %d", source, hits, len(held))
     return result

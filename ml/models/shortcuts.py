@@ -404,7 +404,8 @@ def source_probe(
     from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-    from statsmodels.stats.proportion import proportion_confint
+
+    from ml.ct.modality import wilson_interval
 
     source_array = np.asarray([str(s) for s in sources], dtype=object)
     counts = {s: int((source_array == s).sum()) for s in sorted(set(source_array))}
@@ -425,11 +426,10 @@ def source_probe(
         probe, x, y, groups=groups, cv=StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
     )
     hits = int((predicted == y).sum())
-    low, high = proportion_confint(hits, len(y), alpha=0.05, method="wilson")
     return SourceProbe(
         among=among,
         accuracy=hits / len(y),
-        ci=(float(low), float(high)),
+        ci=wilson_interval(hits, len(y)),
         chance=max(int((y == s).sum()) for s in kept) / len(y),
         n=len(y),
         sources=tuple(kept),
