@@ -28,11 +28,9 @@ def home(request: HttpRequest) -> HttpResponse:
         context["to_label"] = len(labelling.labelling_queue(annotator=request.user))
         context["disputed"] = labelling.disagreements().count()
     if ADJUDICATOR in roles:
-        from django.conf import settings
-
         from apps.cases import labelling
 
-        context["policy"] = settings.CXR_LABEL_POLICY
+        context["policy"] = labelling.current_policy().name
         context["to_adjudicate"] = labelling.disagreements().count()
     if MODEL_ADMIN in roles:
         from apps.models.models import ModelVersion, TrainingRun

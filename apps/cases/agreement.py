@@ -26,6 +26,7 @@ from itertools import combinations
 import numpy as np
 from django.conf import settings
 
+from apps.cases.labelling import current_policy
 from apps.cases.models import LABEL_CHOICES, VERDICT_CHOICES, Adjudication, ExpertLabel, Prediction
 
 CATEGORIES = [value for value, _ in VERDICT_CHOICES]
@@ -188,9 +189,10 @@ def _fleiss_estimates(table: np.ndarray, resamples: int) -> list[Estimate]:
 def compute(resamples: int | None = None) -> AgreementStats:
     """Every statistic of the page from the verdicts, adjudications and predictions."""
     resamples = resamples or settings.CXR_AGREEMENT_BOOTSTRAP
+    policy = current_policy()
     stats = AgreementStats(
-        policy=settings.CXR_LABEL_POLICY,
-        readers_needed=settings.CXR_LABEL_AGREEMENT,
+        policy=policy.name,
+        readers_needed=policy.readers,
         resamples=resamples,
         confidence=CONFIDENCE,
     )
@@ -280,13 +282,14 @@ def _fingerprint() -> str:
     or deleted, an adjudication, a prediction finishing; and the settings they use."""
     from django.db.models import Count, Max
 
+    policy = current_policy()
     parts = [
         ExpertLabel.objects.aggregate(n=Count("pk"), last=Max("updated_at"), top=Max("pk")),
         Adjudication.objects.aggregate(n=Count("pk"), last=Max("updated_at"), top=Max("pk")),
         Prediction.objects.filter(status=Prediction.Status.DONE).aggregate(
             n=Count("pk"), last=Max("finished_at"), top=Max("pk")
         ),
-        [settings.CXR_LABEL_POLICY, settings.CXR_LABEL_AGREEMENT, settings.CXR_AGREEMENT_BOOTSTRAP],
+        [policy.name, policy.readers, settings.CXR_AGREEMENT_BOOTSTRAP],
     ]
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
 

@@ -1,7 +1,8 @@
 """Expert labelling: the queue, verdicts, confirmation, disagreements and adjudication.
 
-When a label is *confirmed* depends on ``settings.CXR_LABEL_POLICY``, with
-k = ``settings.CXR_LABEL_AGREEMENT``:
+When a label is *confirmed* depends on the agreement policy in force,
+``current_policy()`` (set by model admins on the web, ``set_policy``; until then
+``settings.CXR_LABEL_POLICY`` with k = ``settings.CXR_LABEL_AGREEMENT``):
 
 - ``unanimous``: k readers gave the same verdict and none gave another. An image
   with conflicting verdicts is disputed until its readers revise to agree.
@@ -20,7 +21,8 @@ Confirmed labels (never predictions) feed the next dataset snapshot.
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING, TypedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from django.conf import settings
 from django.db import transaction
@@ -34,6 +36,7 @@ from apps.cases.models import (
     Adjudication,
     CaseImage,
     ExpertLabel,
+    LabelPolicy,
     Prediction,
 )
 
@@ -56,6 +59,88 @@ POLICIES = (UNANIMOUS, MAJORITY, ADJUDICATION)
 NOTE_LIMIT = 2000
 
 
+@dataclass(frozen=True)
+class Policy:
+    """The agreement policy in force: its name, k, and where it was set."""
+
+    name: str
+    readers: int
+    source: str  # "web" (a model admin set it) or "environment" (no row yet)
+    updated_at: Any = None  # when it was last set on the web
+    updated_by: str = ""  # who set it (username)
+
+    def as_record(self) -> dict[str, Any]:
+        """How provenance records and exports state it."""
+        return {"policy": self.name, "readers_required": self.readers}
+
+
+def current_policy() -> Policy:
+    """The one place that says which agreement policy is in force.
+
+    The row a model admin saved on the web (``set_policy``), else the environment's
+    ``CXR_LABEL_POLICY`` and ``CXR_LABEL_AGREEMENT``: a deployment that never changes
+    it on the web behaves as before. Read once per request or task (one query)."""
+    row = LabelPolicy.objects.select_related("updated_by").filter(pk=LabelPolicy.SINGLETON).first()
+    if row is None:
+        return Policy(
+            name=settings.CXR_LABEL_POLICY,
+            readers=settings.CXR_LABEL_AGREEMENT,
+            source="environment",
+        )
+    return Policy(
+        name=row.policy,
+        readers=row.readers,
+        source="web",
+        updated_at=row.updated_at,
+        updated_by=row.updated_by.get_username() if row.updated_by else "",
+    )
+
+
+class PolicyRejected(Exception):  # noqa: N818 - reads as what happened
+    pass
+
+
+def _checked_readers(readers: Any) -> int:
+    try:
+        k = int(str(readers).strip())
+    except ValueError:
+        raise PolicyRejected(
+            f"Readers (k) must be a whole number from 1 to {LabelPolicy.MAX_READERS}, "
+            f"not {readers!r}."
+        ) from None
+    if not 1 <= k <= LabelPolicy.MAX_READERS:
+        raise PolicyRejected(
+            f"Readers (k) must be from 1 to {LabelPolicy.MAX_READERS}; {k} is out of range."
+        )
+    return k
+
+
+@transaction.atomic
+def set_policy(*, actor, policy: str, readers: Any) -> Policy:
+    """Change the agreement policy (model admins, on the web); audited ``labels.policy``
+    with the policy before and after. Refused, with nothing written, for an unknown
+    policy or a k outside 1-10. It applies to the next verdict: labels confirmed
+    before keep their confirmation (the statistics and snapshots say which policy is
+    in force when they are read)."""
+    name = str(policy).strip().lower()
+    if name not in POLICIES:
+        raise PolicyRejected(f"Unknown policy {policy!r}; choose one of {', '.join(POLICIES)}.")
+    k = _checked_readers(readers)
+    LabelPolicy.objects.select_for_update().filter(pk=LabelPolicy.SINGLETON).first()  # lock
+    before = current_policy()
+    row, _ = LabelPolicy.objects.update_or_create(
+        pk=LabelPolicy.SINGLETON, defaults={"policy": name, "readers": k, "updated_by": actor}
+    )
+    record(
+        actor=actor,
+        action="labels.policy",
+        target=row,
+        before={"policy": before.name, "readers": before.readers, "source": before.source},
+        after={"policy": name, "readers": k},
+    )
+    return current_policy()
+
+
 def confirmation(verdicts: list[str], *, policy: str, readers: int) -> str:
     """The verdict the policy confirms from these readings, or "" (see the module doc)."""
     counts = Counter(verdicts)
@@ -68,9 +153,8 @@ def confirmation(verdicts: list[str], *, policy: str, readers: int) -> str:
 
 
 def _confirmation(verdicts: list[str]) -> str:
-    return confirmation(
-        verdicts, policy=settings.CXR_LABEL_POLICY, readers=settings.CXR_LABEL_AGREEMENT
-    )
+    policy = current_policy()
+    return confirmation(verdicts, policy=policy.name, readers=policy.readers)
 
 
 def _check_verdict(label: str, note: str) -> None:
@@ -127,8 +211,9 @@ def disagreements() -> QuerySet[CaseImage]:
         n_verdicts=Count("expert_labels__label", distinct=True),
         n_readings=Count("expert_labels", distinct=True),
     )
-    if settings.CXR_LABEL_POLICY == MAJORITY:
-        images = images.filter(n_readings__gte=settings.CXR_LABEL_AGREEMENT)
+    policy = current_policy()
+    if policy.name == MAJORITY:
+        images = images.filter(n_readings__gte=policy.readers)
     else:
         images = images.filter(n_verdicts__gt=1)
     # Verdicts only: the annotators' names are for the adjudicator's page.
@@ -175,11 +260,12 @@ def adjudicate(*, image: CaseImage, adjudicator, label: str, note: str = "") -> 
     adjudicator saw, with its note.
     """
     _check_verdict(label, note)
-    policy = settings.CXR_LABEL_POLICY
+    policy = current_policy().name
     if policy != ADJUDICATION:
         raise LabelRejected(
             f"The agreement policy is {policy}: disputes are settled by the readers, "
-            "not adjudicated (CXR_LABEL_POLICY=adjudication turns adjudication on)."
+            "not adjudicated (a model admin turns adjudication on in the label policy "
+            "settings)."
         )
     image = CaseImage.objects.select_for_update().get(pk=image.pk)
     verdicts = list(image.expert_labels.order_by("created_at", "pk"))

@@ -497,3 +497,52 @@ class Adjudication(models.Model):
 
     def __str__(self) -> str:
         return f"{self.label} by adjudicator {self.adjudicator_id} on image {self.image_id}"
+
+
+class LabelPolicy(models.Model):
+    """The label agreement policy in force (apps.cases.labelling): one row, or none.
+
+    Model admins change it on the web (``cases:label-policy``; each change audited
+    ``labels.policy``), so a deployment can turn adjudication on without a restart.
+    Until the first change there is no row and the policy is the one the environment
+    sets (``CXR_LABEL_POLICY``, ``CXR_LABEL_AGREEMENT``); read it through
+    ``labelling.current_policy()``, never this model or those settings directly.
+    """
+
+    SINGLETON = 1
+    MAX_READERS = 10
+
+    class Policy(models.TextChoices):
+        UNANIMOUS = "unanimous", "Unanimous: k readers agree and none dissents"
+        MAJORITY = "majority", "Majority: once k readers have read, more than half agree"
+        ADJUDICATION = "adjudication", "Adjudication: unanimous; an adjudicator decides disputes"
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=SINGLETON, editable=False)
+    policy = models.CharField(max_length=20, choices=Policy.choices)
+    readers = models.PositiveSmallIntegerField(
+        help_text="k, the readers the policy asks for (1 to 10)."
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=models.Q(id=1), name="cases_label_policy_singleton"),
+            models.CheckConstraint(
+                condition=models.Q(policy__in=["unanimous", "majority", "adjudication"]),
+                name="cases_label_policy_known",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(readers__gte=1, readers__lte=10),
+                name="cases_label_policy_readers_1_to_10",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.policy} (k = {self.readers})"

@@ -14,10 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from django.conf import settings
-
 from apps.accounts.models import AuditEvent
 from apps.accounts.roles import primary_role
+from apps.cases.labelling import current_policy
 from apps.cases.models import UNUSABLE, Adjudication, CaseImage, ExpertLabel
 
 LABEL_ACTIONS = ("label.create", "label.change", "label.adjudicate")
@@ -55,8 +54,7 @@ def label_provenance(image: CaseImage, *, name: Callable[[Any], str] = _username
         "usable": confirmed != UNUSABLE,
         "confirmed_at": _when(image.confirmed_at),
         "decided_by": decided_by,
-        "policy": settings.CXR_LABEL_POLICY,
-        "readers_required": settings.CXR_LABEL_AGREEMENT,
+        **current_policy().as_record(),
         "verdicts": [
             {
                 "reader": name(v.annotator),

@@ -28,6 +28,7 @@ urlpatterns = [
     path("labelling/mine/", views.my_verdicts, name="my-verdicts"),
     path("adjudication/", views.adjudication_list, name="adjudication"),
     path("images/<int:pk>/adjudicate/", views.adjudicate, name="adjudicate"),
+    path("labelling/policy/", views.label_policy, name="label-policy"),
     path("agreement/", views.agreement_page, name="agreement"),
     path("agreement.csv", views.agreement_csv, name="agreement-csv"),
 ]

@@ -20,7 +20,14 @@ from apps.cases.access import own_cases, visible_images
 from apps.cases.filters import filter_cases
 from apps.cases.forms import CaseUploadForm
 from apps.cases.freshness import live_etag, live_not_modified, mark_live
-from apps.cases.models import VERDICT_CHOICES, Adjudication, Case, CaseImage, ExpertLabel
+from apps.cases.models import (
+    VERDICT_CHOICES,
+    Adjudication,
+    Case,
+    CaseImage,
+    ExpertLabel,
+    LabelPolicy,
+)
 from apps.cases.uploads import FileTooLarge
 from apps.cases.validation import UploadRejected
 from apps.explain.models import Explanation
@@ -229,7 +236,7 @@ def label_queue(request: HttpRequest) -> HttpResponse:
             "remaining": len(queue),
             "verdicts": VERDICT_CHOICES,
             "disputed": labelling.disagreements()[:20],
-            "policy": settings.CXR_LABEL_POLICY,
+            "policy": labelling.current_policy().name,
         },
     )
 
@@ -301,14 +308,13 @@ def my_verdicts(request: HttpRequest) -> HttpResponse:
 @role_required(ADJUDICATOR)
 def adjudication_list(request: HttpRequest) -> HttpResponse:
     """Disputed images waiting for a decision, and the latest decisions."""
+    policy = labelling.current_policy().name
     return render(
         request,
         "cases/adjudication_list.html",
         {
-            "policy": settings.CXR_LABEL_POLICY,
-            "disputed": labelling.disagreements()
-            if settings.CXR_LABEL_POLICY == "adjudication"
-            else [],
+            "policy": policy,
+            "disputed": labelling.disagreements() if policy == labelling.ADJUDICATION else [],
             "decided": Adjudication.objects.select_related("image", "adjudicator")[:25],
         },
     )
@@ -347,8 +353,44 @@ def adjudicate(request: HttpRequest, pk: int) -> HttpResponse:
             .select_related("adjudicator")
             .first(),
             "verdicts": VERDICT_CHOICES,
-            "policy": settings.CXR_LABEL_POLICY,
+            "policy": labelling.current_policy().name,
         },
+    )
+
+
+@require_http_methods(["GET", "POST"])
+@role_required(MODEL_ADMIN)
+def label_policy(request: HttpRequest) -> HttpResponse:
+    """The label agreement policy: model admins read and change it here (audited
+    ``labels.policy``); a refused change writes nothing and says why (400)."""
+    error = ""
+    if request.method == "POST":
+        try:
+            policy = labelling.set_policy(
+                actor=request.user,
+                policy=request.POST.get("policy", ""),
+                readers=request.POST.get("readers", ""),
+            )
+        except labelling.PolicyRejected as exc:
+            error = str(exc)
+        else:
+            messages.success(
+                request, f"The agreement policy is now {policy.name} (k = {policy.readers})."
+            )
+            return redirect("cases:label-policy")
+    current = labelling.current_policy()
+    return render(
+        request,
+        "cases/label_policy.html",
+        {
+            "current": current,
+            "choices": LabelPolicy.Policy.choices,
+            "chosen": request.POST.get("policy", current.name) if error else current.name,
+            "readers": request.POST.get("readers", current.readers) if error else current.readers,
+            "max_readers": LabelPolicy.MAX_READERS,
+            "error": error,
+        },
+        status=400 if error else 200,
     )
 
 

@@ -38,6 +38,7 @@ from django.utils import timezone
 
 from apps.accounts.models import AuditEvent, record
 from apps.accounts.roles import primary_role
+from apps.cases.labelling import current_policy
 from apps.cases.models import UNUSABLE, CaseImage
 from apps.models.models import DatasetSnapshot
 
@@ -213,10 +214,7 @@ def _manifest(rows: list[_Row], snapshot: DatasetSnapshot | None, labels: bytes,
         },
         "read_back": "python -m ml train --data <this folder> --out <folder>",
         "labels_csv": {"path": "labels.csv", "columns": COLUMNS, "sha256": _sha(labels)},
-        "label_policy": {
-            "policy": settings.CXR_LABEL_POLICY,
-            "readers_required": settings.CXR_LABEL_AGREEMENT,
-        },
+        "label_policy": current_policy().as_record(),
         "label_mapping_version": LABEL_MAPPING_VERSION,
         "counts": {
             "total": len(rows),
