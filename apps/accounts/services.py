@@ -43,7 +43,8 @@ DEMO_PASSWORD_SUFFIX = "-demo-pass"  # noqa: S105 - demo users only, documented
 
 @transaction.atomic
 def create_demo_users() -> list[tuple[str, str, str]]:
-    """One user per role (and a second clinician) with known passwords; idempotent.
+    """One user per role (and a second clinician and annotator) with known passwords;
+    idempotent. Every role of ``ROLES`` has one, the site admin (users and roles) too.
 
     Returns (username, password, role) rows. Demo only: the passwords are in
     the README.
@@ -62,6 +63,7 @@ def create_demo_users() -> list[tuple[str, str, str]]:
         ("annotator2", "annotator"),
         ("adjudicator", "adjudicator"),
         ("modeladmin", "model_admin"),
+        ("siteadmin", "site_admin"),
     ):
         password = f"{username}{DEMO_PASSWORD_SUFFIX}"
         user, _ = user_model.objects.get_or_create(username=username)

@@ -61,6 +61,7 @@ def test_seed_demo_creates_one_user_per_role_and_prints_credentials(capsys, sett
         ("annotator2", "annotator"),
         ("adjudicator", "adjudicator"),
         ("modeladmin", "model_admin"),
+        ("siteadmin", "site_admin"),
     ):
         password = f"{username}-demo-pass"
         assert f"username={username}" in out
@@ -70,6 +71,21 @@ def test_seed_demo_creates_one_user_per_role_and_prints_credentials(capsys, sett
         user = authenticate(request, username=username, password=password)
         assert user is not None
         assert list(user.groups.values_list("name", flat=True)) == [role]
+
+
+@pytest.mark.django_db
+def test_seed_demo_has_a_user_for_every_role_site_admin_included(client, settings):
+    from apps.accounts.services import create_demo_users
+
+    settings.DEBUG = True
+    rows = create_demo_users()
+    assert {role for _, _, role in rows} == set(ROLES)
+    username, password, _ = next(row for row in rows if row[2] == "site_admin")
+    assert (
+        client.post(reverse("login"), {"username": username, "password": password}).status_code
+        == 302
+    )
+    assert client.get(reverse("user-list")).status_code == 200
 
 
 def test_role_required_refuses_unknown_roles():
