@@ -5,6 +5,8 @@ web page: one create path, one label path, one promote path."""
 
 from __future__ import annotations
 
+import json
+
 from django.contrib.auth import authenticate
 from django.contrib.auth.signals import user_logged_in
 from django.http import JsonResponse
@@ -30,7 +32,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts import tokens
-from apps.accounts.audit import record_download
+from apps.accounts.audit import record_download, record_view
 from apps.accounts.roles import ANNOTATOR, CLINICIAN, MODEL_ADMIN, user_roles
 from apps.api import serializers as s
 from apps.api import summaries
@@ -310,7 +312,10 @@ class CaseDetail(generics.RetrieveAPIView, RoleView):
         unchanged = get_conditional_response(request, etag=etag, last_modified=last_modified)
         if unchanged is not None:
             return unchanged
-        response = summaries.json_response(summaries.case_summaries([case], request)[0])
+        summary = summaries.case_summaries([case], request)[0]
+        response = summaries.json_response(summary)
+        images = [image["id"] for image in json.loads(summary)["images"]]
+        record_view(request, action="case.viewed", target=case, images=images)  # no 304s
         response["ETag"] = etag
         response["Last-Modified"] = http_date(last_modified)
         return response
@@ -355,6 +360,13 @@ class ImageDetail(generics.RetrieveAPIView, RoleView):
 
     def get_queryset(self):
         return _images_with_results(visible_images(self.request.user))
+
+    def retrieve(self, request, *args, **kwargs):
+        image = self.get_object()
+        body = self.get_serializer(image).data
+        # The image's files are fetched (and audited) one by one: none named here.
+        record_view(request, action="image.viewed", target=image)
+        return Response(body)
 
 
 class ImageFile(FileView):

@@ -13,13 +13,13 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
 
-from apps.accounts.audit import record_download
+from apps.accounts.audit import record_download, record_view
 from apps.accounts.roles import ADJUDICATOR, ANNOTATOR, CLINICIAN, MODEL_ADMIN, role_required
-from apps.cases import labelling, services
+from apps.cases import labelling, page_files, services
 from apps.cases.access import own_cases, visible_images
 from apps.cases.filters import filter_cases
 from apps.cases.forms import CaseUploadForm
-from apps.cases.freshness import live_etag, live_not_modified, mark_live
+from apps.cases.freshness import is_live_refresh, live_etag, live_not_modified, mark_live
 from apps.cases.models import (
     VERDICT_CHOICES,
     Adjudication,
@@ -159,13 +159,23 @@ def case_detail(request: HttpRequest, pk: int) -> HttpResponseBase:
             "cases/case_detail.html",
             {"case": case, "methods": Explanation.Method.choices},
         )
+    # One event for the page and the files it loads (their fetches write none of their own).
+    record_view(
+        request,
+        action="case.viewed",
+        target=case,
+        files=page_files.case_files(case),
+        refresh=is_live_refresh(request),
+        images=[image.pk for image in case.images.all()],
+    )
     return mark_live(request, response, etag)
 
 
 @require_GET
 @role_required(CLINICIAN, ANNOTATOR, ADJUDICATOR)
 def image_file(request: HttpRequest, pk: int) -> HttpResponseBase:
-    """Uploaded images are never public: only the case's owner and annotators see them."""
+    """Uploaded images are never public: only the case's owner and annotators see them.
+    Audited as ``download.image`` unless a page view named it (``record_download``)."""
     image = get_object_or_404(visible_images(request.user), pk=pk)
     response = protected_file_response(image.file, image.content_type)
     record_download(request, kind="image", target=image)
@@ -210,7 +220,7 @@ def ct_layer(request: HttpRequest, pk: int, kind: str) -> HttpResponse:
             png = layer_png(handle.read(), kind)
     except (FileNotFoundError, OSError, ValueError) as exc:
         raise Http404(f"The stored mask cannot be read: {exc}") from None
-    record_download(request, kind="ct_layer", target=segmentation)
+    record_download(request, kind="ct_layer", target=segmentation, name=kind)
     return HttpResponse(
         png, content_type="image/png", headers={"Cache-Control": "private, no-store"}
     )
@@ -227,6 +237,9 @@ def label_queue(request: HttpRequest) -> HttpResponse:
         # "Skip": show the image after the skipped one, wrapping around.
         position = next((i for i, image in enumerate(queue) if image.pk == int(skipped)), -1)
         queue = queue[position + 1 :] + queue[: position + 1]
+    if queue:
+        files = page_files.image_files(queue[0], heatmaps=False)
+        record_view(request, action="image.viewed", target=queue[0], files=files)
     return render(
         request,
         "cases/label_queue.html",
@@ -278,6 +291,8 @@ def label_image(request: HttpRequest, pk: int) -> HttpResponse:
         return redirect("cases:label-queue")
     adjudication = Adjudication.objects.filter(image=image).first()
     show_model = settings.CXR_LABEL_SHOW_MODEL and mine is not None
+    files = page_files.image_files(image, heatmaps=show_model)
+    record_view(request, action="image.viewed", target=image, files=files)
     return render(
         request,
         "cases/label_image.html",
@@ -341,6 +356,8 @@ def adjudicate(request: HttpRequest, pk: int) -> HttpResponse:
             return redirect("cases:adjudicate", pk=image.pk)
         messages.success(request, f"Image {image.pk} decided.")
         return redirect("cases:adjudication")
+    files = page_files.image_files(image, heatmaps=False)
+    record_view(request, action="image.viewed", target=image, files=files)
     return render(
         request,
         "cases/adjudicate.html",

@@ -28,8 +28,9 @@ AUTH = 3
 # predictions, their model versions, segmentations, explanations, expert labels).
 LIST_WARM = AUTH + 2
 LIST_COLD = LIST_WARM + 7
-# One case: its row (id, updated_at); not cached: the case and the same six prefetches.
-DETAIL_WARM = AUTH + 1
+# One case: its row (id, updated_at), its case.viewed audit event; not cached: the case
+# and the same six prefetches.
+DETAIL_WARM = AUTH + 2
 DETAIL_COLD = DETAIL_WARM + 7
 
 
@@ -264,7 +265,8 @@ def test_the_case_page_costs_the_same_queries_whatever_it_holds(
     client = login(clinician)
     client.get(f"/cases/{case.pk}/")
     # session, user, password state, roles, the case's version, the case, one per
-    # prefetched relation (6), the session's idle clock (3, as above).
-    with django_assert_num_queries(15):
+    # prefetched relation (6), its case.viewed audit event, the session's idle clock
+    # (3, as above).
+    with django_assert_num_queries(16):
         page = client.get(f"/cases/{case.pk}/")
     assert page.content.count(b'data-live="image-') == n_images
