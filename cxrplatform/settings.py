@@ -39,6 +39,9 @@ if not DEBUG and SECRET_KEY == _DEV_SECRET:
     raise ImproperlyConfigured("SECRET_KEY must be set to a secret value when DEBUG is off.")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", default=[])
+# Where users reach the web app (scheme and host, e.g. https://cxr.hospital.example):
+# links in e-mails (training notifications) are made absolute with it.
+CXR_PUBLIC_URL = env_str("CXR_PUBLIC_URL", default="http://127.0.0.1:8000").rstrip("/")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -346,8 +349,12 @@ CXR_RETRAIN_MIN_NEW_LABELS = env_int("CXR_RETRAIN_MIN_NEW_LABELS", default=20, m
 CXR_RETRAIN_CHECK_SECONDS = env_int("CXR_RETRAIN_CHECK_SECONDS", default=3600, min_value=10)
 CXR_TRAINING_EPOCHS = env_int("CXR_TRAINING_EPOCHS", default=60, min_value=1)
 # Promote a new candidate automatically only when no tracked metric (macro-F1,
-# per-class precision and recall) is worse than production's on the same test split.
+# per-class precision and recall) is worse beyond chance than production's on the same
+# test images (paired bootstrap) and macro-F1 is not lower.
 CXR_AUTO_PROMOTE = env_bool("CXR_AUTO_PROMOTE", default=False)
+# A candidate and production compared on fewer test images than this get no
+# better/worse verdict (ml.models.paired), and the automatic promotion refuses.
+CXR_COMPARE_MIN_IMAGES = env_int("CXR_COMPARE_MIN_IMAGES", default=30, min_value=1)
 # Shortcut gate (apps.models.services.shortcut_gate_refusals), for every promotion:
 # refuse a candidate whose lungs-blanked accuracy exceeds production's by more than
 # this, or whose lowest per-source Grad-CAM mass in the lungs is below production's

@@ -10,6 +10,7 @@ from django.db.models import Q
 from cxrplatform.jobs import Job, JobKind
 from ml.data.labels import CLASS_CHOICES
 from ml.models.metrics import EvaluationResult, MetricsFormatError
+from ml.models.paired import PairedComparison
 
 log = logging.getLogger(__name__)
 
@@ -354,15 +355,47 @@ class TrainingRun(Job):
 
     @property
     def percent(self) -> int:
+        """How far the run is; a finished run is 100 % even when it stopped early."""
+        if self.status == "done":
+            return 100
         p = self.progress or {}
         epochs, batches = p.get("epochs") or 0, p.get("batches") or 0
         if not epochs or not batches:
-            return 100 if self.status == "done" else 0
+            return 0
         done = (p.get("epoch", 1) - 1) * batches + p.get("batch", 0)
         return min(100, int(100 * done / (epochs * batches)))
 
-    def mark_done(self, *, model_version: ModelVersion, comparison: dict) -> None:
-        self._mark_done(model_version=model_version, comparison=comparison)
+    @property
+    def progress_text(self) -> str:
+        """The run's progress in words: "epoch 3/60, batch 5/12" while it trains,
+        "stopped early at epoch 12 of 60 (best 7)" or "ran all 60 epochs (best 58)" once
+        done."""
+        p = self.progress or {}
+        if self.status == "done" and p.get("epochs_run"):
+            best = f" (best {p['best_epoch']})" if p.get("best_epoch") else ""
+            if p["epochs_run"] < (p.get("epochs") or 0):
+                return f"stopped early at epoch {p['epochs_run']} of {p['epochs']}{best}"
+            return f"ran all {p['epochs_run']} epochs{best}"
+        if p.get("epoch") and not self.is_finished:
+            return (
+                f"epoch {p['epoch']}/{p.get('epochs', '?')}, "
+                f"batch {p.get('batch', 0)}/{p.get('batches', '?')}"
+            )
+        return ""
+
+    @property
+    def paired(self) -> PairedComparison | None:
+        """The candidate and production on the same test images (ml.models.paired), or
+        None (no production then, or a run from before paired measurement)."""
+        return PairedComparison.from_json_or_none((self.comparison or {}).get("paired"))
+
+    def mark_done(
+        self, *, model_version: ModelVersion, comparison: dict, progress: dict | None = None
+    ) -> None:
+        if progress is None:
+            self._mark_done(model_version=model_version, comparison=comparison)
+        else:
+            self._mark_done(model_version=model_version, comparison=comparison, progress=progress)
 
     def mark_failed(self, error: str) -> None:
         """Failed, by any path (the task's own error, a time limit, the sweeper): model

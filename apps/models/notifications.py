@@ -37,6 +37,12 @@ def model_admins() -> QuerySet:
     return users.filter(Q(groups__name=MODEL_ADMIN) | Q(is_superuser=True)).distinct()
 
 
+def run_url(run: TrainingRun) -> str:
+    """The run's page as an absolute address (``CXR_PUBLIC_URL``): an e-mail is read
+    outside the app, where a bare path leads nowhere."""
+    return settings.CXR_PUBLIC_URL + reverse("registry:run", args=[run.pk])
+
+
 def _message(run: TrainingRun) -> tuple[str, str, str]:
     """(kind, subject, body) of a finished run's notification."""
     if run.status == TrainingRun.Status.FAILED:
@@ -44,7 +50,7 @@ def _message(run: TrainingRun) -> tuple[str, str, str]:
             Notification.Kind.FAILED,
             f"Training run {run.pk} failed",
             f"Training run {run.pk} on snapshot {run.snapshot_id} failed: {run.error}\n"
-            "No candidate was registered from it.",
+            f"No candidate was registered from it. The run and its log: {run_url(run)}",
         )
     version = run.model_version
     gate = (run.comparison or {}).get("gate") or {}
@@ -66,8 +72,10 @@ def _message(run: TrainingRun) -> tuple[str, str, str]:
         kind, outcome = Notification.Kind.GATE_REFUSED, "ready, gate refused"
         reasons = " ".join(gate.get("reasons") or []) or "no reason recorded."
         lines.append(f"The promotion gate refused it: {reasons}")
-    if version is not None:
-        lines.append(f"Its evidence: {reverse('registry:version', args=[version.pk])}")
+    summary = gate.get("summary")
+    if summary:
+        lines.append(summary)
+    lines.append(f"The run, its candidate against production: {run_url(run)}")
     return kind, f"Training run {run.pk}: candidate {name} {outcome}", "\n".join(lines)
 
 

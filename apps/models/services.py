@@ -24,6 +24,7 @@ from apps.models.models import ModelVersion, Task, TrainingRun
 from cxrplatform.files import StoredFiles, files_removed_on_error
 from cxrplatform.jobs import enqueue_job
 from ml.models.metrics import EvaluationResult, MetricsFormatError, ShortcutMetrics
+from ml.models.paired import PairedComparison, PairedFigure
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,9 @@ class Evidence:
     production_version: ModelVersion | None
     basis: str
     same_split: bool
+    # Both models' calls on the same images, B (candidate) - A (production): set when a
+    # training run measured the pair (ml.models.paired).
+    paired: PairedComparison | None = None
 
 
 def promotion_evidence(version: ModelVersion) -> Evidence:
@@ -76,17 +80,79 @@ def promotion_evidence(version: ModelVersion) -> Evidence:
             production=EvaluationResult.from_json_or_none(comparison["production"]),
             production_version=production,
             basis=(
-                f"both on snapshot {run.snapshot_id}'s test split "
-                f"({comparison.get('test_images')} images)"
+                f"both on the same {comparison.get('test_images')} images "
+                f"(snapshot {run.snapshot_id}'s test split)"
             ),
             same_split=True,
+            paired=PairedComparison.from_json_or_none(comparison.get("paired")),
         )
+    own = version.evaluation
+    served = production.evaluation if production is not None else None
     return Evidence(
-        candidate=version.evaluation,
-        production=production.evaluation if production is not None else None,
+        candidate=own,
+        production=served,
         production_version=production,
-        basis="each on its own test split (no shared measurement yet)",
+        basis=(
+            f"on different images: this version on {_images(own)}, production on "
+            f"{_images(served)} (each its own test split); the differences mix the models "
+            "with the test sets, so none is called better or worse"
+        ),
         same_split=False,
+    )
+
+
+def _images(result: EvaluationResult | None) -> str:
+    return (
+        f"{result.n} images"
+        if result is not None and result.n
+        else "an unrecorded number of images"
+    )
+
+
+def paired_between(a: ModelVersion, b: ModelVersion) -> PairedComparison | None:
+    """The paired comparison of two versions, read as B - A, when a training run
+    measured them on the same images (one the run's candidate, the other the production
+    version of the time); None otherwise."""
+    for candidate, production, flip in ((b, a, False), (a, b, True)):
+        run = TrainingRun.objects.filter(model_version=candidate).first()
+        comparison = run.comparison if run is not None else {}
+        if comparison.get("production_version") != production.pk:
+            continue
+        paired = PairedComparison.from_json_or_none(comparison.get("paired"))
+        if paired is None:
+            return None
+        return _flipped(paired) if flip else paired
+    return None
+
+
+def _flipped(paired: PairedComparison) -> PairedComparison:
+    """A - B instead of B - A."""
+    swap = {"better": "worse", "worse": "better"}
+    figures = tuple(
+        PairedFigure(
+            key=f.key,
+            a=f.b,
+            b=f.a,
+            diff=-f.diff,
+            ci=(-f.ci[1], -f.ci[0]),
+            verdict=swap.get(f.verdict, f.verdict),
+            lower_is_better=f.lower_is_better,
+        )
+        for f in paired.figures
+    )
+    agreement = dict(paired.agreement)
+    agreement["only_a_right"], agreement["only_b_right"] = (
+        paired.agreement.get("only_b_right", 0),
+        paired.agreement.get("only_a_right", 0),
+    )
+    return PairedComparison(
+        n=paired.n,
+        patients=paired.patients,
+        resamples=paired.resamples,
+        confidence=paired.confidence,
+        min_images=paired.min_images,
+        figures=figures,
+        agreement=agreement,
     )
 
 
@@ -206,6 +272,72 @@ def metric_gate_refusals(
     return reasons
 
 
+def _figure_label(key: str) -> str:
+    if key == "macro_f1":
+        return "Macro-F1"
+    if key == "accuracy":
+        return "Accuracy"
+    name, _, metric = key.partition(".")
+    return f"{name} {metric}"
+
+
+def _interval(figure: PairedFigure, paired: PairedComparison) -> str:
+    return (
+        f"{figure.diff:+.3f} (paired {paired.confidence:.0%} interval {figure.ci[0]:+.3f} to "
+        f"{figure.ci[1]:+.3f})"
+    )
+
+
+def paired_gate_refusals(paired: PairedComparison) -> list[str]:
+    """Why the automatic gate refuses a candidate on its paired comparison with
+    production (empty: it passes on the metrics).
+
+    Too few images decide nothing, so they refuse (a model admin may still promote by
+    hand, having read the figures). Otherwise a tracked figure (macro-F1, every class's
+    precision and recall) worse beyond chance refuses, and so does a lower macro-F1 the
+    images cannot tell from production's: an automatic promotion needs no loss.
+    """
+    if not paired.decidable:
+        return [
+            f"Only {paired.n} test images: too few to tell the candidate from production "
+            f"(at least {paired.min_images} are needed, CXR_COMPARE_MIN_IMAGES). Read the "
+            "figures and promote by hand if they convince you."
+        ]
+    reasons = []
+    for figure in paired.figures:
+        if figure.key == "accuracy":
+            continue
+        if figure.verdict == "worse":
+            reasons.append(
+                f"{_figure_label(figure.key)} is worse beyond chance: "
+                f"{_interval(figure, paired)} on {paired.n} images."
+            )
+        elif figure.key == "macro_f1" and figure.diff < 0:
+            reasons.append(
+                f"Macro-F1 is lower, {_interval(figure, paired)} on {paired.n} images: the "
+                "images cannot tell the two apart, and an automatic promotion needs no loss."
+            )
+    return reasons
+
+
+def gate_summary(comparison: dict, refusals: list[str]) -> str:
+    """One sentence on the evidence behind the automatic gate's verdict, for the run
+    page and the notification: on how many images, and the macro-F1 difference."""
+    paired = PairedComparison.from_json_or_none(comparison.get("paired"))
+    verdict = "refused" if refusals else "passed"
+    if paired is None:
+        n = comparison.get("test_images")
+        return f"The gate {verdict} on point figures of {n} test images (no paired measurement)."
+    macro = paired.figure("macro_f1")
+    figure = f"macro-F1 {_interval(macro, paired)}" if macro is not None else "no macro-F1"
+    if refusals:
+        return f"The gate refused, on the same {paired.n} test images: {figure}."
+    return (
+        f"The gate passed, on the same {paired.n} test images ({paired.patients} patients): "
+        f"{figure}; no tracked figure worse beyond chance, shortcut tests no worse."
+    )
+
+
 def promotion_refusals(version: ModelVersion) -> list[str]:
     """Why promoting ``version`` now would be refused (empty: the gate lets it through).
 
@@ -228,7 +360,8 @@ def auto_promotion_refusals(
     """Why a training run's candidate is not promoted automatically (empty: promote it).
 
     Stricter than a model admin's promotion: no tracked metric may be worse than
-    production's on the same test split, and the shortcut tests must not be worse.
+    production's on the same test split (with a paired measurement, worse beyond chance;
+    see :func:`paired_gate_refusals`), and the shortcut tests must not be worse.
     When the run measured production without shortcut tests, ``production_version``'s
     own stored ones are used (measured on its own split), so they still count.
     """
@@ -240,6 +373,9 @@ def auto_promotion_refusals(
     reasons = metric_gate_refusals(candidate, production)
     if candidate is None or production is None:
         return reasons
+    paired = PairedComparison.from_json_or_none(comparison.get("paired"))
+    if paired is not None:  # the same images, paired: judged with its intervals
+        reasons = paired_gate_refusals(paired)
     production_shortcuts = production.shortcuts
     if production_shortcuts is None and production_version is not None:
         served = production_version.evaluation
@@ -300,6 +436,49 @@ def promote(
     return version
 
 
+def rollback_target(task: str = Task.CLASSIFICATION) -> ModelVersion | None:
+    """The version a rollback of ``task`` would restore: the most recently promoted one
+    that no longer serves (None: nothing serves, or nothing served before it). The pages
+    offer a rollback only when there is one."""
+    current = ModelVersion.objects.production(task=task)
+    if current is None:
+        return None
+    return (
+        ModelVersion.objects.filter(
+            task=task, status=ModelVersion.Status.ARCHIVED, promoted_at__isnull=False
+        )
+        .exclude(pk=current.pk)
+        .order_by("-promoted_at")
+        .first()
+    )
+
+
+@transaction.atomic
+def archive(*, version: ModelVersion, actor=None, reason: str = "") -> ModelVersion:
+    """Set a candidate (or a failed version) aside: it leaves the registry's list of
+    versions to decide on, keeps its files and evidence, and can still be promoted later.
+    The serving version cannot be archived (promote another, or roll back). Audited."""
+    version = ModelVersion.objects.select_for_update().get(pk=version.pk)
+    if version.status == ModelVersion.Status.ARCHIVED:
+        return version
+    if version.status not in {ModelVersion.Status.CANDIDATE, ModelVersion.Status.FAILED}:
+        raise RegistryError(
+            f"#{version.pk} {version.name} is {version.status}: only a candidate can be "
+            "archived (promote another version or roll back to replace production)."
+        )
+    before = version.status
+    version.status = ModelVersion.Status.ARCHIVED
+    version.save(update_fields=["status"])
+    record(
+        actor=actor,
+        action="model.archive",
+        target=version,
+        before={"status": before},
+        after={"status": version.status, "reason": reason},
+    )
+    return version
+
+
 @transaction.atomic
 def rollback(*, actor=None, task: str = Task.CLASSIFICATION) -> ModelVersion:
     """Make the previous production version of ``task`` serve again."""
@@ -308,14 +487,7 @@ def rollback(*, actor=None, task: str = Task.CLASSIFICATION) -> ModelVersion:
         raise RegistryError(
             f"There is no production version of {Task(task).label.lower()} to roll back."
         )
-    previous = (
-        ModelVersion.objects.filter(
-            task=task, status=ModelVersion.Status.ARCHIVED, promoted_at__isnull=False
-        )
-        .exclude(pk=current.pk)
-        .order_by("-promoted_at")
-        .first()
-    )
+    previous = rollback_target(task)
     if previous is None:
         raise RegistryError("No earlier production version to roll back to.")
     restored = promote(

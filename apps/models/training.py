@@ -59,7 +59,7 @@ def run_training(*, run_id: int) -> TrainingRun | None:
 
     with failure_recorded(run, what="Training"):
         from ml.data.loaders import Dataset
-        from ml.models.training import TrainConfig, evaluate_classifier, train
+        from ml.models.training import TrainConfig, train
 
         items = list(
             SnapshotItem.objects.filter(snapshot=run.snapshot)
@@ -81,12 +81,10 @@ def run_training(*, run_id: int) -> TrainingRun | None:
             )
             test_records = [r for r, s in zip(records, splits, strict=True) if s == "test"]
             parent = ModelVersion.objects.production()
-            production_metrics = None
+            production_metrics, paired = None, None
             if parent is not None:
-                from apps.models.serving import classifier_for
-
-                production_metrics = evaluate_classifier(
-                    classifier_for(parent), test_records, n_bootstrap=config.n_bootstrap
+                production_metrics, paired = _measure_production(
+                    parent, test_records, result, n_bootstrap=config.n_bootstrap
                 )
             version = services.register_artifact(artifact_path=result.artifact)
         comparison = {
@@ -94,14 +92,29 @@ def run_training(*, run_id: int) -> TrainingRun | None:
             "candidate": result.metrics.to_json(),
             "production": production_metrics.to_json() if production_metrics else None,
             "production_version": parent.pk if parent else None,
+            "paired": paired.to_json() if paired is not None else None,
         }
         refusals = services.auto_promotion_refusals(comparison, parent)
-        comparison["gate"] = {"passed": not refusals, "reasons": refusals}
+        comparison["gate"] = {
+            "passed": not refusals,
+            "reasons": refusals,
+            "summary": services.gate_summary(comparison, refusals),
+        }
         with transaction.atomic():
             ModelVersion.objects.filter(pk=version.pk).update(
                 metrics=comparison["candidate"], snapshot=run.snapshot, parent=parent
             )
-            run.mark_done(model_version=version, comparison=comparison)
+            training = result.card.get("training") or {}
+            run.mark_done(
+                model_version=version,
+                comparison=comparison,
+                progress={
+                    **(TrainingRun.objects.get(pk=run.pk).progress or {}),
+                    "epochs": config.epochs,
+                    "epochs_run": training.get("epochs_run"),
+                    "best_epoch": training.get("best_epoch"),
+                },
+            )
             record(
                 actor=run.requested_by,
                 action="training.done",
@@ -120,6 +133,37 @@ def run_training(*, run_id: int) -> TrainingRun | None:
         run.refresh_from_db()
         notifications.training_ended(run)
     return run
+
+
+def _measure_production(
+    parent: ModelVersion, test_records: list, result, *, n_bootstrap: int
+) -> tuple:
+    """Production's metrics on the run's test images, and the paired comparison of its
+    calls (at the operating point it serves) with the candidate's on those images."""
+    import numpy as np
+    from django.conf import settings
+
+    from apps.models.serving import classifier_for
+    from ml.data.labels import CLASSES
+    from ml.models.paired import paired_bootstrap
+    from ml.models.training import evaluate_records
+    from ml.serving.classifier import shift_probabilities
+
+    classifier = classifier_for(parent)
+    metrics, probs = evaluate_records(classifier, test_records, n_bootstrap=n_bootstrap)
+    if result.probabilities is None or not test_records:
+        return metrics, None
+    offsets = np.array([float((classifier.offsets or {}).get(c, 0.0)) for c in CLASSES])
+    served = shift_probabilities(probs, offsets) if offsets.any() else probs
+    paired = paired_bootstrap(
+        [r.label for r in test_records],
+        [CLASSES[i] for i in np.argmax(served, axis=1)],
+        [CLASSES[i] for i in np.argmax(result.probabilities, axis=1)],
+        CLASSES,
+        patients=[r.patient for r in test_records],
+        min_images=settings.CXR_COMPARE_MIN_IMAGES,
+    )
+    return metrics, paired
 
 
 def _promote_automatically(version: ModelVersion, refusals: list[str]) -> None:

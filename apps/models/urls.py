@@ -1,6 +1,6 @@
 from django.urls import path
 
-from apps.models import dataset_views, inspector_views, notification_views, views
+from apps.models import dataset_views, inspector_views, notification_views, run_views, views
 
 app_name = "registry"
 
@@ -17,7 +17,9 @@ urlpatterns = [
     ),
     path("compare/", views.compare, name="compare"),
     path("rollback/", views.rollback, name="rollback"),
-    path("training-runs/", views.start_training, name="start-training"),
+    path("versions/<int:pk>/archive/", run_views.archive, name="archive"),
+    path("training-runs/", run_views.start_training, name="start-training"),
+    path("training-runs/<int:pk>/", run_views.run_detail, name="run"),
     path("notifications/read/", notification_views.mark_read, name="notifications-read"),
     path("snapshots/", dataset_views.snapshot_list, name="snapshots"),
     path("snapshots/<int:pk>/", dataset_views.snapshot_detail, name="snapshot"),

@@ -15,6 +15,7 @@ from apps.models import notifications, operating_points, services
 from apps.models.models import ModelVersion, Task, TrainingRun
 from ml.data.labels import CLASS_DISPLAY, CLASSES
 from ml.models.metrics import EvaluationResult
+from ml.models.paired import PairedComparison
 
 METRIC_ROWS = [("macro_f1", "macro-F1")] + [
     (f"{c}.{m}", f"{CLASS_DISPLAY[c]} {m}") for c in CLASSES for m in ("precision", "recall")
@@ -30,7 +31,6 @@ COMPARE_ROWS = [
     for c in CLASSES
     for key, label in (("precision", "precision"), ("recall", "recall"), ("f1", "F1"))
 ]
-LOWER_IS_BETTER = {"ece"}
 PLOTS = {
     "confusion-matrix": "figure_confusion_matrix",
     "roc": "figure_roc",
@@ -38,19 +38,48 @@ PLOTS = {
 }
 
 
+VERDICT_TEXT = {
+    "better": "better beyond chance",
+    "worse": "worse beyond chance",
+    "undecided": "cannot tell apart",
+    "too_few": "too few images to tell",
+}
+
+
 def comparison_rows(
     candidate: EvaluationResult | None,
     production: EvaluationResult | None,
     keys: list[tuple[str, str]] = METRIC_ROWS,
+    paired: PairedComparison | None = None,
 ) -> list[dict]:
+    """One row per figure: both values, the difference (candidate - production) and,
+    only where both were scored on the same images (``paired``), its paired interval
+    and verdict. Without a paired measurement no row is called better or worse: the
+    difference then mixes the models with their test sets."""
     rows = []
     for key, label in keys:
-        a = candidate.metric(key) if candidate else None
-        b = production.metric(key) if production else None
+        figure = paired.figure(key) if paired is not None else None
+        a: float | None
+        b: float | None
+        if figure is not None:
+            a, b = figure.b, figure.a
+        else:
+            a = candidate.metric(key) if candidate else None
+            b = production.metric(key) if production else None
         diff = None if a is None or b is None else a - b
-        # "better" and "worse" are read from the metric's direction, not the sign alone.
-        gain = None if diff is None else (-diff if key in LOWER_IS_BETTER else diff)
-        rows.append({"label": label, "candidate": a, "production": b, "diff": diff, "gain": gain})
+        verdict = figure.verdict if figure is not None else None
+        rows.append(
+            {
+                "key": key,
+                "label": label,
+                "candidate": a,
+                "production": b,
+                "diff": diff,
+                "ci": figure.ci if figure is not None else None,
+                "verdict": verdict,
+                "verdict_text": VERDICT_TEXT.get(verdict or "", ""),
+            }
+        )
     return rows
 
 
@@ -170,16 +199,26 @@ def _has_curves(result: EvaluationResult | None) -> bool:
 @require_GET
 @role_required(MODEL_ADMIN)
 def registry(request: HttpRequest) -> HttpResponse:
+    from apps.models.run_views import start_form_context
+
     versions = ModelVersion.objects.select_related("snapshot", "parent")
     runs = TrainingRun.objects.select_related("model_version", "requested_by")[:20]
     ct_versions = versions.filter(task=Task.CT_SEGMENTATION)
+    classifiers = versions.filter(task=Task.CLASSIFICATION)
+    # Archived candidates (never promoted) are set aside: listed only on request.
+    show_archived = request.GET.get("archived") == "1"
+    set_aside = classifiers.filter(status=ModelVersion.Status.ARCHIVED, promoted_at__isnull=True)
     return render(
         request,
         "registry/index.html",
         {
-            "versions": versions.filter(task=Task.CLASSIFICATION),
+            "versions": classifiers if show_archived else classifiers.exclude(pk__in=set_aside),
+            "archived_hidden": 0 if show_archived else set_aside.count(),
             "ct_versions": ct_versions,
             "ct_production": ModelVersion.objects.production(task=Task.CT_SEGMENTATION),
+            "rollback_to": services.rollback_target(Task.CLASSIFICATION),
+            "ct_rollback_to": services.rollback_target(Task.CT_SEGMENTATION),
+            **start_form_context(),
             "runs": runs,
             "classes": CLASSES,
             "notifications": notifications.for_user(request.user)[:5],
@@ -211,8 +250,11 @@ def version_detail(request: HttpRequest, pk: int) -> HttpResponse:
         {
             "version": version,
             "evaluation": evaluation,
-            "rows": comparison_rows(evidence.candidate, evidence.production),
+            "rows": comparison_rows(
+                evidence.candidate, evidence.production, paired=evidence.paired
+            ),
             "basis": evidence.basis,
+            "paired": evidence.paired,
             "per_class": per_class_rows(evaluation),
             "confusion": confusion_rows(evaluation),
             "has_curves": _has_curves(evaluation),
@@ -281,12 +323,15 @@ def compare(request: HttpRequest) -> HttpResponse:
     context: dict[str, Any] = {"versions": versions, "a": a, "b": b}
     if a is not None and b is not None:
         evaluation_a, evaluation_b = a.evaluation, b.evaluation
+        paired = services.paired_between(a, b) if a != b else None
         context.update(
-            rows=comparison_rows(evaluation_b, evaluation_a, COMPARE_ROWS),
+            rows=comparison_rows(evaluation_b, evaluation_a, COMPARE_ROWS, paired=paired),
+            paired=paired,
+            n_a=evaluation_a.n if evaluation_a else None,
+            n_b=evaluation_b.n if evaluation_b else None,
             shortcuts=shortcut_rows(evaluation_a, evaluation_b),
             shortcut_headers=[f"A: #{a.pk} {a.name}", f"B: #{b.pk} {b.name}"],
             per_source=per_source_rows(evaluation_a, evaluation_b),
-            same_split=a.snapshot_id is not None and a.snapshot_id == b.snapshot_id,
             sides=[
                 {
                     "version": v,
@@ -319,8 +364,11 @@ def promote(request: HttpRequest, pk: int) -> HttpResponse:
         "registry/promote_confirm.html",
         {
             "version": version,
-            "rows": comparison_rows(evidence.candidate, evidence.production),
+            "rows": comparison_rows(
+                evidence.candidate, evidence.production, paired=evidence.paired
+            ),
             "basis": evidence.basis,
+            "paired": evidence.paired,
             "refusals": services.promotion_refusals(version),
             "shortcuts": shortcut_rows(version.evaluation, _served_evaluation(evidence)),
             "shortcut_headers": ["this version", "production"],
@@ -409,16 +457,4 @@ def rollback(request: HttpRequest) -> HttpResponse:
         messages.error(request, str(exc))
     else:
         messages.success(request, f"Rolled back: {restored.name} serves again.")
-    return redirect("registry:index")
-
-
-@require_POST
-@role_required(MODEL_ADMIN)
-def start_training(request: HttpRequest) -> HttpResponse:
-    try:
-        run = services.start_training_run(requested_by=request.user)
-    except (services.RegistryError, ValueError) as exc:
-        messages.error(request, str(exc))
-    else:
-        messages.success(request, f"Training run {run.pk} queued on snapshot {run.snapshot_id}.")
     return redirect("registry:index")

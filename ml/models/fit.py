@@ -377,6 +377,9 @@ class FitResult:
     history: dict[str, list[float]]
     seconds: float
     epochs_run: int
+    # The epoch (1-based) whose weights were kept: the lowest validation loss from
+    # ``min_epochs`` on (early stopping restores it).
+    best_epoch: int = 0
 
     @property
     def best_val_loss(self) -> float:
@@ -443,7 +446,12 @@ def fit(
     )
     seconds = time.perf_counter() - start
     values = {k: [float(v) for v in vs] for k, vs in history.history.items()}
-    return FitResult(history=values, seconds=seconds, epochs_run=len(values["loss"]))
+    losses = values.get("val_loss") or []
+    start = min(settings.min_epochs, max(len(losses) - 1, 0))
+    best = start + int(np.argmin(losses[start:])) + 1 if losses else 0
+    return FitResult(
+        history=values, seconds=seconds, epochs_run=len(values["loss"]), best_epoch=best
+    )
 
 
 def predict_batches(model: keras.Model, x: np.ndarray, batch_size: int = 64) -> np.ndarray:

@@ -160,6 +160,8 @@ class TrainResult:
     card: dict[str, Any]
     metrics: Any  # ml.models.metrics.EvaluationResult
     report_dir: Path
+    # The report split's probabilities (at the card's operating point), row per image.
+    probabilities: np.ndarray | None = None
 
 
 def resolve_split(
@@ -330,6 +332,8 @@ def _card(
         "training": {
             "seconds": round(result.seconds, 1),
             "epochs_run": result.epochs_run,
+            "epochs_planned": config.epochs,
+            "best_epoch": result.best_epoch,
             "seconds_per_epoch": round(result.seconds / max(result.epochs_run, 1), 2),
             "best_val_loss": result.best_val_loss,
         },
@@ -548,7 +552,9 @@ def train(
         card["training_animation"] = animation.path.name
     write_card(artifact, card)
     log.info("wrote %s: test macro-F1 %.3f", artifact, metrics.macro_f1)
-    return TrainResult(artifact=artifact, card=card, metrics=metrics, report_dir=report_dir)
+    return TrainResult(
+        artifact=artifact, card=card, metrics=metrics, report_dir=report_dir, probabilities=probs
+    )
 
 
 def classifier_probabilities(

@@ -171,8 +171,13 @@ def test_the_whole_loop(
     evidence = services.promotion_evidence(candidate)
     assert evidence.same_split
     assert evidence.candidate.n == evidence.production.n == run.comparison["test_images"]
-    # the automatic gate's verdict is kept with the run (the tiny model vs one epoch)
-    assert run.comparison["gate"]["passed"] is (run.comparison["gate"]["reasons"] == [])
+    # ... paired, image by image: too few images (3) for a verdict, and the gate says so
+    assert evidence.paired.n == run.comparison["test_images"] == 3
+    assert {f.verdict for f in evidence.paired.figures} == {"too_few"}
+    assert run.comparison["gate"]["passed"] is False
+    assert run.comparison["gate"]["reasons"][0].startswith("Only 3 test images")
+    assert run.percent == 100
+    assert run.progress_text == "ran all 1 epochs (best 1)"
 
     services.promote(version=candidate, actor=model_admin)
     third = _predict(clinician, "00001280_004.jpg", django_capture_on_commit_callbacks)

@@ -77,7 +77,9 @@ def test_model_admin_compares_promotes_and_rolls_back_in_the_ui(
     assert f'data-version="{candidate.pk}" data-status="candidate"' in index
     confirm = client.get(reverse("registry:promote", args=[candidate.pk])).content.decode()
     assert "macro-F1" in confirm
-    assert 'class="num worse"' in confirm  # the lower macro-F1 is flagged before promoting
+    # Each measured on its own images: the lower macro-F1 is shown, never called worse.
+    assert "data-not-paired" in confirm
+    assert 'class="num worse"' not in confirm
     response = client.post(reverse("registry:promote", args=[candidate.pk]))
     assert response.status_code == 302
     assert ModelVersion.objects.get(status="production") == candidate
@@ -196,9 +198,12 @@ def test_compare_page_shows_two_versions_and_differences(
     url = reverse("registry:compare")
     client = login(model_admin)
     page = client.get(url, {"a": production_model.pk, "b": candidate.pk}).content.decode()
-    # B - A: macro-F1 fell (worse), ECE fell (better, lower is better).
-    assert '<td class="num worse">-0.050' in page
-    assert '<td class="num better">-0.050' in page
+    # B - A is shown (macro-F1 and ECE both fell by 0.05), but the two were measured on
+    # different images: neither difference is called better or worse.
+    assert page.count('<td class="num">-0.050</td>') == 2
+    assert "Measured on different images" in page
+    assert 'class="num worse"' not in page
+    assert 'class="num better"' not in page
     assert reverse("registry:promote", args=[candidate.pk]) in page
     # Without parameters it compares production with another version.
     page = client.get(url).content.decode()

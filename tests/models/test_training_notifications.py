@@ -64,7 +64,9 @@ def test_a_finished_run_tells_every_model_admin_in_the_app_and_by_e_mail(
     assert f"test macro-F1 {version.evaluation.macro_f1:.3f}" in note.body
     if not gate["passed"]:
         assert gate["reasons"][0] in note.body
-    assert reverse("registry:version", args=[version.pk]) in note.body
+    # An absolute link to the run's page, which works from an e-mail client too.
+    assert "http://127.0.0.1:8000" + reverse("registry:run", args=[run.pk]) in note.body
+    assert gate["summary"] in note.body
 
     # One e-mail, to the admin with an address; the console backend prints it in the demo.
     assert len(mail.outbox) == 1
@@ -165,13 +167,15 @@ def test_the_message_says_whether_the_gate_passed_and_the_candidate_was_promoted
     kind, subject, body = notifications._message(promoted)
     assert kind == Notification.Kind.PROMOTED
     assert "now serves all new predictions" in body
+    assert body.endswith("http://127.0.0.1:8000/registry/training-runs/9000/")
 
 
 def _done_run(version, *, passed, reasons):
     """A run as run_training leaves it (unsaved: the message reads it, nothing else)."""
     from apps.models.datasets import create_snapshot
 
-    run = TrainingRun(snapshot=create_snapshot(created_by=None), config={})
+    # A made-up pk: the message links to the run's page.
+    run = TrainingRun(pk=9000, snapshot=create_snapshot(created_by=None), config={})
     run.status, run.model_version = TrainingRun.Status.DONE, version
     run.comparison = {
         "gate": {"passed": passed, "reasons": reasons},
