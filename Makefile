@@ -17,8 +17,11 @@ install: $(VENV)/.installed
 demo: install
 	DEBUG=1 $(PY) manage.py migrate --noinput
 	DEBUG=1 $(PY) manage.py seed_demo
-	DEBUG=1 $(PY) manage.py register_model --bundled --if-no-production
-	DEBUG=1 $(PY) manage.py register_model ml/bundled/cxr-compact.keras --name cxr-compact-v1
+	# The first release (the compact CNN) serves first, then the bundled default replaces
+	# it through the promotion gate: a rollback has somewhere to go. Later starts keep
+	# whatever a model admin promoted since.
+	DEBUG=1 $(PY) manage.py register_model ml/bundled/cxr-compact.keras --name cxr-compact-v1 --if-no-production
+	DEBUG=1 $(PY) manage.py register_model --bundled --if-never-promoted
 	DEBUG=1 $(PY) manage.py register_model ml/bundled/cxr-lungs/cxr-lungs.keras --name cxr-lungs-v2
 	DEBUG=1 $(PY) manage.py register_generator
 	DEBUG=1 $(PY) manage.py import_dataset tests/fixtures/images/manifest.csv --layout generic

@@ -6,6 +6,7 @@ from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.db import IntegrityError, transaction
 
+from apps.accounts.models import AuditEvent
 from apps.models.models import ModelVersion
 from apps.models.services import RegistryError, promote, register_artifact
 from ml.models.artifacts import card_path, sha256_file
@@ -68,6 +69,29 @@ def test_card_that_describes_another_artifact_is_refused(second_artifact, media_
         register_artifact(artifact_path=second_artifact)
     assert ModelVersion.objects.count() == 0
     assert not any(media_root.rglob("*.keras"))
+
+
+@pytest.mark.django_db
+def test_the_demos_registration_leaves_an_earlier_version_to_roll_back_to(capsys):
+    """`make demo`: the first release serves, the bundled default replaces it through the
+    gate, once; a later start keeps what a model admin chose since (here, a rollback)."""
+    from apps.models import services
+
+    compact = settings.BASE_DIR / "ml" / "bundled" / "cxr-compact.keras"
+    for _ in range(2):
+        call_command("register_model", str(compact), "--name", "v1", "--if-no-production")
+        call_command("register_model", "--bundled", "--if-never-promoted")
+    bundled = ModelVersion.objects.production()
+    assert bundled.sha256 == sha256_file(settings.CXR_BUNDLED_MODEL)
+    assert services.rollback_target().name == "v1"
+    assert list(
+        AuditEvent.objects.filter(action="model.promote")
+        .order_by("pk")
+        .values_list("target_id", flat=True)
+    ) == [str(ModelVersion.objects.get(name="v1").pk), str(bundled.pk)]
+    services.rollback()
+    call_command("register_model", "--bundled", "--if-never-promoted")
+    assert ModelVersion.objects.production().name == "v1"
 
 
 @pytest.mark.django_db

@@ -6,6 +6,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from apps.models.models import ModelVersion, Task
 from apps.models.services import RegistryError, card_task, register_artifact
+from apps.models.services import promote as promote_version
 
 
 class Command(BaseCommand):
@@ -35,6 +36,13 @@ class Command(BaseCommand):
             help="promote only when its task has no production version yet (first start)",
         )
         parser.add_argument(
+            "--if-never-promoted",
+            action="store_true",
+            help="promote it only if it never served before (the demo's first start: the "
+            "version it replaces stays as the rollback target; later starts keep whatever "
+            "a model admin chose)",
+        )
+        parser.add_argument(
             "--if-present",
             action="store_true",
             help="with --bundled: a missing bundled model is reported, not an error",
@@ -49,6 +57,7 @@ class Command(BaseCommand):
         task=None,
         promote=False,
         if_no_production=False,
+        if_never_promoted=False,
         if_present=False,
         name=None,
         **options,
@@ -82,6 +91,10 @@ class Command(BaseCommand):
             version = register_artifact(
                 artifact_path=path, name=name, make_production=make_production, task=task
             )
+            if if_never_promoted and version.promoted_at is None:
+                version = promote_version(
+                    version=version, reason="registered: first start, replaces the earlier one"
+                )
         except RegistryError as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(f"Model version #{version.pk} ({version.get_task_display()}): {version}")
