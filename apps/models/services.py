@@ -109,20 +109,41 @@ def _images(result: EvaluationResult | None) -> str:
     )
 
 
-def paired_between(a: ModelVersion, b: ModelVersion) -> PairedComparison | None:
-    """The paired comparison of two versions, read as B - A, when a training run
-    measured them on the same images (one the run's candidate, the other the production
-    version of the time); None otherwise."""
+@dataclass(frozen=True)
+class SharedMeasurement:
+    """Two versions measured together by a training run on the same test images."""
+
+    run: TrainingRun
+    a: EvaluationResult | None
+    b: EvaluationResult | None
+    paired: PairedComparison | None  # B - A
+
+
+def measured_together(a: ModelVersion, b: ModelVersion) -> SharedMeasurement | None:
+    """What a training run measured of ``a`` and ``b`` on the same images (one its
+    candidate, the other the production version of the time), read as B - A; None when
+    no run measured the two together."""
     for candidate, production, flip in ((b, a, False), (a, b, True)):
         run = TrainingRun.objects.filter(model_version=candidate).first()
         comparison = run.comparison if run is not None else {}
-        if comparison.get("production_version") != production.pk:
+        if run is None or comparison.get("production_version") != production.pk:
             continue
+        ours = EvaluationResult.from_json_or_none(comparison.get("candidate"))
+        theirs = EvaluationResult.from_json_or_none(comparison.get("production"))
         paired = PairedComparison.from_json_or_none(comparison.get("paired"))
-        if paired is None:
-            return None
-        return _flipped(paired) if flip else paired
+        if flip:
+            return SharedMeasurement(
+                run=run, a=ours, b=theirs, paired=_flipped(paired) if paired else None
+            )
+        return SharedMeasurement(run=run, a=theirs, b=ours, paired=paired)
     return None
+
+
+def paired_between(a: ModelVersion, b: ModelVersion) -> PairedComparison | None:
+    """The paired comparison of two versions, read as B - A, when a training run
+    measured them on the same images; None otherwise."""
+    shared = measured_together(a, b)
+    return shared.paired if shared is not None else None
 
 
 def _flipped(paired: PairedComparison) -> PairedComparison:

@@ -323,7 +323,11 @@ def compare(request: HttpRequest) -> HttpResponse:
     context: dict[str, Any] = {"versions": versions, "a": a, "b": b}
     if a is not None and b is not None:
         evaluation_a, evaluation_b = a.evaluation, b.evaluation
-        paired = services.paired_between(a, b) if a != b else None
+        shared = services.measured_together(a, b) if a != b else None
+        paired = shared.paired if shared is not None else None
+        if shared is not None and shared.a is not None and shared.b is not None:
+            # Both sides as the run measured them, on the same images.
+            evaluation_a, evaluation_b = shared.a, shared.b
         context.update(
             rows=comparison_rows(evaluation_b, evaluation_a, COMPARE_ROWS, paired=paired),
             paired=paired,

@@ -85,6 +85,10 @@ class PairedComparison:
     agreement: dict[str, int] = field(default_factory=dict)
 
     @property
+    def confidence_percent(self) -> int:
+        return round(100 * self.confidence)
+
+    @property
     def decidable(self) -> bool:
         return self.n >= self.min_images
 
