@@ -5,7 +5,10 @@
 ``fields`` maps a request field to its messages (nested fields are dotted:
 ``images.0``) and is empty when the error concerns no field. Upload
 refusals from ``apps.cases.validation`` keep their status (400, 413, 415) and
-their message, which names the file.
+their message, which names the file. Every domain refusal
+(``cxrplatform.errors.Refused``: a retry of a job that did not fail, a promotion
+the gate refuses, ...) is a 409 ``conflict`` with the service's message, here
+and nowhere else.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from rest_framework.views import exception_handler
 
 from apps.cases.uploads import FileTooLarge, RequestTooLarge
 from apps.cases.validation import UploadRejected
+from cxrplatform.errors import Refused
 
 UPLOAD_CODES = {413: "payload_too_large", 415: "unsupported_media_type", 400: "invalid_image"}
 
@@ -59,6 +63,8 @@ def _flatten(errors, prefix: str = "") -> dict[str, list[str]]:
 
 
 def _converted(exc: Exception) -> Exception:
+    if isinstance(exc, Refused):
+        return Conflict(str(exc))
     if isinstance(exc, UploadRejected):
         return UploadProblem(exc)
     if isinstance(exc, FileTooLarge):  # the upload handler stopped reading at this file

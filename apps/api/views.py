@@ -1,7 +1,9 @@
 """REST API v1 views: thin. Each parses input, states the roles it admits
 (``allowed_roles``), narrows the queryset to what the user may see (another
 clinician's case is a 404, as on the web) and calls the same service as the
-web page: one create path, one label path, one promote path."""
+web page: one create path, one label path, one promote path. A service's
+refusal (``cxrplatform.errors.Refused``) becomes a 409 in the exception handler
+(``apps.api.exceptions``), so no view maps one itself."""
 
 from __future__ import annotations
 
@@ -494,10 +496,7 @@ class ImageSegmentationRetry(RoleView):
     )
     def post(self, request, pk: int):
         segmentation = _segmentation_of(request, pk)
-        try:
-            services.retry_segmentation(segmentation=segmentation, actor=request.user)
-        except services.RetryRefused as exc:
-            raise Conflict(str(exc)) from None
+        services.retry_segmentation(segmentation=segmentation, actor=request.user)
         image = _images_with_results(CaseImage.objects.filter(pk=pk)).get()
         body = s.ImageSerializer(image, context={"request": request}).data
         return Response(body, status=202, headers=_located(request, "image-detail", image.pk))
@@ -522,12 +521,9 @@ class ImageExplanations(RoleView):
         image = get_object_or_404(CaseImage.objects.filter(case__owner=request.user), pk=pk)
         serializer = s.ExplanationRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        try:
-            explanation = explain_services.request_explanation(
-                image=image, method=serializer.validated_data["method"], requested_by=request.user
-            )
-        except explain_services.ExplanationUnavailable as exc:
-            raise Conflict(str(exc)) from None
+        explanation = explain_services.request_explanation(
+            image=image, method=serializer.validated_data["method"], requested_by=request.user
+        )
         body = s.ExplanationSerializer(explanation, context={"request": request}).data
         if explanation.status == Explanation.Status.DONE:
             return Response(body, status=200)
@@ -553,10 +549,7 @@ class ImagePredictionRetry(RoleView):
         prediction = image.latest_prediction
         if prediction is None:
             raise Conflict("This image has no prediction to retry.")
-        try:
-            services.retry_prediction(prediction=prediction, actor=request.user)
-        except services.RetryRefused as exc:
-            raise Conflict(str(exc)) from None
+        services.retry_prediction(prediction=prediction, actor=request.user)
         image = _images_with_results(CaseImage.objects.filter(pk=image.pk)).get()
         body = s.ImageSerializer(image, context={"request": request}).data
         return Response(body, status=202, headers=_located(request, "image-detail", image.pk))
@@ -582,12 +575,9 @@ class ImageLabels(RoleView):
         serializer = s.LabelRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         existed = ExpertLabel.objects.filter(image=image, annotator=request.user).exists()
-        try:
-            label = labelling.submit_label(
-                image=image, annotator=request.user, **serializer.validated_data
-            )
-        except labelling.LabelRejected as exc:
-            raise Conflict(str(exc)) from None
+        label = labelling.submit_label(
+            image=image, annotator=request.user, **serializer.validated_data
+        )
         body = s.ExpertLabelSerializer(label).data
         return Response(body, status=200 if existed else 201)
 
@@ -650,12 +640,9 @@ class ExplanationRetry(RoleView):
         explanation = get_object_or_404(
             Explanation.objects.filter(image__case__owner=request.user), pk=pk
         )
-        try:
-            explanation = explain_services.retry_explanation(
-                explanation=explanation, actor=request.user
-            )
-        except explain_services.ExplanationUnavailable as exc:
-            raise Conflict(str(exc)) from None
+        explanation = explain_services.retry_explanation(
+            explanation=explanation, actor=request.user
+        )
         body = s.ExplanationSerializer(explanation, context={"request": request}).data
         return Response(
             body, status=202, headers=_located(request, "explanation-detail", explanation.pk)
@@ -741,10 +728,7 @@ class ModelVersionPromote(RoleView):
         serializer = s.PromoteRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         reason = serializer.validated_data["reason"] or "promoted through the API"
-        try:
-            version = registry.promote(version=version, actor=request.user, reason=reason)
-        except registry.RegistryError as exc:
-            raise Conflict(str(exc)) from None
+        version = registry.promote(version=version, actor=request.user, reason=reason)
         return Response(s.ModelVersionSerializer(version).data)
 
 
@@ -776,10 +760,8 @@ class ModelVersionOperatingPoint(RoleView):
                 reset=data["reset"],
                 reason=data["reason"] or "changed through the API",
             )
-        except registry.OperatingPointError as exc:
+        except registry.OperatingPointError as exc:  # offsets not on the curve: bad input
             raise ValidationError({"offsets": [str(exc)]}) from None
-        except registry.RegistryError as exc:
-            raise Conflict(str(exc)) from None
         return Response(s.ModelVersionSerializer(version).data)
 
 
@@ -799,10 +781,7 @@ class ModelRollback(RoleView):
     def post(self, request):
         serializer = s.RollbackRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        try:
-            version = registry.rollback(actor=request.user, task=serializer.validated_data["task"])
-        except registry.RegistryError as exc:
-            raise Conflict(str(exc)) from None
+        version = registry.rollback(actor=request.user, task=serializer.validated_data["task"])
         return Response(s.ModelVersionSerializer(version).data)
 
 
@@ -827,10 +806,7 @@ class TrainingRunListCreate(generics.ListAPIView, RoleView):
     queryset = TrainingRun.objects.all()
 
     def post(self, request):
-        try:
-            run = registry.start_training_run(requested_by=request.user)
-        except (registry.RegistryError, ValueError) as exc:
-            raise Conflict(str(exc)) from None
+        run = registry.start_training_run(requested_by=request.user)
         body = s.TrainingRunSerializer(run).data
         return Response(body, status=202, headers=_located(request, "training-run-detail", run.pk))
 
@@ -911,10 +887,6 @@ class SnapshotExport(FileView):
     )
     def get(self, request, pk: int):
         from apps.models.dataset_views import zip_response
-        from apps.models.export import ExportError
 
         snapshot = get_object_or_404(DatasetSnapshot, pk=pk)
-        try:
-            return zip_response(snapshot, request.user)
-        except ExportError as exc:
-            raise Conflict(str(exc)) from None
+        return zip_response(snapshot, request.user)

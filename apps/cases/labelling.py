@@ -39,6 +39,7 @@ from apps.cases.models import (
     LabelPolicy,
     Prediction,
 )
+from cxrplatform.errors import Refused
 
 if TYPE_CHECKING:
     from django_stubs_ext import WithAnnotations
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
 VERDICTS = {value for value, _ in VERDICT_CHOICES}
 
 
-class LabelRejected(Exception):  # noqa: N818 - reads as what happened
+class LabelRejected(Refused):
     pass
 
 
@@ -96,7 +97,7 @@ def current_policy() -> Policy:
     )
 
 
-class PolicyRejected(Exception):  # noqa: N818 - reads as what happened
+class PolicyRejected(Refused):
     pass
 
 

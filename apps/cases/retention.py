@@ -46,11 +46,12 @@ from django.utils import timezone
 
 from apps.accounts.models import AuditEvent, record
 from apps.cases.models import Case, CaseImage
+from cxrplatform.errors import Refused
 
 log = logging.getLogger(__name__)
 
 
-class RetentionRefused(Exception):  # noqa: N818 - reads as an outcome
+class RetentionRefused(Refused):
     pass
 
 

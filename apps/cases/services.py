@@ -16,6 +16,7 @@ from django.db import transaction
 from apps.accounts.models import record
 from apps.cases.models import Case, CaseImage, Modality, Prediction, Segmentation
 from apps.cases.validation import MODALITIES, UploadRejected, validate_image
+from cxrplatform.errors import Refused
 from cxrplatform.files import files_removed_on_error
 from cxrplatform.jobs import enqueue_job
 
@@ -166,7 +167,7 @@ def _patient_ref(given: str, validated: list) -> str:
     return given or (pseudonyms[0] if pseudonyms else "")
 
 
-class RetryRefused(Exception):  # noqa: N818 - reads as an outcome
+class RetryRefused(Refused):
     pass
 
 

@@ -9,12 +9,13 @@ from apps.accounts.models import record
 from apps.cases.models import CaseImage, Modality, Prediction, Segmentation
 from apps.explain.models import Explanation
 from apps.models.models import ModelVersion
+from cxrplatform.errors import Refused
 from cxrplatform.jobs import enqueue_job
 
 AUTOMATIC_METHOD = Explanation.Method.GRADCAM
 
 
-class ExplanationUnavailable(Exception):  # noqa: N818 - reads as an outcome
+class ExplanationUnavailable(Refused):
     pass
 
 

@@ -10,13 +10,14 @@ from django.db import transaction
 
 from apps.accounts.models import record
 from apps.generator.models import MAX_SAMPLES, GeneratorVersion, SampleGrid
+from cxrplatform.errors import Refused
 from cxrplatform.jobs import enqueue_job
 from ml.data.labels import CLASSES
 
 BUNDLED_GENERATOR = Path(settings.BASE_DIR) / "ml" / "bundled" / "generator" / "generator.keras"
 
 
-class GeneratorUnavailable(Exception):  # noqa: N818 - reads as what the admin is told
+class GeneratorUnavailable(Refused):
     pass
 
 

@@ -15,9 +15,14 @@ from django.db.models import Exists, OuterRef
 from apps.cases.models import UNUSABLE, CaseImage
 from apps.models.fingerprint import UnreadableImage, pixel_sha256, pixel_sha256_of
 from apps.models.models import DatasetSnapshot, ReferenceImage, SnapshotItem, Split
+from cxrplatform.errors import Refused
 from cxrplatform.files import files_removed_on_error
 
 log = logging.getLogger(__name__)
+
+
+class NoReferenceImages(Refused):
+    """No snapshot (so no training run) before the reference dataset is imported."""
 
 
 def import_reference_dataset(root: Path, layout: str = "auto") -> dict[str, int]:
@@ -233,7 +238,7 @@ def _first_split(builder: _Builder, seed: int) -> None:
 
     references = list(ReferenceImage.objects.order_by("pk"))
     if not references:
-        raise ValueError("No reference images: run `manage.py import_dataset` first.")
+        raise NoReferenceImages("No reference images: run `manage.py import_dataset` first.")
     for image in references:
         try:
             builder.admit(_reference_item(image))

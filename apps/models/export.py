@@ -1,5 +1,5 @@
 """Export a dataset snapshot (or every confirmed clinical label) in the layout that
-``python -m ml train --data FOLDER`` reads back.
+``python -m ml classifier train --data FOLDER`` reads back.
 
 The export is a folder, or a zip of one::
 
@@ -8,8 +8,9 @@ The export is a folder, or a zip of one::
     manifest.json   format, snapshot, counts, and per image its hashes, origin and
                     label provenance
 
-``split`` is the snapshot's frozen split; ``ml train`` uses it when every row has
-one (an export of confirmed labels has none: ``ml train`` then splits by patient).
+``split`` is the snapshot's frozen split; ``ml classifier train`` uses it when every row
+has one (an export of confirmed labels has none: ``ml classifier train`` then splits by
+patient).
 Clinical patient references leave the platform as keyed hashes (the same patient
 gets the same hash in every export under one ``CXR_PSEUDONYM_KEY``), so patient-level
 splits still work and the reference itself does not travel; readers are named
@@ -41,13 +42,14 @@ from apps.accounts.roles import primary_role
 from apps.cases.labelling import current_policy
 from apps.cases.models import UNUSABLE, CaseImage
 from apps.models.models import DatasetSnapshot
+from cxrplatform.errors import Refused
 
 FORMAT = "cxr-export/1"
 COLUMNS = ["path", "label", "patient", "source", "split", "sha256"]
 CHUNK = 1 << 20
 
 
-class ExportError(Exception):
+class ExportError(Refused):
     pass
 
 
@@ -212,7 +214,7 @@ def _manifest(rows: list[_Row], snapshot: DatasetSnapshot | None, labels: bytes,
             "parent": snapshot.parent_id,
             "created_at": snapshot.created_at.isoformat(),
         },
-        "read_back": "python -m ml train --data <this folder> --out <folder>",
+        "read_back": "python -m ml classifier train --data <this folder> --out <folder>",
         "labels_csv": {"path": "labels.csv", "columns": COLUMNS, "sha256": _sha(labels)},
         "label_policy": current_policy().as_record(),
         "label_mapping_version": LABEL_MAPPING_VERSION,

@@ -18,6 +18,7 @@ from apps.accounts.roles import MODEL_ADMIN, role_required
 from apps.models import services
 from apps.models.models import ModelVersion, TrainingRun
 from apps.models.views import COMPARE_ROWS, comparison_rows
+from cxrplatform.errors import Refused
 from ml.models.metrics import EvaluationResult
 from ml.models.recipe import recipe_from_card
 
@@ -93,7 +94,7 @@ def start_training(request: HttpRequest) -> HttpResponse:
         return redirect("registry:index")
     try:
         run = services.start_training_run(requested_by=request.user, config=form.overrides())
-    except (services.RegistryError, ValueError) as exc:
+    except Refused as exc:  # another run is active, or no data to snapshot
         messages.error(request, str(exc))
         return redirect("registry:index")
     messages.success(request, f"Training run {run.pk} queued on snapshot {run.snapshot_id}.")

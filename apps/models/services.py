@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from apps.accounts.models import record
 from apps.models.models import ModelVersion, Task, TrainingRun
+from cxrplatform.errors import Refused
 from cxrplatform.files import StoredFiles, files_removed_on_error
 from cxrplatform.jobs import enqueue_job
 from ml.models.metrics import EvaluationResult, MetricsFormatError, ShortcutMetrics
@@ -29,7 +30,7 @@ from ml.models.paired import PairedComparison, PairedFigure
 log = logging.getLogger(__name__)
 
 
-class RegistryError(Exception):
+class RegistryError(Refused):
     pass
 
 
