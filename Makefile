@@ -13,7 +13,8 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 
 install: $(VENV)/.installed
 
-# Embedded mode: SQLite + Celery filesystem broker, web + worker + beat in one terminal.
+# Embedded mode: SQLite + Celery filesystem broker, web, one worker per kind of work and
+# beat in one terminal (Procfile.demo).
 demo: install
 	DEBUG=1 $(PY) manage.py migrate --noinput
 	DEBUG=1 $(PY) manage.py seed_demo
@@ -57,8 +58,10 @@ format: install
 # Benchmarks (figures, not timed tests): inference on Keras vs LiteRT, explanations, API
 # upload -> prediction and burst throughput of one real inference worker (LiteRT, then
 # Keras) with its memory, the read API under 20 clients against the framework floor (wrk
-# when installed: apt-get install wrk), training per epoch. BENCH_DATABASE_URL: an empty
-# PostgreSQL database (default: SQLite). Writes bench/results.json and bench/results.md.
+# when installed: apt-get install wrk), training per epoch, and upload -> prediction during
+# a training run on make demo's workers vs one worker for every queue (bench.demo_workers).
+# BENCH_DATABASE_URL: an empty PostgreSQL database (default: SQLite; the demo part always
+# runs on SQLite). Writes bench/results.json and bench/results.md.
 # The full explanation study (faithfulness, randomisation checks) is `$(PY) -m bench.explain`.
 bench: install
 	CXR_SHARED_DATASETS=$${CXR_SHARED_DATASETS:-$(SHARED)} $(PY) -m bench

@@ -127,14 +127,15 @@ class MemorySampler(threading.Thread):
 class Platform:
     """Web server, broker and workers in a temporary directory, stopped by ``close``."""
 
-    def __init__(self) -> None:
+    def __init__(self, broker: str | None = None) -> None:
+        """``broker="filesystem://"``: the embedded demo's broker, no redis-server."""
         self.dir = Path(tempfile.mkdtemp(prefix="cxr-bench-"))
         self.processes: list[subprocess.Popen] = []
         self.workers: list[subprocess.Popen] = []
         self.web: subprocess.Popen | None = None
         self.redis: subprocess.Popen | None = None
         database = os.environ.get("BENCH_DATABASE_URL") or f"sqlite:///{self.dir / 'db.sqlite3'}"
-        redis_server = shutil.which("redis-server")
+        redis_server = shutil.which("redis-server") if broker is None else None
         if redis_server:
             port = _free_port()
             self.redis = subprocess.Popen(
@@ -146,7 +147,7 @@ class Platform:
             _wait_port(port, 10, self.redis, "redis-server")
             broker = f"redis://127.0.0.1:{port}/0"
         else:
-            broker = "filesystem://"
+            broker = broker or "filesystem://"
         self.broker = broker
         self.database = database.split("://", 1)[0]
         self.env = {

@@ -50,7 +50,7 @@ def _timed(name: str, fn, results: dict) -> None:
 
 
 def run() -> dict:
-    from bench import ct, e2e, explain, inference, lungs, training
+    from bench import ct, demo_workers, e2e, explain, inference, lungs, training
 
     results: dict = {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -69,6 +69,7 @@ def run() -> dict:
     _timed("explain", lambda: explain.speed(max_images=6, occlusion_images=3), parts)
     _timed("e2e", lambda: e2e.measure(n_latency=12, n_burst=40), parts)
     _timed("training", training.measure, parts)
+    _timed("demo_workers", demo_workers.measure, parts)
     results.update(parts)
     results["load_average_end"] = _load()
     results["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
@@ -191,6 +192,22 @@ def _lean_rows(r: dict) -> list[str]:
     return rows
 
 
+def _demo_workers_row(d: dict) -> str:
+    """Issue 28: a prediction during a training run, make demo's workers vs one worker."""
+    sep, one = d["separate_workers"], d["single_worker"]
+    during = sep["during_training"]["while_running"] or {"p50_ms": "-", "p95_ms": "-", "n": 0}
+    waited = one["during_training"]["all"] or {"p50_ms": "-"}
+    return _row(
+        "demo (SQLite, filesystem broker): API upload -> prediction during a training run, "
+        f"p50 / p95 (n={during['n']}), make demo's workers; idle",
+        f"{during['p50_ms']} / {during['p95_ms']} ms; idle {sep['idle']['p50_ms']} ms "
+        f"(load {sep['during_training']['load_1min_during'][-1:]})",
+        before=f"one worker on every queue: {waited['p50_ms']} ms during a "
+        f"{one['during_training']['training_run']['seconds']} s run; idle "
+        f"{one['idle']['p50_ms']} ms",
+    )
+
+
 def markdown(r: dict) -> str:
     inf, ex, e2e, tr = r["inference"], r["explain"], r["e2e"], r["training"]
     occ = ex["occlusion_fast_vs_tf_explain"]
@@ -250,6 +267,8 @@ def markdown(r: dict) -> str:
             f"{tr['seconds_per_epoch']} s",
         ),
     ]
+    if "demo_workers" in r:
+        rows.append(_demo_workers_row(r["demo_workers"]))
     m = r["machine"]
     read = e2e["read_api"]
     lines = [
