@@ -9,14 +9,13 @@ from PIL import Image
 from apps.accounts.models import AuditEvent
 from apps.cases import labelling
 from apps.cases import services as case_services
-from apps.cases.inference import run_prediction
 from apps.cases.models import Prediction
 from apps.models import services
 from apps.models.datasets import create_snapshot, import_reference_dataset
 from apps.models.models import ModelVersion, ReferenceImage, TrainingRun
 from apps.models.services import auto_promotion_refusals
 from apps.models.tasks import retrain_if_enough_labels
-from apps.models.training import run_training
+from cxrplatform.jobs import run_job_now
 from ml.models.metrics import ClassMetrics, EvaluationResult
 from tests.conftest import IMAGES, upload_of
 from tests.factories import UserFactory
@@ -39,7 +38,7 @@ def _predict(owner, name, capture):
         case = case_services.create_case(owner=owner, files=[upload])
     prediction = Prediction.objects.get(image__case=case)
     with capture(execute=False):
-        run_prediction(prediction_id=prediction.pk)
+        run_job_now(Prediction, prediction.pk)
     prediction.refresh_from_db()
     return prediction
 
@@ -123,6 +122,7 @@ def any_lung_mass(settings):
     settings.CXR_GATE_LUNG_MASS_TOLERANCE = 1.0
 
 
+@pytest.mark.slow
 def test_the_whole_loop(
     seeded,
     settings,
@@ -151,7 +151,7 @@ def test_the_whole_loop(
     assert run.trigger == "schedule"
     assert run.snapshot.counts["clinical"] == 2
 
-    run_training(run_id=run.pk)
+    run_job_now(TrainingRun, run.pk)
     run.refresh_from_db()
     assert run.status == "done", run.error
     assert run.progress["epoch"] == 1
@@ -171,13 +171,7 @@ def test_the_whole_loop(
     evidence = services.promotion_evidence(candidate)
     assert evidence.same_split
     assert evidence.candidate.n == evidence.production.n == run.comparison["test_images"]
-    # ... paired, image by image: too few images (3) for a verdict, and the gate says so
-    assert evidence.paired.n == run.comparison["test_images"] == 3
-    assert {f.verdict for f in evidence.paired.figures} == {"too_few"}
-    assert run.comparison["gate"]["passed"] is False
-    assert run.comparison["gate"]["reasons"][0].startswith("Only 3 test images")
-    assert run.percent == 100
-    assert run.progress_text == "ran all 1 epochs (best 1)"
+    _assert_paired_on_too_few_images(run, evidence)
 
     services.promote(version=candidate, actor=model_admin)
     third = _predict(clinician, "00001280_004.jpg", django_capture_on_commit_callbacks)
@@ -198,6 +192,16 @@ def test_the_whole_loop(
     )
     assert promote_event.before["production"]["version"] == seeded.pk
     assert promote_event.after["production"]["version"] == candidate.pk
+
+
+def _assert_paired_on_too_few_images(run, evidence):
+    """Paired, image by image: too few images (3) for a verdict, and the gate says so."""
+    assert evidence.paired.n == run.comparison["test_images"] == 3
+    assert {f.verdict for f in evidence.paired.figures} == {"too_few"}
+    assert run.comparison["gate"]["passed"] is False
+    assert run.comparison["gate"]["reasons"][0].startswith("Only 3 test images")
+    assert run.percent == 100
+    assert run.progress_text == "ran all 1 epochs (best 1)"
 
 
 def test_a_second_run_is_refused_while_one_is_active(seeded, model_admin):
@@ -266,6 +270,7 @@ def test_two_concurrent_promotions_leave_exactly_one_production_version(tmp_path
     )
 
 
+@pytest.mark.slow
 def test_a_run_retrains_the_way_production_was_trained(db, settings, model_admin):
     """Production is the bundled lung CNN (v2, masked, lung_cnn): the platform's run trains
     a lung_cnn on v2 lung-masked crops too, not the default compact CNN."""
@@ -284,7 +289,7 @@ def test_a_run_retrains_the_way_production_was_trained(db, settings, model_admin
     start = AuditEvent.objects.get(action="training.start")
     assert start.after["config"]["architecture"] == "lung_cnn"
 
-    run_training(run_id=run.pk)
+    run_job_now(TrainingRun, run.pk)
     run.refresh_from_db()
     assert run.status == "done", run.error
     card = run.model_version.card
