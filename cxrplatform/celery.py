@@ -5,9 +5,9 @@ machines: ``inference`` (fast, latency-sensitive), ``segmentation`` (CT slices, 
 same kind of work with another model), ``explain`` (heavier), ``training`` (hours)
 and ``default`` (housekeeping).
 
-Job kinds, the one stuck-job sweeper and enqueueing by task name live in
-``cxrplatform.jobs``; the worker's model warm-up is wired by the model
-registry's app config (``apps.models.apps``).
+Job kinds, the one task that runs every kind of job (``run_job``), the one
+stuck-job sweeper and enqueueing live in ``cxrplatform.jobs``; the worker's
+model warm-up is wired by the model registry's app config (``apps.models.apps``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 from django.conf import settings
 from kombu import Exchange, Queue
 
-from celery import Celery
+from celery import Celery, Task
 from cxrplatform import logcontext
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cxrplatform.settings")
@@ -61,8 +61,36 @@ app.autodiscover_tasks()
 logcontext.connect_celery_signals()
 
 
+def time_limits(queue: str) -> dict[str, int]:
+    """The hard time limit of a queue's tasks (settings) and the soft one, 0.9 x hard, so a
+    task can record its failure before the hard kill."""
+    hard = settings.CXR_TASK_HARD_LIMITS[queue]
+    return {"time_limit": hard, "soft_time_limit": int(hard * 0.9)}
+
+
+class PlatformTask(Task):
+    """The house task class. A task that serves several kinds of work (``run_job``) sets
+    ``per_message``: the queue, time limits and shown name of each message, from its
+    keyword arguments, filled in whenever it is sent (queued, requeued by the sweeper,
+    retried) unless the sender gave them."""
+
+    per_message: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:  # type: ignore[override]
+        if self.per_message is not None:
+            for key, value in self.per_message(kwargs or {}).items():
+                if options.get(key) is None:
+                    options[key] = value
+        return super().apply_async(args, kwargs, **options)
+
+
 def platform_task(
-    *, queue: str, max_retries: int = 3, retry_for: tuple[type[BaseException], ...] = ()
+    *,
+    queue: str,
+    max_retries: int = 3,
+    retry_for: tuple[type[BaseException], ...] = (),
+    name: str | None = None,
+    per_message: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> Callable[[Callable[..., Any]], Any]:
     """The one way this project declares a Celery task.
 
@@ -73,21 +101,26 @@ def platform_task(
       the task can record its failure before the hard kill.
     * retries with exponential backoff for the transient errors named in
       ``retry_for`` (for example a database that restarted).
+    * ``name``: the registered name, when it is not the function's dotted path.
+    * ``per_message``: queue and limits per message (:class:`PlatformTask`); ``queue``
+      is then only where a message that names no kind would go.
     """
     if queue not in QUEUES:
         raise ValueError(f"Unknown queue {queue!r}; expected one of {QUEUES}.")
-    hard = settings.CXR_TASK_HARD_LIMITS[queue]
+    limits = time_limits(queue)
 
     def decorator(func: Callable[..., Any]) -> Any:
-        name = f"{func.__module__}.{func.__name__}"
-        _QUEUE_OF[name] = queue
+        task_name = name or f"{func.__module__}.{func.__name__}"
+        _QUEUE_OF[task_name] = queue
         return app.task(
+            base=PlatformTask,
+            per_message=staticmethod(per_message) if per_message else None,
             bind=True,
-            name=name,
+            name=task_name,
             acks_late=True,
             reject_on_worker_lost=True,
-            time_limit=hard,
-            soft_time_limit=int(hard * 0.9),
+            time_limit=limits["time_limit"],
+            soft_time_limit=limits["soft_time_limit"],
             max_retries=max_retries,
             autoretry_for=retry_for,
             retry_backoff=True,

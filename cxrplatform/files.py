@@ -6,7 +6,9 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from django.core.files.base import ContentFile
 from django.core.files.storage import Storage, default_storage
+from django.db import models
 
 log = logging.getLogger(__name__)
 
@@ -45,3 +47,18 @@ def files_removed_on_error(storage: Storage | None = None) -> Iterator[StoredFil
     except BaseException:
         stored.delete_all()
         raise
+
+
+def store_file(
+    instance: models.Model, field: str, filename: str, content: bytes, stored: StoredFiles
+) -> str:
+    """Write ``content`` where ``instance``'s file field ``field`` keeps its files (its
+    storage and ``upload_to``) and record it in ``stored``; the name it was stored under.
+
+    The field itself is not set: the caller saves the name with the row, inside
+    :func:`files_removed_on_error`, so a failed save deletes the file.
+    """
+    file = getattr(instance, field)
+    name = file.storage.save(file.field.generate_filename(instance, filename), ContentFile(content))
+    stored.add(name)
+    return name

@@ -1,13 +1,16 @@
-"""Jobs as state machines: pending -> running -> done | failed, and their one registry.
+"""Jobs as state machines: pending -> running -> done | failed, how they run, and their
+one registry.
 
-Every job kind (Prediction, Explanation, Inspection, TrainingRun, and every new
-one) subclasses the abstract ``Job``: the same timestamps, error field and one
-path per transition. A concrete subclass declares ``job_kind = JobKind(...)``:
-the Celery task that runs it, that task's queue (and so its time limits) and
-the keyword the task takes the primary key as. That declaration is the
-registration: ``enqueue_job`` sends any job by its task's registered name, and
-the one beat task ``sweep_stuck_jobs`` sweeps every registered kind, so a new
-kind gets queueing, requeueing and the stuck-job sweep for free (grand-challenge
+Every job kind (Prediction, Segmentation, Explanation, Inspection, TrainingRun,
+SampleGrid, and every new one) subclasses the abstract ``Job``: the same timestamps,
+error field and one path per transition. A concrete subclass declares
+``job_kind = JobKind(runner=..., queue=...)``: its :class:`JobRunner` (worker code,
+named by its dotted path so a model never imports it) and its queue, which sets its
+time limits. That declaration is the registration. The one Celery task ``run_job``
+runs any kind, keyed by the model's label and the job's primary key, on the kind's
+queue with the kind's limits; ``enqueue_job`` queues any job; the one beat task
+``sweep_stuck_jobs`` sweeps every kind; ``retry_job`` retries any failed job. A new
+kind is its model, its registration and a ``compute`` method (grand-challenge
 ``ComponentJob`` and its generic tasks keyed by app label and model name).
 A concrete Job without a ``job_kind`` fails the system checks (``jobs.E001``).
 """
@@ -18,18 +21,29 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.utils.time import get_exponential_backoff_interval
 from django.conf import settings
 from django.core import checks
-from django.db import DatabaseError, InterfaceError, OperationalError, models, transaction
+from django.db import (
+    DatabaseError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    models,
+    transaction,
+)
 from django.db.models.signals import class_prepared
 from django.utils import timezone
+from django.utils.module_loading import import_string
 
-from cxrplatform.celery import QUEUES, app, platform_task
+from cxrplatform.celery import QUEUES, app, platform_task, time_limits
+from cxrplatform.errors import Refused
+from cxrplatform.files import StoredFiles, files_removed_on_error, store_file
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +52,18 @@ log = logging.getLogger(__name__)
 class JobKind:
     """What a concrete ``Job`` declares so the platform can run, requeue and sweep it.
 
-    ``task`` is the registered Celery task name (declared with ``platform_task``
-    on ``queue``); the task takes the job's primary key as ``pk_kwarg``. The
-    queue sets the limits: the task's hard time limit is the queue's
-    (``settings.CXR_TASK_HARD_LIMITS``), and the sweeper fails a job still
-    ``running`` past that limit plus ``RUNNING_GRACE``.
+    ``runner`` is the dotted path of the kind's :class:`JobRunner` subclass, imported
+    on a job's first run (worker code: it may import ``ml`` and TensorFlow lazily).
+    ``queue`` sets where ``run_job`` sends the kind's jobs and their limits: the hard
+    time limit is the queue's (``settings.CXR_TASK_HARD_LIMITS``; soft = 0.9 x hard),
+    and the sweeper fails a job still ``running`` past it plus ``RUNNING_GRACE``.
+    ``max_retries``: how often a database outage during a run is retried, with
+    exponential backoff.
     """
 
-    task: str
+    runner: str
     queue: str
-    pk_kwarg: str
+    max_retries: int = 3
 
     def __post_init__(self) -> None:
         if self.queue not in QUEUES:
@@ -56,6 +72,12 @@ class JobKind:
     @property
     def hard_limit_seconds(self) -> int:
         return settings.CXR_TASK_HARD_LIMITS[self.queue]
+
+    def runner_class(self) -> type[JobRunner[Any]]:
+        runner = import_string(self.runner)
+        if not (isinstance(runner, type) and issubclass(runner, JobRunner)):
+            raise TypeError(f"{self.runner} is not a JobRunner.")
+        return runner
 
 
 class JobStatus(models.TextChoices):
@@ -84,6 +106,11 @@ class Job(models.Model):
     def is_finished(self) -> bool:
         return self.status in {JobStatus.DONE, JobStatus.FAILED}
 
+    @property
+    def title(self) -> str:
+        """What the job is called on a page ("Classification queued again")."""
+        return str(self._meta.verbose_name).capitalize()
+
     def mark_running(self) -> None:
         self.status = JobStatus.RUNNING
         self.started_at = timezone.now()
@@ -97,7 +124,9 @@ class Job(models.Model):
             # inside the task. Runs after commit, so no lock is held meanwhile.
             transaction.on_commit(lambda: time.sleep(pause))
 
-    def _mark_done(self, **results: object) -> None:
+    def mark_done(self, **results: object) -> None:
+        """running -> done, with the result's fields (``JobResult.fields`` and the names
+        of its stored files), in one save."""
         for name, value in results.items():
             setattr(self, name, value)
         self.status = JobStatus.DONE
@@ -121,6 +150,15 @@ class Job(models.Model):
         self.finished_at = None
         self.save(update_fields=["status", "started_at", "finished_at"])
 
+    def retry_refusal(self) -> str | None:
+        """Why this failed job may not be retried although it failed (None: it may).
+        A kind with one live job per subject refuses when another one is live."""
+        return None
+
+    def retry_details(self) -> dict[str, object]:
+        """What the retry's audit event records of the job beyond its status."""
+        return {}
+
 
 J = TypeVar("J", bound=Job)
 
@@ -141,6 +179,21 @@ def registered_jobs() -> dict[str, type[Job]]:
     return dict(sorted(_REGISTRY.items()))
 
 
+def job_model(label: str) -> type[Job]:
+    """The registered job model of a label ("cases.prediction")."""
+    try:
+        return _REGISTRY[label]
+    except KeyError:
+        raise LookupError(f"No job kind is registered as {label!r}.") from None
+
+
+def _kind(model: type[Job]) -> JobKind:
+    kind = model.job_kind
+    if kind is None:
+        raise TypeError(f"{model.__name__} declares no job_kind; it cannot be run.")
+    return kind
+
+
 @checks.register()
 def check_every_job_is_registered(app_configs=None, **_kwargs: Any) -> list[checks.CheckMessage]:
     """System check ``jobs.E001``: a concrete Job without a ``job_kind`` is never swept."""
@@ -154,7 +207,7 @@ def check_every_job_is_registered(app_configs=None, **_kwargs: Any) -> list[chec
         checks.Error(
             f"{model._meta.label} is a Job but declares no job_kind, so nothing queues or "
             "sweeps it.",
-            hint="Add job_kind = JobKind(task=..., queue=..., pk_kwarg=...) to the model.",
+            hint="Add job_kind = JobKind(runner=..., queue=...) to the model.",
             obj=model,
             id="jobs.E001",
         )
@@ -167,8 +220,8 @@ def registered_task(name: str) -> Any:
     """The Celery task registered as ``name``.
 
     A worker imports every app's ``tasks`` module when it starts; a web process
-    never imports them (services queue by name), so the first lookup there
-    discovers them. The task carries its own queue (routing) and options.
+    never imports them, so the first lookup there discovers them. The task
+    carries its own queue (routing) and options.
     """
     if name not in app.tasks:
         app.autodiscover_tasks(force=True)
@@ -178,37 +231,30 @@ def registered_task(name: str) -> Any:
         raise LookupError(f"No Celery task is registered as {name!r}.") from None
 
 
-def enqueue_on_commit(task: str, **kwargs: Any) -> None:
-    """Send the task registered as ``task`` with ``kwargs`` once the transaction commits.
+def enqueue_job(job: Job) -> None:
+    """Queue ``run_job`` for ``job`` once the transaction commits.
 
-    The task is looked up by name, so services never import tasks modules. If
-    the broker cannot be reached at that moment (Redis restarting), the data is
-    already committed and must stay so: the error is logged, not raised into
-    the request that stored the upload, and the job stays ``pending`` until the
-    beat sweeper (``sweep_stuck_jobs``) queues it again.
+    If the broker cannot be reached at that moment (Redis restarting), the data is
+    already committed and must stay so: the error is logged, not raised into the
+    request that stored the upload, and the job stays ``pending`` until the beat
+    sweeper (``sweep_stuck_jobs``) queues it again.
     """
-    registered = registered_task(task)  # a wrong name fails here, not after the commit
+    label = job._meta.label_lower
+    _kind(type(job))  # a kind that cannot be run fails here, not after the commit
+    pk = job.pk
 
     def send() -> None:
         try:
-            registered.apply_async(kwargs=kwargs)
+            run_job.apply_async(kwargs={"job": label, "pk": pk})
         except Exception:
             log.warning(
-                "could not queue %s%s (broker unreachable?); the sweeper will queue it again",
-                task,
-                kwargs,
+                "could not queue %s %s (broker unreachable?); the sweeper will queue it again",
+                label,
+                pk,
                 exc_info=True,
             )
 
     transaction.on_commit(send)
-
-
-def enqueue_job(job: Job) -> None:
-    """Queue the task that runs ``job`` (its kind's), once the transaction commits."""
-    kind = type(job).job_kind
-    if kind is None:
-        raise TypeError(f"{type(job).__name__} declares no job_kind; it cannot be queued.")
-    enqueue_on_commit(kind.task, **{kind.pk_kwarg: job.pk})
 
 
 def claim_job(model: type[J], pk: int, *, related: tuple[str, ...] = ()) -> J | None:
@@ -257,6 +303,188 @@ def failure_recorded(job: Job, *, what: str) -> Iterator[None]:
         job.mark_failed(f"{type(exc).__name__}: {exc}")
 
 
+@dataclass
+class JobResult:
+    """What a kind's ``compute`` found: the fields to set on the job when it is done, and
+    the files to store with it (a FileField's name -> (file name, content); the name
+    it is stored under is set on that field)."""
+
+    fields: dict[str, object] = field(default_factory=dict)
+    files: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+
+
+class JobRunner(Generic[J]):
+    """How a job runs: the one shape every kind shares; a kind writes ``compute``.
+
+    :meth:`run` claims the row (a finished job is left alone, so a redelivered message
+    does nothing; a job left ``running`` by a killed worker runs again), calls
+    ``compute`` (the slow part, outside any transaction), then in one transaction
+    stores the result's files (:func:`cxrplatform.files.store_file`), runs ``store``,
+    marks the job done with the result's fields and runs ``on_done``. Any failure but
+    a database outage is written on the row (:func:`failure_recorded`) and every file
+    written is deleted (:func:`files_removed_on_error`): no half-written result is
+    left. ``after_done`` runs once the result is committed. A runner is made for one
+    job, so ``compute`` may keep on ``self`` what the later hooks need.
+    """
+
+    #: The subject of its failure messages ("Classification exceeded its time limit.").
+    what: ClassVar[str] = "The job"
+    #: Relations read with the claimed row (``select_related``).
+    related: ClassVar[tuple[str, ...]] = ()
+
+    def compute(self, job: J) -> JobResult:
+        raise NotImplementedError
+
+    def store(self, job: J, stored: StoredFiles) -> dict[str, object]:
+        """Writes beyond the job's own file fields (rows of their own, files whose failure
+        must not fail the job), before ``mark_done``; returns more fields to set.
+        Record every file written in ``stored``."""
+        return {}
+
+    def on_done(self, job: J) -> None:
+        """In the transaction that marks the job done: what must commit with the result
+        or not at all (queueing the next job, an audit event)."""
+
+    def after_done(self, job: J) -> None:
+        """Once the result is committed (notifications, caches, automatic promotion). A
+        failure here is logged: it cannot undo the result."""
+
+    def run(self, model: type[J], pk: int) -> J | None:
+        job = claim_job(model, pk, related=self.related)
+        if job is None or job.is_finished:
+            return job
+        with failure_recorded(job, what=self.what):
+            result = self.compute(job)
+            with files_removed_on_error() as stored, transaction.atomic():
+                fields = dict(result.fields)
+                for name, (filename, content) in result.files.items():
+                    fields[name] = store_file(job, name, filename, content, stored)
+                fields.update(self.store(job, stored))
+                job.mark_done(**fields)
+                self.on_done(job)
+        if job.status == JobStatus.DONE:
+            try:
+                self.after_done(job)
+            except DatabaseError:
+                raise
+            except Exception:
+                log.exception("%s %s is done, but what follows it failed", model.__name__, pk)
+        return job
+
+
+def run_job_now(model: type[J], pk: int) -> J | None:
+    """Run one job of ``model`` in this process: what ``run_job`` does on a worker (tests
+    call it directly). Returns the job as it ended, or None when its row is gone."""
+    runner: JobRunner[J] = _kind(model).runner_class()()
+    return runner.run(model, pk)
+
+
+RUN_JOB = "cxrplatform.jobs.run_job"
+
+
+def _message_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Each ``run_job`` message goes to its kind's queue with that queue's time limits,
+    and workers and monitoring show it as ``run_job:<label>``."""
+    label = kwargs["job"]
+    kind = _kind(job_model(label))
+    return {"queue": kind.queue, **time_limits(kind.queue), "shadow": f"{RUN_JOB}:{label}"}
+
+
+def _run(task: Any, label: str, pk: int) -> None:
+    model = job_model(label)
+    try:
+        run_job_now(model, pk)
+    except (OperationalError, InterfaceError) as exc:
+        # The database went away (restarting): try again later, with the backoff of
+        # every house task and the kind's own number of retries.
+        countdown = get_exponential_backoff_interval(
+            factor=1, retries=task.request.retries, maximum=120, full_jitter=True
+        )
+        raise task.retry(
+            exc=exc, countdown=countdown, max_retries=_kind(model).max_retries
+        ) from exc
+
+
+@platform_task(queue="default", per_message=_message_options)
+def run_job(self, *, job: str, pk: int) -> None:
+    """Run one job of any registered kind: ``job`` is its model's label
+    ("cases.prediction"), ``pk`` its primary key. Sent to the kind's queue with its
+    limits (``_message_options``); thin and idempotent like every task."""
+    _run(self, job, pk)
+
+
+# The task name and keyword each kind was queued under before run_job ran every kind,
+# with its queue. Messages already on the broker when a deployment upgrades (waiting,
+# or redelivered after their worker was lost) still carry these names: the aliases run
+# them as run_job would. Remove them one release after run_job.
+LEGACY_TASKS: dict[str, tuple[str, str, str]] = {
+    "apps.cases.tasks.classify_image": ("cases.prediction", "prediction_id", "inference"),
+    "apps.cases.tasks.segment_slice": ("cases.segmentation", "segmentation_id", "segmentation"),
+    "apps.explain.tasks.explain_image": ("explain.explanation", "explanation_id", "explain"),
+    "apps.explain.tasks.inspect_model": ("explain.inspection", "inspection_id", "explain"),
+    "apps.generator.tasks.make_sample_grid": ("generator.samplegrid", "grid_id", "explain"),
+    "apps.models.tasks.train_model": ("registry.trainingrun", "run_id", "training"),
+}
+
+
+def _legacy_alias(name: str, label: str, keyword: str, queue: str) -> Any:
+    def alias(self: Any, **kwargs: Any) -> None:
+        _run(self, label, kwargs[keyword])
+
+    alias.__doc__ = f"Messages queued as {name} before run_job: run as run_job({label!r})."
+    return platform_task(queue=queue, name=name)(alias)
+
+
+for _name, (_label, _keyword, _queue) in LEGACY_TASKS.items():
+    _legacy_alias(_name, _label, _keyword, _queue)
+
+
+class RetryRefused(Refused):
+    pass
+
+
+@transaction.atomic
+def retry_job(job: J, *, actor: Any = None) -> J:
+    """Queue a failed job again: the same row, so the page that shows it follows it.
+
+    The one retry path of every kind. Only a failed job can be retried (a pending or
+    running one is on its way, a done one has its answer), and not when the kind
+    refuses (``Job.retry_refusal``: the same map asked for again since). Audited as
+    ``<kind>.retry`` with the error it replaces.
+    """
+    from apps.accounts.models import record
+
+    model = type(job)
+    noun = str(model._meta.verbose_name)
+    locked = model._default_manager.select_for_update().get(pk=job.pk)
+    if locked.status != JobStatus.FAILED:
+        raise RetryRefused(
+            f"Only a failed {noun} can be retried; this one is "
+            f"{locked.get_status_display().lower()}."
+        )
+    refusal = locked.retry_refusal()
+    if refusal:
+        raise RetryRefused(refusal)
+    error = locked.error
+    try:
+        with transaction.atomic():
+            locked.reset_for_retry()
+    except IntegrityError:  # a concurrent request made a live one meanwhile
+        raise RetryRefused(
+            locked.retry_refusal() or f"This {noun} was asked for again already."
+        ) from None
+    record(
+        actor=actor,
+        action=f"{model._meta.model_name}.retry",
+        target=locked,
+        before={"status": "failed", "error": error[:500]},
+        after={"status": "pending", **locked.retry_details()},
+    )
+    enqueue_job(locked)
+    log.info("%s %s queued again by %s", noun, locked.pk, actor)
+    return locked
+
+
 # A pending job older than CXR_PENDING_REQUEUE_SECONDS was probably lost
 # (broker down when it was queued, or restarted without persistence); the
 # sweeper queues it again. Running jobs get their hard time limit plus this
@@ -266,9 +494,7 @@ RUNNING_GRACE = timedelta(seconds=60)
 
 def sweep_stuck(model: type[Job], *, now: datetime | None = None) -> dict[str, int]:
     """Fail jobs whose worker vanished; requeue jobs that never reached a worker."""
-    kind = model.job_kind
-    if kind is None:
-        raise TypeError(f"{model.__name__} declares no job_kind; it cannot be swept.")
+    kind = _kind(model)
     now = now or timezone.now()
     hard_limit_seconds = kind.hard_limit_seconds
     hard = timedelta(seconds=hard_limit_seconds)

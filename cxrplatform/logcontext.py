@@ -100,23 +100,18 @@ def _request_finished(**_kwargs: Any) -> None:
 request_finished.connect(_request_finished, dispatch_uid="cxr-log-context-request-finished")
 
 
-# Task keyword -> job kind ("prediction_id" -> "prediction"), from the registered job
-# kinds (cxrplatform.jobs); filled on first use.
-_job_keywords: dict[str, str] = {}
-
-
 def _job_id(kwargs: dict[str, Any] | None) -> str:
+    """``prediction:12`` for a ``run_job`` message (``job="cases.prediction", pk=12``) or one
+    queued under a kind's task name from before ``run_job`` (``prediction_id=12``)."""
     if not kwargs:
         return ""
-    if not _job_keywords:
-        from cxrplatform.jobs import registered_jobs
+    if "job" in kwargs and "pk" in kwargs:
+        return f"{str(kwargs['job']).split('.', 1)[-1]}:{kwargs['pk']}"
+    from cxrplatform.jobs import LEGACY_TASKS
 
-        for label, model in registered_jobs().items():
-            if model.job_kind is not None:
-                _job_keywords[model.job_kind.pk_kwarg] = label.split(".", 1)[-1]
-    for keyword, kind in _job_keywords.items():
+    for label, keyword, _queue in LEGACY_TASKS.values():
         if keyword in kwargs:
-            return f"{kind}:{kwargs[keyword]}"
+            return f"{label.split('.', 1)[-1]}:{kwargs[keyword]}"
     return ""
 
 
@@ -156,7 +151,13 @@ def task_started(
         job_id_var.set(_job_id(kwargs)),
     )
     _started[task_id] = time.perf_counter()
-    log.info("task started: %s", task.name)
+    log.info("task started: %s", _shown_name(task))
+
+
+def _shown_name(task: Any) -> str:
+    """The name a worker shows a task run under: the message's shadow name when it has one
+    (``cxrplatform.jobs.run_job:cases.prediction``), else the task's."""
+    return str(getattr(task.request, "shadow", None) or task.name)
 
 
 def task_finished(
@@ -169,7 +170,7 @@ def task_finished(
     seconds = time.perf_counter() - started if started is not None else float("nan")
     log.info(
         "task finished: %s state=%s seconds=%.3f",
-        getattr(task, "name", "?"),
+        _shown_name(task) if task is not None else "?",
         state,
         seconds,
         extra={"task_state": state, "task_seconds": round(seconds, 3)},

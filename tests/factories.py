@@ -4,7 +4,7 @@
 the rows a finished job leaves (status, results, small real files) directly, so
 a test that only needs "a done prediction" or "a done Grad-CAM" does not run
 the classifier or an explanation method. Tests of the jobs themselves still
-run them (``apps.cases.inference.run_prediction``, ``apps.explain.jobs``).
+run them (``cxrplatform.jobs.run_job_now``).
 """
 
 from __future__ import annotations

@@ -1,24 +1,21 @@
 import pytest
 from django.conf import settings
 
-from apps.cases.tasks import classify_image
+from apps.cases.tasks import purge_deleted_cases
 from cxrplatform.celery import QUEUES, app
-from cxrplatform.jobs import registered_task, sweep_stuck_jobs
+from cxrplatform.jobs import registered_task, run_job, sweep_stuck_jobs
 
 
 def _project_tasks() -> list:
-    registered_task(classify_image.name)  # every app's tasks module imported
+    registered_task("apps.models.tasks.retrain_if_enough_labels")  # every tasks module imported
     return [task for name, task in sorted(app.tasks.items()) if name.startswith(("apps.", "cxr"))]
 
 
 def test_every_project_task_acks_late_and_is_requeued_when_its_worker_is_lost():
     tasks = _project_tasks()
     assert {t.name for t in tasks} >= {
-        "apps.cases.tasks.classify_image",
-        "apps.cases.tasks.segment_slice",
-        "apps.explain.tasks.explain_image",
-        "apps.explain.tasks.inspect_model",
-        "apps.models.tasks.train_model",
+        "cxrplatform.jobs.run_job",
+        "apps.cases.tasks.purge_deleted_cases",
         "apps.models.tasks.retrain_if_enough_labels",
         "cxrplatform.jobs.sweep_stuck_jobs",
     }
@@ -27,14 +24,11 @@ def test_every_project_task_acks_late_and_is_requeued_when_its_worker_is_lost():
         assert task.reject_on_worker_lost is True, task.name
 
 
+# The job kinds' queues and limits: tests/test_job_registry.py (one task, run_job, sends
+# each kind to its queue with that queue's limits).
 @pytest.mark.parametrize(
     ("name", "queue"),
     [
-        ("apps.cases.tasks.classify_image", "inference"),
-        ("apps.cases.tasks.segment_slice", "segmentation"),
-        ("apps.explain.tasks.explain_image", "explain"),
-        ("apps.explain.tasks.inspect_model", "explain"),
-        ("apps.models.tasks.train_model", "training"),
         ("apps.cases.tasks.purge_deleted_cases", "default"),
         ("apps.models.tasks.retrain_if_enough_labels", "default"),
         ("cxrplatform.jobs.sweep_stuck_jobs", "default"),
@@ -56,7 +50,9 @@ def test_broker_visibility_timeout_exceeds_every_hard_limit():
 def test_each_queue_has_its_own_routing_key_so_a_task_reaches_one_queue():
     keys = {q.name: q.routing_key for q in app.conf.task_queues}
     assert keys == {name: name for name in QUEUES}
-    route = app.amqp.router.route({}, classify_image.name)
+    route = app.amqp.router.route({}, purge_deleted_cases.name)
+    assert route["queue"].routing_key == "default"
+    route = app.amqp.router.route({"queue": "inference"}, run_job.name)
     assert route["queue"].routing_key == "inference"
 
 

@@ -60,8 +60,8 @@ def test_real_worker_classifies_an_uploaded_image_and_explains_it(
         with explanation.overlay.open("rb") as fh:
             assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
     log = log_path.read_text()
-    assert "apps.cases.tasks.classify_image" in log
-    assert "apps.explain.tasks.explain_image" in log
+    assert "Task cxrplatform.jobs.run_job:cases.prediction[" in log
+    assert "Task cxrplatform.jobs.run_job:explain.explanation[" in log
     assert "succeeded" in log
 
 
@@ -99,5 +99,5 @@ def test_real_worker_segments_an_uploaded_ct_slice_and_explains_it(
     assert explanation.status == "done", explanation.error
     assert explanation.target_label == "infection"
     log = log_path.read_text()
-    assert "Task apps.cases.tasks.segment_slice[" in log
-    assert "Task apps.cases.tasks.classify_image[" not in log  # no X-ray classification
+    assert "Task cxrplatform.jobs.run_job:cases.segmentation[" in log
+    assert "Task cxrplatform.jobs.run_job:cases.prediction[" not in log  # no X-ray classification

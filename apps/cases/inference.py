@@ -6,13 +6,12 @@ from __future__ import annotations
 import logging
 
 from django.conf import settings
-from django.db import transaction
 
-from apps.cases.lungs import lungs_for_classifier, segment_lungs
+from apps.cases.lungs import LungFields, lungs_for_classifier, segment_lungs
 from apps.cases.models import Prediction
 from apps.models.models import ModelVersion
-from cxrplatform.files import files_removed_on_error
-from cxrplatform.jobs import claim_job, failure_recorded
+from cxrplatform.files import StoredFiles
+from cxrplatform.jobs import JobResult, JobRunner
 
 log = logging.getLogger(__name__)
 
@@ -25,19 +24,16 @@ class UnreadableImageError(RuntimeError):
     """The stored file is missing or corrupt: the job fails with this message, the worker lives."""
 
 
-def run_prediction(*, prediction_id: int) -> Prediction | None:
-    """Classify the image of one Prediction with the current production model
-    and store its lung fields (mask, outline, box, area) with the result.
+class PredictionRunner(JobRunner[Prediction]):
+    """Classify the image of one Prediction with the current production model and store
+    its lung fields (mask, outline, box, area) with the result; its Grad-CAM is queued
+    with it."""
 
-    Idempotent: a redelivered message for a finished job does nothing; a job
-    left ``running`` by a killed worker runs again. Every failure other than
-    a database outage is written on the row, never lost.
-    """
-    prediction = claim_job(Prediction, prediction_id, related=("image",))
-    if prediction is None or prediction.is_finished:
-        return prediction
+    what = "Classification"
+    related = ("image",)
+    lungs: LungFields
 
-    with failure_recorded(prediction, what="Classification"):
+    def compute(self, prediction: Prediction) -> JobResult:
         from apps.models.serving import classifier_for
         from ml.data.preprocess import open_image
 
@@ -50,7 +46,6 @@ def run_prediction(*, prediction_id: int) -> Prediction | None:
         classifier = classifier_for(version, runtime=settings.CXR_INFERENCE_RUNTIME)
         try:
             with prediction.image.file.open("rb") as fh:
-                # TEMPORARY: open_image's BinaryIO refuses a FieldFile (IO[bytes] would take it).
                 image = open_image(fh)
         except (OSError, SyntaxError, ValueError) as exc:
             raise UnreadableImageError(
@@ -59,20 +54,25 @@ def run_prediction(*, prediction_id: int) -> Prediction | None:
         # The lung fields go with the prediction; segment_lungs records its own
         # errors instead of raising, so it never fails the classification. A
         # model preprocessed with the same segmenter (v2) reuses them.
-        lungs = segment_lungs(image)
-        result = classifier.predict(image, lungs=lungs_for_classifier(classifier, lungs.result))
-        # The mask files are written before the row; a rollback deletes them.
-        with files_removed_on_error() as stored, transaction.atomic():
-            prediction.mark_done(
-                model_version_id=version.pk,
-                label=result.label,
-                probabilities=result.probabilities,
-                preprocess_ms=result.preprocess_ms,
-                inference_ms=result.inference_ms,
-                lungs=lungs.store(prediction, stored),
-            )
-            # Every prediction gets a Grad-CAM, queued once this commits.
-            from apps.explain.services import AUTOMATIC_METHOD, request_explanation
+        self.lungs = segment_lungs(image)
+        result = classifier.predict(
+            image, lungs=lungs_for_classifier(classifier, self.lungs.result)
+        )
+        return JobResult(
+            fields={
+                "model_version_id": version.pk,
+                "label": result.label,
+                "probabilities": result.probabilities,
+                "preprocess_ms": result.preprocess_ms,
+                "inference_ms": result.inference_ms,
+            }
+        )
 
-            request_explanation(image=prediction.image, method=AUTOMATIC_METHOD)
-    return prediction
+    def store(self, prediction: Prediction, stored: StoredFiles) -> dict[str, object]:
+        return self.lungs.store(prediction, stored)
+
+    def on_done(self, prediction: Prediction) -> None:
+        # Every prediction gets a Grad-CAM, queued once this commits.
+        from apps.explain.services import AUTOMATIC_METHOD, request_explanation
+
+        request_explanation(image=prediction.image, method=AUTOMATIC_METHOD)

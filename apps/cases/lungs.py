@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.core.files.base import ContentFile
 from PIL import Image
+
+from cxrplatform.files import store_file
 
 if TYPE_CHECKING:
     from django.core.files.storage import Storage
@@ -127,13 +128,8 @@ class LungFields:
             ):
                 if not content:
                     continue
-                file_field = getattr(prediction, name)
-                saved = file_field.storage.save(
-                    file_field.field.generate_filename(prediction, f"{name}.png"),
-                    ContentFile(content),
-                )
-                written.append((file_field.storage, saved))
-                stored.add(saved)
+                saved = store_file(prediction, name, f"{name}.png", content, stored)
+                written.append((getattr(prediction, name).storage, saved))
                 fields[name] = saved
         except SoftTimeLimitExceeded:
             raise

@@ -256,9 +256,7 @@ class CaseImage(models.Model):
 class Prediction(Job):
     """A classification job and its result; a state machine (pending→running→done|failed)."""
 
-    job_kind = JobKind(
-        task="apps.cases.tasks.classify_image", queue="inference", pk_kwarg="prediction_id"
-    )
+    job_kind = JobKind(runner="apps.cases.inference.PredictionRunner", queue="inference")
 
     image = models.ForeignKey(CaseImage, on_delete=models.CASCADE, related_name="predictions")
     model_version = models.ForeignKey(
@@ -308,6 +306,10 @@ class Prediction(Job):
         return f"Prediction {self.pk} ({self.status})"
 
     @property
+    def title(self) -> str:
+        return "Classification"
+
+    @property
     def confidence(self) -> float | None:
         return max(self.probabilities.values()) if self.probabilities else None
 
@@ -318,26 +320,6 @@ class Prediction(Job):
             (name, display, float(self.probabilities.get(name, 0.0)))
             for name, display in LABEL_CHOICES
         ]
-
-    def mark_done(
-        self,
-        *,
-        model_version_id: int,
-        label: str,
-        probabilities: dict[str, float],
-        preprocess_ms: float,
-        inference_ms: float,
-        lungs: dict[str, object] | None = None,
-    ) -> None:
-        """``lungs``: the lung fields (``apps.cases.lungs.LungFields.as_fields``)."""
-        self._mark_done(
-            model_version_id=model_version_id,
-            label=label,
-            probabilities=probabilities,
-            preprocess_ms=preprocess_ms,
-            inference_ms=inference_ms,
-            **(lungs or {}),
-        )
 
     @property
     def lung_area_percent(self) -> float | None:
@@ -377,9 +359,7 @@ class Segmentation(Job):
     area (no pixel spacing is known for a PNG or JPEG slice).
     """
 
-    job_kind = JobKind(
-        task="apps.cases.tasks.segment_slice", queue="segmentation", pk_kwarg="segmentation_id"
-    )
+    job_kind = JobKind(runner="apps.cases.segmentation.SegmentationRunner", queue="segmentation")
 
     image = models.ForeignKey(CaseImage, on_delete=models.CASCADE, related_name="segmentations")
     model_version = models.ForeignKey(
@@ -424,10 +404,6 @@ class Segmentation(Job):
 
     def __str__(self) -> str:
         return f"Segmentation {self.pk} ({self.status})"
-
-    def mark_done(self, **results: object) -> None:
-        """``results``: the figures and stored mask names (apps.cases.segmentation)."""
-        self._mark_done(**results)
 
     def mask_field(self, kind: str):
         """The stored file of a mask kind (``CT_MASK_KINDS``)."""

@@ -16,14 +16,11 @@ import logging
 import time
 
 import numpy as np
-from django.core.files.base import ContentFile
-from django.db import transaction
 from PIL import Image
 
 from apps.cases.models import CT_MASK_FIELDS, Segmentation
 from apps.models.models import ModelVersion, Task
-from cxrplatform.files import files_removed_on_error
-from cxrplatform.jobs import claim_job, failure_recorded
+from cxrplatform.jobs import JobResult, JobRunner
 
 log = logging.getLogger(__name__)
 
@@ -76,19 +73,14 @@ def _percent(value: float | None) -> float | None:
     return None if value is None else round(float(value), 3)
 
 
-def run_segmentation(*, segmentation_id: int) -> Segmentation | None:
-    """Segment the CT slice of one Segmentation with the production CT segmenter and
-    store its masks and figures.
+class SegmentationRunner(JobRunner[Segmentation]):
+    """Segment the CT slice of one Segmentation with the production CT segmenter and store
+    its masks and figures; the slice's Grad-CAM is queued with them."""
 
-    Idempotent like ``run_prediction``: a redelivered message for a finished job does
-    nothing; a job left ``running`` by a killed worker runs again. Every failure other
-    than a database outage is written on the row.
-    """
-    segmentation = claim_job(Segmentation, segmentation_id, related=("image",))
-    if segmentation is None or segmentation.is_finished:
-        return segmentation
+    what = "Segmentation"
+    related = ("image",)
 
-    with failure_recorded(segmentation, what="Segmentation"):
+    def compute(self, segmentation: Segmentation) -> JobResult:
         from apps.models.serving import segmenter_for
 
         version = ModelVersion.objects.production(task=Task.CT_SEGMENTATION)
@@ -103,39 +95,6 @@ def run_segmentation(*, segmentation_id: int) -> Segmentation | None:
         start = time.perf_counter()
         result = segmenter.segment(gray)
         inference_ms = (time.perf_counter() - start) * 1000.0
-        files = {kind: result.mask_png(kind) for kind in CT_MASK_FIELDS}
-        # The mask files are written before the row; a rollback deletes them.
-        with files_removed_on_error() as stored, transaction.atomic():
-            names: dict[str, object] = {}
-            for kind, content in files.items():
-                field = segmentation.mask_field(kind)
-                saved = field.storage.save(
-                    field.field.generate_filename(segmentation, f"{kind}.png"),
-                    ContentFile(content),
-                )
-                stored.add(saved)
-                names[CT_MASK_FIELDS[kind]] = saved
-            segmentation.mark_done(
-                model_version_id=version.pk,
-                segmenter_version=str(segmenter.version)[:100],
-                lungs_found=bool(result.lungs_found),
-                message=result.message or "",
-                lung_area=int(result.lung_area),
-                infection_area=int(result.infection_area),
-                ggo_area=int(result.ggo_area),
-                consolidation_area=int(result.consolidation_area),
-                percent_affected=_percent(result.percent_affected),
-                percent_ggo=_percent(result.percent_ggo),
-                percent_consolidation=_percent(result.percent_consolidation),
-                max_infection_probability=round(float(np.max(result.infection_probability)), 4),
-                inference_ms=round(inference_ms, 2),
-                **names,
-            )
-            # The explanation tab: Grad-CAM of the infection output, queued once this
-            # commits (on the explain queue, like every prediction's).
-            from apps.explain.services import AUTOMATIC_METHOD, request_explanation
-
-            request_explanation(image=segmentation.image, method=AUTOMATIC_METHOD)
         log.info(
             "segmentation %s: lungs %s, %s%% affected, %.0f ms",
             segmentation.pk,
@@ -143,4 +102,31 @@ def run_segmentation(*, segmentation_id: int) -> Segmentation | None:
             result.percent_affected,
             inference_ms,
         )
-    return segmentation
+        return JobResult(
+            fields={
+                "model_version_id": version.pk,
+                "segmenter_version": str(segmenter.version)[:100],
+                "lungs_found": bool(result.lungs_found),
+                "message": result.message or "",
+                "lung_area": int(result.lung_area),
+                "infection_area": int(result.infection_area),
+                "ggo_area": int(result.ggo_area),
+                "consolidation_area": int(result.consolidation_area),
+                "percent_affected": _percent(result.percent_affected),
+                "percent_ggo": _percent(result.percent_ggo),
+                "percent_consolidation": _percent(result.percent_consolidation),
+                "max_infection_probability": round(float(np.max(result.infection_probability)), 4),
+                "inference_ms": round(inference_ms, 2),
+            },
+            files={
+                field: (f"{kind}.png", result.mask_png(kind))
+                for kind, field in CT_MASK_FIELDS.items()
+            },
+        )
+
+    def on_done(self, segmentation: Segmentation) -> None:
+        # The explanation tab: Grad-CAM of the infection output, queued once this
+        # commits (on the explain queue, like every prediction's).
+        from apps.explain.services import AUTOMATIC_METHOD, request_explanation
+
+        request_explanation(image=segmentation.image, method=AUTOMATIC_METHOD)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 
-from django.core.files.base import ContentFile
 from django.db import transaction
 from django.db.models import Q
 
@@ -19,8 +18,8 @@ from apps.accounts.models import record
 from apps.cases.models import CaseImage
 from apps.explain.models import Explanation, Inspection, InspectionPicture
 from apps.models.models import ModelVersion, ReferenceImage, SnapshotItem, Task
-from cxrplatform.files import files_removed_on_error
-from cxrplatform.jobs import claim_job, enqueue_job, failure_recorded
+from cxrplatform.files import StoredFiles, store_file
+from cxrplatform.jobs import JobResult, JobRunner, enqueue_job
 
 log = logging.getLogger(__name__)
 
@@ -111,28 +110,16 @@ def picture_viewed(*, user, picture: InspectionPicture) -> None:
     )
 
 
-def _save_picture(inspection, stored, kind, title, png, position, scores=None):
-    picture = InspectionPicture(
-        inspection=inspection, kind=kind, title=title, position=position, scores=scores or {}
-    )
-    name = picture.file.storage.save(
-        picture.file.field.generate_filename(picture, f"{kind}.png"), ContentFile(png)
-    )
-    stored.add(name)
-    picture.file.name = name
-    picture.save()
-    return picture
+class InspectionRunner(JobRunner[Inspection]):
+    """Compute and store every picture of one inspection (rows of their own, so they are
+    written in ``store``), then cache the version's layer list for the inspector form."""
 
+    what = "The inspection"
+    related = ("model_version", "reference_image", "case_image")
+    pictures: list[tuple[str, str, bytes, dict[str, float]]]
+    layers: list[str]
 
-def run_inspection(*, inspection_id: int) -> Inspection | None:
-    """Compute and store every picture of one inspection. Idempotent like the others."""
-    inspection = claim_job(
-        Inspection, inspection_id, related=("model_version", "reference_image", "case_image")
-    )
-    if inspection is None or inspection.is_finished:
-        return inspection
-
-    with failure_recorded(inspection, what="The inspection"):
+    def compute(self, inspection: Inspection) -> JobResult:
         from apps.models.serving import classifier_for
         from ml.data.preprocess import open_image, preprocess
         from ml.explain.api import (
@@ -150,15 +137,13 @@ def run_inspection(*, inspection_id: int) -> Inspection | None:
         from ml.explain.render import display_image
 
         start = time.perf_counter()
-        version = inspection.model_version
-        classifier = classifier_for(version)
+        classifier = classifier_for(inspection.model_version)
         model = classifier.model
-        layers = spatial_layers(model)
+        self.layers = layers = spatial_layers(model)
         layer = inspection.layer or last_conv_layer(model)
         if layer not in layers:
             raise ValueError(f"Layer {layer!r} is not a feature-map layer of this model.")
         with inspection.image_file.open("rb") as fh:
-            # TEMPORARY: open_image's BinaryIO refuses a FieldFile (IO[bytes] would take it).
             x = preprocess(open_image(fh), classifier.spec)
         probabilities = dict(
             zip(
@@ -203,19 +188,29 @@ def run_inspection(*, inspection_id: int) -> Inspection | None:
                     },
                 )
             )
-        seconds = time.perf_counter() - start
-        with files_removed_on_error() as stored, transaction.atomic():
-            inspection.pictures.all().delete()  # a retried job starts clean
-            for position, (kind, title, png, scores) in enumerate(pictures):
-                _save_picture(inspection, stored, kind, title, png, position, scores)
-            inspection.mark_done(
-                layer=layer,
-                layers=layers,
-                results={"probabilities": probabilities},
-                seconds=round(seconds, 2),
-            )
-        # The layer list is fixed per version: cache it for the inspector form.
-        ModelVersion.objects.filter(pk=version.pk).update(
-            card={**version.card, "inspector_layers": layers}
+        self.pictures = pictures
+        return JobResult(
+            fields={
+                "layer": layer,
+                "layers": layers,
+                "results": {"probabilities": probabilities},
+                "seconds": round(time.perf_counter() - start, 2),
+            }
         )
-    return inspection
+
+    def store(self, inspection: Inspection, stored: StoredFiles) -> dict[str, object]:
+        inspection.pictures.all().delete()  # a retried job starts clean
+        for position, (kind, title, png, scores) in enumerate(self.pictures):
+            picture = InspectionPicture(
+                inspection=inspection, kind=kind, title=title, position=position, scores=scores
+            )
+            picture.file.name = store_file(picture, "file", f"{kind}.png", png, stored)
+            picture.save()
+        return {}
+
+    def after_done(self, inspection: Inspection) -> None:
+        # The layer list is fixed per version: cache it for the inspector form.
+        version = inspection.model_version
+        ModelVersion.objects.filter(pk=version.pk).update(
+            card={**version.card, "inspector_layers": self.layers}
+        )

@@ -8,11 +8,9 @@ import time
 from importlib import metadata
 
 import numpy as np
-from django.core.files.base import ContentFile
 
 from apps.explain.models import Explanation
-from cxrplatform.files import files_removed_on_error
-from cxrplatform.jobs import claim_job, failure_recorded
+from cxrplatform.jobs import JobResult, JobRunner
 
 log = logging.getLogger(__name__)
 
@@ -31,79 +29,78 @@ def explainer_version() -> str:
     return "; ".join(parts)
 
 
-def run_explanation(*, explanation_id: int) -> Explanation | None:
-    """Compute, score and store one heatmap. Idempotent like ``run_prediction``."""
-    explanation = claim_job(Explanation, explanation_id, related=("image", "model_version"))
-    if explanation is None or explanation.is_finished:
-        return explanation
+class ExplanationRunner(JobRunner[Explanation]):
+    """Compute, score and store one heatmap: of the classifier's served class for an
+    X-ray, of the CT segmenter's infection output for a CT slice."""
 
-    if explanation.image.case.modality == "ct":
-        with failure_recorded(explanation, what="The explanation"):
-            _run_ct_explanation(explanation)
-        return explanation
+    what = "The explanation"
+    related = ("image", "model_version")
 
-    with failure_recorded(explanation, what="The explanation"):
-        from apps.models.serving import classifier_for
-        from ml.data.preprocess import open_image
-        from ml.explain.api import deletion_insertion, explain, heatmap_to_npy, render_overlay
-
-        start = time.perf_counter()
-        classifier = classifier_for(explanation.model_version)
-        with explanation.image.file.open("rb") as fh:
-            # TEMPORARY: open_image's BinaryIO refuses a FieldFile (IO[bytes] would take it).
-            prepared = _prepare(classifier, open_image(fh), explanation.image)
-        array = prepared.x
-        # At a chosen operating point the served label is the shifted argmax, not the
-        # Keras model's own: explain that class.
-        target = (
-            int(np.argmax(classifier.predict_array(array[np.newaxis])[0]))
-            if classifier.offsets
-            else None
-        )
-        heatmap = explain(
-            classifier.model,
-            array,
-            explanation.method,
-            target_class=target,
-            classes=classifier.classes,
-            visible=prepared.visible,  # blanked outside the lungs: occlusion patches too
-        )
-        scores = deletion_insertion(classifier.model, array, heatmap.values, heatmap.target_class)
-        in_lungs = _mass_in_lungs(heatmap.values, prepared.lung_mask)
-        scores = {**scores, "mass_in_lungs": in_lungs}
-        overlay = render_overlay(
-            array[..., 0],
-            heatmap.values,
-            title=f"{explanation.get_method_display()}: {heatmap.target_label}",
-        )
-        seconds = time.perf_counter() - start
-        with files_removed_on_error() as stored:
-            heatmap_name = explanation.heatmap.storage.save(
-                explanation.heatmap.field.generate_filename(explanation, "map.npy"),
-                ContentFile(heatmap_to_npy(heatmap.values)),
-            )
-            stored.add(heatmap_name)
-            overlay_name = explanation.overlay.storage.save(
-                explanation.overlay.field.generate_filename(explanation, "overlay.png"),
-                ContentFile(overlay),
-            )
-            stored.add(overlay_name)
-            explanation.mark_done(
-                params={**heatmap.params, "explain_seconds": round(heatmap.seconds, 4)},
-                target_class=heatmap.target_class,
-                target_label=heatmap.target_label or "",
-                layer=heatmap.layer or "",
-                heatmap=heatmap_name,
-                overlay=overlay_name,
-                scores=scores,
-                seconds=seconds,
-                mass_in_lungs=in_lungs,
-                explainer_version=explainer_version(),
-            )
-    return explanation
+    def compute(self, explanation: Explanation) -> JobResult:
+        if explanation.image.case.modality == "ct":
+            return _ct_explanation(explanation)
+        return _xray_explanation(explanation)
 
 
-def _run_ct_explanation(explanation: Explanation) -> None:
+def _result(values, overlay: bytes, **fields: object) -> JobResult:
+    """The map (float32 ``.npy``) and its overlay PNG, stored with the fields."""
+    from ml.explain.api import heatmap_to_npy
+
+    return JobResult(
+        fields={**fields, "explainer_version": explainer_version()},
+        files={
+            "heatmap": ("map.npy", heatmap_to_npy(values)),
+            "overlay": ("overlay.png", overlay),
+        },
+    )
+
+
+def _xray_explanation(explanation: Explanation) -> JobResult:
+    from apps.models.serving import classifier_for
+    from ml.data.preprocess import open_image
+    from ml.explain.api import deletion_insertion, explain, render_overlay
+
+    start = time.perf_counter()
+    classifier = classifier_for(explanation.model_version)
+    with explanation.image.file.open("rb") as fh:
+        prepared = _prepare(classifier, open_image(fh), explanation.image)
+    array = prepared.x
+    # At a chosen operating point the served label is the shifted argmax, not the
+    # Keras model's own: explain that class.
+    target = (
+        int(np.argmax(classifier.predict_array(array[np.newaxis])[0]))
+        if classifier.offsets
+        else None
+    )
+    heatmap = explain(
+        classifier.model,
+        array,
+        explanation.method,
+        target_class=target,
+        classes=classifier.classes,
+        visible=prepared.visible,  # blanked outside the lungs: occlusion patches too
+    )
+    scores = deletion_insertion(classifier.model, array, heatmap.values, heatmap.target_class)
+    in_lungs = _mass_in_lungs(heatmap.values, prepared.lung_mask)
+    overlay = render_overlay(
+        array[..., 0],
+        heatmap.values,
+        title=f"{explanation.get_method_display()}: {heatmap.target_label}",
+    )
+    return _result(
+        heatmap.values,
+        overlay,
+        params={**heatmap.params, "explain_seconds": round(heatmap.seconds, 4)},
+        target_class=heatmap.target_class,
+        target_label=heatmap.target_label or "",
+        layer=heatmap.layer or "",
+        scores={**scores, "mass_in_lungs": in_lungs},
+        seconds=time.perf_counter() - start,
+        mass_in_lungs=in_lungs,
+    )
+
+
+def _ct_explanation(explanation: Explanation) -> JobResult:
     """Grad-CAM of the CT segmenter's infection output for one slice.
 
     The map is at the slice's size, in [0, 1]; no deletion/insertion scores (they
@@ -112,7 +109,7 @@ def _run_ct_explanation(explanation: Explanation) -> None:
     """
     from apps.cases.segmentation import read_slice
     from apps.models.serving import segmenter_for
-    from ml.explain.api import heatmap_to_npy, render_overlay
+    from ml.explain.api import render_overlay
 
     start = time.perf_counter()
     segmenter = segmenter_for(explanation.model_version)
@@ -132,29 +129,17 @@ def _run_ct_explanation(explanation: Explanation) -> None:
         gray.astype(np.float32) / 255.0, values, title="Grad-CAM: infection (CT)"
     )
     seconds = time.perf_counter() - start
-    with files_removed_on_error() as stored:
-        heatmap_name = explanation.heatmap.storage.save(
-            explanation.heatmap.field.generate_filename(explanation, "map.npy"),
-            ContentFile(heatmap_to_npy(values)),
-        )
-        stored.add(heatmap_name)
-        overlay_name = explanation.overlay.storage.save(
-            explanation.overlay.field.generate_filename(explanation, "overlay.png"),
-            ContentFile(overlay),
-        )
-        stored.add(overlay_name)
-        explanation.mark_done(
-            params={"output": "infection", "explain_seconds": round(seconds, 4)},
-            target_class=0,
-            target_label="infection",
-            layer="",
-            heatmap=heatmap_name,
-            overlay=overlay_name,
-            scores={"mass_in_lungs": in_lungs},
-            seconds=seconds,
-            mass_in_lungs=in_lungs,
-            explainer_version=explainer_version(),
-        )
+    return _result(
+        values,
+        overlay,
+        params={"output": "infection", "explain_seconds": round(seconds, 4)},
+        target_class=0,
+        target_label="infection",
+        layer="",
+        scores={"mass_in_lungs": in_lungs},
+        seconds=seconds,
+        mass_in_lungs=in_lungs,
+    )
 
 
 def _ct_mass_in_lungs(values, segmentation) -> float | None:

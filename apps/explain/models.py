@@ -24,9 +24,7 @@ class Explanation(Job):
     faithfulness scores that say how much to trust it.
     """
 
-    job_kind = JobKind(
-        task="apps.explain.tasks.explain_image", queue="explain", pk_kwarg="explanation_id"
-    )
+    job_kind = JobKind(runner="apps.explain.jobs.ExplanationRunner", queue="explain")
 
     class Method(models.TextChoices):
         GRADCAM = "gradcam", "Grad-CAM"
@@ -86,32 +84,32 @@ class Explanation(Job):
     def __str__(self) -> str:
         return f"{self.get_method_display()} for image {self.image_id} ({self.status})"
 
-    def mark_done(
-        self,
-        *,
-        params: dict,
-        target_class: int,
-        target_label: str,
-        layer: str,
-        heatmap: str,
-        overlay: str,
-        scores: dict,
-        seconds: float,
-        mass_in_lungs: float | None = None,
-        explainer_version: str = "",
-    ) -> None:
-        self._mark_done(
-            explainer_version=explainer_version,
-            params=params,
-            target_class=target_class,
-            target_label=target_label,
-            layer=layer,
-            heatmap=heatmap,
-            overlay=overlay,
-            scores=scores,
-            seconds=seconds,
-            mass_in_lungs=mass_in_lungs,
+    @property
+    def title(self) -> str:
+        return self.get_method_display()
+
+    def retry_refusal(self) -> str | None:
+        """One live explanation per image, method and model: a failed one that was asked
+        for again since stays failed (the new one is live)."""
+        live = (
+            Explanation.objects.filter(
+                image_id=self.image_id, method=self.method, model_version_id=self.model_version_id
+            )
+            .exclude(status=Explanation.Status.FAILED)
+            .first()
         )
+        if live is None:
+            return None
+        return (
+            f"{self.title} was asked for again already; it is {live.get_status_display().lower()}."
+        )
+
+    def retry_details(self) -> dict[str, object]:
+        return {
+            "image": self.image_id,
+            "method": self.method,
+            "model_version": self.model_version_id,
+        }
 
     @property
     def mass_in_lungs_percent(self) -> float | None:
@@ -126,9 +124,7 @@ class Inspection(Job):
     """The model inspector: filters, activation maps and every explanation method for one
     model version, one image and one layer (computed on the ``explain`` queue)."""
 
-    job_kind = JobKind(
-        task="apps.explain.tasks.inspect_model", queue="explain", pk_kwarg="inspection_id"
-    )
+    job_kind = JobKind(runner="apps.explain.inspector.InspectionRunner", queue="explain")
 
     model_version = models.ForeignKey(
         "registry.ModelVersion", on_delete=models.CASCADE, related_name="inspections"
@@ -176,9 +172,6 @@ class Inspection(Job):
         if image is None:  # excluded by the explain_inspection_one_image constraint
             raise ValueError(f"Inspection {self.pk} has no image.")
         return image.file
-
-    def mark_done(self, *, layer: str, layers: list, results: dict, seconds: float) -> None:
-        self._mark_done(layer=layer, layers=layers, results=results, seconds=seconds)
 
 
 class InspectionPicture(models.Model):

@@ -9,12 +9,10 @@ import logging
 import time
 from io import BytesIO
 
-from django.core.files.base import ContentFile
 from PIL import Image
 
 from apps.generator.models import SampleGrid
-from cxrplatform.files import files_removed_on_error
-from cxrplatform.jobs import claim_job, failure_recorded
+from cxrplatform.jobs import JobResult, JobRunner
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +24,13 @@ def _generator(path: str, sha256: str):
     return Generator.load(path, expected_sha256=sha256)
 
 
-def run_sample_grid(*, grid_id: int) -> SampleGrid | None:
-    """Sample, mark and store one grid. Idempotent (a finished grid is left alone)."""
-    grid = claim_job(SampleGrid, grid_id, related=("version",))
-    if grid is None or grid.is_finished:
-        return grid
-    with failure_recorded(grid, what="The sample grid"):
+class SampleGridRunner(JobRunner[SampleGrid]):
+    """Sample, mark and store one grid (the PNG carries its provenance in a text chunk)."""
+
+    what = "The sample grid"
+    related = ("version",)
+
+    def compute(self, grid: SampleGrid) -> JobResult:
         from ml.generate.watermark import METADATA_KEY, grid_png
 
         start = time.perf_counter()
@@ -46,16 +45,11 @@ def run_sample_grid(*, grid_id: int) -> SampleGrid | None:
             extra={"grid": grid.pk, "version": version.pk},
         )
         metadata = json.loads(Image.open(BytesIO(png)).info[METADATA_KEY])
-        seconds = time.perf_counter() - start
-        with files_removed_on_error() as stored:
-            name = grid.image.storage.save(
-                grid.image.field.generate_filename(grid, "grid.png"), ContentFile(png)
-            )
-            stored.add(name)
-            grid.mark_done(
-                image=name,
-                sha256=hashlib.sha256(png).hexdigest(),
-                metadata=metadata,
-                seconds=seconds,
-            )
-    return grid
+        return JobResult(
+            fields={
+                "sha256": hashlib.sha256(png).hexdigest(),
+                "metadata": metadata,
+                "seconds": time.perf_counter() - start,
+            },
+            files={"image": ("grid.png", png)},
+        )

@@ -67,9 +67,7 @@ class SampleGrid(Job):
     """A PNG grid of ``n`` samples of one class from one generator version (queue
     ``explain``: a short TensorFlow job like an explanation)."""
 
-    job_kind = JobKind(
-        task="apps.generator.tasks.make_sample_grid", queue="explain", pk_kwarg="grid_id"
-    )
+    job_kind = JobKind(runner="apps.generator.jobs.SampleGridRunner", queue="explain")
 
     version = models.ForeignKey(GeneratorVersion, on_delete=models.PROTECT, related_name="grids")
     label = models.CharField(max_length=20, choices=CLASS_CHOICES)
@@ -96,6 +94,3 @@ class SampleGrid(Job):
 
     def __str__(self) -> str:
         return f"synthetic {self.label} x{self.n} (seed {self.seed}) from {self.version}"
-
-    def mark_done(self, *, image: str, sha256: str, metadata: dict, seconds: float) -> None:
-        self._mark_done(image=image, sha256=sha256, metadata=metadata, seconds=seconds)

@@ -324,7 +324,9 @@ class SnapshotItem(models.Model):
 class TrainingRun(Job):
     """Training a candidate on a snapshot; progress is written while it runs."""
 
-    job_kind = JobKind(task="apps.models.tasks.train_model", queue="training", pk_kwarg="run_id")
+    job_kind = JobKind(
+        runner="apps.models.training.TrainingRunner", queue="training", max_retries=1
+    )
 
     class Trigger(models.TextChoices):
         MANUAL = "manual", "Started by a model admin"
@@ -388,14 +390,6 @@ class TrainingRun(Job):
         """The candidate and production on the same test images (ml.models.paired), or
         None (no production then, or a run from before paired measurement)."""
         return PairedComparison.from_json_or_none((self.comparison or {}).get("paired"))
-
-    def mark_done(
-        self, *, model_version: ModelVersion, comparison: dict, progress: dict | None = None
-    ) -> None:
-        if progress is None:
-            self._mark_done(model_version=model_version, comparison=comparison)
-        else:
-            self._mark_done(model_version=model_version, comparison=comparison, progress=progress)
 
     def mark_failed(self, error: str) -> None:
         """Failed, by any path (the task's own error, a time limit, the sweeper): model

@@ -7,13 +7,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from django.db import transaction
-
 from apps.accounts.models import record
 from apps.models import notifications, services
 from apps.models.models import ModelVersion, SnapshotItem, TrainingRun
 from apps.models.serving import local_file_path
-from cxrplatform.jobs import claim_job, failure_recorded
+from cxrplatform.jobs import JobResult, JobRunner
 
 log = logging.getLogger(__name__)
 
@@ -38,26 +36,19 @@ def _records(items, workdir: Path):
     return records, splits
 
 
-def run_training(*, run_id: int) -> TrainingRun | None:
-    run = claim_job(TrainingRun, run_id)
-    if run is None or run.is_finished:
-        return run
+class TrainingRunner(JobRunner[TrainingRun]):
+    """Train a candidate on the run's snapshot, register it, compare it with production
+    on the run's test images and judge it by the promotion gate; model admins are told
+    the outcome, and a candidate the gate passes is promoted when CXR_AUTO_PROMOTE is on.
+    (A failure tells them through TrainingRun.mark_failed, whatever path failed it.)"""
 
-    last_write = 0.0
+    what = "Training"
+    version: ModelVersion  # the candidate
+    parent: ModelVersion | None  # production when the run ended
+    refusals: list[str]  # the gate's reasons not to promote it
+    macro_f1: float
 
-    def hook(progress: dict) -> None:
-        nonlocal last_write
-        now = time.monotonic()
-        end_of_epoch = "logs" in progress
-        if end_of_epoch or now - last_write > 2.0:
-            last_write = now
-            TrainingRun.objects.filter(pk=run_id).update(progress=progress)
-            if end_of_epoch:
-                line = f"epoch {progress['epoch']}/{progress['epochs']}: {progress['logs']}\n"
-                run.log += line
-                TrainingRun.objects.filter(pk=run_id).update(log=run.log)
-
-    with failure_recorded(run, what="Training"):
+    def compute(self, run: TrainingRun) -> JobResult:
         from ml.data.loaders import Dataset
         from ml.models.training import TrainConfig, train
 
@@ -75,7 +66,7 @@ def run_training(*, run_id: int) -> TrainingRun | None:
                 workdir / "out",
                 config,
                 progress=False,
-                hook=hook,
+                hook=_progress_hook(run),
                 name=f"cxr-run-{run.pk}",
                 splits=splits,
             )
@@ -100,39 +91,63 @@ def run_training(*, run_id: int) -> TrainingRun | None:
             "reasons": refusals,
             "summary": services.gate_summary(comparison, refusals),
         }
-        with transaction.atomic():
-            ModelVersion.objects.filter(pk=version.pk).update(
-                metrics=comparison["candidate"], snapshot=run.snapshot, parent=parent
-            )
-            training = result.card.get("training") or {}
-            run.mark_done(
-                model_version=version,
-                comparison=comparison,
-                progress={
+        self.version, self.refusals, self.parent = version, refusals, parent
+        self.macro_f1 = result.metrics.macro_f1
+        training = result.card.get("training") or {}
+        return JobResult(
+            fields={
+                "model_version": version,
+                "comparison": comparison,
+                "progress": {
                     **(TrainingRun.objects.get(pk=run.pk).progress or {}),
                     "epochs": config.epochs,
                     "epochs_run": training.get("epochs_run"),
                     "best_epoch": training.get("best_epoch"),
                 },
-            )
-            record(
-                actor=run.requested_by,
-                action="training.done",
-                target=run,
-                after={
-                    "model_version": version.pk,
-                    "macro_f1": result.metrics.macro_f1,
-                    "gate": comparison["gate"],
-                },
-            )
-        version.refresh_from_db()
-        _promote_automatically(version, refusals)
-    if run.status == TrainingRun.Status.DONE:
+            }
+        )
+
+    def on_done(self, run: TrainingRun) -> None:
+        ModelVersion.objects.filter(pk=self.version.pk).update(
+            metrics=run.comparison["candidate"], snapshot=run.snapshot, parent=self.parent
+        )
+        record(
+            actor=run.requested_by,
+            action="training.done",
+            target=run,
+            after={
+                "model_version": self.version.pk,
+                "macro_f1": self.macro_f1,
+                "gate": run.comparison["gate"],
+            },
+        )
+
+    def after_done(self, run: TrainingRun) -> None:
+        self.version.refresh_from_db()
+        _promote_automatically(self.version, self.refusals)
         # Model admins learn the outcome: candidate ready, the gate's verdict, promoted.
-        # (A failure tells them through TrainingRun.mark_failed, whatever path failed it.)
         run.refresh_from_db()
         notifications.training_ended(run)
-    return run
+
+
+def _progress_hook(run: TrainingRun):
+    """What the fit loop calls with its progress: written on the row at most every 2 s and
+    at each epoch's end, which also appends the epoch's line to the run's log."""
+    last_write = 0.0
+
+    def hook(progress: dict) -> None:
+        nonlocal last_write
+        now = time.monotonic()
+        end_of_epoch = "logs" in progress
+        if end_of_epoch or now - last_write > 2.0:
+            last_write = now
+            TrainingRun.objects.filter(pk=run.pk).update(progress=progress)
+            if end_of_epoch:
+                line = f"epoch {progress['epoch']}/{progress['epochs']}: {progress['logs']}\n"
+                run.log += line
+                TrainingRun.objects.filter(pk=run.pk).update(log=run.log)
+
+    return hook
 
 
 def _measure_production(

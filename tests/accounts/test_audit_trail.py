@@ -98,12 +98,12 @@ def test_a_refused_upload_creates_no_case_event(clinician):
 
 @pytest.fixture
 def predicted_image(clinician, production_model):
-    from apps.cases.inference import run_prediction
     from apps.cases.models import Prediction
+    from cxrplatform.jobs import run_job_now
 
     case = case_services.create_case(owner=clinician, files=[upload_of("2168a917.jpg")])
     prediction = Prediction.objects.get(image__case=case)
-    run_prediction(prediction_id=prediction.pk)
+    run_job_now(Prediction, prediction.pk)
     return prediction.image
 
 
@@ -130,11 +130,11 @@ def test_every_explanation_request_by_a_user_is_audited(clinician, predicted_ima
 
 @pytest.fixture
 def explained_image(predicted_image):
-    from apps.explain.jobs import run_explanation
+    from cxrplatform.jobs import run_job_now
 
     explanation = explain_services.request_explanation(image=predicted_image, method="gradcam")
     if explanation.status != Explanation.Status.DONE:
-        run_explanation(explanation_id=explanation.pk)
+        run_job_now(Explanation, explanation.pk)
     explanation.refresh_from_db()
     assert explanation.status == Explanation.Status.DONE
     return predicted_image, explanation

@@ -11,13 +11,12 @@ from knox.models import AuthToken
 from rest_framework.test import APIClient
 
 from apps.cases import services
-from apps.cases.inference import run_prediction
 from apps.cases.models import Case, CaseImage, Prediction, Segmentation
-from apps.explain.jobs import run_explanation
 from apps.explain.models import Explanation
 from apps.models import services as registry
 from apps.models.datasets import import_reference_dataset
 from apps.models.models import ModelVersion, TrainingRun
+from cxrplatform.jobs import run_job_now
 from tests.conftest import IMAGES, upload_of
 from tests.factories import ModelVersionFactory
 
@@ -40,14 +39,13 @@ class World:
 
 def segmented_ct_case(owner, *uploads, patient_ref: str = "PSEUDO-CT-1") -> Case:
     """A CT case whose segmentations ran (in this process, on the production CT model)."""
-    from apps.cases.segmentation import run_segmentation
     from tests.ct_uploads import ct_upload
 
     case = services.create_case(
         owner=owner, files=list(uploads) or [ct_upload()], patient_ref=patient_ref, modality="ct"
     )
     for segmentation in Segmentation.objects.filter(image__case=case):
-        run_segmentation(segmentation_id=segmentation.pk)
+        run_job_now(Segmentation, segmentation.pk)
     return case
 
 
@@ -59,7 +57,7 @@ def predicted_case(owner, *names: str, patient_ref: str = "PSEUDO-API-1") -> Cas
         patient_ref=patient_ref,
     )
     for prediction in Prediction.objects.filter(image__case=case):
-        run_prediction(prediction_id=prediction.pk)
+        run_job_now(Prediction, prediction.pk)
     return case
 
 
@@ -68,7 +66,7 @@ def build_world(clinician, other_clinician, model_admin, production_model) -> Wo
     case = predicted_case(clinician)
     image = case.images.get()
     explanation = Explanation.objects.get(image=image, method="gradcam")
-    run_explanation(explanation_id=explanation.pk)
+    run_job_now(Explanation, explanation.pk)
     explanation.refresh_from_db()
     assert explanation.status == "done", explanation.error
     other_case = predicted_case(other_clinician, "IM-0117-0001.jpeg", patient_ref="PSEUDO-API-2")

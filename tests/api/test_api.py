@@ -20,11 +20,11 @@ from PIL import Image
 from rest_framework.test import APIClient
 
 from apps.accounts.models import AuditEvent
-from apps.cases.inference import run_prediction
 from apps.cases.models import Case, CaseImage, Prediction
-from apps.explain.jobs import run_explanation
+from apps.explain.models import Explanation
 from apps.models.datasets import import_reference_dataset
 from apps.models.models import ModelVersion, TrainingRun
+from cxrplatform.jobs import run_job_now
 from tests.api.conftest import predicted_case
 from tests.conftest import IMAGES, REPO_ROOT, stored_files, upload_of
 from tests.factories import PASSWORD, ExplanationFactory, UserFactory
@@ -179,7 +179,7 @@ def test_clinician_creates_a_case_and_follows_it_to_prediction_and_gradcam(
         assert image["prediction"]["label"] is None
 
     for prediction in Prediction.objects.filter(image__case=case):
-        run_prediction(prediction_id=prediction.pk)
+        run_job_now(Prediction, prediction.pk)
     body = client.get(f"/api/v1/cases/{case.pk}/").json()
     assert body["status"] == "done"
     for image in body["images"]:
@@ -197,7 +197,7 @@ def test_clinician_creates_a_case_and_follows_it_to_prediction_and_gradcam(
         assert gradcam["overlay_url"] is None
 
     first = body["images"][0]
-    run_explanation(explanation_id=first["explanations"][0]["id"])
+    run_job_now(Explanation, first["explanations"][0]["id"])
     image = client.get(f"/api/v1/images/{first['id']}/").json()
     gradcam = image["explanations"][0]
     assert gradcam["status"] == "done"
@@ -379,7 +379,7 @@ def test_explanation_request_is_202_then_the_same_job_then_200_when_done(
     assert again.status_code == 202
     assert again.json()["id"] == job["id"]
 
-    run_explanation(explanation_id=job["id"])
+    run_job_now(Explanation, job["id"])
     polled = client.get(first["Location"]).json()
     assert polled["status"] == "done"
     done = client.post(f"/api/v1/images/{image.pk}/explanations/", {"method": "smoothgrad"})

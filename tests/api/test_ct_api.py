@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from apps.cases.models import Segmentation
-from apps.cases.segmentation import run_segmentation
 from apps.models.models import ModelVersion
+from cxrplatform.jobs import run_job_now
 from ml.ct.modality import CT_LOOKS_LIKE_XRAY
 from tests.api.conftest import predicted_case, segmented_ct_case
 from tests.conftest import upload_of
@@ -39,7 +39,7 @@ def test_a_clinician_creates_a_ct_case_and_reads_its_figures_and_masks(
     assert body["images"][0]["segmentation"]["masks"] is None
 
     for segmentation in Segmentation.objects.all():
-        run_segmentation(segmentation_id=segmentation.pk)
+        run_job_now(Segmentation, segmentation.pk)
     image_id = body["images"][1]["id"]
     figures = client.get(f"/api/v1/images/{image_id}/segmentation/").json()
     assert figures["status"] == "done"

@@ -9,11 +9,10 @@ import pytest
 
 from apps.accounts.models import AuditEvent
 from apps.cases import services as case_services
-from apps.cases.inference import run_prediction
 from apps.cases.models import Prediction
 from apps.explain import services
-from apps.explain.jobs import run_explanation
 from apps.explain.models import Explanation
+from cxrplatform.jobs import run_job_now
 from tests.conftest import upload_of
 
 pytestmark = pytest.mark.django_db
@@ -26,13 +25,13 @@ def failed_explanation(clinician, production_model, django_capture_on_commit_cal
         case = case_services.create_case(owner=clinician, files=[upload_of("2168a917.jpg")])
     prediction = Prediction.objects.get(image__case=case)
     with django_capture_on_commit_callbacks(execute=False):
-        run_prediction(prediction_id=prediction.pk)
+        run_job_now(Prediction, prediction.pk)
     explanation = Explanation.objects.get(image=prediction.image, method="gradcam")
     stored = Path(prediction.image.file.path)
     aside = stored.with_suffix(".aside")
     stored.rename(aside)
     try:
-        run_explanation(explanation_id=explanation.pk)
+        run_job_now(Explanation, explanation.pk)
     finally:
         aside.rename(stored)
     explanation.refresh_from_db()
@@ -59,7 +58,7 @@ def test_the_owner_retries_a_failed_explanation_and_it_runs(
     assert event.actor == clinician
     assert event.before["status"] == "failed"
 
-    run_explanation(explanation_id=failed_explanation.pk)  # what the queued task does
+    run_job_now(Explanation, failed_explanation.pk)  # what the queued task does
     failed_explanation.refresh_from_db()
     assert failed_explanation.status == "done"
     again = api_as(clinician).post(url)

@@ -6,8 +6,8 @@ import pytest
 
 from apps.accounts.models import AuditEvent
 from apps.cases import services
-from apps.cases.inference import run_prediction
 from apps.cases.models import Prediction
+from cxrplatform.jobs import run_job_now
 from tests.conftest import upload_of
 
 pytestmark = pytest.mark.django_db
@@ -39,7 +39,7 @@ def test_owner_retries_a_failed_prediction_and_it_runs_again(
     assert "time limit" in event.before["error"]
 
     # What the queued task does: the same row runs to done, the case is done.
-    run_prediction(prediction_id=failed_prediction.pk)
+    run_job_now(Prediction, failed_prediction.pk)
     failed_prediction.refresh_from_db()
     assert failed_prediction.status == "done"
     assert failed_prediction.attempts == 2

@@ -27,8 +27,8 @@ from knox.models import AuthToken
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from apps.explain.jobs import run_explanation
 from apps.explain.models import Explanation
+from cxrplatform.jobs import run_job_now
 from tests.api.conftest import predicted_case, segmented_ct_case
 from tests.factories import UserFactory
 
@@ -43,7 +43,7 @@ def fuzz_tokens(transactional_db, production_model, ct_production_model):
     case = predicted_case(fuzzer)
     segmented_ct_case(fuzzer)
     explanation = Explanation.objects.get(image__case=case)
-    run_explanation(explanation_id=explanation.pk)
+    run_job_now(Explanation, explanation.pk)
     token = AuthToken.objects.create(user=fuzzer)[1]
 
     def revocable() -> str:

@@ -4,9 +4,9 @@ import pytest
 
 from apps.accounts.models import AuditEvent
 from apps.cases import services as case_services
-from apps.cases.inference import run_prediction
 from apps.cases.models import CaseImage, Prediction
 from apps.models.models import ModelVersion
+from cxrplatform.jobs import run_job_now
 from tests.browser.conftest import assert_accessible, log_in, screenshot
 from tests.conftest import upload_of
 from tests.factories import PASSWORD
@@ -25,7 +25,7 @@ def predicted_images(clinician, production_model):
             owner=clinician, files=[upload_of(name)], patient_ref="SECRET-REF-7"
         )
         prediction = Prediction.objects.get(image__case=case)
-        run_prediction(prediction_id=prediction.pk)
+        run_job_now(Prediction, prediction.pk)
         images.append(prediction.image)
     return images
 

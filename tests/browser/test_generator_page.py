@@ -3,8 +3,8 @@ and a class, the job draws the grid, the page shows it marked SYNTHETIC."""
 
 import pytest
 
-from apps.generator.jobs import run_sample_grid
 from apps.generator.models import SampleGrid
+from cxrplatform.jobs import run_job_now
 from tests.browser.conftest import assert_accessible, log_in, screenshot
 from tests.factories import PASSWORD
 from tests.generator.conftest import gan_tiny_model, generator_version  # noqa: F401 - fixtures
@@ -32,7 +32,7 @@ def test_model_admin_makes_a_synthetic_grid(
     page.wait_for_url("**/generator/grids/*/")
     grid = SampleGrid.objects.get()
     assert (grid.label, grid.n, grid.seed, grid.status) == ("covid19", 8, 3, "pending")
-    run_sample_grid(grid_id=grid.pk)  # what the explain-queue worker runs
+    run_job_now(SampleGrid, grid.pk)  # what the explain-queue worker runs
     page.get_by_role("link", name="Reload this page").click()
     image = page.locator("img[data-grid-image]")
     assert image.evaluate(LOADED_WIDTH) > 0

@@ -15,11 +15,10 @@ from PIL import Image
 
 from apps.cases import services
 from apps.cases.models import CT_MASK_KINDS, Segmentation
-from apps.cases.segmentation import run_segmentation
-from apps.explain.jobs import run_explanation
 from apps.explain.models import Explanation
 from apps.explain.services import ExplanationUnavailable, request_explanation
 from apps.models.services import register_artifact
+from cxrplatform.jobs import run_job_now
 from ml.ct.segmenter import NO_LUNGS
 from tests.ct_uploads import CT_SLICE, MEDSEG_SLICE, abdomen_like_upload, ct_upload
 
@@ -34,7 +33,7 @@ def _png(field) -> np.ndarray:
 def _segmented(owner, *uploads):
     case = services.create_case(owner=owner, files=list(uploads), modality="ct")
     for segmentation in Segmentation.objects.filter(image__case=case):
-        run_segmentation(segmentation_id=segmentation.pk)
+        run_job_now(Segmentation, segmentation.pk)
     return case
 
 
@@ -72,7 +71,7 @@ def test_a_redelivered_segmentation_does_nothing(clinician, ct_production_model)
     case = _segmented(clinician, ct_upload())
     segmentation = Segmentation.objects.get(image__case=case)
     finished = segmentation.finished_at
-    run_segmentation(segmentation_id=segmentation.pk)
+    run_job_now(Segmentation, segmentation.pk)
     segmentation.refresh_from_db()
     assert segmentation.finished_at == finished
     assert segmentation.attempts == 1
@@ -84,7 +83,7 @@ def test_each_segmentation_queues_a_gradcam_of_the_infection_output(clinician, c
     explanation = Explanation.objects.get(image=image)
     assert explanation.method == "gradcam"
     assert explanation.model_version_id == ct_production_model.pk
-    run_explanation(explanation_id=explanation.pk)
+    run_job_now(Explanation, explanation.pk)
     explanation.refresh_from_db()
     assert explanation.status == "done", explanation.error
     assert explanation.target_label == "infection"
@@ -197,5 +196,5 @@ def test_the_case_list_and_status_count_segmentations(client, clinician, ct_prod
     case = services.create_case(owner=clinician, files=[ct_upload()], modality="ct")
     client.force_login(clinician)
     assert client.get("/cases/?status=processing").context["page"].object_list[0] == case
-    run_segmentation(segmentation_id=Segmentation.objects.get(image__case=case).pk)
+    run_job_now(Segmentation, Segmentation.objects.get(image__case=case).pk)
     assert list(client.get("/cases/?status=done").context["page"].object_list) == [case]

@@ -5,11 +5,9 @@ from django.core.files.base import ContentFile
 from django.utils import timezone
 
 from apps.cases import services
-from apps.cases.inference import run_prediction
 from apps.cases.models import Prediction
-from apps.cases.tasks import classify_image
 from apps.models.models import ModelVersion
-from cxrplatform.jobs import sweep_stuck
+from cxrplatform.jobs import run_job, run_job_now, sweep_stuck
 from ml.data.labels import CLASSES
 from tests.conftest import fixture_manifest, upload_of
 
@@ -28,7 +26,7 @@ def test_classify_task_stores_probabilities_that_sum_to_one_and_the_model_versio
     pending, production_model
 ):
     prediction = pending()
-    classify_image.run(prediction_id=prediction.pk)  # the task body, in-process
+    run_job.run(job="cases.prediction", pk=prediction.pk)  # the task body, in-process
     prediction.refresh_from_db()
     assert prediction.status == Prediction.Status.DONE
     assert prediction.model_version == production_model
@@ -49,7 +47,7 @@ def test_bundled_model_classifies_its_fixture_images_mostly_right(pending, produ
     correct = 0
     for row in rows:
         prediction = pending(row["path"])
-        run_prediction(prediction_id=prediction.pk)
+        run_job_now(Prediction, prediction.pk)
         prediction.refresh_from_db()
         correct += prediction.label == row["label"]
     assert correct / len(rows) >= 0.8
@@ -57,10 +55,10 @@ def test_bundled_model_classifies_its_fixture_images_mostly_right(pending, produ
 
 def test_redelivered_task_for_a_finished_prediction_changes_nothing(pending, production_model):
     prediction = pending()
-    run_prediction(prediction_id=prediction.pk)
+    run_job_now(Prediction, prediction.pk)
     prediction.refresh_from_db()
     finished_at = prediction.finished_at
-    run_prediction(prediction_id=prediction.pk)
+    run_job_now(Prediction, prediction.pk)
     prediction.refresh_from_db()
     assert prediction.attempts == 1
     assert prediction.finished_at == finished_at
@@ -69,7 +67,7 @@ def test_redelivered_task_for_a_finished_prediction_changes_nothing(pending, pro
 def test_prediction_left_running_by_a_killed_worker_runs_again(pending, production_model):
     prediction = pending()
     prediction.mark_running()  # the worker died here; the broker redelivers
-    run_prediction(prediction_id=prediction.pk)
+    run_job_now(Prediction, prediction.pk)
     prediction.refresh_from_db()
     assert prediction.status == Prediction.Status.DONE
     assert prediction.attempts == 2
@@ -77,7 +75,7 @@ def test_prediction_left_running_by_a_killed_worker_runs_again(pending, producti
 
 def test_without_a_production_model_the_failure_is_recorded_on_the_row(pending):
     prediction = pending()
-    run_prediction(prediction_id=prediction.pk)
+    run_job_now(Prediction, prediction.pk)
     prediction.refresh_from_db()
     assert prediction.status == Prediction.Status.FAILED
     assert "No production model is registered" in prediction.error
@@ -89,7 +87,7 @@ def test_unreadable_stored_image_fails_the_prediction_with_the_reason(pending, p
     image = prediction.image
     image.file.storage.delete(image.file.name)
     image.file.storage.save(image.file.name, ContentFile(b"not an image any more"))
-    run_prediction(prediction_id=prediction.pk)
+    run_job_now(Prediction, prediction.pk)
     prediction.refresh_from_db()
     assert prediction.status == Prediction.Status.FAILED
     assert "UnidentifiedImageError" in prediction.error
@@ -98,7 +96,7 @@ def test_unreadable_stored_image_fails_the_prediction_with_the_reason(pending, p
 def test_tampered_model_artifact_is_refused(pending, production_model):
     ModelVersion.objects.filter(pk=production_model.pk).update(sha256="0" * 64)
     prediction = pending()
-    run_prediction(prediction_id=prediction.pk)
+    run_job_now(Prediction, prediction.pk)
     prediction.refresh_from_db()
     assert prediction.status == Prediction.Status.FAILED
     assert "ArtifactIntegrityError" in prediction.error

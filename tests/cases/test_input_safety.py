@@ -18,9 +18,9 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, SecondaryCaptureImageStorage
 
 from apps.cases import services
-from apps.cases.inference import run_prediction
 from apps.cases.models import Case, CaseImage, Prediction
 from apps.cases.validation import UploadRejected
+from cxrplatform.jobs import run_job_now
 from ml.data.dicom import read_dataset, to_unit_gray
 from tests.conftest import IMAGES, fixture_manifest, stored_files, upload_of
 
@@ -490,7 +490,7 @@ def test_prediction_fails_cleanly_when_the_stored_file_is_corrupt(
     image = case.images.get()
     with open(image.file.path, "wb") as fh:
         fh.write(b"\xff\xd8\xff garbage")
-    prediction = run_prediction(prediction_id=Prediction.objects.get(image=image).pk)
+    prediction = run_job_now(Prediction, Prediction.objects.get(image=image).pk)
     prediction.refresh_from_db()
     assert prediction.status == Prediction.Status.FAILED
     assert prediction.error.startswith("UnreadableImageError: The stored image could not be read")

@@ -14,11 +14,10 @@ from django.urls import reverse
 from PIL import Image, ImageOps
 
 from apps.cases import services
-from apps.cases.inference import run_prediction
 from apps.cases.lungs import SEGMENTATION_OFF, stored_lungs
 from apps.cases.models import Prediction
-from apps.explain.jobs import run_explanation
 from apps.explain.models import Explanation
+from cxrplatform.jobs import run_job_now
 from tests.conftest import IMAGES, stored_files, upload_of
 
 pytestmark = pytest.mark.django_db
@@ -40,7 +39,7 @@ def predicted(clinician, production_model, django_capture_on_commit_callbacks):
         with django_capture_on_commit_callbacks(execute=False):
             case = services.create_case(owner=clinician, files=[upload])
         prediction = Prediction.objects.get(image__case=case)
-        run_prediction(prediction_id=prediction.pk)
+        run_job_now(Prediction, prediction.pk)
         prediction.refresh_from_db()
         return prediction
 
@@ -175,7 +174,7 @@ def test_a_prediction_whose_result_row_is_refused_leaves_no_lung_files(
         database_refuses(Prediction._meta.db_table, "UPDATE", "NEW.status = 'done'"),
         pytest.raises(DatabaseError),
     ):
-        run_prediction(prediction_id=prediction.pk)
+        run_job_now(Prediction, prediction.pk)
     assert not [p for p in stored_files(media_root) if "lungs" in p.parts]
     prediction.refresh_from_db()
     assert prediction.status == Prediction.Status.RUNNING  # retried by the task or the sweeper
@@ -194,7 +193,7 @@ def test_explanation_stores_the_share_of_its_heatmap_on_the_lungs(predicted, nam
 
     prediction = predicted(upload_of(name))
     explanation = Explanation.objects.get(image=prediction.image, method="gradcam")
-    run_explanation(explanation_id=explanation.pk)
+    run_job_now(Explanation, explanation.pk)
     explanation.refresh_from_db()
     assert explanation.status == Explanation.Status.DONE, explanation.error
     assert 0.0 <= explanation.mass_in_lungs <= 1.0
@@ -217,7 +216,7 @@ def test_explanation_of_an_image_without_lungs_has_no_mass_in_lungs(predicted, s
         prediction = predicted(_png(original.rotate(90, expand=True)))
     assert prediction.lungs_found is False
     explanation = Explanation.objects.get(image=prediction.image, method="gradcam")
-    run_explanation(explanation_id=explanation.pk)
+    run_job_now(Explanation, explanation.pk)
     explanation.refresh_from_db()
     assert explanation.status == Explanation.Status.DONE, explanation.error
     assert explanation.mass_in_lungs is None
@@ -268,7 +267,7 @@ def test_a_lung_frame_model_reuses_the_stored_segmentation_and_measures_mass_in_
     with django_capture_on_commit_callbacks(execute=False):
         case = services.create_case(owner=clinician, files=[upload_of("2168a917.jpg")])
     prediction = Prediction.objects.get(image__case=case)
-    run_prediction(prediction_id=prediction.pk)
+    run_job_now(Prediction, prediction.pk)
     prediction.refresh_from_db()
     assert prediction.status == Prediction.Status.DONE, prediction.error
     assert prediction.model_version == lung_frame_model
@@ -279,7 +278,7 @@ def test_a_lung_frame_model_reuses_the_stored_segmentation_and_measures_mass_in_
     assert classifier._segmenter is None
 
     explanation = Explanation.objects.get(image=prediction.image, method="gradcam")
-    run_explanation(explanation_id=explanation.pk)
+    run_job_now(Explanation, explanation.pk)
     explanation.refresh_from_db()
     assert explanation.status == Explanation.Status.DONE, explanation.error
     assert classifier._segmenter is None
@@ -301,7 +300,7 @@ def test_a_lung_frame_model_reuses_the_stored_segmentation_and_measures_mass_in_
 def test_case_page_shows_the_lung_outline_toggle_and_the_share_on_the_lungs(login, predicted):
     prediction = predicted(upload_of("2168a917.jpg"))
     explanation = Explanation.objects.get(image=prediction.image, method="gradcam")
-    run_explanation(explanation_id=explanation.pk)
+    run_job_now(Explanation, explanation.pk)
     explanation.refresh_from_db()
     page = login(prediction.image.case.owner).get(
         reverse("cases:detail", args=[prediction.image.case_id])

@@ -12,9 +12,9 @@ from django.urls import reverse
 from PIL import Image, ImageOps
 
 from apps.cases import services
-from apps.cases.inference import run_prediction
 from apps.cases.models import Prediction
 from apps.cases.validation import UploadRejected
+from cxrplatform.jobs import run_job_now
 from ml.data.preprocess import open_image
 from tests.conftest import IMAGES, upload_of
 
@@ -99,7 +99,7 @@ def test_an_xray_in_a_print_colour_space_is_stored_as_grayscale_with_a_note(
     # It is classified like the same picture uploaded in grayscale.
     prediction = Prediction.objects.get(image=image)
     with django_capture_on_commit_callbacks(execute=False):
-        run_prediction(prediction_id=prediction.pk)
+        run_job_now(Prediction, prediction.pk)
     prediction.refresh_from_db()
     assert prediction.status == "done", prediction.error
     same = Image.fromarray(np.round(np.asarray(gray, np.float64) * 243 / 255).astype(np.uint8))
@@ -110,7 +110,7 @@ def test_an_xray_in_a_print_colour_space_is_stored_as_grayscale_with_a_note(
         original = services.create_case(owner=clinician, files=[upload])
     reference = Prediction.objects.get(image__case=original)
     with django_capture_on_commit_callbacks(execute=False):
-        run_prediction(prediction_id=reference.pk)
+        run_job_now(Prediction, reference.pk)
     reference.refresh_from_db()
     assert reference.image.intake_note == ""  # a grayscale upload gets no note
     assert prediction.label == reference.label

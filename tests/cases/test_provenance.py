@@ -11,11 +11,10 @@ from django.urls import reverse
 from rest_framework.test import APIClient
 
 from apps.cases import labelling, services
-from apps.cases.inference import run_prediction
 from apps.cases.models import Prediction
-from apps.explain.jobs import run_explanation
 from apps.explain.models import Explanation
 from apps.models.datasets import create_snapshot, import_reference_dataset
+from cxrplatform.jobs import run_job_now
 from tests.cases.test_input_safety import make_dicom
 from tests.conftest import IMAGES
 from tests.factories import UserFactory
@@ -32,9 +31,9 @@ def chain(production_model, clinician, settings):
     case = services.create_case(owner=clinician, files=[upload])
     image = case.images.get()
     prediction = Prediction.objects.get(image=image)
-    run_prediction(prediction_id=prediction.pk)
+    run_job_now(Prediction, prediction.pk)
     explanation = Explanation.objects.get(image=image, method="gradcam")
-    run_explanation(explanation_id=explanation.pk)
+    run_job_now(Explanation, explanation.pk)
     first = UserFactory(username="reader-one", roles=["annotator"])
     second = UserFactory(username="reader-two", roles=["annotator"])
     adjudicator = UserFactory(username="senior", roles=["adjudicator"])

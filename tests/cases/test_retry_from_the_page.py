@@ -10,11 +10,10 @@ from django.urls import reverse
 
 from apps.accounts.models import AuditEvent
 from apps.cases import services as case_services
-from apps.cases.inference import run_prediction
 from apps.cases.models import Prediction
 from apps.explain import services
-from apps.explain.jobs import run_explanation
 from apps.explain.models import Explanation
+from cxrplatform.jobs import run_job_now
 from tests.conftest import upload_of
 
 pytestmark = pytest.mark.django_db
@@ -65,7 +64,7 @@ def test_owner_retries_a_failed_classification_from_the_page_and_it_runs(
     assert "Classification queued again" in page.content.decode()
     assert "Retry classification" not in page.content.decode()
 
-    run_prediction(prediction_id=failed_prediction.pk)  # what the queued task does
+    run_job_now(Prediction, failed_prediction.pk)  # what the queued task does
     failed_prediction.refresh_from_db()
     assert failed_prediction.status == "done"
     assert failed_prediction.attempts == 2
@@ -93,13 +92,13 @@ def failed_explanation(clinician, production_model, django_capture_on_commit_cal
         case = case_services.create_case(owner=clinician, files=[upload_of("2168a917.jpg")])
     prediction = Prediction.objects.get(image__case=case)
     with django_capture_on_commit_callbacks(execute=False):
-        run_prediction(prediction_id=prediction.pk)
+        run_job_now(Prediction, prediction.pk)
     explanation = Explanation.objects.get(image=prediction.image, method="gradcam")
     stored = Path(prediction.image.file.path)
     aside = stored.with_suffix(".aside")
     stored.rename(aside)
     try:
-        run_explanation(explanation_id=explanation.pk)
+        run_job_now(Explanation, explanation.pk)
     finally:
         aside.rename(stored)
     explanation.refresh_from_db()
@@ -130,7 +129,7 @@ def test_failed_explanation_shows_its_reason_and_retries_from_the_page(
     assert "FileNotFoundError" in event.before["error"]
     assert event.after["method"] == "gradcam"
 
-    run_explanation(explanation_id=failed_explanation.pk)  # the file is back: it works
+    run_job_now(Explanation, failed_explanation.pk)  # the file is back: it works
     failed_explanation.refresh_from_db()
     assert failed_explanation.status == "done", failed_explanation.error
     assert failed_explanation.attempts == 2
@@ -182,14 +181,13 @@ def test_owner_retries_a_failed_ct_segmentation_from_the_page_and_it_runs(
     """A real failure (no production CT segmenter yet), its reason and a retry button on
     the CT case page; after an admin registers one, the retry runs to done."""
     from apps.cases.models import Segmentation
-    from apps.cases.segmentation import run_segmentation
     from apps.models.services import register_artifact
     from tests.ct_uploads import ct_upload
 
     with django_capture_on_commit_callbacks(execute=False):
         case = case_services.create_case(owner=clinician, files=[ct_upload()], modality="ct")
     segmentation = Segmentation.objects.get(image__case=case)
-    run_segmentation(segmentation_id=segmentation.pk)
+    run_job_now(Segmentation, segmentation.pk)
     segmentation.refresh_from_db()
     assert segmentation.status == "failed"
 
@@ -218,7 +216,7 @@ def test_owner_retries_a_failed_ct_segmentation_from_the_page_and_it_runs(
     assert "Segmentation queued again" in page
     assert "Retry segmentation" not in page
 
-    run_segmentation(segmentation_id=segmentation.pk)  # what the queued task does
+    run_job_now(Segmentation, segmentation.pk)  # what the queued task does
     segmentation.refresh_from_db()
     assert segmentation.status == "done"
     assert segmentation.lung_area > 0

@@ -2,8 +2,8 @@ import pytest
 from django.urls import reverse
 
 from apps.cases import services
-from apps.cases.inference import run_prediction
 from apps.cases.models import Case, Prediction
+from cxrplatform.jobs import run_job_now
 from tests.conftest import stored_files, upload_of
 
 
@@ -59,7 +59,7 @@ def test_clinician_uploads_through_the_form_and_sees_the_prediction(
     assert page.count("data-live-pending") == 3  # the case status and both images
 
     for prediction in Prediction.objects.filter(image__case=case):
-        run_prediction(prediction_id=prediction.pk)
+        run_job_now(Prediction, prediction.pk)
     page = client.get(response.url).content.decode()
     done = Prediction.objects.filter(image__case=case, status="done")
     assert done.count() == 2

@@ -11,11 +11,10 @@ from django.urls import reverse
 from PIL import Image
 
 from apps.cases import services as case_services
-from apps.cases.inference import run_prediction
 from apps.cases.models import Prediction
 from apps.explain import services
-from apps.explain.jobs import run_explanation
 from apps.explain.models import Explanation
+from cxrplatform.jobs import run_job_now
 from tests.conftest import upload_of
 
 pytestmark = pytest.mark.django_db
@@ -28,7 +27,7 @@ def test_deconvolution_is_offered_and_stored_like_every_other_method(
         case = case_services.create_case(owner=clinician, files=[upload_of("2168a917.jpg")])
     prediction = Prediction.objects.get(image__case=case)
     with django_capture_on_commit_callbacks(execute=False):
-        run_prediction(prediction_id=prediction.pk)
+        run_job_now(Prediction, prediction.pk)
     prediction.refresh_from_db()
     client = login(clinician)
     page = client.get(reverse("cases:detail", args=[case.pk])).content.decode()
@@ -43,7 +42,7 @@ def test_deconvolution_is_offered_and_stored_like_every_other_method(
     assert response.status_code == 202
     assert len(callbacks) == 1
     explanation = Explanation.objects.get(pk=response.json()["id"])
-    run_explanation(explanation_id=explanation.pk)
+    run_job_now(Explanation, explanation.pk)
     explanation.refresh_from_db()
     assert explanation.status == "done", explanation.error
     assert explanation.get_method_display() == "Deconvolution"

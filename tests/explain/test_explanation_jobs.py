@@ -6,11 +6,10 @@ from django.urls import reverse
 from PIL import Image
 
 from apps.cases import services as case_services
-from apps.cases.inference import run_prediction
 from apps.cases.models import Prediction
 from apps.explain import services
-from apps.explain.jobs import run_explanation
 from apps.explain.models import Explanation
+from cxrplatform.jobs import run_job_now
 from tests.conftest import upload_of
 
 
@@ -21,7 +20,7 @@ def predicted_image(clinician, production_model, django_capture_on_commit_callba
         case = case_services.create_case(owner=clinician, files=[upload_of("2168a917.jpg")])
     prediction = Prediction.objects.get(image__case=case)
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        run_prediction(prediction_id=prediction.pk)
+        run_job_now(Prediction, prediction.pk)
     assert len(callbacks) == 1  # the Grad-CAM job, queued after commit
     return prediction.image
 
@@ -37,7 +36,7 @@ def test_every_prediction_queues_a_gradcam_for_the_model_that_made_it(predicted_
 
 def test_gradcam_job_stores_a_readable_raw_map_an_overlay_and_scores(predicted_image):
     explanation = Explanation.objects.get(image=predicted_image)
-    run_explanation(explanation_id=explanation.pk)
+    run_job_now(Explanation, explanation.pk)
     explanation.refresh_from_db()
     assert explanation.status == "done", explanation.error
     with explanation.heatmap.open("rb") as fh:
@@ -63,10 +62,10 @@ def test_gradcam_job_stores_a_readable_raw_map_an_overlay_and_scores(predicted_i
 
 def test_running_a_finished_job_again_changes_nothing(predicted_image):
     explanation = Explanation.objects.get(image=predicted_image)
-    run_explanation(explanation_id=explanation.pk)
+    run_job_now(Explanation, explanation.pk)
     explanation.refresh_from_db()
     heatmap_name = explanation.heatmap.name
-    run_explanation(explanation_id=explanation.pk)
+    run_job_now(Explanation, explanation.pk)
     explanation.refresh_from_db()
     assert explanation.attempts == 1
     assert explanation.heatmap.name == heatmap_name
@@ -110,7 +109,7 @@ def test_job_failure_is_recorded_with_its_reason(predicted_image):
     explanation = Explanation.objects.get(image=predicted_image)
     storage = predicted_image.file.storage
     storage.delete(predicted_image.file.name)
-    run_explanation(explanation_id=explanation.pk)
+    run_job_now(Explanation, explanation.pk)
     explanation.refresh_from_db()
     assert explanation.status == "failed"
     assert "FileNotFoundError" in explanation.error
@@ -126,7 +125,7 @@ def test_heatmap_files_are_served_only_to_the_owner_and_annotators(
     client, who, expected, predicted_image, clinician, other_clinician, annotator
 ):
     explanation = Explanation.objects.get(image=predicted_image)
-    run_explanation(explanation_id=explanation.pk)
+    run_job_now(Explanation, explanation.pk)
     users = {"owner": clinician, "other_clinician": other_clinician, "annotator": annotator}
     if who != "anonymous":
         client.force_login(users[who])
@@ -143,7 +142,7 @@ def test_case_page_shows_the_overlay_and_offers_other_methods(
     login, clinician, predicted_image, django_capture_on_commit_callbacks
 ):
     explanation = Explanation.objects.get(image=predicted_image)
-    run_explanation(explanation_id=explanation.pk)
+    run_job_now(Explanation, explanation.pk)
     client = login(clinician)
     page = client.get(reverse("cases:detail", args=[predicted_image.case_id])).content.decode()
     assert reverse("explain:overlay", args=[explanation.pk]) in page
@@ -194,7 +193,7 @@ def test_heatmap_layer_is_the_coloured_map_for_allowed_users_only(
     from PIL import Image
 
     explanation = Explanation.objects.get(image=predicted_image)
-    run_explanation(explanation_id=explanation.pk)
+    run_job_now(Explanation, explanation.pk)
     explanation.refresh_from_db()
     url = reverse("explain:layer", args=[explanation.pk])
     response = login(clinician).get(url)

@@ -10,10 +10,9 @@ from django.urls import reverse
 from PIL import Image
 
 from apps.accounts.models import AuditEvent
-from apps.explain.inspector import run_inspection
 from apps.explain.models import Inspection
-from apps.explain.tasks import inspect_model
 from apps.models.models import ReferenceImage
+from cxrplatform.jobs import run_job, run_job_now
 from ml.explain.api import METHODS
 from tests.conftest import IMAGES
 
@@ -95,7 +94,7 @@ def test_pending_page_shows_a_spinner_and_asks_for_live_updates(requested):
 
 def test_job_stores_filters_activations_and_every_method_as_png(requested, production_model):
     client, inspection = requested
-    inspect_model.run(inspection_id=inspection.pk)  # the task body, in-process
+    run_job.run(job="explain.inspection", pk=inspection.pk)  # the task body, in-process
     inspection.refresh_from_db()
     assert inspection.status == "done", inspection.error
     assert inspection.layer == "last_conv"
@@ -131,7 +130,7 @@ def test_job_stores_filters_activations_and_every_method_as_png(requested, produ
     form = client.get(reverse("registry:inspector")).content.decode()
     assert '<option value="relu2">relu2</option>' in form
     # Running it again changes nothing.
-    assert run_inspection(inspection_id=inspection.pk).pictures.count() == len(kinds)
+    assert run_job_now(Inspection, inspection.pk).pictures.count() == len(kinds)
 
 
 def test_a_chosen_layer_is_used_and_a_bad_one_fails_with_its_reason(
@@ -145,8 +144,8 @@ def test_a_chosen_layer_is_used_and_a_bad_one_fails_with_its_reason(
     bad = request_inspection(
         user=model_admin, version=production_model, image=reference_image, layer="nope"
     )
-    run_inspection(inspection_id=good.pk)
-    run_inspection(inspection_id=bad.pk)
+    run_job_now(Inspection, good.pk)
+    run_job_now(Inspection, bad.pk)
     good.refresh_from_db()
     bad.refresh_from_db()
     assert good.status == "done"

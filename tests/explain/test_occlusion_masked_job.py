@@ -11,11 +11,11 @@ import pytest
 from django.conf import settings
 
 from apps.cases import services as case_services
-from apps.cases.inference import run_prediction
 from apps.cases.models import Prediction
 from apps.explain import services
-from apps.explain.jobs import run_explanation
+from apps.explain.models import Explanation
 from apps.models.services import register_artifact
+from cxrplatform.jobs import run_job_now
 from tests.conftest import upload_of
 
 pytestmark = pytest.mark.django_db
@@ -28,9 +28,9 @@ def _occlusion_params(clinician, django_capture_on_commit_callbacks) -> dict:
         case = case_services.create_case(owner=clinician, files=[upload_of("2168a917.jpg")])
     prediction = Prediction.objects.get(image__case=case)
     with django_capture_on_commit_callbacks(execute=False):
-        run_prediction(prediction_id=prediction.pk)
+        run_job_now(Prediction, prediction.pk)
         explanation = services.request_explanation(image=prediction.image, method="occlusion")
-    run_explanation(explanation_id=explanation.pk)
+    run_job_now(Explanation, explanation.pk)
     explanation.refresh_from_db()
     assert explanation.status == "done", explanation.error
     return explanation.params

@@ -16,11 +16,11 @@ from apps.accounts.models import AuditEvent
 from apps.cases import services as case_services
 from apps.cases.models import Case, CaseImage
 from apps.cases.validation import UploadRejected
-from apps.generator.jobs import run_sample_grid
 from apps.generator.models import GeneratorVersion, SampleGrid
 from apps.generator.services import GeneratorUnavailable, register_generator, request_grid
 from apps.models.datasets import create_snapshot, import_reference_dataset
 from apps.models.models import SnapshotItem
+from cxrplatform.jobs import run_job_now
 from ml.generate.watermark import synthetic_reason
 from tests.conftest import FIXTURES, IMAGES, fixture_manifest, stored_files, upload_of
 
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.django_db
 
 def _done_grid(version, user, *, label="covid19", n=4, seed=0) -> SampleGrid:
     grid = request_grid(version=version, label=label, n=n, seed=seed, requested_by=user)
-    run_sample_grid(grid_id=grid.pk)
+    run_job_now(SampleGrid, grid.pk)
     grid.refresh_from_db()
     return grid
 
@@ -69,7 +69,7 @@ def test_model_admin_asks_for_a_grid_and_gets_a_marked_png(
     assert len(queued) == 1
     assert grid.status == "pending"
     assert "Reload this page" in client.get(f"/generator/grids/{grid.pk}/").content.decode()
-    run_sample_grid(grid_id=grid.pk)
+    run_job_now(SampleGrid, grid.pk)
     grid.refresh_from_db()
     assert grid.status == "done", grid.error
     assert grid.metadata["class"] == "pneumonia"

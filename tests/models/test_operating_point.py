@@ -9,10 +9,10 @@ from django.urls import reverse
 
 from apps.accounts.models import AuditEvent
 from apps.cases import services as case_services
-from apps.cases.inference import run_prediction
 from apps.cases.models import Prediction
 from apps.models import services, serving
 from apps.models.models import ModelVersion
+from cxrplatform.jobs import run_job_now
 from ml.serving.classifier import shift_probabilities
 from tests.conftest import upload_of
 from tests.factories import CLASSES, ModelVersionFactory, operating_point
@@ -40,7 +40,7 @@ def _predict(clinician, django_capture_on_commit_callbacks, name="2168a917.jpg")
     with django_capture_on_commit_callbacks(execute=False):
         case = case_services.create_case(owner=clinician, files=[upload_of(name)])
         prediction = Prediction.objects.get(image__case=case)
-        run_prediction(prediction_id=prediction.pk)
+        run_job_now(Prediction, prediction.pk)
     prediction.refresh_from_db()
     assert prediction.status == "done", prediction.error
     return prediction
@@ -277,7 +277,6 @@ def test_the_offsets_applied_are_the_change_from_the_cards_point(model_admin):
 def test_the_explanation_explains_the_class_served_at_the_chosen_point(
     model_admin, clinician, curved_model, django_capture_on_commit_callbacks
 ):
-    from apps.explain.jobs import run_explanation
     from apps.explain.models import Explanation
 
     first = _predict(clinician, django_capture_on_commit_callbacks)
@@ -287,7 +286,7 @@ def test_the_explanation_explains_the_class_served_at_the_chosen_point(
     prediction = _predict(clinician, django_capture_on_commit_callbacks)
     assert prediction.label != first.label
     explanation = Explanation.objects.get(image=prediction.image)
-    run_explanation(explanation_id=explanation.pk)
+    run_job_now(Explanation, explanation.pk)
     explanation.refresh_from_db()
     assert explanation.status == "done", explanation.error
     assert explanation.target_label == prediction.label

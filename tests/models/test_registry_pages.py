@@ -3,9 +3,9 @@ from django.urls import reverse
 
 from apps.accounts.models import AuditEvent
 from apps.cases import services as case_services
-from apps.cases.inference import run_prediction
 from apps.cases.models import CaseImage, Prediction
 from apps.models.models import ModelVersion, TrainingRun
+from cxrplatform.jobs import run_job_now
 from tests.conftest import IMAGES, upload_of
 from tests.models.test_registry import make_variant
 
@@ -17,7 +17,7 @@ def predicted(clinician, production_model, django_capture_on_commit_callbacks):
             owner=clinician, files=[upload_of("2168a917.jpg")], patient_ref="SECRET-REF-42"
         )
         prediction = Prediction.objects.get(image__case=case)
-        run_prediction(prediction_id=prediction.pk)
+        run_job_now(Prediction, prediction.pk)
     return prediction.image
 
 

@@ -26,7 +26,7 @@ def _calls(truth, share, seed):
 
 
 def _done_run(candidate, production, *, n, production_share=0.1, candidate_share=0.4):
-    """A finished run as run_training leaves it: the candidate and production scored on
+    """A finished run as the training runner leaves it: the candidate and production scored on
     the same ``n`` images (the candidate worse when it errs more)."""
     truth = [CLASSES[i % 3] for i in range(n)]
     paired = paired_bootstrap(

@@ -14,8 +14,7 @@ from django.utils import timezone
 from apps.models import notifications, services
 from apps.models.datasets import import_reference_dataset
 from apps.models.models import ModelVersion, Notification, TrainingRun
-from apps.models.training import run_training
-from cxrplatform.jobs import sweep_stuck
+from cxrplatform.jobs import run_job_now, sweep_stuck
 from tests.conftest import IMAGES
 from tests.factories import UserFactory
 
@@ -49,7 +48,7 @@ def test_a_finished_run_tells_every_model_admin_in_the_app_and_by_e_mail(
     with django_capture_on_commit_callbacks(execute=False):
         run = services.start_training_run(requested_by=admins["mailed"])
     with django_capture_on_commit_callbacks(execute=True):
-        run_training(run_id=run.pk)
+        run_job_now(TrainingRun, run.pk)
     run.refresh_from_db()
     assert run.status == "done", run.error
 
@@ -102,7 +101,7 @@ def test_a_run_that_fails_tells_model_admins_why(
             requested_by=admins["mailed"], config={"no_such_option": 1}
         )
     with django_capture_on_commit_callbacks(execute=True):
-        run_training(run_id=run.pk)
+        run_job_now(TrainingRun, run.pk)
     run.refresh_from_db()
     assert run.status == "failed"
     assert "no_such_option" in run.error
@@ -140,7 +139,7 @@ def test_an_e_mail_that_cannot_be_sent_is_kept_on_the_notification_and_fails_not
     with django_capture_on_commit_callbacks(execute=False):
         run = services.start_training_run(requested_by=admins["mailed"], config={"bad": 1})
     with django_capture_on_commit_callbacks(execute=True):
-        run_training(run_id=run.pk)
+        run_job_now(TrainingRun, run.pk)
     run.refresh_from_db()
     assert run.status == "failed"
     assert "bad" in run.error  # the run's own error, not the mail's
@@ -171,7 +170,7 @@ def test_the_message_says_whether_the_gate_passed_and_the_candidate_was_promoted
 
 
 def _done_run(version, *, passed, reasons):
-    """A run as run_training leaves it (unsaved: the message reads it, nothing else)."""
+    """A run as the training runner leaves it (unsaved: the message reads it, nothing else)."""
     from apps.models.datasets import create_snapshot
 
     # A made-up pk: the message links to the run's page.
@@ -205,7 +204,7 @@ def test_the_demo_prints_the_notification_e_mail_on_the_console(
     with django_capture_on_commit_callbacks(execute=False):
         run = services.start_training_run(config={"bad": 1})
     with django_capture_on_commit_callbacks(execute=True):
-        run_training(run_id=run.pk)
+        run_job_now(TrainingRun, run.pk)
     printed = capsys.readouterr().out
     assert f"Subject: [CXR platform] Training run {run.pk} failed" in printed
     assert "To: modeladmin@demo.invalid" in printed

@@ -74,11 +74,19 @@ def test_the_request_id_and_user_id_travel_in_the_task_message_headers():
     assert empty == {}
 
 
-def test_a_task_run_logs_the_task_id_job_id_and_the_senders_request(json_lines):
-    task = registered_task("apps.cases.tasks.classify_image")
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("cxrplatform.jobs.run_job", {"job": "cases.prediction", "pk": 7}),
+        # A message queued under the kind's own task name before run_job (an alias now).
+        ("apps.cases.tasks.classify_image", {"prediction_id": 7}),
+    ],
+)
+def test_a_task_run_logs_the_task_id_job_id_and_the_senders_request(json_lines, name, kwargs):
+    task = registered_task(name)
     task.push_request(id="task-1", cxr_request_id="req-abc", cxr_user_id="42")
     try:
-        logcontext.task_started(task_id="task-1", task=task, kwargs={"prediction_id": 7})
+        logcontext.task_started(task_id="task-1", task=task, kwargs=kwargs)
         logging.getLogger("apps.cases.inference").warning("inside the task")
         logcontext.task_finished(task_id="task-1", task=task, state="SUCCESS")
     finally:

@@ -124,6 +124,8 @@ def test_worker_answers_ping_counts_in_metrics_and_logs_the_uploads_request_id(
         assert line["user_id"] == str(clinician.pk)
         assert line["task_id"]
     messages = [line["message"] for line in job_lines]
-    assert any(m.startswith("task started: apps.cases.tasks.classify_image") for m in messages)
+    assert any(
+        m.startswith("task started: cxrplatform.jobs.run_job:cases.prediction") for m in messages
+    )
     assert any(m.startswith("task finished") and "state=SUCCESS" in m for m in messages)
     assert "P-LOG" not in log_path.read_text()  # no patient reference in the logs

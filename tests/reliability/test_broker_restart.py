@@ -65,7 +65,7 @@ def test_uploads_survive_a_redis_outage_and_a_restart_mid_processing(
             redis_server.stop()
             with caplog.at_level(logging.WARNING, logger="cxrplatform.jobs"):
                 during_outage = _upload(client, "2168a917.jpg", "5f619d7e.jpg")
-            assert "could not queue apps.cases.tasks.classify_image" in caplog.text
+            assert "could not queue cases.prediction" in caplog.text
             case_a = Case.objects.get(pk=during_outage["id"])
             assert case_a.images.count() == 2
             for image in case_a.images.all():

@@ -50,10 +50,14 @@ def test_each_task_runs_on_the_worker_of_its_queue(
             Prediction.objects.filter(image__case=case).values_list("status", flat=True)
         ) == {"done"}
         inference_text, explain_text = inference_log.read_text(), explain_log.read_text()
-        assert inference_text.count("Task apps.cases.tasks.classify_image[") >= 2
-        assert "Task apps.explain.tasks.explain_image[" not in inference_text
-        assert explain_text.count("Task apps.explain.tasks.explain_image[") >= 2
-        assert "Task apps.cases.tasks.classify_image[" not in explain_text
+        prediction, explanation = (
+            "Task cxrplatform.jobs.run_job:cases.prediction[",
+            "Task cxrplatform.jobs.run_job:explain.explanation[",
+        )
+        assert inference_text.count(prediction) >= 2
+        assert explanation not in inference_text
+        assert explain_text.count(explanation) >= 2
+        assert prediction not in explain_text
         assert "inference@" in inference_text
         assert "explain@" in explain_text
     finally:

@@ -15,12 +15,11 @@ from django.conf import settings as django_settings
 from django.db import DatabaseError, connection
 
 from apps.cases import services
-from apps.cases.inference import run_prediction
 from apps.cases.models import Case, CaseImage, Prediction
-from apps.explain.jobs import run_explanation
 from apps.explain.models import Explanation
 from apps.models.models import ModelVersion
 from apps.models.services import register_artifact
+from cxrplatform.jobs import run_job_now
 from tests.conftest import stored_files, upload_of
 
 pytestmark = pytest.mark.django_db
@@ -74,14 +73,14 @@ def test_explanation_whose_result_row_is_refused_leaves_no_heatmap(
     clinician, production_model, media_root
 ):
     case = services.create_case(owner=clinician, files=[upload_of("2168a917.jpg")])
-    run_prediction(prediction_id=Prediction.objects.get(image__case=case).pk)
+    run_job_now(Prediction, Prediction.objects.get(image__case=case).pk)
     explanation = Explanation.objects.get(image__case=case)
     before = set(stored_files(media_root))
 
     table = Explanation._meta.db_table
     when = "NEW.status = 'done'"
     with database_refuses(table, "UPDATE", when), pytest.raises(DatabaseError):
-        run_explanation(explanation_id=explanation.pk)
+        run_job_now(Explanation, explanation.pk)
     # The heatmap and the overlay were written, then removed with the failed update.
     assert set(stored_files(media_root)) == before
     assert not [p for p in stored_files(media_root) if "explanations" in p.parts]

@@ -23,11 +23,10 @@ from PIL import Image
 from rest_framework.test import APIClient
 
 from apps.cases import services
-from apps.cases.inference import run_prediction
 from apps.cases.models import Prediction
-from apps.explain.jobs import run_explanation
 from apps.explain.models import Explanation
 from apps.models.serving import local_artifact_path
+from cxrplatform.jobs import run_job_now
 from tests.conftest import IMAGES, stored_files, upload_of
 
 pytestmark = pytest.mark.django_db
@@ -123,9 +122,9 @@ def test_upload_classification_explanation_and_download_go_through_s3(
     assert image.file.name in _keys(s3_storage)
     assert stored_files(media_root) == []  # nothing on local disk
 
-    prediction = run_prediction(prediction_id=Prediction.objects.get(image=image).pk)
+    prediction = run_job_now(Prediction, Prediction.objects.get(image=image).pk)
     assert prediction.status == "done", prediction.error
-    explanation = run_explanation(explanation_id=Explanation.objects.get(image=image).pk)
+    explanation = run_job_now(Explanation, Explanation.objects.get(image=image).pk)
     assert explanation.status == "done", explanation.error
     keys = _keys(s3_storage)
     assert {explanation.heatmap.name, explanation.overlay.name} <= keys

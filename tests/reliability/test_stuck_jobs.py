@@ -19,13 +19,12 @@ from rest_framework.test import APIClient
 
 from apps.cases import services
 from apps.cases.models import Prediction
-from apps.cases.tasks import classify_image
 from apps.explain.models import Explanation, Inspection
 from apps.models import services as registry
 from apps.models.datasets import import_reference_dataset
 from apps.models.models import TrainingRun
 from cxrplatform.celery import app
-from cxrplatform.jobs import sweep_stuck_jobs
+from cxrplatform.jobs import registered_task, run_job, run_job_now, sweep_stuck_jobs
 from tests.conftest import IMAGES, upload_of
 
 pytestmark = pytest.mark.django_db
@@ -63,7 +62,7 @@ def test_stuck_prediction_is_failed_with_the_reason_and_a_retry_completes_it(
         response = client.post(f"/api/v1/images/{stuck.image_id}/prediction/retry/")
     assert response.status_code == 202
     assert len(callbacks) == 1
-    classify_image.apply(kwargs={"prediction_id": stuck.pk}).get()  # the queued task's body
+    run_job.apply(kwargs={"job": "cases.prediction", "pk": stuck.pk}).get()  # the queued task
     stuck.refresh_from_db()
     assert stuck.status == "done"
     assert stuck.attempts == 2
@@ -73,12 +72,11 @@ def test_stuck_prediction_is_failed_with_the_reason_and_a_retry_completes_it(
 def test_stuck_explanation_is_failed_and_asking_again_queues_a_new_one(
     clinician, production_model, settings, django_capture_on_commit_callbacks
 ):
-    from apps.cases.inference import run_prediction
     from apps.explain.services import request_explanation
 
     case = services.create_case(owner=clinician, files=[upload_of("2168a917.jpg")])
     prediction = Prediction.objects.get(image__case=case)
-    run_prediction(prediction_id=prediction.pk)
+    run_job_now(Prediction, prediction.pk)
     explanation = Explanation.objects.get(image__case=case)
     explanation.mark_running()
     _started_long_ago(Explanation, explanation.pk, "explain", settings)
@@ -128,7 +126,7 @@ def test_pending_job_whose_message_was_lost_is_queued_again(
 def _run_every_beat_task() -> None:
     """What beat sends every few minutes, each scheduled task run here in-process."""
     for entry in app.conf.beat_schedule.values():
-        app.tasks[entry["task"]].apply().get()
+        registered_task(entry["task"]).apply().get()
 
 
 def test_inspection_whose_worker_vanished_is_failed_and_a_lost_one_is_queued_again_and_runs(

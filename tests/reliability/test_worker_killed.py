@@ -128,7 +128,7 @@ def test_task_of_a_sigkilled_worker_is_redelivered_to_a_new_worker(
         assert prediction.attempts == 2
         # The row is written before the worker logs the task's end: wait for the line.
         wait_for_log(second_log, "succeeded", second, timeout=30)
-        assert "apps.cases.tasks.classify_image" in second_log.read_text()
+        assert "cxrplatform.jobs.run_job:cases.prediction" in second_log.read_text()
     finally:
         stop_worker(first, signal.SIGKILL)
         if second is not None:
