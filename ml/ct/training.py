@@ -237,23 +237,17 @@ def fit_ct(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train ``model`` (compiled) epoch by epoch; early stopping on the validation score
-    (none without ``val``: then every epoch runs). Leaves the best weights in ``model``
-    and returns the training record for the card."""
-    from tqdm.auto import tqdm
+    (none without ``val``: then every epoch runs), the one epoch loop
+    (:func:`ml.models.fit.fit_by_epoch`). Leaves the best weights in ``model`` and
+    returns the training record for the card."""
+    from ml.models.fit import fit_by_epoch
 
-    started = time.perf_counter()
     rng = np.random.default_rng(config.seed)
     aug = Augmentation(**config.augmentation)
     zen_rows = np.flatnonzero(~train.has_type)
     med_rows = np.flatnonzero(train.has_type)
-    history: list[dict[str, Any]] = []
-    best: tuple[float, int, list[np.ndarray]] = (-1.0, 0, model.get_weights())
-    since_best = 0
-    learning_rate = config.learning_rate
-    bar = tqdm(range(config.epochs), desc="ct", disable=not progress)
-    stopped = "epochs"
-    for epoch in bar:
-        epoch_start = time.perf_counter()
+
+    def run_epoch(epoch: int, learning_rate: float) -> tuple[dict[str, Any], float]:
         take = min(config.zenodo_per_epoch, len(zen_rows))
         rows = np.concatenate(
             [
@@ -268,7 +262,6 @@ def fit_ct(
             out = model.train_on_batch(x, y, return_dict=True)
             losses.append(float(out["loss"]))
         record: dict[str, Any] = {
-            "epoch": epoch + 1,
             "loss": round(float(np.mean(losses)), 4),
             "learning_rate": learning_rate,
         }
@@ -279,32 +272,28 @@ def fit_ct(
             record["val_score"] = round(score, 4)
         else:
             score = float(epoch)  # no validation: keep the last epoch
-        record["seconds"] = round(time.perf_counter() - epoch_start, 1)
-        history.append(record)
-        bar.set_postfix(loss=record["loss"], val=record.get("val_score"))
-        log.info("ct epoch %s", record)
-        if score > best[0]:
-            best, since_best = (score, epoch + 1, model.get_weights()), 0
-        else:
-            since_best += 1
-            if since_best >= config.patience:
-                stopped = f"early stop (no better validation score for {config.patience} epochs)"
-                break
-            if since_best % config.plateau == 0:
-                learning_rate /= 2
-                model.optimizer.learning_rate.assign(learning_rate)
-        minutes = (time.perf_counter() - started) / 60
-        if config.max_minutes is not None and minutes >= config.max_minutes:
-            stopped = f"time budget ({config.max_minutes} min)"
-            break
-    model.set_weights(best[2])
+        return record, score
+
+    result = fit_by_epoch(
+        model,
+        run_epoch,
+        epochs=config.epochs,
+        patience=config.patience,
+        learning_rate=config.learning_rate,
+        plateau=config.plateau,
+        max_minutes=config.max_minutes,
+        desc="ct",
+        postfix=("loss", "val_score"),
+        log_level=logging.INFO,
+        progress=progress,
+    )
     return {
-        "seconds": round(time.perf_counter() - started, 1),
-        "epochs_run": len(history),
-        "best_epoch": best[1],
-        "best_val_score": round(best[0], 4) if val is not None else None,
-        "stopped": stopped,
-        "history": history,
+        "seconds": result.seconds,
+        "epochs_run": len(result.history),
+        "best_epoch": result.best_epoch,
+        "best_val_score": round(result.best_score, 4) if val is not None else None,
+        "stopped": result.stopped,
+        "history": result.history,
     }
 
 

@@ -100,12 +100,13 @@ def _fit(
     rng: np.random.Generator,
     *,
     progress: bool,
-) -> tuple[list[dict[str, float]], int, float]:
+) -> tuple[list[dict[str, Any]], int, float]:
     """Train ``model`` one epoch of fresh augmentations at a time, early stopping on the
-    validation Dice. Leaves the best epoch's weights in ``model``; returns (history, best
-    epoch, its validation Dice)."""
+    validation Dice (the one epoch loop, :func:`ml.models.fit.fit_by_epoch`). Leaves the
+    best epoch's weights in ``model``; returns (history, best epoch, its validation Dice)."""
     import tensorflow as tf
-    from tqdm.auto import tqdm
+
+    from ml.models.fit import fit_by_epoch
 
     size = config.input_size
     n_train = len(train_arrays.images)
@@ -113,11 +114,8 @@ def _fit(
         lambda x: model(x, training=False)[..., 0],
         input_signature=[tf.TensorSpec((None, size, size, 1), tf.float32)],
     )
-    history: list[dict[str, float]] = []
-    best = (-1.0, -1, model.get_weights())
-    bar = tqdm(range(config.epochs), desc="lungs", disable=not progress)
-    for epoch in bar:
-        epoch_start = time.perf_counter()
+
+    def run_epoch(_epoch: int, _learning_rate: float) -> tuple[dict[str, Any], float]:
         n = n_train * config.repeats
         order = np.tile(np.arange(n_train), config.repeats)
         x = np.empty((n, size, size, 1), np.float32)
@@ -137,23 +135,19 @@ def _fit(
         )
         val_dice = _dice_batch(val_prob, val_y)
         loss = float(fit.history["loss"][-1])
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "loss": round(loss, 4),
-                "val_dice": round(val_dice, 4),
-                "seconds": round(time.perf_counter() - epoch_start, 1),
-            }
-        )
-        bar.set_postfix(loss=f"{loss:.3f}", val_dice=f"{val_dice:.3f}")
-        log.debug("lungs epoch %d: %s", epoch + 1, history[-1])
-        if val_dice > best[0]:
-            best = (val_dice, epoch + 1, model.get_weights())
-        elif epoch + 1 - best[1] >= config.patience:
-            log.info("lungs: early stop at epoch %d (best %d)", epoch + 1, best[1])
-            break
-    model.set_weights(best[2])
-    return history, best[1], best[0]
+        return {"loss": round(loss, 4), "val_dice": round(val_dice, 4)}, val_dice
+
+    result = fit_by_epoch(
+        model,
+        run_epoch,
+        epochs=config.epochs,
+        patience=config.patience,
+        learning_rate=config.learning_rate,
+        desc="lungs",
+        postfix=("loss", "val_dice"),
+        progress=progress,
+    )
+    return result.history, result.best_epoch, result.best_score
 
 
 def train_lungs(

@@ -1,4 +1,5 @@
-"""The one fit loop, shared by ``ml train``, ``ml study`` and the platform's training task.
+"""The one fit loop, shared by ``ml classifier train``, ``ml study run`` and the platform's
+training task.
 
 What it does, each part switchable and recorded on the card through ``TrainConfig``:
 
@@ -15,6 +16,12 @@ What it does, each part switchable and recorded on the card through ``TrainConfi
   log-probabilities that lies outside the lung mask;
 * early stopping on validation loss (best weights restored), learning rate halved
   on plateaus, seeded and deterministic (op determinism), a progress bar and a hook.
+
+The segmentation models (the lung U-Net, the CT U-Net) score their validation split with
+Dice, not a Keras loss, and draw fresh augmented samples each epoch: they train through
+:func:`fit_by_epoch`, the same early-stopping loop one epoch at a time, where each model
+says only what one epoch trains on and how it is scored. The GAN (``ml.generate``)
+trains two networks against each other and keeps its own loop.
 """
 
 from __future__ import annotations
@@ -451,6 +458,84 @@ def fit(
     best = start + int(np.argmin(losses[start:])) + 1 if losses else 0
     return FitResult(
         history=values, seconds=seconds, epochs_run=len(values["loss"]), best_epoch=best
+    )
+
+
+@dataclass
+class EpochFit:
+    """What :func:`fit_by_epoch` did. ``history`` has one record per epoch run."""
+
+    history: list[dict[str, Any]]
+    best_epoch: int  # 1-based; its weights are the model's when the loop returns
+    best_score: float
+    stopped: str  # "epochs", "early stop (...)" or "time budget (...)"
+    seconds: float
+
+
+# One epoch: (0-based epoch, the learning rate now) -> (its record, its validation score).
+EpochStep = Callable[[int, float], tuple[dict[str, Any], float]]
+
+
+def fit_by_epoch(
+    model: keras.Model,
+    run_epoch: EpochStep,
+    *,
+    epochs: int,
+    patience: int,
+    learning_rate: float,
+    plateau: int | None = None,
+    max_minutes: float | None = None,
+    desc: str = "fit",
+    postfix: Sequence[str] = ("loss",),
+    log_level: int = logging.DEBUG,
+    progress: bool = True,
+) -> EpochFit:
+    """Train ``model`` one epoch at a time, keeping the weights of the epoch with the best
+    validation score (higher is better) and stopping after ``patience`` epochs without a
+    better one. ``run_epoch`` trains one epoch and scores it; its record gets ``epoch``
+    in front and ``seconds`` behind. With ``plateau``, the learning rate (of the model's
+    optimizer) halves after every ``plateau`` epochs without a better score; with
+    ``max_minutes``, training stops after the epoch that passes that budget. The model
+    holds the best epoch's weights when this returns."""
+    started = time.perf_counter()
+    history: list[dict[str, Any]] = []
+    best: tuple[float, int, list[np.ndarray]] = (-1.0, 0, model.get_weights())
+    since_best = 0
+    stopped = "epochs"
+    bar = tqdm(range(epochs), desc=desc, disable=not progress)
+    for epoch in bar:
+        epoch_start = time.perf_counter()
+        record, score = run_epoch(epoch, learning_rate)
+        record = {
+            "epoch": epoch + 1,
+            **record,
+            "seconds": round(time.perf_counter() - epoch_start, 1),
+        }
+        history.append(record)
+        bar.set_postfix({key: record[key] for key in postfix if key in record})
+        log.log(log_level, "%s epoch %s", desc, record)
+        if score > best[0]:
+            best, since_best = (score, epoch + 1, model.get_weights()), 0
+        else:
+            since_best += 1
+            if since_best >= patience:
+                stopped = f"early stop (no better validation score for {patience} epochs)"
+                log.info("%s: early stop at epoch %d (best %d)", desc, epoch + 1, best[1])
+                break
+            if plateau and since_best % plateau == 0:
+                learning_rate /= 2
+                model.optimizer.learning_rate.assign(learning_rate)
+        minutes = (time.perf_counter() - started) / 60
+        if max_minutes is not None and minutes >= max_minutes:
+            stopped = f"time budget ({max_minutes} min)"
+            break
+    model.set_weights(best[2])
+    return EpochFit(
+        history=history,
+        best_epoch=best[1],
+        best_score=best[0],
+        stopped=stopped,
+        seconds=round(time.perf_counter() - started, 1),
     )
 
 
