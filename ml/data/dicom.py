@@ -662,7 +662,7 @@ def to_uint8(gray: np.ndarray) -> np.ndarray:
 def open_dicom_as_image(
     source: str | bytes | BinaryIO, *, max_pixels: int = 60_000_000
 ) -> Image.Image:
-    """A DICOM file as an 8-bit grayscale PIL image (for ``python -m ml predict``)."""
+    """A DICOM file as an 8-bit grayscale PIL image (for ``python -m ml classifier predict``)."""
     from pathlib import Path
 
     from PIL import Image

@@ -42,7 +42,7 @@ def _data(args: argparse.Namespace) -> Any:
 
 def cmd_generate_train(args: argparse.Namespace) -> int:
     from ml.generate.features import ClassifierFeatures
-    from ml.generate.train import GanConfig, train_generator
+    from ml.generate.training import GanConfig, train_generator
 
     overrides = {
         name: getattr(args, name)
@@ -94,7 +94,7 @@ def cmd_generate_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_generate_evaluate(args: argparse.Namespace) -> int:
-    from ml.generate.evaluate import EvalConfig, evaluate_generator
+    from ml.generate.evaluation import EvalConfig, evaluate_generator
 
     if args.report_only:
         import json

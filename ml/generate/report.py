@@ -129,7 +129,7 @@ def write_report(results: dict[str, Any], card: dict[str, Any], out_dir: Path) -
     lines = [
         "# Synthetic chest X-ray generator: measured",
         "",
-        "Issue 20. A class-conditional GAN trained on the **train split** of the classifier "
+        "A class-conditional GAN trained on the **train split** of the classifier "
         "`cxr-lungs` (patient-level, `ml/bundled/cxr-lungs/splits.csv`), on the classifier's "
         "own preprocessing (lung-frame crop, CLAHE, everything outside the lungs set to 0) at "
         f"{results['generator']['image_size']} px. Checkpoint chosen on the **val** split "

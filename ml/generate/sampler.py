@@ -48,7 +48,7 @@ class Generator:
         """``n`` images of class ``label``: float32 (n, S, S) in [0, 1], background 0.
 
         The same (label, n, seed) always gives the same images."""
-        from ml.generate.train import sample_model
+        from ml.generate.training import sample_model
 
         if label not in self.classes:
             raise ValueError(f"Unknown class {label!r}; choose from {', '.join(self.classes)}.")

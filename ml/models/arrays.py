@@ -1,7 +1,7 @@
 """Records -> model inputs and lung masks in the model's frame, cached on disk.
 
-Training, the study, ``ml evaluate`` and the shortcut tests all need every image
-preprocessed exactly as serving does it (:func:`ml.data.preprocess.prepare`) and,
+Training, the study, ``ml classifier evaluate`` and the shortcut tests all need every
+image preprocessed exactly as serving does it (:func:`ml.data.preprocess.prepare`) and,
 for preprocessing v2 and the shortcut tests, the lung mask of every image from the
 lung segmenter. Decoding ~2,000 radiographs and segmenting them takes a minute or
 two on two cores, so the result is cached under a key made of the records, the

@@ -1,6 +1,6 @@
 """Training: records -> arrays -> the fit loop -> artifact, card and report.
 
-One entry point, :func:`train`, used by the CLI (``python -m ml train``) and the
+One entry point, :func:`train`, used by the CLI (``python -m ml classifier train``) and the
 platform's training task; the study (:mod:`ml.research.study`) uses the same pieces
 (:func:`resolve_split`, :func:`ml.models.fit.fit`). Reproducible: the same data,
 config and seed give the same split and (with op determinism) the same weights.
@@ -81,7 +81,7 @@ class TrainConfig:
     seed: int = 0
     n_bootstrap: int = 1000
     gradcam_animation: bool = True  # <name>.gradcam.gif: Grad-CAM of 3 val images per epoch
-    # Against shortcuts (issue 16); each is recorded on the card.
+    # Against shortcuts; each is recorded on the card.
     preprocessing: int = 1  # 1: whole image, letterboxed; 2: lung frame (ml.data.preprocess)
     mask_outside: bool = False  # v2: zero everything outside the dilated lung mask
     mask_dilation: float = 0.04  # v2: share of the frame side the kept lung mask grows by
@@ -579,7 +579,7 @@ def evaluate_records(
     """Metrics (an ``EvaluationResult``) and probabilities of a loaded ``Classifier``
     (ml.serving) on labelled records, per source too, with the shortcut tests when the
     lung segmenter is there, so a candidate and production are compared on the same
-    figures. ``python -m ml evaluate`` and the training task both use it."""
+    figures. ``python -m ml classifier evaluate`` and the training task both use it."""
     segmenter = (
         classifier.segmenter
         if classifier.needs_lungs

@@ -1,6 +1,6 @@
 """The heatmap study: are the explanations faithful, model-dependent, and on the lungs?
 
-``python -m ml heatmap-study --data DIR... --out DIR`` takes the bundled model's test
+``python -m ml study heatmaps --data DIR... --out DIR`` takes the bundled model's test
 split (``ml/bundled/splits.csv``), at most ``per_source`` images per data source
 (chosen with a seeded generator, sorted by key first), and for every method in
 ``ml.explain.METHODS``:

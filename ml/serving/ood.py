@@ -17,7 +17,7 @@ process (no TensorFlow), so it is numpy only at serving time:
 
 Both thresholds are chosen from chest X-rays only (training split to fit,
 validation split to threshold), so the refusal rate on non-chest images
-measured by ``python -m ml ood-eval`` is an honest estimate, not a fitted one.
+measured by ``python -m ml ood evaluate`` is an honest estimate, not a fitted one.
 The fitted gate is a small ``.npz`` plus a JSON card next to it.
 """
 

@@ -138,7 +138,7 @@ def read_lite_record(lite_path: str | Path) -> dict[str, Any]:
     path = _sidecar(Path(lite_path))
     if not path.exists():
         raise FileNotFoundError(
-            f"{path.name} is missing: convert the model with `python -m ml lite-convert`."
+            f"{path.name} is missing: convert the model with `python -m ml lite convert`."
         )
     record: dict[str, Any] = json.loads(path.read_text())
     return record
@@ -174,7 +174,7 @@ def load_lite_runner(
 
 
 def add_lite_parser(sub: Any) -> None:
-    """``python -m ml lite-convert MODEL.keras ...``: write ``.tflite`` + record beside each."""
+    """``python -m ml lite convert MODEL.keras ...``: write ``.tflite`` + record beside each."""
 
     def run(args: Any) -> int:
         for path in args.models:
@@ -184,6 +184,8 @@ def add_lite_parser(sub: Any) -> None:
             print(f"{path} -> {record['artifact']} (sha256 {record['sha256'][:12]})")
         return 0
 
-    p = sub.add_parser("lite-convert", help="convert .keras models for the LiteRT interpreter")
+    task = sub.add_parser("lite", help="LiteRT: convert .keras models")
+    verbs = task.add_subparsers(dest="lite_command", required=True)
+    p = verbs.add_parser("convert", help="convert .keras models for the LiteRT interpreter")
     p.add_argument("models", nargs="+", type=Path, help=".keras files")
     p.set_defaults(func=run)

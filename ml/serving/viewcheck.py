@@ -5,7 +5,7 @@ chest radiograph (it is one), so the out-of-distribution gate
 (:mod:`ml.serving.ood`) cannot be relied on to refuse it; this check can. Like
 the gate it runs in the web process at upload, so serving is numpy only: a
 linear score of a few hundred appearance features, fitted offline by
-``python -m ml view-fit`` with scikit-learn and stored as a small ``.npz`` plus
+``python -m ml view fit`` with scikit-learn and stored as a small ``.npz`` plus
 a JSON card (figures included) next to it.
 
 Features (of the grayscale image in [0, 1], any size):
@@ -121,7 +121,7 @@ class ViewCheck(LinearCheck):
         _, _, fields = read_check(path)
         check = cls(**fields)
         expected = len(features(np.zeros((THUMB * 2, THUMB * 2), dtype=np.float32)))
-        check_feature_count(check, path, expected, what="view check", refit="python -m ml view-fit")
+        check_feature_count(check, path, expected, what="view check", refit="python -m ml view fit")
         return check
 
 

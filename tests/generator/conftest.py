@@ -16,7 +16,7 @@ def train_tiny_generator(root: Path) -> Path:
     if artifact.is_file():
         return artifact
     from ml.generate.data import CLASSIFIER, load_gan_data
-    from ml.generate.train import GanConfig, train_generator
+    from ml.generate.training import GanConfig, train_generator
     from ml.models.artifacts import read_card
 
     labels = root / "labels.csv"

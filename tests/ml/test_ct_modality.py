@@ -109,7 +109,7 @@ def test_save_and_load_keep_the_scores_and_the_appearance_model(check, tmp_path)
 def test_a_check_for_other_features_is_refused_with_a_clear_error(check, tmp_path):
     short = ModalityCheck(check.mean[:10], check.scale[:10], check.weights[:10], 0.0, 0.0, {})
     short.save(tmp_path / "old.npz")
-    with pytest.raises(ValueError, match="refit with python -m ml ct-modality-fit"):
+    with pytest.raises(ValueError, match="refit with python -m ml ct-modality fit"):
         ModalityCheck.load(tmp_path / "old.npz")
 
 
@@ -147,7 +147,8 @@ def test_ct_modality_eval_measures_the_shipped_check_on_the_held_out_images(shar
     from tests.conftest import ml_cli
 
     result = ml_cli(
-        "ct-modality-eval",
+        "ct-modality",
+        "evaluate",
         "--ct",
         shared_datasets / "ct-covid-seg",
         "--data",

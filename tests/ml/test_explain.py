@@ -370,7 +370,18 @@ def test_sanity_cli_prints_json(tmp_path, capsys):
 
     image = str(IMAGES / fixture_manifest()[0]["path"])
     code = main(
-        ["sanity", "--model", str(TINY), "--method", "gradcam", "--mode", "full", image, "--json"]
+        [
+            "classifier",
+            "sanity",
+            "--model",
+            str(TINY),
+            "--method",
+            "gradcam",
+            "--mode",
+            "full",
+            image,
+            "--json",
+        ]
     )
     assert code == 0
     result = json.loads(capsys.readouterr().out)
@@ -382,7 +393,15 @@ def test_explain_cli_writes_readable_npy_and_png(tmp_path):
     row = fixture_manifest()[0]
     out = tmp_path / "out"
     completed = ml_cli(
-        "explain", "--model", TINY, "--method", "gradcam", IMAGES / row["path"], "--out", out
+        "classifier",
+        "explain",
+        "--model",
+        TINY,
+        "--method",
+        "gradcam",
+        IMAGES / row["path"],
+        "--out",
+        out,
     )
     assert completed.returncode == 0, completed.stderr
     stem = row["path"].rsplit(".", 1)[0]

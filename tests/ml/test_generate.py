@@ -179,7 +179,7 @@ def _split_csv(path) -> None:
 def tiny(tmp_path_factory):
     from ml.generate.data import CLASSIFIER, load_gan_data
     from ml.generate.features import ClassifierFeatures
-    from ml.generate.train import GanConfig, train_generator
+    from ml.generate.training import GanConfig, train_generator
     from ml.models.artifacts import read_card
 
     root = tmp_path_factory.mktemp("gan")
@@ -280,7 +280,7 @@ def test_a_changed_file_is_refused(tiny, tmp_path):
 
 
 def test_training_resumes_from_its_checkpoint(tiny, tmp_path):
-    from ml.generate.train import GanConfig, train_generator
+    from ml.generate.training import GanConfig, train_generator
 
     config = GanConfig(**{**tiny["config"].__dict__, "epochs": 2})
     result = train_generator(
@@ -311,7 +311,7 @@ def test_cli_sample_writes_a_marked_grid(tiny, tmp_path):
 
 
 def test_evaluation_writes_the_report_and_its_figures(tiny, tmp_path):
-    from ml.generate.evaluate import EvalConfig, evaluate_generator
+    from ml.generate.evaluation import EvalConfig, evaluate_generator
 
     config = EvalConfig(c2st_epochs=1, n_boot=5, pr_repeats=2, skip_usefulness=True)
     report = evaluate_generator(
@@ -346,7 +346,7 @@ def test_evaluation_writes_the_report_and_its_figures(tiny, tmp_path):
 
 
 def test_a_usefulness_run_trains_on_synthetic_images_and_scores_the_real_test_split(tiny):
-    from ml.generate.evaluate import EvalConfig, usefulness_run
+    from ml.generate.evaluation import EvalConfig, usefulness_run
     from ml.generate.sampler import Generator
 
     data = tiny["data"]

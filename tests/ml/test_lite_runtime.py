@@ -131,6 +131,6 @@ def test_a_lite_file_is_only_served_for_the_keras_file_it_was_converted_from(tmp
     with pytest.raises(ArtifactIntegrityError, match="its record says"):
         load_lite_runner(lite)
     (tmp_path / "lung-unet.tflite.json").unlink()
-    with pytest.raises(FileNotFoundError, match="lite-convert"):
+    with pytest.raises(FileNotFoundError, match="lite convert"):
         load_lite_runner(lite)
     assert json.loads(json.dumps(record))["converter"].startswith("tensorflow ")

@@ -1,4 +1,4 @@
-"""python -m ml study --quick and heatmap-study on fixture images and the tiny model
+"""python -m ml study run --quick and study heatmaps on fixture images and the tiny model
 (run in this process through ``ml.cli.main``)."""
 
 import json
@@ -23,6 +23,7 @@ def test_quick_study_writes_runs_report_and_plots(tmp_path):
     out = tmp_path / "study"
     done = ml_cli(
         "study",
+        "run",
         "--quick",
         "--data",
         IMAGES / "manifest.csv",
@@ -53,6 +54,7 @@ def test_quick_study_writes_runs_report_and_plots(tmp_path):
     # Resumable: a second call trains nothing new.
     again = ml_cli(
         "study",
+        "run",
         "--quick",
         "--data",
         IMAGES / "manifest.csv",
@@ -80,7 +82,8 @@ def test_heatmap_study_on_the_tiny_model(tmp_path):
     )
     out = tmp_path / "heatmaps"
     done = ml_cli(
-        "heatmap-study",
+        "study",
+        "heatmaps",
         "--data",
         IMAGES / "manifest.csv",
         "--out",

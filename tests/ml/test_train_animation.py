@@ -108,8 +108,8 @@ def test_cli_can_turn_the_animation_off():
     from ml.cli import build_parser
 
     args = build_parser().parse_args(
-        ["train", "--data", str(MANIFEST), "--out", "x", "--no-gradcam-animation"]
+        ["classifier", "train", "--data", str(MANIFEST), "--out", "x", "--no-gradcam-animation"]
     )
     assert args.gradcam_animation is False
-    args = build_parser().parse_args(["train", "--data", str(MANIFEST), "--out", "x"])
+    args = build_parser().parse_args(["classifier", "train", "--data", str(MANIFEST), "--out", "x"])
     assert args.gradcam_animation is None  # TrainConfig's default (on)

@@ -77,7 +77,7 @@ def _cli(*args):
 def test_cli_predict_json_gives_probabilities_that_sum_to_one(trained):
     result, _ = trained
     images = [str(IMAGES / "2168a917.jpg"), str(IMAGES / "IM-0117-0001.jpeg")]
-    run = _cli("predict", "--model", str(result.artifact), "--json", *images)
+    run = _cli("classifier", "predict", "--model", str(result.artifact), "--json", *images)
     assert run.returncode == 0, run.stderr
     rows = json.loads(run.stdout)
     assert [row["image"] for row in rows] == images
@@ -91,7 +91,14 @@ def test_cli_predict_reports_unreadable_images_and_exits_non_zero(trained, tmp_p
     result, _ = trained
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
-    run = _cli("predict", "--model", str(result.artifact), str(bad), str(IMAGES / "2168a917.jpg"))
+    run = _cli(
+        "classifier",
+        "predict",
+        "--model",
+        str(result.artifact),
+        str(bad),
+        str(IMAGES / "2168a917.jpg"),
+    )
     assert run.returncode == 1
     assert "bad.png: ERROR UnidentifiedImageError" in run.stdout
     assert "2168a917.jpg: " in run.stdout
@@ -101,6 +108,7 @@ def test_cli_evaluate_recomputes_the_models_test_split(trained, tmp_path):
     result, _ = trained
     out = tmp_path / "eval"
     run = _cli(
+        "classifier",
         "evaluate",
         "--model",
         str(result.artifact),
@@ -119,7 +127,9 @@ def test_cli_evaluate_recomputes_the_models_test_split(trained, tmp_path):
 
 
 def test_cli_data_prints_kept_and_excluded_counts():
-    run = _cli("data", str(REPO_ROOT / "tests" / "fixtures" / "layouts" / "covid-chestxray"))
+    run = _cli(
+        "data", "summary", str(REPO_ROOT / "tests" / "fixtures" / "layouts" / "covid-chestxray")
+    )
     assert run.returncode == 0, run.stderr
     summary = json.loads(run.stdout)
     assert summary["images"] == 7
@@ -127,15 +137,92 @@ def test_cli_data_prints_kept_and_excluded_counts():
 
 
 def test_cli_refuses_missing_data_folder_with_a_message(tmp_path):
-    run = _cli("data", str(tmp_path / "nowhere"))
+    run = _cli("data", "summary", str(tmp_path / "nowhere"))
     assert run.returncode == 2
     assert "error:" in run.stderr
+
+
+def test_every_command_is_a_task_and_a_verb():
+    from ml.cli import OLD_SPELLINGS, build_parser
+
+    parser = build_parser()
+    verbs = {
+        "data": ["summary"],
+        "classifier": ["train", "evaluate", "predict", "explain", "sanity"],
+        "lungs": ["train", "evaluate", "predict"],
+        "ct": ["train", "evaluate", "predict"],
+        "generate": ["train", "sample", "evaluate"],
+        "ood": ["fit", "evaluate"],
+        "view": ["fit", "evaluate"],
+        "ct-modality": ["fit", "evaluate"],
+        "lite": ["convert"],
+        "study": ["run", "heatmaps", "lung-check"],
+    }
+    for task, names in verbs.items():
+        for verb in names:
+            with pytest.raises(SystemExit) as exited:  # --help exits 0 for a known verb
+                parser.parse_args([task, verb, "--help"])
+            assert exited.value.code == 0, (task, verb)
+    assert {tuple(new) for new in OLD_SPELLINGS.values()} <= {
+        (task, verb) for task, names in verbs.items() for verb in names
+    }
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (["train", "--data", "D"], ["classifier", "train", "--data", "D"]),
+        (["-v", "ood-fit", "--data", "D"], ["-v", "ood", "fit", "--data", "D"]),
+        (["ood-eval", "--json"], ["ood", "evaluate", "--json"]),
+        (["view-eval", "--json"], ["view", "evaluate", "--json"]),
+        (["ct-modality-fit", "--ct", "C"], ["ct-modality", "fit", "--ct", "C"]),
+        (["heatmap-study", "--data", "D"], ["study", "heatmaps", "--data", "D"]),
+        (["lung-check", "--covid", "C"], ["study", "lung-check", "--covid", "C"]),
+        (["lite-convert", "m.keras"], ["lite", "convert", "m.keras"]),
+        (["study", "--quick", "--data", "D"], ["study", "run", "--quick", "--data", "D"]),
+        (["data", "DIR"], ["data", "summary", "DIR"]),
+    ],
+)
+def test_old_spellings_become_the_task_and_verb_with_a_note(old, new):
+    from ml.cli import translate_old_spelling
+
+    argv, note = translate_old_spelling(old)
+    assert argv == new
+    assert note is not None
+    word = next(a for a in old if not a.startswith("-"))
+    task_and_verb = " ".join(new[old.index(word) : old.index(word) + 2])
+    assert note == (
+        f"note: 'python -m ml {word}' is deprecated and goes in the next release; "
+        f"use 'python -m ml {task_and_verb}'."
+    )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["classifier", "train"], ["study", "run", "--quick"], ["data", "summary", "D"], ["-h"], []],
+)
+def test_current_spellings_pass_unchanged_and_without_a_note(argv):
+    from ml.cli import translate_old_spelling
+
+    assert translate_old_spelling(argv) == (argv, None)
+
+
+def test_an_old_spelling_still_runs_and_prints_one_deprecation_line():
+    folder = str(REPO_ROOT / "tests" / "fixtures" / "layouts" / "covid-chestxray")
+    old, new = _cli("data", folder), _cli("data", "summary", folder)
+    assert old.returncode == new.returncode == 0, old.stderr
+    assert json.loads(old.stdout) == json.loads(new.stdout)
+    assert new.stderr == ""
+    notes = old.stderr.splitlines()
+    assert len(notes) == 1
+    assert "'python -m ml data' is deprecated" in notes[0]
+    assert "'python -m ml data summary'" in notes[0]
 
 
 def test_python_dash_m_ml_runs_the_cli_and_exits_with_its_status(tmp_path, monkeypatch, capsys):
     """``ml/__main__.py`` (what ``python -m ml`` runs) passes the arguments to the CLI and
     exits with its status; the other CLI tests call ``ml.cli.main`` directly."""
-    monkeypatch.setattr(sys, "argv", ["ml", "data", str(tmp_path / "nowhere")])
+    monkeypatch.setattr(sys, "argv", ["ml", "data", "summary", str(tmp_path / "nowhere")])
     with pytest.raises(SystemExit) as exited:
         runpy.run_module("ml", run_name="__main__")
     assert exited.value.code == 2

@@ -103,7 +103,7 @@ def test_a_check_for_other_features_is_refused_with_a_clear_error(tmp_path):
     check = ViewCheck.load(CHECK)
     short = ViewCheck(check.mean[:10], check.scale[:10], check.weights[:10], 0.0, 0.0, {})
     short.save(tmp_path / "old.npz")
-    with pytest.raises(ValueError, match="refit with python -m ml view-fit"):
+    with pytest.raises(ValueError, match="refit with python -m ml view fit"):
         ViewCheck.load(tmp_path / "old.npz")
 
 
@@ -161,7 +161,8 @@ def test_view_eval_measures_the_held_out_laterals_of_the_bundled_check(shared_da
 
     code = main(
         [
-            "view-eval",
+            "view",
+            "evaluate",
             "--data",
             *(str(shared_datasets / name) for name in FRONTAL_DATA),
             "--laterals",

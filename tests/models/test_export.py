@@ -1,5 +1,6 @@
-"""Export of a snapshot (or of every confirmed label) in the layout ``python -m ml train``
-reads back, with a JSON manifest of hashes and label provenance (issue 18, item 9)."""
+"""Export of a snapshot (or of every confirmed label) in the layout that
+``python -m ml classifier train`` reads back, with a JSON manifest of hashes and label
+provenance."""
 
 from __future__ import annotations
 
@@ -71,12 +72,12 @@ def test_snapshot_export_trains_one_epoch_with_ml_train_on_its_own_split(
     splits = given_splits(dataset.records)
     split_of = {r.path.stem: split for r, split in zip(dataset.records, splits, strict=True)}
     assert split_of == {item.key: item.split for item in snapshot.items.all()}
-    # ... and `python -m ml train --data EXPORT` trains on that split.
+    # ... and `python -m ml classifier train --data EXPORT` trains on that split.
     model_dir = tmp_path / "model"
     run = ml_cli(
-        "train", "--data", out, "--out", model_dir, "--epochs", "1", "--input-size", "64",
-        "--width", "8", "--batch-size", "8", "--bootstrap", "20", "--quiet",
-        "--no-gradcam-animation",
+        "classifier", "train", "--data", out, "--out", model_dir, "--epochs", "1",
+        "--input-size", "64", "--width", "8", "--batch-size", "8", "--bootstrap", "20",
+        "--quiet", "--no-gradcam-animation",
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     card = read_card(next(model_dir.glob("*.keras")))

@@ -9,7 +9,7 @@ from apps.models.models import DatasetSnapshot
 class Command(BaseCommand):
     help = (
         "Export a dataset snapshot (or every confirmed clinical label) as a folder or a zip "
-        "that `python -m ml train --data` reads: labels.csv, images/, manifest.json."
+        "that `python -m ml classifier train --data` reads: labels.csv, images/, manifest.json."
     )
 
     def add_arguments(self, parser):
@@ -50,5 +50,5 @@ class Command(BaseCommand):
         folder = f"FOLDER (unzip {out} there)" if out.suffix.lower() == ".zip" else out
         self.stdout.write(
             f"{out}: {manifest['counts']['total']} images ({what}); "
-            f"train with: python -m ml train --data {folder} --out OUT"
+            f"train with: python -m ml classifier train --data {folder} --out OUT"
         )
