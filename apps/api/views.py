@@ -8,6 +8,7 @@ refusal (``cxrplatform.errors.Refused``) becomes a 409 in the exception handler
 from __future__ import annotations
 
 import json
+from typing import ClassVar, NoReturn
 
 from django.contrib.auth import authenticate
 from django.contrib.auth.signals import user_logged_in
@@ -38,7 +39,6 @@ from apps.accounts.audit import record_download, record_view
 from apps.accounts.roles import ANNOTATOR, CLINICIAN, MODEL_ADMIN, user_roles
 from apps.api import serializers as s
 from apps.api import summaries
-from apps.api.exceptions import Conflict
 from apps.api.permissions import ANY_AUTHENTICATED, HasAllowedRole
 from apps.api.schema import errors
 from apps.api.throttles import AuthTokenThrottle
@@ -46,11 +46,20 @@ from apps.cases import labelling, services
 from apps.cases.access import own_cases, visible_images
 from apps.cases.filters import CaseFilter
 from apps.cases.freshness import case_etag
-from apps.cases.models import CT_MASK_KINDS, Case, CaseImage, ExpertLabel, Segmentation
+from apps.cases.models import (
+    CT_MASK_KINDS,
+    Case,
+    CaseImage,
+    ExpertLabel,
+    ImageJob,
+    Prediction,
+    Segmentation,
+)
 from apps.explain import services as explain_services
 from apps.explain.models import Explanation
 from apps.models import services as registry
 from apps.models.models import DatasetSnapshot, ModelVersion, TrainingRun
+from cxrplatform.jobs import RetryRefused, retry_job
 from cxrplatform.protected import protected_file_response
 
 NPY_TYPE = "application/octet-stream"
@@ -483,25 +492,6 @@ class ImageSegmentationMask(FileView):
         return response
 
 
-class ImageSegmentationRetry(RoleView):
-    allowed_roles = (CLINICIAN,)
-
-    @extend_schema(
-        summary="Retry the failed segmentation of a CT slice (clinician, own cases)",
-        description="202 with the image, its segmentation `pending` again; 409 unless the "
-        "segmentation failed; 404 for an X-ray.",
-        request=None,
-        responses={202: s.ImageSerializer, **errors(401, 403, 404, 409)},
-        tags=["ct"],
-    )
-    def post(self, request, pk: int):
-        segmentation = _segmentation_of(request, pk)
-        services.retry_segmentation(segmentation=segmentation, actor=request.user)
-        image = _images_with_results(CaseImage.objects.filter(pk=pk)).get()
-        body = s.ImageSerializer(image, context={"request": request}).data
-        return Response(body, status=202, headers=_located(request, "image-detail", image.pk))
-
-
 class ImageExplanations(RoleView):
     allowed_roles = (CLINICIAN,)
 
@@ -530,29 +520,6 @@ class ImageExplanations(RoleView):
         return Response(
             body, status=202, headers=_located(request, "explanation-detail", body["id"])
         )
-
-
-class ImagePredictionRetry(RoleView):
-    allowed_roles = (CLINICIAN,)
-
-    @extend_schema(
-        summary="Retry the failed classification of an image (clinician, own cases)",
-        description="202 with the image, its prediction `pending` again; 409 unless the "
-        "prediction failed (a failure's reason is in `prediction.error`). Poll "
-        "`/api/v1/images/{id}/`.",
-        request=None,
-        responses={202: s.ImageSerializer, **errors(401, 403, 404, 409)},
-        tags=["images"],
-    )
-    def post(self, request, pk: int):
-        image = get_object_or_404(CaseImage.objects.filter(case__owner=request.user), pk=pk)
-        prediction = image.latest_prediction
-        if prediction is None:
-            raise Conflict("This image has no prediction to retry.")
-        services.retry_prediction(prediction=prediction, actor=request.user)
-        image = _images_with_results(CaseImage.objects.filter(pk=image.pk)).get()
-        body = s.ImageSerializer(image, context={"request": request}).data
-        return Response(body, status=202, headers=_located(request, "image-detail", image.pk))
 
 
 class ImageLabels(RoleView):
@@ -601,6 +568,96 @@ class LabellingQueue(generics.ListAPIView, RoleView):
         return labelling.labelling_queue(annotator=self.request.user)
 
 
+# -- retrying a failed job ------------------------------------------------------------
+
+
+class JobRetry(RoleView):
+    """POST: queue a failed job on one of the clinician's images again, the one retry
+    service (``cxrplatform.jobs.retry_job``: only a failed job; audited as
+    ``<kind>.retry``; a refusal is a 409). The one view behind every retry route: a route
+    names the kind (``model``) and whether its id is the image's (``of_image``: its
+    newest job of the kind, the one the image shows; the answer is the image) or the
+    job's own (the answer is the job)."""
+
+    allowed_roles = (CLINICIAN,)
+    model: ClassVar[type[ImageJob]]
+    of_image: ClassVar[bool] = False
+
+    def post(self, request, pk: int):
+        jobs = self.model.retryable_by(request.user)
+        if self.of_image:
+            image = get_object_or_404(CaseImage.objects.filter(case__owner=request.user), pk=pk)
+            job = jobs.filter(image=image).order_by("-pk").first()
+            if job is None:
+                self.no_job()
+        else:
+            job = get_object_or_404(jobs, pk=pk)
+        return self.answer(request, retry_job(job, actor=request.user))
+
+    def no_job(self) -> NoReturn:
+        raise NotFound(f"This image has no {self.model._meta.verbose_name}.")
+
+    def answer(self, request, job) -> Response:
+        image = _images_with_results(CaseImage.objects.filter(pk=job.image_id)).get()
+        body = s.ImageSerializer(image, context={"request": request}).data
+        return Response(body, status=202, headers=_located(request, "image-detail", image.pk))
+
+
+@extend_schema_view(
+    post=extend_schema(
+        summary="Retry the failed segmentation of a CT slice (clinician, own cases)",
+        description="202 with the image, its segmentation `pending` again; 409 unless the "
+        "segmentation failed; 404 for an X-ray.",
+        request=None,
+        responses={202: s.ImageSerializer, **errors(401, 403, 404, 409)},
+        tags=["ct"],
+    )
+)
+class ImageSegmentationRetry(JobRetry):
+    model, of_image = Segmentation, True
+
+    def no_job(self) -> NoReturn:
+        raise NotFound("This image is not a CT slice; it has no segmentation.")
+
+
+@extend_schema_view(
+    post=extend_schema(
+        summary="Retry the failed classification of an image (clinician, own cases)",
+        description="202 with the image, its prediction `pending` again; 409 unless the "
+        "prediction failed (a failure's reason is in `prediction.error`). Poll "
+        "`/api/v1/images/{id}/`.",
+        request=None,
+        responses={202: s.ImageSerializer, **errors(401, 403, 404, 409)},
+        tags=["images"],
+    )
+)
+class ImagePredictionRetry(JobRetry):
+    model, of_image = Prediction, True
+
+    def no_job(self) -> NoReturn:
+        raise RetryRefused("This image has no prediction to retry.")
+
+
+@extend_schema_view(
+    post=extend_schema(
+        summary="Retry a failed explanation (clinician, own cases)",
+        description="202 with the explanation, `pending` again (the same job: its id and "
+        "method stay); 409 unless it failed, or when the same map was asked for again since "
+        "(that one is live). Audited as `explanation.retry`. Poll "
+        "`/api/v1/explanations/{id}/`.",
+        request=None,
+        responses={202: s.ExplanationSerializer, **errors(401, 403, 404, 409)},
+        tags=["explanations"],
+    )
+)
+class ExplanationRetry(JobRetry):
+    model = Explanation
+
+    def answer(self, request, job) -> Response:
+        body = s.ExplanationSerializer(job, context={"request": request}).data
+        return Response(body, status=202, headers=_located(request, "explanation-detail", job.pk))
+
+
 # -- explanations ---------------------------------------------------------------
 
 
@@ -621,32 +678,6 @@ class ExplanationDetail(generics.RetrieveAPIView, RoleView):
 
     def get_queryset(self):
         return _visible_explanations(self.request.user)
-
-
-class ExplanationRetry(RoleView):
-    allowed_roles = (CLINICIAN,)
-
-    @extend_schema(
-        summary="Retry a failed explanation (clinician, own cases)",
-        description="202 with the explanation, `pending` again (the same job: its id and "
-        "method stay); 409 unless it failed, or when the same map was asked for again since "
-        "(that one is live). Audited as `explanation.retry`. Poll "
-        "`/api/v1/explanations/{id}/`.",
-        request=None,
-        responses={202: s.ExplanationSerializer, **errors(401, 403, 404, 409)},
-        tags=["explanations"],
-    )
-    def post(self, request, pk: int):
-        explanation = get_object_or_404(
-            Explanation.objects.filter(image__case__owner=request.user), pk=pk
-        )
-        explanation = explain_services.retry_explanation(
-            explanation=explanation, actor=request.user
-        )
-        body = s.ExplanationSerializer(explanation, context={"request": request}).data
-        return Response(
-            body, status=202, headers=_located(request, "explanation-detail", explanation.pk)
-        )
 
 
 class ExplanationOverlay(FileView):

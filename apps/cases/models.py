@@ -6,6 +6,7 @@ from django.conf import settings
 from django.db import models, transaction
 from django.db.models.signals import post_delete
 from django.dispatch import receiver
+from django.urls import reverse
 from django.utils import timezone
 
 from cxrplatform.jobs import Job, JobKind
@@ -253,7 +254,26 @@ class CaseImage(models.Model):
         return max(segmentations, key=lambda s: s.pk) if segmentations else None
 
 
-class Prediction(Job):
+class ImageJob(Job):
+    """A job on one case image (its ``image``): the image's owner retries it when it
+    failed (``apps.cases.retry_views``, the API's retry routes), from the case page."""
+
+    image: CaseImage  # each kind declares the foreign key, with its own related name
+
+    class Meta:
+        abstract = True
+
+    @classmethod
+    def retryable_by(cls, user) -> models.QuerySet:
+        """The jobs of this kind that ``user`` may retry: those of their own cases."""
+        owner = "image__case__owner"  # each kind's own `image`, which the base does not hold
+        return cls._default_manager.filter(**{owner: user})
+
+    def case_page(self) -> str:
+        return reverse("cases:detail", args=[self.image.case_id])
+
+
+class Prediction(ImageJob):
     """A classification job and its result; a state machine (pending→running→done|failed)."""
 
     job_kind = JobKind(runner="apps.cases.inference.PredictionRunner", queue="inference")
@@ -351,7 +371,7 @@ CT_MASK_FIELDS = {
 CT_MASK_KINDS = tuple(CT_MASK_FIELDS)
 
 
-class Segmentation(Job):
+class Segmentation(ImageJob):
     """A CT slice's segmentation job and its result (pending→running→done|failed).
 
     The masks are 8-bit PNGs at the slice's size (255 = the class; for the lung

@@ -1,72 +1,49 @@
-"""Retry from the case page: a failed classification (X-ray) or segmentation (CT slice)
-is queued again by its owner.
+"""Retry from the case page: a failed job on one of the clinician's images (its
+classification, a CT slice's segmentation, an explanation) is queued again.
 
-The web twins of ``POST /api/v1/images/{id}/prediction/retry/`` and
-``.../segmentation/retry/``: the same services (``apps.cases.services.retry_prediction``,
-``retry_segmentation``), so the same rules and the same audit events
-(``prediction.retry``, ``segmentation.retry``). A failed explanation's retry is
-``explain:retry``.
+One view for every kind (``cases:job-retry``, ``/cases/jobs/<label>/<pk>/retry/``), the
+web twin of the API's retry routes: the same service (``cxrplatform.jobs.retry_job``),
+so the same rules and the same audit event (``<kind>.retry``). The older URLs the case
+page posts to are this view too: ``cases:prediction-retry`` and
+``cases:segmentation-retry`` name the image (its newest job of the kind, the one the page
+shows), ``explain:retry`` the explanation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 from django.contrib import messages
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.views.decorators.http import require_POST
 
 from apps.accounts.roles import CLINICIAN, role_required
-from apps.cases import services
-from apps.cases.models import CaseImage
+from apps.cases.models import CaseImage, ImageJob
+from cxrplatform.errors import Refused
+from cxrplatform.jobs import registered_jobs, retry_job
 
 
 @require_POST
 @role_required(CLINICIAN)
-def prediction_retry(request: HttpRequest, pk: int) -> HttpResponse:
-    return _retry(
-        request,
-        pk,
-        latest=lambda image: image.latest_prediction,
-        retry=lambda job, actor: services.retry_prediction(prediction=job, actor=actor),
-        what="classification",
-    )
-
-
-@require_POST
-@role_required(CLINICIAN)
-def segmentation_retry(request: HttpRequest, pk: int) -> HttpResponse:
-    return _retry(
-        request,
-        pk,
-        latest=lambda image: image.latest_segmentation,
-        retry=lambda job, actor: services.retry_segmentation(segmentation=job, actor=actor),
-        what="segmentation",
-    )
-
-
-def _retry(
-    request: HttpRequest,
-    pk: int,
-    *,
-    latest: Callable[[CaseImage], Any],
-    retry: Callable[[Any, Any], Any],
-    what: str,
-) -> HttpResponse:
-    # Another clinician's image is a 404, as on the case page.
-    image = get_object_or_404(CaseImage, pk=pk, case__owner=request.user)
-    job = latest(image)  # the one the page shows
-    if job is None:
-        messages.error(request, f"This image has no {what} to retry.")
-        return redirect("cases:detail", pk=image.case_id)
+def job_retry(request: HttpRequest, label: str, pk: int, of_image: bool = False) -> HttpResponse:
+    """Queue the failed job ``label`` ``pk`` again (``of_image``: ``pk`` is the image's, and
+    the job its newest of that kind). Another clinician's job or image is a 404, as on the
+    case page."""
+    model = registered_jobs().get(label)
+    if model is None or not issubclass(model, ImageJob):
+        raise Http404("No job of that kind can be retried here.")
+    jobs = model.retryable_by(request.user)
+    if of_image:
+        image = get_object_or_404(CaseImage, pk=pk, case__owner=request.user)
+        job = jobs.filter(image=image).order_by("-pk").first()
+        if job is None:
+            messages.error(request, f"This image has no {model._meta.verbose_name} to retry.")
+            return redirect("cases:detail", pk=image.case_id)
+    else:
+        job = get_object_or_404(jobs, pk=pk)
     try:
-        retry(job, request.user)
-    except services.RetryRefused as exc:
+        retry_job(job, actor=request.user)
+    except Refused as exc:
         messages.error(request, str(exc))
     else:
-        messages.success(
-            request, f"{what.capitalize()} queued again; the result appears when ready."
-        )
-    return redirect("cases:detail", pk=image.case_id)
+        messages.success(request, f"{job.title} queued again; it appears when ready.")
+    return redirect(job.case_page())

@@ -16,7 +16,6 @@ from django.db import transaction
 from apps.accounts.models import record
 from apps.cases.models import Case, CaseImage, Modality, Prediction, Segmentation
 from apps.cases.validation import MODALITIES, UploadRejected, validate_image
-from cxrplatform.errors import Refused
 from cxrplatform.files import files_removed_on_error
 from cxrplatform.jobs import enqueue_job
 
@@ -165,43 +164,3 @@ def _patient_ref(given: str, validated: list) -> str:
             "a case holds the images of one patient.",
         )
     return given or (pseudonyms[0] if pseudonyms else "")
-
-
-class RetryRefused(Refused):
-    pass
-
-
-@transaction.atomic
-def retry_prediction(*, prediction: Prediction, actor=None) -> Prediction:
-    """Queue a failed prediction again (same row, so the case's status follows it).
-
-    Only failed predictions can be retried: a pending or running one is still
-    on its way, a done one has its answer. Audited like every user action.
-    """
-    return _retry(Prediction, prediction.pk, actor=actor, what="prediction")
-
-
-@transaction.atomic
-def retry_segmentation(*, segmentation: Segmentation, actor=None) -> Segmentation:
-    """Queue a failed CT segmentation again; the same rules as :func:`retry_prediction`."""
-    return _retry(Segmentation, segmentation.pk, actor=actor, what="segmentation")
-
-
-def _retry(model, pk: int, *, actor, what: str):
-    locked = model.objects.select_for_update().get(pk=pk)
-    if locked.status != model.Status.FAILED:
-        raise RetryRefused(
-            f"Only a failed {what} can be retried; this one is {locked.get_status_display()}."
-        )
-    error = locked.error
-    locked.reset_for_retry()
-    record(
-        actor=actor,
-        action=f"{what}.retry",
-        target=locked,
-        before={"status": "failed", "error": error[:500]},
-        after={"status": "pending"},
-    )
-    enqueue_job(locked)
-    log.info("%s %s queued again by %s", what, locked.pk, actor)
-    return locked

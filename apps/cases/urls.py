@@ -11,14 +11,19 @@ urlpatterns = [
     path("<int:pk>/delete/", retention_views.case_delete, name="delete"),
     path("erasure/", retention_views.erasure, name="erasure"),
     path("images/<int:pk>/file/", views.image_file, name="image-file"),
+    # One retry view for every kind of job on a case image; the image-keyed URLs the case
+    # page posts to are the same view.
+    path("jobs/<str:label>/<int:pk>/retry/", retry_views.job_retry, name="job-retry"),
     path(
         "images/<int:pk>/prediction/retry/",
-        retry_views.prediction_retry,
+        retry_views.job_retry,
+        {"label": "cases.prediction", "of_image": True},
         name="prediction-retry",
     ),
     path(
         "images/<int:pk>/segmentation/retry/",
-        retry_views.segmentation_retry,
+        retry_views.job_retry,
+        {"label": "cases.segmentation", "of_image": True},
         name="segmentation-retry",
     ),
     path("images/<int:pk>/lungs/<str:kind>.png", views.lung_file, name="lung-file"),

@@ -8,6 +8,7 @@ from django.db.models import Q
 from django.db.models.fields.files import FieldFile
 from django.utils import timezone
 
+from apps.cases.models import ImageJob
 from cxrplatform.jobs import Job, JobKind
 
 
@@ -16,7 +17,7 @@ def _explanation_upload_to(instance: Explanation, filename: str) -> str:
     return f"explanations/{timezone.now():%Y/%m}/{uuid.uuid4().hex}.{suffix}"
 
 
-class Explanation(Job):
+class Explanation(ImageJob):
     """A heatmap for one image, one method and one model version.
 
     Stores the raw map (float32 ``.npy`` at the model's input resolution, values

@@ -1,12 +1,14 @@
 from django.urls import path
 
+from apps.cases.retry_views import job_retry
 from apps.explain import views
 
 app_name = "explain"
 
 urlpatterns = [
     path("images/<int:image_pk>/request/", views.request_method, name="request"),
-    path("<int:pk>/retry/", views.retry, name="retry"),
+    # The one retry view of every job on a case image (apps.cases.retry_views).
+    path("<int:pk>/retry/", job_retry, {"label": "explain.explanation"}, name="retry"),
     path("<int:pk>/overlay.png", views.overlay, name="overlay"),
     path("<int:pk>/layer.png", views.layer, name="layer"),
     path("<int:pk>/heatmap.npy", views.heatmap, name="heatmap"),

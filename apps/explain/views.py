@@ -50,22 +50,6 @@ def request_method(request: HttpRequest, image_pk: int) -> HttpResponse:
     return redirect("cases:detail", pk=image.case_id)
 
 
-@require_POST
-@role_required(CLINICIAN)
-def retry(request: HttpRequest, pk: int) -> HttpResponse:
-    """Queue a failed explanation again from the case page (its owner only; audited)."""
-    explanation = get_object_or_404(Explanation, pk=pk, image__case__owner=request.user)
-    try:
-        services.retry_explanation(explanation=explanation, actor=request.user)
-    except services.ExplanationUnavailable as exc:
-        messages.error(request, str(exc))
-    else:
-        messages.success(
-            request, f"{explanation.get_method_display()} queued again; it appears when ready."
-        )
-    return redirect("cases:detail", pk=explanation.image.case_id)
-
-
 def _visible_explanation(request: HttpRequest, pk: int) -> Explanation:
     from apps.cases.access import visible_images
 

@@ -223,3 +223,20 @@ def test_owner_retries_a_failed_ct_segmentation_from_the_page_and_it_runs(
     response = client.post(url, follow=True)  # done: nothing to retry
     assert "Only a failed segmentation can be retried" in response.content.decode()
     assert AuditEvent.objects.filter(action="segmentation.retry").count() == 1
+
+
+def test_the_one_retry_view_takes_any_kind_of_job_on_an_image_by_its_label_and_id(
+    login, clinician, other_clinician, failed_prediction, django_capture_on_commit_callbacks
+):
+    url = reverse("cases:job-retry", args=["cases.prediction", failed_prediction.pk])
+    assert url == f"/cases/jobs/cases.prediction/{failed_prediction.pk}/retry/"
+    assert login(other_clinician).post(url).status_code == 404
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = login(clinician).post(url)
+    assert response["Location"] == reverse("cases:detail", args=[failed_prediction.image.case_id])
+    assert len(callbacks) == 1
+    assert Prediction.objects.get(pk=failed_prediction.pk).status == "pending"
+    assert AuditEvent.objects.get(action="prediction.retry").actor == clinician
+    # A kind that is not a job on a case image, or no kind at all: nothing to retry here.
+    for label in ("registry.trainingrun", "cases.nothing"):
+        assert login(clinician).post(reverse("cases:job-retry", args=[label, 1])).status_code == 404
