@@ -43,9 +43,10 @@ PYTEST_XDIST = $(if $(filter-out 0,$(TEST_PROCS)),-n $(TEST_PROCS) --dist loadgr
 test: install ## run every test (the README's test command)
 	$(VENV)/bin/pytest $(PYTEST_XDIST)
 
-# Quick feedback: no Celery worker processes, no browser (markers `worker`, `browser`).
-test-fast: install
-	$(VENV)/bin/pytest -m "not worker and not browser" $(PYTEST_XDIST)
+# Quick feedback: no model training, no Celery worker processes, no browser (markers
+# `slow`, `worker`, `browser`; `make test` runs them all).
+test-fast: install ## quick feedback: no model training, Celery workers or browser
+	$(VENV)/bin/pytest -m "not slow and not worker and not browser" $(PYTEST_XDIST)
 
 # The same checks as .pre-commit-config.yaml (`$(VENV)/bin/pre-commit install` runs them
 # before each commit). DEBUG=1: the mypy Django plugin imports the settings.

@@ -101,14 +101,22 @@ def shared_datasets() -> Path:
 
 
 @pytest.fixture(scope="session")
-def ct_tiny_model(tmp_path_factory) -> Path:
-    """The tiny real CT model (ml.ct.tiny), trained once per test run on
-    tests/fixtures/ct (~25 s) and shared by xdist workers through a file lock."""
+def ct_tiny_model(request, tmp_path_factory) -> Path:
+    """The tiny real CT model (ml.ct.tiny), trained on tests/fixtures/ct (~25 s) the first
+    time and kept in pytest's cache folder (.pytest_cache/d/ct-tiny) for later runs, so
+    `make test-fast` trains nothing once it has run: ``build_tiny_ct_model`` trains again
+    when the fixtures, the code that builds the model or the Keras version change (the
+    hash on its card). xdist workers share it through a file lock."""
     import fcntl
 
     from ml.ct.tiny import build_tiny_ct_model
 
-    root = tmp_path_factory.getbasetemp().parent / "ct-tiny"
+    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
+    root = (
+        cache.mkdir("ct-tiny")
+        if cache is not None
+        else (tmp_path_factory.getbasetemp().parent / "ct-tiny")
+    )
     root.mkdir(parents=True, exist_ok=True)
     with (root / ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes

@@ -4,9 +4,9 @@ Tests of ``ml.ct`` and of the CT platform need a real Keras model with the bundl
 model's interface (three heads, a card with preprocessing and post-processing) without
 ``../shared/datasets``. :func:`build_tiny_ct_model` trains a narrow U-Net on all 16
 slices of ``tests/fixtures/ct/`` (9 zenodo, 7 MedSeg) for a few seconds and writes
-``ct-tiny.keras`` + card; a second call with the same fixtures and settings returns the
-file already there (the card records a hash of the fixtures). It is a plumbing model,
-not a segmentation one: its card says so.
+``ct-tiny.keras`` + card; a second call with the same fixtures, settings, code and Keras
+version returns the file already there (the card records a hash of them all). It is a
+plumbing model, not a segmentation one: its card says so.
 
     python -m ml.ct.tiny --out var/ct-tiny
 """
@@ -31,11 +31,25 @@ TINY_SETTINGS = {"width": 8, "depth": 4, "epochs": 6, "batch_size": 4, "seed": 0
 TINY_FORMAT = 3
 
 
+# The code that builds, trains and saves the model: a change to any of it trains again.
+SOURCES = ("tiny.py", "training.py", "model.py", "data.py", "preprocess.py", "segmenter.py")
+
+
 def fixtures_sha256(fixtures: Path = FIXTURES) -> str:
-    digest = hashlib.sha256(repr((TINY_FORMAT, sorted(TINY_SETTINGS.items()))).encode())
+    """What the tiny model is made from: the fixtures, the settings, the ``ml/ct`` code
+    that builds it and the Keras and TensorFlow versions (a model built from the same
+    hash is reused)."""
+    from importlib.metadata import version
+
+    versions = (version("keras"), version("tensorflow"))
+    digest = hashlib.sha256(repr((TINY_FORMAT, sorted(TINY_SETTINGS.items()), versions)).encode())
     for path in sorted(p for p in fixtures.rglob("*") if p.is_file()):
         digest.update(str(path.relative_to(fixtures)).encode())
         digest.update(path.read_bytes())
+    here = Path(__file__).resolve().parent
+    for name in SOURCES:
+        digest.update(name.encode())
+        digest.update((here / name).read_bytes())
     return digest.hexdigest()
 
 

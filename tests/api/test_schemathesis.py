@@ -32,6 +32,8 @@ from cxrplatform.jobs import run_job_now
 from tests.api.conftest import predicted_case, segmented_ct_case
 from tests.factories import UserFactory
 
+pytestmark = pytest.mark.slow
+
 ALL_ROLES = ["clinician", "annotator", "model_admin"]
 MAX_EXAMPLES = 12
 

@@ -92,6 +92,7 @@ def test_pending_page_shows_a_spinner_and_asks_for_live_updates(requested):
     assert AuditEvent.objects.filter(action="inspection.requested").count() == 1
 
 
+@pytest.mark.slow
 def test_job_stores_filters_activations_and_every_method_as_png(requested, production_model):
     client, inspection = requested
     run_job.run(job="explain.inspection", pk=inspection.pk)  # the task body, in-process
@@ -133,6 +134,7 @@ def test_job_stores_filters_activations_and_every_method_as_png(requested, produ
     assert run_job_now(Inspection, inspection.pk).pictures.count() == len(kinds)
 
 
+@pytest.mark.slow
 def test_a_chosen_layer_is_used_and_a_bad_one_fails_with_its_reason(
     login, model_admin, production_model, reference_image
 ):

@@ -24,7 +24,8 @@ from cxrplatform.jobs import run_job_now
 from ml.generate.watermark import synthetic_reason
 from tests.conftest import FIXTURES, IMAGES, fixture_manifest, stored_files, upload_of
 
-pytestmark = pytest.mark.django_db
+# Every test uses the tiny generator trained by tests/generator/conftest.py.
+pytestmark = [pytest.mark.django_db, pytest.mark.slow]
 
 
 def _done_grid(version, user, *, label="covid19", n=4, seed=0) -> SampleGrid:

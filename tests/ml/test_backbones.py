@@ -54,6 +54,7 @@ def test_the_wheel_checkpoint_reads_without_pytorch():
     assert np.isfinite(state["_blocks.15._project_conv.weight"]).all()
 
 
+@pytest.mark.slow
 def test_the_port_names_imagenet_photographs(imagenet_model):
     """The test that the weights landed in the right layers: a cat and an espresso."""
     from skimage import data
@@ -99,6 +100,7 @@ def test_a_truncated_or_foreign_file_is_refused(tmp_path):
         load_state_dict(other)
 
 
+@pytest.mark.slow
 def test_the_lung_classifier_freezes_early_blocks_and_loads_without_custom_code(tmp_path):
     model = build_lite0_classifier(64, train_from_block=8)
     frozen = {layer.name for layer in model.layers if not layer.trainable}
@@ -122,6 +124,7 @@ def test_the_lung_classifier_freezes_early_blocks_and_loads_without_custom_code(
         build_lite0_classifier(64, weights=None, train_from_block=N_BLOCKS + 1)
 
 
+@pytest.mark.slow
 def test_nothing_outside_the_lung_fields_reaches_the_classifier():
     """The head's features are kept only where the input is visible, so what lies on the
     masked part of the frame (0 in preprocessing v2) cannot change the output; a change
@@ -144,6 +147,7 @@ def test_nothing_outside_the_lung_fields_reaches_the_classifier():
     assert np.all(gated == 0.0)
 
 
+@pytest.mark.slow
 def test_lite0_trains_with_held_out_normals_and_serves_on_litert(tmp_path):
     """The whole recipe on the fixture images at 64 px for one epoch: the specificity
     operating point with its curve on the card, one extra run without the adult-normal
@@ -214,6 +218,7 @@ def test_lite0_trains_with_held_out_normals_and_serves_on_litert(tmp_path):
 @pytest.mark.parametrize(
     "method", ["gradcam", "occlusion", "smoothgrad", "ig", "guided", "deconvnet"]
 )
+@pytest.mark.slow
 def test_every_explanation_method_works_on_the_lite0_classifier(method):
     """Grad-CAM explains the lung-gated head (``lung_features``); every method returns a
     finite map at input resolution that is zero-free nowhere it should not be: nothing of
@@ -230,6 +235,7 @@ def test_every_explanation_method_works_on_the_lite0_classifier(method):
         assert heatmap.layer == "lung_features"
 
 
+@pytest.mark.slow
 def test_the_inspector_shows_the_lite0_stem_filters_and_activations():
     from ml.explain.inspect import activation_maps, filter_grid, first_conv_layer
 

@@ -13,6 +13,8 @@ pytest.importorskip("tensorflow")
 
 from tests.conftest import FIXTURES, ml_cli
 
+pytestmark = pytest.mark.slow
+
 CT = FIXTURES / "ct"
 
 

@@ -143,6 +143,7 @@ def test_the_web_process_can_use_the_check_without_scikit_learn_or_tensorflow():
 
 
 @pytest.mark.shared_data
+@pytest.mark.slow
 def test_ct_modality_eval_measures_the_shipped_check_on_the_held_out_images(shared_datasets, check):
     from tests.conftest import ml_cli
 

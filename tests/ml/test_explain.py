@@ -128,6 +128,7 @@ def test_each_method_gives_an_input_sized_unit_range_map_on_the_compact_cnn(
 
 
 @pytest.mark.parametrize("method", METHODS)
+@pytest.mark.slow
 def test_each_method_works_on_a_different_architecture(other_architecture, method):
     model, image = other_architecture
     heatmap = explain(model, image, method, target_class=2)
@@ -177,6 +178,7 @@ def test_bad_requests_are_refused_with_a_clear_message(tiny, fixture_images):
 
 
 @pytest.mark.parametrize("method", ["gradcam", "occlusion"])
+@pytest.mark.slow
 def test_heatmap_mass_falls_on_the_square_that_decides_the_class(corner_model, method):
     model, positives = corner_model
     shares = []
@@ -189,6 +191,7 @@ def test_heatmap_mass_falls_on_the_square_that_decides_the_class(corner_model, m
     assert np.mean(shares) > 0.5, f"{method}: mass share in the corner quadrant {shares}"
 
 
+@pytest.mark.slow
 def test_gradcam_beats_a_random_map_on_deletion_and_insertion(corner_model):
     model, positives = corner_model
     cam, rand = [], []
@@ -261,6 +264,7 @@ def test_fast_occlusion_equals_tf_explain_occlusion(tiny, fixture_images, patch_
     assert np.ptp(fast) > 0
 
 
+@pytest.mark.slow
 def test_fast_occlusion_equals_tf_explain_on_the_other_architecture(other_architecture):
     model, image = other_architecture
     fast = fast_occlusion(model, image, 0, 8, 0.25)
@@ -276,6 +280,7 @@ def test_tf_explain_reference_is_restored_after_use(tiny, fixture_images):
     assert module.apply_grey_patch is before
 
 
+@pytest.mark.slow
 def test_randomisation_check_finds_gradcam_depends_on_the_weights(corner_model):
     model, positives = corner_model
     result = randomisation_check(model, list(positives[:3]), "gradcam", seed=0)
@@ -292,6 +297,7 @@ def test_randomisation_check_finds_gradcam_depends_on_the_weights(corner_model):
     assert full["spearman_mean"] < 0.9
 
 
+@pytest.mark.slow
 def test_last_conv_layer_walks_the_graph(tiny, other_architecture):
     import keras
 

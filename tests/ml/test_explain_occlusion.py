@@ -64,6 +64,7 @@ def test_bundled_model_takes_the_incremental_path(bundled):
 
 @pytest.mark.parametrize("patch_size", [8, 16, 32, 12])
 @pytest.mark.parametrize("fill", ["0.0", "0.5", "mean"])
+@pytest.mark.slow
 def test_incremental_equals_tf_explain_on_the_bundled_model(
     bundled, bundled_images, patch_size, fill, record_property
 ):
@@ -201,6 +202,7 @@ def geometry(request):
 
 
 @pytest.mark.parametrize("patch_size", [5, 8, 13])
+@pytest.mark.slow
 def test_incremental_equals_full_batch_on_other_geometries(geometry, patch_size, record_property):
     name, model, image = geometry
     assert incremental_unsupported_reason(model) is None, name
@@ -362,6 +364,7 @@ def test_unknown_path_is_refused(bundled, bundled_images):
         fast_occlusion(bundled.model, bundled_images[0], 0, 16, 0.0, path="fastest")
 
 
+@pytest.mark.slow
 def test_compiled_plan_does_not_keep_the_model_alive():
     keras.utils.set_random_seed(10)
     model = _strided_model()
@@ -376,6 +379,7 @@ def test_compiled_plan_does_not_keep_the_model_alive():
 LUNGS_MODEL = REPO_ROOT / "ml" / "bundled" / "cxr-lungs" / "cxr-lungs.keras"
 
 
+@pytest.mark.slow
 def test_patches_fill_only_visible_pixels_and_both_paths_agree():
     """A model fed images blanked outside the lungs: a patch over the blank leaves it
     blank (else the model is shown what it never sees), on either path."""

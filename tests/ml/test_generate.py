@@ -196,6 +196,7 @@ def tiny(tmp_path_factory):
     return {"root": root, "labels": labels, "data": data, "result": result, "config": config}
 
 
+@pytest.mark.slow
 def test_data_are_the_classifier_preprocessing_at_the_generator_size(tiny):
     data = tiny["data"]
     assert data.split_source == "given with the data"
@@ -229,6 +230,7 @@ def test_unknown_images_are_refused_without_the_classifier_split(tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_one_epoch_writes_generator_card_and_gif(tiny):
     from ml.models.artifacts import read_card, sha256_file
 
@@ -247,6 +249,7 @@ def test_one_epoch_writes_generator_card_and_gif(tiny):
     assert gif.n_frames == 2
 
 
+@pytest.mark.slow
 def test_samples_are_deterministic_per_seed_and_class(tiny):
     from ml.generate.sampler import Generator
 
@@ -263,6 +266,7 @@ def test_samples_are_deterministic_per_seed_and_class(tiny):
         generator.sample("normal", 0)
 
 
+@pytest.mark.slow
 def test_a_changed_file_is_refused(tiny, tmp_path):
     import shutil
 
@@ -279,6 +283,7 @@ def test_a_changed_file_is_refused(tiny, tmp_path):
         Generator.load(copy)
 
 
+@pytest.mark.slow
 def test_training_resumes_from_its_checkpoint(tiny, tmp_path):
     from ml.generate.training import GanConfig, train_generator
 
@@ -292,6 +297,7 @@ def test_training_resumes_from_its_checkpoint(tiny, tmp_path):
     assert [h["epoch"] for h in training["history"]] == [1, 2]
 
 
+@pytest.mark.slow
 def test_cli_sample_writes_a_marked_grid(tiny, tmp_path):
     out = tmp_path / "grid.png"
     model = tiny["result"].artifact
@@ -310,6 +316,7 @@ def test_cli_sample_writes_a_marked_grid(tiny, tmp_path):
     assert "invalid choice" in bad.stderr
 
 
+@pytest.mark.slow
 def test_evaluation_writes_the_report_and_its_figures(tiny, tmp_path):
     from ml.generate.evaluation import EvalConfig, evaluate_generator
 
@@ -345,6 +352,7 @@ def test_evaluation_writes_the_report_and_its_figures(tiny, tmp_path):
         assert (tmp_path / "report" / name).stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_a_usefulness_run_trains_on_synthetic_images_and_scores_the_real_test_split(tiny):
     from ml.generate.evaluation import EvalConfig, usefulness_run
     from ml.generate.sampler import Generator

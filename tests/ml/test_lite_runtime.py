@@ -75,6 +75,7 @@ def test_lite_lung_segmenter_matches_keras(both):
         assert disagree < 1e-3, (path.name, disagree)
 
 
+@pytest.mark.slow
 def test_lite_labels_identical_to_keras_on_the_whole_test_split(both, shared_datasets):
     from ml.serving.ood import chest_xray_paths
 
@@ -111,6 +112,7 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras"
     assert modules_line == "[]", modules_line
 
 
+@pytest.mark.slow
 def test_a_lite_file_is_only_served_for_the_keras_file_it_was_converted_from(tmp_path):
     source = tmp_path / "lung-unet.keras"
     shutil.copy(REPO_ROOT / "ml" / "bundled" / "lung-unet.keras", source)

@@ -9,6 +9,7 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 from PIL import Image, ImageEnhance
 
 from ml.research.split_leak import (
@@ -70,6 +71,7 @@ def test_pixel_copies_and_near_copies_across_splits_are_found_not_within_one(tmp
     assert all("IM-0117" not in p.a.key + p.b.key or p.a.split != p.b.split for p in loose)
 
 
+@pytest.mark.slow
 def test_figures_without_the_leaked_patients_drop_their_test_images():
     rows = [
         {"patient": "leak", "label": "covid19", "pred": "covid19", "source": "covid-chestxray",

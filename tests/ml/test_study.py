@@ -3,6 +3,7 @@
 
 import json
 
+import pytest
 from PIL import Image
 
 from ml.research.study import default_plan
@@ -19,6 +20,7 @@ def test_default_plan_shares_the_baseline_and_covers_every_factor():
     assert {c.split_level for c in configs} == {"patient", "image"}
 
 
+@pytest.mark.slow
 def test_quick_study_writes_runs_report_and_plots(tmp_path):
     out = tmp_path / "study"
     done = ml_cli(
@@ -70,6 +72,7 @@ def test_quick_study_writes_runs_report_and_plots(tmp_path):
     assert "8 runs" in again.stdout
 
 
+@pytest.mark.slow
 def test_heatmap_study_on_the_tiny_model(tmp_path):
     splits = tmp_path / "splits.csv"
     rows = fixture_manifest()

@@ -41,6 +41,7 @@ def with_and_without(tmp_path_factory):
     return on, off
 
 
+@pytest.mark.slow
 def test_training_writes_an_animated_gif_with_one_frame_per_epoch(with_and_without):
     on, _ = with_and_without
     gif = on.artifact.parent / "m.gradcam.gif"

@@ -25,6 +25,7 @@ def trained(tmp_path_factory):
     return result, progress
 
 
+@pytest.mark.slow
 def test_one_epoch_run_writes_a_loadable_model_and_a_complete_card(trained):
     result, _ = trained
     card = read_card(result.artifact)
@@ -41,6 +42,7 @@ def test_one_epoch_run_writes_a_loadable_model_and_a_complete_card(trained):
     assert classifier.model.output_shape == (None, 3)
 
 
+@pytest.mark.slow
 def test_training_writes_the_evaluation_report_and_the_split_file(trained):
     result, _ = trained
     for name in ("metrics.json", "report.md", "confusion_matrix.png", "roc.png", "calibration.png"):
@@ -52,6 +54,7 @@ def test_training_writes_the_evaluation_report_and_the_split_file(trained):
     assert len(rows) == 19
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_weights(trained, tmp_path):
     import numpy as np
 
@@ -64,6 +67,7 @@ def test_same_seed_gives_the_same_weights(trained, tmp_path):
     assert again.metrics.macro_f1 == result.metrics.macro_f1
 
 
+@pytest.mark.slow
 def test_training_reports_progress_per_batch_and_epoch(trained):
     _, progress = trained
     assert progress[0] == {"epoch": 1, "epochs": 1, "batch": 1, "batches": 2}
@@ -74,6 +78,7 @@ def _cli(*args):
     return ml_cli(*args)
 
 
+@pytest.mark.slow
 def test_cli_predict_json_gives_probabilities_that_sum_to_one(trained):
     result, _ = trained
     images = [str(IMAGES / "2168a917.jpg"), str(IMAGES / "IM-0117-0001.jpeg")]
@@ -87,6 +92,7 @@ def test_cli_predict_json_gives_probabilities_that_sum_to_one(trained):
         assert row["label"] == max(row["probabilities"], key=row["probabilities"].get)
 
 
+@pytest.mark.slow
 def test_cli_predict_reports_unreadable_images_and_exits_non_zero(trained, tmp_path):
     result, _ = trained
     bad = tmp_path / "bad.png"
@@ -104,6 +110,7 @@ def test_cli_predict_reports_unreadable_images_and_exits_non_zero(trained, tmp_p
     assert "2168a917.jpg: " in run.stdout
 
 
+@pytest.mark.slow
 def test_cli_evaluate_recomputes_the_models_test_split(trained, tmp_path):
     result, _ = trained
     out = tmp_path / "eval"
@@ -247,6 +254,7 @@ def test_efficientnet_backbone_builds_on_the_one_channel_input():
     assert model.output_shape == (None, 3)
 
 
+@pytest.mark.slow
 def test_training_and_serving_feed_the_model_identical_arrays(trained):
     """Training (load_arrays) and serving (Classifier.predict) preprocess alike:
     the served probabilities equal the model's output on the training array."""

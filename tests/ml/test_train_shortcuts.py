@@ -126,6 +126,7 @@ def test_arrays_cache_gives_the_same_inputs_and_masks(segmenter, tmp_path):
     assert first.used_lungs.all()
 
 
+@pytest.mark.slow
 def test_v2_training_with_the_penalty_writes_a_served_v2_model(tmp_path):
     config = TrainConfig(
         epochs=1,
@@ -164,6 +165,7 @@ def segmenter_sha():
     return read_card(BUNDLED_LUNG_MODEL)["sha256"]
 
 
+@pytest.mark.slow
 def test_lung_cnn_with_an_operating_point_trains_and_serves(tmp_path):
     from ml.explain.methods import explain
 

@@ -135,6 +135,7 @@ def test_web_process_can_use_the_check_without_scikit_learn_or_tensorflow():
 
 
 @pytest.mark.shared_data
+@pytest.mark.slow
 def test_refitting_reproduces_the_bundled_check_and_its_figures(shared_datasets):
     from ml.serving.viewcheck import evaluate
 
@@ -156,7 +157,8 @@ def test_refitting_reproduces_the_bundled_check_and_its_figures(shared_datasets)
 
 
 @pytest.mark.shared_data
-def test_view_eval_measures_the_held_out_laterals_of_the_bundled_check(shared_datasets, capsys):
+@pytest.mark.slow
+def test_view_evaluate_measures_the_held_out_laterals_of_the_bundled_check(shared_datasets, capsys):
     from ml.cli import main
 
     code = main(

@@ -39,6 +39,7 @@ def _sha(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_snapshot_export_trains_one_epoch_with_ml_train_on_its_own_split(
     snapshot, tmp_path, model_admin
 ):

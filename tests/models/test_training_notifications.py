@@ -40,6 +40,7 @@ def seeded(db, production_model):
     return production_model
 
 
+@pytest.mark.slow
 def test_a_finished_run_tells_every_model_admin_in_the_app_and_by_e_mail(
     seeded, admins, settings, login, django_capture_on_commit_callbacks
 ):
