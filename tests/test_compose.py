@@ -1,4 +1,4 @@
-"""Issue 21: docker-compose.yml passes the Compose Specification schema (vendored from
+"""docker-compose.yml passes the Compose Specification schema (vendored from
 docker-compose 1.29.2: tests/fixtures/compose/) with the healthchecks and Flower, and
 `docker compose config` / `docker-compose config` where either binary is installed
 (.ci/run installs Debian's docker-compose and sets CXR_REQUIRE_COMPOSE=1)."""

@@ -1,4 +1,4 @@
-"""Production settings (issue 17, item 13): `check --deploy` clean, HTTPS, cookies, session
+"""Production settings: `check --deploy` clean, HTTPS, cookies, session
 idle timeout, no caching of patient data, a Content-Security-Policy without inline scripts,
 private upload files, no hard-coded passwords in docker-compose."""
 

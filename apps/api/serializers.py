@@ -89,7 +89,8 @@ class ModelVersionRefSerializer(serializers.ModelSerializer):
 
 
 class PredictionSerializer(serializers.Serializer):
-    """SPEC §7: ``{label, probabilities{covid19, pneumonia, normal}, model_version}``."""
+    """The prediction as the API returns it:
+    ``{label, probabilities{covid19, pneumonia, normal}, model_version}``."""
 
     id = serializers.IntegerField()
     status = serializers.CharField()

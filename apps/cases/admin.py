@@ -2,8 +2,8 @@
 
 Cases and labels change only through the platform's services, which audit every change
 (apps.accounts.models.record); an edit or delete here would bypass that record, so the
-admin shows these rows and changes none of them (issue 17: an auditor's trail of label
-and case edits). Label corrections go through the labelling pages or the API.
+admin shows these rows and changes none of them (an auditor's trail of label and case
+edits). Label corrections go through the labelling pages or the API.
 """
 
 from django.contrib import admin

@@ -315,7 +315,7 @@ def _picture(request: dict, content: bytes) -> tuple[dict, bytes]:
                 # Judged in its own colours (a CMYK photograph is still a photograph),
                 # then read and stored as grayscale.
                 colourful = colourful_fraction(upright)
-                # The generator's "synthetic" mark in the file's metadata (issue 20).
+                # The generator's "synthetic" mark in the file's metadata.
                 marked = metadata_reason(upright)
                 space = _print_colour_space(upright)
                 if space is not None:
@@ -333,7 +333,7 @@ def _picture(request: dict, content: bytes) -> tuple[dict, bytes]:
     reply: dict[str, object] = {"width": width, "height": height}
     if space is not None:
         reply["note"] = PRINT_COLOUR_NOTES[space]
-    # ... or in its pixels: a generated image is never a patient's (issue 20).
+    # ... or in its pixels: a generated image is never a patient's.
     reply["synthetic"] = marked or pixels_reason(gray) or ""
     reply.update(_verdicts(request, gray, width, height, colourful))
     return reply, stored
@@ -377,7 +377,7 @@ def _dicom(request: dict, content: bytes) -> tuple[dict, bytes]:
     reply.update(_verdicts(request, gray, width, height, 0.0))
     from ml.generate.watermark import pixels_reason
 
-    reply["synthetic"] = pixels_reason(gray) or ""  # the generator's mark (issue 20)
+    reply["synthetic"] = pixels_reason(gray) or ""  # the generator's mark
     return reply, buffer.getvalue()
 
 

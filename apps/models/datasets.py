@@ -42,7 +42,7 @@ def import_reference_dataset(root: Path, layout: str = "auto") -> dict[str, int]
         if ReferenceImage.objects.filter(sha256=digest).exists():
             skipped += 1
             continue
-        if _synthetic(content):  # the generator's output is never real data (issue 20)
+        if _synthetic(content):  # the generator's output is never real data
             log.warning("import %s: %s is marked synthetic; not imported", root, record.path.name)
             synthetic += 1
             continue

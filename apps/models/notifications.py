@@ -1,6 +1,6 @@
 """Tell model admins that a training run ended: in the app and by e-mail.
 
-SPEC: training runs "notify" model admins. When a run ends (its candidate is ready,
+Training runs notify model admins. When a run ends (its candidate is ready,
 with the promotion gate's verdict and, with ``CXR_AUTO_PROMOTE``, whether it was
 promoted; or it failed, by any path: its own error, a time limit, the sweeper), every
 active model admin gets a :class:`~apps.models.models.Notification`: the registry page

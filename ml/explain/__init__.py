@@ -1,4 +1,4 @@
-"""Explanations for Keras image classifiers (SPEC section 5), usable without the platform.
+"""Explanations for Keras image classifiers, usable without the platform.
 
     from ml.explain.api import explain, render_overlay
     heatmap = explain(model, image, "gradcam", classes=CLASSES)

@@ -1,6 +1,6 @@
 """Looking inside a Keras CNN: layers, first-layer filters and activation maps.
 
-The model-inspector half of ``ml.explain`` (SPEC section 5), for notebooks and for the
+The model-inspector half of ``ml.explain``, for notebooks and for the
 platform's inspector page alike. Works on any Keras 3 functional or Sequential image
 model with one input, including models that nest a backbone as a sub-model (layers
 inside it are named by path, ``"densenet121/conv1_conv"``, as in :func:`last_conv_layer`).

@@ -24,12 +24,12 @@ from typing import Any
 
 Interval = tuple[float, float]
 
-# Targets of the shortcut tests (issue 16): what the product asks of a model that
+# Targets of the shortcut tests: what the product asks of a model that
 # looks at the lungs rather than at where an image came from.
 TARGET_WITHIN_SOURCE_AUROC = 0.80
 TARGET_LUNGS_BLANKED_ACCURACY = 0.45
 TARGET_MASS_IN_LUNGS = 0.70
-# Normals of an adult site the model never saw, called normal (issue 27).
+# Normals of an adult site the model never saw, called normal.
 TARGET_HELD_OUT_NORMALS = 0.80
 
 # The old card summary stored these keys with a ``test_`` prefix.
@@ -475,7 +475,7 @@ def _check(
 
 @dataclass(frozen=True)
 class ShortcutMetrics:
-    """Does the model read the lungs, or where the image came from? (issue 16)
+    """Does the model read the lungs, or where the image came from?
 
     * ``nih_pneumonia_auroc``: pneumonia vs normal among the NIH ChestX-ray14 images;
       ``covid_chestxray_covid19_auroc``: COVID-19 vs the rest among covid-chestxray's.
@@ -502,7 +502,7 @@ class ShortcutMetrics:
     chance_accuracy: float | None = None
     gradcam_mass_in_lungs: Mapping[str, MassInLungs] = field(default_factory=dict)
     bootstrap: BootstrapInfo | None = None
-    # Issue 27: how the training recipe treats a site it never saw (from the card), and
+    # How the training recipe treats a site it never saw (from the card), and
     # how much of the source the model's features still carry.
     held_out_normals: Mapping[str, HeldOutNormals] = field(default_factory=dict)
     source_probe: Mapping[str, SourceProbe] = field(default_factory=dict)

@@ -1,4 +1,4 @@
-"""Issue 17, item 14: the audit trail a hospital auditor asks for, and the audit log page.
+"""The audit trail a hospital auditor asks for, and the audit log page.
 
 Log-ins and failed log-ins, case creation, explanation requests, every download of an
 image, lung mask or outline, overlay, heatmap layer or raw heatmap (web and API), no edits

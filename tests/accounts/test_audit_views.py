@@ -1,4 +1,4 @@
-"""Issue 28, point 6: an audit log that can be read. One ``case.viewed`` /
+"""An audit log that can be read. One ``case.viewed`` /
 ``image.viewed`` event per page view, naming the files the page loads (their fetches
 write no events of their own), while every other fetch of patient pixels is still a
 ``download.*`` event; and the audit page's categories (patient-data access vs

@@ -1,4 +1,4 @@
-"""Issue 21, item 7: password change for every user, reset by e-mail, validators, and
+"""Password change for every user, reset by e-mail, validators, and
 demo users made to change the published demo password at first log-in outside DEBUG."""
 
 from __future__ import annotations

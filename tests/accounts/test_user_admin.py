@@ -1,4 +1,4 @@
-"""Issue 21, item 8: the users and roles page for site administrators (superusers or the
+"""The users and roles page for site administrators (superusers or the
 site_admin role): invite or create, assign roles, deactivate, see last log-in; audited;
 role changes take effect on the user's next request."""
 

@@ -1,4 +1,4 @@
-"""Hostile uploads posted through the API (issue 17, memory and decoding).
+"""Hostile uploads posted through the API (memory and decoding).
 
 Each file of the corpus is built here, small and deterministic: compressed
 DICOMs whose codestream declares another size than Rows/Columns (JPEG,

@@ -1,4 +1,4 @@
-"""Every API endpoint x every role, each cell an exact status code (SPEC §1: deny by default).
+"""Every API endpoint x every role, each cell an exact status code (deny by default).
 
 Object-level cells use the first clinician's case, image and explanation:
 the other clinician gets 404 (not 403, as on the web: its existence is not

@@ -1,4 +1,5 @@
-"""Issue 23 in a real browser, against a live server and a real worker: a clinician asks
+"""Deconvolution maps and retries in a real browser, against a live server and a real
+worker: a clinician asks
 for a deconvolution map on the case page and sees it; a failed classification is
 retried from the page and its result arrives without a reload."""
 

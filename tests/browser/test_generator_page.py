@@ -1,4 +1,4 @@
-"""The synthetic-image page in a real browser (issue 20): a model admin picks a version
+"""The synthetic-image page in a real browser: a model admin picks a version
 and a class, the job draws the grid, the page shows it marked SYNTHETIC."""
 
 import pytest

@@ -1,4 +1,4 @@
-"""Issue 28's learning loop in a real browser, against a live server and a real training
+"""The learning loop in a real browser, against a live server and a real training
 worker: a model admin starts a retraining from the web, watches the run finish, reads
 the candidate against production on the same images (how many shown), promotes it and
 rolls back."""

@@ -1,4 +1,4 @@
-"""Input safety (SPEC §3): DICOM intake and de-identification, every class of bad
+"""Input safety: DICOM intake and de-identification, every class of bad
 upload, the out-of-distribution gate, and malformed bytes thrown at every path."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""One provenance record per image, on the web and in the API (issue 18, item 8): the
+"""One provenance record per image, on the web and in the API: the
 whole chain for one DICOM image, from the upload to the snapshot that trains on it."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 21, item 6: a clinician deletes their own case (gone at once, files purged after
+"""Retention: a clinician deletes their own case (gone at once, files purged after
 CXR_DELETED_CASE_RETENTION_DAYS by a beat task), erasure by patient reference for a
 data-protection request (model admins, audited), and labelled images in snapshots
 withdrawn from future snapshots."""

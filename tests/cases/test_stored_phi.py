@@ -1,4 +1,4 @@
-"""Stored identifying data (issue 17, items 5-7): what the platform keeps of an upload,
+"""Stored identifying data: what the platform keeps of an upload,
 what it serves back, and what it logs, hold none of the identifiers planted in it.
 
 - PNG/JPEG uploads are stored as a re-encoded copy of their decoded pixels: no text

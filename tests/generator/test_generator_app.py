@@ -1,4 +1,4 @@
-"""The generator page and its safety rules (issue 20): model admins ask for a grid, a
+"""The generator page and its safety rules: model admins ask for a grid, a
 job draws it marked SYNTHETIC, and marked images never become cases or snapshot items."""
 
 from __future__ import annotations

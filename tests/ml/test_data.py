@@ -197,7 +197,7 @@ def test_content_hash_changes_with_membership_and_labels():
 
 @pytest.mark.shared_data
 def test_shared_datasets_load_with_documented_counts(shared_datasets):
-    """Counts from ../shared/datasets/README.md, after the project's label mapping."""
+    """The shared folders' published image counts, after the project's label mapping."""
     folders = ("covid-chestxray", "pediatric-pneumonia", "adult-normal", "adult-pneumonia")
     dataset = load_many([shared_datasets / n for n in folders])
     assert dataset.counts() == {

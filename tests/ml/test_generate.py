@@ -1,4 +1,4 @@
-"""The synthetic X-ray generator (issue 20): metrics, the watermark, and a tiny generator
+"""The synthetic X-ray generator: metrics, the watermark, and a tiny generator
 trained for an epoch on the committed fixture images, sampled, evaluated and resumed."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The promotion gate on the shortcut tests (issue 16), and where their figures are shown."""
+"""The promotion gate on the shortcut tests, and where their figures are shown."""
 
 import json
 from dataclasses import replace

@@ -1,4 +1,4 @@
-"""Dataset snapshots that mean what they say (issue 18, items 5-7): each image's current
+"""Dataset snapshots that mean what they say: each image's current
 confirmed label, no patient in two splits, one item per picture across reference and
 clinical data, and counts by split x class x source with what changed."""
 

@@ -1,4 +1,4 @@
-"""Issue 21, item 5: `manage.py backup` / `restore` (make backup / make restore) with the
+"""`manage.py backup` / `restore` (make backup / make restore) with the
 real PostgreSQL tools: a backup of a database and media folder, restored into an empty
 database and an empty media folder, gives back the same cases, images (by the sha256 of
 their stored bytes), labels and model versions; a restore refuses a database or storage

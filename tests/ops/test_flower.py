@@ -1,4 +1,4 @@
-"""Issue 21, item 3: Flower, the Celery monitor, runs behind authentication: the real
+"""Flower, the Celery monitor, runs behind authentication: the real
 `celery flower` process with the basic-auth setting docker-compose gives it refuses
 anonymous requests to its pages and API and answers with the credentials."""
 

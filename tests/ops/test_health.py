@@ -1,4 +1,4 @@
-"""Issue 21, item 1: /healthz (alive) and /readyz (database, migrations, broker, storage,
+"""/healthz (alive) and /readyz (database, migrations, broker, storage,
 production model file by hash), JSON naming what failed, 503 when not ready. Every
 failure here is a real one: a closed port, a storage path that cannot be a folder, a
 replaced model file, a migration the database has not recorded."""

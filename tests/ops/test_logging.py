@@ -1,4 +1,4 @@
-"""Issue 21, item 4: JSON logs with request id, user id (never patient data), job id and
+"""JSON logs with request id, user id (never patient data), job id and
 task id, carried from the web process to the worker. The whole path through a real
 worker: tests/ops/test_worker_ops.py."""
 

@@ -1,4 +1,4 @@
-"""Issue 21, item 2: Prometheus metrics on one protected endpoint: requests by view and
+"""Prometheus metrics on one protected endpoint: requests by view and
 status with latency histograms (django-prometheus), jobs by kind and status with their
 durations, queue lengths of every queue in settings, predictions per label and model
 version, failed jobs."""

@@ -1,4 +1,4 @@
-"""Issue 21, items 1, 2 and 4 with a real Celery worker: `celery inspect ping` (the
+"""Health, metrics and logs with a real Celery worker: `celery inspect ping` (the
 workers' docker-compose healthcheck) answers, /metrics counts the worker per queue, and
 an upload's request id reaches the worker's JSON log lines with the task id and job id."""
 
