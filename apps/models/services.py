@@ -16,7 +16,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.files import File
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from apps.accounts.models import record
@@ -24,6 +24,7 @@ from apps.models.models import ModelVersion, Task, TrainingRun
 from cxrplatform.errors import Refused
 from cxrplatform.files import StoredFiles, files_removed_on_error
 from cxrplatform.jobs import enqueue_job
+from cxrplatform.locks import serialize
 from ml.models.metrics import EvaluationResult, MetricsFormatError, ShortcutMetrics
 from ml.models.paired import PairedComparison, PairedFigure
 
@@ -32,6 +33,10 @@ log = logging.getLogger(__name__)
 
 class RegistryError(Refused):
     pass
+
+
+class ConcurrentChangeError(RegistryError):
+    """Another request changed the same thing at the same moment; nothing was written."""
 
 
 class PromotionGateError(RegistryError):
@@ -416,8 +421,26 @@ def _state(version: ModelVersion | None) -> dict:
     }
 
 
-@transaction.atomic
 def promote(
+    *, version: ModelVersion, actor=None, reason: str = "", gate: bool = True
+) -> ModelVersion:
+    """Archive the current production version of ``version``'s task and promote
+    ``version``, in one transaction (:func:`_promote`). Two promotions at the same
+    moment: the database's one-production-per-task constraint lets one through and the
+    other is refused with a :class:`ConcurrentChangeError` (a 409), not a server error."""
+    try:
+        with transaction.atomic():
+            return _promote(version=version, actor=actor, reason=reason, gate=gate)
+    except IntegrityError as exc:
+        if "registry_one_production_version_per_task" not in str(exc):
+            raise
+        raise ConcurrentChangeError(
+            f"Another version of this task was promoted at the same moment; #{version.pk} "
+            "was not promoted. Reload the registry and decide again."
+        ) from None
+
+
+def _promote(
     *, version: ModelVersion, actor=None, reason: str = "", gate: bool = True
 ) -> ModelVersion:
     """Archive the current production version of ``version``'s task and promote
@@ -929,6 +952,9 @@ def start_training_run(
     from apps.models.datasets import create_snapshot
     from ml.models.recipe import recipe_from_card
 
+    # Two requests at once must not both pass the check below and create two runs (and,
+    # on a fresh database, two root snapshots with different test splits).
+    serialize("registry.start_training_run")
     active = active_training_run()
     if active is not None:
         raise RegistryError(f"Training run {active.pk} is still {active.status}; wait for it.")

@@ -3,7 +3,7 @@
 import threading
 
 import pytest
-from django.db import IntegrityError, connection
+from django.db import connection
 from PIL import Image
 
 from apps.accounts.models import AuditEvent
@@ -253,7 +253,7 @@ def test_two_concurrent_promotions_leave_exactly_one_production_version(tmp_path
             barrier.wait()
             services.promote(version=version)
             outcomes.append("promoted")
-        except IntegrityError:
+        except services.ConcurrentChangeError:  # a 409 with a reason, never an IntegrityError
             outcomes.append("refused")
         finally:
             connections.close_all()
