@@ -86,7 +86,7 @@ def test_model_admin_retrains_compares_on_the_same_images_promotes_and_rolls_bac
     screenshot(page, "admin-compare-same-images")
 
     # A model admin may still promote by hand: the shortcut gate (lenient here) passes.
-    page.get_by_role("link", name=f"Promote #{candidate.pk}…").click()
+    page.get_by_role("link", name=f"Promote #{run.model_version_id}…").click()
     assert page.locator("[data-too-few]").is_visible()
     page.get_by_role("button", name="Promote to production").click()
     page.wait_for_url("**/registry/")

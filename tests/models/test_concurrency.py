@@ -1,4 +1,4 @@
-"""Requests that race (issue 30, findings 7 and 14), on PostgreSQL: two "start
+"""Requests that race, on PostgreSQL: two "start
 training" at once make one run and one root snapshot; two promotions at once answer
 200 and 409, never a 500."""
 

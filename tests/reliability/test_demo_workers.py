@@ -1,6 +1,6 @@
 """``make demo``'s workers (Procfile.demo): a prediction does not wait for a training run.
 
-Issue 28: the demo ran one worker for every queue, so a prediction queued behind a
+Until now the demo ran one worker for every queue, so a prediction queued behind a
 training run (10.7 s instead of 0.6 s). The real test starts the inference and the
 training worker exactly as Procfile.demo lists them (their queues, their
 CXR_WARM_MODEL), starts a training run and uploads an image: the prediction is done by
