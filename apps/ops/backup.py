@@ -27,6 +27,7 @@ import shutil
 import sqlite3
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,12 +151,31 @@ def _applied_migrations() -> dict[str, str]:
     return dict(sorted(latest.items()))
 
 
+@contextmanager
+def _private_files() -> Iterator[None]:
+    """Files and folders created inside are readable by their owner only (0600/0700):
+    a backup holds every patient's images and the whole database. The mask is the
+    process's, restored on the way out (the command runs in its own process)."""
+    previous = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
 def backup(out: Path, *, media: bool = True, storage: Storage | None = None) -> dict[str, Any]:
-    """Write a backup into ``out`` (a new or empty folder); returns the manifest."""
+    """Write a backup into ``out`` (a new or empty folder, made 0700, every file in it
+    0600); returns the manifest."""
+    with _private_files():
+        return _backup(out, media=media, storage=storage)
+
+
+def _backup(out: Path, *, media: bool, storage: Storage | None) -> dict[str, Any]:
     storage = storage or default_storage
     if out.exists() and any(out.iterdir()):
         raise BackupError(f"{out} is not empty: back up into a new folder.")
     out.mkdir(parents=True, exist_ok=True)
+    out.chmod(0o700)  # an empty folder made beforehand keeps its own mode otherwise
     database = _database()
     started = timezone.now()
     if database.vendor == "postgresql":

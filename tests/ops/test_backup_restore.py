@@ -126,6 +126,10 @@ def test_backup_restores_into_an_empty_database_and_media_folder(postgres_databa
         len(manifest["files"]) == len(stored_files(source_media)) == 3 + 2 + 2 * 2
     )  # images, artifacts, 2 heatmaps + overlays
     assert manifest["rows"]["cases.Case"] == 2
+    # Every patient's images and the whole database: the owner's eyes only.
+    written = [backup, *backup.rglob("*")]
+    assert {oct(p.stat().st_mode & 0o777) for p in written if p.is_dir()} == {"0o700"}
+    assert {oct(p.stat().st_mode & 0o777) for p in written if p.is_file()} == {"0o600"}
 
     # Refusals, each before anything is written.
     into_live = _run(["manage.py", "restore", str(backup)], **source, check=False)
