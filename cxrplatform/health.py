@@ -17,11 +17,15 @@ liveness probe: a failure means "restart me".
   the web process never imports TensorFlow). A registered production CT segmenter is
   checked the same way; none registered is not a failure.
 
-The answer is 200 ``{"status": "ok", ...}`` or 503 ``{"status": "fail", "failed": [...]}``.
+The answer is 200 ``{"status": "ok", ...}`` or 503 ``{"status": "fail", "failed": [...]}``;
+the checks' detail (``failed``, ``checks``) goes only to a client the metrics endpoint
+would answer (``CXR_METRICS_ALLOWED_NETWORKS`` or ``CXR_METRICS_TOKEN``), everyone else
+gets ``{"status": ...}`` alone.
 Both are answered by :class:`HealthCheckMiddleware`, first in the chain: before
 ``ALLOWED_HOSTS`` validation (a probe says ``Host: 127.0.0.1:8000`` whatever the
 deployment's host name), the HTTPS redirect, sessions and the database-backed
-middleware. Passed checks of slow things (the migration plan, the model's hash) are
+middleware. Passed checks of slow things (the migration plan, the storage round trip,
+the model's hash) are
 remembered for ``CXR_READYZ_CACHE_SECONDS``; failures are never remembered.
 """
 
@@ -123,6 +127,12 @@ def check_broker() -> dict[str, Any]:
 
 
 def check_storage() -> dict[str, Any]:
+    """Write, read back and delete a file; a pass is remembered like the other slow
+    checks, so a probe every few seconds does not write to the storage every time."""
+    key = f"storage:{settings.STORAGES['default']['BACKEND']}:{settings.MEDIA_ROOT}"
+    remembered = _remembered.get(key)
+    if remembered is not None:
+        return remembered
     payload = uuid.uuid4().hex.encode()
     name = default_storage.save(f"health/readyz-{uuid.uuid4().hex}.txt", ContentFile(payload))
     try:
@@ -131,7 +141,9 @@ def check_storage() -> dict[str, Any]:
                 raise NotReady("a file written to the storage read back different")
     finally:
         default_storage.delete(name)
-    return {"backend": settings.STORAGES["default"]["BACKEND"].rsplit(".", 1)[-1]}
+    detail = {"backend": settings.STORAGES["default"]["BACKEND"].rsplit(".", 1)[-1]}
+    _remembered.put(key, detail)
+    return detail
 
 
 def _artifact_sha256(version: Any) -> str:
@@ -233,7 +245,14 @@ def healthz(request: HttpRequest) -> HttpResponse:
 
 
 def readyz(request: HttpRequest) -> HttpResponse:
+    """Everyone (a probe names any host) gets the verdict alone; the checks' detail
+    (vendors, model versions and hashes, error text) only a client /metrics would
+    answer: an address in ``CXR_METRICS_ALLOWED_NETWORKS`` or the metrics token."""
+    from cxrplatform.metrics import client_allowed
+
     ready, body = readiness()
+    if not client_allowed(request):
+        body = {"status": body["status"]}
     return _json(body, 200 if ready else 503)
 
 

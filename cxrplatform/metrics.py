@@ -276,7 +276,7 @@ def exposition() -> bytes:
     return requests + generate_latest(_platform_registry)
 
 
-def _client_allowed(request: HttpRequest) -> bool:
+def client_allowed(request: HttpRequest) -> bool:
     from apps.accounts.lockout import client_address
 
     token = settings.CXR_METRICS_TOKEN
@@ -291,7 +291,7 @@ def _client_allowed(request: HttpRequest) -> bool:
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:
-    if not _client_allowed(request):
+    if not client_allowed(request):
         response = HttpResponse(
             "Forbidden: /metrics needs an address in CXR_METRICS_ALLOWED_NETWORKS or "
             "Authorization: Bearer <CXR_METRICS_TOKEN>.\n",

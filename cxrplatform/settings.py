@@ -642,7 +642,7 @@ except ValueError as exc:
 CXR_METRICS_INSPECT_TIMEOUT = env_float(
     "CXR_METRICS_INSPECT_TIMEOUT", default=1.0, min_value=0.1, max_value=30.0
 )
-# /readyz remembers a passed migration check and model-file hash this long.
+# /readyz remembers a passed migration check, storage round trip and model-file hash this long.
 CXR_READYZ_CACHE_SECONDS = env_int("CXR_READYZ_CACHE_SECONDS", default=60, min_value=0)
 
 # Content-Security-Policy (django-csp): scripts, styles, images and connections from this

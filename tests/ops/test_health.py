@@ -6,6 +6,7 @@ replaced model file, a migration the database has not recorded."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from django.db import connection
@@ -123,3 +124,42 @@ def test_probes_bypass_host_validation_and_the_https_redirect(client, settings, 
     # Everything else still gets both.
     assert client.get("/login/", HTTP_HOST="web:8000").status_code == 400
     assert client.get("/login/", HTTP_HOST="cxr.example.org").status_code == 301
+
+
+@pytest.mark.django_db
+def test_readyz_tells_other_clients_the_verdict_alone(client, settings, production_model):
+    """Any host may ask (probes name the container), but vendors, model versions and
+    hashes and error text go only to the clients /metrics answers."""
+    settings.CXR_METRICS_TOKEN = "a-metrics-token-of-32-characters"
+    outside = {"REMOTE_ADDR": "203.0.113.5", "HTTP_HOST": "evil.example"}
+    response, body = _ready(client, **outside)
+    assert response.status_code == 200
+    assert body == {"status": "ok"}
+    response, body = _ready(
+        client, **outside, HTTP_AUTHORIZATION="Bearer a-metrics-token-of-32-characters"
+    )
+    assert body["checks"]["model"]["classification"]["sha256"] == production_model.sha256[:12]
+    production_model.artifact.storage.delete(production_model.artifact.name)
+    forget_passed_checks()
+    response, body = _ready(client, **outside)
+    assert response.status_code == 503
+    assert body == {"status": "fail"}  # no file names, no exception text
+
+
+@pytest.mark.django_db
+def test_readyz_remembers_a_passed_storage_check(client, production_model, settings):
+    """A probe every few seconds must not write a file every time: the storage round
+    trip, once passed, is remembered like the migration plan and the model's hash."""
+    import shutil
+
+    health = Path(settings.MEDIA_ROOT) / "health"
+    _ready(client)
+    shutil.rmtree(health, ignore_errors=True)
+    health.write_text("a file where the probe's folder should be: no write can succeed")
+    response, body = _ready(client)
+    assert response.status_code == 200, body  # remembered: nothing was written
+    assert body["checks"]["storage"]["ok"] is True
+    forget_passed_checks()
+    response, body = _ready(client)  # checked again: the write fails now
+    assert response.status_code == 503
+    assert body["failed"] == ["storage"]
