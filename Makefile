@@ -169,6 +169,16 @@ restore: install ## load BACKUP_DIR into an empty database and storage
 		{ echo "make restore BACKUP_DIR=<a backup folder>" >&2; exit 2; }
 	$(PY) manage.py restore $(BACKUP_DIR)
 
+# Known vulnerabilities in the locked dependencies (pip-audit, in a venv of its own). It
+# asks PyPI's JSON API and OSV, which this network's registry mirror does not serve:
+# run it where those are reachable. --strict: a package it cannot look up fails the
+# audit (otherwise it prints "No known vulnerabilities found" having checked nothing).
+AUDIT_VENV ?= var/pip-audit-venv
+.PHONY: audit-deps
+audit-deps: ## check requirements.lock for known vulnerabilities (needs pypi.org or osv.dev)
+	test -x $(AUDIT_VENV)/bin/pip-audit || { $(PYTHON) -m venv $(AUDIT_VENV) && $(AUDIT_VENV)/bin/pip install --quiet pip-audit==2.10.1; }
+	$(AUDIT_VENV)/bin/pip-audit --strict --no-deps --disable-pip -r requirements.lock
+
 # The evaluation report (docs/evaluation.md): training study, heatmap study, lung check.
 .PHONY: study
 study: install ## rerun the evaluation report's studies (docs/evaluation.md)
