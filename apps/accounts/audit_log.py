@@ -42,7 +42,9 @@ CATEGORIES: dict[str, tuple[str, tuple[str, ...]]] = {
             "image.viewed",
             "download.",
             "inspector.image_viewed",
+            "provenance.viewed",
             "dataset.export",
+            "retention.lookup",
         ),
     ),
     "admin": (
@@ -54,7 +56,7 @@ CATEGORIES: dict[str, tuple[str, tuple[str, ...]]] = {
             "generator.",
             "user.",
             "labels.policy",
-            "retention.",
+            "retention.erasure",
             "case.purge",
             "audit.",
         ),

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import hashlib
+import hmac
+
 from django.conf import settings
 from django.db import models
 
@@ -52,6 +55,26 @@ class PasswordChangeRequired(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} must change their password ({self.reason})"
+
+
+def keyed_digest(purpose: str, value: str) -> str:
+    """HMAC-SHA256 of ``value`` under ``CXR_PSEUDONYM_KEY``: what an audit event keeps of
+    a patient identifier or a free-text note. Whoever holds the key can check later which
+    value an event names; without the key a short value (a 7-digit reference) cannot be
+    found by hashing every candidate, as it can from a bare SHA-256. ``purpose`` keeps
+    the digests of different uses apart."""
+    key = settings.CXR_PSEUDONYM_KEY.encode()
+    return hmac.new(key, f"audit-{purpose}:{value}".encode(), hashlib.sha256).hexdigest()
+
+
+def note_digest(note: str) -> dict[str, object]:
+    """What an audit event keeps of a reader's free-text note: its length and a keyed
+    hash, never the text, so that the note does not outlive the image it is about when
+    the case is erased (the audit log is never erased)."""
+    note = note.strip()
+    if not note:
+        return {"note_chars": 0}
+    return {"note_chars": len(note), "note_hmac": keyed_digest("note", note)}
 
 
 def record(

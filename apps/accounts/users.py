@@ -2,8 +2,10 @@
 
 Services (keyword-only, atomic, audited) for the users page (``apps.accounts.user_views``).
 Who may: superusers and the ``site_admin`` role. A site admin who is not a superuser
-cannot change a superuser, nobody deactivates themselves or takes their own
-``site_admin`` role away (so the last one cannot lock everyone out by mistake), and
+cannot change a superuser, nobody deactivates themselves (so the last one cannot lock
+everyone out by mistake), nobody changes their own roles (a site admin who gave
+themselves ``model_admin`` or ``annotator`` would reach patient data with no second
+person involved; another site admin, or a superuser in the Django admin, does it), and
 superuser status is the Django admin's business, never this page's.
 
 Roles are groups, read on every request (``apps.accounts.roles.user_roles`` caches them
@@ -34,7 +36,7 @@ from django.utils.http import urlsafe_base64_encode
 
 from apps.accounts.models import record
 from apps.accounts.passwords import require_password_change
-from apps.accounts.roles import ROLES, SITE_ADMIN
+from apps.accounts.roles import ROLES
 
 
 def roles_of(user: Any) -> list[str]:
@@ -126,9 +128,12 @@ def set_roles(*, actor: Any, user: Any, roles: list[str]) -> bool:
     unknown = set(roles) - set(ROLES)
     if unknown:
         raise ValueError(f"Unknown roles: {sorted(unknown)}")
+    if user.pk == actor.pk:
+        raise PermissionDenied(
+            "You cannot change your own roles: another site admin must do it, so that no "
+            "one gives themselves access to patient data alone."
+        )
     before = roles_of(user)
-    if user.pk == actor.pk and SITE_ADMIN in before and SITE_ADMIN not in roles:
-        raise PermissionDenied("You cannot take your own site admin role away.")
     after = [role for role in ROLES if role in roles]
     if after == before:
         return False

@@ -628,7 +628,7 @@ class _ProvenanceExplanationSerializer(serializers.Serializer):
 class _VerdictSerializer(serializers.Serializer):
     reader = serializers.CharField()
     label = serializers.CharField()  # type: ignore[assignment]
-    note = serializers.CharField(allow_blank=True)
+    has_note = serializers.BooleanField(help_text="The reader wrote a note (its text is theirs).")
     given_at = serializers.DateTimeField()
     revised_at = serializers.DateTimeField(allow_null=True)
 
@@ -636,7 +636,7 @@ class _VerdictSerializer(serializers.Serializer):
 class _AdjudicationSerializer(serializers.Serializer):
     adjudicator = serializers.CharField()
     label = serializers.CharField()  # type: ignore[assignment]
-    note = serializers.CharField(allow_blank=True)
+    has_note = serializers.BooleanField()
     decided_at = serializers.DateTimeField()
 
 
@@ -658,7 +658,6 @@ class _LabelEventSerializer(serializers.Serializer):
     label_before = serializers.CharField(allow_null=True)
     label_after = serializers.CharField(allow_null=True)
     confirmed_after = serializers.CharField(allow_null=True, allow_blank=True)
-    note = serializers.CharField(allow_blank=True)
 
 
 class _SnapshotMembershipSerializer(serializers.Serializer):

@@ -868,15 +868,17 @@ class ImageProvenance(RoleView):
         "each prediction with its model version and preprocessing; each explanation with "
         "method, parameters and explainer version; each reader's verdict with its note, "
         "the adjudication and the confirmed label; the label's history; the snapshots "
-        "that hold the image. No patient reference.",
+        "that hold the image. No patient reference, no reader's note text. Only for an "
+        "image in a dataset snapshot (404 otherwise); audited (`provenance.viewed`).",
         responses={200: s.ProvenanceSerializer, **errors(401, 403, 404)},
         tags=["datasets"],
     )
     def get(self, request, pk: int):
-        from apps.cases.provenance import image_provenance
+        from apps.cases import provenance
 
-        image = get_object_or_404(CaseImage, pk=pk)
-        return Response(s.ProvenanceSerializer(image_provenance(image)).data)
+        image = get_object_or_404(provenance.readable_images(), pk=pk)
+        chain = provenance.provenance_viewed(user=request.user, image=image, request=request)
+        return Response(s.ProvenanceSerializer(chain).data)
 
 
 @extend_schema_view(

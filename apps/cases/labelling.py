@@ -29,7 +29,7 @@ from django.db import transaction
 from django.db.models import Count, Exists, OuterRef, QuerySet
 from django.utils import timezone
 
-from apps.accounts.models import record
+from apps.accounts.models import note_digest, record
 from apps.cases.models import (
     UNUSABLE,
     VERDICT_CHOICES,
@@ -235,7 +235,7 @@ def submit_label(*, image: CaseImage, annotator, label: str, note: str = "") -> 
             "its verdicts can no longer change."
         )
     existing = ExpertLabel.objects.filter(image=image, annotator=annotator).first()
-    before = {"label": existing.label, "note": existing.note} if existing else {}
+    before = {"label": existing.label, **note_digest(existing.note)} if existing else {}
     expert_label, _ = ExpertLabel.objects.update_or_create(
         image=image, annotator=annotator, defaults={"label": label, "note": note.strip()}
     )
@@ -246,7 +246,11 @@ def submit_label(*, image: CaseImage, annotator, label: str, note: str = "") -> 
         action="label.change" if existing else "label.create",
         target=expert_label,
         before={**before, "confirmed": confirmed_before},
-        after={"label": label, "note": expert_label.note, "confirmed": image.confirmed_label},
+        after={
+            "label": label,
+            **note_digest(expert_label.note),
+            "confirmed": image.confirmed_label,
+        },
     )
     return expert_label
 
@@ -258,7 +262,8 @@ def adjudicate(*, image: CaseImage, adjudicator, label: str, note: str = "") -> 
     Refused unless the policy is "adjudication", the image is disputed (or was
     adjudicated before: deciding again replaces the decision), and the adjudicator
     gave no verdict on it as a reader. The audit event keeps every verdict the
-    adjudicator saw, with its note.
+    adjudicator saw, with its note's length and keyed hash (never a note's text: the
+    audit log outlives an erased case).
     """
     _check_verdict(label, note)
     policy = current_policy().name
@@ -279,7 +284,7 @@ def adjudicate(*, image: CaseImage, adjudicator, label: str, note: str = "") -> 
         raise LabelRejected(
             "You gave a verdict on this image as a reader; another adjudicator must decide."
         )
-    before = {"label": existing.label, "note": existing.note} if existing else {}
+    before = {"label": existing.label, **note_digest(existing.note)} if existing else {}
     decision, _ = Adjudication.objects.update_or_create(
         image=image,
         defaults={"adjudicator": adjudicator, "label": label, "note": note.strip()},
@@ -293,9 +298,10 @@ def adjudicate(*, image: CaseImage, adjudicator, label: str, note: str = "") -> 
             **before,
             "confirmed": confirmed_before,
             "verdicts": [
-                {"reader": v.annotator_id, "label": v.label, "note": v.note} for v in verdicts
+                {"reader": v.annotator_id, "label": v.label, **note_digest(v.note)}
+                for v in verdicts
             ],
         },
-        after={"label": label, "note": decision.note, "confirmed": label},
+        after={"label": label, **note_digest(decision.note), "confirmed": label},
     )
     return decision

@@ -111,6 +111,14 @@ class Case(models.Model):
         blank=True,
         help_text="Pseudonymous patient reference (never a name or a hospital ID).",
     )
+    patient_pseudonym = models.CharField(
+        max_length=64,
+        blank=True,
+        db_index=True,
+        help_text="The DICOM files' pseudonym of the hospital patient ID (a keyed hash, "
+        "CXR_PSEUDONYM_KEY), kept when the clinician typed their own reference; empty for "
+        "PNG and JPEG uploads. Erasure by hospital ID finds the case by it.",
+    )
     notes = models.TextField(blank=True, max_length=5000)
     modality = models.CharField(
         max_length=10,
@@ -265,9 +273,12 @@ class ImageJob(Job):
 
     @classmethod
     def retryable_by(cls, user) -> models.QuerySet:
-        """The jobs of this kind that ``user`` may retry: those of their own cases."""
-        owner = "image__case__owner"  # each kind's own `image`, which the base does not hold
-        return cls._default_manager.filter(**{owner: user})
+        """The jobs of this kind that ``user`` may retry: those of their own cases that are
+        not deleted (a deleted case is gone at once, its jobs with it: a 404)."""
+        case = "image__case"  # each kind's own `image`, which the base does not hold
+        return cls._default_manager.filter(
+            **{f"{case}__owner": user, f"{case}__deleted_at__isnull": True}
+        )
 
     def case_page(self) -> str:
         return reverse("cases:detail", args=[self.image.case_id])

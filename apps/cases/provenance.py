@@ -4,6 +4,12 @@ Model admins read it on the web (``registry:image-provenance``) and through the 
 (``GET /api/v1/images/{id}/provenance/``); dataset snapshots freeze its label part
 (``label_provenance``) with every clinical item, and exports carry it.
 
+Model admins hold no case permission: like the model inspector, they read the record
+of an image that is training data only (in a dataset snapshot, its case not deleted;
+:func:`readable_images`), and each read is audited (``provenance.viewed``). Readers'
+free-text notes are the annotators' and the adjudicators' and stay on their pages: the
+record says whether a verdict has a note, never its text.
+
 File hashes are computed from storage when the record is read, next to the hash
 recorded at upload, so the record also says whether the stored file is still the
 one that was uploaded. No patient reference appears in it.
@@ -14,7 +20,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from apps.accounts.models import AuditEvent
+from django.db import transaction
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from apps.accounts.models import AuditEvent, record
 from apps.accounts.roles import primary_role
 from apps.cases.labelling import current_policy
 from apps.cases.models import UNUSABLE, Adjudication, CaseImage, ExpertLabel
@@ -37,9 +47,9 @@ def reader_ref(user) -> str:
 
 def label_provenance(image: CaseImage, *, name: Callable[[Any], str] = _username) -> dict:
     """The image's confirmed label and how it was reached: every reader's current
-    verdict (with its note) and the adjudicator's decision, under the agreement
-    policy in force now. ``name`` says how readers are named (usernames on the
-    model admins' pages, ``reader_ref`` in exports)."""
+    verdict (whether it has a note, never the note's text) and the adjudicator's
+    decision, under the agreement policy in force now. ``name`` says how readers are
+    named (usernames on the model admins' pages, ``reader_ref`` in exports)."""
     verdicts = ExpertLabel.objects.filter(image=image).select_related("annotator")
     adjudication = Adjudication.objects.filter(image=image).select_related("adjudicator").first()
     confirmed = image.confirmed_label
@@ -59,7 +69,7 @@ def label_provenance(image: CaseImage, *, name: Callable[[Any], str] = _username
             {
                 "reader": name(v.annotator),
                 "label": v.label,
-                "note": v.note,
+                "has_note": bool(v.note.strip()),
                 "given_at": _when(v.created_at),
                 "revised_at": _when(v.updated_at) if v.updated_at != v.created_at else None,
             }
@@ -70,7 +80,7 @@ def label_provenance(image: CaseImage, *, name: Callable[[Any], str] = _username
         else {
             "adjudicator": name(adjudication.adjudicator),
             "label": adjudication.label,
-            "note": adjudication.note,
+            "has_note": bool(adjudication.note.strip()),
             "decided_at": _when(adjudication.updated_at),
         },
     }
@@ -142,10 +152,46 @@ def _history(image: CaseImage, verdict_ids: list[int], name) -> list[dict]:
             "label_before": event.before.get("label"),
             "label_after": event.after.get("label"),
             "confirmed_after": event.after.get("confirmed"),
-            "note": event.after.get("note", ""),
         }
         for event in events.select_related("actor").order_by("at", "pk")
     ]
+
+
+def without_notes(provenance: dict) -> dict:
+    """A label provenance record without readers' note texts (records frozen in dataset
+    snapshots before notes were left out of them still hold the texts)."""
+    cleaned = {k: v for k, v in provenance.items() if k not in {"verdicts", "adjudication"}}
+    if "verdicts" in provenance:
+        cleaned["verdicts"] = [
+            {k: v for k, v in verdict.items() if k != "note"} for verdict in provenance["verdicts"]
+        ]
+    if provenance.get("adjudication") is not None:
+        cleaned["adjudication"] = {
+            k: v for k, v in provenance["adjudication"].items() if k != "note"
+        }
+    elif "adjudication" in provenance:
+        cleaned["adjudication"] = None
+    return cleaned
+
+
+def readable_images() -> QuerySet[CaseImage]:
+    """The images whose provenance model admins may read: training data, as in the
+    model inspector (``apps.explain.inspector.training_case_images``: in a dataset
+    snapshot, its case not deleted). Any other clinical image is its clinician's and the
+    annotators', not theirs."""
+    from apps.explain.inspector import training_case_images
+
+    return training_case_images()
+
+
+@transaction.atomic
+def provenance_viewed(*, user: Any, image: CaseImage, request: HttpRequest | None = None) -> dict:
+    """The provenance of ``image`` (one of :func:`readable_images`) for a model admin,
+    audited ``provenance.viewed`` (target: the image; client address and channel)."""
+    from apps.accounts.audit import request_context
+
+    record(actor=user, action="provenance.viewed", target=image, after=request_context(request))
+    return image_provenance(image)
 
 
 def image_provenance(image: CaseImage) -> dict:

@@ -11,28 +11,35 @@
   inspection pictures), once the deletion commits. Audited ``case.purge``. The days
   between are the window in which a mistaken deletion can still be undone from the
   database (``Case.all_objects``) without restoring a backup.
-* **Erasure** (a model admin, a data-protection request): every case of one patient
-  reference, deleted or not, is purged at once, files included. The request may name
-  the stored reference or the hospital patient ID (turned into its pseudonym with
-  ``CXR_PSEUDONYM_KEY``, as DICOM uploads are). Audited ``retention.erasure`` with a
-  SHA-256 of the reference (which proves later which reference was erased without
-  keeping it), the case ids and counts.
+* **Erasure** (a model admin, a data-protection request): every case of one patient,
+  deleted or not, is purged at once, files included. The request names the hospital
+  patient ID, the patient reference a clinician typed, or both. The hospital ID is
+  turned into its pseudonym with ``CXR_PSEUDONYM_KEY``, as DICOM uploads are, and finds
+  every case whose DICOM files carry it (``Case.patient_pseudonym``, kept even where the
+  clinician typed their own reference) or whose reference is it; the typed reference
+  finds the cases stored under it (a PNG or JPEG upload has no pseudonym: only its
+  reference finds it). What each identifier found, and what it did not, is said.
+  Finding the cases first (counts only) is audited ``retention.lookup``, the erasure
+  ``retention.erasure``: each with a keyed hash of every identifier given (HMAC with
+  the pseudonym key: it proves later which patient was named without keeping the
+  identifier, and unlike a bare SHA-256 a short reference cannot be found by trying
+  every candidate), the counts, and for the erasure the case ids.
 
 **Labelled images in a snapshot are removed from future snapshots, not kept.** A chest
 radiograph stays personal data after de-identification (pseudonymised, not anonymous:
 the image itself can identify a patient against other records), and neither a
 clinician's deletion nor an erasure request leaves a basis to keep it as reference data.
 So when a case is purged, its images' snapshot items are *withdrawn*: the row stays (label,
-split, pixel hash, provenance) so the snapshot's counts and the lineage of the models
-trained on it stay explainable, but it no longer names an image (``withdrawn_at`` is
-set); every later snapshot leaves it out ("withdrawn" in its changes), and a training
-run or export of an older snapshot skips it. Models already trained on it are not
+split, pixel hash, provenance without readers' notes) so the snapshot's counts and the
+lineage of the models trained on it stay explainable, but it no longer names an image
+(``withdrawn_at`` is set); every later snapshot leaves it out ("withdrawn" in its
+changes), and a training run or export of an older snapshot skips it, as it skips the
+images of a case deleted and not purged yet. Models already trained on it are not
 retrained: their weights hold no image.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -40,11 +47,12 @@ from typing import Any
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, models, transaction
+from django.db.models import Q
 from django.db.models.deletion import Collector
 from django.db.models.fields.files import FieldFile
 from django.utils import timezone
 
-from apps.accounts.models import AuditEvent, record
+from apps.accounts.models import AuditEvent, keyed_digest, record
 from apps.cases.models import Case, CaseImage
 from cxrplatform.errors import Refused
 
@@ -115,12 +123,16 @@ def _stored_files(instances: list[models.Model]) -> set[tuple[Any, str]]:
 def _purge_one(case: Case) -> PurgeResult:
     """Withdraw the snapshot items of ``case``'s images, delete its rows, and delete its
     files once the transaction commits (inside the caller's transaction)."""
+    from apps.cases.provenance import without_notes
     from apps.models.models import SnapshotItem
 
     images = list(CaseImage.all_objects.filter(case=case).values_list("pk", flat=True))
-    withdrawn = SnapshotItem.objects.filter(case_image_id__in=images).update(
-        case_image=None, withdrawn_at=timezone.now()
-    )
+    items = SnapshotItem.objects.filter(case_image_id__in=images)
+    for pk, provenance in items.values_list("pk", "provenance"):
+        kept = without_notes(provenance or {})
+        if kept != provenance:  # frozen before snapshots left readers' notes out
+            SnapshotItem.objects.filter(pk=pk).update(provenance=kept)
+    withdrawn = items.update(case_image=None, withdrawn_at=timezone.now())
     collector = Collector(using=DEFAULT_DB_ALIAS)
     collector.collect([case])
     instances: list[models.Model] = [obj for objs in collector.data.values() for obj in objs]
@@ -174,30 +186,123 @@ def purge_deleted_cases(*, now: datetime | None = None) -> dict[str, Any]:
     return total.as_json()
 
 
-def reference_for(*, patient_ref: str = "", hospital_id: str = "") -> str:
-    """The stored patient reference an erasure request names: as stored, or the
-    pseudonym of a hospital patient ID (``apps.cases.deidentify.pseudonym_for``)."""
+# The identifiers an erasure request may name, and how the pages say them.
+HOSPITAL_ID = "hospital_id"
+PATIENT_REF = "patient_ref"
+IDENTIFIER_NAMES = {HOSPITAL_ID: "the hospital patient ID", PATIENT_REF: "the patient reference"}
+
+
+@dataclass(frozen=True)
+class Found:
+    """One identifier of an erasure request and the cases it names."""
+
+    identifier: str  # HOSPITAL_ID or PATIENT_REF
+    digest: str  # keyed hash of the identifier as given: what the audit log keeps
+    cases: tuple[int, ...]
+
+    @property
+    def statement(self) -> str:
+        name = IDENTIFIER_NAMES[self.identifier]
+        n = len(self.cases)
+        if not n:
+            return f"No case was found by {name}."
+        return f"{n} case{'s' if n != 1 else ''} found by {name}."
+
+
+@dataclass(frozen=True)
+class PatientLookup:
+    """What an erasure request's identifiers name: per identifier, and together."""
+
+    found: tuple[Found, ...]
+    images: int
+
+    @property
+    def cases(self) -> list[int]:
+        return sorted({pk for found in self.found for pk in found.cases})
+
+    @property
+    def statements(self) -> list[str]:
+        return [found.statement for found in self.found]
+
+    def digests(self) -> dict[str, str]:
+        return {f"{found.identifier}_hmac": found.digest for found in self.found}
+
+
+def _identifiers(*, patient_ref: str, hospital_id: str) -> list[tuple[str, str, str]]:
+    """(identifier, value as given, value stored on a case) for each identifier given."""
     from apps.cases.deidentify import pseudonym_for
 
     patient_ref, hospital_id = patient_ref.strip(), hospital_id.strip()
-    if bool(patient_ref) == bool(hospital_id):
-        raise RetentionRefused("Give either the stored patient reference or the hospital ID.")
+    if not (patient_ref or hospital_id):
+        raise RetentionRefused("Give the hospital patient ID, the patient reference, or both.")
+    identifiers = []
     if hospital_id:
-        return pseudonym_for(hospital_id, key=settings.CXR_PSEUDONYM_KEY)
-    return patient_ref
+        pseudonym = pseudonym_for(hospital_id, key=settings.CXR_PSEUDONYM_KEY)
+        identifiers.append((HOSPITAL_ID, hospital_id, pseudonym))
+    if patient_ref:
+        identifiers.append((PATIENT_REF, patient_ref, patient_ref))
+    return identifiers
 
 
-def cases_of_patient(reference: str) -> models.QuerySet[Case]:
-    """Every case of a patient reference, deleted or not."""
-    if not reference.strip():
-        raise RetentionRefused("An empty patient reference names no patient.")
-    return Case.all_objects.filter(patient_ref=reference.strip()).order_by("pk")
+def check_request(*, patient_ref: str = "", hospital_id: str = "") -> None:
+    """Refuse a request that names no patient."""
+    _identifiers(patient_ref=patient_ref, hospital_id=hospital_id)
+
+
+def find_patient(*, patient_ref: str = "", hospital_id: str = "") -> PatientLookup:
+    """The cases, deleted or not, that a request's identifiers name (not audited: the
+    pages call :func:`look_up_patient` or :func:`erase_patient`). Each value is looked
+    for as a stored reference and as a DICOM pseudonym."""
+    found = []
+    for identifier, given, value in _identifiers(patient_ref=patient_ref, hospital_id=hospital_id):
+        cases = Case.all_objects.filter(Q(patient_ref=value) | Q(patient_pseudonym=value))
+        found.append(
+            Found(
+                identifier=identifier,
+                digest=keyed_digest(f"erasure-{identifier}", given),
+                cases=tuple(cases.order_by("pk").values_list("pk", flat=True)),
+            )
+        )
+    all_cases = {pk for item in found for pk in item.cases}
+    images = CaseImage.all_objects.filter(case_id__in=all_cases).count()
+    return PatientLookup(found=tuple(found), images=images)
 
 
 @transaction.atomic
-def erase_patient(*, actor: Any, reference: str) -> dict[str, Any]:
-    """Purge every case of ``reference`` now (a data-protection erasure request)."""
-    cases = list(cases_of_patient(reference).select_for_update())
+def look_up_patient(*, actor: Any, patient_ref: str = "", hospital_id: str = "") -> PatientLookup:
+    """How many cases and images a request names, before erasing: audited
+    ``retention.lookup`` (the identifiers' keyed hashes and the counts), since the counts
+    themselves say something about a patient."""
+    lookup = find_patient(patient_ref=patient_ref, hospital_id=hospital_id)
+    AuditEvent.objects.create(
+        actor=actor if getattr(actor, "is_authenticated", False) else None,
+        action="retention.lookup",
+        target_type=Case._meta.label,
+        target_id="",
+        after={
+            **lookup.digests(),
+            "found": {found.identifier: len(found.cases) for found in lookup.found},
+            "cases": len(lookup.cases),
+            "images": lookup.images,
+        },
+    )
+    return lookup
+
+
+@dataclass(frozen=True)
+class Erasure:
+    """What an erasure request found and what was purged."""
+
+    lookup: PatientLookup
+    purged: PurgeResult
+
+
+@transaction.atomic
+def erase_patient(*, actor: Any, patient_ref: str = "", hospital_id: str = "") -> Erasure:
+    """Purge every case that the request's identifiers name, now (a data-protection
+    erasure request); audited ``retention.erasure``, also when nothing was found."""
+    lookup = find_patient(patient_ref=patient_ref, hospital_id=hospital_id)
+    cases = Case.all_objects.filter(pk__in=lookup.cases).select_for_update().order_by("pk")
     total = PurgeResult()
     for case in cases:
         total.add(_purge_one(case))
@@ -207,9 +312,10 @@ def erase_patient(*, actor: Any, reference: str) -> dict[str, Any]:
         target_type=Case._meta.label,
         target_id="",
         after={
-            "reference_sha256": hashlib.sha256(reference.strip().encode()).hexdigest(),
+            **lookup.digests(),
+            "found": {found.identifier: list(found.cases) for found in lookup.found},
             **total.as_json(),
         },
     )
     log.info("erasure request: %d case(s), %d file(s) purged", len(total.cases), total.files)
-    return total.as_json()
+    return Erasure(lookup=lookup, purged=total)

@@ -37,17 +37,20 @@ def case_delete(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 class ErasureForm(forms.Form):
-    patient_ref = forms.CharField(
-        label="Patient reference (as stored)",
-        required=False,
-        max_length=64,
-        help_text="The reference shown on the case, e.g. PSEUDO-… or the clinic's own.",
-    )
     hospital_id = forms.CharField(
-        label="or hospital patient ID",
+        label="Hospital patient ID",
         required=False,
         max_length=64,
-        help_text="The DICOM PatientID: turned into its pseudonym as uploads are.",
+        help_text="The DICOM PatientID: finds every case uploaded as DICOM, also where the "
+        "clinician typed their own reference.",
+        widget=forms.TextInput(attrs={"autocomplete": "off"}),
+    )
+    patient_ref = forms.CharField(
+        label="and/or patient reference",
+        required=False,
+        max_length=64,
+        help_text="The reference shown on a case (PX-… or the clinic's own): the only way "
+        "to find a case uploaded as PNG or JPEG.",
         widget=forms.TextInput(attrs={"autocomplete": "off"}),
     )
     # Set by the "Erase" button; without it the page only counts the cases.
@@ -56,7 +59,7 @@ class ErasureForm(forms.Form):
     def clean(self) -> dict:
         data = super().clean() or {}
         try:
-            data["reference"] = retention.reference_for(
+            retention.check_request(
                 patient_ref=data.get("patient_ref", ""), hospital_id=data.get("hospital_id", "")
             )
         except retention.RetentionRefused as exc:
@@ -64,10 +67,21 @@ class ErasureForm(forms.Form):
         return data
 
 
+def _erased_message(erasure: retention.Erasure) -> str:
+    purged = erasure.purged
+    return (
+        " ".join(erasure.lookup.statements)
+        + f" Erased {len(purged.cases)} case(s), {purged.images} image(s) and "
+        f"{purged.files} file(s); {purged.withdrawn_snapshot_items} snapshot item(s) "
+        "withdrawn. The audit log records the request."
+    )
+
+
 @require_http_methods(["GET", "POST"])
 @role_required(MODEL_ADMIN)
 def erasure(request: HttpRequest) -> HttpResponse:
-    """Find a patient's cases (POST without confirm: counts only), then erase them."""
+    """Find a patient's cases (POST without confirm: counts, audited), then erase them;
+    say what each identifier found and what it did not."""
     form = ErasureForm(request.POST or None)
     context: dict = {"form": form}
     status = 200
@@ -75,19 +89,32 @@ def erasure(request: HttpRequest) -> HttpResponse:
         if not form.is_valid():
             status = 400
         else:
-            reference = form.cleaned_data["reference"]
-            cases = retention.cases_of_patient(reference)
+            identifiers = {
+                "patient_ref": form.cleaned_data["patient_ref"],
+                "hospital_id": form.cleaned_data["hospital_id"],
+            }
             if form.cleaned_data["confirm"]:
-                result = retention.erase_patient(actor=request.user, reference=reference)
-                messages.success(
-                    request,
-                    f"Erased {len(result['cases'])} case(s), {result['images']} image(s) and "
-                    f"{result['files']} file(s); {result['withdrawn_snapshot_items']} snapshot "
-                    "item(s) withdrawn. The audit log records the request.",
-                )
+                done = retention.erase_patient(actor=request.user, **identifiers)
+                if done.purged.cases:
+                    messages.success(request, _erased_message(done))
+                else:
+                    messages.warning(
+                        request,
+                        " ".join(done.lookup.statements)
+                        + " Nothing was erased. The audit log records the request.",
+                    )
                 return redirect("cases:erasure")
+            lookup = retention.look_up_patient(actor=request.user, **identifiers)
             context["found"] = {
-                "cases": cases.count(),
-                "images": CaseImage.all_objects.filter(case__in=cases).count(),
+                "cases": len(lookup.cases),
+                "images": lookup.images,
+                "by": [
+                    {
+                        "identifier": found.identifier,
+                        "cases": len(found.cases),
+                        "statement": found.statement,
+                    }
+                    for found in lookup.found
+                ],
             }
     return render(request, "cases/erasure.html", context, status=status)

@@ -102,10 +102,14 @@ def _spool(data: bytes) -> SpooledTemporaryFile:
 def _store_case(owner, validated: list, patient_ref: str, notes: str, modality: str) -> Case:
     """Write the case, its images and their jobs (all or nothing)."""
     items = [item for item, _, _ in validated]
-    patient_ref = _patient_ref(patient_ref.strip(), items)
+    pseudonym = _patient_pseudonym(items)
     with files_removed_on_error() as stored, transaction.atomic():
         case = Case.objects.create(
-            owner=owner, patient_ref=patient_ref, notes=notes.strip(), modality=modality
+            owner=owner,
+            patient_ref=patient_ref.strip() or pseudonym,
+            patient_pseudonym=pseudonym,
+            notes=notes.strip(),
+            modality=modality,
         )
         for item, content, dicom in validated:
             image = CaseImage(
@@ -149,12 +153,14 @@ def _store_case(owner, validated: list, patient_ref: str, notes: str, modality: 
     return case
 
 
-def _patient_ref(given: str, validated: list) -> str:
-    """The case's patient reference: the one typed in, else the DICOM files' pseudonym.
+def _patient_pseudonym(validated: list) -> str:
+    """The DICOM files' pseudonym of the patient ("" without one).
 
-    A typed reference wins when both exist (it is the clinician's own
-    pseudonymous reference; the stored DICOM files still carry the keyed
-    pseudonym). DICOM files of different patients cannot form one case.
+    The case's patient reference is the one typed in, else this pseudonym. A typed
+    reference wins when both exist (it is the clinician's own pseudonymous reference),
+    and the pseudonym is kept beside it (``Case.patient_pseudonym``), so that an erasure
+    request by hospital patient ID finds the case. DICOM files of different patients
+    cannot form one case.
     """
     pseudonyms = sorted({item.patient_pseudonym for item in validated if item.patient_pseudonym})
     if len(pseudonyms) > 1:
@@ -163,4 +169,4 @@ def _patient_ref(given: str, validated: list) -> str:
             f"the DICOM files belong to {len(pseudonyms)} different patients; "
             "a case holds the images of one patient.",
         )
-    return given or (pseudonyms[0] if pseudonyms else "")
+    return pseudonyms[0] if pseudonyms else ""

@@ -12,8 +12,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET
 
 from apps.accounts.roles import MODEL_ADMIN, role_required
-from apps.cases.models import CaseImage
-from apps.cases.provenance import image_provenance
+from apps.cases import provenance
 from apps.models import export
 from apps.models.models import DatasetSnapshot, Split
 from ml.data.labels import CLASS_DISPLAY, CLASSES
@@ -76,9 +75,9 @@ def _image_link(key: str) -> str | None:
 def snapshot_list(request: HttpRequest) -> HttpResponse:
     image = request.GET.get("image", "").strip()
     if image:
-        if image.isdigit() and CaseImage.objects.filter(pk=int(image)).exists():
+        if image.isdigit() and provenance.readable_images().filter(pk=int(image)).exists():
             return redirect("registry:image-provenance", pk=int(image))
-        messages.error(request, f"No clinical image #{image}.")
+        messages.error(request, f"No clinical image #{image} in a training set.")
     snapshots = DatasetSnapshot.objects.select_related("created_by")
     return render(
         request,
@@ -153,5 +152,7 @@ def confirmed_export(request: HttpRequest) -> HttpResponse | FileResponse:
 @require_GET
 @role_required(MODEL_ADMIN)
 def image_provenance_page(request: HttpRequest, pk: int) -> HttpResponse:
-    image = get_object_or_404(CaseImage, pk=pk)
-    return render(request, "registry/provenance.html", {"p": image_provenance(image)})
+    """An image that is training data (as in the model inspector); any other is a 404."""
+    image = get_object_or_404(provenance.readable_images(), pk=pk)
+    chain = provenance.provenance_viewed(user=request.user, image=image, request=request)
+    return render(request, "registry/provenance.html", {"p": chain})

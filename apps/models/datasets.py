@@ -147,6 +147,22 @@ def _reference_hash(image: ReferenceImage) -> str:
     return image.pixel_sha256
 
 
+# What to load with snapshot items for ``item_image`` (one query, not one per item).
+ITEM_IMAGES = ("reference_image", "case_image__case")
+
+
+def item_image(item: SnapshotItem) -> ReferenceImage | CaseImage | None:
+    """The image a snapshot item names, or None where there is none to use: withdrawn (its
+    case was purged), or of a case its clinician deleted and not purged yet, which every
+    page, export and training run treats as gone at once (``Case.objects`` hides it)."""
+    if item.reference_image is not None:
+        return item.reference_image
+    image = item.case_image
+    if image is None or image.case.deleted_at is not None:
+        return None
+    return image
+
+
 def clinical_patient(image: CaseImage) -> str:
     return f"clinical-{image.case.patient_ref or f'case-{image.case_id}'}"
 
@@ -263,18 +279,15 @@ def _carry_over(builder: _Builder, parent: DatasetSnapshot) -> None:
     confirmed leaves. Where the parent held one picture twice, the copy in the highest
     split stays."""
     old_items = sorted(
-        parent.items.select_related("reference_image", "case_image__case"),
+        parent.items.select_related(*ITEM_IMAGES),
         key=lambda i: (-SPLIT_RANK[i.split], i.case_image_id is not None, i.pk),
     )
     for old in old_items:
-        if old.is_withdrawn:  # erased (apps.cases.retention): never carried over
+        image = item_image(old)
+        if image is None:  # erased or deleted (apps.cases.retention): never carried over
             builder.remove(old, "withdrawn: its case was deleted or erased")
             continue
-        if old.case_image is not None:
-            image = old.case_image
-            if image.case.deleted_at is not None:  # deleted, not purged yet
-                builder.remove(old, "withdrawn: its case was deleted or erased")
-                continue
+        if isinstance(image, CaseImage):
             if not image.confirmed_label:
                 builder.remove(old, "no longer confirmed (a verdict was revised)")
                 continue
@@ -288,7 +301,7 @@ def _carry_over(builder: _Builder, parent: DatasetSnapshot) -> None:
                 continue
             item.patient = old.patient
         else:
-            item = _reference_item(old.reference_image, old.split)  # type: ignore[arg-type]
+            item = _reference_item(image, old.split)
         if item.label != old.label:
             builder.relabelled.append(
                 {"key": item.key, "split": item.split, "from": old.label, "to": item.label}

@@ -41,6 +41,8 @@ from apps.accounts.models import AuditEvent, record
 from apps.accounts.roles import primary_role
 from apps.cases.labelling import current_policy
 from apps.cases.models import UNUSABLE, CaseImage
+from apps.cases.provenance import without_notes
+from apps.models.datasets import ITEM_IMAGES, item_image
 from apps.models.models import DatasetSnapshot
 from cxrplatform.errors import Refused
 
@@ -77,21 +79,6 @@ def _patient(patient: str) -> str:
     return f"clinical-{digest[:16]}"
 
 
-def _without_notes(provenance: dict) -> dict:
-    cleaned = {k: v for k, v in provenance.items() if k != "verdicts" and k != "adjudication"}
-    if "verdicts" in provenance:
-        cleaned["verdicts"] = [
-            {k: v for k, v in verdict.items() if k != "note"} for verdict in provenance["verdicts"]
-        ]
-    if provenance.get("adjudication") is not None:
-        cleaned["adjudication"] = {
-            k: v for k, v in provenance["adjudication"].items() if k != "note"
-        }
-    elif "adjudication" in provenance:
-        cleaned["adjudication"] = None
-    return cleaned
-
-
 def _origin(item_image: Any) -> dict:
     if isinstance(item_image, CaseImage):
         origin = {
@@ -112,11 +99,11 @@ def _origin(item_image: Any) -> dict:
 
 
 def _snapshot_rows(snapshot: DatasetSnapshot) -> list[_Row]:
-    items = snapshot.items.select_related("reference_image", "case_image").order_by("pk")
+    items = snapshot.items.select_related(*ITEM_IMAGES).order_by("pk")
     rows = []
     for item in items:
-        image = item.reference_image or item.case_image
-        if image is None:  # withdrawn (an erased clinical image): not exported
+        image = item_image(item)
+        if image is None:  # withdrawn, or its case deleted: not exported
             continue
         rows.append(
             _Row(
@@ -128,7 +115,7 @@ def _snapshot_rows(snapshot: DatasetSnapshot) -> list[_Row]:
                 split=item.split,
                 pixel_sha256=item.pixel_sha256,
                 origin=_origin(image),
-                provenance=_without_notes(item.provenance),
+                provenance=without_notes(item.provenance),
             )
         )
     return rows
@@ -163,7 +150,7 @@ def _confirmed_rows() -> list[_Row]:
                 split="",
                 pixel_sha256=pixels,
                 origin=_origin(image),
-                provenance=_without_notes(case_provenance(image)),
+                provenance=without_notes(case_provenance(image)),
             )
         )
     return rows

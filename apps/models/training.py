@@ -17,12 +17,13 @@ log = logging.getLogger(__name__)
 
 
 def _records(items, workdir: Path):
+    from apps.models.datasets import item_image
     from ml.data.loaders import Record
 
     records, splits = [], []
     for item in items:
-        image = item.reference_image or item.case_image
-        if image is None:  # withdrawn (an erased clinical image): nothing to train on
+        image = item_image(item)
+        if image is None:  # withdrawn, or its case deleted: nothing to train on
             continue
         records.append(
             Record(
@@ -54,7 +55,7 @@ class TrainingRunner(JobRunner[TrainingRun]):
 
         items = list(
             SnapshotItem.objects.filter(snapshot=run.snapshot)
-            .select_related("reference_image", "case_image")
+            .select_related("reference_image", "case_image__case")
             .order_by("pk")
         )
         with tempfile.TemporaryDirectory(prefix=f"cxr-run-{run.pk}-") as tmp:

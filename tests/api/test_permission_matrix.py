@@ -171,9 +171,11 @@ MATRIX = [
      _codes(401, 403, 403, 403, 409)),
     ("training-run-detail", "get", lambda w: f"/api/v1/training-runs/{w.run.pk}/", None, None,
      _codes(401, 403, 403, 403, 200)),
-    # Datasets: model admins only; the image's owner does not see its provenance either.
+    # Datasets: model admins only; the image's owner does not see its provenance either,
+    # and model admins only an image in a snapshot: the world's image is in none, a 404
+    # (tests/models/test_provenance_access.py has the 200).
     ("image-provenance", "get", lambda w: f"/api/v1/images/{w.image.pk}/provenance/",
-     None, None, _codes(401, 403, 403, 403, 200)),
+     None, None, _codes(401, 403, 403, 403, 404)),
     ("snapshot-list", "get", lambda w: "/api/v1/snapshots/", None, None,
      _codes(401, 403, 403, 403, 200)),
     ("snapshot-detail", "get", lambda w: f"/api/v1/snapshots/{w.run.snapshot_id}/", None, None,
