@@ -46,6 +46,7 @@ PRELOAD = (
     "PIL.PngImagePlugin",
     "PIL.JpegImagePlugin",
     "apps.cases.deidentify",
+    "apps.cases.pixel_data",
     "ml.data.preprocess",
     "ml.data.dicom",
     "ml.serving.ood",

@@ -9,14 +9,20 @@ what a forged header declares, or a decoder crash ends that child with a
 refusal, and the web process only ever holds the upload's bytes and what comes
 back, never decoded pixels.
 
-What the child does with one file, once the web process has checked its
-header (format, declared size, DICOM attributes, the frame size inside
-compressed DICOM pixel data): decode it (a PNG/JPEG with its EXIF
+What the child does with one file, once the web process has checked a PNG/JPEG
+header (format, declared size): decode it (a PNG/JPEG with its EXIF
 orientation, a DICOM through its LUTs to grayscale; a CT slice through its lung
 window), run the modality check (CT slice or X-ray?, ``ml.ct.modality``) and, for
 an X-ray, the out-of-distribution gate and the view check on the decoded image,
-and encode what is stored (a PNG of the decoded pixels). It answers one JSON line, then
-the stored PNG's bytes.
+and encode what is stored (a PNG of the decoded pixels). A DICOM file is parsed
+here and nowhere else: its header (of any size: tens of thousands of elements,
+deep sequences) costs this child's memory and CPU, not the web process's. The
+child routes it by its Modality, checks its header (attributes, burned-in
+annotation, the frame size inside compressed pixel data) before decoding, cleans
+its pixel data (apps.cases.pixel_data) and sends back an allow-listed copy
+(apps.cases.deidentify.allow_listed: a few dozen elements) that the web process
+de-identifies with its key. It answers one JSON line, then the stored PNG's bytes
+(``png_bytes`` of them), then, for a DICOM, the allow-listed DICOM file.
 
 The child runs ``python -m apps.cases.decoding``; this module imports neither
 Django nor TensorFlow at module level, so the child starts in well under a
@@ -76,6 +82,9 @@ class Decoded:
     photometric: str = ""  # DICOM only, for the log
     note: str = ""  # what was done to the upload that its viewer should know (CMYK -> gray)
     synthetic: str = ""  # why it is one of the platform's generated images (ml.generate.watermark)
+    dicom: bytes = b""  # DICOM only: the allow-listed file with clean pixel data (no keyed step)
+    modality: str = ""  # DICOM only: what its header routed it to ("xray" or "ct")
+    modality_source: str = ""  # DICOM only: "header" or "marked"
 
 
 def decode_upload(kind: str, content: bytes, modality: str = "xray") -> Decoded:
@@ -111,7 +120,7 @@ def decode_upload(kind: str, content: bytes, modality: str = "xray") -> Decoded:
         raise DecodeRefused(
             f"the image took longer than {timeout} s to decode; it is refused."
         ) from None
-    line, _, stored = out.partition(b"\n")
+    line, _, rest = out.partition(b"\n")
     try:
         reply = json.loads(line)
     except ValueError:
@@ -120,10 +129,14 @@ def decode_upload(kind: str, content: bytes, modality: str = "xray") -> Decoded:
         raise DecodeRefused(_death(returncode, err, memory_mb))
     if not reply.get("ok"):
         raise DecodeRefused(str(reply["problem"]), status=int(reply["status"]))
+    png_bytes = int(reply.get("png_bytes", len(rest)))
     return Decoded(
         width=int(reply["width"]),
         height=int(reply["height"]),
-        stored=stored,
+        stored=rest[:png_bytes],
+        dicom=rest[png_bytes:],
+        modality=str(reply.get("modality") or ""),
+        modality_source=str(reply.get("modality_source") or ""),
         verdict=reply.get("verdict"),
         lateral=bool(reply.get("lateral")),
         modality_problem=reply.get("modality_problem"),
@@ -339,14 +352,20 @@ def _picture(request: dict, content: bytes) -> tuple[dict, bytes]:
     return reply, stored
 
 
-def _dicom(request: dict, content: bytes) -> tuple[dict, bytes]:
+def _dicom(request: dict, content: bytes) -> tuple[dict, bytes, bytes]:
     from PIL import Image
 
+    from apps.cases.deidentify import allow_listed
+    from apps.cases.pixel_data import clean_pixel_data
     from ml.data.dicom import (
         DicomProblem,
+        burned_in_problem,
         check_image,
+        ct_problem,
         ct_to_unit_gray,
+        not_a_frontal_chest_radiograph,
         read_dataset,
+        route_modality,
         to_uint8,
         to_unit_gray,
     )
@@ -356,14 +375,25 @@ def _dicom(request: dict, content: bytes) -> tuple[dict, bytes]:
     try:
         dataset = read_dataset(content, max_inflated=request["max_inflated"])
         del content
+        modality, source = route_modality(dataset, request.get("modality") or "xray")
+        if modality == "ct" and (problem := ct_problem(dataset)) is not None:
+            raise DicomProblem(problem, kind="unsupported")
+        # Before any pixels are decoded (includes the frame size declared inside
+        # compressed data).
         info = check_image(dataset, max_pixels=request["max_pixels"])
-        if request.get("modality") == "ct":
+        if modality == "xray" and (problem := not_a_frontal_chest_radiograph(dataset)):
+            raise DicomProblem(problem)
+        if (problem := burned_in_problem(dataset)) is not None:
+            raise DicomProblem(problem)
+        # What is decoded below, and stored, is the cleaned pixel data.
+        clean_pixel_data(dataset)
+        if modality == "ct":
             gray, window = ct_to_unit_gray(dataset)
         else:
             gray = to_unit_gray(dataset)
     except DicomProblem as exc:
         raise _Refused(exc.problem, status[exc.kind]) from None
-    del dataset
+    allow_listed(dataset)
     height, width = gray.shape
     buffer = io.BytesIO()
     Image.fromarray(to_uint8(gray), mode="L").save(buffer, format="PNG")
@@ -373,12 +403,31 @@ def _dicom(request: dict, content: bytes) -> tuple[dict, bytes]:
         "transfer_syntax": info.transfer_syntax,
         "photometric": info.photometric,
         "window": window,
+        "modality": modality,
+        "modality_source": source,
     }
-    reply.update(_verdicts(request, gray, width, height, 0.0))
+    reply.update(_verdicts({**request, "modality": modality}, gray, width, height, 0.0))
     from ml.generate.watermark import pixels_reason
 
     reply["synthetic"] = pixels_reason(gray) or ""  # the generator's mark
-    return reply, buffer.getvalue()
+    return reply, buffer.getvalue(), _file_bytes(dataset)
+
+
+def _file_bytes(dataset) -> bytes:
+    """``dataset`` as a DICOM file in its own transfer syntax, with a minimal meta header
+    (the web process rebuilds it when it de-identifies)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = dataset.file_meta.TransferSyntaxUID
+    meta.MediaStorageSOPClassUID = dataset.get("SOPClassUID") or SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = dataset.get("SOPInstanceUID") or generate_uid()
+    dataset.file_meta = meta
+    dataset.preamble = b"\x00" * 128
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
 
 
 def main() -> int:
@@ -387,8 +436,10 @@ def main() -> int:
     content = sys.stdin.buffer.read()
     out = sys.stdout.buffer
     try:
-        decode = _dicom if request["kind"] == "dicom" else _picture
-        reply, stored = decode(request, content)
+        if request["kind"] == "dicom":
+            reply, stored, dicom = _dicom(request, content)
+        else:
+            (reply, stored), dicom = _picture(request, content), b""
     except _Refused as exc:
         out.write(json.dumps({"ok": False, "problem": exc.problem, "status": exc.status}).encode())
         out.write(b"\n")
@@ -406,8 +457,9 @@ def main() -> int:
         problem = f"the {what} is truncated or corrupt ({type(exc).__name__})."
         out.write(json.dumps({"ok": False, "problem": problem, "status": 400}).encode() + b"\n")
         return 0
-    out.write(json.dumps({"ok": True, **reply}).encode() + b"\n")
+    out.write(json.dumps({"ok": True, **reply, "png_bytes": len(stored)}).encode() + b"\n")
     out.write(stored)
+    out.write(dicom)
     return 0
 
 

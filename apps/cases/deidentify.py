@@ -27,8 +27,18 @@ Modified Dates* option, which it records having applied:
   record what was done; the file preamble and meta header are rebuilt, so
   nothing of the original header survives outside the dataset.
 
-Pixel data are kept as they are; an image that declares burned-in annotations
-is refused before this point (apps.cases.validation).
+Pixel data keep the image and nothing else (apps.cases.pixel_data): a compressed
+frame is rewritten with only its coding segments (no JPEG COM or APPn/EXIF block,
+no JPEG 2000 comment or JP2 XML/UUID box, nothing after the end of the codestream),
+RLE is encoded again, uncompressed data are cut to the image's size; what cannot be
+cleaned is refused. An image that declares burned-in annotations is refused before
+this point (apps.cases.decoding).
+
+Where it runs: ``allow_listed`` and the pixel cleaning run in the bounded decoder
+child (apps.cases.decoding), which parses the upload; the web process parses only
+the child's allow-listed copy (a few dozen elements, each LUT sequence cut to the
+item that is read) and applies the keyed steps (``deidentify``), so the pseudonym
+key never reaches the process that parses uploads.
 
 **PNG / JPEG** (``picture_without_metadata``): the decoded pixels are written
 into a new PNG, so no text chunk, EXIF, XMP, comment or ICC profile of the
@@ -51,7 +61,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, generate_uid
 
 # LO: at most 64 characters. The code sequence below names the profile and option in full.
-METHOD = "Allow-list; PS3.15 Basic Profile, Modified Dates (cxrplatform 2)"
+METHOD = "Allow-list; PS3.15 Basic Profile, Modified Dates (cxrplatform 3)"
 PSEUDONYM_PREFIX = "PX-"
 
 # What is kept of an uploaded dataset (top level), by keyword.
@@ -197,21 +207,43 @@ def _keep_only(dataset: Dataset, keep: set[str]) -> None:
             del dataset[element.tag]
 
 
-def deidentify(dataset: Dataset, *, key: str, stored: bool = False) -> tuple[bytes, str]:
+LUT_SEQUENCES = ("ModalityLUTSequence", "VOILUTSequence", "PresentationLUTSequence")
+
+
+def allow_listed(dataset: Dataset) -> None:
+    """Keep only ``KEEP`` of ``dataset`` (in place), and of each LUT sequence its first
+    item (the one decoding applies) with only ``LUT_ITEM_KEEP``: what is left is a
+    few dozen elements whatever the upload held. Needs no key."""
+    _keep_only(dataset, KEEP)
+    for keyword in LUT_SEQUENCES:
+        if keyword in dataset:
+            items = list(dataset[keyword].value or [])[:1]
+            for item in items:
+                _keep_only(item, LUT_ITEM_KEEP)
+            setattr(dataset, keyword, Sequence(items))
+
+
+def deidentify(
+    dataset: Dataset, *, key: str, stored: bool = False, pixels_cleaned: bool = False
+) -> tuple[bytes, str]:
     """De-identify ``dataset`` in place; return (the DICOM file's bytes, the pseudonym).
 
     ``stored``: the dataset is one this platform stored before (its PatientID is
     already the pseudonym, and stays it; its dates move once more, by the
-    pseudonym's offset, which is again one offset per patient)."""
+    pseudonym's offset, which is again one offset per patient).
+    ``pixels_cleaned``: its pixel data were cleaned already (by the decoder child);
+    otherwise they are cleaned here (apps.cases.pixel_data.clean_pixel_data, which
+    raises ml.data.dicom.DicomProblem for what cannot be cleaned)."""
     original_id = str(dataset.get("PatientID") or "")
     pseudonym = original_id.strip() if stored else pseudonym_for(original_id, key=key)
     offset = date_offset(original_id, key=key)
     old_meta = dataset.get("file_meta") or FileMetaDataset()
 
-    _keep_only(dataset, KEEP)
-    for keyword in ("ModalityLUTSequence", "VOILUTSequence", "PresentationLUTSequence"):
-        for item in dataset.get(keyword) or []:
-            _keep_only(item, LUT_ITEM_KEEP)
+    if not pixels_cleaned:
+        from apps.cases.pixel_data import clean_pixel_data
+
+        clean_pixel_data(dataset)
+    allow_listed(dataset)
     for keyword in REPLACED_UIDS:
         if dataset.get(keyword):
             setattr(dataset, keyword, _new_uid(key, str(dataset[keyword].value)))

@@ -23,11 +23,13 @@ Modality: a DICOM file's header decides (Modality CT: a CT slice, windowed for
 the lungs; CR or DX: an X-ray, refused when the upload is marked CT); a PNG or
 JPEG is what the clinician marked (``modality``, "xray" by default).
 
-This process reads headers only (sizes, formats, DICOM attributes and the
-frame size inside compressed DICOM pixel data); decoding, the gate, the view
-check and the PNG that is stored run in a child process with a memory ceiling
+This process reads PNG/JPEG headers only (size, format); decoding, the gate, the
+view check and the PNG that is stored run in a child process with a memory ceiling
 (apps.cases.decoding), so a decompression bomb or a decoder bug costs that
-child, not the web process.
+child, not the web process. A DICOM file is not parsed here at all: the child
+parses it (a header of any size costs the child), checks its header, cleans its
+pixel data and sends back an allow-listed copy, which is all this process reads
+before it applies the keyed de-identification.
 """
 
 from __future__ import annotations
@@ -341,68 +343,17 @@ def _decode(name: str, kind: str, content: bytes, ref: str, modality: str = "xra
         raise UploadRejected(name, exc.problem, status=exc.status) from None
 
 
-DICOM_STATUS = {"invalid": 400, "unsupported": 415, "too_large": 413}
-
-
-def _dicom_modality(dataset, marked: str) -> tuple[str, str]:
-    """(modality, source) of a DICOM upload: its header's Modality decides where it says
-    CT or an X-ray modality; a header that says X-ray contradicts a CT mark (refused)."""
-    from ml.data.dicom import NOT_RADIOGRAPHS, XRAY_MODALITIES, DicomProblem, header_modality
-
-    said = header_modality(dataset)
-    if said == "CT":
-        return "ct", "header"
-    if marked == "ct" and said in XRAY_MODALITIES:
-        raise DicomProblem(
-            f"the DICOM file is a radiograph (Modality {said}), but the upload is marked CT; "
-            "upload it as an X-ray."
-        )
-    if marked == "ct" and said in NOT_RADIOGRAPHS:
-        raise DicomProblem(
-            f"the DICOM file is {NOT_RADIOGRAPHS[said]} (Modality {said}), not a CT slice; "
-            "upload axial chest CT slices."
-        )
-    return (marked, "header") if said in XRAY_MODALITIES else (marked, "marked")
-
-
 def _validate_dicom(name: str, content: bytes, marked: str = "xray") -> ValidatedImage:
     from apps.cases.decoding import max_inflated_bytes
-    from ml.data.dicom import (
-        DicomProblem,
-        check_image,
-        ct_problem,
-        not_a_frontal_chest_radiograph,
-        read_dataset,
-    )
+    from apps.cases.deidentify import deidentify
+    from ml.data.dicom import read_dataset
 
     _check_extension(name, "DICOM")
-    try:
-        # The header only (a deflated dataset is inflated with a cap); the pixels are
-        # decoded below, in the bounded child, once the header has been checked
-        # (check_image includes the frame size declared inside compressed data).
-        dataset = read_dataset(
-            content, max_inflated=max_inflated_bytes(settings.CXR_MAX_IMAGE_PIXELS)
-        )
-        modality, source = _dicom_modality(dataset, marked)
-        if modality == "ct" and (problem := ct_problem(dataset)) is not None:
-            raise DicomProblem(problem, kind="unsupported")
-        info = check_image(dataset, max_pixels=settings.CXR_MAX_IMAGE_PIXELS)
-        if modality == "xray" and (problem := not_a_frontal_chest_radiograph(dataset)):
-            raise DicomProblem(problem)
-        if str(dataset.get("BurnedInAnnotation") or "").strip().upper() == "YES":
-            raise DicomProblem(
-                "the DICOM says patient details are burned into the image (Burned In "
-                "Annotation = YES); export the image without them."
-            )
-    except DicomProblem as exc:
-        raise UploadRejected(name, exc.problem, status=DICOM_STATUS[exc.kind]) from None
-    except Exception as exc:
-        _log_unexpected("DICOM error", upload_ref(content), exc)
-        raise UploadRejected(
-            name, f"the DICOM file is truncated or corrupt ({type(exc).__name__})."
-        ) from None
     ref = upload_ref(content)
-    decoded = _decode(name, "dicom", content, ref, modality)
+    # The file is parsed in the bounded child, never here: it routes it by its header,
+    # checks the header, cleans the pixel data, decodes them, and sends back an
+    # allow-listed copy of a few dozen elements (apps.cases.decoding).
+    decoded = _decode(name, "dicom", content, ref, marked)
     width, height = decoded.width, decoded.height
     _check_size(name, width, height)
     _check_not_synthetic(name, decoded.synthetic, ref=ref)
@@ -410,18 +361,20 @@ def _validate_dicom(name: str, content: bytes, marked: str = "xray") -> Validate
     _check_chest_xray(name, decoded.verdict, ref=ref, ct_slice=decoded.ct_slice)
     _check_frontal_view(name, decoded.lateral, ref=ref)
 
-    from apps.cases.deidentify import deidentify
-
     try:
-        dicom, pseudonym = deidentify(dataset, key=settings.CXR_PSEUDONYM_KEY)
+        dataset = read_dataset(
+            decoded.dicom, max_inflated=max_inflated_bytes(settings.CXR_MAX_IMAGE_PIXELS)
+        )
+        dicom, pseudonym = deidentify(dataset, key=settings.CXR_PSEUDONYM_KEY, pixels_cleaned=True)
     except Exception as exc:
         _log_unexpected("de-identification error", ref, exc)
         raise UploadRejected(
             name, f"the DICOM header is corrupt and cannot be de-identified ({type(exc).__name__})."
         ) from None
+    modality = decoded.modality or marked
     log.info(
-        "DICOM upload %s: %s, %s, %s%s", ref, info.transfer_syntax, info.photometric, modality,
-        f", shown through {decoded.window}" if decoded.window else "",
+        "DICOM upload %s: %s, %s, %s%s", ref, decoded.transfer_syntax, decoded.photometric,
+        modality, f", shown through {decoded.window}" if decoded.window else "",
     )  # fmt: skip
     return ValidatedImage(
         original_name=name,
@@ -434,5 +387,5 @@ def _validate_dicom(name: str, content: bytes, marked: str = "xray") -> Validate
         patient_pseudonym=pseudonym,
         upload_ref=ref,
         modality=modality,
-        modality_source=source,
+        modality_source=decoded.modality_source or "marked",
     )

@@ -84,6 +84,11 @@ def read_dataset(source: bytes | BinaryIO, *, max_inflated: int = DEFAULT_MAX_IN
         raise
     except InvalidDicomError:
         raise DicomProblem("the file is not a valid DICOM file.") from None
+    except RecursionError:  # pydicom reads nested sequences recursively
+        raise DicomProblem(
+            "the DICOM header nests sequences more deeply than this platform reads; "
+            "export the image without them."
+        ) from None
     except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
         raise DicomProblem(f"the DICOM file is truncated or corrupt ({_short(exc)}).") from None
     return dataset
@@ -188,6 +193,37 @@ LUNG_WINDOW = (-600.0, 1500.0)
 def header_modality(dataset: Dataset) -> str:
     """The header's Modality (upper case; empty when missing)."""
     return str(dataset.get("Modality") or "").strip().upper()
+
+
+def route_modality(dataset: Dataset, marked: str) -> tuple[str, str]:
+    """(modality, source) of a DICOM upload marked ``marked`` ("xray" or "ct"): its
+    header's Modality decides where it says CT or an X-ray modality ("header"), else
+    the mark stands ("marked"); a header that says X-ray, or another modality,
+    contradicts a CT mark (refused)."""
+    said = header_modality(dataset)
+    if said == "CT":
+        return "ct", "header"
+    if marked == "ct" and said in XRAY_MODALITIES:
+        raise DicomProblem(
+            f"the DICOM file is a radiograph (Modality {said}), but the upload is marked CT; "
+            "upload it as an X-ray."
+        )
+    if marked == "ct" and said in NOT_RADIOGRAPHS:
+        raise DicomProblem(
+            f"the DICOM file is {NOT_RADIOGRAPHS[said]} (Modality {said}), not a CT slice; "
+            "upload axial chest CT slices."
+        )
+    return (marked, "header") if said in XRAY_MODALITIES else (marked, "marked")
+
+
+def burned_in_problem(dataset: Dataset) -> str | None:
+    """The refusal of a file whose header says patient details are burned into the image."""
+    if str(dataset.get("BurnedInAnnotation") or "").strip().upper() == "YES":
+        return (
+            "the DICOM says patient details are burned into the image (Burned In "
+            "Annotation = YES); export the image without them."
+        )
+    return None
 
 
 def ct_problem(dataset: Dataset) -> str | None:
