@@ -57,7 +57,7 @@ def test_inference_worker_serves_the_v2_model_without_tensorflow(clinician, medi
         )
         predictions = Prediction.objects.filter(image__case=case)
         deadline = time.monotonic() + 120
-        peak = {}
+        peak: dict[int, int] = {}
         while time.monotonic() < deadline:
             for p in _worker_processes(process.pid):
                 peak[p.pid] = max(peak.get(p.pid, 0), p.memory_info().rss)

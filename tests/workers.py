@@ -56,7 +56,9 @@ def start_worker(
         CXR_WARM_MODEL="1",
         # The worker uses the Redis key prefix this test process publishes with (none
         # when the run's broker is not Redis, even if the worker's own broker is).
-        CXR_TESTS_KEYPREFIX=settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("global_keyprefix", ""),
+        CXR_TESTS_KEYPREFIX=str(
+            settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("global_keyprefix", "")
+        ),
     )
     env.update(extra_env or {})
     with log_path.open("w") as log:

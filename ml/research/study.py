@@ -1,6 +1,6 @@
 """The evaluation study: how split, data size and hyper-parameters move precision/recall/F1.
 
-``python -m ml study --data DIR... --out DIR`` trains a grid of compact CNNs and reports
+``python -m ml study run --data DIR... --out DIR`` trains a grid of compact CNNs and reports
 macro-F1 and per-class precision, recall and F1 with their spread over seeds. One factor
 is varied at a time around a baseline (one-factor-at-a-time design, not a full factorial):
 
@@ -48,9 +48,17 @@ from ml.data.loaders import Dataset
 from ml.data.preprocess import PreprocessSpec
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from ml.models.arrays import Arrays
 
 log = logging.getLogger(__name__)
+
+# One run as runs.json stores it (configuration, seed, figures): written by run_one,
+# read back by the report, so a JSON object rather than a dataclass.
+Run = dict[str, Any]
+# factor -> (attribute of RunConfig, values, label of each value)
+Factor = tuple[str, tuple[Any, ...], tuple[str, ...]]
 
 
 @dataclass(frozen=True)
@@ -63,7 +71,7 @@ class RunConfig:
     augment: bool = True
     input_size: int = 64
     split_level: str = "patient"
-    # Against shortcuts (issue 16). Defaults are the v1 procedure, so old keys stay valid.
+    # Against shortcuts. Defaults are the v1 procedure, so old keys stay valid.
     preprocessing: int = 1
     mask_outside: bool = False
     balanced_sampling: bool = False
@@ -89,8 +97,7 @@ class RunConfig:
         return key
 
 
-# factor -> (attribute of RunConfig, values, label of each value)
-FACTORS: dict[str, tuple[str, tuple, tuple[str, ...]]] = {
+FACTORS: dict[str, Factor] = {
     "train_fraction": ("train_fraction", (0.6, 0.7, 0.8), ("60%", "70%", "80%")),
     "data_fraction": ("data_fraction", (0.25, 0.5, 1.0), ("25%", "50%", "100%")),
     "learning_rate": ("learning_rate", (1e-3, 3e-4), ("1e-3", "3e-4")),
@@ -103,7 +110,7 @@ FACTORS: dict[str, tuple[str, tuple, tuple[str, ...]]] = {
 @dataclass
 class StudyPlan:
     baseline: RunConfig
-    factors: dict[str, tuple[str, tuple, tuple[str, ...]]]
+    factors: dict[str, Factor]
     seeds: tuple[int, ...]
     max_epochs: int = 12
     patience: int = 3
@@ -122,7 +129,7 @@ class StudyPlan:
 
 
 # The anti-shortcut factors, varied one at a time around the shortcut baseline.
-SHORTCUT_FACTORS: dict[str, tuple[str, tuple, tuple[str, ...]]] = {
+SHORTCUT_FACTORS: dict[str, Factor] = {
     "preprocessing": ("preprocessing", (1, 2), ("v1 whole image", "v2 lung crop")),
     "mask_outside": ("mask_outside", (False, True), ("off", "on")),
     "balanced_sampling": ("balanced_sampling", (False, True), ("off", "on")),
@@ -149,8 +156,9 @@ def default_plan(seeds: Sequence[int] = (0, 1, 2), *, max_epochs: int = 12) -> S
 
 
 def shortcut_plan(seeds: Sequence[int] = (0, 1, 2), *, max_epochs: int = 12) -> StudyPlan:
-    """Issue 16: preprocessing, masking, sampling, augmentation, the lung penalty and
-    leave-one-source-out, one factor at a time around the shortcut baseline."""
+    """The measures against shortcuts: preprocessing, masking, sampling, augmentation, the
+    lung penalty and leave-one-source-out, one factor at a time around the shortcut
+    baseline."""
     # Patience 6: with balanced sampling and acquisition augmentation the validation loss
     # is noisy in the first epochs; patience 3 stopped runs before they had learnt anything.
     # min_epochs 10 as `make train`'s 15 (scaled to the shorter runs): the validation loss
@@ -234,7 +242,7 @@ def _split(dataset: Dataset, config: RunConfig, seed: int) -> dict[str, list[int
     }
 
 
-def _class_rows(per_class: Any) -> dict:
+def _class_rows(per_class: Any) -> dict[str, Any]:
     return {
         name: {
             "precision": row.precision,
@@ -246,10 +254,9 @@ def _class_rows(per_class: Any) -> dict:
     }
 
 
-def run_one(
-    dataset: Dataset, arrays: Arrays, config: RunConfig, seed: int, plan: StudyPlan
-) -> dict:
-    """Train and test one configuration with one seed (the fit loop of ``ml train``)."""
+def run_one(dataset: Dataset, arrays: Arrays, config: RunConfig, seed: int, plan: StudyPlan) -> Run:
+    """Train and test one configuration with one seed (the fit loop of
+    ``ml classifier train``)."""
     import keras
 
     from ml.models.architectures import build_compact_cnn
@@ -306,7 +313,7 @@ def run_one(
     return row
 
 
-def shortcut_row(shortcuts: Any) -> dict:
+def shortcut_row(shortcuts: Any) -> dict[str, Any]:
     """The shortcut figures of one run, flat (study tables read these keys)."""
     data = shortcuts.to_json()
     flat: dict[str, float | None] = {}
@@ -330,7 +337,7 @@ def run_study(
     cache: Path | None = None,
     progress: bool = True,
     only: Sequence[str] | None = None,
-) -> list[dict]:
+) -> list[Run]:
     """Run every (configuration, seed) not yet in ``out_dir/runs.json``; returns all rows.
 
     ``only`` restricts the study to some factors (plus the baseline they vary around).
@@ -338,7 +345,7 @@ def run_study(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs_path = out_dir / "runs.json"
-    done: list[dict] = json.loads(runs_path.read_text())["runs"] if runs_path.is_file() else []
+    done: list[Run] = json.loads(runs_path.read_text())["runs"] if runs_path.is_file() else []
     finished = {(r["key"], r["seed"]) for r in done}
     if only:
         plan = replace(plan, factors={k: v for k, v in plan.factors.items() if k in only})
@@ -381,7 +388,7 @@ def run_study(
     return done
 
 
-def _header(dataset: Dataset, plan: StudyPlan) -> dict:
+def _header(dataset: Dataset, plan: StudyPlan) -> dict[str, Any]:
     return {
         "data": dataset.summary(),
         "plan": {
@@ -400,7 +407,7 @@ def _header(dataset: Dataset, plan: StudyPlan) -> dict:
 # ----------------------------------------------------------------------------- report
 
 
-def _stats(values: Sequence[float]) -> dict:
+def _stats(values: Sequence[float]) -> dict[str, float]:
     array = np.asarray(values, dtype=np.float64)
     return {
         "n": len(array),
@@ -411,12 +418,12 @@ def _stats(values: Sequence[float]) -> dict:
     }
 
 
-def summarise(runs: Sequence[dict], plan: StudyPlan) -> dict:
+def summarise(runs: Sequence[Run], plan: StudyPlan) -> dict[str, Any]:
     """Per factor and value: mean, sd, min and max over seeds of every figure."""
-    by_key: dict[str, list[dict]] = {}
+    by_key: dict[str, list[Run]] = {}
     for row in runs:
         by_key.setdefault(row["key"], []).append(row)
-    summary: dict[str, list[dict]] = {}
+    summary: dict[str, list[dict[str, Any]]] = {}
     for factor, (attribute, values, labels) in plan.factors.items():
         rows = []
         for value, label in zip(values, labels, strict=True):
@@ -461,21 +468,23 @@ def summarise(runs: Sequence[dict], plan: StudyPlan) -> dict:
     return summary
 
 
-def _ms(stats: dict) -> str:
+def _ms(stats: dict[str, float]) -> str:
     return f"{stats['mean']:.3f} ± {stats['sd']:.3f}"
 
 
-def _range(stats: dict) -> str:
+def _range(stats: dict[str, float]) -> str:
     return f"{stats['min']:.3f}-{stats['max']:.3f}"
 
 
-def _figure_factors(summary: dict, runs: Sequence[dict], metric: str = "macro_f1"):
+def _figure_factors(
+    summary: dict[str, Any], runs: Sequence[Run], metric: str = "macro_f1"
+) -> Figure:
     from matplotlib.figure import Figure
 
     factors = [f for f in summary if summary[f]]
     fig = Figure(figsize=(3.0 * len(factors), 3.2), layout="constrained")
     axes = fig.subplots(1, len(factors), sharey=True, squeeze=False)[0]
-    by_key: dict[str, list[dict]] = {}
+    by_key: dict[str, list[Run]] = {}
     for row in runs:
         by_key.setdefault(row["key"], []).append(row)
     for ax, factor in zip(axes, factors, strict=True):
@@ -509,7 +518,7 @@ def _figure_factors(summary: dict, runs: Sequence[dict], metric: str = "macro_f1
     return fig
 
 
-def _figure_per_class(summary: dict):
+def _figure_per_class(summary: dict[str, Any]) -> Figure:
     from matplotlib.figure import Figure
 
     factors = [f for f in summary if summary[f]]
@@ -545,7 +554,7 @@ def _figure_per_class(summary: dict):
     return fig
 
 
-def write_report(runs: Sequence[dict], plan: StudyPlan, out_dir: Path, *, title: str) -> Path:
+def write_report(runs: Sequence[Run], plan: StudyPlan, out_dir: Path, *, title: str) -> Path:
     """``report.md``, ``summary.json`` and the PNG plots next to ``runs.json``."""
     out_dir = Path(out_dir)
     summary = summarise(runs, plan)
@@ -630,7 +639,7 @@ SHORTCUT_COLUMNS = (
 )
 
 
-def _shortcut_value(row: dict, key: str) -> float | None:
+def _shortcut_value(row: Run, key: str) -> float | None:
     figures = row.get("shortcuts") or {}
     if key == "min_mass_in_lungs":
         masses = [
@@ -642,11 +651,11 @@ def _shortcut_value(row: dict, key: str) -> float | None:
     return figures.get(key)
 
 
-def _shortcut_lines(runs: Sequence[dict], plan: StudyPlan) -> list[str]:
+def _shortcut_lines(runs: Sequence[Run], plan: StudyPlan) -> list[str]:
     """Shortcut tests per factor value (mean ± sd over seeds) and leave-one-source-out."""
     if not any(r.get("shortcuts") for r in runs):
         return []
-    by_key: dict[str, list[dict]] = {}
+    by_key: dict[str, list[Run]] = {}
     for row in runs:
         by_key.setdefault(row["key"], []).append(row)
     lines = [

@@ -5,6 +5,7 @@ locked after repeated failures wherever they happen (django-axes), with an audit
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pytest
 from django.core.management import call_command
@@ -34,7 +35,9 @@ def _attempt(where: str, username: str, password: str, address: str | None = Non
     from django.test import Client
 
     client = Client()
-    response = client.post(where, {"username": username, "password": password}, REMOTE_ADDR=address)
+    response: Any = client.post(
+        where, {"username": username, "password": password}, REMOTE_ADDR=address
+    )
     response.logged_in = "_auth_user_id" in client.session
     return response
 

@@ -100,6 +100,7 @@ def test_an_xray_has_no_segmentation(api_as, clinician, production_model):
 def test_a_failed_segmentation_is_retried(api_as, clinician, ct_tiny_model):
     case = segmented_ct_case(clinician)  # no production CT model yet: it fails
     image = case.images.get()
+    assert image.latest_segmentation is not None
     assert image.latest_segmentation.status == "failed"
     client = api_as("clinician")
     response = client.post(f"/api/v1/images/{image.pk}/segmentation/retry/")

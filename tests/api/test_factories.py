@@ -55,6 +55,8 @@ def test_model_version_traits_set_status_and_promotion_time():
     candidate = ModelVersionFactory()
     assert production.status == ModelVersion.Status.PRODUCTION
     assert archived.status == ModelVersion.Status.ARCHIVED
+    assert archived.promoted_at is not None
+    assert production.promoted_at is not None
     assert archived.promoted_at < production.promoted_at
     assert candidate.status == ModelVersion.Status.CANDIDATE
     assert candidate.promoted_at is None

@@ -25,6 +25,7 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, generate_fragments
 from pydicom.uid import (
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     HTJ2KLossless,
@@ -44,14 +45,16 @@ HUGE = 20000  # what the forged codestreams declare: 20000 x 20000
 def _testdata(name: str) -> Dataset:
     from pydicom.data import get_testdata_file
 
-    return pydicom.dcmread(get_testdata_file(name))
+    path = get_testdata_file(name)
+    assert isinstance(path, str), name
+    return pydicom.dcmread(path)
 
 
 def _dicom(pixel_data: bytes, syntax, *, rows=256, columns=256, bits=8) -> bytes:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = "2.25.1"
+    ds.file_meta.MediaStorageSOPInstanceUID = UID("2.25.1")
     ds.file_meta.TransferSyntaxUID = syntax
     ds.SOPClassUID = SecondaryCaptureImageStorage
     ds.SOPInstanceUID = "2.25.1"

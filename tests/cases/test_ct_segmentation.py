@@ -44,6 +44,7 @@ def test_a_segmented_slice_has_its_masks_and_figures(clinician, ct_production_mo
     assert segmentation.status == "done", segmentation.error
     assert segmentation.model_version_id == ct_production_model.pk
     assert segmentation.segmenter_version.startswith("ct-tiny@")
+    assert segmentation.inference_ms is not None
     assert segmentation.inference_ms > 0
     for kind in CT_MASK_KINDS:
         mask = _png(segmentation.mask_field(kind))
@@ -59,10 +60,14 @@ def test_a_segmented_slice_has_its_masks_and_figures(clinician, ct_production_mo
     if segmentation.lungs_found:
         expected = 100 * (infection & lungs).sum() / lungs.sum()
         assert segmentation.percent_affected == pytest.approx(expected, abs=0.01)
+        assert segmentation.percent_affected is not None
+        assert segmentation.percent_ggo is not None
+        assert segmentation.percent_consolidation is not None
         assert 0 <= segmentation.percent_ggo <= segmentation.percent_affected <= 100
         assert segmentation.percent_ggo + segmentation.percent_consolidation == pytest.approx(
             segmentation.percent_affected, abs=0.02
         )
+    assert segmentation.max_infection_probability is not None
     assert 0.0 <= segmentation.max_infection_probability <= 1.0
     assert case.status == "done"
 

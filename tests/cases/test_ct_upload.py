@@ -56,6 +56,7 @@ def test_ct_slices_marked_ct_make_a_ct_case_with_one_segmentation_each(clinician
     assert Segmentation.objects.filter(image__case=case, status="pending").count() == 3
     assert not Prediction.objects.filter(image__case=case).exists()
     first = case.images.order_by("pk").first()
+    assert first is not None
     assert (first.width, first.height, first.source_format) == (256, 256, "jpeg")
     assert case.status == "processing"
     assert Case.objects.with_status().get(pk=case.pk).derived_status == "processing"
@@ -115,7 +116,9 @@ def test_pydicoms_ct_sample_is_routed_to_ct_not_refused_as_a_non_radiograph(clin
     is no longer an X-ray refused for its modality but a CT slice."""
     from pydicom.data import get_testdata_file
 
-    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    path = get_testdata_file("CT_small.dcm")
+    assert isinstance(path, str)
+    data = Path(path).read_bytes()
     upload = SimpleUploadedFile("ct.dcm", data, content_type="application/dicom")
     case = services.create_case(owner=clinician, files=[upload])
     assert case.modality == "ct"

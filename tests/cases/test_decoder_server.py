@@ -58,6 +58,7 @@ def test_a_dead_server_is_started_again(settings, fresh_server):
     server.process.wait(timeout=10)
     assert decode_upload("picture", content) == first
     assert decoder_server._server is not server
+    assert decoder_server._server is not None
     assert decoder_server._server.alive()
 
 
@@ -98,6 +99,7 @@ def test_the_server_is_told_the_check_files_and_warms_up_with_them(settings, fre
     from ml.generate.watermark import band
 
     decode_upload("picture", (IMAGES / "2168a917.jpg").read_bytes())
+    assert decoder_server._server is not None
     environ = Path(f"/proc/{decoder_server._server.process.pid}/environ").read_bytes()
     told = dict(v.split(b"=", 1) for v in environ.split(b"\0") if b"=" in v)
     warm = json.loads(told[b"CXR_DECODER_WARM"])

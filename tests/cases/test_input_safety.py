@@ -213,7 +213,9 @@ def test_real_compressed_dicom_files_decode():
 def _testdata(name):
     from pydicom.data import get_testdata_file
 
-    with open(get_testdata_file(name), "rb") as fh:
+    path = get_testdata_file(name)
+    assert isinstance(path, str), name
+    with open(path, "rb") as fh:
         return fh.read()
 
 
@@ -491,6 +493,7 @@ def test_prediction_fails_cleanly_when_the_stored_file_is_corrupt(
     with open(image.file.path, "wb") as fh:
         fh.write(b"\xff\xd8\xff garbage")
     prediction = run_job_now(Prediction, Prediction.objects.get(image=image).pk)
+    assert prediction is not None
     prediction.refresh_from_db()
     assert prediction.status == Prediction.Status.FAILED
     assert prediction.error.startswith("UnreadableImageError: The stored image could not be read")

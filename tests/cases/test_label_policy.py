@@ -71,6 +71,7 @@ def test_model_admin_changes_the_policy_on_the_page_audited(
     # A second change is audited with the first as its "before".
     client.post(URL, {"policy": "adjudication", "readers": "2"})
     latest = AuditEvent.objects.filter(action="labels.policy").order_by("-pk").first()
+    assert latest is not None
     assert latest.before == {"policy": "majority", "readers": 3, "source": "web"}
     assert latest.after == {"policy": "adjudication", "readers": 2}
     assert LabelPolicy.objects.count() == 1

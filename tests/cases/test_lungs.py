@@ -196,6 +196,7 @@ def test_explanation_stores_the_share_of_its_heatmap_on_the_lungs(predicted, nam
     run_job_now(Explanation, explanation.pk)
     explanation.refresh_from_db()
     assert explanation.status == Explanation.Status.DONE, explanation.error
+    assert explanation.mass_in_lungs is not None
     assert 0.0 <= explanation.mass_in_lungs <= 1.0
     assert explanation.scores["mass_in_lungs"] == explanation.mass_in_lungs
     assert {"deletion_auc", "insertion_auc"} <= set(explanation.scores)
@@ -206,6 +207,7 @@ def test_explanation_stores_the_share_of_its_heatmap_on_the_lungs(predicted, nam
     assert lungs is not None
     spec = PreprocessSpec.from_dict(explanation.model_version.card["preprocessing"])
     frame = prepare(open_image(IMAGES / name), spec, lungs.mask).lung_mask
+    assert frame is not None
     assert frame.shape == heatmap.shape
     assert explanation.mass_in_lungs == pytest.approx(mass_in_mask(heatmap, frame), abs=1e-4)
 
@@ -243,13 +245,15 @@ def lung_frame_model(tmp_path, db):
     # versions by sha256, and this must not be mistaken for the v1 test model.
     with zipfile.ZipFile(artifact, "a") as archive:
         archive.comment = b"cxr-tiny with a preprocessing-v2 card (tests)"
+    lung_model = django_settings.CXR_LUNG_MODEL
+    assert lung_model is not None
     card = read_card(source)
     card["preprocessing"] = {
         **card["preprocessing"],
         "version": 2,
         "segmenter": {
-            "artifact": django_settings.CXR_LUNG_MODEL.name,
-            "sha256": sha256_file(django_settings.CXR_LUNG_MODEL),
+            "artifact": lung_model.name,
+            "sha256": sha256_file(lung_model),
         },
     }
     card["sha256"] = sha256_file(artifact)
@@ -285,10 +289,11 @@ def test_a_lung_frame_model_reuses_the_stored_segmentation_and_measures_mass_in_
     with explanation.heatmap.open("rb") as fh:
         heatmap = np.load(fh, allow_pickle=False)
     spec = PreprocessSpec.from_dict(lung_frame_model.card["preprocessing"])
-    prepared = prepare(
-        open_image(IMAGES / "2168a917.jpg"), spec, stored_lungs(case.images.get()).mask
-    )
+    lungs = stored_lungs(case.images.get())
+    assert lungs is not None
+    prepared = prepare(open_image(IMAGES / "2168a917.jpg"), spec, lungs.mask)
     assert prepared.used_lungs
+    assert prepared.lung_mask is not None
     assert explanation.mass_in_lungs == pytest.approx(
         mass_in_mask(heatmap, prepared.lung_mask), abs=1e-4
     )
@@ -309,6 +314,7 @@ def test_case_page_shows_the_lung_outline_toggle_and_the_share_on_the_lungs(logi
     assert "Show lung outline" in html
     outline_url = reverse("cases:lung-file", args=[prediction.image.pk, "outline"])
     assert f'src="{outline_url}"' in html
+    assert explanation.mass_in_lungs is not None
     percent = round(100 * explanation.mass_in_lungs)
     assert f"<strong>{percent}%</strong> of this map lies on the lungs." in html
     assert "Lung fields found:" in html

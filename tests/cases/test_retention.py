@@ -147,7 +147,7 @@ def test_the_beat_task_runs_the_purge(clinician, settings, django_capture_on_com
 
 
 def test_purged_images_are_withdrawn_from_snapshots_and_left_out_of_the_next(
-    clinician, settings, django_capture_on_commit_callbacks
+    clinician, settings, django_capture_on_commit_callbacks, tmp_path
 ):
     from apps.models.export import _snapshot_rows
     from apps.models.training import _records
@@ -165,7 +165,7 @@ def test_purged_images_are_withdrawn_from_snapshots_and_left_out_of_the_next(
     assert item.is_withdrawn
     assert (item.label, item.split, item.pixel_sha256) == ("normal", "test", "ab" * 32)
     # Training on or exporting the old snapshot skips it; the next snapshot leaves it out.
-    assert _records([item], None) == ([], [])
+    assert _records([item], tmp_path) == ([], [])
     assert _snapshot_rows(item.snapshot) == []
     following = create_snapshot()
     assert following.items.count() == 0

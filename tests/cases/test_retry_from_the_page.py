@@ -219,6 +219,7 @@ def test_owner_retries_a_failed_ct_segmentation_from_the_page_and_it_runs(
     run_job_now(Segmentation, segmentation.pk)  # what the queued task does
     segmentation.refresh_from_db()
     assert segmentation.status == "done"
+    assert segmentation.lung_area is not None
     assert segmentation.lung_area > 0
     response = client.post(url, follow=True)  # done: nothing to retry
     assert "Only a failed segmentation can be retried" in response.content.decode()

@@ -15,11 +15,13 @@ import datetime as dt
 import io
 import logging
 import re
+from collections.abc import Iterator
 
 import numpy as np
 import pydicom
 import pytest
 from django.core.files.base import ContentFile
+from django.http import StreamingHttpResponse
 from django.urls import reverse
 from PIL import Image, PngImagePlugin
 from pydicom.datadict import dictionary_VR, keyword_for_tag
@@ -75,6 +77,7 @@ def _assert_bare_image(data: bytes, where: str) -> Image.Image:
     image.load()
     assert image.format == "PNG", where
     assert not {"exif", "xmp", "comment", "icc_profile"} & set(image.info), (where, image.info)
+    assert isinstance(image, PngImagePlugin.PngImageFile), where
     assert image.text == {}, where
     chunks = {c for c, _, _ in _png_chunks(data)}
     assert chunks <= {b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND"}, (where, chunks)
@@ -153,6 +156,8 @@ def test_picture_metadata_is_neither_stored_nor_served_to_annotators(
     for response, where in ((web, "the web image"), (api, "the API image")):
         assert response.status_code == 200, where
         assert response["Content-Type"] == "image/png", where
+        assert isinstance(response, StreamingHttpResponse), where
+        assert isinstance(response.streaming_content, Iterator), where
         served = b"".join(response.streaming_content)
         _assert_bare_image(served, where)
         assert served == files[0].read_bytes()

@@ -47,6 +47,7 @@ def test_create_case_stores_every_image_with_its_metadata_and_queues_a_predictio
     import hashlib
 
     # Stored under a random name: the uploaded file name may carry identifiers.
+    assert images[0].file.name
     assert "2168a917" not in images[0].file.name
     assert len(stored_files(media_root)) == 2
     # Stored re-encoded: a PNG of the decoded pixels, never the bytes as sent.

@@ -57,6 +57,7 @@ def test_gradcam_job_stores_a_readable_raw_map_an_overlay_and_scores(predicted_i
     assert explanation.layer == "last_conv"
     assert explanation.target_label == predicted_image.predictions.get().label
     assert explanation.params["guided"] is False  # standard Grad-CAM, not guided
+    assert explanation.seconds is not None
     assert explanation.seconds > 0
 
 

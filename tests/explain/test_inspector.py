@@ -131,7 +131,9 @@ def test_job_stores_filters_activations_and_every_method_as_png(requested, produ
     form = client.get(reverse("registry:inspector")).content.decode()
     assert '<option value="relu2">relu2</option>' in form
     # Running it again changes nothing.
-    assert run_job_now(Inspection, inspection.pk).pictures.count() == len(kinds)
+    done = run_job_now(Inspection, inspection.pk)
+    assert done is not None
+    assert done.pictures.count() == len(kinds)
 
 
 @pytest.mark.slow

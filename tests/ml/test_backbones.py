@@ -211,6 +211,7 @@ def test_lite0_trains_with_held_out_normals_and_serves_on_litert(tmp_path):
         assert lite_prediction.probabilities[name] == pytest.approx(
             prediction.probabilities[name], abs=1e-4
         )
+    assert prediction.prepared is not None
     heatmap = explain(classifier.model, prediction.prepared.x, "gradcam")
     assert heatmap.layer == "lung_features"
 

@@ -155,6 +155,8 @@ def test_medseg_keeps_its_test_split_and_carves_validation_from_train():
     assert [s.split for s in samples].count("val") == 1
     ref = references(samples[0])
     assert ref.lungs is None
+    assert ref.ggo is not None
+    assert ref.consolidation is not None
     np.testing.assert_array_equal(ref.infection, ref.ggo | ref.consolidation)
 
 

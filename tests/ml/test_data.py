@@ -208,7 +208,7 @@ def test_shared_datasets_load_with_documented_counts(shared_datasets):
     assert dataset.sources == ["covid-chestxray", "pediatric-pneumonia", "nih-cxr14"]
     # 17 NIH patients have images in both folders: one patient key each, so a
     # patient-level split keeps them on one side.
-    nih_patients = {}
+    nih_patients: dict[str, set[str]] = {}
     for record in dataset.records:
         if record.source == "nih-cxr14":
             nih_patients.setdefault(record.patient, set()).add(record.label)

@@ -4,8 +4,10 @@ import io
 import json
 import subprocess
 import sys
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,6 +25,11 @@ from ml.models.evaluation import (
 )
 from ml.models.metrics import EvaluationResult
 from tests.ml.test_evaluate import CLASSES, HAND_PRED, HAND_TRUE, noisy_dataset, one_hot_probs
+
+
+def _curves(result: EvaluationResult) -> Mapping[str, Any]:
+    assert result.curves is not None
+    return result.curves
 
 
 def perfect_probs(true, low=0.5, high=0.98):
@@ -49,7 +56,7 @@ def test_perfect_classifier_has_roc_through_the_top_left_corner_and_auc_one():
     true = ["a", "b", "c"] * 20
     result = evaluate_predictions(true, perfect_probs(true), CLASSES, n_bootstrap=0)
 
-    roc = result.curves["roc"]
+    roc = _curves(result)["roc"]
     assert list(roc) == list(CLASSES)
     for curve in roc.values():
         assert curve["auc"] == 1.0
@@ -64,8 +71,8 @@ def test_calibration_bins_follow_the_ece_bins_and_count_every_image():
     probs = perfect_probs(true)
     result = evaluate_predictions(true, probs, CLASSES, n_bootstrap=0)
 
-    calibration = result.curves["calibration"]
-    histogram = result.curves["confidence_histogram"]
+    calibration = _curves(result)["calibration"]
+    histogram = _curves(result)["confidence_histogram"]
     assert calibration["bins"] == ECE_BINS == 15
     assert sum(calibration["count"]) == len(true)
     assert all(count > 0 for count in calibration["count"])
@@ -95,23 +102,23 @@ def test_calibration_bins_follow_the_ece_bins_and_count_every_image():
 
 def test_hand_example_has_one_calibration_bin_at_its_single_confidence():
     result = evaluate_predictions(HAND_TRUE, one_hot_probs(HAND_PRED), CLASSES, n_bootstrap=0)
-    calibration = result.curves["calibration"]
+    calibration = _curves(result)["calibration"]
     assert calibration["count"] == [10]
     assert calibration["mean_confidence"] == [0.6]
     assert calibration["accuracy"] == [0.7]
-    assert result.curves["roc"]["a"]["auc"] == round(19 / 24, 4)
-    assert sum(result.curves["confidence_histogram"]["counts"]) == 10
+    assert _curves(result)["roc"]["a"]["auc"] == round(19 / 24, 4)
+    assert sum(_curves(result)["confidence_histogram"]["counts"]) == 10
 
 
 def test_classes_without_a_roc_curve_are_left_out():
     true = ["a", "b"] * 10
     probs = one_hot_probs(["a", "b"] * 9 + ["c", "a"])
     result = evaluate_predictions(true, probs, CLASSES, n_bootstrap=0)
-    assert sorted(result.curves["roc"]) == ["a", "b"]
+    assert sorted(_curves(result)["roc"]) == ["a", "b"]
 
     single = evaluate_predictions(["a", "a"], one_hot_probs(["a", "b"]), CLASSES, n_bootstrap=0)
-    assert single.curves["roc"] == {}
-    assert single.curves["calibration"]["count"] == [2]
+    assert _curves(single)["roc"] == {}
+    assert _curves(single)["calibration"]["count"] == [2]
 
 
 def test_curves_are_top_level_only():
@@ -128,14 +135,16 @@ def test_long_roc_curves_are_thinned_keeping_both_ends_and_floats_are_rounded():
     true, probs = noisy_dataset(n=6000, seed=4)
     result = evaluate_predictions(true, probs, CLASSES, n_bootstrap=0)
 
-    for name, curve in result.curves["roc"].items():
+    for name, curve in _curves(result)["roc"].items():
         assert 2 < len(curve["fpr"]) <= 200, name
         assert len(curve["fpr"]) == len(curve["tpr"])
         assert (curve["fpr"][0], curve["tpr"][0]) == (0.0, 0.0)
         assert (curve["fpr"][-1], curve["tpr"][-1]) == (1.0, 1.0)
         assert np.all(np.diff(curve["fpr"]) >= 0)
         assert np.all(np.diff(curve["tpr"]) >= 0)
-        assert curve["auc"] == round(result.per_class[name].roc_auc, 4)
+        auc = result.per_class[name].roc_auc
+        assert auc is not None
+        assert curve["auc"] == round(auc, 4)
     assert all(v == round(v, 4) for v in floats(result.curves))
     size = len(json.dumps(result.curves, allow_nan=False))
     assert size < 20_000, size
@@ -168,7 +177,9 @@ def test_figures_render_from_the_result_alone_to_svg_and_png(noisy_result, draw)
 
 def test_roc_figure_has_a_legend_entry_per_class_with_its_auc(noisy_result):
     figure = figure_roc(noisy_result)
-    texts = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+    legend = figure.axes[0].get_legend()
+    assert legend is not None
+    texts = [t.get_text() for t in legend.get_texts()]
     for name in CLASSES:
         auc = noisy_result.curves["roc"][name]["auc"]
         assert f"{name} (AUC {auc:.3f})" in texts

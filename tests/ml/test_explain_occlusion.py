@@ -111,6 +111,7 @@ def _coarse(model, image, target, patch_size, fill):
     from ml.explain.occlusion import _incremental_forward, _plan
 
     plan = _plan(model, image.shape, patch_size)
+    assert not isinstance(plan, str), plan  # a reason the model takes the full path
     outputs = _incremental_forward(model, plan, image, fill, None)[:, target]
     rows = -(-image.shape[0] // patch_size)
     return (1.0 - outputs).reshape(rows, -1)
@@ -336,7 +337,9 @@ def test_models_the_analysis_cannot_cover_take_the_full_path(name):
     build, reason = FALLBACKS[name]
     keras.utils.set_random_seed(8)
     model = build()
-    assert reason in incremental_unsupported_reason(model)
+    unsupported = incremental_unsupported_reason(model)
+    assert unsupported is not None
+    assert reason in unsupported
     assert occlusion_path(model) == occlusion_path(model, 8) == "full"
     with pytest.raises(ValueError, match="does not apply"):
         fast_occlusion(model, np.zeros((32, 32, 1), np.float32), 0, 8, 0.0, path="incremental")

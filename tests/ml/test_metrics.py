@@ -2,6 +2,7 @@
 
 import json
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -113,6 +114,7 @@ def test_the_bundled_models_old_card_summary_reads_as_an_evaluation():
     assert "test_macro_f1" in old  # the format before the typed contract
 
     result = EvaluationResult.from_card(card)
+    assert result is not None
 
     assert result.macro_f1 == old["test_macro_f1"]
     assert result.accuracy == old["test_accuracy"]
@@ -132,7 +134,9 @@ def test_the_bundled_report_written_before_the_contract_reads_back():
     stored = json.loads((BUNDLED / "report" / "metrics.json").read_text())
     result = EvaluationResult.from_json(stored)
     assert result.n == stored["n"] == sum(sub.n for sub in result.per_source.values())
+    assert result.confusion_matrix is not None
     assert result.confusion_matrix.labels == tuple(stored["confusion_matrix"]["labels"])
+    assert result.curves is not None
     assert set(result.curves) == {"roc", "calibration", "confidence_histogram"}
     assert result.shortcuts is None
     for source, sub in result.per_source.items():
@@ -144,7 +148,7 @@ def test_the_bundled_report_written_before_the_contract_reads_back():
 
 def test_a_registry_row_stored_from_an_old_card_reads_back():
     # What the registry used to store from an old card: renamed keys, no matrix or curves.
-    row = {
+    row: dict[str, Any] = {
         "macro_f1": 0.5,
         "macro_f1_ci": None,
         "accuracy": 0.625,

@@ -74,6 +74,7 @@ def test_the_specificity_rule_reaches_both_targets_on_validation():
     probs, y = _normals_called_abnormal()
     assert decision_figures(probs.argmax(1), y, CLASSES)["normal_specificity"] == 0.75
     point = choose_specificity_offsets(probs, y, CLASSES, normal_specificity=0.9)
+    assert point.reached is not None
     assert point.method == "val-specificity"
     assert point.offsets["normal"] > 0
     assert point.reached["normal_specificity"] >= 0.9
@@ -91,6 +92,7 @@ def test_the_specificity_rule_says_so_when_a_target_cannot_be_reached():
     y = np.array([0] * 10 + [2] * 10)
     probs = np.tile([0.5, 0.5, 0.0], (20, 1))  # the model never gives normals a chance
     point = choose_specificity_offsets(probs, y, CLASSES)
+    assert point.reached is not None
     # No offset on the grid calls a normal normal: the point says what it reached.
     assert point.reached["normal_specificity"] == 0.0
     assert point.targets == {"normal_specificity": 0.9, "covid19_specificity": 0.9}
@@ -103,6 +105,7 @@ def test_the_operating_curve_lists_the_chosen_point_and_the_roc():
 
     probs, y = _normals_called_abnormal()
     point = choose_specificity_offsets(probs, y, CLASSES)
+    assert point.reached is not None
     curve = operating_curve(probs, y, CLASSES, point)
     chosen = [row for row in curve["rows"] if row["chosen"]]
     assert len(chosen) == 1

@@ -1,6 +1,8 @@
 """Shortcut tests (ml.models.shortcuts) on constructed arrays and the tiny committed model."""
 
 import json
+from collections.abc import Mapping
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ from ml.data.preprocess import open_image, preprocess
 from ml.explain.methods import explain
 from ml.lungs.heuristic import lung_fields
 from ml.lungs.masks import mass_in_mask
-from ml.models.metrics import ShortcutMetrics
+from ml.models.metrics import ShortcutMetrics, WithinSourceAuroc
 from ml.models.shortcuts import (
     blank,
     blanked_predictions,
@@ -24,6 +26,12 @@ from tests.conftest import FIXTURES, IMAGES, fixture_manifest
 
 CLASSES = ("covid19", "pneumonia", "normal")
 TINY = FIXTURES / "models" / "cxr-tiny.keras"
+
+
+def _auroc(result: Mapping[str, WithinSourceAuroc | None], key: str) -> WithinSourceAuroc:
+    value = result[key]
+    assert value is not None, key
+    return value
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +110,7 @@ def test_blanking_refuses_masks_that_are_not_in_the_input_frame(masks, message):
 def test_blanking_refuses_an_unknown_mode():
     x, masks = boxes()
     with pytest.raises(ValueError, match="mode"):
-        blank(x, masks, "heart")
+        blank(x, masks, "heart")  # type: ignore[arg-type]  # an unknown mode, on purpose
 
 
 def test_blanked_predictions_feed_the_blanked_images_in_batches():
@@ -153,15 +161,21 @@ def test_within_source_auroc_equals_scikit_learns_on_each_sources_images():
     expected_nih = roc_auc_score(labels_a[nih] == "pneumonia", probs[nih, 1])
     covid = sources_a == "covid-chestxray"
     expected_covid = roc_auc_score(labels_a[covid] == "covid19", probs[covid, 0])
-    assert result["nih_pneumonia_auroc"].auroc == pytest.approx(expected_nih)
-    assert result["covid_chestxray_covid19_auroc"].auroc == pytest.approx(expected_covid)
-    assert (result["nih_pneumonia_auroc"].n_positive, result["nih_pneumonia_auroc"].n_negative) == (
+    assert _auroc(result, "nih_pneumonia_auroc").auroc == pytest.approx(expected_nih)
+    assert _auroc(result, "covid_chestxray_covid19_auroc").auroc == pytest.approx(expected_covid)
+    assert (
+        _auroc(result, "nih_pneumonia_auroc").n_positive,
+        _auroc(result, "nih_pneumonia_auroc").n_negative,
+    ) == (
         20,
         30,
     )
-    covid_result = result["covid_chestxray_covid19_auroc"]
+    covid_result = _auroc(result, "covid_chestxray_covid19_auroc")
     assert (covid_result.n_positive, covid_result.n_negative) == (25, 15)
     for value in result.values():
+        assert value is not None
+        assert value.ci is not None
+        assert value.auroc is not None
         low, high = value.ci
         assert 0.0 <= low <= value.auroc <= high <= 1.0
         assert low < high
@@ -174,9 +188,11 @@ def test_within_source_auroc_is_reproducible_and_accepts_the_old_nih_source_name
     again = within_source_auroc(labels, probs, CLASSES, sources, n_bootstrap=100, seed=4)
     renamed = within_source_auroc(labels, probs, CLASSES, old, n_bootstrap=100, seed=4)
     assert first == again
-    assert renamed["nih_pneumonia_auroc"].auroc == first["nih_pneumonia_auroc"].auroc
-    assert renamed["nih_pneumonia_auroc"].ci == first["nih_pneumonia_auroc"].ci
-    assert renamed["nih_pneumonia_auroc"].source == "adult-normal"
+    assert (
+        _auroc(renamed, "nih_pneumonia_auroc").auroc == _auroc(first, "nih_pneumonia_auroc").auroc
+    )
+    assert _auroc(renamed, "nih_pneumonia_auroc").ci == _auroc(first, "nih_pneumonia_auroc").ci
+    assert _auroc(renamed, "nih_pneumonia_auroc").source == "adult-normal"
 
 
 def test_within_source_auroc_is_none_without_the_source_or_one_side():
@@ -184,7 +200,7 @@ def test_within_source_auroc_is_none_without_the_source_or_one_side():
     sources = ["nih-cxr14", "nih-cxr14", "pediatric-pneumonia", "pediatric-pneumonia"]
     probs = np.full((4, 3), 1 / 3)
     result = within_source_auroc(labels, probs, CLASSES, sources, n_bootstrap=10)
-    nih = result["nih_pneumonia_auroc"]
+    nih = _auroc(result, "nih_pneumonia_auroc")
     assert nih.auroc is None  # no pneumonia among the NIH images
     assert nih.ci is None
     assert (nih.n_positive, nih.n_negative) == (0, 2)
@@ -229,6 +245,8 @@ def test_mass_in_lungs_is_the_per_source_mean_of_each_maps_share(tiny, fixture_s
         ]
         assert mass.n == len(shares)
         assert mass.mean == pytest.approx(np.mean(shares))
+        assert mass.ci is not None
+        assert mass.mean is not None
         assert mass.ci[0] <= mass.mean <= mass.ci[1]
 
 
@@ -250,7 +268,11 @@ def test_shortcut_metrics_of_the_tiny_model_match_their_definitions(tiny, fixtur
     result = shortcut_metrics(tiny, x, masks, labels, sources, tiny.classes, n_bootstrap=100)
 
     true_idx = [tiny.classes.index(label) for label in labels]
-    for mode, prefix in (("lungs", "lungs_blanked"), ("outside", "lungs_only")):
+    modes: list[tuple[Literal["lungs", "outside"], str]] = [
+        ("lungs", "lungs_blanked"),
+        ("outside", "lungs_only"),
+    ]
+    for mode, prefix in modes:
         predicted = tiny.predict_array(blank(x, masks, mode)).argmax(axis=1)
         accuracy = accuracy_score(true_idx, predicted)
         macro_f1 = f1_score(true_idx, predicted, labels=[0, 1, 2], average="macro")
@@ -261,10 +283,16 @@ def test_shortcut_metrics_of_the_tiny_model_match_their_definitions(tiny, fixtur
     # 18 images: 7 covid19, 6 pneumonia (4 paediatric + 2 pneumocystis), 5 normal
     assert result.n == 18
     assert result.chance_accuracy == pytest.approx(max(labels.count(c) for c in tiny.classes) / 18)
+    assert result.covid_chestxray_covid19_auroc is not None
     assert result.covid_chestxray_covid19_auroc.n_positive == labels.count("covid19")
+    assert result.nih_pneumonia_auroc is not None
     assert result.nih_pneumonia_auroc.auroc is None  # the fixtures' NIH images are all normal
     assert set(result.gradcam_mass_in_lungs) == set(sources)
-    assert all(0.0 <= m.mean <= 1.0 for m in result.gradcam_mass_in_lungs.values() if m.n)
+    assert all(
+        m.mean is not None and 0.0 <= m.mean <= 1.0
+        for m in result.gradcam_mass_in_lungs.values()
+        if m.n
+    )
     # JSON round trip: what the card and the registry store reads back the same.
     stored = json.loads(json.dumps(result.to_json(), allow_nan=False))
     assert ShortcutMetrics.from_json(stored) == result

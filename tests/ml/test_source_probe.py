@@ -16,6 +16,9 @@ def test_features_that_name_the_site_are_found_and_features_that_do_not_are_at_c
     assert named is not None
     assert blind is not None
     assert named.chance == blind.chance == 0.6
+    assert named.accuracy is not None
+    assert named.ci is not None
+    assert blind.accuracy is not None
     assert named.accuracy >= 0.95
     assert named.ci[0] <= named.accuracy <= named.ci[1]
     assert blind.accuracy <= 0.75  # near the 0.6 chance: nothing to find

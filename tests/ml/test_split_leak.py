@@ -47,7 +47,7 @@ def _items(tmp_path):
     return items
 
 
-def _features(items):
+def _features(items: list[Item]) -> tuple[np.ndarray, list[str]]:
     thumbs, hashes = [], []
     for item in items:
         gray = Image.open(item.path).convert("L")

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from PIL import Image, ImageSequence
+from PIL import GifImagePlugin, Image, ImageSequence
 
 from ml.data.loaders import load_generic
 from ml.explain.animation import TILE, pick_images
@@ -50,7 +50,7 @@ def test_training_writes_an_animated_gif_with_one_frame_per_epoch(with_and_witho
     assert epochs_run >= 2
     assert gif.stat().st_size < 200_000
     with Image.open(gif) as image:
-        assert image.format == "GIF"
+        assert isinstance(image, GifImagePlugin.GifImageFile)
         assert image.is_animated
         assert image.n_frames == epochs_run
         assert image.info["loop"] == 0  # forever

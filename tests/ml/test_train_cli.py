@@ -3,6 +3,7 @@
 import json
 import runpy
 import sys
+from typing import Any
 
 import pytest
 
@@ -20,7 +21,7 @@ MANIFEST = IMAGES / "manifest.csv"
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("train")
     config = TrainConfig(epochs=1, input_size=64, width=8, batch_size=8, n_bootstrap=20)
-    progress = []
+    progress: list[dict[str, Any]] = []
     result = train(load_generic(MANIFEST), out, config, progress=False, hook=progress.append)
     return result, progress
 

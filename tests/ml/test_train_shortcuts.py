@@ -43,6 +43,7 @@ def test_v2_crops_to_the_lungs_and_masks_the_rest(segmenter):
     assert prepared.used_lungs
     assert prepared.x.shape == (96, 96, 1)
     # The frame is the lung box plus margins: the lungs fill much of it...
+    assert prepared.lung_mask is not None
     assert 0.3 < prepared.lung_mask.mean() < 0.9
     # ...and with mask_outside nothing outside the dilated lungs is left.
     assert prepared.visible is not None
@@ -122,6 +123,8 @@ def test_arrays_cache_gives_the_same_inputs_and_masks(segmenter, tmp_path):
     assert len(list(tmp_path.glob("arrays-v2-48px-*.npz"))) == 1
     again = prepare_arrays(records, spec, segmenter=segmenter, cache=tmp_path, progress=False)
     assert np.array_equal(first.x, again.x)
+    assert first.lungs is not None
+    assert again.lungs is not None
     assert np.array_equal(first.lungs, again.lungs)
     assert first.used_lungs.all()
 
@@ -195,6 +198,7 @@ def test_lung_cnn_with_an_operating_point_trains_and_serves(tmp_path):
     assert point["val_macro_f1_after"] >= point["val_macro_f1_before"]
     classifier = Classifier.load(result.artifact, expected_sha256=card["sha256"])
     prediction = classifier.predict(open_image(IMAGES / "00001280_004.jpg"))
+    assert prediction.prepared is not None
     heatmap = explain(classifier.model, prediction.prepared.x, "gradcam")
     assert heatmap.layer == "lung_features"
     # Nothing of the map lies on the blank (masked) part of the frame, beyond upsampling.

@@ -71,6 +71,7 @@ def test_snapshot_export_trains_one_epoch_with_ml_train_on_its_own_split(
     dataset = load_generic(out)
     assert len(dataset.records) == 19
     splits = given_splits(dataset.records)
+    assert splits is not None
     split_of = {r.path.stem: split for r, split in zip(dataset.records, splits, strict=True)}
     assert split_of == {item.key: item.split for item in snapshot.items.all()}
     # ... and `python -m ml classifier train --data EXPORT` trains on that split.

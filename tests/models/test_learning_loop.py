@@ -4,7 +4,7 @@ import threading
 
 import pytest
 from django.db import connection
-from PIL import Image
+from PIL import GifImagePlugin, Image
 
 from apps.accounts.models import AuditEvent
 from apps.cases import labelling
@@ -156,20 +156,12 @@ def test_the_whole_loop(
     assert run.status == "done", run.error
     assert run.progress["epoch"] == 1
     assert "epoch 1/1" in run.log
-    candidate = run.model_version
-    assert candidate.status == "candidate"
-    assert candidate.parent == seeded
-    assert candidate.snapshot == run.snapshot
-    assert 0.0 <= candidate.evaluation.macro_f1 <= 1.0
-    assert "roc" in candidate.evaluation.curves  # the report's curves, for the plots
-    # The training animation travelled from the run's folder into storage.
-    assert candidate.training_animation.name.endswith(".gradcam.gif")
-    with Image.open(candidate.training_animation.path) as animation:
-        assert animation.format == "GIF"
-        assert animation.n_frames == 1  # one epoch
+    candidate = _assert_candidate(run, seeded)
     # candidate and production measured on the same test images
     evidence = services.promotion_evidence(candidate)
     assert evidence.same_split
+    assert evidence.candidate is not None
+    assert evidence.production is not None
     assert evidence.candidate.n == evidence.production.n == run.comparison["test_images"]
     _assert_paired_on_too_few_images(run, evidence)
 
@@ -182,7 +174,9 @@ def test_the_whole_loop(
     fourth = _predict(clinician, "c0f74558.jpg", django_capture_on_commit_callbacks)
     assert fourth.model_version == seeded
 
-    actions = list(AuditEvent.objects.order_by("pk").values_list("action", "actor"))
+    actions: list[tuple[str, int | None]] = list(
+        AuditEvent.objects.order_by("pk").values_list("action", "actor")
+    )
     assert ("label.create", annotator.pk) in actions
     assert ("training.start", None) in actions
     assert ("model.promote", model_admin.pk) in actions
@@ -190,8 +184,31 @@ def test_the_whole_loop(
     promote_event = (
         AuditEvent.objects.filter(action="model.promote", actor=model_admin).order_by("pk").first()
     )
+    assert promote_event is not None
     assert promote_event.before["production"]["version"] == seeded.pk
     assert promote_event.after["production"]["version"] == candidate.pk
+
+
+def _assert_candidate(run: TrainingRun, production: ModelVersion) -> ModelVersion:
+    """The run's candidate: trained from production, on the run's snapshot, evaluated with
+    the report's curves, and its training animation moved from the run's folder into
+    storage."""
+    candidate = run.model_version
+    assert candidate is not None
+    assert candidate.status == "candidate"
+    assert candidate.parent == production
+    assert candidate.snapshot == run.snapshot
+    assert candidate.evaluation is not None
+    assert 0.0 <= candidate.evaluation.macro_f1 <= 1.0
+    assert candidate.evaluation.curves is not None
+    assert "roc" in candidate.evaluation.curves  # the report's curves, for the plots
+    assert candidate.training_animation.name
+    assert candidate.training_animation.name.endswith(".gradcam.gif")
+    with Image.open(candidate.training_animation.path) as animation:
+        assert animation.format == "GIF"
+        assert isinstance(animation, GifImagePlugin.GifImageFile)
+        assert animation.n_frames == 1  # one epoch
+    return candidate
 
 
 def _assert_paired_on_too_few_images(run, evidence):
@@ -292,6 +309,7 @@ def test_a_run_retrains_the_way_production_was_trained(db, settings, model_admin
     run_job_now(TrainingRun, run.pk)
     run.refresh_from_db()
     assert run.status == "done", run.error
+    assert run.model_version is not None
     card = run.model_version.card
     assert card["architecture"] == "lung_cnn"
     assert card["preprocessing"]["version"] == 2

@@ -46,7 +46,9 @@ def _copy_without_lite(target: Path) -> Path:
 def test_registration_stores_the_lite_file_beside_the_artifact_with_its_hashes():
     version = register_artifact(artifact_path=settings.CXR_BUNDLED_MODEL)
     lite = version.card["lite"]
-    assert PurePosixPath(lite["artifact"]).parent == PurePosixPath(version.artifact.name).parent
+    assert (
+        PurePosixPath(lite["artifact"]).parent == PurePosixPath(str(version.artifact.name)).parent
+    )
     assert lite["artifact"].endswith(".tflite")
     assert lite["source_sha256"] == version.sha256
     data = _stored_bytes(version, lite["artifact"])

@@ -267,6 +267,8 @@ def test_the_offsets_applied_are_the_change_from_the_cards_point(model_admin):
     # The same as ml's offset_change, which the inference worker does not import.
     from ml.models.operating_point import OperatingPoint, offset_change
 
+    assert version.card_point is not None
+    assert version.operating_point is not None
     change = offset_change(
         OperatingPoint.from_dict(version.card_point),
         OperatingPoint.from_dict(version.operating_point),

@@ -289,6 +289,7 @@ def test_a_card_in_the_typed_format_is_stored_as_it_is(tmp_path):
     version = services.register_artifact(artifact_path=artifact)
 
     assert version.metrics == card["metrics"]
+    assert version.evaluation is not None
     assert version.evaluation.shortcuts == shortcuts()
 
 

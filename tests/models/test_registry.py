@@ -82,8 +82,11 @@ def test_the_demos_registration_leaves_an_earlier_version_to_roll_back_to(capsys
         call_command("register_model", str(compact), "--name", "v1", "--if-no-production")
         call_command("register_model", "--bundled", "--if-never-promoted")
     bundled = ModelVersion.objects.production()
+    assert bundled is not None
     assert bundled.sha256 == sha256_file(settings.CXR_BUNDLED_MODEL)
-    assert services.rollback_target().name == "v1"
+    target = services.rollback_target()
+    assert target is not None
+    assert target.name == "v1"
     assert list(
         AuditEvent.objects.filter(action="model.promote")
         .order_by("pk")
@@ -91,7 +94,9 @@ def test_the_demos_registration_leaves_an_earlier_version_to_roll_back_to(capsys
     ) == [str(ModelVersion.objects.get(name="v1").pk), str(bundled.pk)]
     services.rollback()
     call_command("register_model", "--bundled", "--if-never-promoted")
-    assert ModelVersion.objects.production().name == "v1"
+    production = ModelVersion.objects.production()
+    assert production is not None
+    assert production.name == "v1"
 
 
 @pytest.mark.django_db

@@ -36,10 +36,12 @@ def _done_run(candidate, production, *, n, production_share=0.1, candidate_share
         CLASSES,
         n_resamples=300,
     )
+    macro_f1 = paired.figure("macro_f1")
+    assert macro_f1 is not None
     comparison = {
         "test_images": n,
-        "candidate": EvaluationResult(macro_f1=paired.figure("macro_f1").b, n=n).to_json(),
-        "production": EvaluationResult(macro_f1=paired.figure("macro_f1").a, n=n).to_json(),
+        "candidate": EvaluationResult(macro_f1=macro_f1.b, n=n).to_json(),
+        "production": EvaluationResult(macro_f1=macro_f1.a, n=n).to_json(),
         "production_version": production.pk,
         "paired": paired.to_json(),
     }

@@ -58,18 +58,24 @@ def _item(snapshot: DatasetSnapshot, image: CaseImage) -> SnapshotItem | None:
     return snapshot.items.filter(case_image=image).first()
 
 
-# -- 5: the current confirmed label ---------------------------------------------------
+def _one(snapshot: DatasetSnapshot, image: CaseImage) -> SnapshotItem:
+    item = _item(snapshot, image)
+    assert item is not None, f"{image} is not in snapshot {snapshot.pk}"
+    return item
+
+
+# -- the current confirmed label --------------------------------------------------------
 
 
 def test_a_corrected_label_reaches_the_next_snapshot_in_the_same_split(references, reader):
     image = case_image()
     labelling.submit_label(image=image, annotator=reader, label="covid19")
     first = create_snapshot()
-    assert (_item(first, image).label, _item(first, image).split) == ("covid19", "train")
+    assert (_one(first, image).label, _one(first, image).split) == ("covid19", "train")
 
     labelling.submit_label(image=image, annotator=reader, label="pneumonia", note="on review")
     second = create_snapshot()
-    item = _item(second, image)
+    item = _one(second, image)
     assert (item.label, item.split) == ("pneumonia", "train")
     assert second.changes["relabelled"] == [
         {"key": f"case-{image.pk}", "split": "train", "from": "covid19", "to": "pneumonia"}
@@ -80,7 +86,7 @@ def test_a_corrected_label_reaches_the_next_snapshot_in_the_same_split(reference
     assert [v["label"] for v in item.provenance["verdicts"]] == ["pneumonia"]
     assert item.provenance["verdicts"][0]["reader"] == f"reader-{reader.pk}"
     # The earlier snapshot is frozen: it keeps the label it was made with.
-    assert _item(first, image).label == "covid19"
+    assert _one(first, image).label == "covid19"
 
 
 def test_an_image_judged_unusable_after_a_snapshot_leaves_the_next_one(references, reader):
@@ -114,7 +120,7 @@ def test_a_label_no_longer_agreed_leaves_and_an_adjudicated_one_enters(
     image = case_image()
     labelling.submit_label(image=image, annotator=reader, label="covid19")
     first = create_snapshot()
-    assert _item(first, image).label == "covid19"
+    assert _one(first, image).label == "covid19"
 
     labelling.submit_label(image=image, annotator=other, label="pneumonia")  # now disputed
     second = create_snapshot()
@@ -123,7 +129,7 @@ def test_a_label_no_longer_agreed_leaves_and_an_adjudicated_one_enters(
 
     labelling.adjudicate(image=image, adjudicator=adjudicator, label="pneumonia", note="RLL")
     third = create_snapshot()
-    item = _item(third, image)
+    item = _one(third, image)
     assert item.label == "pneumonia"
     assert item.provenance["decided_by"] == "adjudication"
     assert item.provenance["adjudication"]["adjudicator"] == f"reader-{adjudicator.pk}"
@@ -139,7 +145,7 @@ def test_a_test_image_that_leaves_and_is_confirmed_again_returns_to_test(
     new = case_image("IM-0147-0001.jpeg", patient_ref="P-5")  # in test through its patient
     for image in (copy, new):
         labelling.submit_label(image=image, annotator=reader, label="normal")
-    assert _item(create_snapshot(), new).split == "test"
+    assert _one(create_snapshot(), new).split == "test"
 
     # The patient link goes (the copy is judged unusable) and two readers are now needed:
     # a revised verdict leaves `new` unconfirmed, so it leaves the next snapshot ...
@@ -150,14 +156,16 @@ def test_a_test_image_that_leaves_and_is_confirmed_again_returns_to_test(
     # ... and once confirmed again it returns to test, not to train.
     other = UserFactory(username="reader-2", roles=["annotator"])
     labelling.submit_label(image=new, annotator=other, label="pneumonia")
-    assert _item(create_snapshot(), new).split == "test"
+    assert _one(create_snapshot(), new).split == "test"
 
 
-# -- 6: no leakage between splits, one item per picture --------------------------------
+# -- no leakage between splits, one item per picture -----------------------------------
 
 
 def _test_reference(snapshot: DatasetSnapshot) -> ReferenceImage:
-    return snapshot.items.filter(split="test").select_related("reference_image")[0].reference_image
+    item = snapshot.items.filter(split="test").select_related("reference_image")[0]
+    assert item.reference_image is not None
+    return item.reference_image
 
 
 def test_a_case_copy_of_a_test_image_is_left_out_and_its_patient_goes_to_test(references, reader):
@@ -179,7 +187,7 @@ def test_a_case_copy_of_a_test_image_is_left_out_and_its_patient_goes_to_test(re
             "kept_label": in_test.label,
         }
     ]
-    assert _item(second, new).split == "test"  # its patient is in test
+    assert _one(second, new).split == "test"  # its patient is in test
     assert second.items.filter(reference_image=in_test, split="test").count() == 1
 
 
@@ -249,6 +257,7 @@ def test_a_patient_leaked_into_train_by_an_older_snapshot_moves_to_test(referenc
     first = create_snapshot()
     in_test = first.items.filter(split="test")[0]
     # What the old code did: a later reference image of a test patient put in train.
+    assert in_test.reference_image_id is not None
     later = ReferenceImage.objects.exclude(pk=in_test.reference_image_id).exclude(
         pk__in=first.items.filter(split="test").values("reference_image")
     )[0]
@@ -262,7 +271,7 @@ def test_a_patient_leaked_into_train_by_an_older_snapshot_moves_to_test(referenc
     assert second.changes["moved"] == [{"key": f"ref-{later.pk}", "from": was, "to": "test"}]
 
 
-# -- 7: counts by split x class x source, and what changed ------------------------------
+# -- counts by split x class x source, and what changed ---------------------------------
 
 
 def test_counts_by_split_class_and_source_add_up(references, reader):

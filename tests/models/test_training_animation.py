@@ -4,7 +4,7 @@ import io
 import json
 
 import pytest
-from PIL import Image
+from PIL import GifImagePlugin, Image
 
 from apps.models import services
 from apps.models.models import ModelVersion
@@ -31,6 +31,16 @@ def with_animation(artifact, name="other.gradcam.gif", *, write=True):
     return artifact
 
 
+def _animation(version: ModelVersion) -> str:
+    assert version.training_animation.name, "no training animation stored"
+    return version.training_animation.name
+
+
+def _evaluation(version: ModelVersion) -> EvaluationResult:
+    assert version.evaluation is not None
+    return version.evaluation
+
+
 @pytest.fixture
 def artifact(tmp_path):
     target = make_variant(tmp_path / "other.keras", b"\0")
@@ -47,10 +57,11 @@ def test_registering_an_artifact_with_a_gif_stores_the_gif(artifact, media_root)
     version = register_artifact(artifact_path=artifact)
 
     version.refresh_from_db()
-    assert version.training_animation.name.endswith(".gif")
-    stored = media_root / version.training_animation.name
+    assert _animation(version).endswith(".gif")
+    stored = media_root / _animation(version)
     assert stored.read_bytes() == (artifact.parent / "other.gradcam.gif").read_bytes()
     with Image.open(stored) as image:
+        assert isinstance(image, GifImagePlugin.GifImageFile)
         assert image.n_frames == 3
     assert version.card["training_animation"] == "other.gradcam.gif"
 
@@ -101,14 +112,18 @@ def test_the_shipped_model_registers_with_its_gif_and_its_curves(media_root):
     card = read_card(shipped)
     version = register_artifact(artifact_path=shipped)
 
-    assert version.training_animation.name.endswith(".gif")
-    with Image.open(media_root / version.training_animation.name) as image:
+    assert _animation(version).endswith(".gif")
+    with Image.open(media_root / _animation(version)) as image:
+        assert isinstance(image, GifImagePlugin.GifImageFile)
         assert image.is_animated
         assert image.n_frames == card["training"]["epochs_run"]
     # The full report (curves included) is stored, matching the card's summary.
-    evaluation = version.evaluation
-    assert evaluation.macro_f1 == EvaluationResult.from_card(card).macro_f1
+    evaluation, summary = _evaluation(version), EvaluationResult.from_card(card)
+    assert summary is not None
+    assert evaluation.macro_f1 == summary.macro_f1
+    assert evaluation.curves is not None
     assert set(evaluation.curves) == {"roc", "calibration", "confidence_histogram"}
+    assert evaluation.confusion_matrix is not None
     assert list(evaluation.confusion_matrix.labels) == card["classes"]
 
 
@@ -120,7 +135,7 @@ def test_the_report_beside_the_artifact_is_stored_when_it_matches_the_card(artif
     (report / "metrics.json").write_text(json.dumps(metrics))
     version = register_artifact(artifact_path=artifact)
     assert version.metrics == EvaluationResult.from_json(metrics).to_json()
-    assert version.evaluation.curves == {"roc": {}}
+    assert _evaluation(version).curves == {"roc": {}}
 
 
 @pytest.mark.django_db
@@ -129,6 +144,6 @@ def test_a_report_of_another_model_beside_the_artifact_is_not_attached(artifact)
     report.mkdir()
     (report / "metrics.json").write_text(json.dumps({"macro_f1": 0.123, "curves": {}}))
     version = register_artifact(artifact_path=artifact)
-    assert version.evaluation.curves is None
-    assert version.evaluation.macro_f1 == 0.5
-    assert version.evaluation.accuracy == 0.625
+    assert _evaluation(version).curves is None
+    assert _evaluation(version).macro_f1 == 0.5
+    assert _evaluation(version).accuracy == 0.625

@@ -60,6 +60,8 @@ def test_a_finished_run_tells_every_model_admin_in_the_app_and_by_e_mail(
     assert {n.kind for n in rows} == {kind}
     version = run.model_version
     note = rows.get(recipient=admins["mailed"])
+    assert version is not None
+    assert version.evaluation is not None
     assert note.subject.startswith(f"Training run {run.pk}: candidate #{version.pk}")
     assert f"test macro-F1 {version.evaluation.macro_f1:.3f}" in note.body
     if not gate["passed"]:

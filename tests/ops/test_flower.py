@@ -46,7 +46,9 @@ def test_flower_refuses_anonymous_requests_and_answers_with_credentials(tmp_path
         DJANGO_SETTINGS_MODULE="tests.settings",
         CXR_VAR_DIR=str(settings.VAR_DIR),
         CELERY_BROKER_URL=settings.CELERY_BROKER_URL,
-        CXR_TESTS_KEYPREFIX=settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("global_keyprefix", ""),
+        CXR_TESTS_KEYPREFIX=str(
+            settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("global_keyprefix", "")
+        ),
         FLOWER_BASIC_AUTH="ops:flower-secret-for-tests",
         FLOWER_UNAUTHENTICATED_API="false",
     )

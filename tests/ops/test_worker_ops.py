@@ -30,7 +30,9 @@ def _celery_env(media_root) -> dict[str, str]:
         MEDIA_ROOT=str(media_root),
         CXR_VAR_DIR=str(settings.VAR_DIR),
         CELERY_BROKER_URL=settings.CELERY_BROKER_URL,
-        CXR_TESTS_KEYPREFIX=settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("global_keyprefix", ""),
+        CXR_TESTS_KEYPREFIX=str(
+            settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("global_keyprefix", "")
+        ),
     )
     return env
 

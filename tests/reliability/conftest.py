@@ -53,6 +53,7 @@ class RedisServer:
 
     def start(self) -> None:
         assert self.process is None, "already running"
+        assert REDIS_SERVER is not None
         log = (self.workdir / "redis.log").open("a")
         self.process = subprocess.Popen(
             [
@@ -120,8 +121,8 @@ def broker(url: str) -> Iterator[None]:
     def _switch(values: dict) -> None:
         # The pools themselves are kombu's, shared and keyed by connection: drop the
         # app's references only, never close them.
-        app._pool = None
-        app.amqp._producer_pool = None
+        app._pool = None  # type: ignore[attr-defined]  # private, dropped on purpose (above)
+        app.amqp._producer_pool = None  # type: ignore[attr-defined]
         for key, value in values.items():
             app.conf[key] = value
 

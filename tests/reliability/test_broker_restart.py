@@ -109,6 +109,7 @@ def test_uploads_survive_a_redis_outage_and_a_restart_mid_processing(
             images = CaseImage.objects.filter(case_id__in=case_ids)
             assert images.count() == 4
             for image in images:
+                assert image.file.name
                 assert image.file.storage.exists(image.file.name)
             failed = list(Prediction.objects.filter(image__case_id__in=case_ids, status="failed"))
             for prediction in failed:

@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 import pytest
+from django.http import StreamingHttpResponse
 from knox.models import AuthToken
 from PIL import Image
 from rest_framework.test import APIClient
@@ -123,8 +124,10 @@ def test_upload_classification_explanation_and_download_go_through_s3(
     assert stored_files(media_root) == []  # nothing on local disk
 
     prediction = run_job_now(Prediction, Prediction.objects.get(image=image).pk)
+    assert prediction is not None
     assert prediction.status == "done", prediction.error
     explanation = run_job_now(Explanation, Explanation.objects.get(image=image).pk)
+    assert explanation is not None
     assert explanation.status == "done", explanation.error
     keys = _keys(s3_storage)
     assert {explanation.heatmap.name, explanation.overlay.name} <= keys
@@ -135,6 +138,7 @@ def test_upload_classification_explanation_and_download_go_through_s3(
     client.credentials(HTTP_AUTHORIZATION=f"Token {AuthToken.objects.create(user=clinician)[1]}")
     response = client.get(f"/api/v1/images/{image.pk}/file/")
     assert response.status_code == 200
+    assert isinstance(response, StreamingHttpResponse)
     served = b"".join(response.streaming_content)  # stored re-encoded: the pixels, as PNG
     assert served == s3_storage.get_object(Bucket=BUCKET, Key=image.file.name)["Body"].read()
     with Image.open(io.BytesIO(served)) as png, Image.open(IMAGES / "2168a917.jpg") as sent:
@@ -142,6 +146,7 @@ def test_upload_classification_explanation_and_download_go_through_s3(
         assert png.tobytes() == sent.tobytes()
     overlay = client.get(f"/api/v1/explanations/{explanation.pk}/overlay/")
     assert overlay.status_code == 200
+    assert isinstance(overlay, StreamingHttpResponse)
     assert b"".join(overlay.streaming_content)[:8] == b"\x89PNG\r\n\x1a\n"
 
 
