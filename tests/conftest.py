@@ -106,16 +106,21 @@ def ct_tiny_model(request, tmp_path_factory) -> Path:
     time and kept in pytest's cache folder (.pytest_cache/d/ct-tiny) for later runs, so
     `make test-fast` trains nothing once it has run: ``build_tiny_ct_model`` trains again
     when the fixtures, the code that builds the model or the Keras version change (the
-    hash on its card). xdist workers share it through a file lock."""
+    hash on its card). xdist workers share it through a file lock. One folder per
+    TensorFlow thread setting: training on one thread (xdist workers, tests/settings.py)
+    and on all cores gives different weights, and a test of a slice without lungs
+    depends on them."""
     import fcntl
+    import os
 
     from ml.ct.tiny import build_tiny_ct_model
 
+    threads = os.environ.get("TF_NUM_INTRAOP_THREADS", "all")
     cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
     root = (
-        cache.mkdir("ct-tiny")
+        cache.mkdir(f"ct-tiny-threads-{threads}")
         if cache is not None
-        else (tmp_path_factory.getbasetemp().parent / "ct-tiny")
+        else (tmp_path_factory.getbasetemp().parent / f"ct-tiny-threads-{threads}")
     )
     root.mkdir(parents=True, exist_ok=True)
     with (root / ".lock").open("w") as lock:
