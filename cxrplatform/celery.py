@@ -55,10 +55,25 @@ def _route(
 
 
 app.conf.task_routes = (_route,)
+# A worker imports every app's `tasks` module when it starts (Celery's discovery); every
+# process, web included, also imports them once Django is set up (import_task_modules,
+# called by cxrplatform.apps.PlatformConfig.ready), before any request or thread.
 app.autodiscover_tasks()
 # Request id, user id, task id and job id on every log line, web to worker
 # (cxrplatform.logcontext; CXR_LOG_FORMAT=json for JSON lines).
 logcontext.connect_celery_signals()
+
+
+def import_task_modules() -> None:
+    """Import every installed app's ``tasks`` module, so each of its tasks is registered.
+
+    Done once at start-up, in one thread, where the web process used to discover them
+    on its first lookup: several request threads discovering at once got a
+    ``LookupError`` for a task that exists.
+    """
+    from django.utils.module_loading import autodiscover_modules
+
+    autodiscover_modules("tasks")
 
 
 def time_limits(queue: str) -> dict[str, int]:

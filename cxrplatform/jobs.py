@@ -18,7 +18,9 @@ A concrete Job without a ``job_kind`` fails the system checks (``jobs.E001``).
 from __future__ import annotations
 
 import logging
+import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,6 +39,7 @@ from django.db import (
     models,
     transaction,
 )
+from django.db.models.functions import Coalesce
 from django.db.models.signals import class_prepared
 from django.utils import timezone
 from django.utils.module_loading import import_string
@@ -94,10 +97,20 @@ class Job(models.Model):
 
     status = models.CharField(max_length=20, choices=JobStatus.choices, default=JobStatus.PENDING)
     error = models.TextField(blank=True)
+    # Runs started, ever (an explicit retry adds to it).
     attempts = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # When its message was last sent (enqueue_job): the sweeper re-sends only a job
+    # whose message has had CXR_PENDING_REQUEUE_SECONDS to reach a worker.
+    queued_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Sends by the sweeper and claims since it was last queued by a person (created or
+    # retried); bounded by CXR_JOB_MAX_ATTEMPTS, so a lost or lethal message does not
+    # loop for ever.
+    deliveries = models.PositiveIntegerField(default=0, editable=False)
+    # Set by each claim: only the run holding the current claim stores a result.
+    claim_token = models.UUIDField(null=True, blank=True, editable=False)
 
     class Meta:
         abstract = True
@@ -112,11 +125,17 @@ class Job(models.Model):
         return str(self._meta.verbose_name).capitalize()
 
     def mark_running(self) -> None:
+        """pending (or running, a redelivery) -> running, under a new claim: a run that
+        claimed the job before stores nothing (:class:`JobRunner`)."""
         self.status = JobStatus.RUNNING
         self.started_at = timezone.now()
         self.attempts += 1
+        self.deliveries += 1
+        self.claim_token = uuid.uuid4()
         self.error = ""
-        self.save(update_fields=["status", "started_at", "attempts", "error"])
+        self.save(
+            update_fields=["status", "started_at", "attempts", "deliveries", "claim_token", "error"]
+        )
         pause = settings.CXR_TEST_PAUSE_AFTER_RUNNING_SECONDS
         if pause:
             # Test-only (off by default): keep the job observably `running` for a
@@ -148,7 +167,8 @@ class Job(models.Model):
         self.status = JobStatus.PENDING
         self.started_at = None
         self.finished_at = None
-        self.save(update_fields=["status", "started_at", "finished_at"])
+        self.deliveries = 0  # a person asked again: a fresh allowance of attempts
+        self.save(update_fields=["status", "started_at", "finished_at", "deliveries"])
 
     def retry_refusal(self) -> str | None:
         """Why this failed job may not be retried although it failed (None: it may).
@@ -216,23 +236,34 @@ def check_every_job_is_registered(app_configs=None, **_kwargs: Any) -> list[chec
     ]
 
 
+_discovery_lock = threading.Lock()
+
+
 def registered_task(name: str) -> Any:
     """The Celery task registered as ``name``.
 
-    A worker imports every app's ``tasks`` module when it starts; a web process
-    never imports them, so the first lookup there discovers them. The task
-    carries its own queue (routing) and options.
+    Every app's ``tasks`` module is imported when Django starts
+    (:class:`cxrplatform.apps.PlatformConfig`), in web processes too, so a lookup
+    never discovers modules while other threads look up. A name still missing is
+    looked for once more under a lock: discovery run by several threads at once
+    returned before the modules were registered. The task carries its own queue
+    (routing) and options.
     """
+    from cxrplatform.celery import import_task_modules
+
     if name not in app.tasks:
-        app.autodiscover_tasks(force=True)
+        with _discovery_lock:
+            if name not in app.tasks:
+                import_task_modules()
     try:
         return app.tasks[name]
     except KeyError:
         raise LookupError(f"No Celery task is registered as {name!r}.") from None
 
 
-def enqueue_job(job: Job) -> None:
-    """Queue ``run_job`` for ``job`` once the transaction commits.
+def enqueue_job(job: Job, *, now: datetime | None = None) -> None:
+    """Queue ``run_job`` for ``job`` once the transaction commits, and record when
+    (``queued_at``: ``now``, the sweeper's clock, or the present).
 
     If the broker cannot be reached at that moment (Redis restarting), the data is
     already committed and must stay so: the error is logged, not raised into the
@@ -242,6 +273,9 @@ def enqueue_job(job: Job) -> None:
     label = job._meta.label_lower
     _kind(type(job))  # a kind that cannot be run fails here, not after the commit
     pk = job.pk
+    # The sweeper measures from here whether the message had its time to reach a worker.
+    job.queued_at = now or timezone.now()
+    type(job)._default_manager.filter(pk=pk).update(queued_at=job.queued_at)
 
     def send() -> None:
         try:
@@ -257,14 +291,23 @@ def enqueue_job(job: Job) -> None:
     transaction.on_commit(send)
 
 
+GIVEN_UP = "Given up after"  # how a job failed for too many attempts starts its error
+
+
 def claim_job(model: type[J], pk: int, *, related: tuple[str, ...] = ()) -> J | None:
-    """Lock a job row and mark it running, or say why there is nothing to do.
+    """Lock a job row and mark it running under a new claim, or say why there is
+    nothing to do.
 
     Returns ``None`` when the row is gone, the finished job itself when it is
     already done or failed (a redelivered message does nothing), and otherwise
-    the job marked ``running``. A job left ``running`` by a killed worker is
-    claimed again. Only the job's own row is locked (``of=("self",)``):
-    PostgreSQL refuses ``FOR UPDATE`` across nullable outer joins.
+    the job marked ``running`` with a new ``claim_token``. A job left ``running``
+    by a killed worker is claimed again, and the earlier claim is lost: should
+    that run still be alive, it stores nothing (:class:`JobRunner`). A job that
+    was claimed or re-sent ``CXR_JOB_MAX_ATTEMPTS`` times and is delivered again
+    while ``running`` (each run ended without a result: a message that kills its
+    worker) is failed instead, with the reason. Only the job's own row is locked
+    (``of=("self",)``): PostgreSQL refuses ``FOR UPDATE`` across nullable outer
+    joins.
     """
     # `_default_manager` is Django's handle for code written against any model (the
     # abstract Job declares no `objects` of its own); on every Job it is `objects`.
@@ -280,8 +323,66 @@ def claim_job(model: type[J], pk: int, *, related: tuple[str, ...] = ()) -> J | 
             return None
         if job.is_finished:
             return job
+        limit = settings.CXR_JOB_MAX_ATTEMPTS
+        if job.status == JobStatus.RUNNING and job.deliveries >= limit:
+            job.mark_failed(
+                f"{GIVEN_UP} {job.deliveries} attempts: every run ended without a result "
+                "(its worker was lost or killed), so it is not run again. Retry it once "
+                "the cause is found."
+            )
+            log.error(
+                "%s %s given up after %d attempts (CXR_JOB_MAX_ATTEMPTS=%d)",
+                model.__name__,
+                pk,
+                job.deliveries,
+                limit,
+            )
+            return job
         job.mark_running()
     return job
+
+
+class ClaimLostError(Exception):
+    """This run's claim was taken over by a later one (a second delivery of the job's
+    message): the later run is the job's, this one stores nothing."""
+
+
+def hold_claim(job: Job) -> None:
+    """Lock ``job``'s row until the transaction ends and check that this run's claim
+    (``job.claim_token``, as it claimed it) is still the current one; else raise
+    :class:`ClaimLostError`. Call it inside ``transaction.atomic()`` before writing a result:
+    a new claim needs the same lock, so none can come between the check and the commit.
+    """
+    current = (
+        type(job)
+        ._default_manager.select_for_update()
+        .filter(pk=job.pk)
+        .values_list("status", "claim_token")
+        .first()
+    )
+    if current is None:
+        raise ClaimLostError("its row was deleted meanwhile")
+    status, token = current
+    if status != JobStatus.RUNNING or token != job.claim_token:
+        raise ClaimLostError(f"another delivery claimed it since (it is now {status})")
+
+
+def _fail_if_claimed(job: Job, error: str) -> None:
+    """Record ``error`` on the job unless this run lost its claim (the run that holds it
+    writes the outcome)."""
+    with transaction.atomic():
+        try:
+            hold_claim(job)
+        except ClaimLostError as lost:
+            log.warning(
+                "%s %s failed after losing its claim (%s); its error is not recorded: %s",
+                type(job).__name__,
+                job.pk,
+                lost,
+                error,
+            )
+            return
+        job.mark_failed(error)
 
 
 @contextmanager
@@ -289,18 +390,19 @@ def failure_recorded(job: Job, *, what: str) -> Iterator[None]:
     """Write any failure of the block on the job row, so no job is lost or stuck.
 
     Database errors propagate instead: the row cannot be written then, and the
-    house task decorator retries them. A soft time limit becomes a failure
-    with a plain message; anything else is logged with its traceback.
+    house task decorator retries them; so does :class:`ClaimLostError`. A soft time
+    limit becomes a failure with a plain message; anything else is logged with
+    its traceback. A run that lost its claim records no failure.
     """
     try:
         yield
-    except DatabaseError:
+    except (DatabaseError, ClaimLostError):
         raise
     except SoftTimeLimitExceeded:
-        job.mark_failed(f"{what} exceeded its time limit.")
+        _fail_if_claimed(job, f"{what} exceeded its time limit.")
     except Exception as exc:
         log.exception("%s %s failed", what, job.pk)
-        job.mark_failed(f"{type(exc).__name__}: {exc}")
+        _fail_if_claimed(job, f"{type(exc).__name__}: {exc}")
 
 
 @dataclass
@@ -319,12 +421,15 @@ class JobRunner(Generic[J]):
     :meth:`run` claims the row (a finished job is left alone, so a redelivered message
     does nothing; a job left ``running`` by a killed worker runs again), calls
     ``compute`` (the slow part, outside any transaction), then in one transaction
-    stores the result's files (:func:`cxrplatform.files.store_file`), runs ``store``,
-    marks the job done with the result's fields and runs ``on_done``. Any failure but
-    a database outage is written on the row (:func:`failure_recorded`) and every file
-    written is deleted (:func:`files_removed_on_error`): no half-written result is
-    left. ``after_done`` runs once the result is committed. A runner is made for one
-    job, so ``compute`` may keep on ``self`` what the later hooks need.
+    checks that its claim is still the current one (:func:`hold_claim`: a second
+    delivery may have claimed the job meanwhile; the run that lost stores nothing,
+    deletes what it wrote and says so in the log), stores the result's files
+    (:func:`cxrplatform.files.store_file`), runs ``store``, marks the job done with
+    the result's fields and runs ``on_done``. Any failure but a database outage is
+    written on the row (:func:`failure_recorded`) and every file written is deleted
+    (:func:`files_removed_on_error`): no half-written result is left. ``after_done``
+    runs once the result is committed. A runner is made for one job, so ``compute``
+    may keep on ``self`` what the later hooks need.
     """
 
     #: The subject of its failure messages ("Classification exceeded its time limit.").
@@ -353,15 +458,17 @@ class JobRunner(Generic[J]):
         job = claim_job(model, pk, related=self.related)
         if job is None or job.is_finished:
             return job
-        with failure_recorded(job, what=self.what):
-            result = self.compute(job)
-            with files_removed_on_error() as stored, transaction.atomic():
-                fields = dict(result.fields)
-                for name, (filename, content) in result.files.items():
-                    fields[name] = store_file(job, name, filename, content, stored)
-                fields.update(self.store(job, stored))
-                job.mark_done(**fields)
-                self.on_done(job)
+        try:
+            self._finish(job)
+        except ClaimLostError as lost:
+            log.warning(
+                "%s %s: this run lost its claim (%s); its result is discarded and the "
+                "files it wrote deleted",
+                model.__name__,
+                pk,
+                lost,
+            )
+            return model._default_manager.filter(pk=pk).first()
         if job.status == JobStatus.DONE:
             try:
                 self.after_done(job)
@@ -370,6 +477,18 @@ class JobRunner(Generic[J]):
             except Exception:
                 log.exception("%s %s is done, but what follows it failed", model.__name__, pk)
         return job
+
+    def _finish(self, job: J) -> None:
+        with failure_recorded(job, what=self.what):
+            result = self.compute(job)
+            with files_removed_on_error() as stored, transaction.atomic():
+                hold_claim(job)
+                fields = dict(result.fields)
+                for name, (filename, content) in result.files.items():
+                    fields[name] = store_file(job, name, filename, content, stored)
+                fields.update(self.store(job, stored))
+                job.mark_done(**fields)
+                self.on_done(job)
 
 
 def run_job_now(model: type[J], pk: int) -> J | None:
@@ -485,15 +604,23 @@ def retry_job(job: J, *, actor: Any = None) -> J:
     return locked
 
 
-# A pending job older than CXR_PENDING_REQUEUE_SECONDS was probably lost
-# (broker down when it was queued, or restarted without persistence); the
-# sweeper queues it again. Running jobs get their hard time limit plus this
+# A job still pending CXR_PENDING_REQUEUE_SECONDS after its message was sent was
+# probably lost (broker down when it was queued, or restarted without persistence);
+# the sweeper sends it again. Running jobs get their hard time limit plus this
 # grace before they count as stuck.
 RUNNING_GRACE = timedelta(seconds=60)
 
 
 def sweep_stuck(model: type[Job], *, now: datetime | None = None) -> dict[str, int]:
-    """Fail jobs whose worker vanished; requeue jobs that never reached a worker."""
+    """Fail jobs whose worker vanished; send again jobs that never reached a worker.
+
+    A pending job is sent again only when its message is stale: sent (``queued_at``;
+    ``created_at`` for a job queued before that was recorded) at least
+    ``CXR_PENDING_REQUEUE_SECONDS`` ago, so each sweep does not add one more message
+    for the same job. Each re-send counts against ``CXR_JOB_MAX_ATTEMPTS``; a job sent
+    that often that never reached a worker is failed with the reason (counted in
+    ``failed``).
+    """
     kind = _kind(model)
     now = now or timezone.now()
     hard_limit_seconds = kind.hard_limit_seconds
@@ -513,12 +640,33 @@ def sweep_stuck(model: type[Job], *, now: datetime | None = None) -> dict[str, i
             )
             failed += 1
     requeued = 0
-    for job in model._default_manager.filter(
-        status=JobStatus.PENDING,
-        created_at__lt=now - timedelta(seconds=settings.CXR_PENDING_REQUEUE_SECONDS),
-    ):
+    stale_before = now - timedelta(seconds=settings.CXR_PENDING_REQUEUE_SECONDS)
+    lost = (
+        model._default_manager.alias(sent_at=Coalesce("queued_at", "created_at"))
+        .filter(status=JobStatus.PENDING, sent_at__lt=stale_before)
+        .values_list("pk", flat=True)
+    )
+    for pk in lost:
         with transaction.atomic():
-            enqueue_job(job)
+            pending = model._default_manager.select_for_update().filter(pk=pk).first()
+            if (
+                pending is None
+                or pending.status != JobStatus.PENDING
+                or (pending.queued_at or pending.created_at) >= stale_before
+            ):
+                continue  # claimed, or sent again, since the query
+            if pending.deliveries >= settings.CXR_JOB_MAX_ATTEMPTS:
+                pending.mark_failed(
+                    f"{GIVEN_UP} {pending.deliveries} attempts: queued again "
+                    f"{pending.deliveries} times and no worker took it (is a worker "
+                    f"consuming the {kind.queue} queue?). Retry it once the cause is found."
+                )
+                log.error("%s %s given up: never reached a worker", model.__name__, pk)
+                failed += 1
+                continue
+            pending.deliveries += 1
+            pending.save(update_fields=["deliveries"])
+            enqueue_job(pending, now=now)
         requeued += 1
     if failed or requeued:
         log.warning(

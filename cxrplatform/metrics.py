@@ -8,9 +8,10 @@ Two parts, one text answer:
   the answer adds up every process's counts.
 * **The platform**, read at scrape time from the database and the broker (so every web
   process answers the same, whichever worker machine ran the job): jobs by kind and
-  status and their durations, jobs finished in the last hour, queue lengths per queue,
-  workers answering per queue, predictions per label and model version, the production
-  model of each task. Names start with ``cxr_`` (listed in :data:`PLATFORM_METRICS`).
+  status and their durations, jobs finished (and given up) in the last hour, queue
+  lengths per queue, workers answering per queue, predictions per label and model
+  version, the production model of each task. Names start with ``cxr_`` (listed in
+  :data:`PLATFORM_METRICS`).
 
 Access: a request from an address in ``CXR_METRICS_ALLOWED_NETWORKS`` (loopback by
 default; the address the throttles see, so ``CXR_NUM_PROXIES`` applies), or one that
@@ -50,6 +51,8 @@ PLATFORM_METRICS = {
     "cxr_job_duration_seconds": "histogram: started -> finished of finished jobs, by kind "
     "and status (done, failed)",
     "cxr_jobs_finished_last_hour": "gauge: jobs finished in the last hour by kind and status",
+    "cxr_jobs_given_up_last_hour": "gauge: jobs failed in the last hour for too many attempts "
+    "(CXR_JOB_MAX_ATTEMPTS), by kind",
     "cxr_queue_length": "gauge: messages waiting on each Celery queue",
     "cxr_workers": "gauge: workers answering a control ping, by the queue they consume",
     "cxr_predictions": "gauge: finished predictions by label and model version",
@@ -63,7 +66,7 @@ def _job_kind_label(label: str) -> str:
 
 
 def _jobs() -> Iterator[Metric]:
-    from cxrplatform.jobs import JobStatus, registered_jobs
+    from cxrplatform.jobs import GIVEN_UP, JobStatus, registered_jobs
 
     counts = GaugeMetricFamily(
         "cxr_jobs", PLATFORM_METRICS["cxr_jobs"].split(": ", 1)[1], labels=["kind", "status"]
@@ -72,6 +75,11 @@ def _jobs() -> Iterator[Metric]:
         "cxr_jobs_finished_last_hour",
         PLATFORM_METRICS["cxr_jobs_finished_last_hour"].split(": ", 1)[1],
         labels=["kind", "status"],
+    )
+    given_up = GaugeMetricFamily(
+        "cxr_jobs_given_up_last_hour",
+        PLATFORM_METRICS["cxr_jobs_given_up_last_hour"].split(": ", 1)[1],
+        labels=["kind"],
     )
     durations = HistogramMetricFamily(
         "cxr_job_duration_seconds",
@@ -99,6 +107,12 @@ def _jobs() -> Iterator[Metric]:
         recent_rows = dict(finished)
         for status in FINISHED:
             recent.add_metric([kind, status], recent_rows.get(status, 0))
+        given_up.add_metric(
+            [kind],
+            model._default_manager.filter(
+                status=JobStatus.FAILED, finished_at__gte=hour_ago, error__startswith=GIVEN_UP
+            ).count(),
+        )
         duration = ExpressionWrapper(F("finished_at") - F("started_at"), DurationField())
         buckets = {
             f"le_{i}": Count("pk", filter=Q(duration__lte=timedelta(seconds=bound)))
@@ -127,6 +141,7 @@ def _jobs() -> Iterator[Metric]:
             )
     yield counts
     yield recent
+    yield given_up
     yield durations
 
 

@@ -69,6 +69,8 @@ INSTALLED_APPS = [
     "apps.ops",
     # The synthetic chest X-ray generator's page and sample grids.
     "apps.generator",
+    # Start-up of every process: each app's Celery tasks registered (cxrplatform.apps).
+    "cxrplatform.apps.PlatformConfig",
 ]
 
 MIDDLEWARE = [
@@ -461,6 +463,10 @@ CELERY_WORKER_PROC_ALIVE_TIMEOUT = env_int(
 # lost: the broker was down when it was queued, or restarted without persistence).
 CXR_STUCK_SWEEP_SECONDS = env_int("CXR_STUCK_SWEEP_SECONDS", default=300, min_value=1)
 CXR_PENDING_REQUEUE_SECONDS = env_int("CXR_PENDING_REQUEUE_SECONDS", default=600, min_value=0)
+# How often a job may be sent again by the sweeper or claimed by a worker before it is
+# failed with the reason (a message that kills its worker, or one never delivered):
+# redeliveries are bounded. An explicit retry starts the count again.
+CXR_JOB_MAX_ATTEMPTS = env_int("CXR_JOB_MAX_ATTEMPTS", default=3, min_value=1)
 # Test-only fault injection, off (0) by default: a job stays `running` this many
 # seconds after the status commits, so a test can kill its worker mid-task.
 CXR_TEST_PAUSE_AFTER_RUNNING_SECONDS = env_int(

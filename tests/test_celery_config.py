@@ -1,9 +1,14 @@
+import os
+import subprocess
+import sys
+
 import pytest
 from django.conf import settings
 
 from apps.cases.tasks import purge_deleted_cases
 from cxrplatform.celery import QUEUES, app
 from cxrplatform.jobs import registered_task, run_job, sweep_stuck_jobs
+from tests.conftest import REPO_ROOT
 
 
 def _project_tasks() -> list:
@@ -69,3 +74,54 @@ def test_all_five_queues_are_declared_and_beat_runs_one_sweeper_and_the_retrain_
         "purge-deleted-cases": "apps.cases.tasks.purge_deleted_cases",
     }
     assert schedule["sweep-stuck-jobs"]["schedule"] == settings.CXR_STUCK_SWEEP_SECONDS
+
+
+RACE = """
+import sys, threading
+import django
+django.setup()
+from cxrplatform.jobs import registered_task
+
+names = [
+    "apps.models.tasks.retrain_if_enough_labels",
+    "apps.cases.tasks.purge_deleted_cases",
+    "cxrplatform.jobs.sweep_stuck_jobs",
+    "apps.cases.tasks.classify_image",
+]
+start = threading.Barrier(len(names))
+errors = []
+
+def look_up(name):
+    start.wait()
+    try:
+        registered_task(name)
+    except Exception as exc:
+        errors.append(f"{type(exc).__name__}: {exc}")
+
+threads = [threading.Thread(target=look_up, args=(name,)) for name in names]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print(errors)
+sys.exit(1 if errors else 0)
+"""
+
+
+def test_the_first_concurrent_task_lookups_of_a_fresh_process_find_every_task(tmp_path):
+    """A fresh web process (no task looked up yet) whose first requests look tasks up in
+    four threads at once: every lookup finds its task, five processes in a row."""
+    env = dict(os.environ)
+    env.update(DJANGO_SETTINGS_MODULE="tests.settings", CXR_VAR_DIR=str(tmp_path))
+    env.pop("DATABASE_URL", None)
+    for _ in range(5):
+        result = subprocess.run(
+            [sys.executable, "-c", RACE],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr

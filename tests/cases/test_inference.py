@@ -123,7 +123,7 @@ def test_sweeper_requeues_pending_predictions_that_never_reached_a_worker(
     pending, django_capture_on_commit_callbacks
 ):
     lost = pending()
-    Prediction.objects.filter(pk=lost.pk).update(created_at=timezone.now() - timedelta(hours=1))
+    Prediction.objects.filter(pk=lost.pk).update(queued_at=timezone.now() - timedelta(hours=1))
     pending("5f619d7e.jpg")  # recent: still in the queue, leave it alone
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         result = sweep_stuck(Prediction)

@@ -115,7 +115,7 @@ def test_pending_job_whose_message_was_lost_is_queued_again(
     settings.CXR_PENDING_REQUEUE_SECONDS = 30
     case = services.create_case(owner=clinician, files=[upload_of("2168a917.jpg")])
     lost = Prediction.objects.get(image__case=case)
-    Prediction.objects.filter(pk=lost.pk).update(created_at=timezone.now() - timedelta(minutes=1))
+    Prediction.objects.filter(pk=lost.pk).update(queued_at=timezone.now() - timedelta(minutes=1))
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         result = sweep_stuck_jobs.apply().get()
     assert result["cases.prediction"] == {"failed": 0, "requeued": 1}
@@ -143,7 +143,7 @@ def test_inspection_whose_worker_vanished_is_failed_and_a_lost_one_is_queued_aga
     )
     stuck.mark_running()
     _started_long_ago(Inspection, stuck.pk, "explain", settings)
-    Inspection.objects.filter(pk=lost.pk).update(created_at=timezone.now() - timedelta(minutes=1))
+    Inspection.objects.filter(pk=lost.pk).update(queued_at=timezone.now() - timedelta(minutes=1))
 
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         _run_every_beat_task()
