@@ -297,11 +297,15 @@ def _reencode_rle(dataset: Dataset) -> None:
         "pixel_representation": int(dataset.get("PixelRepresentation") or 0),
         "photometric_interpretation": str(dataset.PhotometricInterpretation),
         "number_of_frames": frames,
+        "planar_configuration": int(dataset.get("PlanarConfiguration") or 0),
     }
-    encoded = [
-        RLELosslessEncoder.encode(pixels, index=index if frames > 1 else None, **options)
-        for index in range(frames)
-    ]
+    try:
+        encoded = [
+            RLELosslessEncoder.encode(pixels, index=index if frames > 1 else None, **options)
+            for index in range(frames)
+        ]
+    except (AttributeError, ValueError, RuntimeError, TypeError):
+        raise _refuse("RLE pixel data (it could not be encoded again)") from None
     _set_encapsulated(dataset, encapsulate(encoded, has_bot=frames > 1))
 
 
