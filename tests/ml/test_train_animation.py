@@ -75,6 +75,7 @@ def _val_labels(result):
     return [CLASSES.index(r.split(",")[2]) for r in rows if r.split(",")[4] == "val"]
 
 
+@pytest.mark.slow
 def test_the_animation_does_not_change_the_trained_weights(with_and_without):
     on, off = with_and_without
     assert not (off.artifact.parent / "m.gradcam.gif").exists()

@@ -98,6 +98,7 @@ def _run(args: list[str], *, database_url: str, media: Path, var: Path, check=Tr
     return result
 
 
+@pytest.mark.slow  # the real pg_dump and pg_restore on two databases
 @pytest.mark.django_db
 def test_backup_restores_into_an_empty_database_and_media_folder(postgres_databases, tmp_path):
     source_url, target_url = postgres_databases
