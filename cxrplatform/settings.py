@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import shutil
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -271,6 +272,21 @@ CXR_DECODE_TIMEOUT_S = env_int("CXR_DECODE_TIMEOUT_S", default=60, min_value=1)
 # The child is forked by a warm decoder server that has imported the decoders once
 # (apps.cases.decoder_server); 0: a new interpreter per upload (~0.4 s more CPU each).
 CXR_DECODE_SERVER = env_bool("CXR_DECODE_SERVER", default=True)
+# Burned-in text check (ml.serving.burned_text, in the decoder child): an image with
+# text in its margins (a name, date or ID on the film) is held for review. "auto" (the
+# default): on where Debian's tesseract-ocr is installed; "on": required (start-up
+# fails without it); "off".
+_TEXT_CHECK = env_str("CXR_TEXT_CHECK", default="auto").strip().lower()
+if _TEXT_CHECK not in {"auto", "on", "off"}:
+    raise ImproperlyConfigured(f"CXR_TEXT_CHECK must be auto, on or off, not {_TEXT_CHECK!r}.")
+if _TEXT_CHECK == "on" and shutil.which("tesseract") is None:
+    raise ImproperlyConfigured(
+        "CXR_TEXT_CHECK=on but the tesseract command is not installed "
+        "(apt-get install tesseract-ocr)."
+    )
+CXR_TEXT_CHECK = _TEXT_CHECK == "on" or (
+    _TEXT_CHECK == "auto" and shutil.which("tesseract") is not None
+)
 # Out-of-distribution gate (apps.cases.validation): refuses uploads that are not
 # frontal chest radiographs. A path to the fitted gate (`python -m ml ood fit`);
 # "off" turns the gate off (only for development with synthetic images).

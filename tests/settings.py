@@ -73,3 +73,8 @@ if XDIST_WORKER:
         CELERY_BROKER_TRANSPORT_OPTIONS["global_keyprefix"] = f"cxr-tests-{XDIST_WORKER}:"
     if "KEY_PREFIX" in CACHES["default"]:
         CACHES["default"]["KEY_PREFIX"] = f"cxr-tests-{XDIST_WORKER}"
+
+# The burned-in text check (Tesseract, about a second per upload) is off for the suite:
+# its own tests (tests/cases/test_burned_text.py) turn it on, and the fixture films
+# with real burned-in text ("PORTABLE") would otherwise be held out of labelling.
+CXR_TEXT_CHECK = False

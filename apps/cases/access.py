@@ -26,13 +26,16 @@ def own_cases(user) -> CaseQuerySet:
 
 
 def visible_images(user) -> QuerySet[CaseImage]:
-    """Images a user may see: clinicians their own cases', annotators every predicted one,
-    adjudicators those that readers have given verdicts on."""
+    """Images a user may see: clinicians their own cases', annotators every predicted one
+    but those held for review (text in their margins: only their owner sees them until
+    released), adjudicators those that readers have given verdicts on."""
     images = CaseImage.objects.none()
     if has_role(user, CLINICIAN):
         images = images | CaseImage.objects.filter(case__owner=user)
     if has_role(user, ANNOTATOR):
-        images = images | CaseImage.objects.filter(predictions__status=Prediction.Status.DONE)
+        images = images | CaseImage.objects.filter(
+            predictions__status=Prediction.Status.DONE
+        ).exclude(status=CaseImage.Status.HELD)
     if has_role(user, ADJUDICATOR):
         images = images | CaseImage.objects.filter(expert_labels__isnull=False)
     return images.distinct()

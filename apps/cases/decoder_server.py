@@ -52,6 +52,7 @@ PRELOAD = (
     "ml.serving.ood",
     "ml.serving.viewcheck",
     "ml.ct.modality",
+    "ml.serving.burned_text",
     "ml.generate.watermark",
     "cv2",  # the watermark check's (imported on first use: ~40-110 ms in every child)
 )

@@ -85,6 +85,8 @@ class Decoded:
     dicom: bytes = b""  # DICOM only: the allow-listed file with clean pixel data (no keyed step)
     modality: str = ""  # DICOM only: what its header routed it to ("xray" or "ct")
     modality_source: str = ""  # DICOM only: "header" or "marked"
+    text_found: bool = False  # the burned-in text check read words in the margins
+    text_unchecked: str = ""  # why the text check, though on, could not run
 
 
 def decode_upload(kind: str, content: bytes, modality: str = "xray") -> Decoded:
@@ -105,6 +107,7 @@ def decode_upload(kind: str, content: bytes, modality: str = "xray") -> Decoded:
         "modality_check": (
             None if settings.CXR_MODALITY_CHECK is None else str(settings.CXR_MODALITY_CHECK)
         ),
+        "text_check": bool(settings.CXR_TEXT_CHECK),
         "memory_bytes": memory_mb * 1024 * 1024,
         "cpu_seconds": timeout,
     }
@@ -137,6 +140,8 @@ def decode_upload(kind: str, content: bytes, modality: str = "xray") -> Decoded:
         dicom=rest[png_bytes:],
         modality=str(reply.get("modality") or ""),
         modality_source=str(reply.get("modality_source") or ""),
+        text_found=bool(reply.get("text_found")),
+        text_unchecked=str(reply.get("text_unchecked") or ""),
         verdict=reply.get("verdict"),
         lateral=bool(reply.get("lateral")),
         modality_problem=reply.get("modality_problem"),
@@ -349,6 +354,7 @@ def _picture(request: dict, content: bytes) -> tuple[dict, bytes]:
     # ... or in its pixels: a generated image is never a patient's.
     reply["synthetic"] = marked or pixels_reason(gray) or ""
     reply.update(_verdicts(request, gray, width, height, colourful))
+    reply.update(_burned_text(request, gray, reply))
     return reply, stored
 
 
@@ -410,7 +416,27 @@ def _dicom(request: dict, content: bytes) -> tuple[dict, bytes, bytes]:
     from ml.generate.watermark import pixels_reason
 
     reply["synthetic"] = pixels_reason(gray) or ""  # the generator's mark
+    reply.update(_burned_text({**request, "modality": modality}, gray, reply))
     return reply, buffer.getvalue(), _file_bytes(dataset)
+
+
+def _burned_text(request: dict, gray, reply: dict) -> dict:
+    """Whether the burned-in text check (ml.serving.burned_text) reads words in the
+    image's margins; asked for an X-ray (what annotators label and datasets take) when
+    the check is on and nothing else refuses the image. What it read is not sent back
+    (it may be a name)."""
+    if request.get("modality") == "ct":
+        return {}
+    refused = reply.get("synthetic") or reply.get("verdict") or reply.get("lateral")
+    refused = refused or reply.get("ct_slice") or reply.get("modality_problem")
+    if not request.get("text_check") or refused or min(gray.shape) < request["min_side"]:
+        return {}
+    from ml.serving.burned_text import TextCheckUnavailable, text_in_margins
+
+    try:
+        return {"text_found": bool(text_in_margins(gray))}
+    except TextCheckUnavailable as exc:
+        return {"text_unchecked": str(exc)}
 
 
 def _file_bytes(dataset) -> bytes:

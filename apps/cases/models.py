@@ -179,6 +179,9 @@ class CaseImage(models.Model):
     class Status(models.TextChoices):
         ACCEPTED = "accepted", "Accepted"
         UNUSABLE = "unusable", "Unusable"
+        # Text found in its margins at intake (apps.cases.validation.text_hold): kept out
+        # of expert labelling, and so of datasets, until its owner releases it.
+        HELD = "held", "Held for review"
 
     case = models.ForeignKey(Case, on_delete=models.CASCADE, related_name="images")
     # What the viewer, the worker and the labelling tools read: a PNG re-encoded

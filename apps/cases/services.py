@@ -119,6 +119,7 @@ def _store_case(owner, validated: list, patient_ref: str, notes: str, modality: 
                 height=item.height,
                 source_format=item.source_format,
                 intake_note=item.note,
+                status=CaseImage.Status.HELD if item.held else CaseImage.Status.ACCEPTED,
             )
             image.file.save("upload", File(content), save=False)
             stored.add(image.file.name)
@@ -170,3 +171,34 @@ def _patient_pseudonym(validated: list) -> str:
             "a case holds the images of one patient.",
         )
     return pseudonyms[0] if pseudonyms else ""
+
+
+@transaction.atomic
+def release_held_image(*, image: CaseImage, actor) -> CaseImage:
+    """Release an image held at intake for text in its margins: its owner looked and found
+    no patient details there, so it may be offered for expert labelling (and so reach a
+    dataset). Audited (``image.release``)."""
+    from apps.cases.validation import TEXT_HELD, TEXT_UNCHECKED
+
+    image = CaseImage.objects.select_for_update().get(pk=image.pk)
+    if image.status != CaseImage.Status.HELD:
+        raise UploadRejected("image", "this image is not held for review.")
+    before = {"status": image.status, "intake_note": image.intake_note}
+    note = image.intake_note
+    for held in (TEXT_HELD, TEXT_UNCHECKED):
+        note = note.replace(held, "")
+    image.intake_note = (RELEASED + " " + note.strip()).strip()[:300]
+    image.status = CaseImage.Status.ACCEPTED
+    image.save(update_fields=["status", "intake_note"])
+    record(
+        actor=actor,
+        action="image.release",
+        target=image,
+        before=before,
+        after={"status": image.status, "intake_note": image.intake_note},
+    )
+    log.info("image %s released from review by %s", image.pk, actor)
+    return image
+
+
+RELEASED = "Released after review: its owner found no patient details in its margins."

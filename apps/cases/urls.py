@@ -11,6 +11,7 @@ urlpatterns = [
     path("<int:pk>/delete/", retention_views.case_delete, name="delete"),
     path("erasure/", retention_views.erasure, name="erasure"),
     path("images/<int:pk>/file/", views.image_file, name="image-file"),
+    path("images/<int:pk>/release/", views.image_release, name="image-release"),
     # One retry view for every kind of job on a case image; the image-keyed URLs the case
     # page posts to are the same view.
     path("jobs/<str:label>/<int:pk>/retry/", retry_views.job_retry, name="job-retry"),

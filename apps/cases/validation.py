@@ -116,6 +116,7 @@ class ValidatedImage:
     modality: str = "xray"  # "xray" or "ct": what the upload is read as
     modality_source: str = "marked"  # "marked" (by the clinician) or "header" (DICOM)
     note: str = ""  # shown with the image: what intake did to it (a CMYK JPEG made gray)
+    held: bool = False  # held for review: text found in its margins (see text_hold)
 
 
 def upload_ref(content: bytes) -> str:
@@ -239,6 +240,35 @@ def _too_many_pixels(name: str, width: int, height: int) -> UploadRejected:
     )
 
 
+# Text burned into the pixels: the decoder's text check (ml.serving.burned_text) read
+# words in the image's margins. The image is stored, and its own case shows it, but it
+# is held: not offered for expert labelling (so never in a dataset) until its owner
+# looks and releases it (services.release_held_image).
+TEXT_HELD = (
+    "Held for review: text was found in the image's margins (it may be a name, date or "
+    "ID burned into the film). Not offered for labelling or datasets until released."
+)
+TEXT_UNCHECKED = (
+    "Held for review: the image could not be checked for text burned into it. Not "
+    "offered for labelling or datasets until released."
+)
+
+
+def text_hold(decoded, ref: str = "") -> str:
+    """The hold note for what the decoder's text check found ("" for none)."""
+    if decoded.text_found:
+        log.info("upload %s held: text found in its margins", ref)
+        return TEXT_HELD
+    if decoded.text_unchecked:
+        log.warning("upload %s held: text check failed (%s)", ref, decoded.text_unchecked)
+        return TEXT_UNCHECKED
+    return ""
+
+
+def _with_hold(note: str, hold: str) -> str:
+    return " ".join(part for part in (hold, note) if part)[:300]
+
+
 MODALITIES = ("xray", "ct")
 
 
@@ -319,6 +349,7 @@ def _validate_picture(name: str, content: bytes, modality: str = "xray") -> Vali
     _check_modality(name, decoded.modality_problem, ref=ref)
     _check_chest_xray(name, decoded.verdict, ref=ref, ct_slice=decoded.ct_slice)
     _check_frontal_view(name, decoded.lateral, ref=ref)
+    hold = text_hold(decoded, ref)
     return ValidatedImage(
         original_name=name,
         content=decoded.stored,
@@ -328,7 +359,8 @@ def _validate_picture(name: str, content: bytes, modality: str = "xray") -> Vali
         source_format=ACCEPTED_FORMATS[fmt],
         upload_ref=ref,
         modality=modality,
-        note=decoded.note,
+        note=_with_hold(decoded.note, hold),
+        held=bool(hold),
     )
 
 
@@ -360,6 +392,7 @@ def _validate_dicom(name: str, content: bytes, marked: str = "xray") -> Validate
     _check_modality(name, decoded.modality_problem, ref=ref)
     _check_chest_xray(name, decoded.verdict, ref=ref, ct_slice=decoded.ct_slice)
     _check_frontal_view(name, decoded.lateral, ref=ref)
+    hold = text_hold(decoded, ref)
 
     try:
         dataset = read_dataset(
@@ -388,4 +421,6 @@ def _validate_dicom(name: str, content: bytes, marked: str = "xray") -> Validate
         upload_ref=ref,
         modality=modality,
         modality_source=decoded.modality_source or "marked",
+        note=hold,
+        held=bool(hold),
     )

@@ -138,6 +138,21 @@ def _body_too_large(request: HttpRequest, exc: RequestDataTooBig, wants_json: bo
     return render(request, "cases/case_create.html", context, status=413)
 
 
+@require_http_methods(["POST"])
+@role_required(CLINICIAN)
+def image_release(request: HttpRequest, pk: int) -> HttpResponse:
+    """The owner releases an image held for text in its margins (services.release_held_image).
+    Another clinician's image is a 404, as on the case page."""
+    image = get_object_or_404(CaseImage, pk=pk, case__owner=request.user)
+    try:
+        services.release_held_image(image=image, actor=request.user)
+    except UploadRejected as exc:
+        messages.error(request, exc.problem[:1].upper() + exc.problem[1:])
+    else:
+        messages.success(request, "The image is released: annotators can now label it.")
+    return redirect("cases:detail", pk=image.case_id)
+
+
 @require_GET
 @role_required(CLINICIAN)
 def case_detail(request: HttpRequest, pk: int) -> HttpResponseBase:
