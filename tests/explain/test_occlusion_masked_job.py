@@ -18,7 +18,8 @@ from apps.models.services import register_artifact
 from cxrplatform.jobs import run_job_now
 from tests.conftest import upload_of
 
-pytestmark = pytest.mark.django_db
+# Occlusion on a real lung-masked classifier: TensorFlow-heavy.
+pytestmark = [pytest.mark.django_db, pytest.mark.slow]
 
 LUNGS = Path(settings.BASE_DIR) / "ml" / "bundled" / "cxr-lungs" / "cxr-lungs.keras"
 

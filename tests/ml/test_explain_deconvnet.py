@@ -70,6 +70,7 @@ def bundled():
     return classifier, images
 
 
+@pytest.mark.slow
 def test_deconvnet_is_a_method_of_its_own_and_differs_from_guided_backprop_on_the_bundled_model(
     bundled,
 ):
@@ -119,6 +120,7 @@ def _blockiness(values: np.ndarray, cell: int = 8) -> float:
     return float(1.0 - np.var(values - blocks) / np.var(values))
 
 
+@pytest.mark.slow
 def test_deconvnet_gets_faithfulness_scores_and_the_randomisation_check(bundled):
     classifier, images = bundled
     x = images[0]

@@ -32,6 +32,7 @@ def test_blank_noise_and_nan_images_are_refused():
 
 
 @pytest.mark.shared_data
+@pytest.mark.slow
 def test_gate_accepts_at_least_99_percent_of_test_split_chest_xrays(shared_datasets):
     gate = OodGate.load(GATE)
     dirs = [shared_datasets / n for n in ("covid-chestxray", "pediatric-pneumonia", "adult-normal")]
