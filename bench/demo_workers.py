@@ -1,7 +1,7 @@
 """Prediction latency while a training run trains: ``make demo``'s workers vs one worker.
 
-Issue 28: in the demo one worker served every queue, and a prediction took 10.7 s instead
-of 0.6 s while a 10-second training ran; it waited in the queue behind the training.
+When one demo worker served every queue, a prediction took 10.7 s instead of 0.6 s
+while a 10-second training ran; it waited in the queue behind the training.
 ``Procfile.demo`` now starts one worker per kind of work. This benchmark runs the
 platform the way the demo does (SQLite, Celery's filesystem broker; gunicorn in front,
 as in ``bench.e2e``) and starts the workers with the very command lines of
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
 PROCFILE = ROOT / "Procfile.demo"
-# Procfile.demo before issue 28: one worker for every queue (beat left out here).
+# Procfile.demo as it was: one worker for every queue (beat left out here).
 SINGLE_WORKER = (
     "CXR_WARM_MODEL=1 .venv/bin/celery -A cxrplatform worker "
     "-Q inference,segmentation,explain,training,default --concurrency 1 "

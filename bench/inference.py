@@ -25,7 +25,7 @@ from ml.serving.classifier import Classifier
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "ml" / "bundled" / "cxr-compact.keras"
-# The default model (issue 27: EfficientNet-Lite0 on lung crops, 224 px): preprocessing
+# The default model (EfficientNet-Lite0 on lung crops, 224 px): preprocessing
 # v2, so a prediction segments the lungs, crops to them and classifies (target: <= 30 ms
 # p50 warm on 2 cores, on LiteRT).
 LUNG_MODEL = ROOT / "ml" / "bundled" / "cxr-lite0" / "cxr-lite0.keras"

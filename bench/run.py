@@ -83,11 +83,11 @@ def _row(
     return f"| {metric} | {value} | {before} | {target} | {mark} |"
 
 
-# The figures before issue 22 (lean inference workers, the read path): `make bench` of
+# The figures before the lean inference workers and the read-path work: `make bench` of
 # 2026-11-22T04:56 (docs/operations.md then; cxr-compact, one worker on inference and
-# explain, the read load from Python threads in the bench's own process) and the issue.
+# explain, the read load from Python threads in the bench's own process) and the target.
 BEFORE = {
-    "read_p95": "337.6 ms (list 408.0, detail 328.7; the issue: 404 ms)",
+    "read_p95": "337.6 ms (list 408.0, detail 328.7; the target: 404 ms)",
     "rss": "1162 MB (Keras worker)",
     "burst": "260 images/min (uploads included, cxr-compact)",
     "upload": "82.2 ms (cxr-compact, before uploads were decoded in a child process)",
@@ -95,7 +95,7 @@ BEFORE = {
 
 
 def _lean_rows(r: dict) -> list[str]:
-    """Issue 22: LiteRT vs Keras, the inference worker, the read path against its floor."""
+    """LiteRT vs Keras, the inference worker, the read path against its floor."""
     rows = []
     lean = r["inference"].get("lean_vs_keras")
     if lean:
@@ -193,7 +193,7 @@ def _lean_rows(r: dict) -> list[str]:
 
 
 def _demo_workers_row(d: dict) -> str:
-    """Issue 28: a prediction during a training run, make demo's workers vs one worker."""
+    """A prediction during a training run, make demo's workers vs one worker."""
     sep, one = d["separate_workers"], d["single_worker"]
     during = sep["during_training"]["while_running"] or {"p50_ms": "-", "p95_ms": "-", "n": 0}
     waited = one["during_training"]["all"] or {"p50_ms": "-"}
@@ -212,7 +212,7 @@ def markdown(r: dict) -> str:
     inf, ex, e2e, tr = r["inference"], r["explain"], r["e2e"], r["training"]
     occ = ex["occlusion_fast_vs_tf_explain"]
     rows = [
-        "| metric | value | before (issue 22) | target | met? |",
+        "| metric | value | before (the lean workers) | target | met? |",
         "|---|---|---|---|---|",
         *_lean_rows(r),
         _row(

@@ -1,6 +1,6 @@
 """Training time per epoch: a short real training run of the default architecture.
 
-``python -m ml train`` in a child process for ``EPOCHS`` epochs on a random
+``python -m ml classifier train`` in a child process for ``EPOCHS`` epochs on a random
 subset of the shared data sets (``CXR_SHARED_DATASETS``), else on the 18
 fixture images; the model card records the fit's seconds and epochs, and the
 process's peak RSS is sampled meanwhile.
@@ -40,7 +40,7 @@ def measure() -> dict:
     folders, description, extra = _data()
     with tempfile.TemporaryDirectory(prefix="cxr-bench-train-") as tmp:
         command = [
-            sys.executable, "-m", "ml", "train", "--data", *folders, *extra,
+            sys.executable, "-m", "ml", "classifier", "train", "--data", *folders, *extra,
             "--out", tmp, "--name", "bench", "--epochs", str(EPOCHS), "--patience", "100",
             "--no-gradcam-animation", "--bootstrap", "10", "--seed", "0", "--quiet",
         ]  # fmt: skip
