@@ -911,7 +911,8 @@ class SnapshotExport(FileView):
     allowed_roles = (MODEL_ADMIN,)
 
     @extend_schema(
-        summary="The snapshot as a zip that `python -m ml classifier train --data` reads (model admin)",
+        summary="The snapshot as a zip that `python -m ml classifier train --data` reads "
+        "(model admin)",
         description="`labels.csv` (path, label, patient, source, split, sha256), `images/`, "
         "and `manifest.json` with every file's SHA-256 and each label's provenance. "
         "Audited (`dataset.export`).",
