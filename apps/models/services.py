@@ -145,13 +145,6 @@ def measured_together(a: ModelVersion, b: ModelVersion) -> SharedMeasurement | N
     return None
 
 
-def paired_between(a: ModelVersion, b: ModelVersion) -> PairedComparison | None:
-    """The paired comparison of two versions, read as B - A, when a training run
-    measured them on the same images; None otherwise."""
-    shared = measured_together(a, b)
-    return shared.paired if shared is not None else None
-
-
 def _flipped(paired: PairedComparison) -> PairedComparison:
     """A - B instead of B - A."""
     swap = {"better": "worse", "worse": "better"}

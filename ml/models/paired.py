@@ -134,8 +134,9 @@ def _figures(
     y: np.ndarray, pred: np.ndarray, n_classes: int, classes: Sequence[str]
 ) -> dict[str, np.ndarray]:
     """Accuracy, macro-F1 and each class's precision and recall of ``pred`` against
-    ``y``, for every row of the (resamples x images) index arrays at once."""
-    figures: dict[str, np.ndarray] = {"accuracy": (pred == y).mean(axis=1)}
+    ``y``, for every row of the (resamples x images) index arrays at once. A padded
+    slot (``y`` -1, ``pred`` -2) counts in no class and not in accuracy's denominator."""
+    figures: dict[str, np.ndarray] = {"accuracy": (pred == y).sum(axis=1) / (y >= 0).sum(axis=1)}
     f1s = []
     for c in range(n_classes):
         truth, called = y == c, pred == c
@@ -205,15 +206,10 @@ def paired_bootstrap(
         idx[row, : len(draw)] = draw
     valid = idx >= 0
     safe = np.where(valid, idx, 0)
-    # A padded slot is "true class -1, called -2": it counts in no class and is dropped
-    # from accuracy by the mask below.
+    # A padded slot is "true class -1, called -2" (see _figures).
     y_draw = np.where(valid, y[safe], -1)
     fa = _figures(y_draw, np.where(valid, a[safe], -2), len(classes), classes)
     fb = _figures(y_draw, np.where(valid, b[safe], -2), len(classes), classes)
-    # Accuracy over the real slots only.
-    counted = valid.sum(axis=1)
-    fa["accuracy"] = (np.where(valid, a[safe], -2) == y_draw).sum(axis=1) / counted
-    fb["accuracy"] = (np.where(valid, b[safe], -2) == y_draw).sum(axis=1) / counted
 
     whole_a = _figures(y[None, :], a[None, :], len(classes), classes)
     whole_b = _figures(y[None, :], b[None, :], len(classes), classes)
