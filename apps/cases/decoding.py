@@ -39,9 +39,10 @@ import subprocess
 import sys
 import warnings
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from ml.serving.checks import load_input_check
 
 # The child's environment: nothing of the web process's (no secrets), one
 # thread per numerical library, few malloc arenas (each reserves address space).
@@ -250,21 +251,11 @@ def _verdicts(request: dict, gray, width: int, height: int, colourful: float) ->
     return reply
 
 
-@lru_cache(maxsize=8)
-def _loaded(kind: str, path: str) -> Any:
-    """A fitted check from its file, read once per process: the decoder server reads the
-    ones the web names (``warm_up``) before it forks, so its children find them loaded."""
-    if kind == "ood_gate":
-        from ml.serving.ood import OodGate
-
-        return OodGate.load(Path(path))
-    if kind == "modality_check":
-        from ml.ct.modality import ModalityCheck
-
-        return ModalityCheck.load(Path(path))
-    from ml.serving.viewcheck import ViewCheck
-
-    return ViewCheck.load(Path(path))
+# A fitted check from its file, read once per process (``ml.serving.checks``, the one
+# cache, shared with apps.cases.validation): the decoder server reads the ones the web
+# names (``warm_up``) before it forks, so its children find them loaded. Any: besides
+# the checks' common ``verdict`` the decoder asks the modality check its own questions.
+_loaded: Any = load_input_check
 
 
 def warm_up(given: dict[str, Any]) -> None:

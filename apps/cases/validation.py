@@ -40,14 +40,14 @@ import logging
 import traceback
 import warnings
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path, PurePath
+from pathlib import PurePath
 
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from PIL import Image, UnidentifiedImageError
 
 from ml.ct.modality import CT_HINT, XRAY_LOOKS_LIKE_CT
+from ml.serving.checks import load_input_check
 
 log = logging.getLogger(__name__)
 
@@ -140,30 +140,16 @@ def _human_bytes(n: int) -> str:
     return f"{n / (1024 * 1024):.0f} MB" if n >= 1024 * 1024 else f"{n} bytes"
 
 
-@lru_cache(maxsize=4)
-def _load_gate(path: str):
-    from ml.serving.ood import OodGate
-
-    return OodGate.load(Path(path))
-
-
 def ood_gate():
     """The fitted gate named by CXR_OOD_GATE (loaded once per process), or None when off."""
     path = settings.CXR_OOD_GATE
-    return None if path is None else _load_gate(str(path))
-
-
-@lru_cache(maxsize=4)
-def _load_view_check(path: str):
-    from ml.serving.viewcheck import ViewCheck
-
-    return ViewCheck.load(Path(path))
+    return None if path is None else load_input_check("ood_gate", str(path))
 
 
 def view_check():
     """The fitted view check named by CXR_VIEW_CHECK (loaded once per process), or None."""
     path = settings.CXR_VIEW_CHECK
-    return None if path is None else _load_view_check(str(path))
+    return None if path is None else load_input_check("view_check", str(path))
 
 
 def _check_frontal_view(name: str, lateral: bool, ref: str = "") -> None:

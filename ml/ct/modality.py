@@ -242,6 +242,11 @@ class ModalityCheck(LinearCheck):
             xray = not self.looks_like_ct(gray)
         return CT_LOOKS_LIKE_XRAY if xray else NOT_A_CT_SLICE
 
+    def verdict(self, gray: np.ndarray, colourful: float = 0.0) -> str | None:
+        """The word "ct slice" when an upload to be read as an X-ray is a CT slice, else
+        None (``ml.serving.checks.InputCheck``; :meth:`problem` words either direction)."""
+        return "ct slice" if self.problem(gray, "xray", colourful) else None
+
     def save(self, path: Path) -> None:
         arrays = self.linear_arrays()
         card = dict(self.card)

@@ -113,6 +113,10 @@ class ViewCheck(LinearCheck):
         # NaN (a degenerate image) is not called lateral: other checks handle it.
         return bool(self.score(gray) > self.threshold)
 
+    def verdict(self, gray: np.ndarray, colourful: float = 0.0) -> str | None:
+        """The word "lateral" for a lateral view, else None (``ml.serving.checks.InputCheck``)."""
+        return "lateral" if self.is_lateral(gray) else None
+
     def save(self, path: Path) -> None:
         write_check(path, self.linear_arrays(), self.card)
 
