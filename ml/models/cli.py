@@ -23,6 +23,8 @@ from typing import Any
 
 from ml.data.cli import add_data_args
 
+BUNDLED_GATE = Path(__file__).resolve().parent.parent / "bundled" / "ood-gate.npz"
+
 log = logging.getLogger("ml")
 
 
@@ -130,6 +132,51 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         for check in result.shortcuts.checks():
             print(f"shortcut: {check}")
     print(f"report: {paths['markdown']}")
+    return 0
+
+
+def cmd_drift_reference(args: argparse.Namespace) -> int:
+    """The drift reference of a model: the features of :mod:`ml.models.drift` on its
+    test split (the split written beside the model), sampled, as JSON."""
+    from ml.data.loaders import load_many
+    from ml.data.preprocess import open_image, to_unit_gray
+    from ml.data.splits import read_splits_csv, saved_split_names
+    from ml.models.artifacts import read_card
+    from ml.models.drift import FEATURES, prediction_features, reference_sample
+    from ml.serving.classifier import Classifier
+    from ml.serving.ood import OodGate
+
+    card = read_card(args.model)
+    classifier = Classifier.load(args.model, expected_sha256=card.get("sha256"), card=card)
+    saved = Path(args.model).parent / "splits.csv"
+    if not saved.is_file():
+        print(f"No split beside the model ({saved}).", file=sys.stderr)
+        return 2
+    records = load_many(args.data, args.layout).records
+    names = saved_split_names(records, read_splits_csv(saved))
+    records = [r for r, name in zip(records, names, strict=True) if name == args.split]
+    if not records:
+        print(f"No {args.split} images of the model's split in these folders.", file=sys.stderr)
+        return 2
+    gate = OodGate.load(args.gate)
+    values: dict[str, list[object]] = {feature: [] for feature in FEATURES}
+    for record in records:
+        image = open_image(record.path)
+        gray = to_unit_gray(image)
+        result = classifier.predict(image)
+        mask = result.lungs.mask if result.lungs is not None and result.lungs.found else None
+        row = prediction_features(gray, mask, result.probabilities, gate.score(gray))
+        for feature in FEATURES:
+            values[feature].append(row[feature])
+    out = args.out or Path(args.model).parent / "drift-reference.json"
+    reference = {
+        "model_sha256": card.get("sha256"),
+        "split": args.split,
+        "n": len(records),
+        "features": reference_sample(values, size=args.size),
+    }
+    out.write_text(json.dumps(reference, indent=1) + "\n")
+    print(f"{len(records)} {args.split} images -> {out}")
     return 0
 
 
@@ -248,6 +295,17 @@ def add_classifier_parser(sub: argparse._SubParsersAction[argparse.ArgumentParse
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+
+    p = verbs.add_parser(
+        "drift-reference", help="the drift monitor's reference: features on the test split"
+    )
+    p.add_argument("--model", type=Path, required=True)
+    add_data_args(p)
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--gate", type=Path, default=BUNDLED_GATE)
+    p.add_argument("--size", type=int, default=500, help="values kept per feature")
+    p.add_argument("--out", type=Path, default=None, help="default: drift-reference.json beside")
+    p.set_defaults(func=cmd_drift_reference)
 
     p = verbs.add_parser("predict", help="classify images")
     p.add_argument("--model", type=Path, required=True)

@@ -63,6 +63,23 @@ def image_features(gray: np.ndarray, mask: np.ndarray | None) -> dict[str, float
     }
 
 
+def prediction_features(
+    gray: np.ndarray,
+    mask: np.ndarray | None,
+    probabilities: Mapping[str, float],
+    ood_score: float | None,
+) -> dict[str, Any]:
+    """Every feature of :data:`FEATURES` for one classified image: its input features
+    (:func:`image_features`), the gate's score, the top probability and its class."""
+    label = max(probabilities, key=lambda name: probabilities[name]) if probabilities else None
+    return {
+        "ood_score": None if ood_score is None else round(float(ood_score), 4),
+        **image_features(gray, mask),
+        "confidence": None if label is None else round(float(probabilities[label]), 5),
+        "predicted_class": label,
+    }
+
+
 def psi(reference: Sequence[float], recent: Sequence[float], bins: int = _BINS) -> float:
     """Population stability index of numerical ``recent`` against ``reference``, on the
     reference's quantile bins (open-ended at both ends)."""

@@ -49,3 +49,17 @@ def test_image_features_are_measured_inside_the_lungs():
     assert image_features(gray, None)["lung_mean"] is None
     with pytest.raises(ValueError, match="differ in shape"):
         image_features(gray, mask[:5])
+
+
+def test_the_bundled_models_reference_covers_every_feature():
+    import json
+    from pathlib import Path
+
+    from ml.models.drift import FEATURES
+
+    path = Path(__file__).resolve().parents[2] / "ml/bundled/cxr-lite0/drift-reference.json"
+    reference = json.loads(path.read_text())
+    card = json.loads((path.parent / "cxr-lite0.card.json").read_text())
+    assert reference["model_sha256"] == card["sha256"]
+    assert set(reference["features"]) == set(FEATURES)
+    assert all(len(values) >= 200 for values in reference["features"].values())
