@@ -7,7 +7,7 @@ transaction, with one ``UPDATE``. So ``updated_at`` is the version of everything
 about the case, in the database, where every web process and worker sees the same value
 (a per-process cache could not be told about a change a worker made).
 
-The read path keys on it: the cached API summaries (``apps.api.summaries``) and the
+The read path keys on it: the cached API summaries (``apps.cases.api.summaries``) and the
 conditional GETs (ETag / Last-Modified -> 304) of the API case endpoints and of the live
 refreshes of the case pages (:func:`case_etag`).
 

@@ -51,7 +51,7 @@ def case_summaries(cases: Sequence[Case], request: Request) -> list[bytes]:
     """The API representation (``CaseSerializer``, as JSON) of each of the requester's
     ``cases`` (rows with at least ``pk`` and ``updated_at``), from the cache where it has
     them. A case deleted meanwhile is left out."""
-    from apps.api.serializers import CaseSerializer
+    from apps.cases.api.serializers import CaseSerializer
 
     origin = origin_digest(request)
     keys = {case.pk: summary_key(case, origin) for case in cases}
