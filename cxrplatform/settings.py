@@ -70,6 +70,8 @@ INSTALLED_APPS = [
     "apps.ops",
     # The synthetic chest X-ray generator's page and sample grids.
     "apps.generator",
+    # Sites: membership, local validation studies and site operating points.
+    "apps.sites",
     # Start-up of every process: each app's Celery tasks registered (cxrplatform.apps).
     "cxrplatform.apps.PlatformConfig",
 ]
