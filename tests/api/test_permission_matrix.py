@@ -31,6 +31,7 @@ from tests.factories import PASSWORD, UserFactory
 def module_world(django_db_setup, django_db_blocker, tmp_path_factory, ct_tiny_model):
     """The users, the world and its media folder, built once in a transaction of their own."""
     from apps.models.services import register_artifact
+    from apps.sites.services import default_site
 
     media = tmp_path_factory.mktemp("matrix-media")
     with (
@@ -53,6 +54,7 @@ def module_world(django_db_setup, django_db_blocker, tmp_path_factory, ct_tiny_m
             users["clinician"], users["other_clinician"], users["model_admin"], production
         )
         world.ct_image = segmented_ct_case(users["clinician"]).images.get()
+        world.site = default_site()  # every account and case of the world is there
         yield SimpleNamespace(world=world, users=users, media=media)
         transaction.set_rollback(True)
 
@@ -183,6 +185,28 @@ MATRIX = [
      _codes(401, 403, 403, 403, 200)),
     ("snapshot-export", "get", lambda w: f"/api/v1/snapshots/{w.run.snapshot_id}/export/",
      None, None, _codes(401, 403, 403, 403, 200)),
+    # Sites: model admins only. The world's site has predictions but no confirmed label, so
+    # a study, a proposal or an applied point is refused (409), and there is nothing to roll
+    # back (tests/sites has the 200s and 201s).
+    ("site-list", "get", lambda w: "/api/v1/sites/", None, None,
+     _codes(401, 403, 403, 403, 200)),
+    ("site-validation", "get",
+     lambda w: f"/api/v1/sites/{w.site.pk}/models/{w.production.pk}/validation/", None, None,
+     _codes(401, 403, 403, 403, 409)),
+    ("site-operating-points", "get",
+     lambda w: f"/api/v1/sites/{w.site.pk}/models/{w.production.pk}/operating-points/",
+     None, None, _codes(401, 403, 403, 403, 200)),
+    ("site-operating-points", "post",
+     lambda w: f"/api/v1/sites/{w.site.pk}/models/{w.production.pk}/operating-points/",
+     lambda w, u, r: {"target": "covid19_sensitivity", "goal": 0.9}, "json",
+     _codes(401, 403, 403, 403, 409)),
+    ("site-operating-point-propose", "post",
+     lambda w: f"/api/v1/sites/{w.site.pk}/models/{w.production.pk}/operating-points/propose/",
+     lambda w, u, r: {"target": "covid19_sensitivity", "goal": 0.9}, "json",
+     _codes(401, 403, 403, 403, 409)),
+    ("site-operating-point-rollback", "post",
+     lambda w: f"/api/v1/sites/{w.site.pk}/models/{w.production.pk}/operating-points/rollback/",
+     None, None, _codes(401, 403, 403, 403, 409)),
     ("schema", "get", lambda w: "/api/v1/schema/", None, None, _codes(200, 200, 200, 200, 200)),
     ("docs", "get", lambda w: "/api/v1/docs/", None, None, _codes(200, 200, 200, 200, 200)),
     ("redoc", "get", lambda w: "/api/v1/redoc/", None, None, _codes(200, 200, 200, 200, 200)),
@@ -220,6 +244,8 @@ def test_the_matrix_covers_every_api_route_and_method():
         ct_image=stub,
         explanation=stub,
         candidate=stub,
+        production=stub,
+        site=stub,
         run=SimpleNamespace(pk=1, snapshot_id=1),
         token_id="abc",
     )
