@@ -35,7 +35,8 @@ def lockout_message(seconds: int) -> str:
     minutes = max(1, math.ceil(seconds / 60))
     return (
         "This account is locked after too many failed log-ins. Try again in "
-        f"{minutes} minute{'s' if minutes != 1 else ''}, or ask an administrator to unlock it."
+        f"{minutes} minute{'s' if minutes != 1 else ''}, or ask a site admin of your site to "
+        "unlock it."
     )
 
 

@@ -67,12 +67,15 @@ class UserCreateForm(RolesForm):
         return data
 
 
-def _users():
+def _users(actor):
+    """The accounts ``actor`` manages (their site's; every site's for a superuser)."""
+    from apps.sites.services import manageable_users
+
     return (
-        get_user_model()
-        .objects.order_by("username")
+        manageable_users(actor)
+        .order_by("username")
         .prefetch_related(Prefetch("groups"))
-        .select_related("password_change_required")
+        .select_related("password_change_required", "site_membership__site")
     )
 
 
@@ -80,7 +83,7 @@ def _users():
 @role_required(SITE_ADMIN)
 def user_list(request: HttpRequest) -> HttpResponse:
     rows = []
-    for user in _users():
+    for user in _users(request.user):
         try:
             must_change = user.password_change_required is not None
         except PasswordChangeRequired.DoesNotExist:
@@ -128,7 +131,7 @@ def user_create(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 @role_required(SITE_ADMIN)
 def user_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    user = get_object_or_404(_users(), pk=pk)
+    user = get_object_or_404(_users(request.user), pk=pk)
     form = RolesForm(initial={"roles": users.roles_of(user)})
     status = 200
     if request.method == "POST":

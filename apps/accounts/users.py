@@ -13,8 +13,12 @@ on the request's user object only), so a change takes effect on that user's next
 request. A deactivated user's sessions stop working at their next request (Django's
 ``ModelBackend`` refuses inactive users) and their API tokens are revoked.
 
+A site admin manages the accounts of their own site only (``apps.sites``): a new account
+joins its creator's site; superusers manage every site's.
+
 Audit events (target: the user): ``user.create``, ``user.invite``, ``user.roles``
-(before and after), ``user.deactivate``, ``user.reactivate``.
+(before and after), ``user.deactivate``, ``user.reactivate``; ``site.member`` when a new
+account joins a site other than the default.
 """
 
 from __future__ import annotations
@@ -46,8 +50,12 @@ def roles_of(user: Any) -> list[str]:
 
 
 def _check_may_manage(actor: Any, user: Any) -> None:
+    from apps.sites.services import manages
+
     if user.is_superuser and not actor.is_superuser:
         raise PermissionDenied("Only a superuser can change a superuser's account.")
+    if not manages(actor, user):
+        raise PermissionDenied("You manage only the accounts of your own site.")
 
 
 def invitation_link(request: HttpRequest, user: Any) -> str:
@@ -108,6 +116,9 @@ def create_user(
         password=password or None,  # None: an unusable password until the invitation
     )
     user.groups.set(Group.objects.filter(name__in=roles))
+    from apps.sites.services import set_site, site_of
+
+    set_site(actor=actor, user=user, site=site_of(actor))  # the creator's site
     record(
         actor=actor,
         action="user.create",
