@@ -30,14 +30,15 @@ class PredictionRunner(JobRunner[Prediction]):
     with it."""
 
     what = "Classification"
-    related = ("image",)
+    related = ("image__case",)
     lungs: LungFields
 
     def compute(self, prediction: Prediction) -> JobResult:
         from apps.models.serving import classifier_for
         from ml.data.preprocess import open_image
 
-        version = ModelVersion.objects.production()
+        # The study kind's model (apps.cases.kinds): the classifier for an X-ray.
+        version = ModelVersion.objects.production(task=prediction.image.case.kind.task)
         if version is None:
             raise NoProductionModelError(
                 "No production model is registered; a model admin must promote one."

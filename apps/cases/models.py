@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, TypeVar
 
 from django.conf import settings
 from django.db import models, transaction
@@ -9,8 +12,12 @@ from django.dispatch import receiver
 from django.urls import reverse
 from django.utils import timezone
 
-from cxrplatform.jobs import Job, JobKind
+from cxrplatform.jobs import Job, JobKind, JobStatus
 from ml.data.labels import CLASS_CHOICES
+
+if TYPE_CHECKING:
+    from apps.cases.kinds import StudyKind
+    from apps.models.models import ModelVersion
 
 LABEL_CHOICES = CLASS_CHOICES
 UNUSABLE = "unusable"
@@ -18,10 +25,42 @@ VERDICT_CHOICES = [*LABEL_CHOICES, (UNUSABLE, "Unusable image")]
 
 
 class Modality(models.TextChoices):
-    """What kind of study a case is: every image of a case is of its one modality."""
+    """What kind of study a case is: every image of a case is of its one modality. What
+    each one runs and shows is its row in ``apps.cases.kinds.KINDS``."""
 
     XRAY = "xray", "Chest X-ray"
     CT = "ct", "Chest CT slices"
+
+
+J = TypeVar("J", bound=Job)
+_NEVER = datetime.min.replace(tzinfo=UTC)
+
+
+def _newest_result_first(job: Job) -> tuple[bool, bool, datetime, int]:
+    done = job.status == JobStatus.DONE
+    finished = job.finished_at if done else None
+    return (done, finished is not None, finished or _NEVER, job.pk or 0)
+
+
+def current_job(jobs: Iterable[J]) -> J | None:
+    """The one job of ``jobs`` (one image's predictions, its segmentations, its
+    explanations by one method) that speaks for the image: its newest result, the newest
+    DONE job by ``finished_at``, then by pk; without one, its newest job by pk (pending,
+    running or failed: what is under way, or why it failed).
+
+    The one rule for "the result of this image": the pages, the API, the files a page
+    loads, the model an explanation explains and the job a retry of the image names all
+    read it here, so they name the same row. A retried job keeps its pk: when it finishes
+    after a newer job did, it is the newer result. Give it a prefetched set (no query)
+    or a queryset (its rows are read).
+    """
+    return max(jobs, key=_newest_result_first, default=None)
+
+
+def newest_result(jobs: Iterable[J]) -> J | None:
+    """The image's result by :func:`current_job`: None when none of ``jobs`` is done."""
+    job = current_job(jobs)
+    return job if job is not None and job.status == JobStatus.DONE else None
 
 
 def _image_upload_to(instance: CaseImage, filename: str) -> str:
@@ -147,8 +186,11 @@ class Case(models.Model):
         return f"Case {self.pk}"
 
     @property
-    def is_ct(self) -> bool:
-        return self.modality == Modality.CT
+    def kind(self) -> StudyKind:
+        """The case's row of the study-kind table (``apps.cases.kinds``)."""
+        from apps.cases.kinds import kind_of
+
+        return kind_of(self)
 
     @property
     def status(self) -> str:
@@ -230,11 +272,13 @@ class CaseImage(models.Model):
 
     @property
     def current_explanations(self) -> list:
-        """The newest explanation per method (Grad-CAM first), from the prefetched set."""
-        newest: dict[str, object] = {}
-        for explanation in sorted(self.explanations.all(), key=lambda e: e.pk):
-            newest[explanation.method] = explanation
-        return sorted(newest.values(), key=lambda e: (e.method != "gradcam", e.method))
+        """The current explanation per method (:func:`current_job`; Grad-CAM first), from
+        the prefetched set."""
+        by_method: dict[str, list] = {}
+        for explanation in self.explanations.all():
+            by_method.setdefault(explanation.method, []).append(explanation)
+        current = [current_job(explanations) for explanations in by_method.values()]
+        return sorted(current, key=lambda e: (e.method != "gradcam", e.method))
 
     @property
     def live_state(self) -> str:
@@ -254,15 +298,15 @@ class CaseImage(models.Model):
 
     @property
     def latest_prediction(self) -> Prediction | None:
-        predictions = list(self.predictions.all())
-        return max(predictions, key=lambda p: p.pk) if predictions else None
+        """The image's classification by :func:`current_job` (None for a CT slice), from
+        the prefetched set."""
+        return current_job(self.predictions.all())
 
     @property
     def latest_segmentation(self) -> Segmentation | None:
-        """The newest CT segmentation of this slice (None for an X-ray), from the
-        prefetched set."""
-        segmentations = list(self.segmentations.all())
-        return max(segmentations, key=lambda s: s.pk) if segmentations else None
+        """The slice's CT segmentation by :func:`current_job` (None for an X-ray), from
+        the prefetched set."""
+        return current_job(self.segmentations.all())
 
 
 class ImageJob(Job):
@@ -270,6 +314,7 @@ class ImageJob(Job):
     failed (``apps.cases.retry_views``, the API's retry routes), from the case page."""
 
     image: CaseImage  # each kind declares the foreign key, with its own related name
+    model_version: ModelVersion | None  # and the registry version that made its result
 
     class Meta:
         abstract = True

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from apps.cases.models import CT_MASK_FIELDS, Segmentation
-from apps.models.models import ModelVersion, Task
+from apps.models.models import ModelVersion
 from cxrplatform.jobs import JobResult, JobRunner
 
 log = logging.getLogger(__name__)
@@ -78,17 +78,18 @@ class SegmentationRunner(JobRunner[Segmentation]):
     its masks and figures; the slice's Grad-CAM is queued with them."""
 
     what = "Segmentation"
-    related = ("image",)
+    related = ("image__case",)
 
     def compute(self, segmentation: Segmentation) -> JobResult:
         from apps.models.serving import segmenter_for
 
-        version = ModelVersion.objects.production(task=Task.CT_SEGMENTATION)
+        task = segmentation.image.case.kind.task  # the study kind's model (apps.cases.kinds)
+        version = ModelVersion.objects.production(task=task)
         if version is None:
             raise NoProductionSegmenterError(
                 "No production CT segmentation model is registered; a model admin must "
                 "register and promote one (manage.py register_model --bundled --task "
-                "ct_segmentation --promote)."
+                f"{task} --promote)."
             )
         segmenter = segmenter_for(version)
         gray = read_slice(segmentation)

@@ -14,10 +14,10 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 
 from apps.accounts.models import record
-from apps.cases.models import Case, CaseImage, Modality, Prediction, Segmentation
-from apps.cases.validation import MODALITIES, UploadRejected, validate_image
+from apps.cases.kinds import KINDS, kind_of
+from apps.cases.models import Case, CaseImage, Modality
+from apps.cases.validation import UploadRejected, validate_image
 from cxrplatform.files import files_removed_on_error
-from cxrplatform.jobs import enqueue_job
 
 log = logging.getLogger(__name__)
 
@@ -30,17 +30,17 @@ def create_case(
     notes: str = "",
     modality: str = Modality.XRAY,
 ) -> Case:
-    """Store a case with its images and queue one job per image: a prediction per X-ray,
-    a segmentation per CT slice.
+    """Store a case with its images and queue one job per image, its study kind's
+    (``apps.cases.kinds``): a prediction per X-ray, a segmentation per CT slice.
 
     ``modality`` is what the clinician marked the upload as; a DICOM file's header
     overrides it (apps.cases.validation), and a case holds one modality. All files are
     validated before anything is written; if any write fails, the database rolls back
     and the files already stored are deleted, so a failed upload leaves nothing behind.
     """
-    if modality not in MODALITIES:
+    if modality not in KINDS:
         raise UploadRejected(
-            "upload", f"unknown modality {modality!r}; choose one of {', '.join(MODALITIES)}."
+            "upload", f"unknown modality {modality!r}; choose one of {', '.join(KINDS)}."
         )
     if not files:
         raise UploadRejected("upload", "choose at least one image.")
@@ -59,7 +59,7 @@ def _one_modality(items: list) -> str:
     modalities = {item.modality for item in items}
     if len(modalities) > 1:
         routed = [
-            f"{item.original_name} ({'CT' if item.modality == 'ct' else 'X-ray'}"
+            f"{item.original_name} ({kind_of(item.modality).name}"
             f"{' by its DICOM header' if item.modality_source == 'header' else ''})"
             for item in items
         ]
@@ -103,6 +103,7 @@ def _store_case(owner, validated: list, patient_ref: str, notes: str, modality: 
     """Write the case, its images and their jobs (all or nothing)."""
     items = [item for item, _, _ in validated]
     pseudonym = _patient_pseudonym(items)
+    kind = kind_of(modality)
     with files_removed_on_error() as stored, transaction.atomic():
         case = Case.objects.create(
             owner=owner,
@@ -127,14 +128,9 @@ def _store_case(owner, validated: list, patient_ref: str, notes: str, modality: 
                 image.original.save("upload", File(dicom), save=False)
                 stored.add(image.original.name)
             image.save()
-            job: Prediction | Segmentation
-            if modality == Modality.CT:
-                job = Segmentation.objects.create(image=image)
-            else:
-                job = Prediction.objects.create(image=image)
             # Sent once this commits; a broker outage then does not undo or fail
             # the upload: the job stays pending and the sweeper queues it.
-            enqueue_job(job)
+            kind.start_job(image)
         record(
             actor=owner,
             action="case.create",

@@ -27,10 +27,10 @@ from apps.cases.models import (
     CaseImage,
     ExpertLabel,
     LabelPolicy,
+    newest_result,
 )
 from apps.cases.uploads import FileTooLarge
 from apps.cases.validation import UploadRejected
-from apps.explain.models import Explanation
 from cxrplatform.protected import protected_file_response
 
 
@@ -166,14 +166,10 @@ def case_detail(request: HttpRequest, pk: int) -> HttpResponseBase:
     if (unchanged := live_not_modified(request, etag)) is not None:
         return unchanged
     case = get_object_or_404(own_cases(request.user), pk=pk)
-    if case.is_ct:  # slices with mask layers, a strip of slices, Grad-CAM of infection
-        response = render(request, "cases/case_detail_ct.html", {"case": case})
-    else:
-        response = render(
-            request,
-            "cases/case_detail.html",
-            {"case": case, "methods": Explanation.Method.choices},
-        )
+    kind = case.kind  # its page, and the explanation methods that page offers
+    response = render(
+        request, kind.template, {"case": case, "kind": kind, "methods": kind.method_choices}
+    )
     # One event for the page and the files it loads (their fetches write none of their own).
     record_view(
         request,
@@ -224,7 +220,7 @@ def ct_layer(request: HttpRequest, pk: int, kind: str) -> HttpResponse:
     from apps.cases.segmentation import layer_png
 
     image = get_object_or_404(CaseImage.objects.filter(case__owner_id=request.user.pk), pk=pk)
-    segmentation = image.segmentations.filter(status="done").order_by("-pk").first()
+    segmentation = newest_result(image.segmentations.all())
     if segmentation is None or kind not in CT_MASK_KINDS:
         raise Http404("This slice has no such mask.")
     field = segmentation.mask_field(kind)

@@ -9,6 +9,7 @@ from importlib import metadata
 
 import numpy as np
 
+from apps.cases.models import newest_result
 from apps.explain.models import Explanation
 from cxrplatform.jobs import JobResult, JobRunner
 
@@ -34,12 +35,11 @@ class ExplanationRunner(JobRunner[Explanation]):
     X-ray, of the CT segmenter's infection output for a CT slice."""
 
     what = "The explanation"
-    related = ("image", "model_version")
+    related = ("image__case", "model_version")
 
     def compute(self, explanation: Explanation) -> JobResult:
-        if explanation.image.case.modality == "ct":
-            return _ct_explanation(explanation)
-        return _xray_explanation(explanation)
+        # The image's study kind names its step (apps.cases.kinds): one of those below.
+        return explanation.image.case.kind.explanation(explanation)
 
 
 def _result(values, overlay: bytes, **fields: object) -> JobResult:
@@ -55,7 +55,9 @@ def _result(values, overlay: bytes, **fields: object) -> JobResult:
     )
 
 
-def _xray_explanation(explanation: Explanation) -> JobResult:
+def xray_explanation(explanation: Explanation) -> JobResult:
+    """A heatmap of the classifier's served class for an X-ray, by the asked method, with
+    its deletion/insertion scores and its mass inside the lungs."""
     from apps.models.serving import classifier_for
     from ml.data.preprocess import open_image
     from ml.explain.api import deletion_insertion, explain, render_overlay
@@ -100,7 +102,7 @@ def _xray_explanation(explanation: Explanation) -> JobResult:
     )
 
 
-def _ct_explanation(explanation: Explanation) -> JobResult:
+def ct_explanation(explanation: Explanation) -> JobResult:
     """Grad-CAM of the CT segmenter's infection output for one slice.
 
     The map is at the slice's size, in [0, 1]; no deletion/insertion scores (they
@@ -113,12 +115,8 @@ def _ct_explanation(explanation: Explanation) -> JobResult:
 
     start = time.perf_counter()
     segmenter = segmenter_for(explanation.model_version)
-    segmentation = (
-        explanation.image.segmentations.filter(
-            status="done", model_version=explanation.model_version
-        )
-        .order_by("-pk")
-        .first()
+    segmentation = newest_result(
+        explanation.image.segmentations.filter(model_version=explanation.model_version)
     )
     gray = read_slice(segmentation) if segmentation is not None else None
     if gray is None:

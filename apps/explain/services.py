@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.db import IntegrityError, transaction
 
 from apps.accounts.models import record
-from apps.cases.models import CaseImage, Modality, Prediction, Segmentation
+from apps.cases.models import CaseImage
 from apps.explain.models import Explanation
 from apps.models.models import ModelVersion
 from cxrplatform.errors import Refused
@@ -19,36 +19,14 @@ class ExplanationUnavailable(Refused):
     pass
 
 
-# What a CT slice's explanation tab offers: Grad-CAM of the segmenter's infection output.
-CT_METHODS = (Explanation.Method.GRADCAM,)
-
-
 def _explained_version(image: CaseImage) -> ModelVersion:
-    """Explanations explain a prediction (or a CT slice's segmentation), so they use the
-    model that made it."""
-    if image.case.modality == Modality.CT:
-        segmentation = (
-            image.segmentations.filter(status=Segmentation.Status.DONE)
-            .select_related("model_version")
-            .order_by("-finished_at", "-pk")
-            .first()
-        )
-        if segmentation is None or segmentation.model_version is None:
-            raise ExplanationUnavailable(
-                "This CT slice has no finished segmentation yet; its Grad-CAM follows it."
-            )
-        return segmentation.model_version
-    prediction = (
-        image.predictions.filter(status=Prediction.Status.DONE)
-        .select_related("model_version")
-        .order_by("-finished_at", "-pk")
-        .first()
-    )
-    if prediction is None or prediction.model_version is None:  # done: always has a version
-        raise ExplanationUnavailable(
-            "This image has no finished prediction yet; explanations follow the prediction."
-        )
-    return prediction.model_version
+    """Explanations explain the image's result (a prediction, a CT slice's segmentation:
+    its study kind's job), so they use the model that made it."""
+    kind = image.case.kind
+    result = kind.result_of(image)
+    if result is None or result.model_version is None:  # done: always has a version
+        raise ExplanationUnavailable(kind.no_result_yet)
+    return result.model_version
 
 
 @transaction.atomic
@@ -63,10 +41,10 @@ def request_explanation(*, image: CaseImage, method: str, requested_by=None) -> 
             f"Unknown explanation method {method!r}; choose from "
             f"{', '.join(Explanation.Method.values)}."
         )
-    if image.case.modality == Modality.CT and method not in CT_METHODS:
+    kind = image.case.kind
+    if method not in kind.explain_methods:
         raise ExplanationUnavailable(
-            "For CT slices the explanation is Grad-CAM of the infection output; "
-            f"{Explanation.Method(method).label} is offered for X-rays only."
+            kind.method_refused.format(method=Explanation.Method(method).label)
         )
     version = _explained_version(image)
     existing = (

@@ -11,9 +11,10 @@ from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management.base import BaseCommand, CommandError
 
+from apps.cases.kinds import KINDS
 from apps.cases.models import Case, Modality
 from apps.cases.validation import UploadRejected
-from apps.models.models import ModelVersion, Task
+from apps.models.models import ModelVersion
 
 DEMO_CLINICIAN = "clinician"
 FIXTURE_SLICES = ("zenodo/images/0313.jpg", "zenodo/images/1004.jpg", "medseg/images/slice-062.jpg")
@@ -65,7 +66,8 @@ class Command(BaseCommand):
         from apps.models.services import RegistryError, register_artifact
 
         path = Path(settings.CXR_BUNDLED_CT_MODEL)
-        if ModelVersion.objects.production(task=Task.CT_SEGMENTATION) is not None:
+        task = KINDS[Modality.CT].task  # the model registry task that serves CT cases
+        if ModelVersion.objects.production(task=task) is not None:
             self.stdout.write("CT segmenter: a production version is registered already.")
             return
         if not path.is_file():
@@ -77,9 +79,7 @@ class Command(BaseCommand):
             )
             return
         try:
-            version = register_artifact(
-                artifact_path=path, make_production=True, task=Task.CT_SEGMENTATION
-            )
+            version = register_artifact(artifact_path=path, make_production=True, task=task)
         except RegistryError as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(f"CT segmenter: #{version.pk} {version.name} serves CT slices.")
