@@ -58,6 +58,10 @@ CHILD_ENV = {
     "PYTHONHASHSEED": "0",
 }
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# The CT study's modality value (apps.cases.models.Modality.CT), spelled here: the child
+# imports no Django. The web process treats each kind of study by its row of the table in
+# apps.cases.kinds; the child reads and checks an upload marked or routed CT its own way.
+CT = "ct"
 
 
 class DecodeRefused(Exception):  # noqa: N818 - reads as what happened to the file
@@ -238,11 +242,11 @@ def _verdicts(request: dict, gray, width: int, height: int, colourful: float) ->
     check = None
     if request.get("modality_check"):
         check = _loaded("modality_check", request["modality_check"])
-    if request.get("modality") == "ct":
+    if request.get("modality") == CT:
         if check is not None:
-            reply["modality_problem"] = check.problem(gray, "ct", colourful, xray_gate=gate)
+            reply["modality_problem"] = check.problem(gray, CT, colourful, xray_gate=gate)
         return reply
-    reply["ct_slice"] = check is not None and check.is_ct_slice(gray, colourful)
+    reply["ct_slice"] = check is not None and check.looks_like_ct_slice(gray, colourful)
     if gate is not None:
         reply["verdict"] = gate.verdict(gray, colourful)
     if reply["verdict"] is None and not reply["ct_slice"] and request["view_check"]:
@@ -373,7 +377,7 @@ def _dicom(request: dict, content: bytes) -> tuple[dict, bytes, bytes]:
         dataset = read_dataset(content, max_inflated=request["max_inflated"])
         del content
         modality, source = route_modality(dataset, request.get("modality") or "xray")
-        if modality == "ct" and (problem := ct_problem(dataset)) is not None:
+        if modality == CT and (problem := ct_problem(dataset)) is not None:
             raise DicomProblem(problem, kind="unsupported")
         # Before any pixels are decoded (includes the frame size declared inside
         # compressed data).
@@ -384,7 +388,7 @@ def _dicom(request: dict, content: bytes) -> tuple[dict, bytes, bytes]:
             raise DicomProblem(problem)
         # What is decoded below, and stored, is the cleaned pixel data.
         clean_pixel_data(dataset)
-        if modality == "ct":
+        if modality == CT:
             gray, window = ct_to_unit_gray(dataset)
         else:
             gray = to_unit_gray(dataset)
@@ -416,7 +420,7 @@ def _burned_text(request: dict, gray, reply: dict) -> dict:
     image's margins; asked for an X-ray (what annotators label and datasets take) when
     the check is on and nothing else refuses the image. What it read is not sent back
     (it may be a name)."""
-    if request.get("modality") == "ct":
+    if request.get("modality") == CT:
         return {}
     refused = reply.get("synthetic") or reply.get("verdict") or reply.get("lateral")
     refused = refused or reply.get("ct_slice") or reply.get("modality_problem")

@@ -255,14 +255,13 @@ def _with_hold(note: str, hold: str) -> str:
     return " ".join(part for part in (hold, note) if part)[:300]
 
 
-MODALITIES = ("xray", "ct")
-
-
 def validate_image(uploaded: UploadedFile, *, modality: str = "xray") -> ValidatedImage:
     """Check one upload, to be read as ``modality`` ("xray" or "ct"; a DICOM header's
     Modality overrides it, see the module docstring)."""
-    if modality not in MODALITIES:
-        raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
+    from apps.cases.kinds import KINDS  # the study kinds: a value of each row's modality
+
+    if modality not in KINDS:
+        raise ValueError(f"unknown modality {modality!r}; expected one of {tuple(KINDS)}")
     name = uploaded.name or "unnamed file"
     size = uploaded.size or 0
     if size == 0:

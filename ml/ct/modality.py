@@ -41,7 +41,7 @@ A linear CT-vs-X-ray score says nothing sensible about a photograph, so a second
 part models what a CT slice looks like: the out-of-distribution gate's probabilistic
 PCA (``ml.serving.ood``), fitted on the CT training slices and thresholded on the CT
 validation slices. A picture is a CT slice when both agree
-(:meth:`ModalityCheck.is_ct_slice`). Marked CT, anything else is refused (as an X-ray
+(:meth:`ModalityCheck.looks_like_ct_slice`). Marked CT, anything else is refused (as an X-ray
 when the chest X-ray gate accepts it); marked X-ray, a CT slice is refused with its own
 message and the rest is left to the X-ray gate and the view check.
 """
@@ -211,7 +211,7 @@ class ModalityCheck(LinearCheck):
         """The linear score alone: CT rather than X-ray (for images of either kind)."""
         return bool(self.score(gray) > self.threshold)
 
-    def is_ct_slice(self, gray: np.ndarray, colourful: float = 0.0) -> bool:
+    def looks_like_ct_slice(self, gray: np.ndarray, colourful: float = 0.0) -> bool:
         """CT rather than X-ray, and like the CT slices the gate was fitted on."""
         if not self.looks_like_ct(gray):
             return False
@@ -231,7 +231,7 @@ class ModalityCheck(LinearCheck):
         the linear score says X-ray; else as no CT slice at all. Marked X-ray:
         refused when it is a CT slice (the X-ray gate and view check judge the rest).
         """
-        ct_slice = self.is_ct_slice(gray, colourful)
+        ct_slice = self.looks_like_ct_slice(gray, colourful)
         if marked == "xray":
             return XRAY_LOOKS_LIKE_CT if ct_slice else None
         if ct_slice:
@@ -508,7 +508,7 @@ def _ct_slice_flags(
     from ml.serving.ood import colourful_fraction
 
     return [
-        (name, check.is_ct_slice(to_unit_gray(image), colourful_fraction(image)))
+        (name, check.looks_like_ct_slice(to_unit_gray(image), colourful_fraction(image)))
         for name, image in items
     ]
 

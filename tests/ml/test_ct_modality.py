@@ -56,14 +56,14 @@ def test_the_bundled_card_records_its_split_threshold_and_held_out_figures(check
 def test_every_ct_fixture_slice_is_a_ct_slice_and_no_xray_fixture_is(check):
     for path in CT_SLICES:
         gray = gray_of_path(path)
-        assert check.is_ct_slice(gray), path.name
+        assert check.looks_like_ct_slice(gray), path.name
         assert check.problem(gray, "ct") is None, path.name
     for row in fixture_manifest():
         gray = gray_of_path(IMAGES / row["path"])
-        assert not check.is_ct_slice(gray), row["path"]
+        assert not check.looks_like_ct_slice(gray), row["path"]
         assert check.problem(gray, "xray") is None, row["path"]
     for path in sorted((IMAGES / "lateral").glob("*.jpg")):
-        assert not check.is_ct_slice(gray_of_path(path)), path.name
+        assert not check.looks_like_ct_slice(gray_of_path(path)), path.name
 
 
 def test_wrong_marks_get_the_messages_that_say_what_to_do(check):
@@ -76,24 +76,24 @@ def test_wrong_marks_get_the_messages_that_say_what_to_do(check):
     noise = np.random.default_rng(0).random((200, 200)).astype(np.float32)
     assert check.problem(noise, "ct", xray_gate=gate) == NOT_A_CT_SLICE
     # A colour photograph is never a CT slice (the appearance model's colour limit).
-    assert not check.is_ct_slice(ct, colourful=0.5)
+    assert not check.looks_like_ct_slice(ct, colourful=0.5)
 
 
 def test_rotations_and_mirrors_of_a_slice_are_slices_too(check):
     gray = gray_of_path(CT_SLICES[-1])
-    assert all(check.is_ct_slice(np.ascontiguousarray(view)) for view in dihedral(gray))
+    assert all(check.looks_like_ct_slice(np.ascontiguousarray(view)) for view in dihedral(gray))
 
 
 def test_an_abdomen_like_slice_is_still_a_ct_slice(check):
     """No lungs is the segmenter's flag, not a modality refusal."""
-    assert check.is_ct_slice(abdomen_like_slice() / 255.0)
+    assert check.looks_like_ct_slice(abdomen_like_slice() / 255.0)
 
 
 def test_blank_and_nan_images_get_finite_features_and_are_no_ct_slices(check):
     for gray in (np.zeros((100, 120), np.float32), np.full((80, 80), np.nan, np.float32)):
         assert np.all(np.isfinite(features(gray)))
         assert np.isfinite(check.score(gray))
-    assert not check.is_ct_slice(np.zeros((100, 120), np.float32))
+    assert not check.looks_like_ct_slice(np.zeros((100, 120), np.float32))
 
 
 def test_save_and_load_keep_the_scores_and_the_appearance_model(check, tmp_path):
@@ -134,7 +134,8 @@ def test_the_web_process_can_use_the_check_without_scikit_learn_or_tensorflow():
     code = (
         "import sys; from pathlib import Path; import numpy as np;"
         "from ml.ct.modality import ModalityCheck;"
-        f"c = ModalityCheck.load(Path({str(CHECK)!r})); c.is_ct_slice(np.random.rand(80, 90));"
+        f"c = ModalityCheck.load(Path({str(CHECK)!r}));"
+        "c.looks_like_ct_slice(np.random.rand(80, 90));"
         "bad = [m for m in ('sklearn', 'tensorflow', 'keras', 'django') if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )
