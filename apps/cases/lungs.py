@@ -1,10 +1,12 @@
 """Lung fields of uploaded images: segmented by the worker, read by explanations and views.
 
-The segmenter (``ml.lungs.segmenter``) is loaded once per worker process, like the
-classifier, and only inside worker functions: this module is imported by the web
-process too (for :func:`lung_mask_of` and :func:`mass_in_lungs`, which are NumPy
-only). The inference worker runs it on ``CXR_INFERENCE_RUNTIME`` (LiteRT by default:
-no TensorFlow in that process; Keras when the ``.tflite`` beside the model is missing).
+The segmenter (``ml.lungs.segmenter``) is the production lung segmentation version of
+the model registry, else the file ``CXR_LUNG_MODEL`` names; it is loaded once per worker
+process into the worker's one model cache (``apps.models.serving``), and only inside
+worker functions: this module is imported by the web process too (for
+:func:`stored_lungs`, which is NumPy only). The inference worker runs it on
+``CXR_INFERENCE_RUNTIME`` (LiteRT by default: no TensorFlow in that process; Keras when
+the version or file has no ``.tflite``).
 
 Segmentation must never fail a prediction: :func:`segment_lungs` turns every
 error into a recorded message and the classification goes on.
@@ -14,14 +16,11 @@ from __future__ import annotations
 
 import io
 import logging
-import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
-from django.conf import settings
 from PIL import Image
 
 from cxrplatform.files import store_file
@@ -31,54 +30,27 @@ if TYPE_CHECKING:
 
     from apps.cases.models import CaseImage, Prediction
     from cxrplatform.files import StoredFiles
+    from ml.data.preprocess import Prepared
     from ml.lungs.segmenter import LungSegmenter
 
 log = logging.getLogger(__name__)
 
 SEGMENTATION_OFF = "Lung segmentation is turned off on this platform (CXR_LUNG_MODEL)."
 
-_lock = threading.Lock()
-_segmenters: dict[str, LungSegmenter] = {}
-
 
 def segmenter(runtime: str | None = None) -> LungSegmenter | None:
-    """The lung segmenter named by CXR_LUNG_MODEL, loaded once per process; None when off.
+    """The lung segmenter that serves (``apps.models.serving.lung_segmenter``: the
+    production lung segmentation version, else CXR_LUNG_MODEL's file), loaded once per
+    process; None when CXR_LUNG_MODEL turns segmentation off.
 
-    ``runtime``: "litert" or "keras" (default ``CXR_INFERENCE_RUNTIME``). The model
-    card's sha256, when it records one, is checked on load (for LiteRT: the ``.tflite``
-    must have been converted from exactly that Keras file), so a replaced or corrupted
-    file is refused rather than used. Without a ``.tflite`` beside the model, LiteRT
-    falls back to Keras with a warning.
+    ``runtime``: "litert" or "keras" (default ``CXR_INFERENCE_RUNTIME``). The sha256 the
+    registry or the card records is checked on load (for LiteRT: the ``.tflite`` must
+    have been converted from exactly that Keras file), so a replaced or corrupted file
+    is refused rather than used.
     """
-    path = settings.CXR_LUNG_MODEL
-    if path is None:
-        return None
-    runtime = runtime or settings.CXR_INFERENCE_RUNTIME
-    key = f"{path}:{runtime}"
-    with _lock:
-        if key not in _segmenters:
-            from ml.lungs.segmenter import LungSegmenter
-            from ml.models.artifacts import read_card
-            from ml.serving.runtime import lite_path_for
+    from apps.models.serving import lung_segmenter
 
-            expected = read_card(path).get("sha256")
-            if runtime == "litert" and not lite_path_for(path).is_file():
-                log.warning(
-                    "no %s beside %s (`python -m ml lite convert`); segmenting with Keras",
-                    lite_path_for(path).name,
-                    path,
-                )
-                runtime = "keras"
-            log.info("loading the lung segmenter %s (%s)", path, runtime)
-            if runtime == "litert":
-                _segmenters[key] = LungSegmenter.load_lite(
-                    Path(path),
-                    expected_sha256=expected,
-                    num_threads=settings.CXR_INFERENCE_THREADS,
-                )
-            else:
-                _segmenters[key] = LungSegmenter.load(Path(path), expected_sha256=expected)
-        return _segmenters[key]
+    return lung_segmenter(runtime)
 
 
 def warm_up() -> None:
@@ -153,6 +125,7 @@ def segment_lungs(image: Image.Image) -> LungFields:
     segmenter's message); a missing model or an error in it is recorded as a
     message with ``found`` None. Only a task's soft time limit propagates.
     """
+    model = None
     try:
         model = segmenter()
         if model is None:
@@ -165,7 +138,7 @@ def segment_lungs(image: Image.Image) -> LungFields:
         return LungFields(
             found=None,
             message=f"Lung segmentation failed ({type(exc).__name__}: {exc}).",
-            version=next((s.version for s in _segmenters.values()), ""),
+            version=model.version if model is not None else "",
         )
     if not result.found:
         # No mask is kept for an implausible result: nothing downstream should
@@ -192,9 +165,7 @@ def segment_lungs(image: Image.Image) -> LungFields:
 def same_segmenter(classifier: Any, version: str) -> bool:
     """Whether lungs segmented by ``version`` ("lung-unet@<sha256 prefix>") are the ones
     a preprocessing-v2 classifier's card asks for (its ``preprocessing.segmenter``)."""
-    recorded = (classifier.card.get("preprocessing") or {}).get("segmenter") or {}
-    sha = str(recorded.get("sha256") or "")
-    return bool(sha) and version.rpartition("@")[2] == sha[:12]
+    return bool(classifier.uses_lungs_of(version))
 
 
 def lungs_for_classifier(classifier: Any, lungs: Any) -> Any:
@@ -203,6 +174,22 @@ def lungs_for_classifier(classifier: Any, lungs: Any) -> Any:
     if lungs is None or not classifier.needs_lungs:
         return None
     return lungs if same_segmenter(classifier, lungs.version) else None
+
+
+def classifier_input(
+    classifier: Any, image: Image.Image, case_image: CaseImage | None = None
+) -> Prepared:
+    """A classifier's input for one image exactly as its prediction made it
+    (``Classifier.prepare``, a ``ml.data.preprocess.Prepared``), for the runners that
+    feed the model again (explanations, the model inspector).
+
+    A case image's stored lung mask is reused when the classifier may use it (any v1
+    model, carried into its frame; a v2 model preprocessed with the same segmenter); a
+    v2 model otherwise segments the image with its own segmenter, as its predictions do.
+    """
+    lungs = stored_lungs(case_image) if case_image is not None else None
+    prepared, _, _ = classifier.prepare(image, lungs)
+    return prepared
 
 
 # -- reading stored masks (NumPy only: web process and explanation jobs) -------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -17,13 +16,6 @@ from cxrplatform.jobs import JobResult, JobRunner
 log = logging.getLogger(__name__)
 
 
-@functools.lru_cache(maxsize=2)
-def _generator(path: str, sha256: str):
-    from ml.generate.sampler import Generator
-
-    return Generator.load(path, expected_sha256=sha256)
-
-
 class SampleGridRunner(JobRunner[SampleGrid]):
     """Sample, mark and store one grid (the PNG carries its provenance in a text chunk)."""
 
@@ -31,11 +23,12 @@ class SampleGridRunner(JobRunner[SampleGrid]):
     related = ("version",)
 
     def compute(self, grid: SampleGrid) -> JobResult:
+        from apps.models.serving import generator_for
         from ml.generate.watermark import METADATA_KEY, grid_png
 
         start = time.perf_counter()
         version = grid.version
-        generator = _generator(str(version.path), version.sha256)
+        generator = generator_for(version)  # the worker's one model cache
         images = generator.sample(grid.label, grid.n, seed=grid.seed)
         png = grid_png(
             images,

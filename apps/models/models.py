@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
@@ -18,10 +19,79 @@ LABEL_CHOICES = CLASS_CHOICES
 
 
 class Task(models.TextChoices):
-    """What a model version does; each task has its own production version."""
+    """What a model version does; each task has its own production version (what each
+    one is, loads as and says on the pages: :data:`TASKS`)."""
 
     CLASSIFICATION = "classification", "Chest X-ray classification"
     CT_SEGMENTATION = "ct_segmentation", "CT lesion segmentation"
+    LUNG_SEGMENTATION = "lung_segmentation", "Chest X-ray lung segmentation"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One registry task: the model a worker serves for it and the words the registry's
+    commands and pages use for it. A new served model is a :class:`Task` and a row of
+    :data:`TASKS`; promotion, rollback and audit are the same for every task."""
+
+    served: str  # the ml class a worker loads (an ml.serving.protocol.ServedModel)
+    noun: str  # "classifier", "CT segmenter", ...
+    serves: str  # what a promoted version serves from then on ("all new <serves>")
+    does: str  # what the production version does, for its page ("This version <does>.")
+    bundled_setting: str  # the setting naming the artifact `register_model --bundled` takes
+    card_keys: tuple[str, ...]  # what the model card must hold
+    lite: bool = False  # converted for the LiteRT runtime at registration
+    anchor: str = ""  # the id of its section on the registry page
+    versions_noun: str = ""  # the registry page: "No <versions_noun> versions yet."
+    does_again: str = ""  # a rollback's confirmation: "#pk name <does_again>"
+    serving: str = ""  # the registry page: "<serving>: #pk name" for the production version
+    idle: str = ""  # the registry page, when no version of the task serves
+    make_hint: str = ""  # how to make the bundled artifact when it is missing
+    waits: str = ""  # what happens without a production version
+
+
+TASKS: dict[str, TaskSpec] = {
+    Task.CLASSIFICATION: TaskSpec(
+        served="ml.serving.classifier.Classifier",
+        noun="classifier",
+        serves="predictions",
+        does="classifies every new chest X-ray",
+        bundled_setting="CXR_BUNDLED_MODEL",
+        card_keys=("classes", "preprocessing"),
+        lite=True,
+        waits="Images will wait for a production model.",
+    ),
+    Task.CT_SEGMENTATION: TaskSpec(
+        served="ml.ct.segmenter.CTSegmenter",
+        noun="CT segmenter",
+        serves="CT segmentations",
+        does="segments every new CT slice",
+        bundled_setting="CXR_BUNDLED_CT_MODEL",
+        card_keys=("preprocessing",),
+        anchor="ct-versions",
+        versions_noun="CT segmentation",
+        does_again="segments CT slices again",
+        serving="Serving CT slices",
+        idle="No CT segmenter serves yet: CT slices wait",
+        make_hint=" (python -m ml ct train makes it)",
+        waits="CT slices will wait for a production model.",
+    ),
+    Task.LUNG_SEGMENTATION: TaskSpec(
+        served="ml.lungs.segmenter.LungSegmenter",
+        noun="lung segmenter",
+        serves="lung masks",
+        does="computes the lung masks of every new prediction",
+        bundled_setting="CXR_LUNG_MODEL",
+        card_keys=("preprocessing",),
+        lite=True,
+        anchor="lung-versions",
+        versions_noun="lung segmentation",
+        does_again="computes the lung masks again",
+        serving="Computing lung masks",
+        idle="No lung segmenter is registered: lung masks come from CXR_LUNG_MODEL's file",
+        make_hint=" (python -m ml lungs train makes it)",
+        waits="Lung masks come from CXR_LUNG_MODEL's file.",
+    ),
+}
 
 
 class ModelVersionQuerySet(models.QuerySet["ModelVersion"]):
@@ -119,6 +189,11 @@ class ModelVersion(models.Model):
     @property
     def is_classifier(self) -> bool:
         return self.task == Task.CLASSIFICATION
+
+    @property
+    def task_spec(self) -> TaskSpec:
+        """What its task is (:data:`TASKS`)."""
+        return TASKS[self.task]
 
     @property
     def card_point(self) -> dict | None:

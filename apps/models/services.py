@@ -20,7 +20,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from apps.accounts.models import record
-from apps.models.models import ModelVersion, Task, TrainingRun
+from apps.models.models import TASKS, ModelVersion, Task, TrainingRun
 from cxrplatform.errors import Refused
 from cxrplatform.files import StoredFiles, files_removed_on_error
 from cxrplatform.jobs import enqueue_job
@@ -650,18 +650,14 @@ def set_operating_point(
     return version
 
 
-# What a model card must hold, per task.
-CARD_KEYS = {
-    Task.CLASSIFICATION: ("classes", "preprocessing"),
-    Task.CT_SEGMENTATION: ("preprocessing",),
-}
-
-
 def card_task(card: dict) -> str:
     """The task a model card describes: its ``task`` key when it has one (a CT card says
-    "ct lesion segmentation"), else classification (every card written before CT)."""
+    "ct lesion segmentation", the lung U-Net's "lung segmentation"), else classification
+    (every card written before CT)."""
     value = str(card.get("task") or Task.CLASSIFICATION).strip().lower()
-    if "segment" in value:  # "ct lesion segmentation", "ct_segmentation", ...
+    if "lung" in value and "segment" in value and "ct" not in value.split():
+        value = Task.LUNG_SEGMENTATION  # "lung segmentation", "lung_segmentation"
+    elif "segment" in value:  # "ct lesion segmentation", "ct_segmentation", ...
         value = Task.CT_SEGMENTATION
     elif "classif" in value:
         value = Task.CLASSIFICATION
@@ -696,7 +692,7 @@ def _checked_card(artifact_path: Path, task: str | None) -> tuple[dict, str, str
             f"Model card {cpath.name} describes a {recorded_task} model, not {task}."
         )
     task = task or recorded_task
-    for key in CARD_KEYS[Task(task)]:
+    for key in TASKS[task].card_keys:
         if key not in card:
             raise RegistryError(f"Model card {cpath.name} lacks {key!r}.")
     return card, digest, task
@@ -712,8 +708,8 @@ def register_artifact(
     """Copy a ``.keras`` artifact and its model card into the registry (idempotent by sha256).
 
     ``task``: what the model does; by default the card says (:func:`card_task`). A
-    ``task`` given that contradicts the card is refused. A CT segmenter's card stores its
-    own metrics (Dice and IoU per class) as the version's metrics.
+    ``task`` given that contradicts the card is refused. A segmenter's card (CT, lungs)
+    stores its own metrics (Dice and IoU) as the version's metrics.
 
     The card's recorded sha256 must match the file: a card that describes a
     different artifact is refused rather than registered with wrong metadata.
@@ -731,12 +727,11 @@ def register_artifact(
         metrics = evaluation.to_json() if evaluation is not None else {}
     else:
         metrics = _segmentation_metrics(card)
-    # A classifier is converted for the inference queue's LiteRT runtime now, outside
-    # the transaction (seconds: it imports TensorFlow), unless it has its file already.
+    # The inference queue's models (classifier, lung segmenter) are converted for its
+    # LiteRT runtime now, outside the transaction (seconds: it imports TensorFlow; a
+    # bundled model ships its file), unless the version has its file already.
     existing = ModelVersion.objects.filter(sha256=digest).first()
-    needs_lite = task == Task.CLASSIFICATION and (
-        existing is None or not (existing.card or {}).get("lite")
-    )
+    needs_lite = TASKS[task].lite and (existing is None or not (existing.card or {}).get("lite"))
     with (
         lite_conversion(artifact_path, digest) if needs_lite else nullcontext(None) as lite,
         files_removed_on_error() as stored,
@@ -840,12 +835,13 @@ def _store_lite(
 
 
 def add_lite(version: ModelVersion, *, force: bool = False) -> bool:
-    """Convert a registered classifier for LiteRT and store the file (versions registered
-    before conversion at registration; ``manage.py lite_convert``). False when there was
-    nothing to do or the conversion failed (logged)."""
+    """Convert a registered model of the inference queue (:data:`TASKS`' ``lite``) for
+    LiteRT and store the file (versions registered before conversion at registration;
+    ``manage.py lite_convert``). False when there was nothing to do or the conversion
+    failed (logged)."""
     from apps.models.serving import local_artifact_path
 
-    if not version.is_classifier or ((version.card or {}).get("lite") and not force):
+    if not version.task_spec.lite or ((version.card or {}).get("lite") and not force):
         return False
     with (
         lite_conversion(local_artifact_path(version), version.sha256) as lite,

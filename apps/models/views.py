@@ -12,7 +12,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from apps.accounts.roles import MODEL_ADMIN, role_required
 from apps.models import notifications, operating_points, services
-from apps.models.models import ModelVersion, Task, TrainingRun
+from apps.models.models import TASKS, ModelVersion, Task, TrainingRun
 from ml.data.labels import CLASS_DISPLAY, CLASSES
 from ml.models.metrics import EvaluationResult
 from ml.models.paired import PairedComparison
@@ -203,8 +203,20 @@ def registry(request: HttpRequest) -> HttpResponse:
 
     versions = ModelVersion.objects.select_related("snapshot", "parent")
     runs = TrainingRun.objects.select_related("model_version", "requested_by")[:20]
-    ct_versions = versions.filter(task=Task.CT_SEGMENTATION)
     classifiers = versions.filter(task=Task.CLASSIFICATION)
+    # Every other task (the segmenters) in a section of its own, as TASKS describes it.
+    sections = [
+        {
+            "task": task,
+            "label": Task(task).label,
+            "spec": spec,
+            "versions": versions.filter(task=task),
+            "production": ModelVersion.objects.production(task=task),
+            "rollback_to": services.rollback_target(task),
+        }
+        for task, spec in TASKS.items()
+        if task != Task.CLASSIFICATION
+    ]
     # Archived candidates (never promoted) are set aside: listed only on request.
     show_archived = request.GET.get("archived") == "1"
     set_aside = classifiers.filter(status=ModelVersion.Status.ARCHIVED, promoted_at__isnull=True)
@@ -214,10 +226,8 @@ def registry(request: HttpRequest) -> HttpResponse:
         {
             "versions": classifiers if show_archived else classifiers.exclude(pk__in=set_aside),
             "archived_hidden": 0 if show_archived else set_aside.count(),
-            "ct_versions": ct_versions,
-            "ct_production": ModelVersion.objects.production(task=Task.CT_SEGMENTATION),
+            "sections": sections,
             "rollback_to": services.rollback_target(Task.CLASSIFICATION),
-            "ct_rollback_to": services.rollback_target(Task.CT_SEGMENTATION),
             **start_form_context(),
             "runs": runs,
             "classes": CLASSES,
@@ -237,6 +247,7 @@ def version_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "registry/version_ct.html",
             {
                 "version": version,
+                "spec": version.task_spec,
                 "metrics": version.ct_metrics,
                 "production": ModelVersion.objects.production(task=version.task),
                 "preprocessing": version.card.get("preprocessing") or {},
@@ -359,8 +370,9 @@ def promote(request: HttpRequest, pk: int) -> HttpResponse:
         except services.RegistryError as exc:
             messages.error(request, str(exc))
         else:
-            what = "predictions" if version.is_classifier else "CT segmentations"
-            messages.success(request, f"{version.name} now serves all new {what}.")
+            messages.success(
+                request, f"{version.name} now serves all new {version.task_spec.serves}."
+            )
         return redirect("registry:index")
     evidence = services.promotion_evidence(version)
     return render(

@@ -22,6 +22,9 @@ When the lungs cover less than ``min_lung_fraction`` of the slice (or, where the
 sets ``min_lung_confidence``, fewer than that share of the predicted lung pixels have a
 probability of 0.9 or more), ``lungs_found`` is False, the message says so and the
 percentages are None: an abdomen slice or a non-CT image is an answer, not a crash.
+
+A segmenter is a served model (``ml.serving.protocol.ServedModel``, Keras only):
+``prepare`` makes one slice's input, ``run`` gives the heads of a batch.
 """
 
 from __future__ import annotations
@@ -150,6 +153,8 @@ def _percent(part: np.ndarray, lungs: np.ndarray, lung_area: int) -> float:
 
 
 class CTSegmenter:
+    runtime = "keras"
+
     def __init__(
         self, model: keras.Model, card: dict[str, Any], sha256: str, path: Path | None = None
     ) -> None:
@@ -174,10 +179,15 @@ class CTSegmenter:
 
     @classmethod
     def load(
-        cls, path: str | Path = BUNDLED_CT_MODEL, *, expected_sha256: str | None = None
+        cls,
+        path: str | Path = BUNDLED_CT_MODEL,
+        *,
+        expected_sha256: str | None = None,
+        card: dict[str, Any] | None = None,
     ) -> CTSegmenter:
-        """Load a ``.keras`` CT model and its card ``<stem>.card.json``; refuse a file whose
-        sha256 differs from ``expected_sha256``. Traces the call once, so segment() is warm."""
+        """Load a ``.keras`` CT model and its card (``card``, else ``<stem>.card.json``
+        beside it); refuse a file whose sha256 differs from ``expected_sha256``. Traces
+        the call once, so segment() is warm."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"CT model {path} not found.")
@@ -187,7 +197,7 @@ class CTSegmenter:
                 f"Artifact {path.name} has sha256 {actual}, expected {expected_sha256}."
             )
         model = keras.saving.load_model(path, compile=False)
-        segmenter = cls(model, read_card(path), actual, path)
+        segmenter = cls(model, card if card is not None else read_card(path), actual, path)
         segmenter.heads(np.zeros((1, segmenter.spec.size, segmenter.spec.size), np.float32))
         return segmenter
 
@@ -212,6 +222,15 @@ class CTSegmenter:
             "lesion_type": lesion_type.numpy(),
         }
 
+    def prepare(self, gray: np.ndarray, /) -> tuple[np.ndarray, Frame]:
+        """``ServedModel.prepare``: one slice as the model's input (S, S) and the frame
+        that maps the answer back to the slice (:func:`ml.ct.preprocess.prepare_slice`)."""
+        return prepare_slice(gray, self.spec)
+
+    def run(self, batch: np.ndarray, /) -> dict[str, np.ndarray]:
+        """``ServedModel.run``: :meth:`heads`."""
+        return self.heads(batch)
+
     def segment(self, gray: np.ndarray) -> CTResult:
         """Segment one 2-D slice (uint8, or float of any scale; any size)."""
         return self.segment_batch([gray])[0]
@@ -220,8 +239,8 @@ class CTSegmenter:
         """Segment several slices with one model call."""
         if not slices:
             return []
-        prepared = [prepare_slice(gray, self.spec) for gray in slices]
-        heads = self.heads(np.stack([x for x, _ in prepared]))
+        prepared = [self.prepare(gray) for gray in slices]
+        heads = self.run(np.stack([x for x, _ in prepared]))
         return [
             self.postprocess(
                 {k: v[i] for k, v in heads.items()}, frame, blank=not bool(np.ptp(x) > 0)
@@ -302,7 +321,7 @@ class CTSegmenter:
         ReLU(sum of weighted activations), scaled to its maximum (all zeros when nothing
         contributes positively).
         """
-        x, frame = prepare_slice(gray, self.spec)
+        x, frame = self.prepare(gray)
         model = self._gradcam()
         batch = tf.convert_to_tensor(x[np.newaxis, ..., np.newaxis])
         with tf.GradientTape() as tape:

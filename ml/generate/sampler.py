@@ -1,4 +1,9 @@
-"""Loading a trained generator and drawing samples (the CLI and the platform's job)."""
+"""Loading a trained generator and drawing samples (the CLI and the platform's job).
+
+A generator is a served model (``ml.serving.protocol.ServedModel``, Keras only): its
+``prepare`` turns a (label, n, seed) request into class labels and latent noise, its
+``run`` draws the images.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ from ml.data.labels import CLASSES
 
 class Generator:
     """A bundled generator: ``generator.keras`` plus ``generator.card.json``."""
+
+    runtime = "keras"
 
     def __init__(self, model: Any, card: dict[str, Any], sha256: str) -> None:
         self.model = model
@@ -44,12 +51,11 @@ class Generator:
         model = keras.saving.load_model(path, compile=False)
         return cls(model, card, actual)
 
-    def sample(self, label: str, n: int, *, seed: int = 0) -> np.ndarray:
-        """``n`` images of class ``label``: float32 (n, S, S) in [0, 1], background 0.
-
-        The same (label, n, seed) always gives the same images."""
-        from ml.generate.training import sample_model
-
+    def prepare(self, request: tuple[str, int, int], /) -> tuple[np.ndarray, np.ndarray]:
+        """``ServedModel.prepare``: a (label, n, seed) request as the model's input, the
+        class indices (n,) and the latent noise (n, z_dim); the same request always
+        gives the same input."""
+        label, n, seed = request
         if label not in self.classes:
             raise ValueError(f"Unknown class {label!r}; choose from {', '.join(self.classes)}.")
         if not 1 <= n <= 256:
@@ -57,7 +63,21 @@ class Generator:
         rng = np.random.default_rng([int(seed), CLASSES.index(label)])
         z = rng.standard_normal((n, self.z_dim)).astype(np.float32)
         labels = np.full(n, self.classes.index(label), dtype=np.int32)
-        return sample_model(self.model, labels, z)[..., 0]
+        return labels, z
+
+    def run(self, batch: tuple[np.ndarray, np.ndarray], /) -> np.ndarray:
+        """``ServedModel.run``: the images (n, S, S, 1) of prepared (labels, noise)."""
+        from ml.generate.training import sample_model
+
+        labels, z = batch
+        images: np.ndarray = sample_model(self.model, labels, z)
+        return images
+
+    def sample(self, label: str, n: int, *, seed: int = 0) -> np.ndarray:
+        """``n`` images of class ``label``: float32 (n, S, S) in [0, 1], background 0.
+
+        The same (label, n, seed) always gives the same images."""
+        return self.run(self.prepare((label, n, seed)))[..., 0]
 
     def sample_classes(
         self, counts: dict[str, int], *, seed: int = 0

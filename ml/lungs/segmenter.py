@@ -14,7 +14,9 @@ inverted, cropped or rotated film is an answer, not a crash.
 Workers keep one ``LungSegmenter`` per process; calls go through a ``tf.function``
 with a fixed input signature (``model.predict`` costs a data pipeline per call), or,
 loaded with :meth:`LungSegmenter.load_lite`, through the LiteRT interpreter without
-importing TensorFlow (``ml.serving.runtime``).
+importing TensorFlow (``ml.serving.runtime``). A segmenter is a served model
+(``ml.serving.protocol.ServedModel``): ``prepare`` letterboxes, ``run`` gives the
+probabilities.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ class LungSegmenter:
         self.path = path
         self.card = card
         self.sha256 = sha256
+        self.runtime = "keras" if runner is None else "litert"
         self.version = f"{card.get('name', 'lung-unet')}@{sha256[:12]}"
         self.size = int(card["preprocessing"]["input_size"])
         self.threshold = float(card.get("postprocessing", {}).get("threshold", 0.5))
@@ -92,10 +95,15 @@ class LungSegmenter:
 
     @classmethod
     def load(
-        cls, path: str | Path = BUNDLED_LUNG_MODEL, *, expected_sha256: str | None = None
+        cls,
+        path: str | Path = BUNDLED_LUNG_MODEL,
+        *,
+        expected_sha256: str | None = None,
+        card: dict[str, Any] | None = None,
     ) -> LungSegmenter:
-        """Load a ``.keras`` lung model and its card; refuse a file whose sha256 differs
-        from ``expected_sha256``. The first call is traced here, so segment() is warm."""
+        """Load a ``.keras`` lung model and its card (``card``, else the one beside it);
+        refuse a file whose sha256 differs from ``expected_sha256``. The first call is
+        traced here, so segment() is warm."""
         import keras
 
         path = Path(path)
@@ -105,7 +113,7 @@ class LungSegmenter:
                 f"Artifact {path.name} has sha256 {actual}, expected {expected_sha256}."
             )
         model = keras.saving.load_model(path, compile=False)
-        segmenter = cls(model, read_card(path), actual, path)
+        segmenter = cls(model, card if card is not None else read_card(path), actual, path)
         segmenter.probability(np.zeros((1, segmenter.size, segmenter.size), np.float32))
         return segmenter
 
@@ -116,16 +124,26 @@ class LungSegmenter:
         *,
         expected_sha256: str | None = None,
         num_threads: int | None = None,
+        card: dict[str, Any] | None = None,
+        lite_path: str | Path | None = None,
+        record: dict[str, Any] | None = None,
     ) -> LungSegmenter:
-        """The lung model converted to LiteRT (``<stem>.tflite`` beside the ``.keras``
-        file ``path``), refused unless it was converted from the Keras file with
-        ``expected_sha256`` (or, without it, from the Keras file at ``path``)."""
+        """The lung model converted to LiteRT (``lite_path``, by default ``<stem>.tflite``
+        beside the ``.keras`` file ``path``), refused unless it was converted from the
+        Keras file with ``expected_sha256`` (or, without it, from the Keras file at
+        ``path``). ``card`` and ``record`` (the conversion record): where the caller
+        keeps them (the model registry: in the database), else the files beside."""
         path = Path(path)
         source = expected_sha256 if expected_sha256 is not None else sha256_file(path)
         runner = load_lite_runner(
-            lite_path_for(path), source_sha256=source, num_threads=num_threads
+            lite_path if lite_path is not None else lite_path_for(path),
+            source_sha256=source,
+            num_threads=num_threads,
+            record=record,
         )
-        segmenter = cls(None, read_card(path), source, path, runner=runner)
+        if card is None:
+            card = read_card(path)
+        segmenter = cls(None, card, source, path, runner=runner)
         segmenter.probability(np.zeros((1, segmenter.size, segmenter.size), np.float32))
         return segmenter
 
@@ -141,6 +159,17 @@ class LungSegmenter:
         probabilities: np.ndarray = self._run(batch)[..., 0]
         return probabilities
 
+    def run(self, batch: np.ndarray, /) -> np.ndarray:
+        """``ServedModel.run``: :meth:`probability`."""
+        return self.probability(batch)
+
+    def prepare(self, image: Image.Image | np.ndarray, /) -> tuple[np.ndarray, masks.Letterbox]:
+        """``ServedModel.prepare``: the image letterboxed to the model's square input
+        (S, S), and the letterbox that maps the answer back to the image."""
+        gray = image if isinstance(image, np.ndarray) else to_unit_gray(image)
+        gray = np.clip(np.nan_to_num(np.asarray(gray, dtype=np.float32), nan=0.0), 0.0, 1.0)
+        return masks.letterbox(gray, self.size)
+
     def segment(self, image: Image.Image) -> LungResult:
         """Lung fields of a PIL image of any mode (converted as the classifier converts it)."""
         return self.segment_gray(to_unit_gray(image))
@@ -155,8 +184,8 @@ class LungSegmenter:
         gray = np.clip(gray, 0.0, 1.0)
         if float(gray.max() - gray.min()) < 1e-3:
             return self._not_found(np.zeros(gray.shape, dtype=bool), "blank image")
-        x, box = masks.letterbox(gray, self.size)
-        prob = self.probability(x[np.newaxis])[0]
+        x, box = self.prepare(gray)
+        prob = self.run(x[np.newaxis])[0]
         top, left, bottom, right = box.content_box()
         threshold = self.threshold
         kept = masks.postprocess(prob, threshold)

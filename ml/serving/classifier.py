@@ -12,6 +12,10 @@ A model admin may move a registered model to another operating point than the on
 card chose (and its softmax bias carries): :meth:`Classifier.with_offsets` gives the
 same loaded model with the difference applied to its probabilities after each call
 (:func:`shift_probabilities`), so no second copy of the weights is loaded.
+
+A classifier is a served model (``ml.serving.protocol.ServedModel``): :meth:`Classifier.prepare`
+is the one way its input is made (the lung-masked crop of a preprocessing-v2 model), and
+every runner that feeds it (prediction, explanation, inspector) goes through it.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,14 +68,22 @@ class Prediction:
 
 class Classifier:
     def __init__(
-        self, model: Any, card: dict[str, Any], *, runner: LiteRunner | None = None
+        self,
+        model: Any,
+        card: dict[str, Any],
+        *,
+        runner: LiteRunner | None = None,
+        sha256: str | None = None,
     ) -> None:
-        """``model``: a Keras model, or None with a LiteRT ``runner``."""
+        """``model``: a Keras model, or None with a LiteRT ``runner``; ``sha256``: the
+        Keras artifact's (default: what the card records)."""
         self.model = model
         self.card = card
+        self.sha256 = sha256 or str(card.get("sha256") or "")
         self.classes: tuple[str, ...] = tuple(card["classes"])
         self.spec = PreprocessSpec.from_dict(card["preprocessing"])
         self._segmenter: Any = None
+        self._segmenter_source: Callable[[], Any] | None = None
         self.runtime = "keras" if runner is None else "litert"
         self._run: KerasRunner | LiteRunner = runner if runner is not None else KerasRunner(model)
         outputs = self._run.output_shape[-1]
@@ -97,15 +109,13 @@ class Classifier:
         import keras
 
         path = Path(path)
-        if expected_sha256 is not None:
-            actual = sha256_file(path)
-            if actual != expected_sha256:
-                raise ArtifactIntegrityError(
-                    f"Artifact {path.name} has sha256 {actual}, the registry expects "
-                    f"{expected_sha256}."
-                )
+        actual = sha256_file(path)
+        if expected_sha256 is not None and actual != expected_sha256:
+            raise ArtifactIntegrityError(
+                f"Artifact {path.name} has sha256 {actual}, the registry expects {expected_sha256}."
+            )
         model = keras.saving.load_model(path, compile=False)
-        return cls(model, card if card is not None else read_card(path))
+        return cls(model, card if card is not None else read_card(path), sha256=actual)
 
     @classmethod
     def load_lite(
@@ -124,7 +134,7 @@ class Classifier:
         runner = load_lite_runner(
             lite_path, source_sha256=source_sha256, num_threads=num_threads, record=record
         )
-        return cls(None, card, runner=runner)
+        return cls(None, card, runner=runner, sha256=source_sha256)
 
     def with_offsets(self, offsets: Mapping[str, float] | None) -> Classifier:
         """This loaded model with ``offsets`` (class -> nats) added to its log-probabilities
@@ -162,20 +172,44 @@ class Classifier:
             probs = shift_probabilities(probs, self._offset_vector)
         return probs
 
+    def run(self, batch: np.ndarray, /) -> np.ndarray:
+        """``ServedModel.run``: :meth:`predict_array`."""
+        return self.predict_array(batch)
+
     @property
     def needs_lungs(self) -> bool:
         return self.spec.version >= 2
 
     @property
+    def segmenter_record(self) -> dict[str, Any]:
+        """The lung segmenter a v2 model's input is made with, as its card records it
+        (``artifact``, ``sha256``, ``version``); empty for a v1 model."""
+        return dict(self.card["preprocessing"].get("segmenter") or {})
+
+    def uses_lungs_of(self, version: str) -> bool:
+        """Whether lungs segmented by ``version`` ("lung-unet@<sha256 prefix>") are the
+        ones this model's input is made with (its card's segmenter)."""
+        sha = str(self.segmenter_record.get("sha256") or "")
+        return bool(sha) and version.rpartition("@")[2] == sha[:12]
+
+    def segmenter_from(self, source: Callable[[], Any]) -> None:
+        """Take the lung segmenter from ``source`` (a worker's model cache, which checks
+        it is the one the card records) instead of loading one of its own."""
+        self._base._segmenter_source = source
+
+    @property
     def segmenter(self) -> Any:
-        """The lung segmenter of a v2 model (loaded once, checked against the card's hash;
-        shared with the views of :meth:`with_offsets`)."""
+        """The lung segmenter of a v2 model: from :meth:`segmenter_from`'s source, else
+        loaded once from beside the bundled models, checked against the card's hash;
+        shared with the views of :meth:`with_offsets`."""
         if self._base is not self:
             return self._base.segmenter
+        if self._segmenter_source is not None:
+            return self._segmenter_source()
         if self._segmenter is None:
             from ml.lungs.segmenter import BUNDLED_LUNG_MODEL, LungSegmenter
 
-            recorded = self.card["preprocessing"].get("segmenter") or {}
+            recorded = self.segmenter_record
             path = BUNDLED_LUNG_MODEL.parent / recorded.get("artifact", BUNDLED_LUNG_MODEL.name)
             if self.runtime == "litert":
                 self._segmenter = LungSegmenter.load_lite(
@@ -186,13 +220,21 @@ class Classifier:
         return self._segmenter
 
     def prepare(self, image: Image.Image, lungs: Any = None) -> tuple[Prepared, Any, float]:
-        """The model input for one image, segmenting the lungs first for a v2 model.
+        """The model input for one image, segmenting the lungs first for a v2 model: the
+        one way every runner makes it.
 
-        ``lungs`` (a ``LungResult`` the caller already has) saves a second segmentation.
-        Returns the prepared input, the lung result (None for v1) and the segmentation ms.
+        ``lungs`` (a ``LungResult``, or a stored mask with ``mask``, ``found`` and
+        ``version``) that the caller already has saves a second segmentation; a v2 model
+        takes them only when they are its own segmenter's (:meth:`uses_lungs_of`), else
+        segments the image itself. A v1 model's input does not depend on them: their mask
+        is only carried into its frame (``Prepared.lung_mask``).
+        Returns the prepared input, the lung result (None for v1 without ``lungs``) and
+        the segmentation ms.
         """
         gray = to_unit_gray(image)
         segment_ms = 0.0
+        if self.needs_lungs and lungs is not None and not self.uses_lungs_of(lungs.version):
+            lungs = None
         if self.needs_lungs and lungs is None:
             start = time.perf_counter()
             lungs = self.segmenter.segment_gray(gray)

@@ -25,9 +25,9 @@ FIXTURES = sorted(p for p in IMAGES.iterdir() if p.suffix.lower() in (".jpg", ".
 
 @pytest.fixture(autouse=True)
 def empty_model_cache():
-    serving._cache.clear()
+    serving.clear_cache()
     yield
-    serving._cache.clear()
+    serving.clear_cache()
 
 
 def _stored_bytes(version: ModelVersion, name: str) -> bytes:

@@ -88,10 +88,12 @@ def test_the_demos_registration_leaves_an_earlier_version_to_roll_back_to(capsys
     assert target is not None
     assert target.name == "v1"
     assert list(
-        AuditEvent.objects.filter(action="model.promote")
+        AuditEvent.objects.filter(action="model.promote", after__production__task="classification")
         .order_by("pk")
         .values_list("target_id", flat=True)
     ) == [str(ModelVersion.objects.get(name="v1").pk), str(bundled.pk)]
+    # The first start also made the bundled lung U-Net the production lung segmenter.
+    assert ModelVersion.objects.filter(task="lung_segmentation", status="production").count() == 1
     services.rollback()
     call_command("register_model", "--bundled", "--if-never-promoted")
     production = ModelVersion.objects.production()

@@ -3,16 +3,18 @@ production model (``worker_process_init``), only where ``CXR_WARM_MODEL=1``."""
 
 import pytest
 from celery.signals import worker_process_init
+from django.conf import settings
 
 from apps.models import serving
 from apps.models.models import ModelVersion
+from ml.models.artifacts import sha256_file
 
 
 @pytest.fixture
 def empty_model_cache():
-    serving._cache.clear()
+    serving.clear_cache()
     yield serving._cache
-    serving._cache.clear()
+    serving.clear_cache()
 
 
 def test_a_new_inference_worker_process_loads_the_production_model(
@@ -20,9 +22,14 @@ def test_a_new_inference_worker_process_loads_the_production_model(
 ):
     monkeypatch.setenv("CXR_WARM_MODEL", "1")
     worker_process_init.send(sender=None)  # what Celery sends in each new pool process
-    # On the inference runtime (LiteRT by default): the file converted at registration.
+    # On the inference runtime (LiteRT by default): the file converted at registration,
+    # and the lung segmenter every prediction runs (CXR_LUNG_MODEL's file: none is
+    # registered), in the one cache.
     key = (production_model.pk, production_model.sha256, "litert")
-    assert list(empty_model_cache) == [key]
+    assert settings.CXR_LUNG_MODEL is not None
+    lungs = (str(settings.CXR_LUNG_MODEL), sha256_file(settings.CXR_LUNG_MODEL), "litert")
+    assert list(empty_model_cache) == [lungs, key]
+    assert empty_model_cache[lungs].runtime == "litert"
     classifier = empty_model_cache[key]
     assert classifier.runtime == "litert"
     assert classifier.model is None

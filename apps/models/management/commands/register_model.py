@@ -4,7 +4,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.models.models import ModelVersion, Task
+from apps.models.models import TASKS, ModelVersion, Task
 from apps.models.services import RegistryError, card_task, register_artifact
 from apps.models.services import promote as promote_version
 
@@ -13,7 +13,11 @@ class Command(BaseCommand):
     help = (
         "Register a .keras artifact (with its .card.json beside it) in the model registry. "
         "With --bundled, registers the model shipped in ml/bundled/ for the task "
-        "(classification: CXR_BUNDLED_MODEL; ct_segmentation: CXR_BUNDLED_CT_MODEL)."
+        "(classification: CXR_BUNDLED_MODEL; ct_segmentation: CXR_BUNDLED_CT_MODEL; "
+        "lung_segmentation: CXR_LUNG_MODEL). The classifier's first-start registration "
+        "(--bundled with --if-no-production or --if-never-promoted) also registers the "
+        "lung U-Net that CXR_LUNG_MODEL names as the production lung segmenter, when none "
+        "is registered yet."
     )
 
     def add_arguments(self, parser):
@@ -62,17 +66,24 @@ class Command(BaseCommand):
         name=None,
         **options,
     ):
+        first_start = (
+            bundled
+            and task in (None, Task.CLASSIFICATION)
+            and (if_no_production or if_never_promoted)
+        )
         if bundled == (artifact is not None):
             raise CommandError("Give either an artifact path or --bundled.")
         if bundled:
-            ct = task == Task.CT_SEGMENTATION
-            path = Path(settings.CXR_BUNDLED_CT_MODEL if ct else settings.CXR_BUNDLED_MODEL)
+            spec = TASKS[task or Task.CLASSIFICATION]
+            setting = getattr(settings, spec.bundled_setting)
+            if setting is None:  # CXR_LUNG_MODEL=off
+                self.stdout.write(f"{spec.bundled_setting} is off; nothing registered.")
+                return
+            path = Path(setting)
             if if_present and not path.is_file():
-                what = "CT segmenter" if ct else "classifier"
-                hint = " (python -m ml ct train makes it)" if ct else ""
                 self.stdout.write(
-                    f"No bundled {what} at {path}{hint}; nothing registered. "
-                    f"{'CT slices' if ct else 'Images'} will wait for a production model."
+                    f"No bundled {spec.noun} at {path}{spec.make_hint}; nothing registered. "
+                    f"{spec.waits}"
                 )
                 return
         else:
@@ -95,6 +106,27 @@ class Command(BaseCommand):
                 version = promote_version(
                     version=version, reason="registered: first start, replaces the earlier one"
                 )
+        except RegistryError as exc:
+            raise CommandError(str(exc)) from exc
+        self.stdout.write(f"Model version #{version.pk} ({version.get_task_display()}): {version}")
+        if first_start:
+            self._first_lung_segmenter()
+
+    def _first_lung_segmenter(self) -> None:
+        """The platform's first start: the lung U-Net that CXR_LUNG_MODEL names becomes
+        the production lung segmenter, unless one is registered already (or segmentation
+        is off, or the file is missing: lung masks then keep coming from the setting)."""
+        task = Task.LUNG_SEGMENTATION
+        if ModelVersion.objects.production(task=task) is not None:
+            return
+        setting = settings.CXR_LUNG_MODEL
+        if setting is None or not Path(setting).is_file():
+            self.stdout.write(f"No lung segmenter registered: CXR_LUNG_MODEL is {setting}.")
+            return
+        try:
+            version = register_artifact(
+                artifact_path=Path(setting), make_production=True, task=task
+            )
         except RegistryError as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(f"Model version #{version.pk} ({version.get_task_display()}): {version}")
