@@ -120,8 +120,9 @@ class InspectionRunner(JobRunner[Inspection]):
     layers: list[str]
 
     def compute(self, inspection: Inspection) -> JobResult:
+        from apps.cases.lungs import classifier_input
         from apps.models.serving import classifier_for
-        from ml.data.preprocess import open_image, preprocess
+        from ml.data.preprocess import open_image
         from ml.explain.api import (
             METHODS,
             activation_grid,
@@ -143,8 +144,11 @@ class InspectionRunner(JobRunner[Inspection]):
         layer = inspection.layer or last_conv_layer(model)
         if layer not in layers:
             raise ValueError(f"Layer {layer!r} is not a feature-map layer of this model.")
+        # The input as the prediction makes it (Classifier.prepare): for a model fed
+        # the lung fields, the lung-masked crop.
         with inspection.image_file.open("rb") as fh:
-            x = preprocess(open_image(fh), classifier.spec)
+            prepared = classifier_input(classifier, open_image(fh), inspection.case_image)
+        x = prepared.x
         probabilities = dict(
             zip(
                 classifier.classes,
@@ -170,10 +174,11 @@ class InspectionRunner(JobRunner[Inspection]):
             ),
         ]
         labels = dict(Explanation.Method.choices)
-        # A model fed images blanked outside the lungs: what it is shown is what is not 0.
-        visible = x[..., 0] != 0 if getattr(classifier.spec, "mask_outside", False) else None
         for method in METHODS:
-            heatmap = explain(model, x, method, classes=classifier.classes, visible=visible)
+            # Blanked outside the lungs: occlusion patches only what the model is shown.
+            heatmap = explain(
+                model, x, method, classes=classifier.classes, visible=prepared.visible
+            )
             scores = deletion_insertion(model, x, heatmap.values, heatmap.target_class)
             title = f"{labels.get(method, method)}: {heatmap.target_label}"
             pictures.append(
