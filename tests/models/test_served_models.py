@@ -25,6 +25,12 @@ from ml.serving.runtime import lite_path_for
 from tests.conftest import upload_of
 
 
+def _lung_model() -> Path:
+    """The lung U-Net that CXR_LUNG_MODEL names (the bundled one)."""
+    assert settings.CXR_LUNG_MODEL is not None
+    return Path(settings.CXR_LUNG_MODEL)
+
+
 @pytest.fixture(autouse=True)
 def empty_model_cache():
     serving.clear_cache()
@@ -90,7 +96,7 @@ def test_the_real_callers_share_one_loaded_object(production_model):
     lungs = serving.lung_segmenter("litert")
     assert lungs is not None
     assert serving.lung_segmenter("litert") is lungs
-    assert lungs.sha256 == sha256_file(settings.CXR_LUNG_MODEL)
+    assert lungs.sha256 == sha256_file(_lung_model())
     assert set(serving._cache.values()) == {lite, lungs}
 
 
@@ -101,7 +107,7 @@ def _lung_variant(folder: Path, name: str) -> Path:
     """Another lung U-Net artifact: the bundled one's bytes plus a trailing byte (another
     sha256, the same weights), with its card and its LiteRT file recorded as converted
     from it (so registering it converts nothing)."""
-    source = Path(settings.CXR_LUNG_MODEL)
+    source = _lung_model()
     target = folder / f"{name}.keras"
     shutil.copy(source, target)
     with target.open("ab") as fh:
@@ -133,7 +139,7 @@ def test_the_first_start_registers_the_bundled_lung_unet_as_production_once(caps
     call_command("register_model", "--bundled", "--if-no-production")
     lungs = ModelVersion.objects.production(task=Task.LUNG_SEGMENTATION)
     assert lungs is not None
-    assert lungs.sha256 == sha256_file(settings.CXR_LUNG_MODEL)
+    assert lungs.sha256 == sha256_file(_lung_model())
     assert lungs.card["lite"]["source_sha256"] == lungs.sha256  # the bundled .tflite
     assert lungs.metrics  # the card's Dice and IoU
     assert "(Chest X-ray lung segmentation)" in capsys.readouterr().out
@@ -155,7 +161,7 @@ def test_register_model_takes_the_lung_task_and_its_card_names_it(tmp_path):
     call_command("register_model", "--bundled", "--task", "lung_segmentation", "--promote")
     production = ModelVersion.objects.production(task=Task.LUNG_SEGMENTATION)
     assert production is not None
-    assert production.sha256 == sha256_file(settings.CXR_LUNG_MODEL)
+    assert production.sha256 == sha256_file(_lung_model())
 
 
 @pytest.mark.django_db
@@ -163,7 +169,7 @@ def test_a_promoted_lung_version_computes_the_masks_and_a_rollback_restores_the_
     login, model_admin, clinician, production_model, tmp_path, django_capture_on_commit_callbacks
 ):
     first = register_artifact(
-        artifact_path=Path(settings.CXR_LUNG_MODEL), make_production=True, task="lung_segmentation"
+        artifact_path=_lung_model(), make_production=True, task="lung_segmentation"
     )
     candidate = register_artifact(artifact_path=_lung_variant(tmp_path, "lung-b"))
     assert candidate.task == Task.LUNG_SEGMENTATION
