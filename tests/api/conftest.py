@@ -5,6 +5,7 @@ versions to promote and roll back to."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from knox.models import AuthToken
@@ -35,6 +36,7 @@ class World:
     run: TrainingRun
     token_id: str  # the id (not the secret) of one of the first clinician's API tokens
     ct_image: CaseImage | None = None  # a segmented CT slice of the first clinician's
+    site: Any = None  # the site every account and case of the world is at (where a test sets it)
 
 
 def segmented_ct_case(owner, *uploads, patient_ref: str = "PSEUDO-CT-1") -> Case:

@@ -20,6 +20,7 @@ from PIL import Image
 from rest_framework.test import APIClient
 
 from apps.accounts.models import AuditEvent
+from apps.cases.access import image_ref
 from apps.cases.models import Case, CaseImage, Prediction
 from apps.explain.models import Explanation
 from apps.models.datasets import import_reference_dataset
@@ -415,12 +416,13 @@ def test_annotator_labels_through_the_labelling_service(
     image = predicted_case(clinician).images.get()
     client = api_as("annotator")
     queue = client.get("/api/v1/labelling/queue/").json()
-    assert [i["id"] for i in queue["results"]] == [image.pk]
+    assert [i["id"] for i in queue["results"]] == [image_ref(image)]
 
-    created = client.post(f"/api/v1/images/{image.pk}/labels/", {"label": "pneumonia", "note": "x"})
+    url = f"/api/v1/labelling/images/{image_ref(image)}/labels/"
+    created = client.post(url, {"label": "pneumonia", "note": "x"})
     assert created.status_code == 201
     assert created.json()["confirmed_label"] == "pneumonia"  # CXR_LABEL_AGREEMENT is 1
-    changed = client.post(f"/api/v1/images/{image.pk}/labels/", {"label": "normal"})
+    changed = client.post(url, {"label": "normal"})
     assert changed.status_code == 200
     assert changed.json()["id"] == created.json()["id"]
     image.refresh_from_db()
@@ -431,7 +433,7 @@ def test_annotator_labels_through_the_labelling_service(
     assert actions == ["label.create", "label.change"]
     assert client.get("/api/v1/labelling/queue/").json()["results"] == []
 
-    error = _error(client.post(f"/api/v1/images/{image.pk}/labels/", {"label": "maybe"}), 400)
+    error = _error(client.post(url, {"label": "maybe"}), 400)
     assert list(error["fields"]) == ["label"]
 
 
@@ -441,7 +443,7 @@ def test_label_on_an_image_without_a_finished_prediction_is_409(api_as, db, prod
     both = UserFactory(username="both", roles=["clinician", "annotator"])
     case = services.create_case(owner=both, files=[upload_of("2168a917.jpg")])
     response = api_as(both).post(
-        f"/api/v1/images/{case.images.get().pk}/labels/", {"label": "normal"}
+        f"/api/v1/labelling/images/{image_ref(case.images.get())}/labels/", {"label": "normal"}
     )
     assert "no finished prediction" in _error(response, 409)["message"]
 

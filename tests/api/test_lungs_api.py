@@ -65,7 +65,7 @@ def test_every_explanation_reports_its_mass_in_lungs(world, api_as):
 
 @pytest.mark.parametrize(
     ("role", "expected"),
-    [("anonymous", 401), ("other_clinician", 404), ("annotator", 200), ("model_admin", 403)],
+    [("anonymous", 401), ("other_clinician", 404), ("annotator", 403), ("model_admin", 403)],
 )
 def test_lung_files_follow_the_image_permissions(world, api_as, role, expected):
     client = api_as(role)

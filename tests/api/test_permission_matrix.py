@@ -2,8 +2,9 @@
 
 Object-level cells use the first clinician's case, image and explanation:
 the other clinician gets 404 (not 403, as on the web: its existence is not
-theirs to know); annotators may read predicted images and their heatmaps but
-not cases; model admins see only the registry.
+theirs to know); annotators read predicted images only through the labelling
+routes, by the image's opaque reference (the routes that take an image's number
+are its owner's), and not cases; model admins see only the registry.
 
 The world (real predictions, a real Grad-CAM, registry rows, a training run) is
 built once for the module, not once per cell: every test runs in its own
@@ -22,6 +23,7 @@ from django.db import transaction
 from django.test import override_settings
 from django.urls import resolve
 
+from apps.cases.access import image_ref
 from tests.api.conftest import ROLES, build_world, segmented_ct_case
 from tests.conftest import upload_of
 from tests.factories import PASSWORD, UserFactory
@@ -108,16 +110,17 @@ MATRIX = [
      _codes(401, 200, 404, 403, 403)),
     ("case-detail", "delete", lambda w: f"/api/v1/cases/{w.case.pk}/", None, None,
      _codes(401, 204, 404, 403, 403)),
+    # The routes that take an image's number are its owner's; readers use the labelling routes.
     ("image-list", "get", lambda w: "/api/v1/images/", None, None,
-     _codes(401, 200, 200, 200, 403)),
+     _codes(401, 200, 200, 403, 403)),
     ("image-detail", "get", lambda w: f"/api/v1/images/{w.image.pk}/", None, None,
-     _codes(401, 200, 404, 200, 403)),
+     _codes(401, 200, 404, 403, 403)),
     ("image-file", "get", lambda w: f"/api/v1/images/{w.image.pk}/file/", None, None,
-     _codes(401, 200, 404, 200, 403)),
+     _codes(401, 200, 404, 403, 403)),
     ("image-lung-mask", "get", lambda w: f"/api/v1/images/{w.image.pk}/lung-mask/", None, None,
-     _codes(401, 200, 404, 200, 403)),
+     _codes(401, 200, 404, 403, 403)),
     ("image-lung-outline", "get", lambda w: f"/api/v1/images/{w.image.pk}/lung-outline/",
-     None, None, _codes(401, 200, 404, 200, 403)),
+     None, None, _codes(401, 200, 404, 403, 403)),
     # CT slices: the owner only (annotators judge X-rays; a model admin sees no patient data).
     ("image-segmentation", "get", lambda w: f"/api/v1/images/{w.ct_image.pk}/segmentation/",
      None, None, _codes(401, 200, 404, 403, 403)),
@@ -131,17 +134,32 @@ MATRIX = [
     ("image-explanations", "post", lambda w: f"/api/v1/images/{w.image.pk}/explanations/",
      lambda w, u, r: {"method": "occlusion"}, "json",
      _codes(401, 202, 404, 403, 403)),
-    ("image-labels", "post", lambda w: f"/api/v1/images/{w.image.pk}/labels/",
-     lambda w, u, r: {"label": "normal"}, "json",
-     _codes(401, 403, 403, 201, 403)),
     # The world's prediction is done, so the owner's retry is refused: 409 (tests/api has the 202).
     ("image-prediction-retry", "post",
      lambda w: f"/api/v1/images/{w.image.pk}/prediction/retry/", None, None,
      _codes(401, 409, 404, 403, 403)),
     ("labelling-queue", "get", lambda w: "/api/v1/labelling/queue/", None, None,
      _codes(401, 403, 403, 200, 403)),
+    ("labelling-mine", "get", lambda w: "/api/v1/labelling/mine/", None, None,
+     _codes(401, 403, 403, 200, 403)),
+    # A reader's image routes take the image's opaque reference, never its number.
+    ("labelling-image", "get", lambda w: f"/api/v1/labelling/images/{image_ref(w.image)}/",
+     None, None, _codes(401, 403, 403, 200, 403)),
+    ("labelling-image-file", "get",
+     lambda w: f"/api/v1/labelling/images/{image_ref(w.image)}/file/", None, None,
+     _codes(401, 403, 403, 200, 403)),
+    ("labelling-image-labels", "post",
+     lambda w: f"/api/v1/labelling/images/{image_ref(w.image)}/labels/",
+     lambda w, u, r: {"label": "normal"}, "json",
+     _codes(401, 403, 403, 201, 403)),
+    # Readers see a map only after their verdict, where the deployment shows them the
+    # model's answer (CXR_LABEL_SHOW_MODEL, off by default): 404 here
+    # (tests/api/test_annotator_api.py has the 200).
+    ("labelling-explanation-overlay", "get",
+     lambda w: f"/api/v1/labelling/images/{image_ref(w.image)}/explanations/gradcam/overlay/",
+     None, None, _codes(401, 403, 403, 404, 403)),
     ("explanation-detail", "get", lambda w: f"/api/v1/explanations/{w.explanation.pk}/",
-     None, None, _codes(401, 200, 404, 200, 403)),
+     None, None, _codes(401, 200, 404, 403, 403)),
     # The world's explanation is done, so the owner's retry is refused: 409
     # (tests/api/test_explanation_retry.py has the 202).
     ("explanation-retry", "post",
@@ -149,10 +167,10 @@ MATRIX = [
      _codes(401, 409, 404, 403, 403)),
     ("explanation-overlay", "get",
      lambda w: f"/api/v1/explanations/{w.explanation.pk}/overlay/", None, None,
-     _codes(401, 200, 404, 200, 403)),
+     _codes(401, 200, 404, 403, 403)),
     ("explanation-heatmap", "get",
      lambda w: f"/api/v1/explanations/{w.explanation.pk}/heatmap/", None, None,
-     _codes(401, 200, 404, 200, 403)),
+     _codes(401, 200, 404, 403, 403)),
     ("model-list", "get", lambda w: "/api/v1/models/", None, None,
      _codes(401, 403, 403, 403, 200)),
     ("model-detail", "get", lambda w: f"/api/v1/models/{w.candidate.pk}/", None, None,
@@ -285,10 +303,8 @@ def test_another_clinicians_case_and_its_files_are_not_found(world, api_as):
 def test_annotator_never_sees_patient_ref(world, api_as):
     client = api_as("annotator")
     for url in (
-        "/api/v1/images/",
-        f"/api/v1/images/{world.image.pk}/",
         "/api/v1/labelling/queue/",
-        f"/api/v1/explanations/{world.explanation.pk}/",
+        f"/api/v1/labelling/images/{image_ref(world.image)}/",
     ):
         response = client.get(url)
         assert response.status_code == 200, url

@@ -235,6 +235,8 @@ def test_setting_shows_the_model_only_after_the_first_answer(image, client, sett
 def test_api_answers_409_for_a_verdict_on_an_adjudicated_image(image, settings, adjudicator):
     from rest_framework.test import APIClient
 
+    from apps.cases.access import image_ref
+
     settings.CXR_LABEL_POLICY, settings.CXR_LABEL_AGREEMENT = "adjudication", 2
     a, b, c = _readers(3)
     labelling.submit_label(image=image, annotator=a, label="pneumonia")
@@ -242,7 +244,8 @@ def test_api_answers_409_for_a_verdict_on_an_adjudicated_image(image, settings, 
     labelling.adjudicate(image=image, adjudicator=adjudicator, label="normal")
     api = APIClient()
     api.force_authenticate(c)
-    response = api.post(f"/api/v1/images/{image.pk}/labels/", {"label": "covid19"}, format="json")
+    url = f"/api/v1/labelling/images/{image_ref(image)}/labels/"
+    response = api.post(url, {"label": "covid19"}, format="json")
     assert response.status_code == 409
     assert "adjudicated" in response.json()["error"]["message"]
     assert not ExpertLabel.objects.filter(annotator=c).exists()

@@ -31,6 +31,7 @@ from pydicom.sequence import Sequence
 from rest_framework.test import APIClient
 
 from apps.cases import services
+from apps.cases.access import image_ref
 from apps.cases.models import Case, CaseImage
 from apps.cases.validation import UploadRejected
 from ml.data.dicom import read_dataset, to_unit_gray
@@ -152,7 +153,7 @@ def test_picture_metadata_is_neither_stored_nor_served_to_annotators(
     # What an annotator is served, through the web page and the API.
     PredictionFactory(image=image)  # annotators see images whose prediction is done
     web = login(annotator).get(reverse("cases:image-file", args=[image.pk]))
-    api = _api(annotator).get(f"/api/v1/images/{image.pk}/file/")
+    api = _api(annotator).get(f"/api/v1/labelling/images/{image_ref(image)}/file/")
     for response, where in ((web, "the web image"), (api, "the API image")):
         assert response.status_code == 200, where
         assert response["Content-Type"] == "image/png", where

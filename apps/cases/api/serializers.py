@@ -4,6 +4,7 @@ input and the views hand it to the services."""
 
 from __future__ import annotations
 
+from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -18,9 +19,11 @@ from apps.cases.models import (
     CaseImage,
     ExpertLabel,
     Modality,
+    Prediction,
     Segmentation,
 )
 from apps.explain.api.serializers import ExplanationSerializer
+from apps.explain.models import Explanation
 from apps.models.api.serializers import ModelVersionRefSerializer
 
 # -- predictions ----------------------------------------------------------------
@@ -170,8 +173,7 @@ class ImageSerializer(serializers.ModelSerializer):
     explanations; never a patient identifier."""
 
     case = serializers.SerializerMethodField(
-        help_text="The case's id for its owner; null for everyone else (annotators judge "
-        "images, not patients: use `ref`)."
+        help_text="The case's id for its owner; null for everyone else."
     )
     ref = serializers.SerializerMethodField(
         help_text="Opaque, stable per-image reference; says nothing about the case or patient."
@@ -318,14 +320,127 @@ class LabelRequestSerializer(serializers.Serializer):
     note = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
 
 
-class ExpertLabelSerializer(serializers.ModelSerializer):
-    confirmed_label = serializers.CharField(
-        source="image.confirmed_label",
-        read_only=True,
-        help_text="The image's confirmed label once enough annotators agree; empty before.",
-    )
+# -- what annotators (readers) get ------------------------------------------------------
 
-    class Meta:
-        model = ExpertLabel
-        fields = ["id", "image", "label", "note", "confirmed_label", "created_at", "updated_at"]
-        read_only_fields = fields
+
+def shows_model(mine: ExpertLabel | None) -> bool:
+    """Whether a reader sees the model's answer, as on the web's labelling page: only
+    with ``CXR_LABEL_SHOW_MODEL``, and only once they gave their own verdict (so the
+    statistics see their unanchored read)."""
+    return settings.CXR_LABEL_SHOW_MODEL and mine is not None
+
+
+class YourVerdictSerializer(serializers.Serializer):
+    # A field named "label" shadows Field.label (a str) in the DRF stubs.
+    label = serializers.ChoiceField(choices=VERDICT_CHOICES)  # type: ignore[assignment]
+    note = serializers.CharField(allow_blank=True)
+
+
+class LabellingPredictionSerializer(serializers.Serializer):
+    """The model's answer as the labelling page shows it to a reader who gave theirs."""
+
+    label = serializers.ChoiceField(choices=LABEL_CHOICES)  # type: ignore[assignment]
+    probabilities = ProbabilitiesSerializer()
+    model_version = ModelVersionRefSerializer(allow_null=True)
+
+
+class LabellingExplanationSerializer(serializers.Serializer):
+    method = serializers.ChoiceField(choices=Explanation.Method.choices)
+    target_label = serializers.CharField(
+        allow_blank=True, help_text="The class the map explains: the model's label."
+    )
+    overlay_url = serializers.URLField(help_text="Overlay PNG with a colour scale.")
+
+
+class LabellingImageSerializer(serializers.Serializer):
+    """An image as a reader (annotator) gets it: to judge, not to trace to a patient.
+
+    Its ``id`` is an opaque per-image reference: no case, no upload time, no intake note,
+    nothing that would group one patient's images. The model's answer (``prediction``,
+    ``explanations``) is there only when the deployment shows it to readers
+    (``CXR_LABEL_SHOW_MODEL``) and only after this reader's own verdict, as on the web.
+    """
+
+    id = serializers.SerializerMethodField(
+        help_text="Opaque, stable per-image reference (the labelling routes take it); says "
+        "nothing about the case or patient."
+    )
+    width = serializers.IntegerField(read_only=True)
+    height = serializers.IntegerField(read_only=True)
+    file_url = serializers.SerializerMethodField()
+    confirmed_label = serializers.ChoiceField(
+        choices=VERDICT_CHOICES,
+        allow_blank=True,
+        read_only=True,
+        help_text="Set once enough readers agree (or an adjudicator decided); empty before.",
+    )
+    your_verdict = serializers.SerializerMethodField()
+    prediction = serializers.SerializerMethodField()
+    explanations = serializers.SerializerMethodField()
+
+    def _mine(self, image) -> ExpertLabel | None:
+        """This reader's verdict: from the view's ``verdicts`` (image pk -> label, for
+        the images it serialises) when it gave them, else looked up."""
+        verdicts = self.context.get("verdicts")
+        if verdicts is not None:
+            return verdicts.get(image.pk)
+        request = self.context["request"]
+        return ExpertLabel.objects.filter(image=image, annotator_id=request.user.pk).first()
+
+    def get_id(self, image) -> str:
+        return image_ref(image)
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_file_url(self, image) -> str:
+        return absolute(self.context.get("request"), "labelling-image-file", image_ref(image))
+
+    @extend_schema_field(
+        YourVerdictSerializer(allow_null=True, help_text="Null until you give one.")
+    )
+    def get_your_verdict(self, image) -> dict | None:
+        mine = self._mine(image)
+        return {"label": mine.label, "note": mine.note} if mine is not None else None
+
+    @extend_schema_field(
+        LabellingPredictionSerializer(
+            allow_null=True,
+            help_text="Null unless readers are shown the model's answer and you gave your verdict.",
+        )
+    )
+    def get_prediction(self, image) -> dict | None:
+        prediction = image.latest_prediction
+        if not shows_model(self._mine(image)) or prediction is None:
+            return None
+        if prediction.status != Prediction.Status.DONE:
+            return None
+        return LabellingPredictionSerializer(prediction).data
+
+    @extend_schema_field(
+        LabellingExplanationSerializer(
+            many=True, help_text="Empty unless the prediction is shown; finished maps only."
+        )
+    )
+    def get_explanations(self, image) -> list[dict]:
+        if not shows_model(self._mine(image)):
+            return []
+        request = self.context.get("request")
+        ref = image_ref(image)
+        return [
+            {
+                "method": explanation.method,
+                "target_label": explanation.target_label,
+                "overlay_url": absolute(
+                    request, "labelling-explanation-overlay", ref, explanation.method
+                ),
+            }
+            for explanation in shown_explanations(image)
+        ]
+
+
+def shown_explanations(image) -> list[Explanation]:
+    """The image's current explanations that a reader shown the model's answer sees."""
+    return [
+        explanation
+        for explanation in image.current_explanations
+        if explanation.status == Explanation.Status.DONE and explanation.overlay
+    ]

@@ -31,11 +31,28 @@ urlpatterns = [
         views.ImageSegmentationRetry.as_view(),
         name="image-segmentation-retry",
     ),
-    path("images/<int:pk>/labels/", views.ImageLabels.as_view(), name="image-labels"),
     path(
         "images/<int:pk>/prediction/retry/",
         views.ImagePredictionRetry.as_view(),
         name="image-prediction-retry",
     ),
     path("labelling/queue/", views.LabellingQueue.as_view(), name="labelling-queue"),
+    path("labelling/mine/", views.LabellingMine.as_view(), name="labelling-mine"),
+    # A reader's image routes take its opaque reference (apps.cases.access.image_ref).
+    path("labelling/images/<str:ref>/", views.LabellingImage.as_view(), name="labelling-image"),
+    path(
+        "labelling/images/<str:ref>/file/",
+        views.LabellingImageFile.as_view(),
+        name="labelling-image-file",
+    ),
+    path(
+        "labelling/images/<str:ref>/labels/",
+        views.LabellingImageLabels.as_view(),
+        name="labelling-image-labels",
+    ),
+    path(
+        "labelling/images/<str:ref>/explanations/<str:method>/overlay/",
+        views.LabellingExplanationOverlay.as_view(),
+        name="labelling-explanation-overlay",
+    ),
 ]

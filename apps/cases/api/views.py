@@ -5,8 +5,11 @@ failed prediction or segmentation (``JobRetry``, which explanations share)."""
 from __future__ import annotations
 
 import json
+import re
 from typing import ClassVar, NoReturn
 
+from django.core.cache import cache
+from django.db.models import Prefetch, QuerySet
 from django.shortcuts import get_object_or_404
 from django.utils.cache import get_conditional_response
 from django.utils.http import http_date
@@ -24,7 +27,7 @@ from apps.api.links import located
 from apps.api.schema import errors
 from apps.api.views import FileView, RoleView
 from apps.cases import labelling, services
-from apps.cases.access import own_cases, visible_images
+from apps.cases.access import image_ref, own_cases, visible_images
 from apps.cases.api import serializers as s
 from apps.cases.api import summaries
 from apps.cases.filters import CaseFilter
@@ -38,6 +41,7 @@ from apps.cases.models import (
     Prediction,
     Segmentation,
 )
+from apps.explain.models import Explanation
 from cxrplatform.jobs import RetryRefused, retry_job
 from cxrplatform.protected import protected_file_response
 
@@ -46,6 +50,12 @@ def images_with_results(queryset):
     return queryset.select_related("case").prefetch_related(
         "predictions__model_version", "segmentations__model_version", "explanations"
     )
+
+
+def own_images(user) -> QuerySet[CaseImage]:
+    """The images of a clinician's own cases: what the routes that take an image's number
+    serve. Readers use the labelling routes, which take an opaque reference instead."""
+    return CaseImage.objects.filter(case__owner=user)
 
 
 # -- cases --------------------------------------------------------------------
@@ -169,34 +179,34 @@ class CaseDetail(generics.RetrieveAPIView, RoleView):
 
 @extend_schema_view(
     get=extend_schema(
-        summary="Images you may see",
-        description="Clinicians: their own cases' images. Annotators: every image with a "
-        "finished prediction. No patient identifiers.",
+        summary="Your cases' images (clinician)",
+        description="Newest first; no patient identifiers. Readers (annotators) get images "
+        "from `/api/v1/labelling/`: an opaque id, no model output before their verdict.",
         responses={200: s.ImageSerializer(many=True), **errors(400, 401, 403, 404)},
         tags=["images"],
     )
 )
 class ImageList(generics.ListAPIView, RoleView):
-    allowed_roles = (CLINICIAN, ANNOTATOR)
+    allowed_roles = (CLINICIAN,)
     serializer_class = s.ImageSerializer
 
     def get_queryset(self):
-        return images_with_results(visible_images(self.request.user)).order_by("-pk")
+        return images_with_results(own_images(self.request.user)).order_by("-pk")
 
 
 @extend_schema_view(
     get=extend_schema(
-        summary="One image with its prediction and explanations",
+        summary="One of your cases' images with its prediction and explanations (clinician)",
         responses={200: s.ImageSerializer, **errors(401, 403, 404)},
         tags=["images"],
     )
 )
 class ImageDetail(generics.RetrieveAPIView, RoleView):
-    allowed_roles = (CLINICIAN, ANNOTATOR)
+    allowed_roles = (CLINICIAN,)
     serializer_class = s.ImageSerializer
 
     def get_queryset(self):
-        return images_with_results(visible_images(self.request.user))
+        return images_with_results(own_images(self.request.user))
 
     def retrieve(self, request, *args, **kwargs):
         image = self.get_object()
@@ -207,7 +217,7 @@ class ImageDetail(generics.RetrieveAPIView, RoleView):
 
 
 class ImageFile(FileView):
-    allowed_roles = (CLINICIAN, ANNOTATOR)
+    allowed_roles = (CLINICIAN,)
 
     @extend_schema(
         summary="The uploaded image's bytes",
@@ -219,20 +229,20 @@ class ImageFile(FileView):
         tags=["images"],
     )
     def get(self, request, pk: int):
-        image = get_object_or_404(visible_images(request.user), pk=pk)
+        image = get_object_or_404(own_images(request.user), pk=pk)
         response = protected_file_response(image.file, image.content_type)
         record_download(request, kind="image", target=image)
         return response
 
 
 class _ImageLungFile(FileView):
-    allowed_roles = (CLINICIAN, ANNOTATOR)
+    allowed_roles = (CLINICIAN,)
     field = ""
 
     def get(self, request, pk: int):
         from apps.cases.lungs import lung_prediction
 
-        image = get_object_or_404(visible_images(request.user), pk=pk)
+        image = get_object_or_404(own_images(request.user), pk=pk)
         prediction = lung_prediction(image)
         if prediction is None:
             raise NotFound("This image has no lung mask.")
@@ -318,50 +328,216 @@ class ImageSegmentationMask(FileView):
         return response
 
 
-class ImageLabels(RoleView):
-    allowed_roles = (ANNOTATOR,)
+# -- readers (annotators): opaque references, the model's answer as the web shows it --
 
-    @extend_schema(
-        summary="Give your verdict on an image (annotator)",
-        description="201 for a new verdict, 200 when it replaces yours. The image is "
-        "confirmed once enough annotators agree.",
-        request=s.LabelRequestSerializer,
-        responses={
-            200: s.ExpertLabelSerializer,
-            201: s.ExpertLabelSerializer,
-            **errors(400, 401, 403, 404, 409, 415),
-        },
-        tags=["labels"],
-    )
-    def post(self, request, pk: int):
-        image = get_object_or_404(visible_images(request.user), pk=pk)
-        serializer = s.LabelRequestSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        existed = ExpertLabel.objects.filter(image=image, annotator=request.user).exists()
-        label = labelling.submit_label(
-            image=image, annotator=request.user, **serializer.validated_data
-        )
-        body = s.ExpertLabelSerializer(label).data
-        return Response(body, status=200 if existed else 201)
+# An image reference (apps.cases.access.image_ref): 24 hex digits of a keyed hash.
+REF_PARAMETER = OpenApiParameter(
+    "ref",
+    str,
+    OpenApiParameter.PATH,
+    pattern="^[0-9a-f]{24}$",
+    description="The image's opaque reference: the `id` of a labelling image.",
+)
+REF_PATTERN = re.compile(r"[0-9a-f]{24}")
+REF_CACHE_SECONDS = 24 * 3600
+
+
+def reader_images(user) -> QuerySet[CaseImage]:
+    """What a reader may open (``visible_images``, as the web's labelling page), with
+    what a labelling image shows."""
+    return visible_images(user).prefetch_related("predictions__model_version", "explanations")
+
+
+def image_by_ref(user, ref: str) -> CaseImage:
+    """The image the user may see whose reference is ``ref``; 404 for any other string.
+
+    A reference is a keyed hash, not an index: the image is found by hashing the ids of
+    the images the user may see (newest first), and the answer is cached per reference,
+    so a reader's later requests for it are one query. A cached id is hashed again before
+    it is used, and still has to be among the user's images."""
+    if not REF_PATTERN.fullmatch(ref):
+        raise NotFound("No image of yours to label has this reference.")
+    key = f"api-image-ref:v1:{ref}"
+    pk = cache.get(key)
+    if pk is None or image_ref(CaseImage(pk=pk)) != ref:
+        candidates = visible_images(user).order_by("-pk").values_list("pk", flat=True)
+        pk = next((p for p in candidates.iterator() if image_ref(CaseImage(pk=p)) == ref), None)
+        if pk is None:
+            raise NotFound("No image of yours to label has this reference.")
+        cache.set(key, pk, REF_CACHE_SECONDS)
+    image = reader_images(user).filter(pk=pk).first()
+    if image is None:
+        raise NotFound("No image of yours to label has this reference.")
+    return image
+
+
+def _reader_body(request, image: CaseImage, mine: ExpertLabel | None) -> dict:
+    context = {"request": request, "verdicts": {image.pk: mine}}
+    return s.LabellingImageSerializer(image, context=context).data
 
 
 @extend_schema_view(
     get=extend_schema(
         summary="Your labelling queue (annotator)",
         description="Images with a finished prediction and no confirmed label that you have "
-        "not judged, most in need first (disputed, then least confident).",
-        responses={200: s.ImageSerializer(many=True), **errors(400, 401, 403, 404)},
+        "not judged, most in need first (disputed, then least confident). Each `id` is an "
+        "opaque reference; nothing groups one patient's images, and the model's answer is "
+        "not shown before your verdict.",
+        responses={200: s.LabellingImageSerializer(many=True), **errors(400, 401, 403, 404)},
         tags=["labels"],
     )
 )
 class LabellingQueue(generics.ListAPIView, RoleView):
     allowed_roles = (ANNOTATOR,)
-    serializer_class = s.ImageSerializer
+    serializer_class = s.LabellingImageSerializer
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return CaseImage.objects.none()
         return labelling.labelling_queue(annotator=self.request.user)
+
+    def get_serializer_context(self):
+        # The queue holds only images this reader has not judged: no verdicts to look up.
+        return {**super().get_serializer_context(), "verdicts": {}}
+
+
+@extend_schema_view(
+    get=extend_schema(
+        summary="The images you gave a verdict on (annotator)",
+        description="Most recently judged first, to review or change a verdict; as the "
+        "queue, with `your_verdict` and, where readers are shown it, the model's answer.",
+        responses={200: s.LabellingImageSerializer(many=True), **errors(400, 401, 403, 404)},
+        tags=["labels"],
+    )
+)
+class LabellingMine(generics.ListAPIView, RoleView):
+    allowed_roles = (ANNOTATOR,)
+    serializer_class = s.LabellingImageSerializer
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return ExpertLabel.objects.none()
+        user = self.request.user
+        return (
+            ExpertLabel.objects.filter(annotator_id=user.pk, image__in=visible_images(user))
+            .prefetch_related(
+                Prefetch("image", queryset=reader_images(user).order_by()),
+            )
+            .order_by("-updated_at", "-pk")
+        )
+
+    def list(self, request, *args, **kwargs):
+        verdicts = self.paginate_queryset(self.get_queryset()) or []
+        context = {
+            "request": request,
+            "verdicts": {verdict.image_id: verdict for verdict in verdicts},
+        }
+        body = s.LabellingImageSerializer(
+            [verdict.image for verdict in verdicts], many=True, context=context
+        ).data
+        return self.get_paginated_response(body)
+
+
+class LabellingImage(RoleView):
+    """The image as a reader gets it: no case, no times, and the model's answer only
+    where readers are shown it and after their own verdict (as on the web)."""
+
+    allowed_roles = (ANNOTATOR,)
+
+    @extend_schema(
+        summary="One image to judge, by its reference (annotator)",
+        parameters=[REF_PARAMETER],
+        responses={200: s.LabellingImageSerializer, **errors(401, 403, 404)},
+        tags=["labels"],
+    )
+    def get(self, request, ref: str):
+        image = image_by_ref(request.user, ref)
+        mine = ExpertLabel.objects.filter(image=image, annotator_id=request.user.pk).first()
+        body = _reader_body(request, image, mine)
+        record_view(request, action="image.viewed", target=image)
+        return Response(body)
+
+
+class LabellingImageFile(FileView):
+    """The image as stored (a PNG of the uploaded pixels, or the JPEG), without the
+    upload's metadata."""
+
+    allowed_roles = (ANNOTATOR,)
+
+    @extend_schema(
+        summary="The image's bytes, by its reference (annotator)",
+        parameters=[REF_PARAMETER],
+        responses={
+            (200, "image/png"): OpenApiTypes.BINARY,
+            (200, "image/jpeg"): OpenApiTypes.BINARY,
+            **errors(401, 403, 404),
+        },
+        tags=["labels"],
+    )
+    def get(self, request, ref: str):
+        image = image_by_ref(request.user, ref)
+        response = protected_file_response(image.file, image.content_type)
+        record_download(request, kind="image", target=image)
+        return response
+
+
+class LabellingImageLabels(RoleView):
+    allowed_roles = (ANNOTATOR,)
+
+    @extend_schema(
+        summary="Give your verdict on an image, by its reference (annotator)",
+        description="201 for a new verdict, 200 when it replaces yours; the answer is the "
+        "image with `your_verdict` (and, where readers are shown it, the model's answer, "
+        "now that yours is recorded). The agreement policy in force decides "
+        "`confirmed_label`; 409 once the image was adjudicated.",
+        parameters=[REF_PARAMETER],
+        request=s.LabelRequestSerializer,
+        responses={
+            200: s.LabellingImageSerializer,
+            201: s.LabellingImageSerializer,
+            **errors(400, 401, 403, 404, 409, 415),
+        },
+        tags=["labels"],
+    )
+    def post(self, request, ref: str):
+        image = image_by_ref(request.user, ref)
+        serializer = s.LabelRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        existed = ExpertLabel.objects.filter(image=image, annotator=request.user).exists()
+        mine = labelling.submit_label(
+            image=image, annotator=request.user, **serializer.validated_data
+        )
+        image = reader_images(request.user).get(pk=image.pk)  # its confirmation now
+        return Response(_reader_body(request, image, mine), status=200 if existed else 201)
+
+
+class LabellingExplanationOverlay(FileView):
+    allowed_roles = (ANNOTATOR,)
+
+    @extend_schema(
+        summary="An explanation's overlay PNG, once you may see the model's answer (annotator)",
+        description="404 unless readers are shown the model's answer and you gave your "
+        "verdict on the image, or when the image has no finished map of this method.",
+        parameters=[
+            REF_PARAMETER,
+            OpenApiParameter(
+                "method", str, OpenApiParameter.PATH, enum=list(Explanation.Method.values)
+            ),
+        ],
+        responses={(200, "image/png"): OpenApiTypes.BINARY, **errors(401, 403, 404)},
+        tags=["labels"],
+    )
+    def get(self, request, ref: str, method: str):
+        image = image_by_ref(request.user, ref)
+        mine = ExpertLabel.objects.filter(image=image, annotator_id=request.user.pk).first()
+        if not s.shows_model(mine):
+            raise NotFound("The model's answer is not shown to you for this image.")
+        explanation = next((e for e in s.shown_explanations(image) if e.method == method), None)
+        if explanation is None:
+            raise NotFound(f"This image has no finished {method!r} map.")
+        response = protected_file_response(explanation.overlay, "image/png")
+        record_download(request, kind="overlay", target=explanation)
+        return response
 
 
 # -- retrying a failed job ------------------------------------------------------------

@@ -10,12 +10,11 @@ from rest_framework import generics
 from rest_framework.response import Response
 
 from apps.accounts.audit import record_download
-from apps.accounts.roles import ANNOTATOR, CLINICIAN
+from apps.accounts.roles import CLINICIAN
 from apps.api.links import located
 from apps.api.schema import errors
 from apps.api.views import FileView, RoleView
-from apps.cases.access import visible_images
-from apps.cases.api.views import JobRetry
+from apps.cases.api.views import JobRetry, own_images
 from apps.cases.models import CaseImage
 from apps.explain import services as explain_services
 from apps.explain.api import serializers as s
@@ -79,18 +78,20 @@ class ExplanationRetry(JobRetry):
 
 
 def _visible_explanations(user):
-    return Explanation.objects.filter(image__in=visible_images(user))
+    """A clinician's own cases' explanations (readers get theirs, when the model's answer
+    is shown to them, from the labelling routes)."""
+    return Explanation.objects.filter(image__in=own_images(user))
 
 
 @extend_schema_view(
     get=extend_schema(
-        summary="One explanation job",
+        summary="One explanation job (clinician, own cases)",
         responses={200: s.ExplanationSerializer, **errors(401, 403, 404)},
         tags=["explanations"],
     )
 )
 class ExplanationDetail(generics.RetrieveAPIView, RoleView):
-    allowed_roles = (CLINICIAN, ANNOTATOR)
+    allowed_roles = (CLINICIAN,)
     serializer_class = s.ExplanationSerializer
 
     def get_queryset(self):
@@ -98,10 +99,10 @@ class ExplanationDetail(generics.RetrieveAPIView, RoleView):
 
 
 class ExplanationOverlay(FileView):
-    allowed_roles = (CLINICIAN, ANNOTATOR)
+    allowed_roles = (CLINICIAN,)
 
     @extend_schema(
-        summary="The explanation's overlay PNG",
+        summary="The explanation's overlay PNG (clinician, own cases)",
         responses={(200, "image/png"): OpenApiTypes.BINARY, **errors(401, 403, 404)},
         tags=["explanations"],
     )
@@ -115,10 +116,10 @@ class ExplanationOverlay(FileView):
 
 
 class ExplanationHeatmap(FileView):
-    allowed_roles = (CLINICIAN, ANNOTATOR)
+    allowed_roles = (CLINICIAN,)
 
     @extend_schema(
-        summary="The raw heatmap (float32 NumPy .npy, values in [0, 1])",
+        summary="The raw heatmap (float32 NumPy .npy, values in [0, 1]; clinician, own cases)",
         responses={(200, NPY_TYPE): OpenApiTypes.BINARY, **errors(401, 403, 404)},
         tags=["explanations"],
     )
