@@ -17,6 +17,7 @@ def own_cases(user) -> CaseQuerySet:
             "images",
             queryset=CaseImage.objects.select_related("adjudication").prefetch_related(
                 "predictions__model_version",
+                "predictions__operating_point",  # no query while no site point is applied
                 "segmentations__model_version",
                 "explanations",
                 "expert_labels",

@@ -10,6 +10,7 @@ from django.conf import settings
 from apps.cases.lungs import LungFields, lungs_for_classifier, segment_lungs
 from apps.cases.models import Prediction
 from apps.models.models import ModelVersion
+from apps.sites.services import label_for
 from cxrplatform.files import StoredFiles
 from cxrplatform.jobs import JobResult, JobRunner
 
@@ -59,10 +60,18 @@ class PredictionRunner(JobRunner[Prediction]):
         result = classifier.predict(
             image, lungs=lungs_for_classifier(classifier, self.lungs.result)
         )
+        # The case's site may serve this version at an operating point of its own: the
+        # label is then made from the same probabilities at that point (apps.sites).
+        site_label, point = label_for(
+            site_id=prediction.image.case.site_id,
+            version=version,
+            probabilities=result.probabilities,
+        )
         return JobResult(
             fields={
                 "model_version_id": version.pk,
-                "label": result.label,
+                "label": site_label or result.label,
+                "operating_point_id": point.pk if point else None,
                 "probabilities": result.probabilities,
                 "preprocess_ms": result.preprocess_ms,
                 "inference_ms": result.inference_ms,

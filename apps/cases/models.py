@@ -145,6 +145,13 @@ class Case(models.Model):
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="cases"
     )
+    site = models.ForeignKey(
+        "sites.Site",
+        on_delete=models.PROTECT,
+        related_name="cases",
+        help_text="Where the case was uploaded: its uploader's site then (apps.sites), "
+        "never a DICOM file's institution.",
+    )
     patient_ref = models.CharField(
         max_length=64,
         blank=True,
@@ -346,7 +353,18 @@ class Prediction(ImageJob):
         related_name="predictions",
     )
     label = models.CharField(max_length=20, choices=LABEL_CHOICES, blank=True)
+    # The model's probabilities, never changed by a site's operating point: the label is
+    # made from them at the point below.
     probabilities = models.JSONField(default=dict, blank=True)
+    operating_point = models.ForeignKey(
+        "sites.SiteOperatingPoint",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="predictions",
+        help_text="The case's site operating point that made the label; null: the model's "
+        "own point.",
+    )
     preprocess_ms = models.FloatField(null=True, blank=True)
     inference_ms = models.FloatField(null=True, blank=True)
     # Lung fields of the image (apps.cases.lungs), stored with the prediction. A

@@ -17,6 +17,7 @@ from apps.accounts.models import record
 from apps.cases.kinds import KINDS, kind_of
 from apps.cases.models import Case, CaseImage, Modality
 from apps.cases.validation import UploadRejected, validate_image
+from apps.sites.services import site_id_of_user
 from cxrplatform.files import files_removed_on_error
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,7 @@ def _store_case(owner, validated: list, patient_ref: str, notes: str, modality: 
     with files_removed_on_error() as stored, transaction.atomic():
         case = Case.objects.create(
             owner=owner,
+            site_id=site_id_of_user(owner.pk),  # the uploader's site, now
             patient_ref=patient_ref.strip() or pseudonym,
             patient_pseudonym=pseudonym,
             notes=notes.strip(),
