@@ -159,20 +159,22 @@ def set_site(*, actor: Any, user: Any, site: Site) -> bool:
 
 
 def locked_usernames(usernames: list[str]) -> set[str]:
-    """The accounts among ``usernames`` that django-axes refuses now (as many failed
-    log-ins as the limit within the cool-off time)."""
+    """The accounts among ``usernames`` that django-axes refuses now: their failed log-ins
+    within the cool-off time (summed over the rows axes keeps per address and browser)
+    reach the limit, as axes counts them."""
     from axes.models import AccessAttempt
+    from django.db.models import Sum
 
     if not usernames:
         return set()
     since = timezone.now() - settings.AXES_COOLOFF_TIME
-    return set(
-        AccessAttempt.objects.filter(
-            username__in=usernames,
-            attempt_time__gte=since,
-            failures_since_start__gte=settings.AXES_FAILURE_LIMIT,
-        ).values_list("username", flat=True)
+    totals = (
+        AccessAttempt.objects.filter(username__in=usernames, attempt_time__gte=since)
+        .values("username")
+        .annotate(failures=Sum("failures_since_start"))
+        .filter(failures__gte=settings.AXES_FAILURE_LIMIT)
     )
+    return {row["username"] for row in totals}
 
 
 @transaction.atomic
@@ -430,7 +432,7 @@ class SiteValidation:
 
 
 def validate(
-    *, site: Site, version: ModelVersion, n_bootstrap: int = N_BOOTSTRAP
+    *, site: Site, version: ModelVersion, n_bootstrap: int | None = None
 ) -> SiteValidation:
     """The local validation study of ``version`` at ``site`` (reads only). Refused when
     the version is no COVID-19 classifier or the site has no labelled image that the
@@ -443,6 +445,7 @@ def validate(
     if not images:
         raise SiteRefused(_no_images(site, version))
     y_true, probs = _arrays(images, classes)
+    n_bootstrap = N_BOOTSTRAP if n_bootstrap is None else n_bootstrap
     validation = local_validation(y_true, probs, classes, n_bootstrap=n_bootstrap, seed=SEED)
     point = active_point(site, version)
     at_point = None
@@ -613,7 +616,12 @@ def _checked_target(target: Any, goal: Any) -> tuple[str, float]:
 
 
 def propose(
-    *, site: Site, version: ModelVersion, target: Any, goal: Any, n_bootstrap: int = N_BOOTSTRAP
+    *,
+    site: Site,
+    version: ModelVersion,
+    target: Any,
+    goal: Any,
+    n_bootstrap: int | None = None,
 ) -> SiteProposal:
     """The offsets that reach ``target`` >= ``goal`` on the site's labels (reads only).
     :class:`SiteInputError` for an unknown target or a goal outside (0, 1];
@@ -628,7 +636,13 @@ def propose(
     y_true, probs = _arrays(images, classes)
     try:
         return propose_site_point(
-            y_true, probs, classes, target=name, goal=value, n_bootstrap=n_bootstrap, seed=SEED
+            y_true,
+            probs,
+            classes,
+            target=name,
+            goal=value,
+            n_bootstrap=N_BOOTSTRAP if n_bootstrap is None else n_bootstrap,
+            seed=SEED,
         )
     except ValueError as exc:  # e.g. no labelled COVID-19 image to measure sensitivity on
         raise SiteRefused(f"{site.name}: {exc}.") from None
@@ -685,7 +699,7 @@ def apply_point(
     target: Any,
     goal: Any,
     expected_offsets: Mapping[str, Any] | None = None,
-    n_bootstrap: int = N_BOOTSTRAP,
+    n_bootstrap: int | None = None,
 ) -> SiteOperatingPoint:
     """Propose again and make the proposal ``site``'s active point for ``version``: the
     site's next predictions by that version take their label at its offsets; other
