@@ -40,6 +40,7 @@ from apps.cases.models import (
     ImageJob,
     Prediction,
     Segmentation,
+    current_job,
 )
 from apps.explain.models import Explanation
 from cxrplatform.jobs import RetryRefused, retry_job
@@ -277,9 +278,10 @@ class ImageLungOutline(_ImageLungFile):
 
 
 def _segmentation_of(request, pk: int) -> Segmentation:
-    """The newest segmentation of one of the clinician's own CT slices (404 otherwise)."""
+    """The segmentation that speaks for one of the clinician's own CT slices
+    (``current_job``, as the case page shows it; 404 otherwise)."""
     image = get_object_or_404(CaseImage.objects.filter(case__owner=request.user), pk=pk)
-    segmentation = image.segmentations.select_related("model_version").order_by("-pk").first()
+    segmentation = current_job(image.segmentations.select_related("model_version"))
     if segmentation is None:
         raise NotFound("This image is not a CT slice; it has no segmentation.")
     return segmentation
@@ -559,7 +561,7 @@ class JobRetry(RoleView):
         jobs = self.model.retryable_by(request.user)
         if self.of_image:
             image = get_object_or_404(CaseImage.objects.filter(case__owner=request.user), pk=pk)
-            job = jobs.filter(image=image).order_by("-pk").first()
+            job = current_job(jobs.filter(image=image))
             if job is None:
                 self.no_job()
         else:
