@@ -808,14 +808,15 @@ def label_for(
 ) -> tuple[str | None, SiteOperatingPoint | None]:
     """The label of a prediction by ``version`` for a case of ``site_id``: at the site's
     active point, with that point; (None, None) when the site has none (the model's own
-    label stands). The probabilities are never changed."""
+    label stands). The probabilities are never changed. Without a site point nothing
+    beyond one query is paid (the inference worker stays lean)."""
+    point = active_point(site_id, version)
+    if point is None:
+        return None, None
     import numpy as np
 
     from ml.models.local_validation import labels_at
 
-    point = active_point(site_id, version)
-    if point is None:
-        return None, None
     classes = version.classes
     row = np.asarray([[float(probabilities.get(c, 0.0)) for c in classes]])
     return classes[int(labels_at(row, classes, point.offsets)[0])], point
