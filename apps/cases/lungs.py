@@ -196,12 +196,14 @@ def classifier_input(
 
 
 def lung_prediction(image: CaseImage) -> Prediction | None:
-    """The newest finished prediction of ``image`` if it has a lung mask, else None.
+    """The prediction that speaks for ``image`` (``newest_result``, the one the case page
+    shows) if it has a lung mask, else None.
 
-    The newest result speaks for the image: an older prediction's mask is not
-    shown beside a newer one that found no lungs.
+    An older prediction's mask is not shown beside a newer result that found no lungs.
     """
-    prediction = image.predictions.filter(status="done").order_by("-pk").first()
+    from apps.cases.models import newest_result
+
+    prediction = newest_result(image.predictions.all())
     if prediction is None or not prediction.lungs_found or not prediction.lung_mask:
         return None
     return prediction

@@ -58,6 +58,7 @@ def _result(values, overlay: bytes, **fields: object) -> JobResult:
 def xray_explanation(explanation: Explanation) -> JobResult:
     """A heatmap of the classifier's served class for an X-ray, by the asked method, with
     its deletion/insertion scores and its mass inside the lungs."""
+    from apps.cases.lungs import classifier_input
     from apps.models.serving import classifier_for
     from ml.data.preprocess import open_image
     from ml.explain.api import deletion_insertion, explain, render_overlay
@@ -65,7 +66,7 @@ def xray_explanation(explanation: Explanation) -> JobResult:
     start = time.perf_counter()
     classifier = classifier_for(explanation.model_version)
     with explanation.image.file.open("rb") as fh:
-        prepared = _prepare(classifier, open_image(fh), explanation.image)
+        prepared = classifier_input(classifier, open_image(fh), explanation.image)
     array = prepared.x
     # At a chosen operating point the served label is the shifted argmax, not the
     # Keras model's own: explain that class.
@@ -154,24 +155,6 @@ def _ct_mass_in_lungs(values, segmentation) -> float | None:
     with segmentation.lung_mask.open("rb") as fh, Image.open(io.BytesIO(fh.read())) as png:
         mask = np.asarray(png.convert("L")) > 127
     return round(mass_in_mask(values, mask), 4)
-
-
-def _prepare(classifier, image, case_image):
-    """The model input, exactly as the prediction made it, with the image's lung mask
-    carried into the model's frame (``ml.data.preprocess.prepare``).
-
-    The stored lung mask is used when the model may use it (any v1 model; a v2
-    model preprocessed with the same segmenter); a v2 model otherwise segments
-    the image with its own segmenter, as its predictions do.
-    """
-    from apps.cases.lungs import lungs_for_classifier, stored_lungs
-    from ml.data.preprocess import prepare
-
-    lungs = stored_lungs(case_image)
-    if classifier.needs_lungs:
-        prepared, _, _ = classifier.prepare(image, lungs_for_classifier(classifier, lungs))
-        return prepared
-    return prepare(image, classifier.spec, lungs.mask if lungs is not None else None)
 
 
 def _mass_in_lungs(values, frame_mask) -> float | None:
