@@ -72,6 +72,8 @@ INSTALLED_APPS = [
     "apps.generator",
     # Sites: membership, local validation studies and site operating points.
     "apps.sites",
+    # The reading room: radiologists' site worklist, viewer and signed reports.
+    "apps.reading",
     # Start-up of every process: each app's Celery tasks registered (cxrplatform.apps).
     "cxrplatform.apps.PlatformConfig",
 ]

@@ -21,6 +21,8 @@ urlpatterns = [
     path("generator/", include("apps.generator.urls")),
     # Sites: their accounts, local validation studies and site operating points.
     path("sites/", include("apps.sites.urls")),
+    # The reading room: radiologists' worklist, viewer and signed reports.
+    path("reading/", include("apps.reading.urls")),
     path("api/v1/", include("apps.api.urls")),
     # The admin's log-in shares the web log-in's per-address count (django-axes adds the
     # per-account lockout to both, and to the API's token endpoint).

@@ -24,7 +24,11 @@ ADJUDICATOR = "adjudicator"
 # Manages accounts: invites and creates users, assigns roles, deactivates
 # (apps.accounts.users). Superusers have every role.
 SITE_ADMIN = "site_admin"
-ROLES = (CLINICIAN, ANNOTATOR, MODEL_ADMIN, ADJUDICATOR, SITE_ADMIN)
+# Reads the studies of their own site from a worklist ordered by the model's priority,
+# with the patients' identifiers (audited), and signs reports (apps.reading). Never sees
+# another site's cases.
+RADIOLOGIST = "radiologist"
+ROLES = (CLINICIAN, ANNOTATOR, MODEL_ADMIN, ADJUDICATOR, SITE_ADMIN, RADIOLOGIST)
 
 # Model permissions each group gets ("app_label.codename"), applied by the
 # data migration accounts/0001 and re-applied by `seed_demo`.
@@ -71,6 +75,14 @@ ROLE_PERMISSIONS: dict[str, tuple[str, ...]] = {
         "auth.add_user",
         "auth.change_user",
         "auth.view_group",
+    ),
+    RADIOLOGIST: (
+        "cases.view_case",
+        "cases.view_caseimage",
+        "cases.view_prediction",
+        "explain.view_explanation",
+        "reading.view_report",
+        "reading.add_report",
     ),
 }
 

@@ -64,6 +64,7 @@ def create_demo_users() -> list[tuple[str, str, str]]:
         ("adjudicator", "adjudicator"),
         ("modeladmin", "model_admin"),
         ("siteadmin", "site_admin"),
+        ("radiologist", "radiologist"),
     ):
         password = f"{username}{DEMO_PASSWORD_SUFFIX}"
         user, _ = user_model.objects.get_or_create(username=username)

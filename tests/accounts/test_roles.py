@@ -90,4 +90,4 @@ def test_seed_demo_has_a_user_for_every_role_site_admin_included(client, setting
 
 def test_role_required_refuses_unknown_roles():
     with pytest.raises(ValueError, match="role_required needs roles"):
-        role_required("radiologist")
+        role_required("surgeon")
