@@ -15,6 +15,7 @@ from apps.api import views
 from apps.cases.api import urls as cases
 from apps.explain.api import urls as explain
 from apps.models.api import urls as models
+from apps.reading.api import urls as reading
 from apps.sites.api import urls as sites
 
 app_name = "api"
@@ -33,6 +34,7 @@ urlpatterns = [
     *explain.urlpatterns,
     *models.urlpatterns,
     *sites.urlpatterns,
+    *reading.urlpatterns,
     # Documentation is public (it holds no data); served from local static files.
     path("schema/", SpectacularAPIView.as_view(permission_classes=[]), name="schema"),
     path(
