@@ -74,6 +74,8 @@ INSTALLED_APPS = [
     "apps.sites",
     # The reading room: radiologists' site worklist, viewer and signed reports.
     "apps.reading",
+    # The PACS connection: DICOM listener, protected return mapping, results returned.
+    "apps.pacs",
     # Start-up of every process: each app's Celery tasks registered (cxrplatform.apps).
     "cxrplatform.apps.PlatformConfig",
 ]
@@ -723,3 +725,33 @@ if not DEBUG:
         # every subdomain, that the operator makes (and hospital intranet names cannot
         # be listed); SECURE_HSTS_PRELOAD=1 opts in.
         SILENCED_SYSTEM_CHECKS = [*SILENCED_SYSTEM_CHECKS, "security.W021"]
+
+# The PACS connection (apps.pacs; docs/operations.md "Connecting a PACS"). The DICOM
+# listener (manage.py dicom_listener) takes C-STORE as CXR_DICOM_AE_TITLE on
+# CXR_DICOM_BIND:CXR_DICOM_PORT from the AE@address pairs of CXR_DICOM_ALLOWED ("*" for
+# any AE title or address); each study becomes a case of CXR_DICOM_SERVICE_USER. Results
+# go back by C-STORE to CXR_PACS_DESTINATION (AE@host:port; empty: nothing is returned).
+CXR_DICOM_AE_TITLE = env_str("CXR_DICOM_AE_TITLE", default="CXRAI")
+CXR_DICOM_BIND = env_str("CXR_DICOM_BIND", default="127.0.0.1")
+CXR_DICOM_PORT = env_int("CXR_DICOM_PORT", default=11112, min_value=1)
+CXR_DICOM_ALLOWED = env_list("CXR_DICOM_ALLOWED", default=["*@127.0.0.1"])
+CXR_DICOM_SERVICE_USER = env_str("CXR_DICOM_SERVICE_USER", default="pacs")
+# Where /readyz finds the listener (host:port) for its C-ECHO; empty: no such check.
+CXR_DICOM_LISTENER_CHECK = env_str("CXR_DICOM_LISTENER_CHECK", default="")
+CXR_PACS_DESTINATION = env_str("CXR_PACS_DESTINATION", default="")
+CXR_PACS_RETURN_MAX_ATTEMPTS = env_int("CXR_PACS_RETURN_MAX_ATTEMPTS", default=10, min_value=1)
+CXR_PACS_RETURN_BACKOFF_SECONDS = env_float(
+    "CXR_PACS_RETURN_BACKOFF_SECONDS", default=5.0, min_value=0.0
+)
+# The protected mapping (original study UIDs and patient, for the return path only).
+CXR_PACS_MAPPING_RETENTION_DAYS = env_int(
+    "CXR_PACS_MAPPING_RETENTION_DAYS", default=30, min_value=1, max_value=3650
+)
+CXR_PACS_MAPPING_KEY = env_str("CXR_PACS_MAPPING_KEY", default="")
+# The root of the UIDs of the objects sent back (empty: pydicom's).
+CXR_PACS_UID_PREFIX = env_str("CXR_PACS_UID_PREFIX", default="")
+CELERY_BEAT_SCHEDULE["purge-expired-pacs-links"] = {
+    "task": "apps.pacs.tasks.purge_expired_pacs_links",
+    "schedule": 24 * 3600.0,
+    "options": {"queue": "default"},
+}
