@@ -68,3 +68,38 @@ def study(media_root) -> Study:
         return case
 
     return make
+
+
+def stored_dicom(data: bytes) -> bytes:
+    """A DICOM file as intake stores it: de-identified with the platform's key."""
+    from django.conf import settings
+
+    from apps.cases.deidentify import deidentify
+    from ml.data.dicom import read_dataset
+
+    stored, _ = deidentify(read_dataset(data), key=settings.CXR_PSEUDONYM_KEY)
+    return stored
+
+
+@pytest.fixture
+def dicom_study(media_root) -> Study:
+    """``dicom_study(owner, probs, bits=16, **case_fields)``: a case with one predicted image
+    whose stored original is a de-identified ``bits``-bit DICOM of the fixture X-ray."""
+    from django.core.files.base import ContentFile
+
+    from tests.cases.test_input_safety import make_dicom
+
+    def make(owner, probs: Sequence[float] | None = (0.1, 0.2, 0.7), bits: int = 16, **kwargs):
+        case = CaseFactory(owner=owner, **kwargs)
+        dicom = stored_dicom(make_dicom(bits=bits, PixelSpacing=[0.2, 0.2]))
+        image = CaseImageFactory(
+            case=case, source_format="dicom", original=ContentFile(dicom, name="study.dcm")
+        )
+        if probs is not None:
+            PredictionFactory(
+                image=image,
+                probabilities=dict(zip(("covid19", "pneumonia", "normal"), probs, strict=True)),
+            )
+        return case
+
+    return make
