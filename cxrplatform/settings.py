@@ -501,6 +501,14 @@ CXR_DELETED_CASE_RETENTION_DAYS = env_int(
     "CXR_DELETED_CASE_RETENTION_DAYS", default=7, min_value=0, max_value=3650
 )
 CXR_PURGE_CHECK_SECONDS = env_int("CXR_PURGE_CHECK_SECONDS", default=3600, min_value=10)
+# Drift monitoring (apps.sites.drift; docs/operations.md "Drift monitoring"): a site's
+# rolling window is its last CXR_DRIFT_WINDOW_PREDICTIONS predictions within
+# CXR_DRIFT_WINDOW_DAYS days, checked by beat every CXR_DRIFT_CHECK_SECONDS; a feature with
+# fewer than CXR_DRIFT_MIN_IMAGES values in the window is not judged.
+CXR_DRIFT_WINDOW_PREDICTIONS = env_int("CXR_DRIFT_WINDOW_PREDICTIONS", default=200, min_value=1)
+CXR_DRIFT_WINDOW_DAYS = env_int("CXR_DRIFT_WINDOW_DAYS", default=30, min_value=1, max_value=3650)
+CXR_DRIFT_CHECK_SECONDS = env_int("CXR_DRIFT_CHECK_SECONDS", default=3600, min_value=10)
+CXR_DRIFT_MIN_IMAGES = env_int("CXR_DRIFT_MIN_IMAGES", default=20, min_value=2)
 CELERY_BEAT_SCHEDULE = {
     # One sweeper for every registered job kind (cxrplatform.jobs.registered_jobs).
     "sweep-stuck-jobs": {
@@ -517,6 +525,12 @@ CELERY_BEAT_SCHEDULE = {
     "purge-deleted-cases": {
         "task": "apps.cases.tasks.purge_deleted_cases",
         "schedule": float(CXR_PURGE_CHECK_SECONDS),
+        "options": {"queue": "default"},
+    },
+    # Each site's drift against the production classifier's reference (apps.sites.drift).
+    "check-site-drift": {
+        "task": "apps.sites.tasks.check_drift",
+        "schedule": float(CXR_DRIFT_CHECK_SECONDS),
         "options": {"queue": "default"},
     },
 }

@@ -10,6 +10,8 @@ from django.conf import settings
 from apps.cases.lungs import LungFields, lungs_for_classifier, segment_lungs
 from apps.cases.models import Prediction
 from apps.models.models import ModelVersion
+from apps.sites.drift import features_of as drift_features_of
+from apps.sites.drift import record as record_drift
 from apps.sites.services import label_for
 from cxrplatform.files import StoredFiles
 from cxrplatform.jobs import JobResult, JobRunner
@@ -33,6 +35,7 @@ class PredictionRunner(JobRunner[Prediction]):
     what = "Classification"
     related = ("image__case",)
     lungs: LungFields
+    version_id: int
 
     def compute(self, prediction: Prediction) -> JobResult:
         from apps.models.serving import classifier_for
@@ -67,6 +70,15 @@ class PredictionRunner(JobRunner[Prediction]):
             version=version,
             probabilities=result.probabilities,
         )
+        # The drift monitor's features (apps.sites.drift): None, and nothing imported,
+        # when the version has no drift reference; never fails the prediction.
+        self.version_id = version.pk
+        self.drift_features = drift_features_of(
+            version=version,
+            image=image,
+            lungs=self.lungs.result,
+            probabilities=result.probabilities,
+        )
         return JobResult(
             fields={
                 "model_version_id": version.pk,
@@ -79,7 +91,9 @@ class PredictionRunner(JobRunner[Prediction]):
         )
 
     def store(self, prediction: Prediction, stored: StoredFiles) -> dict[str, object]:
-        return self.lungs.store(prediction, stored)
+        fields = self.lungs.store(prediction, stored)
+        record_drift(prediction, self.version_id, getattr(self, "drift_features", None))
+        return fields
 
     def on_done(self, prediction: Prediction) -> None:
         # Every prediction gets a Grad-CAM, queued once this commits.

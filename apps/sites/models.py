@@ -13,6 +13,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 DEFAULT_SLUG = "default"
 
@@ -131,3 +132,63 @@ class SiteOperatingPoint(models.Model):
         from ml.models.local_validation import FIGURE_NAMES
 
         return f"{FIGURE_NAMES.get(self.target, self.target)} >= {self.goal:.2f}"
+
+
+class DriftObservation(models.Model):
+    """The drift features (``ml.models.drift.FEATURES``) of one finished prediction, as
+    its worker computed them: the OOD score, the lung-field area and the intensity inside
+    the lungs, the top class and its probability. A feature that could not be computed is
+    null. Recorded only for a version with a drift reference (``apps.sites.drift``)."""
+
+    prediction = models.OneToOneField(
+        "cases.Prediction", on_delete=models.CASCADE, related_name="drift_observation"
+    )
+    site = models.ForeignKey(Site, on_delete=models.CASCADE, related_name="drift_observations")
+    model_version = models.ForeignKey(
+        "registry.ModelVersion", on_delete=models.CASCADE, related_name="drift_observations"
+    )
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    features = models.JSONField(default=dict)
+
+    class Meta:
+        ordering = ("-created_at", "-pk")
+        indexes = [models.Index(fields=["site", "model_version", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"drift features of prediction {self.prediction_id}"
+
+
+class DriftCheck(models.Model):
+    """One feature's drift at one site for one version, as one periodic check measured it
+    on the site's rolling window against the version's reference: the series the drift
+    page plots and the gauge ``cxr_site_drift{site,feature}`` reads (its newest PSI)."""
+
+    class Level(models.TextChoices):
+        NONE = "none", "No shift"
+        MODERATE = "moderate", "Moderate shift"
+        DRIFT = "drift", "Drift"
+        TOO_FEW = "too few", "Too few images"
+
+    site = models.ForeignKey(Site, on_delete=models.CASCADE, related_name="drift_checks")
+    model_version = models.ForeignKey(
+        "registry.ModelVersion", on_delete=models.CASCADE, related_name="drift_checks"
+    )
+    feature = models.CharField(max_length=40)
+    checked_at = models.DateTimeField(default=timezone.now, db_index=True)
+    n_reference = models.PositiveIntegerField()
+    n_recent = models.PositiveIntegerField()
+    psi = models.FloatField(null=True, blank=True)
+    ks = models.FloatField(null=True, blank=True)
+    p_value = models.FloatField(null=True, blank=True)
+    level = models.CharField(max_length=10, choices=Level.choices)
+    window_start = models.DateTimeField(null=True, blank=True)
+    notified = models.BooleanField(
+        default=False, help_text="This check moved the feature into drift: model admins were told."
+    )
+
+    class Meta:
+        ordering = ("-checked_at", "-pk")
+        indexes = [models.Index(fields=["site", "model_version", "feature", "-checked_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.site} {self.feature} {self.level} at {self.checked_at:%Y-%m-%d %H:%M}"

@@ -20,4 +20,6 @@ urlpatterns = [
         views.operating_point,
         name="operating-point",
     ),
+    path("<int:pk>/drift/", views.drift, name="drift"),
+    path("<int:pk>/drift/<slug:feature>.svg", views.drift_plot, name="drift-plot"),
 ]

@@ -241,3 +241,61 @@ def _posted_offsets(request: HttpRequest, version: ModelVersion) -> dict[str, fl
         return {c: float(str(v)) for c, v in posted.items()}
     except ValueError:
         raise services.SiteInputError("The proposed offsets are not numbers.") from None
+
+
+def _drift_subjects(request: HttpRequest, pk: int) -> tuple[Site, ModelVersion | None]:
+    """The site and the version whose drift is shown: ``?model=<id>`` or the production
+    classifier (None when there is none)."""
+    site = get_object_or_404(Site, pk=pk)
+    model = request.GET.get("model", "")
+    if model:
+        if not model.isdigit():
+            raise Http404("No such model version.")
+        return site, _study_subjects(pk, int(model))[1]
+    return site, ModelVersion.objects.production(task=Task.CLASSIFICATION)
+
+
+_LEVEL_PILLS = {
+    "none": "status-done",
+    "moderate": "status-pending",
+    "drift": "status-failed",
+    "too few": "status-archived",
+}
+
+
+@require_GET
+@role_required(MODEL_ADMIN)
+def drift(request: HttpRequest, pk: int) -> HttpResponse:
+    """A site's drift against the version's reference: per feature its PSI over time and
+    the newest check."""
+    from apps.sites import drift as monitor
+
+    site, version = _drift_subjects(request, pk)
+    report = monitor.report(site, version)
+    for row in report["features"]:
+        row["pill"] = _LEVEL_PILLS.get(row["level"], "status-archived")
+    context = {
+        "site": site,
+        "version": version,
+        "report": report,
+        "features": [{"feature": f, "name": monitor.feature_name(f)} for f in monitor.FEATURES],
+    }
+    return render(request, "sites/drift.html", context)
+
+
+@require_GET
+@role_required(MODEL_ADMIN)
+def drift_plot(request: HttpRequest, pk: int, feature: str) -> HttpResponse:
+    """One feature's PSI over time at the site (SVG)."""
+    from apps.sites import drift as monitor
+    from ml.models.evaluation import figure_bytes
+
+    site, version = _drift_subjects(request, pk)
+    if version is None or feature.replace("-", "_") not in monitor.FEATURES:
+        raise Http404("No such feature or no production classifier.")
+    figure = monitor.drift_figure(site, version, feature.replace("-", "_"))
+    return HttpResponse(
+        figure_bytes(figure, fmt="svg"),
+        content_type="image/svg+xml",
+        headers={"Cache-Control": "private, no-store"},
+    )

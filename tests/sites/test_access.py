@@ -50,6 +50,10 @@ PAGES = [
      _codes(302, 403, 403, 200, 403, 403)),
     ("sites:operating-point", "post", lambda w: [w.site_a.pk, w.version.pk],
      {"action": "rollback"}, _codes(302, 403, 403, 409, 403, 403)),
+    # Drift: the world has no production classifier, so the page says so and has no plot.
+    ("sites:drift", "get", lambda w: [w.site_a.pk], None, _codes(302, 403, 403, 200, 403, 403)),
+    ("sites:drift-plot", "get", lambda w: [w.site_a.pk, "ood_score"], None,
+     _codes(302, 403, 403, 404, 403, 403)),
 ]  # fmt: skip
 
 

@@ -21,6 +21,19 @@ class SiteSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class OperatingPointRefSerializer(serializers.ModelSerializer):
+    """The site operating point that made a prediction's label, in brief."""
+
+    description = serializers.CharField(
+        read_only=True, help_text="Its target, e.g. 'COVID-19 sensitivity >= 0.90'."
+    )
+
+    class Meta:
+        model = SiteOperatingPoint
+        fields = ["id", "number", "description"]
+        read_only_fields = fields
+
+
 class SiteOperatingPointSerializer(serializers.ModelSerializer):
     offsets = serializers.DictField(
         child=serializers.FloatField(),
@@ -136,3 +149,29 @@ class StudySerializer(serializers.Serializer):
         help_text="The figures stored for the version's own test split (`figures`, "
         "`recall`: value, low, high, where), and its class counts."
     )
+
+
+class DriftFeatureSerializer(serializers.Serializer):
+    feature = serializers.CharField()
+    name = serializers.CharField()
+    level = serializers.ChoiceField(choices=["none", "moderate", "drift", "too few"])
+    psi = serializers.FloatField(allow_null=True, help_text="Null: too few recent values.")
+    ks = serializers.FloatField(allow_null=True, help_text="Numerical features only.")
+    p_value = serializers.FloatField(allow_null=True)
+    n_recent = serializers.IntegerField()
+    n_reference = serializers.IntegerField()
+    checked_at = serializers.DateTimeField()
+    notified = serializers.BooleanField(help_text="Model admins were told of a drift.")
+
+
+class DriftReportSerializer(serializers.Serializer):
+    """A site's drift as ``apps.sites.drift.report`` gives it."""
+
+    site = serializers.DictField()
+    model_version = serializers.DictField(allow_null=True)
+    reference = serializers.DictField(
+        allow_null=True, help_text="{split, n}; null: no reference for this version."
+    )
+    window = serializers.DictField(child=serializers.IntegerField())
+    thresholds = serializers.DictField(child=serializers.FloatField())
+    features = DriftFeatureSerializer(many=True, help_text="The newest check of each feature.")

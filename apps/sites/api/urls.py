@@ -26,4 +26,5 @@ urlpatterns = [
         views.SiteOperatingPointRollback.as_view(),
         name="site-operating-point-rollback",
     ),
+    path("sites/<int:pk>/drift/", views.SiteDrift.as_view(), name="site-drift"),
 ]

@@ -4,7 +4,7 @@ site's operating points (propose, apply, roll back). Model admins only."""
 from __future__ import annotations
 
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema, extend_schema_view
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import generics
 from rest_framework.exceptions import ValidationError
 from rest_framework.parsers import JSONParser
@@ -156,3 +156,32 @@ class SiteOperatingPointRollback(RoleView):
         restored = services.roll_back(actor=request.user, site=site, version=version)
         body = s.SiteOperatingPointSerializer(restored).data if restored else None
         return Response({"active": body})
+
+
+class SiteDrift(RoleView):
+    allowed_roles = (MODEL_ADMIN,)
+
+    @extend_schema(
+        summary="A site's drift against the model's reference (model admin)",
+        description="The newest check of each feature (OOD score, lung-field area, "
+        "intensity inside the lungs, confidence, predicted-class shares) of the site's "
+        "rolling window against the version's reference: PSI, KS with its p-value and the "
+        "level (none, moderate, drift, too few). `model`: a classifier version's id "
+        "(default: the production one); `reference` null: no reference for it.",
+        parameters=[OpenApiParameter("model", int, required=False, description="A version's id.")],
+        responses={200: s.DriftReportSerializer, **errors(400, 401, 403, 404)},
+        tags=["sites"],
+    )
+    def get(self, request, pk: int):
+        from apps.sites import drift
+
+        site = get_object_or_404(Site, pk=pk)
+        model = request.query_params.get("model", "")
+        version: ModelVersion | None
+        if model:
+            if not model.isdigit():
+                raise ValidationError({"model": "A model version's id."})
+            version = _subjects(pk, int(model))[1]
+        else:
+            version = ModelVersion.objects.production(task=Task.CLASSIFICATION)
+        return Response(s.DriftReportSerializer(drift.report(site, version)).data)
