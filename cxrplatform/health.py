@@ -195,12 +195,24 @@ def check_model() -> dict[str, Any]:
     return detail
 
 
+def check_dicom_listener() -> dict[str, Any]:
+    """A C-ECHO to the DICOM listener (``CXR_DICOM_LISTENER_CHECK``, host:port)."""
+    from apps.pacs.scp import echo
+
+    host, _, port = settings.CXR_DICOM_LISTENER_CHECK.rpartition(":")
+    title = settings.CXR_DICOM_AE_TITLE
+    if not echo(host=host, port=int(port), called_ae=title, calling_ae=title):
+        raise NotReady(f"the DICOM listener {title} at {host}:{port} did not answer a C-ECHO")
+    return {"ae_title": title, "address": f"{host}:{port}"}
+
+
 _CHECK_FUNCTIONS: dict[str, Callable[[], dict[str, Any]]] = {
     "database": check_database,
     "migrations": check_migrations,
     "broker": check_broker,
     "storage": check_storage,
     "model": check_model,
+    "dicom": check_dicom_listener,
 }
 # Checks that need the database: skipped (and failed) when it is unreachable.
 _NEEDS_DATABASE = {"migrations", "model"}
@@ -214,7 +226,9 @@ def _message(exc: BaseException) -> str:
 def readiness() -> tuple[bool, dict[str, Any]]:
     """Run every check; (ready, the JSON body)."""
     results: dict[str, dict[str, Any]] = {}
-    for name in CHECKS:
+    # The DICOM listener is checked where one is configured (apps.pacs).
+    extra = ("dicom",) if settings.CXR_DICOM_LISTENER_CHECK else ()
+    for name in (*CHECKS, *extra):
         started = time.perf_counter()
         if name in _NEEDS_DATABASE and not results["database"]["ok"]:
             results[name] = {"ok": False, "error": "skipped: the database is unreachable"}

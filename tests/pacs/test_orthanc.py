@@ -184,6 +184,7 @@ def test_orthanc_study_comes_back_with_a_report_and_a_heatmap(platform_factory):
             for p in matching
         )
         version = next(iter(predictions.values())).model_version
+        assert version is not None
         assert values["Model version"].TextValue == version.name
         assert values["Model sha256"].TextValue == version.sha256
     for sc in found[SC_CLASS]:
