@@ -25,6 +25,7 @@ from apps.cases.models import (
 from apps.explain.api.serializers import ExplanationSerializer
 from apps.explain.models import Explanation
 from apps.models.api.serializers import ModelVersionRefSerializer
+from apps.sites.api.serializers import OperatingPointRefSerializer
 
 # -- predictions ----------------------------------------------------------------
 
@@ -48,6 +49,7 @@ class PredictionSerializer(serializers.Serializer):
     error = serializers.CharField()
     created_at = serializers.DateTimeField()
     finished_at = serializers.DateTimeField(allow_null=True)
+    operating_point = serializers.SerializerMethodField()
 
     @extend_schema_field(
         serializers.ChoiceField(
@@ -60,6 +62,18 @@ class PredictionSerializer(serializers.Serializer):
     @extend_schema_field(ProbabilitiesSerializer(allow_null=True, help_text="Null until done."))
     def get_probabilities(self, prediction) -> dict | None:
         return prediction.probabilities if prediction.status == "done" else None
+
+    @extend_schema_field(
+        OperatingPointRefSerializer(
+            allow_null=True,
+            help_text="The case's site operating point that made the label; null: the "
+            "model's own point (or not done yet).",
+        )
+    )
+    def get_operating_point(self, prediction) -> dict | None:
+        if prediction.operating_point_id is None:
+            return None
+        return OperatingPointRefSerializer(prediction.operating_point).data
 
 
 # -- images and cases ---------------------------------------------------------
