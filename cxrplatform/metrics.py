@@ -57,6 +57,8 @@ PLATFORM_METRICS = {
     "cxr_workers": "gauge: workers answering a control ping, by the queue they consume",
     "cxr_predictions": "gauge: finished predictions by label and model version",
     "cxr_production_model_info": "gauge (1): the production model version of each task",
+    "cxr_site_drift": "gauge: the newest population stability index of each site and drift "
+    "feature for the production classifier against its reference (above 0.25: drift)",
     "cxr_pacs_instances": "gauge: PACS instances and returned objects by outcome (received, "
     "refused, returned, pending, failed; apps.pacs)",
     "cxr_metrics_errors": "gauge: 1 when a part of this scrape could not be read",
@@ -230,6 +232,19 @@ def _predictions() -> Iterator[Metric]:
     yield info
 
 
+def _drift() -> Iterator[Metric]:
+    from apps.sites.drift import current_levels
+
+    family = GaugeMetricFamily(
+        "cxr_site_drift",
+        PLATFORM_METRICS["cxr_site_drift"].split(": ", 1)[1],
+        labels=["site", "feature"],
+    )
+    for site, feature, psi in current_levels():
+        family.add_metric([site, feature], psi)
+    yield family
+
+
 def _pacs() -> Iterator[Metric]:
     from apps.pacs.metrics import pacs_metrics
 
@@ -250,6 +265,7 @@ class PlatformCollector(Collector):
             ("jobs", _jobs),
             ("predictions", _predictions),
             ("pacs", _pacs),
+            ("drift", _drift),
             ("queues", self._queues),
             ("workers", self._workers),
         ):
