@@ -71,8 +71,14 @@ NOT_A_CHEST_XRAY = {
 
 
 # The view check runs on images the gate accepted: it is a frontal-vs-lateral
-# model of chest radiographs and says nothing sensible about other pictures.
-LATERAL_VIEW = "this looks like a lateral view; upload a frontal (PA/AP) chest X-ray."
+# model of chest radiographs and says nothing sensible about other pictures. A frontal
+# film upside down or inverted (a negative) is refused by it too (it is not the frontal
+# view the model reads), so the refusal says so: the check cannot tell which it was.
+LATERAL_VIEW = (
+    "this looks like a lateral view; upload a frontal (PA/AP) chest X-ray. "
+    "Upside down or inverted films are refused too: upload it the right way up, "
+    "as a positive (bones white)."
+)
 
 
 class UploadRejected(Exception):  # noqa: N818 - reads as what happened to the upload

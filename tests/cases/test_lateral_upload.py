@@ -16,7 +16,11 @@ pytestmark = pytest.mark.django_db
 
 LATERAL = "lateral/000002-11-b.jpg"
 LATERALS = ["lateral/000002-11-b.jpg", "lateral/covid-19-pneumonia-30-L.jpg"]
-MESSAGE = "this looks like a lateral view; upload a frontal (PA/AP) chest X-ray."
+MESSAGE = (
+    "this looks like a lateral view; upload a frontal (PA/AP) chest X-ray. "
+    "Upside down or inverted films are refused too: upload it the right way up, "
+    "as a positive (bones white)."
+)
 
 
 def _upload(path: str):
@@ -64,6 +68,23 @@ def test_lateral_view_is_refused_through_the_api(clinician, media_root):
     assert "000002-11-b.jpg" in error["message"]
     assert Case.objects.count() == 0
     assert stored_files(media_root) == []
+
+
+@pytest.mark.parametrize("turn", ["upside down", "inverted"])
+def test_an_upside_down_or_inverted_frontal_film_is_refused_saying_so(turn, clinician, media_root):
+    import io
+
+    from PIL import Image, ImageOps
+
+    with Image.open(IMAGES / "00001280_004.jpg") as film:
+        gray = film.convert("L")
+        turned = ImageOps.flip(gray) if turn == "upside down" else ImageOps.invert(gray)
+    buffer = io.BytesIO()
+    turned.save(buffer, format="PNG")
+    with pytest.raises(UploadRejected) as caught:
+        services.create_case(owner=clinician, files=[upload_of("film.png", buffer.getvalue())])
+    assert "Upside down or inverted films are refused too" in str(caught.value)
+    assert Case.objects.count() == 0
 
 
 def test_every_frontal_fixture_passes_the_view_check_at_upload():
