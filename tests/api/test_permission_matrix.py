@@ -229,6 +229,16 @@ MATRIX = [
     # that says so.
     ("site-drift", "get", lambda w: f"/api/v1/sites/{w.site.pk}/drift/", None, None,
      _codes(401, 403, 403, 403, 200)),
+    # The reading room: radiologists only (none in this matrix: tests/reading has their
+    # cells, another site's 404 included). A case's reports: its clinician reads them (none
+    # signed yet: an empty history); the other clinician gets 404; signing is a
+    # radiologist's, so the clinician's POST is a 403.
+    ("reading-worklist", "get", lambda w: "/api/v1/reading/worklist/", None, None,
+     _codes(401, 403, 403, 403, 403)),
+    ("reading-reports", "get", lambda w: f"/api/v1/reading/cases/{w.case.pk}/reports/",
+     None, None, _codes(401, 200, 404, 403, 403)),
+    ("reading-reports", "post", lambda w: f"/api/v1/reading/cases/{w.case.pk}/reports/",
+     lambda w, u, r: {"impression": "normal"}, "json", _codes(401, 403, 403, 403, 403)),
     ("schema", "get", lambda w: "/api/v1/schema/", None, None, _codes(200, 200, 200, 200, 200)),
     ("docs", "get", lambda w: "/api/v1/docs/", None, None, _codes(200, 200, 200, 200, 200)),
     ("redoc", "get", lambda w: "/api/v1/redoc/", None, None, _codes(200, 200, 200, 200, 200)),
