@@ -12,37 +12,41 @@
   sources.forEach(function (s) { byKey[s.key] = s; });
   var loaded = {}; // key -> Promise of {width, height, values: Float32Array, meta}
 
+  var previews = {}; // key -> Promise of the 8-bit rendition as data
+
+  function loadPng(source) {
+    if (previews[source.key]) return previews[source.key];
+    previews[source.key] = new Promise(function (resolve, reject) {
+      var img = new Image();
+      img.onload = function () {
+        var c = document.createElement("canvas");
+        c.width = img.naturalWidth; c.height = img.naturalHeight;
+        var ctx = c.getContext("2d");
+        ctx.drawImage(img, 0, 0);
+        var rgba = ctx.getImageData(0, 0, c.width, c.height).data;
+        var values = new Float32Array(c.width * c.height);
+        for (var i = 0; i < values.length; i++) values[i] = rgba[i * 4];
+        resolve({ width: c.width, height: c.height, values: values, preview: true,
+                  meta: { window: [127.5, 256], presets: { "default": [127.5, 256] }, min: 0, max: 255, monochrome1: false, units: "", header: null } });
+      };
+      img.onerror = reject;
+      img.src = source.file;
+    });
+    return previews[source.key];
+  }
+
+  // The full-resolution data: a DICOM's modality values, else the 8-bit rendition.
   function load(source) {
+    if (!source.values) return loadPng(source);
     if (loaded[source.key]) return loaded[source.key];
-    var promise;
-    if (source.values) {
-      promise = Promise.all([
-        fetch(source.meta, { credentials: "same-origin" }).then(function (r) { return r.json(); }),
-        fetch(source.values, { credentials: "same-origin" }).then(function (r) { return r.arrayBuffer(); })
-      ]).then(function (parts) {
-        var meta = parts[0];
-        return { width: meta.width, height: meta.height, values: new Float32Array(parts[1]), meta: meta };
-      });
-    } else {
-      promise = new Promise(function (resolve, reject) {
-        var img = new Image();
-        img.onload = function () {
-          var c = document.createElement("canvas");
-          c.width = img.naturalWidth; c.height = img.naturalHeight;
-          var ctx = c.getContext("2d");
-          ctx.drawImage(img, 0, 0);
-          var rgba = ctx.getImageData(0, 0, c.width, c.height).data;
-          var values = new Float32Array(c.width * c.height);
-          for (var i = 0; i < values.length; i++) values[i] = rgba[i * 4];
-          resolve({ width: c.width, height: c.height, values: values,
-                    meta: { window: [127.5, 256], presets: { "default": [127.5, 256] }, monochrome1: false, units: "", header: null } });
-        };
-        img.onerror = reject;
-        img.src = source.file;
-      });
-    }
-    loaded[source.key] = promise;
-    return promise;
+    loaded[source.key] = Promise.all([
+      fetch(source.meta, { credentials: "same-origin" }).then(function (r) { return r.json(); }),
+      fetch(source.values, { credentials: "same-origin" }).then(function (r) { return r.arrayBuffer(); })
+    ]).then(function (parts) {
+      var meta = parts[0];
+      return { width: meta.width, height: meta.height, values: new Float32Array(parts[1]), meta: meta };
+    });
+    return loaded[source.key];
   }
 
   function loadOutline(source) {
@@ -71,15 +75,36 @@
   Viewport.prototype.show = function (key) {
     var self = this, source = byKey[key];
     if (!source) return Promise.resolve();
+    var started = performance.now();
     self.source = source;
     self.root.setAttribute("data-showing", key);
-    self.root.removeAttribute("data-ready");
+    ["data-ready", "data-first-image-ms", "data-full-res-ms", "data-first-image-at", "data-full-res-at"].forEach(function (name) { self.root.removeAttribute(name); });
     var sliceOut = self.q("[data-slice]");
     var series = self.series();
     sliceOut.textContent = series.length > 1 ? "slice " + (series.indexOf(source) + 1) + " of " + series.length : "";
+    function painted(name) {
+      // Since show() began, and since the page's navigation began (make bench reads these).
+      if (self.root.hasAttribute(name)) return;
+      self.root.setAttribute(name, String(Math.round(performance.now() - started)));
+      self.root.setAttribute(name.replace("-ms", "-at"), String(Math.round(performance.now())));
+    }
+    var full = null;
+    if (source.values) {
+      // The 8-bit rendition first (small, fast), then the original values replace it.
+      loadPng(source).then(function (preview) {
+        if (self.source !== source || full) return;
+        var keepView = self.data && self.data.width === preview.width && self.data.height === preview.height;
+        self.data = preview;
+        self.setWindow(127.5, 256);
+        if (!keepView) self.fit();
+        painted("data-first-image-ms");
+      }).catch(function () { /* the full data still comes */ });
+    }
     return Promise.all([load(source), loadOutline(source)]).then(function (parts) {
-      var keepView = self.data && self.data.width === parts[0].width && self.data.height === parts[0].height;
-      self.data = parts[0]; self.outline = parts[1];
+      if (self.source !== source) return;
+      full = parts[0];
+      var keepView = self.data && self.data.width === full.width && self.data.height === full.height;
+      self.data = full; self.outline = parts[1];
       var presets = self.data.meta.presets || {};
       var select = self.q("[data-preset]");
       select.innerHTML = "";
@@ -87,11 +112,13 @@
         var option = document.createElement("option");
         option.value = name; option.textContent = name; select.appendChild(option);
       });
-      if (!keepView) { self.setWindow(self.data.meta.window[0], self.data.meta.window[1]); self.fit(); }
-      else { self.render(); }
+      self.setWindow(self.data.meta.window[0], self.data.meta.window[1]);
+      if (!keepView) self.fit();
       self.showHeader();
-      self.root.setAttribute("data-ready", "1");
+      painted("data-first-image-ms");
+      painted("data-full-res-ms");
       self.root.setAttribute("data-dicom", source.values ? "1" : "0");
+      self.root.setAttribute("data-ready", "1");
     });
   };
 
@@ -308,14 +335,10 @@
   };
 
   document.addEventListener("DOMContentLoaded", function () {
-    var started = performance.now();
     document.querySelectorAll("[data-viewport]").forEach(function (root) {
       var viewport = new Viewport(root);
       var select = root.querySelector("[data-source]");
-      var key = select ? select.value : (sources[0] && sources[0].key);
-      viewport.show(key).then(function () {
-        root.setAttribute("data-first-image-ms", String(Math.round(performance.now() - started)));
-      });
+      viewport.show(select ? select.value : (sources[0] && sources[0].key));
     });
   });
 })();
