@@ -32,6 +32,8 @@ demo: install ## run the platform on http://127.0.0.1:8000 with demo users (SQLi
 	DEBUG=1 $(PY) manage.py register_generator
 	DEBUG=1 $(PY) manage.py import_dataset tests/fixtures/images/manifest.csv --layout generic
 	DEBUG=1 $(PY) manage.py seed_ct_demo
+	# A second site with labelled cases (validation, operating point and drift pages).
+	DEBUG=1 $(PY) manage.py seed_site_demo
 	@echo "Open http://$${DEMO_HOST:-127.0.0.1}:$${DEMO_PORT:-8000}/ and log in with a demo user above (Ctrl-C stops)."
 	DEBUG=1 CXR_PUBLIC_URL=$${CXR_PUBLIC_URL:-http://$${DEMO_HOST:-127.0.0.1}:$${DEMO_PORT:-8000}} $(VENV)/bin/honcho -f Procfile.demo start
 
