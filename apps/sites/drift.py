@@ -387,6 +387,19 @@ def current_levels() -> list[tuple[str, str, float]]:
     return out
 
 
+def _chance_psi(reference: Reference | None, feature: str, n: int) -> float | None:
+    """About the PSI that chance alone gives ``n`` recent values drawn from the reference
+    itself: (bins - 1) / n (n x PSI is about chi-squared with bins - 1 degrees of freedom).
+    A PSI near it says nothing; it falls below the moderate line from about 90 values."""
+    if reference is None or n <= 0:
+        return None
+    if feature == "predicted_class":
+        bins = len({str(v) for v in reference.features.get(feature, []) if v is not None})
+    else:
+        bins = 10  # the reference's deciles (ml.models.drift)
+    return round(max(bins - 1, 1) / n, 3)
+
+
 def report(site: Site, version: ModelVersion | None) -> dict[str, Any]:
     """What the drift page and API show: the reference, the window, the newest check of
     each feature."""
@@ -418,6 +431,7 @@ def report(site: Site, version: ModelVersion | None) -> dict[str, Any]:
                 "p_value": c.p_value,
                 "n_recent": c.n_recent,
                 "n_reference": c.n_reference,
+                "chance_psi": _chance_psi(reference, c.feature, c.n_recent),
                 "checked_at": c.checked_at,
                 "notified": DriftCheck.objects.filter(
                     site=site, model_version=version, feature=c.feature, notified=True

@@ -160,6 +160,10 @@ class DriftFeatureSerializer(serializers.Serializer):
     p_value = serializers.FloatField(allow_null=True)
     n_recent = serializers.IntegerField()
     n_reference = serializers.IntegerField()
+    chance_psi = serializers.FloatField(
+        allow_null=True,
+        help_text="About the PSI chance alone gives this many recent values: (bins - 1) / n.",
+    )
     checked_at = serializers.DateTimeField()
     notified = serializers.BooleanField(help_text="Model admins were told of a drift.")
 
