@@ -10,6 +10,6 @@ class PacsConfig(AppConfig):
     verbose_name = "PACS connection"
 
     def ready(self) -> None:
-        from apps.pacs import signals
+        from apps.pacs import checks, signals  # noqa: F401 - checks registers itself
 
         signals.connect()

@@ -146,3 +146,38 @@ def test_backoff_doubles_and_is_capped(settings):
     settings.CXR_PACS_RETURN_BACKOFF_SECONDS = 5
     assert [backoff(n) for n in range(4)] == [5, 10, 20, 40]
     assert backoff(20) == 300
+
+
+def test_system_checks_name_a_malformed_peer_setting(settings):
+    from apps.pacs.checks import pacs_settings
+
+    settings.CXR_DICOM_ALLOWED = ["ORTHANC@127.0.0.1"]
+    settings.CXR_PACS_DESTINATION = "ORTHANC@127.0.0.1:4242"
+    assert pacs_settings(None) == []
+    settings.CXR_DICOM_ALLOWED = ["ORTHANC"]
+    settings.CXR_PACS_DESTINATION = "ORTHANC@127.0.0.1"
+    ids = sorted(str(error.id) for error in pacs_settings(None))
+    assert ids == ["pacs.E001", "pacs.E002"]
+
+
+@pytest.mark.django_db
+def test_mapping_past_its_retention_is_erased_and_the_case_stays(settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from apps.pacs.models import StudyLink
+    from apps.pacs.services import purge_expired_links
+    from tests.factories import CaseFactory
+
+    settings.CXR_PACS_MAPPING_RETENTION_DAYS = 30
+    old, new = CaseFactory(), CaseFactory()
+    for case in (old, new):
+        StudyLink.objects.create(case=case, calling_ae="ORTHANC", sealed=seal({"study": STUDY}))
+    StudyLink.objects.filter(case=old).update(received_at=timezone.now() - timedelta(days=31))
+    assert purge_expired_links() == 1
+    erased = StudyLink.objects.get(case=old)
+    assert bytes(erased.sealed) == b""
+    assert erased.erased_at is not None
+    assert unseal(StudyLink.objects.get(case=new).sealed)["study"] == STUDY
+    old.refresh_from_db()  # the case stays
