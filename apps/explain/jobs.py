@@ -83,17 +83,23 @@ def xray_explanation(explanation: Explanation) -> JobResult:
         classes=classifier.classes,
         visible=prepared.visible,  # blanked outside the lungs: occlusion patches too
     )
-    scores = deletion_insertion(classifier.model, array, heatmap.values, heatmap.target_class)
-    in_lungs = _mass_in_lungs(heatmap.values, prepared.lung_mask)
+    values, not_seen = seen_only(heatmap.values, prepared.visible, explanation.method)
+    scores = deletion_insertion(classifier.model, array, values, heatmap.target_class)
+    # On what the model can see: occlusion's map is zero on the blank it never saw.
+    in_lungs = _mass_in_lungs(values, prepared.lung_mask)
     overlay = render_overlay(
         array[..., 0],
-        heatmap.values,
+        values,
         title=f"{explanation.get_method_display()}: {heatmap.target_label}",
+        not_seen=not_seen,
     )
+    params = {**heatmap.params, "explain_seconds": round(heatmap.seconds, 4)}
+    if not_seen is not None:
+        params["not_seen_fraction"] = round(float(not_seen.mean()), 4)
     return _result(
-        heatmap.values,
+        values,
         overlay,
-        params={**heatmap.params, "explain_seconds": round(heatmap.seconds, 4)},
+        params=params,
         target_class=heatmap.target_class,
         target_label=heatmap.target_label or "",
         layer=heatmap.layer or "",
@@ -101,6 +107,21 @@ def xray_explanation(explanation: Explanation) -> JobResult:
         seconds=time.perf_counter() - start,
         mass_in_lungs=in_lungs,
     )
+
+
+def seen_only(
+    values: np.ndarray, visible: np.ndarray | None, method: str
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Occlusion's map with no importance on what the model was never shown (the blank
+    outside the lungs of a model fed masked images; its patches fill only what it sees),
+    and the mask of that blank (None when the model sees the whole image, or for other
+    methods, whose maps are read on the whole input)."""
+    if visible is None or method != "occlusion":
+        return values, None
+    seen = np.asarray(visible, dtype=bool)
+    if seen.shape != values.shape[:2] or seen.all():
+        return values, None
+    return np.where(seen, values, 0.0).astype(np.float32), ~seen
 
 
 def ct_explanation(explanation: Explanation) -> JobResult:

@@ -101,3 +101,48 @@ def layer(request: HttpRequest, pk: int) -> HttpResponse:
 def heatmap(request: HttpRequest, pk: int) -> HttpResponseBase:
     """The raw float32 map as a NumPy .npy file (for research tools)."""
     return _serve(request, pk, "heatmap", "application/octet-stream", f"explanation-{pk}.npy")
+
+
+def overlay_name(explanation: Explanation) -> str:
+    """A file name that says what the picture is: case, image, method and class."""
+    from django.utils.text import slugify
+
+    image = explanation.image
+    number = list(image.case.images.values_list("pk", flat=True)).index(image.pk) + 1
+    label = slugify(explanation.target_label or "map") or "map"
+    return f"case-{image.case_id}-image-{number}-{explanation.method}-{label}.png"
+
+
+@require_GET
+@role_required(CLINICIAN, ANNOTATOR)
+def overlay_download(request: HttpRequest, pk: int) -> HttpResponse:
+    """The picture the viewer shows, as a file: the whole uploaded image at its own size
+    with the heatmap stretched over it as the page lays it, and a colour bar."""
+    import numpy as np
+
+    from ml.data.preprocess import open_image
+    from ml.explain.render import render_overlay
+
+    explanation = _visible_explanation(request, pk)
+    try:
+        with explanation.heatmap.open("rb") as handle:
+            values = np.load(handle, allow_pickle=False)
+        with explanation.image.file.open("rb") as handle:
+            picture = open_image(handle).convert("L")
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        raise Http404(f"The stored explanation cannot be read: {exc}") from None
+    gray = np.asarray(picture, dtype=np.float32) / 255.0
+    png = render_overlay(
+        gray,
+        values,
+        title=f"{explanation.get_method_display()}: {explanation.target_label or 'map'}",
+    )
+    record_download(request, kind="overlay", target=explanation)
+    return HttpResponse(
+        png,
+        content_type="image/png",
+        headers={
+            "Cache-Control": "private, no-store",
+            "Content-Disposition": f'attachment; filename="{overlay_name(explanation)}"',
+        },
+    )

@@ -37,12 +37,15 @@ def render_overlay(
     alpha: float = 0.45,
     cmap: str = HEATMAP_CMAP,
     title: str | None = None,
+    not_seen: np.ndarray | None = None,
 ) -> bytes:
     """PNG of the image with the heatmap over it and a colour bar labelled 0..1.
 
     Uses matplotlib's object API with the Agg canvas (no pyplot global state), so it is
     safe in worker threads and needs no display. A heatmap of another size is resized
-    to the image; one outside [0, 1] is min-max scaled first.
+    to the image; one outside [0, 1] is min-max scaled first. ``not_seen`` (bool, any
+    size, resized to the image): pixels the model was never shown (blanked outside the
+    lungs); they get no heat, a grey hatch, and a legend "not seen by the model".
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError("alpha must be in [0, 1]")
@@ -58,7 +61,20 @@ def render_overlay(
     FigureCanvasAgg(figure)
     axes = figure.add_axes((0.02, 0.03, 0.74, 0.88 if title else 0.94))
     axes.imshow(picture, cmap=gray, vmin=0.0, vmax=1.0, interpolation="nearest")
+    hidden = None
+    if not_seen is not None:
+        hidden = resize_map(np.asarray(not_seen, dtype=np.float32), (height, width)) > 0.5
+        values = np.ma.masked_array(values, mask=hidden)
     overlay = axes.imshow(values, cmap=cmap, alpha=alpha, vmin=0.0, vmax=1.0)
+    if hidden is not None and hidden.any():
+        from matplotlib.patches import Patch
+
+        shade = np.zeros((height, width, 4), dtype=np.float32)
+        shade[hidden] = (0.5, 0.5, 0.5, 0.55)
+        axes.imshow(shade, interpolation="nearest")
+        axes.contourf(hidden.astype(np.float32), levels=[0.5, 1.5], colors="none", hatches=["//"])
+        legend = Patch(facecolor=(0.5, 0.5, 0.5, 0.55), hatch="//", label="not seen by the model")
+        axes.legend(handles=[legend], loc="lower left", fontsize=7, framealpha=0.8)
     axes.set_axis_off()
     if title:
         axes.set_title(title, fontsize=9)
