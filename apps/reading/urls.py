@@ -13,6 +13,7 @@ urlpatterns = [
     path("images/<int:pk>/file/", views.image_file, name="image-file"),
     path("images/<int:pk>/lungs.png", views.lung_outline, name="lung-outline"),
     path("images/<int:pk>/dicom/", views.dicom_download, name="dicom"),
+    path("explanations/<int:pk>/layer.png", views.heat_layer, name="heat-layer"),
     path("images/<int:pk>/values/", views.dicom_values, name="values"),
     path("images/<int:pk>/meta/", views.dicom_meta, name="meta"),
 ]

@@ -138,8 +138,21 @@ def _sources(case, priors) -> list[dict]:
                 if prediction is not None and prediction.lungs_found and prediction.lung_outline
                 else ""
             )
+            heat = next(
+                (
+                    e
+                    for e in image.current_explanations
+                    if e.status == "done" and e.heatmap and e.method == "gradcam"
+                ),
+                None,
+            ) or next(
+                (e for e in image.current_explanations if e.status == "done" and e.heatmap),
+                None,
+            )
             sources.append(
                 {
+                    "heat": reverse("reading:heat-layer", args=[heat.pk]) if heat else "",
+                    "heat_method": heat.get_method_display() if heat else "",
                     "key": f"i{image.pk}",
                     "label": f"{prefix}{word} {n}",
                     "case": study_case.pk,
@@ -223,6 +236,33 @@ def lung_outline(request: HttpRequest, pk: int) -> HttpResponseBase:
     response = protected_file_response(prediction.lung_outline, "image/png")
     record_download(request, kind="lung_outline", target=prediction)
     return response
+
+
+@require_GET
+@role_required(RADIOLOGIST)
+def heat_layer(request: HttpRequest, pk: int) -> HttpResponseBase:
+    """An explanation's coloured heatmap (the case page's layer) for the site's radiologists."""
+    import numpy as np
+
+    from apps.explain.models import Explanation
+    from ml.serving.colours import heatmap_png
+
+    explanation = get_object_or_404(
+        Explanation.objects.filter(
+            image__case__in=services.site_cases(request.user).values("pk"),
+            status=Explanation.Status.DONE,
+        ),
+        pk=pk,
+    )
+    try:
+        with explanation.heatmap.open("rb") as handle:
+            png = heatmap_png(np.load(handle, allow_pickle=False))
+    except (FileNotFoundError, ValueError) as exc:
+        raise Http404(f"The stored heatmap cannot be read: {exc}") from None
+    record_download(request, kind="heatmap_layer", target=explanation)
+    return HttpResponse(
+        png, content_type="image/png", headers={"Cache-Control": "private, no-store"}
+    )
 
 
 @require_GET

@@ -49,15 +49,17 @@
     return loaded[source.key];
   }
 
-  function loadOutline(source) {
-    if (!source.outline) return Promise.resolve(null);
+  function loadLayer(url) {
+    if (!url) return Promise.resolve(null);
     return new Promise(function (resolve) {
       var img = new Image();
       img.onload = function () { resolve(img); };
       img.onerror = function () { resolve(null); };
-      img.src = source.outline;
+      img.src = url;
     });
   }
+
+  function loadOutline(source) { return loadLayer(source.outline); }
 
   function Viewport(root) {
     this.root = root;
@@ -66,7 +68,7 @@
     this.offscreen = document.createElement("canvas");
     this.data = null; this.outline = null; this.source = null;
     this.scale = 1; this.tx = 0; this.ty = 0; this.fitted = true;
-    this.centre = 0; this.width = 1; this.invert = false; this.opacity = 0.7;
+    this.centre = 0; this.width = 1; this.invert = false; this.opacity = 0.7; this.heatOpacity = 0; this.heat = null;
     this.bind();
   }
 
@@ -100,11 +102,12 @@
         painted("data-first-image-ms");
       }).catch(function () { /* the full data still comes */ });
     }
-    return Promise.all([load(source), loadOutline(source)]).then(function (parts) {
+    return Promise.all([load(source), loadOutline(source), loadLayer(source.heat)]).then(function (parts) {
       if (self.source !== source) return;
       full = parts[0];
       var keepView = self.data && self.data.width === full.width && self.data.height === full.height;
-      self.data = full; self.outline = parts[1];
+      self.data = full; self.outline = parts[1]; self.heat = parts[2];
+      self.root.setAttribute("data-heat", self.heat ? source.heat_method : "");
       var presets = self.data.meta.presets || {};
       var select = self.q("[data-preset]");
       select.innerHTML = "";
@@ -220,6 +223,14 @@
     ctx.imageSmoothingEnabled = this.scale < 1;
     ctx.setTransform(this.scale, 0, 0, this.scale, this.tx, this.ty);
     ctx.drawImage(this.offscreen, 0, 0);
+    // The heatmap is stretched over the whole image, as on the case page, in the same
+    // transform as the image: it stays registered at every zoom and pan.
+    if (this.heat && this.heatOpacity > 0) {
+      ctx.globalAlpha = this.heatOpacity;
+      ctx.imageSmoothingEnabled = true;
+      ctx.drawImage(this.heat, 0, 0, this.data.width, this.data.height);
+      ctx.globalAlpha = 1;
+    }
     if (this.outline && this.opacity > 0) {
       ctx.globalAlpha = this.opacity;
       ctx.drawImage(this.outline, 0, 0, this.data.width, this.data.height);
@@ -286,6 +297,9 @@
     });
     self.q("[data-opacity]").addEventListener("input", function (event) {
       self.opacity = Number(event.target.value) / 100; self.render();
+    });
+    self.q("[data-heat-opacity]").addEventListener("input", function (event) {
+      self.heatOpacity = Number(event.target.value) / 100; self.render();
     });
     var canvas = self.canvas;
     canvas.addEventListener("pointerdown", function (event) {

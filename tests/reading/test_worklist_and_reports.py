@@ -197,3 +197,21 @@ def test_unknown_impression_is_refused(radiologist, owner, study):
     with pytest.raises(services.ReportRefused):
         services.sign_report(actor=radiologist, case=case, impression="maybe")
     assert not Report.objects.filter(case=case).exists()
+
+
+def test_the_viewer_gets_the_heatmap_of_its_sites_studies_only(
+    client, radiologist, other_radiologist, owner, study
+):
+    from tests.factories import ExplanationFactory
+
+    case = study(owner)
+    explanation = ExplanationFactory(image=case.images.get())
+    url = reverse("reading:heat-layer", args=[explanation.pk])
+    client.force_login(radiologist)
+    page = client.get(reverse("reading:study", args=[case.pk])).content.decode()
+    assert url in page  # the viewer's sources name it
+    layer = client.get(url)
+    assert layer.status_code == 200
+    assert layer.content.startswith(b"\x89PNG")
+    client.force_login(other_radiologist)
+    assert client.get(url).status_code == 404
