@@ -147,3 +147,45 @@ def test_radiologist_reads_signs_and_the_clinician_sees_the_report(
     response = page.goto(f"{url}/reading/cases/{urgent.pk}/")
     assert response is not None
     assert response.status == 404
+
+
+def test_ct_series_scrolls_and_takes_the_lung_window(browser_page, live_server, media_root):
+    from tests.ct_uploads import CT_SLICE_2, ct_dicom, hounsfield_of
+
+    page, url = browser_page, live_server.url
+    site = default_site()
+    radiologist = member(site, username="rad-ct", roles=["radiologist"])
+    owner = member(site, username="dr-ct", roles=["clinician"])
+    case = CaseFactory(owner=owner, modality="ct", patient_ref="CT-PAT")
+    slices = []
+    for hu in (hounsfield_of(), hounsfield_of(CT_SLICE_2)):
+        data = stored_dicom(ct_dicom(hu).read())
+        slices.append(
+            CaseImageFactory(
+                case=case,
+                fixture="2168a917.jpg",
+                source_format="dicom",
+                original=ContentFile(data, name="slice.dcm"),
+            )
+        )
+    log_in(page, url, radiologist.username, PASSWORD)
+    page.goto(f"{url}/reading/cases/{case.pk}/")
+    main = page.locator("[data-viewport='main']")
+    page.wait_for_selector("[data-viewport='main'][data-ready]")
+    assert main.get_attribute("data-showing") == f"i{slices[0].pk}"
+    main.get_by_label("Window").select_option("lung")
+    assert main.get_attribute("data-window") == "-600/1500"
+    value = _readout(page, "main")
+    assert -1100 <= value["value"] <= 700  # Hounsfield units
+    _shot(page, "reading-viewer-ct-lung-window")
+    # Page Down in the viewport, or the wheel, moves to the next slice.
+    main.focus()
+    page.keyboard.press("PageDown")
+    page.wait_for_selector(f"[data-viewport='main'][data-showing='i{slices[1].pk}'][data-ready]")
+    assert "slice 2 of 2" in main.locator("[data-slice]").inner_text()
+    box = main.locator("canvas").bounding_box()
+    assert box is not None
+    page.mouse.move(box["x"] + 50, box["y"] + 50)
+    page.mouse.wheel(0, -120)
+    page.wait_for_selector(f"[data-viewport='main'][data-showing='i{slices[0].pk}'][data-ready]")
+    assert_accessible(page)
