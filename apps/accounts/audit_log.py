@@ -45,6 +45,9 @@ CATEGORIES: dict[str, tuple[str, tuple[str, ...]]] = {
             "provenance.viewed",
             "dataset.export",
             "retention.lookup",
+            "reading.worklist_viewed",
+            "report.viewed",
+            "report.exported",
         ),
     ),
     "admin": (
@@ -63,7 +66,17 @@ CATEGORIES: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "clinical": (
         "Clinical work",
-        ("case.create", "case.delete", "label.", "explanation.", "prediction.", "segmentation."),
+        (
+            "case.create",
+            "case.delete",
+            "label.",
+            "explanation.",
+            "prediction.",
+            "segmentation.",
+            "reading.started",
+            "report.signed",
+            "report.amended",
+        ),
     ),
     "accounts": ("Sign-ins and tokens", ("auth.", "token.")),
 }
