@@ -769,3 +769,19 @@ CELERY_BEAT_SCHEDULE["purge-expired-pacs-links"] = {
     "schedule": 24 * 3600.0,
     "options": {"queue": "default"},
 }
+# The DICOMweb pull (apps.pacs.dicomweb) for a PACS that does not push: every
+# CXR_PACS_PULL_SECONDS a QIDO-RS search of CXR_PACS_DICOMWEB_URL for chest X-ray studies
+# of the last CXR_PACS_PULL_DAYS days, each new one retrieved by WADO-RS (at most
+# CXR_PACS_PULL_MAX_STUDIES a run). CXR_PACS_DICOMWEB_AUTHORIZATION: its Authorization
+# header. A CXR_PACS_DESTINATION of http(s):// gets the results by STOW-RS.
+CXR_PACS_DICOMWEB_URL = env_str("CXR_PACS_DICOMWEB_URL", default="")
+CXR_PACS_DICOMWEB_AUTHORIZATION = env_str("CXR_PACS_DICOMWEB_AUTHORIZATION", default="")
+CXR_PACS_PULL_SECONDS = env_int("CXR_PACS_PULL_SECONDS", default=60, min_value=5)
+CXR_PACS_PULL_DAYS = env_int("CXR_PACS_PULL_DAYS", default=1, min_value=1, max_value=3650)
+CXR_PACS_PULL_MAX_STUDIES = env_int("CXR_PACS_PULL_MAX_STUDIES", default=20, min_value=1)
+if CXR_PACS_DICOMWEB_URL:
+    CELERY_BEAT_SCHEDULE["pull-dicomweb-studies"] = {
+        "task": "apps.pacs.tasks.pull_dicomweb_studies",
+        "schedule": float(CXR_PACS_PULL_SECONDS),
+        "options": {"queue": "default"},
+    }

@@ -18,7 +18,9 @@ def pacs_settings(app_configs, **kwargs) -> list[Error]:
             Allowed.parse(item)
         except ValueError as exc:
             errors.append(Error(f"CXR_DICOM_ALLOWED: {exc}", id="pacs.E001"))
-    if settings.CXR_PACS_DESTINATION:
+    if settings.CXR_PACS_DESTINATION and not settings.CXR_PACS_DESTINATION.startswith(
+        ("http://", "https://")
+    ):
         try:
             Destination.parse(settings.CXR_PACS_DESTINATION)
         except ValueError as exc:

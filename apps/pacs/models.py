@@ -78,3 +78,17 @@ class Refusal(models.Model):
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M} {self.calling_ae}: {self.reason}"
+
+
+class PulledStudy(models.Model):
+    """A study the DICOMweb pull has taken (``apps.pacs.dicomweb``), so it is taken once.
+    Named by a keyed hash of its Study Instance UID, never the UID itself."""
+
+    key = models.CharField(max_length=64, unique=True)
+    pulled_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    case = models.ForeignKey(
+        "cases.Case", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+
+    def __str__(self) -> str:
+        return f"pulled study {self.key[:12]}"

@@ -54,9 +54,20 @@ class Destination:
         return cls(ae, host, int(port))
 
 
-def destination() -> Destination | None:
+def destination() -> Destination | str | None:
+    """Where results go: a C-STORE peer, a DICOMweb root (``http(s)://``, STOW-RS) or None."""
     text = settings.CXR_PACS_DESTINATION
-    return Destination.parse(text) if text else None
+    if not text:
+        return None
+    if text.startswith(("http://", "https://")):
+        return text
+    return Destination.parse(text)
+
+
+def describe(target: Destination | str) -> str:
+    if isinstance(target, str):
+        return target
+    return f"{target.ae_title}@{target.host}:{target.port}"
 
 
 class SendFailedError(RuntimeError):
@@ -212,9 +223,16 @@ def new_uid() -> str:
     return generate_uid(prefix=settings.CXR_PACS_UID_PREFIX or None)
 
 
-def send(datasets: list[Dataset], target: Destination) -> None:
-    """C-STORE every dataset in one association; raises SendFailedError unless all were stored."""
+def send(datasets: list[Dataset], target: Destination | str) -> None:
+    """C-STORE every dataset in one association (STOW-RS to a DICOMweb root); raises
+    SendFailedError unless all were stored."""
     from pynetdicom import AE
+
+    if isinstance(target, str):
+        from apps.pacs.dicomweb import store
+
+        store(datasets, target)
+        return
 
     ae = AE(ae_title=settings.CXR_DICOM_AE_TITLE)
     ae.acse_timeout = ae.network_timeout = ae.connection_timeout = 10

@@ -121,7 +121,9 @@ def return_case(case_id: int) -> dict[str, int]:
             if row.attempts >= settings.CXR_PACS_RETURN_MAX_ATTEMPTS:
                 row.state = ReturnedObject.State.FAILED
             row.save(update_fields=["attempts", "last_error", "state"])
-        log.warning("return of case %s to %s failed: %s", case_id, target.ae_title, message)
+        log.warning(
+            "return of case %s to %s failed: %s", case_id, returns.describe(target), message
+        )
         raise returns.SendFailedError(message) from exc
     now = timezone.now()
     ReturnedObject.objects.filter(pk__in=ids).update(
@@ -133,11 +135,11 @@ def return_case(case_id: int) -> dict[str, int]:
         action="pacs.return",
         target=link.case,
         after={
-            "destination": f"{target.ae_title}@{target.host}:{target.port}",
+            "destination": returns.describe(target),
             "objects": [{"kind": row.kind, "prediction": row.prediction_id} for row in rows],
         },
     )
-    log.info("returned %d object(s) of case %s to %s", len(rows), case_id, target.ae_title)
+    log.info("returned %d object(s) of case %s to %s", len(rows), case_id, returns.describe(target))
     return {"sent": len(rows), "already": already}
 
 

@@ -42,3 +42,13 @@ def purge_expired_pacs_links(self) -> dict:
     from apps.pacs.services import purge_expired_links
 
     return {"erased": purge_expired_links()}
+
+
+@platform_task(queue="default", retry_for=(OperationalError, InterfaceError))
+def pull_dicomweb_studies(self) -> dict:
+    """Celery beat, every ``CXR_PACS_PULL_SECONDS`` where ``CXR_PACS_DICOMWEB_URL`` is set:
+    the new chest X-ray studies of the DICOMweb server become cases
+    (``apps.pacs.dicomweb``)."""
+    from apps.pacs.dicomweb import pull_new_studies
+
+    return pull_new_studies()
