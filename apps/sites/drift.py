@@ -455,7 +455,7 @@ def drift_figure(site: Site, version: ModelVersion, feature: str):
     figure = Figure(figsize=(6, 2.6), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
     ax = figure.add_subplot()
-    top = max([PSI_DRIFT * 1.6, *(c.psi * 1.1 for c in checks if c.psi is not None)])
+    top = max([PSI_DRIFT * 1.6, *(c.psi * 1.45 for c in checks if c.psi is not None)])
     ax.axhspan(PSI_DRIFT, top, color=OKABE_ITO[1], alpha=0.10, linewidth=0)
     ax.axhline(
         PSI_MODERATE, color=OKABE_ITO[4], linestyle=":", linewidth=1.4, label="moderate 0.10"
@@ -480,5 +480,5 @@ def drift_figure(site: Site, version: ModelVersion, feature: str):
     ax.set_ylabel("PSI vs reference")
     ax.set_title(f"{feature_name(feature)}: {site.name}", fontsize=10)
     ax.grid(color="#dddddd", linewidth=0.6)
-    ax.legend(loc="upper left", fontsize=7, ncols=3)
+    ax.legend(loc="upper left", fontsize=8, ncols=3, framealpha=0.9)
     return figure

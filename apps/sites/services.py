@@ -546,7 +546,7 @@ def reliability_figure(study: SiteValidation):
         what += f", ECE {ece:.3f}"
     ax.set_title(f"Reliability: {what}", fontsize=10)
     ax.grid(color="#dddddd", linewidth=0.6)
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="best", fontsize=8, framealpha=0.9)
     return figure
 
 

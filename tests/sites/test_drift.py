@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -105,9 +106,16 @@ def _small_window(settings):
     drift.forget_references()
 
 
-def test_a_version_without_a_reference_records_nothing(clinician_a, production_model):
+def test_a_version_without_a_reference_records_nothing(clinician_a, production_model, monkeypatch):
+    # The worker stays lean: without a reference the drift module (scipy.stats) is never
+    # imported (an import would fail here and be logged).
+    monkeypatch.setitem(sys.modules, "ml.models.drift", None)
+    warnings: list[str] = []
+    monkeypatch.setattr(drift.log, "warning", lambda message, *a, **k: warnings.append(message))
     prediction = _predict(clinician_a, FILMS[0])
     assert not DriftObservation.objects.filter(prediction=prediction).exists()
+    assert warnings == []
+    monkeypatch.delitem(sys.modules, "ml.models.drift")
     assert drift.check_all() == {
         "checked": 0,
         "reason": "no production classifier with a drift reference",
