@@ -45,10 +45,19 @@ PYTEST_XDIST = $(if $(filter-out 0,$(TEST_PROCS)),-n $(TEST_PROCS) --dist loadgr
 test: install ## run every test (the README's test command)
 	$(VENV)/bin/pytest $(PYTEST_XDIST)
 
-# Quick feedback: no model training, no Celery worker processes, no browser (markers
-# `slow`, `worker`, `browser`; `make test` runs them all).
+# Quick feedback: no model training, no Celery worker processes, no browser, no
+# containers (markers `slow`, `worker`, `browser`, `containers`; `make test` runs them all).
 test-fast: install ## quick feedback: no model training, Celery workers or browser
-	$(VENV)/bin/pytest -m "not slow and not worker and not browser" $(PYTEST_XDIST)
+	$(VENV)/bin/pytest -m "not slow and not worker and not browser and not containers" $(PYTEST_XDIST)
+
+# The container images with podman (as root), also where no image registry is reachable:
+# a stand-in for the Dockerfile's base image from Debian packages when `podman pull`
+# fails, the wheels from PyPI on the host, the application image from the Dockerfile,
+# PostgreSQL and Redis from Debian packages (docs/operations.md "Running in containers").
+# `deploy/offline/stack.sh up` then runs the production shape.
+.PHONY: image
+image: ## build the container images with podman (works without a registry)
+	nice bash deploy/offline/build.sh
 
 # The same checks as .pre-commit-config.yaml (`$(VENV)/bin/pre-commit install` runs them
 # before each commit). DEBUG=1: the mypy Django plugin imports the settings.
