@@ -40,13 +40,23 @@ def worklist(request: HttpRequest) -> HttpResponseBase:
     )
 
 
+def _heat_of(image):
+    """The finished explanation the viewer lays over an image: Grad-CAM, else any."""
+    done = [e for e in image.current_explanations if e.status == "done" and e.heatmap]
+    return next((e for e in done if e.method == "gradcam"), done[0] if done else None)
+
+
 def _viewer_files(case) -> list[ServedFile]:
+    """What the viewer loads of a case: the images, lung outlines and heatmap layers (one
+    view event names them; apps.accounts.audit)."""
     files = []
     for image in case.images.all():
         files.append(ServedFile("image", image, image.pk))
         prediction = image.latest_prediction
         if prediction is not None and prediction.lungs_found and prediction.lung_outline:
             files.append(ServedFile("lung_outline", prediction, image.pk))
+        if (heat := _heat_of(image)) is not None:
+            files.append(ServedFile("heatmap_layer", heat, image.pk))
     return files
 
 
@@ -138,17 +148,7 @@ def _sources(case, priors) -> list[dict]:
                 if prediction is not None and prediction.lungs_found and prediction.lung_outline
                 else ""
             )
-            heat = next(
-                (
-                    e
-                    for e in image.current_explanations
-                    if e.status == "done" and e.heatmap and e.method == "gradcam"
-                ),
-                None,
-            ) or next(
-                (e for e in image.current_explanations if e.status == "done" and e.heatmap),
-                None,
-            )
+            heat = _heat_of(image)
             sources.append(
                 {
                     "heat": reverse("reading:heat-layer", args=[heat.pk]) if heat else "",

@@ -213,5 +213,7 @@ def test_the_viewer_gets_the_heatmap_of_its_sites_studies_only(
     layer = client.get(url)
     assert layer.status_code == 200
     assert layer.content.startswith(b"\x89PNG")
+    # The study page's view event named it: its fetch writes no event of its own.
+    assert not AuditEvent.objects.filter(action="download.heatmap_layer").exists()
     client.force_login(other_radiologist)
     assert client.get(url).status_code == 404
