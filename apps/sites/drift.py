@@ -419,6 +419,7 @@ def report(site: Site, version: ModelVersion | None) -> dict[str, Any]:
             "days": settings.CXR_DRIFT_WINDOW_DAYS,
             "min_images": settings.CXR_DRIFT_MIN_IMAGES,
             "in_window_now": size,
+            "check_minutes": max(1, settings.CXR_DRIFT_CHECK_SECONDS // 60),
         },
         "thresholds": {"moderate": 0.10, "drift": 0.25},
         "features": [

@@ -106,7 +106,9 @@ def _small_window(settings):
     drift.forget_references()
 
 
-def test_a_version_without_a_reference_records_nothing(clinician_a, production_model, monkeypatch):
+def test_a_version_without_a_reference_records_nothing(
+    client, site_a, clinician_a, production_model, model_admin, monkeypatch
+):
     # The worker stays lean: without a reference the drift module (scipy.stats) is never
     # imported (an import would fail here and be logged).
     monkeypatch.setitem(sys.modules, "ml.models.drift", None)
@@ -116,6 +118,12 @@ def test_a_version_without_a_reference_records_nothing(clinician_a, production_m
     assert not DriftObservation.objects.filter(prediction=prediction).exists()
     assert warnings == []
     monkeypatch.delitem(sys.modules, "ml.models.drift")
+    client.force_login(model_admin)
+    page = client.get(reverse("sites:drift", args=[site_a.pk])).content.decode()
+    assert "No reference for this version" in page
+    api = client.get(f"/api/v1/sites/{site_a.pk}/drift/").json()
+    assert api["reference"] is None
+    assert api["features"] == []
     assert drift.check_all() == {
         "checked": 0,
         "reason": "no production classifier with a drift reference",
