@@ -2,10 +2,10 @@
 # Make rootful podman run containers on this kind of machine (idempotent): runc as the
 # runtime (crun fails on cgroup v1 mounts here) and no default ulimits (raising
 # RLIMIT_NOFILE/NPROC is refused in this kernel's sandbox). Installs podman, runc,
-# debootstrap and podman-compose from Debian when they are missing.
+# debootstrap and docker-compose (deploy/offline/stack.sh) from Debian when missing.
 set -euo pipefail
 need=()
-for tool in podman runc debootstrap podman-compose; do
+for tool in podman runc debootstrap docker-compose; do
   command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -13,7 +13,8 @@ cd "$(dirname "$0")/../.."
 PROJECT=${CXR_COMPOSE_PROJECT:-cxrplatform}
 ENV_FILE=${CXR_COMPOSE_ENV_FILE:-.env}
 STATE=var/offline/$PROJECT
-SOCKET=/run/podman/podman.sock
+# A podman API service per project: stopping one stack never cuts off another.
+SOCKET=/run/podman/cxr-$PROJECT.sock
 export DOCKER_HOST=unix://$SOCKET COMPOSE_HTTP_TIMEOUT=600
 
 compose() {
@@ -44,6 +45,7 @@ stop_helpers() {
     if alive "$STATE/$name.pid"; then kill "$(cat "$STATE/$name.pid")"; fi
     rm -f "$STATE/$name.pid"
   done
+  rm -f "$SOCKET"
 }
 
 case "${1:-}" in
