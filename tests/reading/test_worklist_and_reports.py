@@ -217,3 +217,10 @@ def test_the_viewer_gets_the_heatmap_of_its_sites_studies_only(
     assert not AuditEvent.objects.filter(action="download.heatmap_layer").exists()
     client.force_login(other_radiologist)
     assert client.get(url).status_code == 404
+
+
+def test_a_radiologists_home_page_leads_to_the_worklist(client, radiologist):
+    client.force_login(radiologist)
+    page = client.get(reverse("home")).content.decode()
+    assert reverse("reading:worklist") in page
+    assert "no role" not in page
