@@ -785,3 +785,8 @@ if CXR_PACS_DICOMWEB_URL:
         "schedule": float(CXR_PACS_PULL_SECONDS),
         "options": {"queue": "default"},
     }
+# Receiving by STOW-RS (apps.pacs.stow): the listener also serves POST /studies on
+# CXR_DICOM_BIND:CXR_DICOMWEB_STOW_PORT (0: off) to the addresses of CXR_DICOM_ALLOWED,
+# with Authorization: Bearer CXR_DICOMWEB_STOW_TOKEN where that is set.
+CXR_DICOMWEB_STOW_PORT = env_int("CXR_DICOMWEB_STOW_PORT", default=0, min_value=0)
+CXR_DICOMWEB_STOW_TOKEN = env_str("CXR_DICOMWEB_STOW_TOKEN", default="")

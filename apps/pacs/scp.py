@@ -16,6 +16,7 @@ import logging
 import queue
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections
@@ -58,7 +59,8 @@ class Listener:
         self.pending: dict[int, list] = {}
         self.lock = threading.Lock()
         self.work: queue.Queue = queue.Queue()
-        self.server = None
+        self.server: Any = None
+        self.http: Any = None
 
     def build_ae(self):
         from pynetdicom import AE, AllStoragePresentationContexts, evt
@@ -136,6 +138,10 @@ class Listener:
         ae, handlers = self.build_ae()
         threading.Thread(target=self.intake_loop, name="pacs-intake", daemon=True).start()
         self.server = ae.start_server((self.host, self.port), block=False, evt_handlers=handlers)
+        if settings.CXR_DICOMWEB_STOW_PORT:
+            from apps.pacs import stow
+
+            self.http = stow.start(self.host, settings.CXR_DICOMWEB_STOW_PORT)
         log.info(
             "DICOM listener %s on %s:%s; allowed: %s",
             self.ae_title, self.host, self.port, ", ".join(settings.CXR_DICOM_ALLOWED) or "nobody",
@@ -144,6 +150,8 @@ class Listener:
     def stop(self) -> None:
         if self.server is not None:
             self.server.shutdown()
+        if self.http is not None:
+            self.http.shutdown()
         self.work.put(None)
 
 

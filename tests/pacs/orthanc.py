@@ -45,7 +45,14 @@ def free_port() -> int:
 class Orthanc:
     """One Orthanc on 127.0.0.1 that knows the platform's listener as modality ``cxr``."""
 
-    def __init__(self, workdir: Path, *, platform_ae: str, platform_port: int) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        platform_ae: str,
+        platform_port: int,
+        dicomweb_servers: dict[str, Any] | None = None,
+    ) -> None:
         self.binary = require_orthanc()
         self.workdir = workdir
         self.http_port = free_port()
@@ -53,6 +60,7 @@ class Orthanc:
         self.ae_title = "ORTHANC"
         self.platform_ae = platform_ae
         self.platform_port = platform_port
+        self.dicomweb_servers = dicomweb_servers or {}
         self.process: subprocess.Popen | None = None
 
     @property
@@ -79,7 +87,7 @@ class Orthanc:
             "DicomAlwaysAllowStore": True,
             "DicomModalities": {"cxr": [self.platform_ae, "127.0.0.1", self.platform_port]},
             "Plugins": [PLUGINS] if Path(PLUGINS).exists() else [],
-            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "Servers": self.dicomweb_servers},
             "StableAge": 1,
             "ConcurrentJobs": 1,
         }
