@@ -224,3 +224,14 @@ def test_a_radiologists_home_page_leads_to_the_worklist(client, radiologist):
     page = client.get(reverse("home")).content.decode()
     assert reverse("reading:worklist") in page
     assert "no role" not in page
+
+
+def test_the_clinicians_case_page_links_the_signed_report(client, radiologist, owner, study):
+    case = study(owner)
+    client.force_login(owner)
+    page = client.get(reverse("cases:detail", args=[case.pk])).content.decode()
+    assert "data-radiology-report" not in page
+    services.sign_report(actor=radiologist, case=case, impression="pneumonia")
+    page = client.get(reverse("cases:detail", args=[case.pk])).content.decode()
+    assert "Other pneumonia" in page
+    assert reverse("reading:report", args=[case.pk]) in page
