@@ -45,7 +45,8 @@ ROLE_PERMISSIONS_V5 = {
         "auth.add_user",
         "auth.change_user",
         "auth.view_group",
-    ),    "radiologist": (
+    ),
+    "radiologist": (
         "cases.view_case",
         "cases.view_caseimage",
         "cases.view_prediction",
