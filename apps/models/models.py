@@ -480,21 +480,33 @@ class TrainingRun(Job):
 
 
 class Notification(models.Model):
-    """A message to one model admin that a training run ended: its candidate is ready
-    (with the promotion gate's result, and whether it was promoted automatically) or the
-    run failed. Shown on the registry page (unread ones counted in a badge) and e-mailed
-    when the recipient has an address (apps.models.notifications)."""
+    """A message to one model admin: a training run ended (its candidate is ready, with
+    the promotion gate's result and whether it was promoted automatically, or the run
+    failed), or a site's images drift from the production model's reference (``run``
+    null, ``link`` the site's drift page). Shown on the registry page (unread ones
+    counted in a badge) and e-mailed when the recipient has an address
+    (apps.models.notifications)."""
 
     class Kind(models.TextChoices):
         CANDIDATE_READY = "candidate_ready", "Candidate ready, gate passed"
         GATE_REFUSED = "gate_refused", "Candidate ready, gate refused"
         PROMOTED = "promoted", "Candidate promoted automatically"
         FAILED = "failed", "Training failed"
+        SITE_DRIFT = "site_drift", "A site's images drift"
 
     recipient = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="registry_notifications"
     )
-    run = models.ForeignKey(TrainingRun, on_delete=models.CASCADE, related_name="notifications")
+    run = models.ForeignKey(
+        TrainingRun,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="notifications",
+    )
+    link = models.CharField(
+        max_length=300, blank=True, help_text="The page it is about, when not a training run."
+    )
     kind = models.CharField(max_length=30, choices=Kind.choices)
     subject = models.CharField(max_length=200)
     body = models.TextField()

@@ -98,11 +98,32 @@ def training_ended(run: TrainingRun) -> list[Notification]:
     return list(Notification.objects.filter(run=run, kind=kind))
 
 
-def send_emails(*, run_id: int) -> int:
-    """E-mail the run's notifications not sent yet to recipients with an address;
-    returns how many were sent. A failure is kept on the notification, not raised."""
+def site_drift(*, subject: str, body: str, link: str) -> list[Notification]:
+    """Tell every model admin, in the app and by e-mail (now: call it after the drift
+    checks commit), that a site drifts; ``link`` is the site's drift page (a path)."""
+    rows = Notification.objects.bulk_create(
+        [
+            Notification(
+                recipient=user,
+                kind=Notification.Kind.SITE_DRIFT,
+                subject=subject,
+                body=body,
+                link=link,
+            )
+            for user in model_admins()
+        ]
+    )
+    send_emails(ids=[row.pk for row in rows])
+    return rows
+
+
+def send_emails(*, run_id: int | None = None, ids: list[int] | None = None) -> int:
+    """E-mail the notifications not sent yet (a run's, or these ``ids``) to recipients
+    with an address; returns how many were sent. A failure is kept on the notification,
+    not raised."""
     sent = 0
-    pending = Notification.objects.filter(run_id=run_id, emailed_at__isnull=True, email_error="")
+    chosen = Q(run_id=run_id) if ids is None else Q(pk__in=ids)
+    pending = Notification.objects.filter(chosen, emailed_at__isnull=True, email_error="")
     for notification in pending.select_related("recipient"):
         address = notification.recipient.email
         if not address:

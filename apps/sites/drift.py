@@ -33,7 +33,6 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
-from django.core.mail import send_mail
 from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
@@ -290,9 +289,10 @@ def check_all(*, at: datetime | None = None) -> dict[str, Any]:
 
 
 def notify_model_admins(check_ids: Iterable[int]) -> int:
-    """E-mail every model admin with an address that these features of a site moved into
-    drift (after the checks commit); a mail that fails is logged. Returns mails sent."""
-    from apps.models.notifications import SUBJECT_PREFIX, model_admins
+    """Tell every model admin that these features of a site moved into drift (after the
+    checks commit): a notification on the registry page, e-mailed to those with an
+    address (a mail that fails is kept on the notification). Returns mails sent."""
+    from apps.models import notifications
 
     checks = list(
         DriftCheck.objects.filter(pk__in=list(check_ids)).select_related("site", "model_version")
@@ -314,23 +314,15 @@ def notify_model_admins(check_ids: Iterable[int]) -> int:
         "Check the site's equipment and processing, and its local validation.",
         f"The drift page: {url}",
     ]
-    sent = 0
-    for user in model_admins():
-        if not user.email:
-            continue
-        try:
-            send_mail(
-                SUBJECT_PREFIX + subject,
-                "\n".join(lines),
-                settings.DEFAULT_FROM_EMAIL,
-                [user.email],
-                fail_silently=False,
-            )
-        except Exception as exc:
-            log.warning("drift notice to %s not e-mailed: %s", user.pk, exc)
-            continue
-        sent += 1
-    log.warning("drift at %s in %s: %d model admin(s) e-mailed", site.slug, names, sent)
+    rows = notifications.site_drift(
+        subject=subject, body="\n".join(lines), link=reverse("sites:drift", args=[site.pk])
+    )
+    sent = notifications.Notification.objects.filter(
+        pk__in=[row.pk for row in rows], emailed_at__isnull=False
+    ).count()
+    log.warning(
+        "drift at %s in %s: %d model admin(s) told, %d e-mailed", site.slug, names, len(rows), sent
+    )
     return sent
 
 

@@ -17,6 +17,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 
 from apps.cases import services as cases
 from apps.cases.models import Prediction
+from apps.models.models import Notification
 from apps.sites import drift
 from apps.sites.models import DriftCheck, DriftObservation
 from cxrplatform.jobs import run_job_now
@@ -178,6 +179,13 @@ def test_a_shifted_site_drifts_an_unshifted_one_does_not(
     assert site_b.name not in mail.outbox[0].body
     assert mail.outbox[0].to == ["models@hospital.invalid"]
     assert reverse("sites:drift", args=[site_a.pk]) in mail.outbox[0].body
+    # ... and on the registry page: one notification linking to site A's drift page.
+    told = Notification.objects.filter(kind=Notification.Kind.SITE_DRIFT)
+    assert {n.link for n in told} == {reverse("sites:drift", args=[site_a.pk])}
+    assert [n.emailed_at is not None for n in told.filter(recipient=model_admin)] == [True]
+    client.force_login(model_admin)
+    registry = client.get(reverse("registry:index")).content.decode()
+    assert f'href="{reverse("sites:drift", args=[site_a.pk])}" data-notification-link' in registry
     # A second check with the same window: still drift, nobody is told again.
     with django_capture_on_commit_callbacks(execute=True):
         drift.check_all()
