@@ -750,6 +750,7 @@ def register_artifact(
             with artifact_path.open("rb") as fh:
                 version.artifact.save(artifact_path.name, File(fh), save=False)
             stored.add(version.artifact.name)
+            _store_drift_reference(version, artifact_path, digest, stored)
             if lite is not None:
                 _store_lite(version, lite, stored)
             if animation_path is not None:
@@ -767,6 +768,28 @@ def register_artifact(
         if make_production:
             version = promote(version=version, reason="registered as production")
     return version
+
+
+def _store_drift_reference(
+    version: ModelVersion, artifact_path: Path, digest: str, stored: StoredFiles
+) -> None:
+    """Store the drift monitor's reference (``drift-reference.json`` beside the artifact,
+    made by ``python -m ml classifier drift-reference``) beside the stored artifact as
+    ``<stem>.drift-reference.json``, where apps.sites.drift looks; only one made from
+    this very artifact (its ``model_sha256``)."""
+    beside = artifact_path.parent / "drift-reference.json"
+    try:
+        made_from = json.loads(beside.read_text()).get("model_sha256") if beside.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        made_from = None
+    if made_from != digest:
+        return
+    name = PurePosixPath(version.artifact.name or artifact_path.name)
+    with beside.open("rb") as fh:
+        saved = version.artifact.storage.save(
+            str(name.with_name(f"{name.stem}.drift-reference.json")), File(fh)
+        )
+    stored.add(saved)
 
 
 @contextmanager
