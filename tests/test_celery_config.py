@@ -72,6 +72,8 @@ def test_all_five_queues_are_declared_and_beat_runs_one_sweeper_and_the_retrain_
         "sweep-stuck-jobs": sweep_stuck_jobs.name,
         "retrain-when-enough-labels": "apps.models.tasks.retrain_if_enough_labels",
         "purge-deleted-cases": "apps.cases.tasks.purge_deleted_cases",
+        "check-site-drift": "apps.sites.tasks.check_drift",
+        "purge-expired-pacs-links": "apps.pacs.tasks.purge_expired_pacs_links",
     }
     assert schedule["sweep-stuck-jobs"]["schedule"] == settings.CXR_STUCK_SWEEP_SECONDS
 
