@@ -192,6 +192,17 @@ restore: install ## load BACKUP_DIR into an empty database and storage
 # run it where those are reachable. --strict: a package it cannot look up fails the
 # audit (otherwise it prints "No known vulnerabilities found" having checked nothing).
 AUDIT_VENV ?= var/pip-audit-venv
+.PHONY: js js-check
+# The reading room's browser library (dwv, GPL-3.0) bundled by esbuild from the pinned
+# package-lock.json into static/reading/dicom.bundle.js. The bundle is committed (the
+# build is byte-for-byte reproducible), so the platform needs no Node.js; these rebuild
+# it and check that the committed one is what the lockfile builds.
+js: ## rebuild static/reading/dicom.bundle.js from package-lock.json (needs Node.js and npm)
+	npm ci --no-audit --no-fund
+	npm run build
+js-check: js ## the committed JS bundle is what the lockfile builds
+	git diff --exit-code -- static/reading/dicom.bundle.js static/reading/dicom.bundle.js.LEGAL.txt
+
 .PHONY: audit-deps
 audit-deps: ## check requirements.lock for known vulnerabilities (needs pypi.org or osv.dev)
 	test -x $(AUDIT_VENV)/bin/pip-audit || { $(PYTHON) -m venv $(AUDIT_VENV) && $(AUDIT_VENV)/bin/pip install --quiet pip-audit==2.10.1; }

@@ -161,6 +161,9 @@ def _sources(case, priors) -> list[dict]:
                     "height": image.height,
                     "file": reverse("reading:image-file", args=[image.pk]),
                     "values": reverse("reading:values", args=[image.pk]) if image.original else "",
+                    "dicom": reverse("reading:dicom", args=[image.pk]) + "?for=viewer"
+                    if image.original
+                    else "",
                     "meta": reverse("reading:meta", args=[image.pk]) if image.original else "",
                     "outline": outline,
                 }
@@ -268,10 +271,16 @@ def heat_layer(request: HttpRequest, pk: int) -> HttpResponseBase:
 @require_GET
 @role_required(RADIOLOGIST)
 def dicom_download(request: HttpRequest, pk: int) -> HttpResponseBase:
-    """The stored, de-identified DICOM file (audited ``download.dicom``)."""
+    """The stored, de-identified DICOM file (audited ``download.dicom``); ``?for=viewer``:
+    the viewer's own fetch (parsed in the browser by dwv), the image's pixels that the
+    study page's view event already names."""
     image = services.image_for(request.user, pk)
     if not image.original:
         raise Http404("This image was not uploaded as DICOM.")
+    if request.GET.get("for") == "viewer":
+        response = protected_file_response(image.original, "application/dicom")
+        record_download(request, kind="image", target=image)
+        return response
     response = protected_file_response(
         image.original, "application/dicom", download_name=f"case-{image.case_id}-image-{pk}.dcm"
     )

@@ -39,13 +39,25 @@
   function load(source) {
     if (!source.values) return loadPng(source);
     if (loaded[source.key]) return loaded[source.key];
-    loaded[source.key] = Promise.all([
-      fetch(source.meta, { credentials: "same-origin" }).then(function (r) { return r.json(); }),
-      fetch(source.values, { credentials: "same-origin" }).then(function (r) { return r.arrayBuffer(); })
-    ]).then(function (parts) {
-      var meta = parts[0];
-      return { width: meta.width, height: meta.height, values: new Float32Array(parts[1]), meta: meta };
-    });
+    var meta = fetch(source.meta, { credentials: "same-origin" }).then(function (r) { return r.json(); });
+    if (window.cxrDicom && source.dicom) {
+      // The stored DICOM itself, parsed here by dwv (static/reading/dicom.bundle.js).
+      loaded[source.key] = Promise.all([
+        meta,
+        fetch(source.dicom, { credentials: "same-origin" }).then(function (r) { return r.arrayBuffer(); })
+      ]).then(function (parts) {
+        var parsed = window.cxrDicom.parse(parts[1]);
+        return { width: parsed.width, height: parsed.height, values: parsed.values, meta: parts[0], library: window.cxrDicom.library };
+      });
+    } else {
+      // Without the bundle: the server's float32 copy of the same values.
+      loaded[source.key] = Promise.all([
+        meta,
+        fetch(source.values, { credentials: "same-origin" }).then(function (r) { return r.arrayBuffer(); })
+      ]).then(function (parts) {
+        return { width: parts[0].width, height: parts[0].height, values: new Float32Array(parts[1]), meta: parts[0], library: "" };
+      });
+    }
     return loaded[source.key];
   }
 
@@ -121,6 +133,7 @@
       painted("data-first-image-ms");
       painted("data-full-res-ms");
       self.root.setAttribute("data-dicom", source.values ? "1" : "0");
+      self.root.setAttribute("data-library", self.data.library || "");
       self.root.setAttribute("data-ready", "1");
     });
   };

@@ -114,6 +114,7 @@ def test_radiologist_reads_signs_and_the_clinician_sees_the_report(
     page.wait_for_selector("[data-viewport='main'][data-ready]")
     page.wait_for_selector("[data-viewport='compare'][data-ready]")
     assert main.get_attribute("data-dicom") == "1"
+    assert main.get_attribute("data-library") == "dwv"  # parsed in the browser by dwv
     # The comparison viewport shows the patient's earlier study.
     prior_image = prior.images.get()
     assert page.locator("[data-viewport='compare']").get_attribute("data-showing") == (
