@@ -76,6 +76,8 @@ CATEGORIES: dict[str, tuple[str, tuple[str, ...]]] = {
             "reading.started",
             "report.signed",
             "report.amended",
+            # Studies received from and results returned to the PACS (apps.pacs).
+            "pacs.",
         ),
     ),
     "accounts": ("Sign-ins and tokens", ("auth.", "token.")),
