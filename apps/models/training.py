@@ -78,6 +78,7 @@ class TrainingRunner(JobRunner[TrainingRun]):
                 production_metrics, paired = _measure_production(
                     parent, test_records, result, n_bootstrap=config.n_bootstrap
                 )
+            _write_drift_reference(result, test_records)
             version = services.register_artifact(artifact_path=result.artifact)
         comparison = {
             "test_images": len(test_records),
@@ -149,6 +150,26 @@ def _progress_hook(run: TrainingRun):
                 TrainingRun.objects.filter(pk=run.pk).update(log=run.log)
 
     return hook
+
+
+def _write_drift_reference(result, test_records: list) -> None:
+    """The candidate's drift reference on its test split, beside its artifact (stored
+    with it when it is registered), so the site drift monitor can watch it once it
+    serves. A failure here is logged and never fails the run: the version then shows
+    "no reference" on the drift page."""
+    from apps.cases.validation import ood_gate
+    from ml.models.drift_reference import REFERENCE_NAME, write_reference
+    from ml.serving.classifier import Classifier
+
+    try:
+        classifier = Classifier.load(
+            result.artifact, expected_sha256=result.card.get("sha256"), card=result.card
+        )
+        write_reference(
+            classifier, test_records, result.artifact.parent / REFERENCE_NAME, gate=ood_gate()
+        )
+    except Exception:
+        log.exception("the candidate's drift reference could not be made")
 
 
 def _measure_production(

@@ -139,10 +139,9 @@ def cmd_drift_reference(args: argparse.Namespace) -> int:
     """The drift reference of a model: the features of :mod:`ml.models.drift` on its
     test split (the split written beside the model), sampled, as JSON."""
     from ml.data.loaders import load_many
-    from ml.data.preprocess import open_image, to_unit_gray
     from ml.data.splits import read_splits_csv, saved_split_names
     from ml.models.artifacts import read_card
-    from ml.models.drift import FEATURES, prediction_features, reference_sample
+    from ml.models.drift_reference import REFERENCE_NAME, write_reference
     from ml.serving.classifier import Classifier
     from ml.serving.ood import OodGate
 
@@ -158,24 +157,15 @@ def cmd_drift_reference(args: argparse.Namespace) -> int:
     if not records:
         print(f"No {args.split} images of the model's split in these folders.", file=sys.stderr)
         return 2
-    gate = OodGate.load(args.gate)
-    values: dict[str, list[object]] = {feature: [] for feature in FEATURES}
-    for record in records:
-        image = open_image(record.path)
-        gray = to_unit_gray(image)
-        result = classifier.predict(image)
-        mask = result.lungs.mask if result.lungs is not None and result.lungs.found else None
-        row = prediction_features(gray, mask, result.probabilities, gate.score(gray))
-        for feature in FEATURES:
-            values[feature].append(row[feature])
-    out = args.out or Path(args.model).parent / "drift-reference.json"
-    reference = {
-        "model_sha256": card.get("sha256"),
-        "split": args.split,
-        "n": len(records),
-        "features": reference_sample(values, size=args.size),
-    }
-    out.write_text(json.dumps(reference, indent=1) + "\n")
+    out = args.out or Path(args.model).parent / REFERENCE_NAME
+    write_reference(
+        classifier,
+        records,
+        out,
+        gate=OodGate.load(args.gate),
+        split=args.split,
+        size=args.size,
+    )
     print(f"{len(records)} {args.split} images -> {out}")
     return 0
 

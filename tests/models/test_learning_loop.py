@@ -15,6 +15,7 @@ from apps.models.datasets import create_snapshot, import_reference_dataset
 from apps.models.models import ModelVersion, ReferenceImage, TrainingRun
 from apps.models.services import auto_promotion_refusals
 from apps.models.tasks import retrain_if_enough_labels
+from apps.sites.drift import reference_for
 from cxrplatform.jobs import run_job_now
 from ml.models.metrics import ClassMetrics, EvaluationResult
 from tests.conftest import IMAGES, upload_of
@@ -164,6 +165,11 @@ def test_the_whole_loop(
     assert evidence.production is not None
     assert evidence.candidate.n == evidence.production.n == run.comparison["test_images"]
     _assert_paired_on_too_few_images(run, evidence)
+    # Its drift reference, made on the same test images, is stored with it.
+    reference = reference_for(candidate)
+    assert reference is not None
+    assert reference.n == run.comparison["test_images"]
+    assert reference.model_sha256 == candidate.sha256
 
     services.promote(version=candidate, actor=model_admin)
     third = _predict(clinician, "00001280_004.jpg", django_capture_on_commit_callbacks)
