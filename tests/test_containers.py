@@ -18,6 +18,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -182,6 +183,8 @@ def stack(containers_available: None, tmp_path_factory: pytest.TempPathFactory) 
     started = time.monotonic()
     built = subprocess.run(
         ["bash", str(BUILD)],
+        # The wheelhouse is fetched by this interpreter's pip (the venv's, in make test).
+        env={**os.environ, "PYTHON": sys.executable},
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
