@@ -110,3 +110,15 @@ def test_bad_input_is_refused_with_a_clear_error():
         propose_site_point(y, probs, CLASSES, target="luck", goal=0.9)
     with pytest.raises(ValueError, match="no labelled"):
         propose_site_point(["normal"] * 10, probs, CLASSES, target="covid19_sensitivity", goal=0.9)
+
+
+def test_a_perfect_share_on_few_images_is_not_read_as_decided():
+    """Six normals all called normal: the percentile bootstrap would say 1.00-1.00."""
+    y = ["normal"] * 6 + ["covid19"] * 6
+    probs = np.asarray([[0.1, 0.8, 0.1]] * 6 + [[0.8, 0.1, 0.1]] * 6)
+    normals = local_validation(y, probs, CLASSES, n_bootstrap=200).figures["normal_called_normal"]
+    assert normals.value == 1.0
+    assert normals.low == pytest.approx(0.6097, abs=1e-3)  # Wilson, 6 of 6
+    assert normals.high == 1.0
+    assert normals.too_wide
+    assert normals.more_needed > 0
