@@ -73,6 +73,8 @@ PIXELS = {
     "PixelPaddingRangeLimit", "NumberOfFrames", "PixelData", "ExtendedOffsetTable",
     "ExtendedOffsetTableLengths", "LossyImageCompression", "LossyImageCompressionRatio",
     "LossyImageCompressionMethod", "BurnedInAnnotation",
+    # The pixels' physical size (geometry, not identity): areas in mm² on the viewer.
+    "PixelSpacing", "ImagerPixelSpacing",
     # Modality LUT, VOI LUT, presentation LUT.
     "RescaleIntercept", "RescaleSlope", "RescaleType", "ModalityLUTSequence", "WindowCenter",
     "WindowWidth", "VOILUTFunction", "VOILUTSequence", "PresentationLUTShape",

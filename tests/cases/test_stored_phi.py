@@ -317,7 +317,12 @@ def test_every_table_e11_attribute_is_absent_or_replaced(clinician, media_root):
 
 def test_the_attributes_the_platform_reads_are_kept(clinician, media_root):
     content, _ = _dicom_with_table_e11(
-        BodyPartExamined="CHEST", ViewPosition="PA", WindowCenter=2047.5, WindowWidth=4096.0
+        BodyPartExamined="CHEST",
+        ViewPosition="PA",
+        WindowCenter=2047.5,
+        WindowWidth=4096.0,
+        PixelSpacing=[0.143, 0.143],
+        ImagerPixelSpacing=[0.15, 0.15],
     )
     case = services.create_case(owner=clinician, files=[upload_of("x.dcm", content)])
     ds = pydicom.dcmread(io.BytesIO(case.images.get().original.read()))
@@ -326,6 +331,8 @@ def test_the_attributes_the_platform_reads_are_kept(clinician, media_root):
     assert ds.ViewPosition == "PA"
     assert ds.SOPClassUID == pydicom.dcmread(io.BytesIO(content)).SOPClassUID
     assert (ds.WindowCenter, ds.WindowWidth) == (2047.5, 4096.0)
+    assert [float(v) for v in ds.PixelSpacing] == [0.143, 0.143]
+    assert [float(v) for v in ds.ImagerPixelSpacing] == [0.15, 0.15]
     assert ds.PhotometricInterpretation == "MONOCHROME2"
     assert ds.PatientIdentityRemoved == "YES"
     assert ds.LongitudinalTemporalInformationModified == "MODIFIED"
