@@ -193,10 +193,10 @@ restore: install ## load BACKUP_DIR into an empty database and storage
 # audit (otherwise it prints "No known vulnerabilities found" having checked nothing).
 AUDIT_VENV ?= var/pip-audit-venv
 .PHONY: js js-check
-# The reading room's browser library (dwv, GPL-3.0) bundled by esbuild from the pinned
-# package-lock.json into static/reading/dicom.bundle.js. The bundle is committed (the
-# build is byte-for-byte reproducible), so the platform needs no Node.js; these rebuild
-# it and check that the committed one is what the lockfile builds.
+# The reading room's browser library (dicom-parser, MIT; static/reading/THIRD_PARTY.md)
+# bundled by esbuild from the pinned package-lock.json into static/reading/dicom.bundle.js.
+# The bundle is committed (the build is byte-for-byte reproducible), so the platform needs
+# no Node.js; these rebuild it and check that the committed one is what the lockfile builds.
 js: ## rebuild static/reading/dicom.bundle.js from package-lock.json (needs Node.js and npm)
 	npm ci --no-audit --no-fund
 	npm run build

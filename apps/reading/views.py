@@ -272,8 +272,8 @@ def heat_layer(request: HttpRequest, pk: int) -> HttpResponseBase:
 @role_required(RADIOLOGIST)
 def dicom_download(request: HttpRequest, pk: int) -> HttpResponseBase:
     """The stored, de-identified DICOM file (audited ``download.dicom``); ``?for=viewer``:
-    the viewer's own fetch (parsed in the browser by dwv), the image's pixels that the
-    study page's view event already names."""
+    the viewer's own fetch (parsed in the browser by dicom-parser), the image's pixels that
+    the study page's view event already names."""
     image = services.image_for(request.user, pk)
     if not image.original:
         raise Http404("This image was not uploaded as DICOM.")

@@ -40,23 +40,35 @@
     if (!source.values) return loadPng(source);
     if (loaded[source.key]) return loaded[source.key];
     var meta = fetch(source.meta, { credentials: "same-origin" }).then(function (r) { return r.json(); });
-    if (window.cxrDicom && source.dicom) {
-      // The stored DICOM itself, parsed here by dwv (static/reading/dicom.bundle.js).
-      loaded[source.key] = Promise.all([
-        meta,
-        fetch(source.dicom, { credentials: "same-origin" }).then(function (r) { return r.arrayBuffer(); })
-      ]).then(function (parts) {
-        var parsed = window.cxrDicom.parse(parts[1]);
-        return { width: parsed.width, height: parsed.height, values: parsed.values, meta: parts[0], library: window.cxrDicom.library };
-      });
-    } else {
-      // Without the bundle: the server's float32 copy of the same values.
-      loaded[source.key] = Promise.all([
+    // The server's float32 copy of the same values (pixels.values: pydicom, every
+    // transfer syntax the platform stores decoded).
+    function fromServer() {
+      return Promise.all([
         meta,
         fetch(source.values, { credentials: "same-origin" }).then(function (r) { return r.arrayBuffer(); })
       ]).then(function (parts) {
         return { width: parts[0].width, height: parts[0].height, values: new Float32Array(parts[1]), meta: parts[0], library: "" };
       });
+    }
+    if (window.cxrDicom && source.dicom) {
+      // The stored DICOM itself, parsed here by dicom-parser (static/reading/dicom.bundle.js).
+      loaded[source.key] = Promise.all([
+        meta,
+        fetch(source.dicom, { credentials: "same-origin" }).then(function (r) { return r.arrayBuffer(); })
+      ]).then(function (parts) {
+        var parsed;
+        try {
+          parsed = window.cxrDicom.parse(parts[1]);
+        } catch (error) {
+          // A compressed transfer syntax (JPEG, JPEG 2000, RLE, deflate: dicom-parser
+          // decodes none) or pixel data it cannot read: the server decodes them.
+          return fromServer();
+        }
+        return { width: parsed.width, height: parsed.height, values: parsed.values, meta: parts[0], library: window.cxrDicom.library };
+      });
+    } else {
+      // Without the bundle: the server's copy.
+      loaded[source.key] = fromServer();
     }
     return loaded[source.key];
   }

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from django.core.files.base import ContentFile
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
 from apps.reading.models import Report
 from apps.sites.models import Site
@@ -26,11 +27,11 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 SHOTS = Path(os.environ.get("CXR_READING_SHOTS", "/tmp/shots"))
 
 
-def _study(owner, probs, *, dicom: bool = False, **fields):
+def _study(owner, probs, *, dicom: bool = False, syntax=ExplicitVRLittleEndian, **fields):
     case = CaseFactory(owner=owner, **fields)
     extra = {}
     if dicom:
-        data = stored_dicom(make_dicom(bits=16, window=(2**15, 2**16)))
+        data = stored_dicom(make_dicom(bits=16, window=(2**15, 2**16), syntax=syntax))
         extra = {"source_format": "dicom", "original": ContentFile(data, name="study.dcm")}
     image = CaseImageFactory(case=case, **extra)
     PredictionFactory(
@@ -114,7 +115,7 @@ def test_radiologist_reads_signs_and_the_clinician_sees_the_report(
     page.wait_for_selector("[data-viewport='main'][data-ready]")
     page.wait_for_selector("[data-viewport='compare'][data-ready]")
     assert main.get_attribute("data-dicom") == "1"
-    assert main.get_attribute("data-library") == "dwv"  # parsed in the browser by dwv
+    assert main.get_attribute("data-library") == "dicom-parser"  # parsed in the browser
     # The comparison viewport shows the patient's earlier study.
     prior_image = prior.images.get()
     assert page.locator("[data-viewport='compare']").get_attribute("data-showing") == (
@@ -189,4 +190,28 @@ def test_ct_series_scrolls_and_takes_the_lung_window(browser_page, live_server, 
     page.mouse.move(box["x"] + 50, box["y"] + 50)
     page.mouse.wheel(0, -120)
     page.wait_for_selector(f"[data-viewport='main'][data-showing='i{slices[0].pk}'][data-ready]")
+    assert_accessible(page)
+
+
+def test_a_compressed_dicom_is_windowed_on_the_servers_decoded_values(
+    browser_page, live_server, media_root
+):
+    """dicom-parser decodes no compressed transfer syntax: for an RLE-compressed study the
+    viewer, bundle loaded, windows the server's decoded copy of the same 16-bit values."""
+    page, url = browser_page, live_server.url
+    site = default_site()
+    radiologist = member(site, username="rad-rle", roles=["radiologist"])
+    owner = member(site, username="dr-rle", roles=["clinician"])
+    case = _study(owner, (0.2, 0.2, 0.6), dicom=True, syntax=RLELossless, patient_ref="RLE-1")
+    with case.images.get().original.open("rb") as handle:
+        assert RLELossless in handle.read(1024).decode("latin-1")  # stored compressed
+    log_in(page, url, radiologist.username, PASSWORD)
+    page.goto(f"{url}/reading/cases/{case.pk}/")
+    main = page.locator("[data-viewport='main']")
+    page.wait_for_selector("[data-viewport='main'][data-ready]")
+    assert page.evaluate("window.cxrDicom.library") == "dicom-parser"  # the bundle is there
+    assert main.get_attribute("data-dicom") == "1"
+    assert main.get_attribute("data-library") == ""  # the server's copy
+    assert page.locator("[data-dicom-header] table tr").count() > 5
+    _changes_the_window(page, main)
     assert_accessible(page)
