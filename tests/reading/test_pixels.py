@@ -26,8 +26,8 @@ def test_values_are_the_16_bit_originals_not_the_8_bit_rendition(
     assert np.array_equal(values, stored.astype(np.float32))
     assert values.max() > 255  # 16-bit range, not the 8-bit PNG's
     assert meta["bits_stored"] == 16
-    # Intake's de-identification keeps no Pixel Spacing (an allow-list): none to show.
-    assert meta["pixel_spacing"] is None
+    # Intake's de-identification keeps the Pixel Spacing (the fixture's 0.2 mm).
+    assert meta["pixel_spacing"] == [0.2, 0.2]
     assert "chest" in meta["presets"]
 
     client.force_login(radiologist)
