@@ -21,7 +21,7 @@ choices; a job of a new kind is a new job: ``cxrplatform.jobs``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from django.db import models
@@ -62,6 +62,16 @@ class StudyKind:
     explain_methods: tuple[str, ...]
     no_result_yet: str  # why an image of the kind cannot be explained yet
     method_refused: str  # why a method it does not offer is refused ({method}: its name)
+    # One image of a study of the kind ("Image", "Slice"), and whether the images are a
+    # series the reading viewer scrolls through (CT slices) rather than separate views.
+    item: str = "Image"
+    series: bool = False
+    # The reading room: the dotted path of the study's priority step ((case) -> its
+    # Priority), the viewer's window presets beyond the file's own ({name: (centre,
+    # width)} in rescaled values), and the rescaled values' unit.
+    priority: str = "apps.reading.services.xray_priority"
+    window_presets: dict[str, tuple[float, float]] = field(default_factory=dict)
+    units: str = ""
 
     def start_job(self, image: CaseImage) -> ImageJob:
         """Create the image's job and queue it once the transaction commits (a broker
@@ -126,6 +136,11 @@ KINDS: dict[str, StudyKind] = {
             "For CT slices the explanation is Grad-CAM of the infection output; "
             "{method} is offered for X-rays only."
         ),
+        item="Slice",
+        series=True,
+        priority="apps.reading.services.ct_priority",
+        window_presets={"lung": (-600.0, 1500.0), "mediastinum": (40.0, 400.0)},
+        units="HU",
     ),
 }
 

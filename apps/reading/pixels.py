@@ -10,10 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from apps.cases.models import CaseImage, Modality
+from apps.cases.models import CaseImage
 
 CHEST_PRESETS = {"chest": (None, None)}  # the header's own window (or the full range)
-CT_PRESETS = {"lung": (-600.0, 1500.0), "mediastinum": (40.0, 400.0)}
 VALUE_LIMIT = 120  # characters of one header value shown
 
 
@@ -94,8 +93,9 @@ def values(image: CaseImage) -> tuple[bytes, dict[str, Any]]:
     if centre is None or not width or width <= 0:
         centre, width = (low + high) / 2, max(high - low, 1.0)
     presets: dict[str, list[float]] = {"default": [centre, width]}
-    if image.case.modality == Modality.CT:
-        presets |= {name: [c, w] for name, (c, w) in CT_PRESETS.items()}
+    kind = image.case.kind
+    if kind.window_presets:
+        presets |= {name: [c, w] for name, (c, w) in kind.window_presets.items()}
     else:
         presets["chest"] = [centre, width]
     spacing = dataset.get("PixelSpacing") or dataset.get("ImagerPixelSpacing")
@@ -110,6 +110,6 @@ def values(image: CaseImage) -> tuple[bytes, dict[str, Any]]:
         "monochrome1": str(dataset.get("PhotometricInterpretation", "")).strip().upper()
         == "MONOCHROME1",
         "pixel_spacing": [float(v) for v in spacing] if spacing else None,
-        "units": "HU" if image.case.modality == Modality.CT and slope is not None else "",
+        "units": kind.units if slope is not None else "",
     }
     return np.ascontiguousarray(data, dtype="<f4").tobytes(), meta

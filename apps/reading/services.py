@@ -21,6 +21,7 @@ from django.db import transaction
 from django.db.models import Prefetch, Q, QuerySet
 from django.http import Http404
 from django.utils import timezone
+from django.utils.module_loading import import_string
 
 from apps.accounts.models import record
 from apps.accounts.roles import CLINICIAN, RADIOLOGIST, has_role
@@ -126,20 +127,30 @@ class Priority:
 
 
 def priority_of(case: Case) -> Priority:
-    """The model's priority for a study: X-rays by the highest probability of abnormal
-    (1 - normal) over its images at the site's operating point, flagged when that reaches
-    :data:`HIGH_PRIORITY` or the label there is COVID-19; CT series by the largest share of
-    lung affected on a slice (flagged from 10 %)."""
+    """The model's priority for a study, by its kind's priority step (the study-kind
+    table, ``apps.cases.kinds``)."""
+    return import_string(case.kind.priority)(case)
+
+
+def ct_priority(case: Case) -> Priority:
+    """A CT series: the largest share of lung affected on a slice (flagged from 10 %)."""
     best: Priority = Priority(None, False, "no result yet")
     for image in case.images.all():
-        if case.modality == Modality.CT:
-            segmentation = image.latest_segmentation
-            if segmentation is None or segmentation.status != "done":
-                continue
-            share = (segmentation.percent_affected or 0.0) / 100.0
-            if best.score is None or share > best.score:
-                best = Priority(share, share >= 0.10, f"{share:.0%} of lung affected")
+        segmentation = image.latest_segmentation
+        if segmentation is None or segmentation.status != "done":
             continue
+        share = (segmentation.percent_affected or 0.0) / 100.0
+        if best.score is None or share > best.score:
+            best = Priority(share, share >= 0.10, f"{share:.0%} of lung affected")
+    return best
+
+
+def xray_priority(case: Case) -> Priority:
+    """X-rays: the highest probability of abnormal (1 - normal) over the study's images at
+    the site's operating point, flagged when that reaches :data:`HIGH_PRIORITY` or the
+    label there is COVID-19."""
+    best: Priority = Priority(None, False, "no result yet")
+    for image in case.images.all():
         prediction = image.latest_prediction
         if prediction is None or prediction.status != Prediction.Status.DONE:
             continue

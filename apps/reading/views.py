@@ -116,7 +116,7 @@ def study(request: HttpRequest, pk: int) -> HttpResponseBase:
             "first_key": own[0]["key"] if own else "",
             "compare_choices": sources,
             "compare_key": (others[0] if others else own[0])["key"] if own else "",
-            "series": case.modality == "ct",
+            "series": case.kind.series,
             "case": case,
             "images": images,
             "priority": services.priority_of(case),
@@ -135,7 +135,7 @@ def _sources(case, priors) -> list[dict]:
 
     sources = []
     for study_case in [case, *priors]:
-        word = "Slice" if study_case.modality == "ct" else "Image"
+        word = study_case.kind.item
         prefix = (
             ""
             if study_case.pk == case.pk

@@ -203,3 +203,20 @@ def test_a_new_kind_is_refused_once_its_row_is_gone(clinician):
 
     with pytest.raises(UploadRejected, match="unknown modality 'fake'"):
         services.create_case(owner=clinician, files=[upload_of("2168a917.jpg")], modality="fake")
+
+
+def test_no_code_outside_the_table_branches_on_the_modality():
+    """X-ray vs CT is decided by the table's rows, not by inline branches."""
+    import re
+    from pathlib import Path
+
+    apps = Path(__file__).resolve().parents[2] / "apps"
+    branch = re.compile(r'modality\s*[!=]=\s*(["\']ct["\']|Modality\.CT)|\bis_ct\b')
+    found = [
+        f"{path.relative_to(apps)}:{n}"
+        for path in apps.rglob("*.py")
+        if path.name != "kinds.py" and "migrations" not in path.parts
+        for n, line in enumerate(path.read_text().splitlines(), start=1)
+        if branch.search(line)
+    ]
+    assert found == []
