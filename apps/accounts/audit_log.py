@@ -68,6 +68,7 @@ CATEGORIES: dict[str, tuple[str, tuple[str, ...]]] = {
         "Clinical work",
         (
             "case.create",
+            "case.images_added",
             "case.delete",
             "label.",
             "explanation.",

@@ -1,4 +1,5 @@
-"""Case services: the one create path that the web form and the API both call."""
+"""Case services: the one create path that the web form and the API both call, and the
+adding of images to an existing case (a PACS study received over several associations)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from apps.cases.kinds import KINDS, kind_of
 from apps.cases.models import Case, CaseImage, Modality
 from apps.cases.validation import UploadRejected, validate_image
 from apps.sites.services import site_id_of_user
-from cxrplatform.files import files_removed_on_error
+from cxrplatform.files import StoredFiles, files_removed_on_error
 
 log = logging.getLogger(__name__)
 
@@ -114,25 +115,7 @@ def _store_case(owner, validated: list, patient_ref: str, notes: str, modality: 
             notes=notes.strip(),
             modality=modality,
         )
-        for item, content, dicom in validated:
-            image = CaseImage(
-                case=case,
-                sha256=item.sha256,
-                width=item.width,
-                height=item.height,
-                source_format=item.source_format,
-                intake_note=item.note,
-                status=CaseImage.Status.HELD if item.held else CaseImage.Status.ACCEPTED,
-            )
-            image.file.save("upload", File(content), save=False)
-            stored.add(image.file.name)
-            if dicom is not None:
-                image.original.save("upload", File(dicom), save=False)
-                stored.add(image.original.name)
-            image.save()
-            # Sent once this commits; a broker outage then does not undo or fail
-            # the upload: the job stays pending and the sweeper queues it.
-            kind.start_job(image)
+        _store_images(case, validated, kind, stored)
         record(
             actor=owner,
             action="case.create",
@@ -150,6 +133,85 @@ def _store_case(owner, validated: list, patient_ref: str, notes: str, modality: 
         case.pk, modality, owner, len(validated), ", ".join(item.upload_ref for item in items),
     )  # fmt: skip
     return case
+
+
+def _store_images(case: Case, validated: list, kind, stored: StoredFiles) -> list[CaseImage]:
+    """Write the validated images of ``case`` in the order of their files and start each
+    one's job; the caller holds the transaction and the set of stored file names."""
+    images = []
+    for item, content, dicom in validated:
+        image = CaseImage(
+            case=case,
+            sha256=item.sha256,
+            width=item.width,
+            height=item.height,
+            source_format=item.source_format,
+            intake_note=item.note,
+            status=CaseImage.Status.HELD if item.held else CaseImage.Status.ACCEPTED,
+        )
+        image.file.save("upload", File(content), save=False)
+        stored.add(image.file.name)
+        if dicom is not None:
+            image.original.save("upload", File(dicom), save=False)
+            stored.add(image.original.name)
+        image.save()
+        # Sent once this commits; a broker outage then does not undo or fail
+        # the upload: the job stays pending and the sweeper queues it.
+        kind.start_job(image)
+        images.append(image)
+    return images
+
+
+def add_images(*, case: Case, files: Sequence[UploadedFile], actor) -> list[CaseImage]:
+    """Add images to an existing case (a PACS study whose images arrive in several
+    associations), validated as ``create_case`` validates an upload: every file checked,
+    one modality and that the case's, the case's patient (its pseudonym), at most
+    ``CXR_MAX_IMAGES_PER_CASE`` images in the case in all. Each image's job is started
+    through the case's kind. All or nothing; audited (``case.images_added``). Returns
+    the new images in the order of ``files``."""
+    if not files:
+        raise UploadRejected("upload", "choose at least one image.")
+    limit = settings.CXR_MAX_IMAGES_PER_CASE
+    _check_total(case.images.count() + len(files), limit)
+    with ExitStack() as spooled:
+        validated = _validate_one_at_a_time(files, spooled, case.modality)
+        items = [item for item, _, _ in validated]
+        modality = _one_modality(items)
+        if modality != case.modality:
+            raise UploadRejected(
+                "upload",
+                f"the images are {kind_of(modality).name}; this case holds "
+                f"{kind_of(case.modality).name} images.",
+            )
+        if _patient_pseudonym(items) != case.patient_pseudonym:
+            raise UploadRejected("upload", "the images belong to another patient than the case's.")
+        with files_removed_on_error() as stored, transaction.atomic():
+            # The case's row serialises two additions, so the limit holds for both.
+            locked = Case.objects.select_for_update().filter(pk=case.pk).first()
+            if locked is None:
+                raise UploadRejected("upload", "the case no longer exists.")
+            _check_total(locked.images.count() + len(files), limit)
+            images = _store_images(locked, validated, kind_of(locked.modality), stored)
+            record(
+                actor=actor,
+                action="case.images_added",
+                target=locked,
+                after={
+                    "images": [image.pk for image in images],
+                    "formats": sorted({item.source_format for item in items}),
+                    "uploads": [item.upload_ref for item in items],
+                },
+            )
+    log.info(
+        "case %s: %d image(s) added by %s: upload(s) %s",
+        case.pk, len(images), actor, ", ".join(item.upload_ref for item in items),
+    )  # fmt: skip
+    return images
+
+
+def _check_total(total: int, limit: int) -> None:
+    if total > limit:
+        raise UploadRejected("upload", f"{total} images; a case holds at most {limit}.")
 
 
 def _patient_pseudonym(validated: list) -> str:
