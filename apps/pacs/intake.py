@@ -4,9 +4,12 @@ Each received instance goes through ``apps.cases.services.create_case``, exactly
 upload does: the same validation, modality routing, view check, out-of-distribution
 gate and de-identification, and the same jobs (a prediction per X-ray, a segmentation
 per CT slice). The case's owner is the service account ``CXR_DICOM_SERVICE_USER``, so
-the case belongs to that account's site. The instances of one study received in one
-association form one case. What the return path needs of the original study goes only
-into the protected mapping (:class:`apps.pacs.models.StudyLink`).
+the case belongs to that account's site. The instances of one study form one case: a
+study received again later (another association, the same original Study Instance UID,
+the same service account, its link not erased and its case not deleted) adds its images
+to that case through ``apps.cases.services.add_images``, found by the link's keyed hash of
+the UID (``StudyLink.study_key``). What the return path needs of the original study goes
+only into the protected mapping (:class:`apps.pacs.models.StudyLink`).
 
 A refused instance is logged with its reason, counted (:class:`apps.pacs.models.Refusal`,
 ``cxr_pacs_instances{outcome="refused"}``) and audited; it is never stored.
@@ -22,14 +25,14 @@ import pydicom
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.db import transaction
+from django.db import connection, transaction
 
 from apps.accounts.models import record
 from apps.cases.models import Case
-from apps.cases.services import create_case
+from apps.cases.services import add_images, create_case
 from apps.cases.validation import UploadRejected, upload_ref
 from apps.pacs.models import Refusal, StudyLink
-from apps.pacs.protect import seal
+from apps.pacs.protect import seal, study_key, unseal
 
 log = logging.getLogger(__name__)
 
@@ -131,12 +134,19 @@ def receive_study(
         ]
         try:
             with transaction.atomic():
-                case = create_case(
-                    owner=owner,
-                    files=files,
-                    notes=f"Received from the PACS ({calling_ae}).",
-                )
-                _link(case, remaining, calling_ae=calling_ae, owner=owner)
+                key = _lock_study(remaining)
+                link = _open_link(key, owner)
+                if link is not None:
+                    case = link.case
+                    images = add_images(case=case, files=files, actor=owner)
+                    _extend(link, images, remaining, calling_ae=calling_ae, owner=owner)
+                else:
+                    case = create_case(
+                        owner=owner,
+                        files=files,
+                        notes=f"Received from the PACS ({calling_ae}).",
+                    )
+                    _link(case, remaining, calling_ae=calling_ae, owner=owner, key=key)
             return case
         except UploadRejected as exc:
             names = {f"{item.ref}.dcm": item for item in remaining}
@@ -158,7 +168,58 @@ def receive_study(
     return None
 
 
-def _link(case: Case, instances: list[ReceivedInstance], *, calling_ae: str, owner) -> StudyLink:
+def _lock_study(instances: list[ReceivedInstance]) -> str | None:
+    """The study's key (None without a Study Instance UID), locked until the transaction
+    ends: two associations of one study at the same moment take turns, so the second
+    finds the first one's link instead of making a second case. (SQLite, the demo's
+    database, serialises writing transactions anyway.)"""
+    uid = next((item.study.get("StudyInstanceUID", "") for item in instances if item.study), "")
+    if not uid:
+        return None
+    key = study_key(uid)
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [int(key[:15], 16)])
+    return key
+
+
+def _open_link(key: str | None, owner) -> StudyLink | None:
+    """The study's link that a later association joins: the same study and service
+    account, not erased, its case not deleted."""
+    if key is None:
+        return None
+    return (
+        StudyLink.objects.select_for_update(of=("self",))
+        .select_related("case")
+        .filter(study_key=key, erased_at__isnull=True, case__owner=owner)
+        .filter(case__deleted_at__isnull=True)
+        .order_by("-received_at", "-pk")
+        .first()
+    )
+
+
+def _extend(
+    link: StudyLink, images: list, instances: list[ReceivedInstance], *, calling_ae: str, owner
+) -> None:
+    """Add the new images' original instance UIDs to the link's sealed mapping."""
+    mapping = unseal(link.sealed)
+    for image, item in zip(images, instances, strict=True):  # add_images keeps the order
+        mapping["images"][str(image.pk)] = item.instance
+    link.sealed = seal(mapping)
+    link.save(update_fields=["sealed"])
+    pks = [image.pk for image in images]
+    record(
+        actor=owner,
+        action="pacs.receive",
+        target=link.case,
+        after={"calling_ae": calling_ae, "images": pks, "uploads": [i.ref for i in instances]},
+    )
+    log.info("PACS study from %s added %d image(s) to case %s", calling_ae, len(pks), link.case_id)
+
+
+def _link(
+    case: Case, instances: list[ReceivedInstance], *, calling_ae: str, owner, key: str | None
+) -> StudyLink:
     study = next((item.study for item in instances if item.study), {})
     images = list(case.images.order_by("pk").values_list("pk", flat=True))
     # create_case stores the images in the order of its files.
@@ -166,7 +227,9 @@ def _link(case: Case, instances: list[ReceivedInstance], *, calling_ae: str, own
         "study": study,
         "images": {str(pk): item.instance for pk, item in zip(images, instances, strict=True)},
     }
-    link = StudyLink.objects.create(case=case, calling_ae=calling_ae[:16], sealed=seal(sealed))
+    link = StudyLink.objects.create(
+        case=case, calling_ae=calling_ae[:16], sealed=seal(sealed), study_key=key or ""
+    )
     record(
         actor=owner,
         action="pacs.receive",

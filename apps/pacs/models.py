@@ -25,6 +25,10 @@ class StudyLink(models.Model):
     # position in the case), the original SOP/series UIDs (apps.pacs.protect).
     sealed = models.BinaryField()
     erased_at = models.DateTimeField(null=True, blank=True)
+    # A keyed hash of the original Study Instance UID (apps.pacs.protect.study_key), never
+    # the UID: a later association of the same study adds its images to this case. Empty
+    # for a study without a UID, or a link the migration could not unseal: never joined.
+    study_key = models.CharField(max_length=64, blank=True, default="", db_index=True)
 
     class Meta:
         ordering = ("-received_at",)

@@ -5,10 +5,12 @@ protected mapping."""
 from __future__ import annotations
 
 import io
+import threading
 import time
 
 import pydicom
 import pytest
+from django.utils import timezone
 from pydicom.uid import generate_uid
 
 from apps.accounts.models import AuditEvent
@@ -131,3 +133,117 @@ def test_listener_refuses_a_store_from_an_address_not_on_the_allow_list(settings
     assert "not in CXR_DICOM_ALLOWED" in refusal.reason
     assert refusal.address == "127.0.0.1"
     assert Case.objects.count() == 0
+
+
+def _study(names: list[str], study_uid: str, patient: str = "HOSP-0042") -> list[ReceivedInstance]:
+    return [
+        ReceivedInstance.from_bytes(content)
+        for content in study_files(names, StudyInstanceUID=study_uid, PatientID=patient)
+    ]
+
+
+def test_a_study_sent_in_two_associations_becomes_one_case_with_both_mappings(
+    service_user, production_model, media_root
+):
+    uid = generate_uid()
+    first, second = _study(["2168a917.jpg"], uid), _study(["00001280_004.jpg"], uid)
+    (case,) = receive_association(first, calling_ae="ORTHANC", address="127.0.0.1")
+    (again,) = receive_association(second, calling_ae="ORTHANC", address="127.0.0.1")
+    assert again.pk == case.pk
+    assert Case.objects.count() == 1
+    assert case.images.count() == 2
+    assert Prediction.objects.filter(image__case=case).count() == 2
+    link = StudyLink.objects.get(case=case)
+    assert link.study_key
+    assert uid not in link.study_key
+    mapping = unseal(link.sealed)
+    assert {str(pk) for pk in case.images.values_list("pk", flat=True)} == set(mapping["images"])
+    originals = {m["SOPInstanceUID"] for m in mapping["images"].values()}
+    assert originals == {i.instance["SOPInstanceUID"] for i in first + second}
+    assert AuditEvent.objects.filter(action="pacs.receive", target_id=str(case.pk)).count() == 2
+    assert AuditEvent.objects.filter(action="case.images_added").count() == 1
+
+
+def test_another_study_makes_another_case(service_user, production_model, media_root):
+    first = _study(["2168a917.jpg"], generate_uid())
+    second = _study(["00001280_004.jpg"], generate_uid())
+    (case,) = receive_association(first, calling_ae="ORTHANC", address="127.0.0.1")
+    (other,) = receive_association(second, calling_ae="ORTHANC", address="127.0.0.1")
+    assert other.pk != case.pk
+    assert StudyLink.objects.count() == 2
+
+
+def test_a_later_association_whose_image_is_refused_leaves_the_case_as_it_was(
+    service_user, production_model, media_root
+):
+    uid = generate_uid()
+    (case,) = receive_association(
+        _study(["2168a917.jpg"], uid), calling_ae="ORTHANC", address="127.0.0.1"
+    )
+    sealed = bytes(StudyLink.objects.get(case=case).sealed)
+    cases = receive_association(_study([LATERAL], uid), calling_ae="ORTHANC", address="127.0.0.1")
+    assert cases == []
+    assert case.images.count() == 1
+    assert bytes(StudyLink.objects.get(case=case).sealed) == sealed
+    assert len(list(media_root.rglob("*.png"))) == 1
+    assert Refusal.objects.count() == 1
+
+
+def test_another_patient_under_the_same_study_uid_is_refused(
+    service_user, production_model, media_root
+):
+    uid = generate_uid()
+    (case,) = receive_association(
+        _study(["2168a917.jpg"], uid), calling_ae="ORTHANC", address="127.0.0.1"
+    )
+    other = _study(["00001280_004.jpg"], uid, patient="HOSP-0099")
+    assert receive_association(other, calling_ae="ORTHANC", address="127.0.0.1") == []
+    assert Case.objects.count() == 1
+    assert case.images.count() == 1
+    (reason,) = Refusal.objects.values_list("reason", flat=True)
+    assert "another patient" in reason
+
+
+def test_a_study_whose_case_was_deleted_makes_a_new_case(
+    service_user, production_model, media_root
+):
+    uid = generate_uid()
+    (case,) = receive_association(
+        _study(["2168a917.jpg"], uid), calling_ae="ORTHANC", address="127.0.0.1"
+    )
+    Case.objects.filter(pk=case.pk).update(deleted_at=timezone.now())
+    (again,) = receive_association(
+        _study(["00001280_004.jpg"], uid), calling_ae="ORTHANC", address="127.0.0.1"
+    )
+    assert again.pk != case.pk
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_associations_of_one_study_at_the_same_moment_make_one_case(
+    service_user, production_model, media_root
+):
+    from django.db import connection
+
+    uid = generate_uid()
+    associations = [_study(["2168a917.jpg"], uid), _study(["00001280_004.jpg"], uid)]
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def receive(instances: list[ReceivedInstance]) -> None:
+        try:
+            barrier.wait(timeout=30)
+            receive_association(instances, calling_ae="ORTHANC", address="127.0.0.1")
+        except BaseException as exc:  # reported below, from the test's thread
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=receive, args=(a,)) for a in associations]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == []
+    (case,) = Case.objects.all()
+    assert case.images.count() == 2
+    assert len(unseal(StudyLink.objects.get(case=case).sealed)["images"]) == 2
