@@ -197,6 +197,23 @@ def test_orthanc_study_comes_back_with_a_report_and_a_heatmap(platform_factory):
 
 
 @pytest.mark.django_db(transaction=True)
+def test_orthanc_study_sent_in_two_associations_becomes_one_case(platform_factory):
+    platform = platform_factory(separate_destination=False)
+    study_uid, _, files = _study(["2168a917.jpg", "00001280_004.jpg"])
+    for content in files:  # one C-STORE association each
+        platform.send([content])
+
+    def both_back():
+        found = _results(platform.sender, study_uid)
+        return found if len(found[SR_CLASS]) == 2 and len(found[SC_CLASS]) == 2 else None
+
+    wait_for(both_back, timeout=240, what="2 SRs and 2 SCs in Orthanc", logs=platform.logs())
+    (case,) = Case.objects.all()
+    assert case.images.count() == 2
+    assert ReturnedObject.objects.filter(state="sent").count() == 4
+
+
+@pytest.mark.django_db(transaction=True)
 def test_orthanc_lateral_and_corrupt_instances_never_become_cases(platform_factory):
     platform = platform_factory(separate_destination=False)
     study_uid, _, (lateral,) = _study([LATERAL])
