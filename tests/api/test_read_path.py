@@ -265,8 +265,8 @@ def test_the_case_page_costs_the_same_queries_whatever_it_holds(
     client = login(clinician)
     client.get(f"/cases/{case.pk}/")
     # session, user, password state, roles, the case's version, the case, one per
-    # prefetched relation (6), its case.viewed audit event, the session's idle clock
-    # (3, as above).
-    with django_assert_num_queries(16):
+    # prefetched relation (6), its radiology reports (one), its case.viewed audit event,
+    # the session's idle clock (3, as above).
+    with django_assert_num_queries(17):
         page = client.get(f"/cases/{case.pk}/")
     assert page.content.count(b'data-live="image-') == n_images

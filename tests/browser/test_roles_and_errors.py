@@ -59,7 +59,13 @@ def test_each_role_is_refused_the_other_roles_pages(
     expected = {
         "clinician": {"My cases", "New case"},
         "annotator": {"Labelling queue"},
-        "model_admin": {"Model registry", "Reader agreement", "Audit log", "Synthetic images"},
+        "model_admin": {
+            "Model registry",
+            "Reader agreement",
+            "Audit log",
+            "Synthetic images",
+            "Sites",
+        },
         "adjudicator": {"Adjudication"},
     }[role]
     assert links == expected
