@@ -201,6 +201,12 @@ def _empty_queues_for_process_tests(request):
         from cxrplatform.celery import app
 
         app.control.purge()
+        return
+    # The filesystem broker (a bare machine): this process's messages are files.
+    folder = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("data_folder_in")
+    if folder:
+        for message in Path(str(folder)).glob("*.msg"):
+            message.unlink(missing_ok=True)
 
 
 @pytest.fixture(autouse=True)
