@@ -192,7 +192,13 @@ def test_orthanc_study_comes_back_with_a_report_and_a_heatmap(platform_factory):
         assert sc.PatientID == patient_id
         assert sc.BurnedInAnnotation == "YES"
         assert sc.pixel_array.ndim == 3
-    assert ReturnedObject.objects.filter(state="sent").count() == 4
+    # Orthanc has them once each C-STORE ends; the worker records "sent" just after.
+    wait_for(
+        lambda: ReturnedObject.objects.filter(state="sent").count() == 4,
+        timeout=60,
+        what="4 results recorded as sent",
+        logs=platform.logs(),
+    )
     print(f"C-STORE to results in Orthanc: {elapsed:.1f} s")
 
 
@@ -210,7 +216,13 @@ def test_orthanc_study_sent_in_two_associations_becomes_one_case(platform_factor
     wait_for(both_back, timeout=240, what="2 SRs and 2 SCs in Orthanc", logs=platform.logs())
     (case,) = Case.objects.all()
     assert case.images.count() == 2
-    assert ReturnedObject.objects.filter(state="sent").count() == 4
+    # Orthanc has them once each C-STORE ends; the worker records "sent" just after.
+    wait_for(
+        lambda: ReturnedObject.objects.filter(state="sent").count() == 4,
+        timeout=60,
+        what="4 results recorded as sent",
+        logs=platform.logs(),
+    )
 
 
 @pytest.mark.django_db(transaction=True)
