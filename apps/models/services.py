@@ -777,7 +777,9 @@ def _store_drift_reference(
     made by ``python -m ml classifier drift-reference``) beside the stored artifact as
     ``<stem>.drift-reference.json``, where apps.sites.drift looks; only one made from
     this very artifact (its ``model_sha256``)."""
-    beside = artifact_path.parent / "drift-reference.json"
+    from ml.models.drift import REFERENCE_NAME
+
+    beside = artifact_path.parent / REFERENCE_NAME
     try:
         made_from = json.loads(beside.read_text()).get("model_sha256") if beside.is_file() else None
     except (OSError, ValueError, AttributeError):
@@ -787,7 +789,7 @@ def _store_drift_reference(
     name = PurePosixPath(version.artifact.name or artifact_path.name)
     with beside.open("rb") as fh:
         saved = version.artifact.storage.save(
-            str(name.with_name(f"{name.stem}.drift-reference.json")), File(fh)
+            str(name.with_name(f"{name.stem}.{REFERENCE_NAME}")), File(fh)
         )
     stored.add(saved)
 

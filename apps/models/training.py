@@ -158,7 +158,8 @@ def _write_drift_reference(result, test_records: list) -> None:
     serves. A failure here is logged and never fails the run: the version then shows
     "no reference" on the drift page."""
     from apps.cases.validation import ood_gate
-    from ml.models.drift_reference import REFERENCE_NAME, write_reference
+    from ml.models.drift import REFERENCE_NAME
+    from ml.models.drift_reference import write_reference
     from ml.serving.classifier import Classifier
 
     try:

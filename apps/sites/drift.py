@@ -38,6 +38,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from apps.sites.models import DriftCheck, DriftObservation, Site
+from ml.models.drift import FEATURES, REFERENCE_NAME
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -47,9 +48,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REFERENCE_NAME = "drift-reference.json"
-# The features in display order (ml.models.drift.FEATURES, without importing it here).
-FEATURES = ("ood_score", "lung_area", "lung_mean", "lung_std", "confidence", "predicted_class")
 DRIFT = DriftCheck.Level.DRIFT
 
 

@@ -141,7 +141,8 @@ def cmd_drift_reference(args: argparse.Namespace) -> int:
     from ml.data.loaders import load_many
     from ml.data.splits import read_splits_csv, saved_split_names
     from ml.models.artifacts import read_card
-    from ml.models.drift_reference import REFERENCE_NAME, write_reference
+    from ml.models.drift import REFERENCE_NAME
+    from ml.models.drift_reference import write_reference
     from ml.serving.classifier import Classifier
     from ml.serving.ood import OodGate
 

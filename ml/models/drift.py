@@ -12,7 +12,9 @@ reference deciles as bins; a categorical feature uses its categories) and the
 **Kolmogorov-Smirnov** statistic with its p-value (scipy, numerical features only). The
 usual reading of the PSI: below 0.1 no shift, 0.1-0.25 a moderate one, above 0.25 a
 shift to act on (:data:`PSI_DRIFT`). A feature with fewer than :data:`MIN_IMAGES` recent
-values is not judged. No Django, no TensorFlow.
+values is not judged. No Django, no TensorFlow; scipy only when figures are compared, so
+the inference worker can read the names here (:data:`FEATURES`, :data:`REFERENCE_NAME`)
+without it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from scipy.stats import ks_2samp
+
+# The reference file a model carries beside its artifact (``python -m ml classifier
+# drift-reference`` writes it; registering the model stores it with it).
+REFERENCE_NAME = "drift-reference.json"
 
 # Numerical features; "predicted_class" is categorical.
 NUMERICAL = ("ood_score", "lung_area", "lung_mean", "lung_std", "confidence")
@@ -140,6 +145,8 @@ def compare(
     """Each feature of :data:`FEATURES` present in ``reference``: its PSI (and KS for
     numerical ones) between the reference values and the recent ones. None values are
     left out; a feature with fewer than ``min_images`` recent values gets no figures."""
+    from scipy.stats import ks_2samp
+
     out: dict[str, FeatureDrift] = {}
     for feature in FEATURES:
         if feature not in reference:

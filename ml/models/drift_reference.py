@@ -16,8 +16,6 @@ from typing import Any
 
 from ml.models.drift import FEATURES, prediction_features, reference_sample
 
-REFERENCE_NAME = "drift-reference.json"
-
 
 def reference_values(
     classifier: Any, records: Sequence[Any], gate: Any = None
