@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
+from scipy.stats import rankdata
 
 from ml.models.evaluation import ECE_BINS, expected_calibration_error, percentile_intervals
 
@@ -215,9 +215,15 @@ def wilson_interval(successes: int, n: int) -> tuple[float, float]:
 
 
 def _auroc(positive: np.ndarray, score: np.ndarray) -> float | None:
-    if positive.all() or not positive.any():
+    """The AUROC from ranks (the Mann-Whitney statistic, ties counting half: the same
+    figure as scikit-learn's ``roc_auc_score``, without its input checks, which took
+    nearly all of the time of a thousand bootstrap resamples)."""
+    n_pos = int(np.count_nonzero(positive))
+    n_neg = len(positive) - n_pos
+    if not n_pos or not n_neg:
         return None
-    return float(roc_auc_score(positive, score))
+    ranks = rankdata(score)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def local_validation(

@@ -131,6 +131,26 @@ def test_real_radiographs_are_not_taken_for_synthetic():
         assert band_score(np.asarray(image.convert("L"))) < MATCH_THRESHOLD - 0.15
 
 
+def test_a_films_score_is_searched_once_and_again_when_a_pixel_changes(monkeypatch):
+    from ml.generate import watermark
+
+    searched: list[tuple[int, ...]] = []
+    search = watermark._search
+    monkeypatch.setattr(watermark, "_scores", type(watermark._scores)())
+    monkeypatch.setattr(
+        watermark, "_search", lambda array: searched.append(array.shape) or search(array)
+    )
+    gray = np.asarray(Image.open(IMAGES / fixture_manifest()[0]["path"]).convert("L")).copy()
+    first = band_score(gray)
+    assert band_score(gray.copy()) == first
+    assert len(searched) == 1
+    gray[0, 0] ^= 0xFF
+    band_score(gray)
+    assert len(searched) == 2
+    band_score(gray.reshape(gray.shape[1], gray.shape[0]))  # the same bytes, another shape
+    assert len(searched) == 3
+
+
 # --- networks --------------------------------------------------------------------------------
 
 

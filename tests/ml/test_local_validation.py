@@ -122,3 +122,18 @@ def test_a_perfect_share_on_few_images_is_not_read_as_decided():
     assert normals.high == 1.0
     assert normals.too_wide
     assert normals.more_needed > 0
+
+
+def test_the_rank_auroc_is_scikit_learns_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    from ml.models.local_validation import _auroc
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        positive = rng.random(40) < 0.3
+        score = np.round(rng.random(40), 1)  # many ties
+        if positive.all() or not positive.any():
+            continue
+        assert _auroc(positive, score) == pytest.approx(roc_auc_score(positive, score))
+    assert _auroc(np.ones(3, dtype=bool), np.arange(3.0)) is None

@@ -1,5 +1,6 @@
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from django.conf import settings
@@ -10,6 +11,7 @@ from apps.accounts.models import AuditEvent
 from apps.models.models import ModelVersion
 from apps.models.services import RegistryError, promote, register_artifact
 from ml.models.artifacts import card_path, sha256_file
+from ml.serving.runtime import lite_path_for, read_lite_record
 
 
 @pytest.mark.django_db
@@ -25,14 +27,26 @@ def test_registering_the_bundled_model_copies_it_and_is_idempotent(media_root):
     assert first.card["classes"] == ["covid19", "pneumonia", "normal"]
 
 
-def make_variant(target, extra: bytes):
-    """A different artifact: the bundled model's bytes plus trailing bytes, with its card."""
+def make_variant(target, extra: bytes, *, with_lite: bool = True):
+    """A different artifact: the bundled model's bytes plus trailing bytes, with its card.
+
+    The weights are the bundled model's, so its LiteRT file is this artifact's conversion
+    too: ``with_lite`` puts it beside the variant with a sidecar naming the variant, as
+    ``python -m ml lite convert`` would (registration then stores it instead of
+    converting again, ~3 s each; tests/models/test_lite_registration.py converts)."""
     shutil.copy(settings.CXR_BUNDLED_MODEL, target)
     with target.open("ab") as fh:
         fh.write(extra)
     card = json.loads(card_path(settings.CXR_BUNDLED_MODEL).read_text())
     card["sha256"] = sha256_file(target)
     card_path(target).write_text(json.dumps(card))
+    if with_lite:
+        shipped = lite_path_for(settings.CXR_BUNDLED_MODEL)
+        lite = lite_path_for(target)
+        shutil.copy(shipped, lite)
+        record = read_lite_record(shipped)
+        record.update(artifact=lite.name, source=target.name, source_sha256=card["sha256"])
+        Path(f"{lite}.json").write_text(json.dumps(record))
     return target
 
 
