@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 from django.conf import settings
+from django.core.cache import cache
 from django.db.models import Prefetch, QuerySet
 from django.utils.crypto import salted_hmac
 
@@ -52,6 +55,37 @@ def image_ref(image: CaseImage) -> str:
         "cxr.image-ref", str(image.pk), secret=settings.CXR_PSEUDONYM_KEY, algorithm="sha256"
     )
     return digest.hexdigest()[:24]
+
+
+def short_ref(image: CaseImage) -> str:
+    """What a reader's page calls the image: the first digits of its reference."""
+    return image_ref(image)[:6]
+
+
+# A reference as image_ref makes it: 24 hex digits.
+REF_PATTERN = re.compile(r"[0-9a-f]{24}")
+REF_CACHE_SECONDS = 24 * 3600
+
+
+def image_for_ref(ref: str, images: QuerySet[CaseImage]) -> CaseImage | None:
+    """The image of ``images`` (what the user may open) whose reference is ``ref``; None
+    for any other string. The one lookup of the readers' API routes and web pages.
+
+    A reference is a keyed hash, not an index: the image is found by hashing the ids of
+    ``images`` (newest first), and the answer is cached per reference, so a reader's
+    later requests for it are one query. A cached id is hashed again before it is used,
+    and still has to be among ``images``."""
+    if not REF_PATTERN.fullmatch(ref):
+        return None
+    key = f"image-ref:v1:{ref}"
+    pk = cache.get(key)
+    if pk is None or image_ref(CaseImage(pk=pk)) != ref:
+        candidates = images.prefetch_related(None).order_by("-pk").values_list("pk", flat=True)
+        pk = next((p for p in candidates.iterator() if image_ref(CaseImage(pk=p)) == ref), None)
+        if pk is None:
+            return None
+        cache.set(key, pk, REF_CACHE_SECONDS)
+    return images.filter(pk=pk).first()
 
 
 def case_id_for(user, image: CaseImage) -> int | None:

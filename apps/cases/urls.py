@@ -30,11 +30,20 @@ urlpatterns = [
     path("images/<int:pk>/lungs/<str:kind>.png", views.lung_file, name="lung-file"),
     path("images/<int:pk>/ct/<str:kind>.png", views.ct_layer, name="ct-layer"),
     path("labelling/", views.label_queue, name="label-queue"),
-    path("images/<int:pk>/label/", views.label_image, name="label"),
     path("labelling/mine/", views.my_verdicts, name="my-verdicts"),
-    path("adjudication/", views.adjudication_list, name="adjudication"),
-    path("images/<int:pk>/adjudicate/", views.adjudicate, name="adjudicate"),
     path("labelling/policy/", views.label_policy, name="label-policy"),
+    # Readers' pages and the files they load name an image by its opaque reference
+    # (apps.cases.access.image_ref), never by its id: no ids to count or to group by
+    # case. The id-keyed file routes above are the case owner's.
+    path("labelling/<str:ref>/", views.label_image, name="label"),
+    path("labelling/<str:ref>/file/", views.reader_image_file, name="reader-image-file"),
+    path(
+        "labelling/<str:ref>/lungs/<str:kind>.png",
+        views.reader_lung_file,
+        name="reader-lung-file",
+    ),
+    path("adjudication/", views.adjudication_list, name="adjudication"),
+    path("adjudication/<str:ref>/", views.adjudicate, name="adjudicate"),
     path("agreement/", views.agreement_page, name="agreement"),
     path("agreement.csv", views.agreement_csv, name="agreement-csv"),
 ]

@@ -6,7 +6,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import RequestDataTooBig
 from django.core.paginator import Paginator
-from django.db.models import Count, Max
+from django.db.models import Count, Max, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
@@ -16,7 +16,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 from apps.accounts.audit import record_download, record_view
 from apps.accounts.roles import ADJUDICATOR, ANNOTATOR, CLINICIAN, MODEL_ADMIN, role_required
 from apps.cases import labelling, page_files, services
-from apps.cases.access import own_cases, visible_images
+from apps.cases.access import image_for_ref, image_ref, own_cases, short_ref, visible_images
 from apps.cases.filters import filter_cases
 from apps.cases.forms import CaseUploadForm
 from apps.cases.freshness import is_live_refresh, live_etag, live_not_modified, mark_live
@@ -182,27 +182,69 @@ def case_detail(request: HttpRequest, pk: int) -> HttpResponseBase:
     return mark_live(request, response, etag)
 
 
-@require_GET
-@role_required(CLINICIAN, ANNOTATOR, ADJUDICATOR)
-def image_file(request: HttpRequest, pk: int) -> HttpResponseBase:
-    """Uploaded images are never public: only the case's owner and annotators see them.
-    Audited as ``download.image`` unless a page view named it (``record_download``)."""
-    image = get_object_or_404(visible_images(request.user), pk=pk)
+def _serve_image(request: HttpRequest, image: CaseImage) -> HttpResponseBase:
     response = protected_file_response(image.file, image.content_type)
     record_download(request, kind="image", target=image)
     return response
+
+
+@require_GET
+@role_required(CLINICIAN)
+def image_file(request: HttpRequest, pk: int) -> HttpResponseBase:
+    """Uploaded images are never public: by id, only the case's owner sees them (readers
+    open them by reference: ``reader_image_file``). Audited as ``download.image`` unless
+    a page view named it (``record_download``)."""
+    return _serve_image(
+        request, get_object_or_404(CaseImage, pk=pk, case__owner_id=request.user.pk)
+    )
+
+
+def reader_images(user) -> QuerySet[CaseImage]:
+    """What a reader's pages may open: what the user may see (``visible_images``), never
+    an image held for review."""
+    return visible_images(user).exclude(status=CaseImage.Status.HELD)
+
+
+def reader_image(
+    request: HttpRequest, ref: str, images: QuerySet[CaseImage] | None = None
+) -> CaseImage:
+    """The image a reader's page names by its reference (``apps.cases.access.image_ref``,
+    looked up as the readers' API does) among ``images`` (by default ``reader_images``);
+    404 for any other string."""
+    image = image_for_ref(ref, reader_images(request.user) if images is None else images)
+    if image is None:
+        raise Http404("No image of yours has this reference.")
+    return image
+
+
+@require_GET
+@role_required(ANNOTATOR, ADJUDICATOR)
+def reader_image_file(request: HttpRequest, ref: str) -> HttpResponseBase:
+    """The image of a labelling or adjudication page, by its reference."""
+    return _serve_image(request, reader_image(request, ref))
 
 
 LUNG_FILES = {"mask": "lung_mask", "outline": "lung_outline"}
 
 
 @require_GET
-@role_required(CLINICIAN, ANNOTATOR, ADJUDICATOR)
+@role_required(CLINICIAN)
 def lung_file(request: HttpRequest, pk: int, kind: str) -> HttpResponseBase:
-    """The image's lung mask or outline PNG: the same people as the image itself."""
+    """The image's lung mask or outline PNG, by id: the case's owner only."""
+    image = get_object_or_404(CaseImage, pk=pk, case__owner_id=request.user.pk)
+    return _serve_lungs(request, image, kind)
+
+
+@require_GET
+@role_required(ANNOTATOR, ADJUDICATOR)
+def reader_lung_file(request: HttpRequest, ref: str, kind: str) -> HttpResponseBase:
+    """The lung outline (or mask) of a labelling or adjudication page, by reference."""
+    return _serve_lungs(request, reader_image(request, ref), kind)
+
+
+def _serve_lungs(request: HttpRequest, image: CaseImage, kind: str) -> HttpResponseBase:
     from apps.cases.lungs import lung_prediction
 
-    image = get_object_or_404(visible_images(request.user), pk=pk)
     prediction = lung_prediction(image)
     if prediction is None or kind not in LUNG_FILES:
         raise Http404("This image has no lung mask.")
@@ -244,9 +286,9 @@ def label_queue(request: HttpRequest) -> HttpResponse:
     and not the model's answer (anchoring): see ``label_image``."""
     queue = labelling.labelling_queue(annotator=request.user)
     skipped = request.GET.get("after", "")
-    if skipped.isdigit():
-        # "Skip": show the image after the skipped one, wrapping around.
-        position = next((i for i, image in enumerate(queue) if image.pk == int(skipped)), -1)
+    if skipped:
+        # "Skip": show the image after the skipped one (by reference), wrapping around.
+        position = next((i for i, image in enumerate(queue) if image_ref(image) == skipped), -1)
         queue = queue[position + 1 :] + queue[: position + 1]
     if queue:
         files = page_files.image_files(queue[0], heatmaps=False)
@@ -256,7 +298,9 @@ def label_queue(request: HttpRequest) -> HttpResponse:
         "cases/label_queue.html",
         {
             "image": queue[0] if queue else None,
-            "skip_url": f"{reverse('cases:label-queue')}?after={queue[0].pk}" if queue else "",
+            "skip_url": (
+                f"{reverse('cases:label-queue')}?after={image_ref(queue[0])}" if queue else ""
+            ),
             "remaining": len(queue),
             "verdicts": VERDICT_CHOICES,
             "disputed": labelling.disagreements()[:20],
@@ -267,16 +311,18 @@ def label_queue(request: HttpRequest) -> HttpResponse:
 
 @require_http_methods(["GET", "POST"])
 @role_required(ANNOTATOR)
-def label_image(request: HttpRequest, pk: int) -> HttpResponse:
-    """One image's verdict: give it, see it, revise it.
+def label_image(request: HttpRequest, ref: str) -> HttpResponse:
+    """One image's verdict: give it, see it, revise it. The image is named by its
+    reference, as in the readers' API: the page shows no image or case id.
 
     After a reader's first answer, and only with ``CXR_LABEL_SHOW_MODEL``, the
     reader comes here and sees the model's prediction (their answer is recorded
     first, so the statistics see the unanchored read); they may then revise.
     """
-    image = get_object_or_404(
-        visible_images(request.user).prefetch_related("predictions__model_version", "explanations"),
-        pk=pk,
+    image = reader_image(
+        request,
+        ref,
+        reader_images(request.user).prefetch_related("predictions__model_version", "explanations"),
     )
     mine = ExpertLabel.objects.filter(image=image, annotator_id=request.user.pk).first()
     if request.method == "POST":
@@ -289,16 +335,16 @@ def label_image(request: HttpRequest, pk: int) -> HttpResponse:
             )
         except labelling.LabelRejected as exc:
             messages.error(request, str(exc))
-            return redirect("cases:label", pk=image.pk)
+            return redirect("cases:label", ref=ref)
         if request.POST.get("from") == "review":
             messages.success(request, "Your verdict is changed.")
-            return redirect("cases:label", pk=image.pk)
+            return redirect("cases:label", ref=ref)
         if mine is None and settings.CXR_LABEL_SHOW_MODEL:
             messages.success(
                 request,
                 "Your answer is recorded. The model's answer is shown below; you may change yours.",
             )
-            return redirect("cases:label", pk=image.pk)
+            return redirect("cases:label", ref=ref)
         return redirect("cases:label-queue")
     adjudication = Adjudication.objects.filter(image=image).first()
     show_model = settings.CXR_LABEL_SHOW_MODEL and mine is not None
@@ -309,6 +355,8 @@ def label_image(request: HttpRequest, pk: int) -> HttpResponse:
         "cases/label_image.html",
         {
             "image": image,
+            "ref": ref,
+            "short_ref": short_ref(image),
             "mine": mine,
             "adjudication": adjudication,
             "show_model": show_model,
@@ -348,11 +396,14 @@ def adjudication_list(request: HttpRequest) -> HttpResponse:
 
 @require_http_methods(["GET", "POST"])
 @role_required(ADJUDICATOR)
-def adjudicate(request: HttpRequest, pk: int) -> HttpResponse:
+def adjudicate(request: HttpRequest, ref: str) -> HttpResponse:
     """Every reader's verdict with its note, side by side with the image; the
-    adjudicator decides (without the model's answer: it would anchor them too)."""
-    image = get_object_or_404(
-        CaseImage.objects.filter(expert_labels__isnull=False).distinct(), pk=pk
+    adjudicator decides (without the model's answer: it would anchor them too). The
+    image is named by its reference, as on the readers' pages."""
+    image = reader_image(
+        request,
+        ref,
+        reader_images(request.user).filter(expert_labels__isnull=False),
     )
     if request.method == "POST":
         try:
@@ -364,8 +415,8 @@ def adjudicate(request: HttpRequest, pk: int) -> HttpResponse:
             )
         except labelling.LabelRejected as exc:
             messages.error(request, str(exc))
-            return redirect("cases:adjudicate", pk=image.pk)
-        messages.success(request, f"Image {image.pk} decided.")
+            return redirect("cases:adjudicate", ref=ref)
+        messages.success(request, f"Image {short_ref(image)}… decided.")
         return redirect("cases:adjudication")
     files = page_files.image_files(image, heatmaps=False)
     record_view(request, action="image.viewed", target=image, files=files)
@@ -374,6 +425,8 @@ def adjudicate(request: HttpRequest, pk: int) -> HttpResponse:
         "cases/adjudicate.html",
         {
             "image": image,
+            "ref": ref,
+            "short_ref": short_ref(image),
             "readings": image.expert_labels.select_related("annotator").order_by(
                 "created_at", "pk"
             ),

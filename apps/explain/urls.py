@@ -14,4 +14,21 @@ urlpatterns = [
     path("<int:pk>/download.png", views.overlay_download, name="overlay-download"),
     path("<int:pk>/layer.png", views.layer, name="layer"),
     path("<int:pk>/heatmap.npy", views.heatmap, name="heatmap"),
+    # A labelling page's maps, by the image's reference and the method (never an id).
+    path("labelling/<str:ref>/<str:method>/layer.png", views.reader_layer, name="reader-layer"),
+    path(
+        "labelling/<str:ref>/<str:method>/overlay.png",
+        views.reader_overlay,
+        name="reader-overlay",
+    ),
+    path(
+        "labelling/<str:ref>/<str:method>/download.png",
+        views.reader_overlay_download,
+        name="reader-overlay-download",
+    ),
+    path(
+        "labelling/<str:ref>/<str:method>/heatmap.npy",
+        views.reader_heatmap,
+        name="reader-heatmap",
+    ),
 ]

@@ -1,4 +1,5 @@
-"""Explanation views: ask for a method, fetch the stored files (owner only)."""
+"""Explanation views: ask for a method, fetch the stored files (the owner by id; a
+reader, once shown the model's answer, by the image's reference and the method)."""
 
 from __future__ import annotations
 
@@ -50,41 +51,85 @@ def request_method(request: HttpRequest, image_pk: int) -> HttpResponse:
     return redirect("cases:detail", pk=image.case_id)
 
 
-def _visible_explanation(request: HttpRequest, pk: int) -> Explanation:
-    from apps.cases.access import visible_images
-
+def _own_explanation(request: HttpRequest, pk: int) -> Explanation:
+    """A finished explanation by id: the case's owner only (readers name the image by
+    its reference: ``_reader_explanation``)."""
     return get_object_or_404(
-        Explanation,
+        Explanation.objects.select_related("image"),
         pk=pk,
-        image__in=visible_images(request.user),
+        image__case__owner_id=request.user.pk,
         status=Explanation.Status.DONE,
     )
 
 
+def _reader_explanation(request: HttpRequest, ref: str, method: str) -> Explanation:
+    """The finished map of ``method`` on the image a labelling page names by reference
+    (``apps.cases.views.reader_image``), only where the page shows the model's answer:
+    with ``CXR_LABEL_SHOW_MODEL`` and once the reader gave a verdict (as the readers'
+    API); a 404 otherwise."""
+    from apps.cases.api.serializers import shows_model
+    from apps.cases.models import ExpertLabel
+    from apps.cases.views import reader_image, reader_images
+
+    image = reader_image(request, ref, reader_images(request.user).prefetch_related("explanations"))
+    mine = ExpertLabel.objects.filter(image=image, annotator_id=request.user.pk).first()
+    if not shows_model(mine):
+        raise Http404("The model's answer is not shown to you for this image.")
+    explanation = next(
+        (
+            e
+            for e in image.current_explanations
+            if e.method == method and e.status == Explanation.Status.DONE
+        ),
+        None,
+    )
+    if explanation is None:
+        raise Http404(f"This image has no finished {method!r} map.")
+    return explanation
+
+
 def _serve(
-    request: HttpRequest, pk: int, field: str, content_type: str, download_name: str | None = None
+    request: HttpRequest,
+    explanation: Explanation,
+    field: str,
+    content_type: str,
+    download_name: str | None = None,
 ) -> HttpResponseBase:
-    explanation = _visible_explanation(request, pk)
     response = protected_file_response(getattr(explanation, field), content_type, download_name)
     record_download(request, kind=field, target=explanation)
     return response
 
 
 @require_GET
-@role_required(CLINICIAN, ANNOTATOR)
+@role_required(CLINICIAN)
 def overlay(request: HttpRequest, pk: int) -> HttpResponseBase:
-    return _serve(request, pk, "overlay", "image/png")
+    return _serve(request, _own_explanation(request, pk), "overlay", "image/png")
 
 
 @require_GET
-@role_required(CLINICIAN, ANNOTATOR)
+@role_required(ANNOTATOR)
+def reader_overlay(request: HttpRequest, ref: str, method: str) -> HttpResponseBase:
+    return _serve(request, _reader_explanation(request, ref, method), "overlay", "image/png")
+
+
+@require_GET
+@role_required(CLINICIAN)
 def layer(request: HttpRequest, pk: int) -> HttpResponse:
     """The coloured heatmap alone (PNG), laid over the image at the viewer's chosen opacity."""
+    return _layer(request, _own_explanation(request, pk))
+
+
+@require_GET
+@role_required(ANNOTATOR)
+def reader_layer(request: HttpRequest, ref: str, method: str) -> HttpResponse:
+    return _layer(request, _reader_explanation(request, ref, method))
+
+
+def _layer(request: HttpRequest, explanation: Explanation) -> HttpResponse:
     import numpy as np
 
     from ml.serving.colours import heatmap_png
 
-    explanation = _visible_explanation(request, pk)
     try:
         with explanation.heatmap.open("rb") as handle:
             png = heatmap_png(np.load(handle, allow_pickle=False))
@@ -97,10 +142,22 @@ def layer(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @require_GET
-@role_required(CLINICIAN, ANNOTATOR)
+@role_required(CLINICIAN)
 def heatmap(request: HttpRequest, pk: int) -> HttpResponseBase:
     """The raw float32 map as a NumPy .npy file (for research tools)."""
-    return _serve(request, pk, "heatmap", "application/octet-stream", f"explanation-{pk}.npy")
+    explanation = _own_explanation(request, pk)
+    return _serve(
+        request, explanation, "heatmap", "application/octet-stream", f"explanation-{pk}.npy"
+    )
+
+
+@require_GET
+@role_required(ANNOTATOR)
+def reader_heatmap(request: HttpRequest, ref: str, method: str) -> HttpResponseBase:
+    """The raw map, named after the image's short reference (no ids)."""
+    explanation = _reader_explanation(request, ref, method)
+    name = f"image-{ref[:6]}-{explanation.method}.npy"
+    return _serve(request, explanation, "heatmap", "application/octet-stream", name)
 
 
 def overlay_name(explanation: Explanation) -> str:
@@ -113,17 +170,36 @@ def overlay_name(explanation: Explanation) -> str:
     return f"case-{image.case_id}-image-{number}-{explanation.method}-{label}.png"
 
 
+def reader_overlay_name(explanation: Explanation, ref: str) -> str:
+    """The picture's file name for a reader: the image's short reference, no case."""
+    from django.utils.text import slugify
+
+    label = slugify(explanation.target_label or "map") or "map"
+    return f"image-{ref[:6]}-{explanation.method}-{label}.png"
+
+
 @require_GET
-@role_required(CLINICIAN, ANNOTATOR)
+@role_required(CLINICIAN)
 def overlay_download(request: HttpRequest, pk: int) -> HttpResponse:
     """The picture the viewer shows, as a file: the whole uploaded image at its own size
     with the heatmap stretched over it as the page lays it, and a colour bar."""
+    explanation = _own_explanation(request, pk)
+    return _overlay_download(request, explanation, overlay_name(explanation))
+
+
+@require_GET
+@role_required(ANNOTATOR)
+def reader_overlay_download(request: HttpRequest, ref: str, method: str) -> HttpResponse:
+    explanation = _reader_explanation(request, ref, method)
+    return _overlay_download(request, explanation, reader_overlay_name(explanation, ref))
+
+
+def _overlay_download(request: HttpRequest, explanation: Explanation, name: str) -> HttpResponse:
     import numpy as np
 
     from ml.data.preprocess import open_image
     from ml.explain.render import render_overlay
 
-    explanation = _visible_explanation(request, pk)
     try:
         with explanation.heatmap.open("rb") as handle:
             values = np.load(handle, allow_pickle=False)
@@ -143,6 +219,6 @@ def overlay_download(request: HttpRequest, pk: int) -> HttpResponse:
         content_type="image/png",
         headers={
             "Cache-Control": "private, no-store",
-            "Content-Disposition": f'attachment; filename="{overlay_name(explanation)}"',
+            "Content-Disposition": f'attachment; filename="{name}"',
         },
     )

@@ -21,7 +21,8 @@ from rest_framework.test import APIClient
 from apps.accounts.audit import VIEW_WINDOW_SECONDS
 from apps.accounts.audit_log import CATEGORIES
 from apps.accounts.models import AuditEvent
-from apps.cases.models import Segmentation
+from apps.cases.access import image_ref
+from apps.cases.models import ExpertLabel, Segmentation
 from tests.conftest import clear_own_cache
 from tests.factories import (
     CaseFactory,
@@ -277,10 +278,35 @@ def test_a_readers_page_is_one_image_view_without_the_models_files(client, annot
     for url in sources:
         assert _fetch(client, url) == 200, url
     assert _downloads() == []
-    # The heatmap layer was not on the page: fetched anyway, it is audited.
+    # The heatmap layer was not on the page, and the model's answer is not the reader's
+    # before their verdict: by the image's reference it is a 404, by id not theirs (403).
     explanation = image.explanations.get()
-    assert _fetch(client, reverse("explain:layer", args=[explanation.pk])) == 200
-    assert _downloads() == [("download.heatmap_layer", str(explanation.pk), "web")]
+    ref = image_ref(image)
+    assert _fetch(client, reverse("explain:reader-layer", args=[ref, explanation.method])) == 404
+    assert _fetch(client, reverse("explain:layer", args=[explanation.pk])) == 403
+    assert _downloads() == []
+
+
+def test_a_readers_page_after_the_verdict_names_the_heatmaps_it_loads(client, annotator, settings):
+    settings.CXR_LABEL_SHOW_MODEL = True
+    case = _xray_case(CaseFactory().owner, n_images=1)
+    image = case.images.get()
+    ExpertLabel.objects.create(image=image, annotator=annotator, label="normal")
+    client.force_login(annotator)
+    page = client.get(reverse("cases:label", args=[image_ref(image)])).content.decode()
+    (view,) = _events("image.viewed")
+    explanation = image.explanations.get()
+    assert ("heatmap_layer", explanation.pk, image.pk) in _files(view)
+    sources = _img_sources(page)
+    assert len(sources) == 3  # the image, its lung outline and the heatmap layer
+    for url in sources:
+        assert _fetch(client, url) == 200, url
+    assert _downloads() == []
+    # A link the page offers (the overlay as a file): its own event.
+    overlay = reverse("explain:reader-overlay-download", args=[image_ref(image), "gradcam"])
+    assert overlay in page
+    assert _fetch(client, overlay) == 200
+    assert _downloads() == [("download.overlay", str(explanation.pk), "web")]
 
 
 def test_the_api_case_and_image_answers_are_view_events(clinician):

@@ -4,6 +4,7 @@ the clinician's case page shows the label and the model admins' statistics follo
 import pytest
 
 from apps.accounts.models import AuditEvent
+from apps.cases.access import image_ref
 from apps.cases.models import Adjudication, CaseImage
 from tests.browser.conftest import assert_accessible, log_in, screenshot
 from tests.factories import PASSWORD, CaseFactory, CaseImageFactory, PredictionFactory, UserFactory
@@ -20,11 +21,13 @@ def _reader_row(page, reader: str):
     return page.locator(f'table[data-readers] tr[data-reader="{reader}"]')
 
 
-def _reads(page, base_url: str, reader, verdict: str, note: str, image_pk: int) -> None:
-    """A reader labels the image from the queue, without seeing the model's answer."""
+def _reads(page, base_url: str, reader, verdict: str, note: str, ref: str) -> None:
+    """A reader labels the image from the queue, without seeing the model's answer; the
+    page names the image by its reference only."""
     _as(page, base_url, reader)
     page.get_by_role("link", name="Labelling queue", exact=True).click()
-    assert int(page.locator("article[data-image]").get_attribute("data-image")) == image_pk
+    assert page.locator("article[data-image]").get_attribute("data-image") == ref
+    assert page.get_by_role("heading", name=f"Image {ref[:6]}…").count() == 1
     assert "Model says" not in page.content()
     assert page.locator("#label-form button[aria-pressed]").count() == 0  # nothing preselected
     page.get_by_label("Note (optional)").fill(note)
@@ -32,12 +35,13 @@ def _reads(page, base_url: str, reader, verdict: str, note: str, image_pk: int) 
     page.wait_for_url("**/cases/labelling/")
 
 
-def _decides(page, base_url: str, adjudicator, image_pk: int) -> None:
+def _decides(page, base_url: str, adjudicator, ref: str) -> None:
     """The adjudicator sees both verdicts with their notes and decides COVID-19."""
     _as(page, base_url, adjudicator)
     page.get_by_role("link", name="Adjudication", exact=True).first.click()
     assert_accessible(page)
-    page.get_by_role("link", name=f"Image {image_pk}").click()
+    page.get_by_role("link", name=f"Image {ref[:6]}…").click()
+    page.wait_for_url(f"**/cases/adjudication/{ref}/")
     readings = page.locator("table.readings")
     for text in ("reader-one", "reader-two", "right lower lobe", "bilateral peripheral"):
         assert text in readings.inner_text()
@@ -47,7 +51,7 @@ def _decides(page, base_url: str, adjudicator, image_pk: int) -> None:
     page.get_by_label("Note (optional)").fill("peripheral GGO: typical")
     page.get_by_role("button", name="COVID-19").click()
     page.wait_for_url("**/cases/adjudication/")
-    assert page.locator(f'tr[data-decided="{image_pk}"]').inner_text().count("COVID-19") == 1
+    assert page.locator(f'tr[data-decided="{ref}"]').inner_text().count("COVID-19") == 1
 
 
 def test_two_readers_disagree_and_the_adjudicator_decides(
@@ -61,8 +65,9 @@ def test_two_readers_disagree_and_the_adjudicator_decides(
     adjudicator = UserFactory(username="senior-reader", roles=["adjudicator"])
     page, url = browser_page, live_server.url
 
-    _reads(page, url, first, "Other pneumonia", "right lower lobe consolidation", image.pk)
-    _reads(page, url, second, "COVID-19", "bilateral peripheral opacities", image.pk)
+    ref = image_ref(image)
+    _reads(page, url, first, "Other pneumonia", "right lower lobe consolidation", ref)
+    _reads(page, url, second, "COVID-19", "bilateral peripheral opacities", ref)
     assert_accessible(page)  # the queue with the disputed image listed
     assert CaseImage.objects.get(pk=image.pk).confirmed_label == ""
 
@@ -74,7 +79,7 @@ def test_two_readers_disagree_and_the_adjudicator_decides(
     pair = page.locator('tr[data-pair="reader-one|reader-two"] td').all_inner_texts()
     assert pair[:2] == ["1", "0.000"]  # one image both read, no agreement
 
-    _decides(page, url, adjudicator, image.pk)
+    _decides(page, url, adjudicator, ref)
     decision = Adjudication.objects.get(image=image)
     assert (decision.adjudicator, decision.label) == (adjudicator, "covid19")
     assert AuditEvent.objects.filter(action="label.adjudicate", actor=adjudicator).count() == 1

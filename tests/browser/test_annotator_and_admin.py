@@ -4,7 +4,8 @@ import pytest
 
 from apps.accounts.models import AuditEvent
 from apps.cases import services as case_services
-from apps.cases.models import CaseImage, Prediction
+from apps.cases.access import image_ref
+from apps.cases.models import Prediction
 from apps.models.models import ModelVersion
 from cxrplatform.jobs import run_job_now
 from tests.browser.conftest import assert_accessible, log_in, screenshot
@@ -38,18 +39,22 @@ def test_annotator_confirms_with_the_keyboard_and_skips(
     page.get_by_role("link", name="Labelling queue", exact=True).click()
     assert "SECRET-REF-7" not in page.content()
     assert_accessible(page)
-    first = int(page.locator("article[data-image]").get_attribute("data-image"))
+    # The image is named by its reference, never its id.
+    first = page.locator("article[data-image]").get_attribute("data-image")
+    assert first in {image_ref(image) for image in predicted_images}
     screenshot(page, "annotator-queue")
     page.keyboard.press("s")  # skip: the other image comes up
     page.wait_for_url("**/cases/labelling/?after=*")
-    second = int(page.locator("article[data-image]").get_attribute("data-image"))
+    second = page.locator("article[data-image]").get_attribute("data-image")
     assert second != first
+    assert f"after={first}" in page.url
     page.keyboard.press("3")  # the third class: normal
     page.wait_for_url("**/cases/labelling/")
-    labelled = CaseImage.objects.get(pk=second)
+    (labelled,) = (image for image in predicted_images if image_ref(image) == second)
+    labelled.refresh_from_db()
     assert labelled.confirmed_label == "normal"
     assert AuditEvent.objects.filter(action="label.create", actor=annotator).count() == 1
-    assert int(page.locator("article[data-image]").get_attribute("data-image")) == first
+    assert page.locator("article[data-image]").get_attribute("data-image") == first
 
 
 def _metrics(macro_f1: float, covid_recall: float) -> dict:

@@ -11,6 +11,7 @@ from django.urls import reverse
 
 from apps.accounts.models import AuditEvent
 from apps.cases import labelling
+from apps.cases.access import image_ref
 from apps.cases.models import Adjudication, CaseImage, ExpertLabel
 from tests.factories import PredictionFactory, UserFactory
 from tests.test_settings_env import _import_settings
@@ -89,14 +90,14 @@ def test_adjudicator_sees_all_verdicts_with_notes_and_decides_audited(
     client.force_login(adjudicator)
     listing = client.get(reverse("cases:adjudication"))
     assert listing.status_code == 200
-    assert f'data-image="{image.pk}"' in listing.content.decode()
-    page = client.get(reverse("cases:adjudicate", args=[image.pk])).content.decode()
+    assert f'data-image="{image_ref(image)}"' in listing.content.decode()
+    page = client.get(reverse("cases:adjudicate", args=[image_ref(image)])).content.decode()
     for text in ("reader-0", "reader-1", "left lower lobe", "bilateral GGO"):
         assert text in page
     assert "Model says" not in page  # the adjudicator is blind to the model too
 
     response = client.post(
-        reverse("cases:adjudicate", args=[image.pk]),
+        reverse("cases:adjudicate", args=[image_ref(image)]),
         {"label": "covid19", "note": "GGO pattern typical"},
     )
     assert response.status_code == 302
@@ -143,7 +144,7 @@ def test_only_adjudicators_open_the_adjudication_pages(image, client, settings):
         assert client.get(reverse("cases:adjudication")).status_code == 403
         assert (
             client.post(
-                reverse("cases:adjudicate", args=[image.pk]), {"label": "normal"}
+                reverse("cases:adjudicate", args=[image_ref(image)]), {"label": "normal"}
             ).status_code
             == 403
         )
@@ -172,18 +173,18 @@ def test_reader_revises_own_verdict_from_the_web(image, client, settings):
     settings.CXR_LABEL_POLICY, settings.CXR_LABEL_AGREEMENT = "unanimous", 1
     (reader,) = _readers(1)
     client.force_login(reader)
-    client.post(reverse("cases:label", args=[image.pk]), {"label": "pneumonia"})
+    client.post(reverse("cases:label", args=[image_ref(image)]), {"label": "pneumonia"})
     assert _confirmed(image) == "pneumonia"
     mine = client.get(reverse("cases:my-verdicts")).content.decode()
-    assert reverse("cases:label", args=[image.pk]) in mine
-    page = client.get(reverse("cases:label", args=[image.pk])).content.decode()
+    assert reverse("cases:label", args=[image_ref(image)]) in mine
+    page = client.get(reverse("cases:label", args=[image_ref(image)])).content.decode()
     assert 'data-your-verdict="pneumonia"' in page
     response = client.post(
-        reverse("cases:label", args=[image.pk]),
+        reverse("cases:label", args=[image_ref(image)]),
         {"label": "normal", "note": "second look", "from": "review"},
     )
     assert response.status_code == 302
-    assert response.url == reverse("cases:label", args=[image.pk])
+    assert response.url == reverse("cases:label", args=[image_ref(image)])
     assert ExpertLabel.objects.get(image=image, annotator=reader).label == "normal"
     assert _confirmed(image) == "normal"
     change = AuditEvent.objects.get(action="label.change")
@@ -202,7 +203,7 @@ def test_queue_does_not_show_or_preselect_the_model_answer_by_default(image, cli
     (reader,) = _readers(1)
     client.force_login(reader)
     html = client.get(reverse("cases:label-queue")).content.decode()
-    assert f'data-image="{image.pk}"' in html
+    assert f'data-image="{image_ref(image)}"' in html
     assert "Model says" not in html
     assert "Confirm:" not in html
     assert 'class="primary"' not in _buttons(html)
@@ -210,8 +211,11 @@ def test_queue_does_not_show_or_preselect_the_model_answer_by_default(image, cli
     assert "<script>" not in html  # the keyboard shortcuts are a static file (CSP)
     assert re.search(r'<script src="[^"]*js/labelling\.js"', html)
     # Without the setting, the review page after an answer does not show it either.
-    client.post(reverse("cases:label", args=[image.pk]), {"label": "pneumonia"})
-    assert "Model says" not in client.get(reverse("cases:label", args=[image.pk])).content.decode()
+    client.post(reverse("cases:label", args=[image_ref(image)]), {"label": "pneumonia"})
+    assert (
+        "Model says"
+        not in client.get(reverse("cases:label", args=[image_ref(image)])).content.decode()
+    )
 
 
 def test_setting_shows_the_model_only_after_the_first_answer(image, client, settings):
@@ -219,11 +223,13 @@ def test_setting_shows_the_model_only_after_the_first_answer(image, client, sett
     settings.CXR_LABEL_POLICY, settings.CXR_LABEL_AGREEMENT = "unanimous", 2
     (reader,) = _readers(1)
     client.force_login(reader)
-    before = client.get(reverse("cases:label", args=[image.pk])).content.decode()
+    before = client.get(reverse("cases:label", args=[image_ref(image)])).content.decode()
     assert "Model says" not in before
     assert "Model says" not in client.get(reverse("cases:label-queue")).content.decode()
-    response = client.post(reverse("cases:label", args=[image.pk]), {"label": "pneumonia"})
-    assert response.url == reverse("cases:label", args=[image.pk])  # to see the model's answer
+    response = client.post(reverse("cases:label", args=[image_ref(image)]), {"label": "pneumonia"})
+    assert response.url == reverse(
+        "cases:label", args=[image_ref(image)]
+    )  # to see the model's answer
     after = client.get(response.url).content.decode()
     assert "Model says" in after
     assert 'data-label="normal"' in after
@@ -234,8 +240,6 @@ def test_setting_shows_the_model_only_after_the_first_answer(image, client, sett
 
 def test_api_answers_409_for_a_verdict_on_an_adjudicated_image(image, settings, adjudicator):
     from rest_framework.test import APIClient
-
-    from apps.cases.access import image_ref
 
     settings.CXR_LABEL_POLICY, settings.CXR_LABEL_AGREEMENT = "adjudication", 2
     a, b, c = _readers(3)

@@ -22,6 +22,7 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 
 from apps.accounts.models import AuditEvent
 from apps.cases import services
+from apps.cases.access import image_ref
 from apps.cases.labelling import labelling_queue
 from apps.cases.models import CaseImage
 from apps.cases.validation import TEXT_HELD, TEXT_UNCHECKED
@@ -99,14 +100,18 @@ def test_a_name_drawn_on_a_film_holds_it_out_of_labelling(
     PredictionFactory(image=image)  # a finished prediction: what the queue asks for
     assert image not in labelling_queue(annotator=annotator)
     client.force_login(annotator)
-    assert client.get(reverse("cases:image-file", args=[image.pk])).status_code == 404
+    assert (
+        client.get(reverse("cases:reader-image-file", args=[image_ref(image)])).status_code == 404
+    )
 
     services.release_held_image(image=image, actor=clinician)
     image.refresh_from_db()
     assert image.status == CaseImage.Status.ACCEPTED
     assert image.intake_note.startswith("Released after review")
     assert image in labelling_queue(annotator=annotator)
-    assert client.get(reverse("cases:image-file", args=[image.pk])).status_code == 200
+    assert (
+        client.get(reverse("cases:reader-image-file", args=[image_ref(image)])).status_code == 200
+    )
     event = AuditEvent.objects.get(action="image.release")
     assert event.after["status"] == "accepted"
 

@@ -9,6 +9,7 @@ from django.urls import reverse
 
 from apps.accounts.models import AuditEvent
 from apps.cases import labelling
+from apps.cases.access import image_ref
 from apps.cases.models import CaseImage, LabelPolicy
 from tests.factories import PredictionFactory, UserFactory
 
@@ -156,9 +157,10 @@ def test_adjudication_chosen_on_the_web_sends_a_disagreement_to_the_adjudicator(
 
     client.force_login(adjudicator)
     listing = client.get(reverse("cases:adjudication")).content.decode()
-    assert f'data-image="{image.pk}"' in listing
+    assert f'data-image="{image_ref(image)}"' in listing
     response = client.post(
-        reverse("cases:adjudicate", args=[image.pk]), {"label": "pneumonia", "note": "agreed"}
+        reverse("cases:adjudicate", args=[image_ref(image)]),
+        {"label": "pneumonia", "note": "agreed"},
     )
     assert response.status_code == 302
     image.refresh_from_db()

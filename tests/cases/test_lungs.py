@@ -14,6 +14,7 @@ from django.urls import reverse
 from PIL import Image, ImageOps
 
 from apps.cases import services
+from apps.cases.access import image_ref
 from apps.cases.lungs import SEGMENTATION_OFF, stored_lungs
 from apps.cases.models import Prediction
 from apps.explain.models import Explanation
@@ -337,10 +338,10 @@ def test_case_page_flags_an_image_whose_lungs_were_not_found(login, predicted, s
 
 @pytest.mark.parametrize(
     ("who", "expected"),
-    [("owner", 200), ("other_clinician", 404), ("annotator", 200), ("model_admin", 403),
+    [("owner", 200), ("other_clinician", 404), ("annotator", 403), ("model_admin", 403),
      ("anonymous", 302)],
 )  # fmt: skip
-def test_lung_files_are_served_to_those_who_may_see_the_image(
+def test_lung_files_by_id_are_served_to_the_owner_only(
     client, predicted, who, expected, other_clinician, annotator, model_admin
 ):
     prediction = predicted(upload_of("2168a917.jpg"))
@@ -365,3 +366,8 @@ def test_lung_files_are_served_to_those_who_may_see_the_image(
     if who == "owner":
         unknown = client.get(reverse("cases:lung-file", args=[prediction.image.pk, "other"]))
         assert unknown.status_code == 404
+    if who == "annotator":  # by the image's reference, as the labelling page loads it
+        ref = image_ref(prediction.image)
+        response = client.get(reverse("cases:reader-lung-file", args=[ref, "outline"]))
+        assert response.status_code == 200
+        assert response["Content-Type"] == "image/png"

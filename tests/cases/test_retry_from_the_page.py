@@ -10,6 +10,7 @@ from django.urls import reverse
 
 from apps.accounts.models import AuditEvent
 from apps.cases import services as case_services
+from apps.cases.access import image_ref
 from apps.cases.models import Prediction
 from apps.explain import services
 from apps.explain.models import Explanation
@@ -165,7 +166,7 @@ def test_annotators_see_a_failed_explanation_without_a_retry_button(
     ExpertLabel.objects.create(image=failed_explanation.image, annotator=annotator, label="normal")
     html = (
         login(annotator)
-        .get(reverse("cases:label", args=[failed_explanation.image_id]))
+        .get(reverse("cases:label", args=[image_ref(failed_explanation.image)]))
         .content.decode()
     )
     assert "Grad-CAM failed" in html

@@ -152,7 +152,7 @@ def test_picture_metadata_is_neither_stored_nor_served_to_annotators(
 
     # What an annotator is served, through the web page and the API.
     PredictionFactory(image=image)  # annotators see images whose prediction is done
-    web = login(annotator).get(reverse("cases:image-file", args=[image.pk]))
+    web = login(annotator).get(reverse("cases:reader-image-file", args=[image_ref(image)]))
     api = _api(annotator).get(f"/api/v1/labelling/images/{image_ref(image)}/file/")
     for response, where in ((web, "the web image"), (api, "the API image")):
         assert response.status_code == 200, where

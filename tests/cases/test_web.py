@@ -136,8 +136,8 @@ def test_clinician_sees_only_their_own_cases(login, clinician, other_clinician, 
         ("anonymous", 302, 302),
         ("owner", 200, 200),
         ("other_clinician", 404, 404),
-        # annotators see images (never cases) once there is a prediction to check
-        ("annotator", 403, 404),
+        # annotators see images (never cases), by reference on the labelling pages, not by id
+        ("annotator", 403, 403),
         ("model_admin", 403, 403),
     ],
 )

@@ -120,9 +120,9 @@ def test_job_failure_is_recorded_with_its_reason(predicted_image):
 
 @pytest.mark.parametrize(
     ("who", "expected"),
-    [("owner", 200), ("other_clinician", 404), ("annotator", 200), ("anonymous", 302)],
+    [("owner", 200), ("other_clinician", 404), ("annotator", 403), ("anonymous", 302)],
 )
-def test_heatmap_files_are_served_only_to_the_owner_and_annotators(
+def test_heatmap_files_by_id_are_served_only_to_the_owner(
     client, who, expected, predicted_image, clinician, other_clinician, annotator
 ):
     explanation = Explanation.objects.get(image=predicted_image)

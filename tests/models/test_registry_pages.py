@@ -3,6 +3,7 @@ from django.urls import reverse
 
 from apps.accounts.models import AuditEvent
 from apps.cases import services as case_services
+from apps.cases.access import image_ref
 from apps.cases.models import CaseImage, Prediction
 from apps.models.models import ModelVersion, TrainingRun
 from cxrplatform.jobs import run_job_now
@@ -38,12 +39,12 @@ def test_annotator_confirms_a_label_from_the_queue_without_seeing_patient_identi
 ):
     client = login(annotator)
     page = client.get(reverse("cases:label-queue")).content.decode()
-    assert f'data-image="{predicted.pk}"' in page
+    assert f'data-image="{image_ref(predicted)}"' in page
     assert "SECRET-REF-42" not in page
-    assert reverse("cases:image-file", args=[predicted.pk]) in page
+    assert reverse("cases:reader-image-file", args=[image_ref(predicted)]) in page
     label = predicted.predictions.get().label
     response = client.post(
-        reverse("cases:label", args=[predicted.pk]), {"label": label, "note": "agree"}
+        reverse("cases:label", args=[image_ref(predicted)]), {"label": label, "note": "agree"}
     )
     assert response.status_code == 302
     predicted.refresh_from_db()

@@ -5,10 +5,8 @@ failed prediction or segmentation (``JobRetry``, which explanations share)."""
 from __future__ import annotations
 
 import json
-import re
 from typing import ClassVar, NoReturn
 
-from django.core.cache import cache
 from django.db.models import Prefetch, QuerySet
 from django.shortcuts import get_object_or_404
 from django.utils.cache import get_conditional_response
@@ -27,7 +25,7 @@ from apps.api.links import located
 from apps.api.schema import errors
 from apps.api.views import FileView, RoleView
 from apps.cases import labelling, services
-from apps.cases.access import image_ref, own_cases, visible_images
+from apps.cases.access import image_for_ref, own_cases, visible_images
 from apps.cases.api import serializers as s
 from apps.cases.api import summaries
 from apps.cases.filters import CaseFilter
@@ -340,8 +338,6 @@ REF_PARAMETER = OpenApiParameter(
     pattern="^[0-9a-f]{24}$",
     description="The image's opaque reference: the `id` of a labelling image.",
 )
-REF_PATTERN = re.compile(r"[0-9a-f]{24}")
-REF_CACHE_SECONDS = 24 * 3600
 
 
 def reader_images(user) -> QuerySet[CaseImage]:
@@ -351,23 +347,9 @@ def reader_images(user) -> QuerySet[CaseImage]:
 
 
 def image_by_ref(user, ref: str) -> CaseImage:
-    """The image the user may see whose reference is ``ref``; 404 for any other string.
-
-    A reference is a keyed hash, not an index: the image is found by hashing the ids of
-    the images the user may see (newest first), and the answer is cached per reference,
-    so a reader's later requests for it are one query. A cached id is hashed again before
-    it is used, and still has to be among the user's images."""
-    if not REF_PATTERN.fullmatch(ref):
-        raise NotFound("No image of yours to label has this reference.")
-    key = f"api-image-ref:v1:{ref}"
-    pk = cache.get(key)
-    if pk is None or image_ref(CaseImage(pk=pk)) != ref:
-        candidates = visible_images(user).order_by("-pk").values_list("pk", flat=True)
-        pk = next((p for p in candidates.iterator() if image_ref(CaseImage(pk=p)) == ref), None)
-        if pk is None:
-            raise NotFound("No image of yours to label has this reference.")
-        cache.set(key, pk, REF_CACHE_SECONDS)
-    image = reader_images(user).filter(pk=pk).first()
+    """The image the user may see whose reference is ``ref``; 404 for any other string
+    (``apps.cases.access.image_for_ref``, as the web's labelling pages)."""
+    image = image_for_ref(ref, reader_images(user))
     if image is None:
         raise NotFound("No image of yours to label has this reference.")
     return image
