@@ -3,11 +3,13 @@
 Loading a Keras model takes seconds; a worker loads each model once and keeps it. Every
 model a worker serves (the classifier, the lung U-Net, the CT segmenter, the synthetic
 X-ray generator: each an ``ml.serving.protocol.ServedModel``) is kept in one cache,
-:func:`served`, keyed by (model version id, or the file's path for a model that is not a
-registry version, its sha256, its runtime), at most :data:`MAX_PER_KIND` of each kind
-(the production one and the one it just replaced). A newly promoted model is picked up
-by the next task without restarting the worker; a changed file (another sha256) is
-loaded again.
+:func:`served`, keyed by what the model is (a registry version's artifact sha256 and
+card, :func:`version_key`; a file's path and sha256 for a model that is not a registry
+version) and its runtime, at most :data:`MAX_PER_KIND` of each kind (the production one
+and the one it just replaced). A newly promoted model is picked up by the next task
+without restarting the worker; a changed file (another sha256) or card is loaded again;
+the same artifact and card registered again (another row, as after a database restore)
+is the model already loaded.
 
 Two runtimes (``ml.serving.runtime``): ``keras`` (explanations, training, the model
 inspector: they need the Keras graph) and ``litert`` (the inference queue,
@@ -54,7 +56,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_PER_KIND = 2  # of each kind of model: the production one and the one it just replaced
-CacheKey = tuple[int | str, str, str]  # (version id or path, sha256, runtime)
+CacheKey = tuple[str, str, str]  # (what: a version's or a file's, its sha256, runtime)
 
 M = TypeVar("M", bound="ServedModel")
 
@@ -80,6 +82,18 @@ def served(kind: str, key: CacheKey, load: Callable[[], M]) -> M:
             del _cache[old]
             del _kinds[old]
         return model
+
+
+def version_key(version: ModelVersion) -> str:
+    """What a registry version serves: its artifact's sha256 and a digest of its card
+    (classes, preprocessing, postprocessing, the LiteRT file's hashes), leaving out where
+    the registry stored its files (``card["lite"]["artifact"]``), which says nothing of
+    the model. Versions with the same key give the same answers."""
+    card = dict(version.card or {})
+    if isinstance(card.get("lite"), dict):
+        card["lite"] = {k: v for k, v in card["lite"].items() if k != "artifact"}
+    digest = hashlib.sha256(json.dumps(card, sort_keys=True, default=str).encode()).hexdigest()
+    return f"version:{version.sha256}:{digest}"
 
 
 def clear_cache() -> None:
@@ -156,7 +170,7 @@ def classifier_for(version: ModelVersion, *, runtime: str = "keras") -> Classifi
     with _lock:
         classifier = served(
             "classifier",
-            (version.pk, version.sha256, runtime),
+            (version_key(version), version.sha256, runtime),
             lambda: _load_classifier(version, runtime),
         )
         return classifier.with_offsets(offsets)
@@ -239,7 +253,7 @@ def lung_segmenter_for(version: ModelVersion, *, runtime: str = "keras") -> Lung
             local_artifact_path(version), expected_sha256=version.sha256, card=version.card
         )
 
-    return served("lung segmenter", (version.pk, version.sha256, runtime), load)
+    return served("lung segmenter", (version_key(version), version.sha256, runtime), load)
 
 
 def lung_segmenter_at(
@@ -299,8 +313,6 @@ def segmenter_for(version: ModelVersion) -> CTSegmenter:
     """The CT segmenter of a registered version, loaded once per process (like
     :func:`classifier_for`), with the card the registry keeps; its sha256 is checked on
     load: a replaced or corrupted file is refused rather than used."""
-    # The card is part of the key: its postprocessing (thresholds) shapes the answers.
-    card_digest = hashlib.sha256(json.dumps(version.card, sort_keys=True).encode()).hexdigest()
 
     def load() -> CTSegmenter:
         from ml.ct.segmenter import CTSegmenter
@@ -310,7 +322,8 @@ def segmenter_for(version: ModelVersion) -> CTSegmenter:
             local_artifact_path(version), expected_sha256=version.sha256, card=version.card
         )
 
-    return served("CT segmenter", (version.pk, f"{version.sha256}:{card_digest}", "keras"), load)
+    # The card is part of the key: its postprocessing (thresholds) shapes the answers.
+    return served("CT segmenter", (version_key(version), version.sha256, "keras"), load)
 
 
 class _GeneratorFile(Protocol):

@@ -137,17 +137,19 @@ def test_the_bundled_model_finds_lungs_on_a_chest_slice_and_none_on_an_abdomen_l
 
 @pytest.fixture
 def strict_ct_model(db, ct_tiny_model, tmp_path):
-    """The tiny CT model with the default lung-area bar on its card (the plumbing card
-    turns it off): a slice whose lungs cover under 0.5 % of it has none. The plumbing
-    model finds too little lung on any slice to pass that bar, so this checks what the
-    platform does with "no lungs"; whether a real model finds none on an abdomen-like
-    slice is the next test's (with the bundled model)."""
+    """The tiny CT model with a lung-area bar on its card that no slice passes (the
+    plumbing card turns the bar off; the default is 0.5 %): a slice whose lungs cover
+    under 99 % of it has none. How much lung the plumbing model finds depends on its
+    weights, which depend on the thread count it was trained with, so the bar is one
+    it never reaches: this checks what the platform does with "no lungs"; whether a
+    real model finds none on an abdomen-like slice is the test above (the bundled
+    model)."""
     folder = tmp_path / "strict"
     folder.mkdir()
     artifact = folder / ct_tiny_model.name
     shutil.copyfile(ct_tiny_model, artifact)
     card = json.loads(ct_tiny_model.with_suffix("").with_suffix(".card.json").read_text())
-    card["postprocessing"]["min_lung_fraction"] = 0.005
+    card["postprocessing"]["min_lung_fraction"] = 0.99
     (folder / f"{artifact.stem}.card.json").write_text(json.dumps(card))
     return register_artifact(artifact_path=artifact, make_production=True)
 

@@ -216,3 +216,25 @@ def test_every_task_names_a_served_model_class_and_its_bundled_setting():
         for member in ("load", "prepare", "run"):  # ml.serving.protocol.ServedModel
             assert callable(getattr(served, member)), (name, member)
         assert hasattr(settings, spec.bundled_setting)
+
+
+def test_the_same_artifact_and_card_registered_again_is_the_loaded_model(production_model):
+    """A row registered again with the same artifact and card (another pk, as after a
+    database restore) serves the model already loaded; another card loads its own."""
+    from apps.models.models import ModelVersion
+    from apps.models.serving import classifier_for, version_key
+
+    first = classifier_for(production_model)
+    again = ModelVersion.objects.get(pk=production_model.pk)
+    again.pk = production_model.pk + 1000  # a different row, same artifact and card
+    assert version_key(again) == version_key(production_model)
+    assert classifier_for(again) is first
+    card = production_model.card
+    moved = {**card, "lite": {**card["lite"], "artifact": "elsewhere/cxr-tiny.tflite"}}
+    assert version_key(ModelVersion(sha256=production_model.sha256, card=moved)) == (
+        version_key(production_model)  # where the registry stored a file is not the model
+    )
+    other = {**card, "postprocessing": {"temperature": 2.0}}
+    assert version_key(ModelVersion(sha256=production_model.sha256, card=other)) != (
+        version_key(production_model)
+    )

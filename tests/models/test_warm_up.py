@@ -25,7 +25,7 @@ def test_a_new_inference_worker_process_loads_the_production_model(
     # On the inference runtime (LiteRT by default): the file converted at registration,
     # and the lung segmenter every prediction runs (CXR_LUNG_MODEL's file: none is
     # registered), in the one cache.
-    key = (production_model.pk, production_model.sha256, "litert")
+    key = (serving.version_key(production_model), production_model.sha256, "litert")
     assert settings.CXR_LUNG_MODEL is not None
     lungs = (str(settings.CXR_LUNG_MODEL), sha256_file(settings.CXR_LUNG_MODEL), "litert")
     assert list(empty_model_cache) == [lungs, key]
