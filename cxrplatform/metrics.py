@@ -188,7 +188,14 @@ def workers_by_queue() -> dict[str, int]:
     with _workers_lock:
         if _workers_cache is not None and time.monotonic() - _workers_cache[0] < 10:
             return dict(_workers_cache[1])
-        replies = app.control.inspect(timeout=settings.CXR_METRICS_INSPECT_TIMEOUT).active_queues()
+        # A broker that does not answer fails the ping at once (one try), as the queue
+        # lengths do, instead of after the publisher's retries (seconds): a scrape stays
+        # well within Prometheus's timeout.
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=3)
+            replies = app.control.inspect(
+                timeout=settings.CXR_METRICS_INSPECT_TIMEOUT, connection=conn
+            ).active_queues()
         counts = dict.fromkeys(QUEUES, 0)
         for queues in (replies or {}).values():
             for name in {queue["name"] for queue in queues}:

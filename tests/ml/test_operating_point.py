@@ -125,3 +125,16 @@ def test_offset_change_moves_a_model_from_one_point_to_another():
     new = OperatingPoint({"covid19": 0.0, "pneumonia": -0.5, "normal": 1.25}, 0.5, 0.6)
     assert offset_change(old, new).offsets == {"covid19": 0.0, "pneumonia": 0.0, "normal": 0.75}
     assert offset_change(None, new).offsets == new.offsets
+
+
+def test_the_grid_searchs_macro_f1_is_scikit_learns():
+    from sklearn.metrics import f1_score
+
+    from ml.models.operating_point import _macro_f1
+
+    rng = np.random.default_rng(5)
+    for n in (1, 7, 60):
+        y = rng.integers(0, 2, size=n)  # the third class never occurs in y
+        scores = rng.normal(size=(n, 3))
+        expected = f1_score(y, scores.argmax(1), labels=[0, 1, 2], average="macro", zero_division=0)
+        assert _macro_f1(y, scores, 3) == pytest.approx(expected)
