@@ -39,13 +39,45 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (``make test``: ``-n 2 --dist loadgroup``) the tests that start
-    Celery workers or drive a browser run one after another on one xdist worker, so
-    at most one of those heavy process trees runs at a time; the rest are shared out."""
+    Celery workers or drive a browser are to run one after another on one xdist worker,
+    so that at most one of those heavy process trees runs at a time. With pytest 9.2 and
+    pytest-xdist 3.8 the group has no effect (xdist renames ``item._nodeid``, which pytest
+    9 no longer reads): those tests are shared out like the rest, and pass that way."""
     if not config.pluginmanager.hasplugin("xdist"):
         return
     for item in items:
         if item.get_closest_marker("worker") or item.get_closest_marker("browser"):
             item.add_marker(pytest.mark.xdist_group("processes"))
+
+
+# `make test-fast` keeps out tests marked `slow` (half a second or more each on 2 cores).
+# A test that is not marked and whose own call took longer than this is named at the end
+# of the run, so the fast tier stays fast as tests are added. The call alone: the first
+# test of each process also pays for the test database and imports in its setup.
+UNMARKED_SLOW_S = 1.0
+_TIER_MARKS = ("slow", "worker", "browser", "containers")
+_unmarked_slow: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    if (
+        report.when == "call"
+        and report.duration > UNMARKED_SLOW_S
+        and not any(mark in report.keywords for mark in _TIER_MARKS)
+    ):
+        _unmarked_slow[report.nodeid] = report.duration
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not _unmarked_slow:
+        return
+    terminalreporter.section("tests to mark slow")
+    terminalreporter.write_line(
+        f"{len(_unmarked_slow)} test(s) without a tier mark took over {UNMARKED_SLOW_S:.0f} s"
+        " (mark them @pytest.mark.slow so that `make test-fast` stays fast):"
+    )
+    for nodeid, seconds in sorted(_unmarked_slow.items(), key=lambda item: -item[1]):
+        terminalreporter.write_line(f"  {seconds:5.2f} s  {nodeid}")
 
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -110,6 +110,7 @@ sys.exit(1 if errors else 0)
 """
 
 
+@pytest.mark.slow
 def test_the_first_concurrent_task_lookups_of_a_fresh_process_find_every_task(tmp_path):
     """A fresh web process (no task looked up yet) whose first requests look tasks up in
     four threads at once: every lookup finds its task, five processes in a row."""

@@ -96,6 +96,7 @@ def _deliver(model, pk: int, errors: list) -> threading.Thread:
 
 
 @pytest.mark.parametrize("first_to_finish", [1, 2], ids=["first-claim-ends-first", "second-first"])
+@pytest.mark.slow
 def test_a_job_claimed_twice_stores_one_result_and_the_loser_leaves_no_file(
     probe_model, media_root, caplog, first_to_finish
 ):
@@ -134,6 +135,7 @@ def test_a_job_claimed_twice_stores_one_result_and_the_loser_leaves_no_file(
     assert f"{job.pk}" in lost[0].getMessage()
 
 
+@pytest.mark.slow
 def test_a_run_that_lost_its_claim_and_then_failed_leaves_the_result_alone(
     probe_model, media_root, caplog
 ):

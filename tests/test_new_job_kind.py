@@ -85,6 +85,7 @@ def checksum_model(transactional_db):
         jobs._REGISTRY.pop(LABEL, None)
 
 
+@pytest.mark.slow
 def test_a_new_kind_is_queued_run_stored_and_swept_by_the_platforms_one_path(
     checksum_model, media_root
 ):
@@ -123,6 +124,7 @@ def test_a_new_kind_is_queued_run_stored_and_swept_by_the_platforms_one_path(
     assert sweep_stuck_jobs.apply().get()[LABEL] == {"failed": 0, "requeued": 0}
 
 
+@pytest.mark.slow
 def test_a_failed_compute_is_recorded_and_the_one_retry_service_runs_it_again(
     checksum_model, media_root, clinician
 ):
@@ -147,6 +149,7 @@ def test_a_failed_compute_is_recorded_and_the_one_retry_service_runs_it_again(
     assert job.digest == hashlib.sha256(b"fixed").hexdigest()
 
 
+@pytest.mark.slow
 def test_a_failure_while_storing_leaves_no_file_and_no_half_result(checksum_model, media_root):
     job = checksum_model.objects.create(text="chest x-ray")
     real_save = FileSystemStorage.save

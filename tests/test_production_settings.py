@@ -53,6 +53,7 @@ def _run(tmp_path: Path, *args: str, **extra: str) -> subprocess.CompletedProces
     )
 
 
+@pytest.mark.slow
 def test_check_deploy_has_no_warnings_with_the_production_environment(tmp_path):
     result = _run(tmp_path, "manage.py", "check", "--deploy", "--fail-level", "WARNING")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -68,6 +69,7 @@ def _settings_of(tmp_path: Path, names: list[str], **extra: str) -> dict[str, st
     return dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
 
 
+@pytest.mark.slow
 def test_production_defaults_are_https_only(tmp_path):
     values = _settings_of(
         tmp_path,
@@ -99,6 +101,7 @@ def test_production_defaults_are_https_only(tmp_path):
     }
 
 
+@pytest.mark.slow
 def test_proxy_header_and_idle_timeout_come_from_the_environment(tmp_path):
     values = _settings_of(
         tmp_path,
@@ -120,6 +123,7 @@ def test_proxy_header_and_idle_timeout_come_from_the_environment(tmp_path):
         ("X-Forwarded-Proto: ", "must read"),
     ],
 )
+@pytest.mark.slow
 def test_a_malformed_proxy_header_is_refused_with_the_expected_form(tmp_path, value, message):
     result = _run(tmp_path, "manage.py", "check", SECURE_PROXY_SSL_HEADER=value)
     assert result.returncode != 0

@@ -77,6 +77,7 @@ def test_env_path_must_be_absolute():
         ("postgres://localhost", "names no database"),
     ],
 )
+@pytest.mark.slow
 def test_env_database_rejects_unsupported_or_malformed_urls(url, message):
     with pytest.raises(ImproperlyConfigured, match=message):
         env_database("DATABASE_URL", default="sqlite:///x", environ={"DATABASE_URL": url})
@@ -113,6 +114,7 @@ def _run_check(**env):
     )
 
 
+@pytest.mark.slow
 def test_project_refuses_to_start_with_a_bad_database_url(tmp_path):
     result = _run_check(DEBUG="1", DATABASE_URL="mysql://x@y/z", CXR_VAR_DIR=str(tmp_path))
     assert result.returncode != 0
@@ -120,6 +122,7 @@ def test_project_refuses_to_start_with_a_bad_database_url(tmp_path):
     assert "only PostgreSQL and SQLite are supported" in result.stderr
 
 
+@pytest.mark.slow
 def test_project_refuses_to_start_without_secret_key_when_debug_is_off(tmp_path):
     result = _run_check(DEBUG="0", CXR_VAR_DIR=str(tmp_path))
     assert result.returncode != 0
@@ -158,6 +161,7 @@ PRODUCTION_SECRET = "s" * 50
         (PRODUCTION_SECRET, "CXR_PSEUDONYM_KEY is the same as SECRET_KEY"),
     ],
 )
+@pytest.mark.slow
 def test_production_requires_a_pseudonym_key_of_its_own(tmp_path, key, problem):
     env = {"DEBUG": "0", "SECRET_KEY": PRODUCTION_SECRET, "CXR_VAR_DIR": str(tmp_path)}
     if key is not None:
@@ -170,6 +174,7 @@ def test_production_requires_a_pseudonym_key_of_its_own(tmp_path, key, problem):
     assert "openssl rand -hex 32" in result.stderr
 
 
+@pytest.mark.slow
 def test_production_uses_the_pseudonym_key_as_given_and_debug_has_a_default(tmp_path):
     given = "p" * 40
     code = "from django.conf import settings; print('KEY', settings.CXR_PSEUDONYM_KEY)"

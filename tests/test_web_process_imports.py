@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO_ROOT
 
 PROBE = """
@@ -31,6 +33,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.slow
 def test_web_process_does_not_import_tensorflow(tmp_path):
     env = dict(os.environ)
     env.update(

@@ -71,6 +71,7 @@ def test_failed_log_ins_for_unknown_users_and_at_the_admin_and_token_endpoint(cl
 # --- case creation and explanation requests -------------------------------------------------
 
 
+@pytest.mark.slow
 def test_case_creation_is_audited_without_file_names_or_patient_reference(clinician):
     case = case_services.create_case(
         owner=clinician,
@@ -107,6 +108,7 @@ def predicted_image(clinician, production_model):
     return prediction.image
 
 
+@pytest.mark.slow
 def test_every_explanation_request_by_a_user_is_audited(clinician, predicted_image):
     first = explain_services.request_explanation(
         image=predicted_image, method="occlusion", requested_by=clinician
@@ -148,6 +150,7 @@ def _downloads():
     )
 
 
+@pytest.mark.slow
 def test_every_web_download_of_patient_data_is_audited(client, clinician, explained_image):
     from apps.cases.lungs import lung_prediction
 
@@ -196,6 +199,7 @@ def _api_as(user) -> APIClient:
     return client
 
 
+@pytest.mark.slow
 def test_every_api_download_is_audited_and_a_refused_one_is_not(clinician, explained_image):
     image, explanation = explained_image
     client = _api_as(clinician)
@@ -218,6 +222,7 @@ def test_every_api_download_is_audited_and_a_refused_one_is_not(clinician, expla
 # --- the Django admin cannot change cases or labels -----------------------------------------
 
 
+@pytest.mark.slow
 def test_admin_shows_cases_and_labels_but_cannot_change_or_delete_them(
     client, clinician, annotator, predicted_image
 ):

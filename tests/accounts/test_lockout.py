@@ -61,6 +61,7 @@ def _succeeded(where: str, response) -> bool:
 
 
 @pytest.mark.parametrize("where", ["/login/", "/admin/login/", "token"])
+@pytest.mark.slow
 def test_account_is_locked_after_repeated_failures_and_the_right_password_then_fails(where, staff):
     assert _succeeded(where, _attempt(where, "root", PASSWORD))  # works before
     for _ in range(15):  # the review's reproduction: 15 wrong passwords...

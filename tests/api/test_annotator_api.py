@@ -52,6 +52,7 @@ def two_image_case(world, clinician) -> list[CaseImage]:
     return list(case.images.order_by("pk"))
 
 
+@pytest.mark.slow
 def test_annotator_gets_no_model_output_when_the_policy_is_off(world, api_as, settings):
     settings.CXR_LABEL_SHOW_MODEL = False
     client = api_as("annotator")
@@ -78,6 +79,7 @@ def test_annotator_gets_no_model_output_when_the_policy_is_off(world, api_as, se
     assert overlay.status_code == 404
 
 
+@pytest.mark.slow
 def test_annotator_ids_are_opaque_and_do_not_reveal_the_case(
     world, two_image_case, api_as, settings
 ):
@@ -110,6 +112,7 @@ def test_annotator_ids_are_opaque_and_do_not_reveal_the_case(
     assert b"".join(image.streaming_content)[:4] in {b"\x89PNG", b"\xff\xd8\xff\xe0"}
 
 
+@pytest.mark.slow
 def test_with_the_policy_on_the_model_output_appears_after_the_verdict(world, api_as, settings):
     settings.CXR_LABEL_SHOW_MODEL = True
     client = api_as("annotator")
@@ -145,6 +148,7 @@ def test_with_the_policy_on_the_model_output_appears_after_the_verdict(world, ap
     assert mine[0]["prediction"]["label"] == prediction.label
 
 
+@pytest.mark.slow
 def test_another_annotator_still_sees_no_model_output_before_their_verdict(
     world, api_as, annotator, settings
 ):
@@ -162,6 +166,7 @@ def test_another_annotator_still_sees_no_model_output_before_their_verdict(
     assert overlay.status_code == 404
 
 
+@pytest.mark.slow
 def test_an_image_held_for_review_is_not_found_by_its_reference(world, api_as):
     client = api_as("annotator")
     row = _queued(client, world.image)
@@ -170,6 +175,7 @@ def test_an_image_held_for_review_is_not_found_by_its_reference(world, api_as):
     assert client.get(f"/api/v1/labelling/images/{'0' * 24}/").status_code == 404
 
 
+@pytest.mark.slow
 def test_clinicians_images_are_unchanged(world, api_as, settings):
     settings.CXR_LABEL_SHOW_MODEL = False
     client = api_as("clinician")
@@ -184,6 +190,7 @@ def test_clinicians_images_are_unchanged(world, api_as, settings):
     assert client.get("/api/v1/labelling/queue/").status_code == 403
 
 
+@pytest.mark.slow
 def test_a_clinician_who_also_annotates_gets_only_their_own_images_by_number(
     world, api_as, settings
 ):

@@ -151,6 +151,7 @@ def test_session_authentication_works_and_unsafe_requests_need_csrf(clinician, p
 # -- cases: one create path -----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_clinician_creates_a_case_and_follows_it_to_prediction_and_gradcam(
     api_as, clinician, production_model, django_capture_on_commit_callbacks
 ):
@@ -240,6 +241,7 @@ def test_missing_images_and_overlong_fields_are_400_with_field_errors(api_as, cl
     assert Case.objects.count() == 0
 
 
+@pytest.mark.slow
 def test_empty_or_corrupt_image_is_400_naming_the_file(api_as, clinician, media_root):
     client = api_as("clinician")
     empty = _error(
@@ -315,6 +317,7 @@ def _ids(response) -> list[int]:
     return [c["id"] for c in response.json()["results"]]
 
 
+@pytest.mark.slow
 def test_cases_filter_by_status_label_and_date(api_as, three_cases):
     done, waiting, old = three_cases
     client = api_as("clinician")
@@ -330,6 +333,7 @@ def test_cases_filter_by_status_label_and_date(api_as, three_cases):
     assert _ids(client.get("/api/v1/cases/?expert_label=normal")) == []
 
 
+@pytest.mark.slow
 def test_invalid_filter_values_are_400_naming_the_parameter(api_as, three_cases):
     client = api_as("clinician")
     error = _error(client.get("/api/v1/cases/?status=finished"), 400)
@@ -338,6 +342,7 @@ def test_invalid_filter_values_are_400_naming_the_parameter(api_as, three_cases)
     assert list(error["fields"]) == ["created_after"]
 
 
+@pytest.mark.slow
 def test_pagination_pages_and_caps_the_page_size(api_as, three_cases, model_admin):
     client = api_as("clinician")
     first = client.get("/api/v1/cases/?page_size=2").json()
@@ -363,6 +368,7 @@ def test_pagination_pages_and_caps_the_page_size(api_as, three_cases, model_admi
 # -- explanations: 202 for queued work --------------------------------------------
 
 
+@pytest.mark.slow
 def test_explanation_request_is_202_then_the_same_job_then_200_when_done(
     api_as, clinician, production_model, django_capture_on_commit_callbacks
 ):
@@ -481,6 +487,7 @@ def test_model_admin_promotes_and_rolls_back_with_audit(api_as, model_admin, pro
     assert error["message"] == "A failed model version cannot be promoted."
 
 
+@pytest.mark.slow
 def test_training_run_is_202_and_its_progress_is_readable(
     api_as, model_admin, production_model, django_capture_on_commit_callbacks
 ):
@@ -608,6 +615,7 @@ def _settings_value(expr: str, **env: str) -> str:
     return result.stdout.strip() or result.stderr
 
 
+@pytest.mark.slow
 def test_throttle_counts_live_in_redis_when_the_broker_is_redis(tmp_path):
     backend = "settings.CACHES['default']['BACKEND']"
     var = str(tmp_path)

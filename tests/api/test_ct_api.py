@@ -20,6 +20,7 @@ from tests.ct_uploads import MEDSEG_SLICE, ct_dicom, ct_upload
 pytestmark = pytest.mark.django_db
 
 
+@pytest.mark.slow
 def test_a_clinician_creates_a_ct_case_and_reads_its_figures_and_masks(
     api_as, clinician, ct_production_model
 ):
@@ -137,6 +138,7 @@ def test_promoting_and_rolling_back_a_ct_model_leaves_the_classifier_serving(
     assert ModelVersion.objects.production() == production_model
 
 
+@pytest.mark.slow
 def test_the_schema_documents_the_ct_endpoints_and_the_modality_field(api_as):
     schema = api_as("anonymous").get("/api/v1/schema/?format=json").json()
     paths = schema["paths"]

@@ -107,6 +107,7 @@ def test_example_client_segments_ct_slices_and_downloads_their_masks(
     assert f"by model {ct_production_model.name}" in result.stdout
 
 
+@pytest.mark.slow
 def test_example_client_explains_refusals_in_words(live_server, clinician, tmp_path):
     bad = tmp_path / "notes.txt"
     bad.write_text("not an x-ray")

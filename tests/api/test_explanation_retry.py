@@ -39,6 +39,7 @@ def failed_explanation(clinician, production_model, django_capture_on_commit_cal
     return explanation
 
 
+@pytest.mark.slow
 def test_the_owner_retries_a_failed_explanation_and_it_runs(
     api_as, clinician, failed_explanation, django_capture_on_commit_callbacks
 ):
@@ -67,6 +68,7 @@ def test_the_owner_retries_a_failed_explanation_and_it_runs(
     assert AuditEvent.objects.filter(action="explanation.retry").count() == 1
 
 
+@pytest.mark.slow
 def test_a_retry_is_refused_when_the_map_was_asked_for_again(
     api_as, clinician, other_clinician, annotator, failed_explanation,
     django_capture_on_commit_callbacks,

@@ -253,6 +253,7 @@ def _peak_rss() -> int:
 
 
 @pytest.mark.parametrize(("name", "build", "status", "message"), CORPUS, ids=[c[0] for c in CORPUS])
+@pytest.mark.slow
 def test_hostile_upload_is_refused_with_bounded_memory_and_nothing_stored(
     name, build, status, message, api_as, clinician, media_root
 ):

@@ -19,6 +19,7 @@ def _png(response) -> Image.Image:
     return image
 
 
+@pytest.mark.slow
 def test_case_detail_gives_each_image_its_lung_fields_and_mask_urls(world, api_as):
     client = api_as("clinician")
     body = client.get(f"/api/v1/cases/{world.case.pk}/").json()
@@ -50,6 +51,7 @@ def test_case_detail_gives_each_image_its_lung_fields_and_mask_urls(world, api_a
     assert outline.size == mask.size
 
 
+@pytest.mark.slow
 def test_every_explanation_reports_its_mass_in_lungs(world, api_as):
     client = api_as("clinician")
     image = client.get(f"/api/v1/images/{world.image.pk}/").json()
@@ -67,6 +69,7 @@ def test_every_explanation_reports_its_mass_in_lungs(world, api_as):
     ("role", "expected"),
     [("anonymous", 401), ("other_clinician", 404), ("annotator", 403), ("model_admin", 403)],
 )
+@pytest.mark.slow
 def test_lung_files_follow_the_image_permissions(world, api_as, role, expected):
     client = api_as(role)
     for kind in ("lung-mask", "lung-outline"):
@@ -76,6 +79,7 @@ def test_lung_files_follow_the_image_permissions(world, api_as, role, expected):
             assert response.json()["error"]["status"] == expected
 
 
+@pytest.mark.slow
 def test_an_image_without_a_lung_mask_answers_404_and_says_why(world, api_as):
     from apps.cases.models import Prediction
 

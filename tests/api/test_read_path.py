@@ -61,6 +61,7 @@ def _cases(owner, version, n: int, *, pending: bool = False) -> list[Case]:
 
 
 @pytest.mark.parametrize("n", [1, 12])
+@pytest.mark.slow
 def test_a_page_of_cases_costs_the_same_queries_whatever_it_holds(
     n, clinician, version, api_as, django_assert_num_queries
 ):
@@ -239,6 +240,7 @@ def test_a_live_refresh_of_an_unchanged_case_list_is_a_304(clinician, version, l
 
 
 @pytest.mark.parametrize("n", [1, 10])
+@pytest.mark.slow
 def test_the_case_list_page_costs_the_same_queries_whatever_it_holds(
     n, clinician, version, login, django_assert_num_queries
 ):

@@ -20,6 +20,7 @@ def _dicom(name: str, patient: str) -> SimpleUploadedFile:
     )
 
 
+@pytest.mark.slow
 def test_added_images_join_the_case_with_their_jobs_and_are_audited(clinician, media_root):
     case = services.create_case(owner=clinician, files=[upload_of("2168a917.jpg")])
     added = services.add_images(

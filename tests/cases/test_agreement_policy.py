@@ -159,6 +159,7 @@ def test_a_note_longer_than_the_limit_is_refused_and_nothing_is_written(image):
 
 
 @pytest.mark.parametrize("value", ["unanimity", "vote", "2"])
+@pytest.mark.slow
 def test_an_unknown_policy_stops_the_process_with_a_message(tmp_path, value):
     result = _import_settings(DEBUG="1", CXR_VAR_DIR=str(tmp_path), CXR_LABEL_POLICY=value)
     assert result.returncode != 0

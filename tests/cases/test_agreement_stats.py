@@ -72,6 +72,7 @@ def _interval(estimate: Estimate) -> tuple[float, float, float]:
     return estimate.low, estimate.value, estimate.high
 
 
+@pytest.mark.slow
 def test_statistics_match_scikit_learn_and_statsmodels(study):
     stats = agreement.compute(resamples=300)
     pairs = {(p.reader_a, p.reader_b): p.comparison for p in stats.pairs}
@@ -123,12 +124,14 @@ def test_statistics_match_scikit_learn_and_statsmodels(study):
     assert low <= value <= high
 
 
+@pytest.mark.slow
 def test_the_same_data_gives_the_same_intervals(study):
     first, second = agreement.compute(resamples=200), agreement.compute(resamples=200)
     assert first.fleiss == second.fleiss
     assert [p.comparison for p in first.pairs] == [p.comparison for p in second.pairs]
 
 
+@pytest.mark.slow
 def test_model_admin_sees_the_page_and_downloads_the_csv(study, client, model_admin):
     client.force_login(model_admin)
     page = client.get(reverse("cases:agreement"))
@@ -176,6 +179,7 @@ def test_page_without_verdicts_says_so(client, model_admin):
     assert rows[0][:3] == ["section", "subject", "measure"]
 
 
+@pytest.mark.slow
 def test_cached_statistics_follow_a_revised_verdict(study):
     from apps.cases import labelling
 

@@ -122,6 +122,7 @@ def test_the_same_film_without_text_is_accepted(tesseract, text_check, clinician
     assert image.intake_note == ""
 
 
+@pytest.mark.slow
 def test_an_image_that_cannot_be_checked_is_held(
     text_check, clinician, media_root, settings, monkeypatch
 ):

@@ -82,6 +82,7 @@ def test_a_redelivered_segmentation_does_nothing(clinician, ct_production_model)
     assert segmentation.attempts == 1
 
 
+@pytest.mark.slow
 def test_each_segmentation_queues_a_gradcam_of_the_infection_output(clinician, ct_production_model):
     case = _segmented(clinician, ct_upload(CT_SLICE))
     image = case.images.get()
@@ -121,6 +122,7 @@ BUNDLED_CT = Path(__file__).resolve().parents[2] / "ml" / "bundled" / "ct-seg" /
 
 
 @pytest.mark.skipif(not BUNDLED_CT.exists(), reason="no bundled CT model (python -m ml ct train)")
+@pytest.mark.slow
 def test_the_bundled_model_finds_lungs_on_a_chest_slice_and_none_on_an_abdomen_like_one(
     clinician,
 ):
@@ -154,6 +156,7 @@ def strict_ct_model(db, ct_tiny_model, tmp_path):
     return register_artifact(artifact_path=artifact, make_production=True)
 
 
+@pytest.mark.slow
 def test_a_slice_with_no_lung_tissue_is_flagged_not_failed(client, clinician, strict_ct_model):
     case = _segmented(clinician, abdomen_like_upload())
     segmentation = Segmentation.objects.get(image__case=case)
@@ -169,6 +172,7 @@ def test_a_slice_with_no_lung_tissue_is_flagged_not_failed(client, clinician, st
     assert "data-percent-affected" not in page
 
 
+@pytest.mark.slow
 def test_the_ct_case_page_shows_layers_figures_and_a_strip(
     client, clinician, other_clinician, ct_production_model
 ):

@@ -77,6 +77,7 @@ def test_a_ct_slice_marked_xray_is_refused_and_nothing_is_stored(clinician, medi
     assert "upload them with the modality set to CT" in refusal.problem
 
 
+@pytest.mark.slow
 def test_a_photograph_marked_ct_is_refused(clinician, media_root):
     """A colour photograph is no CT slice (the colour rule of the CT appearance model)."""
     from sklearn.datasets import load_sample_image

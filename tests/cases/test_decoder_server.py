@@ -28,6 +28,7 @@ def fresh_server():
 
 
 @pytest.mark.parametrize("name", ["2168a917.jpg", "IM-0117-0001.jpeg"])
+@pytest.mark.slow
 def test_the_warm_decoder_answers_what_a_spawned_one_answers(name, settings, fresh_server):
     content = (IMAGES / name).read_bytes()
     settings.CXR_DECODE_SERVER = False
@@ -40,6 +41,7 @@ def test_the_warm_decoder_answers_what_a_spawned_one_answers(name, settings, fre
     assert warm == spawned
 
 
+@pytest.mark.slow
 def test_refusals_come_back_the_same_way(settings, fresh_server):
     settings.CXR_DECODE_SERVER = True
     with pytest.raises(DecodeRefused) as refused:
@@ -48,6 +50,7 @@ def test_refusals_come_back_the_same_way(settings, fresh_server):
     assert "not an image file" in refused.value.problem
 
 
+@pytest.mark.slow
 def test_a_dead_server_is_started_again(settings, fresh_server):
     settings.CXR_DECODE_SERVER = True
     content = (IMAGES / "2168a917.jpg").read_bytes()
@@ -62,6 +65,7 @@ def test_a_dead_server_is_started_again(settings, fresh_server):
     assert decoder_server._server.alive()
 
 
+@pytest.mark.slow
 def test_the_server_leaves_when_its_web_process_is_gone(tmp_path):
     """A server whose parent exits stops within a few seconds (no orphans)."""
     import subprocess
@@ -89,6 +93,7 @@ def test_the_server_leaves_when_its_web_process_is_gone(tmp_path):
     pytest.fail("the decoder server outlived its web process")
 
 
+@pytest.mark.slow
 def test_the_server_is_told_the_check_files_and_warms_up_with_them(settings, fresh_server):
     """The web passes the checks its requests name; warm_up loads each once (the server
     does so before it forks, so its children find them loaded) and the watermark band."""

@@ -145,6 +145,7 @@ def _upload(clinician, content: bytes, name: str):
         assert growth < GROWTH_LIMIT, f"peak RSS grew by {growth / MB:.0f} MB"
 
 
+@pytest.mark.slow
 def test_a_header_of_a_quarter_million_elements_is_parsed_in_the_child(
     clinician, media_root, parsed_here
 ):

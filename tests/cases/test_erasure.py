@@ -45,6 +45,7 @@ def _audit_text(action: str) -> str:
     return json.dumps(list(events))
 
 
+@pytest.mark.slow
 def test_erasure_by_hospital_id_finds_a_dicom_case_whose_clinician_typed_a_reference(
     client, clinician, other_clinician, model_admin, settings, django_capture_on_commit_callbacks
 ):
@@ -208,6 +209,7 @@ def test_the_migration_turns_old_audit_notes_into_lengths_and_keyed_hashes(db):
     assert event.after == {"label": "normal", "note_chars": 0, "confirmed": "normal"}
 
 
+@pytest.mark.slow
 def test_the_migration_fills_the_pseudonym_of_cases_stored_before(clinician, settings):
     migration = importlib.import_module(
         "apps.cases.migrations.0010_case_patient_pseudonym_backfill"

@@ -39,6 +39,7 @@ def test_classify_task_stores_probabilities_that_sum_to_one_and_the_model_versio
     assert prediction.started_at <= prediction.finished_at
 
 
+@pytest.mark.slow
 def test_bundled_model_classifies_its_fixture_images_mostly_right(pending, production_model):
     """The tiny bootstrap model was fitted on these 18 images: a plumbing check
     that the serving path feeds the model what training fed it (a preprocessing

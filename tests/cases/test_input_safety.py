@@ -159,6 +159,7 @@ def test_dicom_with_phi_is_stored_deidentified_with_a_pseudonym_and_a_png_rendit
     assert np.abs(rendition - truth).max() <= 1.5
 
 
+@pytest.mark.slow
 def test_same_patient_gets_the_same_pseudonym_and_a_typed_reference_wins(clinician, media_root):
     first = services.create_case(owner=clinician, files=[upload_of("a.dcm", make_dicom())])
     second = services.create_case(owner=clinician, files=[upload_of("b.dcm", make_dicom())])
@@ -354,6 +355,7 @@ def test_exif_orientation_is_applied_to_the_recorded_size_and_what_the_model_see
     assert np.abs(shown - np.asarray(upright, dtype=np.int16)).mean() < 3
 
 
+@pytest.mark.slow
 def test_a_bad_file_half_way_through_a_multi_image_upload_stores_nothing(clinician, media_root):
     with pytest.raises(UploadRejected) as excinfo:
         services.create_case(
@@ -373,6 +375,7 @@ def test_a_bad_file_half_way_through_a_multi_image_upload_stores_nothing(clinici
 # -- OOD gate on the fixtures and packaged images (no shared data needed) ------------------
 
 
+@pytest.mark.slow
 def test_gate_accepts_every_fixture_xray_and_refuses_packaged_non_chest_images():
     from apps.cases.validation import ood_gate
     from ml.data.preprocess import open_image, to_unit_gray
@@ -437,6 +440,7 @@ def _clear(media_root):
 
 @hsettings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(content=malformed, name=st.sampled_from(["x.png", "x.jpg", "x.dcm", "upload"]))
+@pytest.mark.slow
 def test_malformed_bytes_are_refused_cleanly_by_the_service(content, name, clinician, media_root):
     rejected = None
     try:
@@ -455,6 +459,7 @@ def test_malformed_bytes_are_refused_cleanly_by_the_service(content, name, clini
 
 @hsettings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 @given(content=malformed)
+@pytest.mark.slow
 def test_malformed_bytes_get_a_4xx_from_the_web_form_and_the_api(
     content, clinician, client, media_root
 ):

@@ -72,6 +72,7 @@ def _links(page: str) -> list[str]:
     return re.findall(r'\bhref="([^"]+)"', page)
 
 
+@pytest.mark.slow
 def test_the_labelling_pages_carry_no_image_or_case_id(client, annotator, image, settings):
     settings.CXR_LABEL_SHOW_MODEL = True
     ref = image_ref(image)
@@ -288,6 +289,7 @@ REF_ROUTES = [
         for who in WHO
     ],
 )
+@pytest.mark.slow
 def test_reader_route_matrix(
     client, clinician, annotator, adjudicator, model_admin, image, settings,
     name, method, args, data, who, expected,

@@ -32,6 +32,7 @@ def test_the_refusal_says_what_to_upload_instead():
 
 
 @pytest.mark.parametrize("path", LATERALS)
+@pytest.mark.slow
 def test_lateral_view_is_refused_by_the_service_and_nothing_is_stored(path, clinician, media_root):
     with pytest.raises(UploadRejected) as caught:
         services.create_case(owner=clinician, files=[_upload(path)])
@@ -41,6 +42,7 @@ def test_lateral_view_is_refused_by_the_service_and_nothing_is_stored(path, clin
     assert stored_files(media_root) == []
 
 
+@pytest.mark.slow
 def test_lateral_view_is_refused_through_the_web_form(login, clinician, media_root):
     client = login(clinician)
     page = client.post(reverse("cases:create"), {"images": [_upload(LATERAL)]})
@@ -87,6 +89,7 @@ def test_an_upside_down_or_inverted_frontal_film_is_refused_saying_so(turn, clin
     assert Case.objects.count() == 0
 
 
+@pytest.mark.slow
 def test_every_frontal_fixture_passes_the_view_check_at_upload():
     check = view_check()
     assert check is not None

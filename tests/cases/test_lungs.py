@@ -89,6 +89,7 @@ def test_prediction_stores_lung_mask_outline_box_and_area_with_the_segmenter_ver
         pytest.param(lambda im: ImageOps.invert(im.convert("L")), id="inverted"),
     ],
 )
+@pytest.mark.slow
 def test_rotated_or_inverted_film_records_lungs_not_found_and_still_gets_a_prediction(
     predicted, make, settings
 ):
@@ -164,6 +165,7 @@ def test_deleting_a_prediction_deletes_its_lung_files(
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
 def test_a_prediction_whose_result_row_is_refused_leaves_no_lung_files(
     clinician, production_model, media_root
 ):
@@ -186,6 +188,7 @@ def test_a_prediction_whose_result_row_is_refused_leaves_no_lung_files(
 
 
 @pytest.mark.parametrize("name", ["2168a917.jpg", "person1003_virus_1685.jpeg"])
+@pytest.mark.slow
 def test_explanation_stores_the_share_of_its_heatmap_on_the_lungs(predicted, name):
     """The stored share is the heatmap's positive mass inside the lung mask carried into
     the model's frame (letterboxed for this model; the paediatric film is landscape)."""
@@ -213,6 +216,7 @@ def test_explanation_stores_the_share_of_its_heatmap_on_the_lungs(predicted, nam
     assert explanation.mass_in_lungs == pytest.approx(mass_in_mask(heatmap, frame), abs=1e-4)
 
 
+@pytest.mark.slow
 def test_explanation_of_an_image_without_lungs_has_no_mass_in_lungs(predicted, settings):
     settings.CXR_OOD_GATE = settings.CXR_VIEW_CHECK = None
     with Image.open(IMAGES / "2168a917.jpg") as original:
@@ -262,6 +266,7 @@ def lung_frame_model(tmp_path, db):
     return register_artifact(artifact_path=artifact, make_production=True)
 
 
+@pytest.mark.slow
 def test_a_lung_frame_model_reuses_the_stored_segmentation_and_measures_mass_in_its_frame(
     clinician, lung_frame_model, django_capture_on_commit_callbacks
 ):
@@ -303,6 +308,7 @@ def test_a_lung_frame_model_reuses_the_stored_segmentation_and_measures_mass_in_
 # -- the case page and the lung files -------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_case_page_shows_the_lung_outline_toggle_and_the_share_on_the_lungs(login, predicted):
     prediction = predicted(upload_of("2168a917.jpg"))
     explanation = Explanation.objects.get(image=prediction.image, method="gradcam")
@@ -341,6 +347,7 @@ def test_case_page_flags_an_image_whose_lungs_were_not_found(login, predicted, s
     [("owner", 200), ("other_clinician", 404), ("annotator", 403), ("model_admin", 403),
      ("anonymous", 302)],
 )  # fmt: skip
+@pytest.mark.slow
 def test_lung_files_by_id_are_served_to_the_owner_only(
     client, predicted, who, expected, other_clinician, annotator, model_admin
 ):

@@ -149,6 +149,7 @@ def _pixels(content: bytes) -> np.ndarray:
     "build", [jpeg_with_text, j2k_with_text, rle_with_text, native_with_text],
     ids=["jpeg-com-exif-xmp", "j2k-com", "rle-hidden-offsets", "native-trailing"],
 )  # fmt: skip
+@pytest.mark.slow
 def test_identifiers_inside_the_pixel_data_are_not_stored(build, clinician, media_root):
     content = build()
     assert all(secret.encode() in content for secret in SECRETS)

@@ -70,6 +70,7 @@ def test_the_ycck_fixture_really_is_ycck_and_decodes_to_the_picture():
 @pytest.mark.parametrize(
     ("make", "space"), [(cmyk_jpeg, "CMYK"), (ycck_jpeg, "YCCK")], ids=["cmyk", "ycck"]
 )
+@pytest.mark.slow
 def test_an_xray_in_a_print_colour_space_is_stored_as_grayscale_with_a_note(
     make, space, clinician, login, production_model, django_capture_on_commit_callbacks
 ):
@@ -118,6 +119,7 @@ def test_an_xray_in_a_print_colour_space_is_stored_as_grayscale_with_a_note(
         assert prediction.probabilities[name] == pytest.approx(p, abs=0.02)
 
 
+@pytest.mark.slow
 def test_a_colour_photograph_in_cmyk_is_still_refused_by_the_content_check(clinician):
     from sklearn.datasets import load_sample_image
 

@@ -54,6 +54,7 @@ def _api(user) -> APIClient:
     return client
 
 
+@pytest.mark.slow
 def test_provenance_follows_one_dicom_image_from_upload_to_snapshot(chain, model_admin):
     image, prediction, explanation, snapshot, production = chain
     response = _api(model_admin).get(f"/api/v1/images/{image.pk}/provenance/")
@@ -125,6 +126,7 @@ def test_provenance_follows_one_dicom_image_from_upload_to_snapshot(chain, model
     assert image.case.patient_ref not in response.content.decode()
 
 
+@pytest.mark.slow
 def test_provenance_page_shows_the_same_chain(chain, model_admin, login):
     image, _, explanation, snapshot, production = chain
     page = login(model_admin).get(reverse("registry:image-provenance", args=[image.pk]))
@@ -141,6 +143,7 @@ def test_provenance_page_shows_the_same_chain(chain, model_admin, login):
 
 
 @pytest.mark.parametrize("role", ["clinician", "annotator", "adjudicator"])
+@pytest.mark.slow
 def test_only_model_admins_see_provenance(chain, role, login):
     image = chain[0]
     user = UserFactory(roles=[role]) if role != "clinician" else image.case.owner

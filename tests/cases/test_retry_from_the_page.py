@@ -107,6 +107,7 @@ def failed_explanation(clinician, production_model, django_capture_on_commit_cal
     return explanation
 
 
+@pytest.mark.slow
 def test_failed_explanation_shows_its_reason_and_retries_from_the_page(
     login, clinician, failed_explanation, django_capture_on_commit_callbacks
 ):

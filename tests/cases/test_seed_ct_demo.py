@@ -21,6 +21,7 @@ def _run(*names: str) -> str:
     return out.getvalue()
 
 
+@pytest.mark.slow
 def test_the_demo_registers_the_ct_model_and_makes_a_ct_case(settings, ct_tiny_model):
     settings.DEBUG = True
     settings.CXR_BUNDLED_CT_MODEL = ct_tiny_model
@@ -40,6 +41,7 @@ def test_the_demo_registers_the_ct_model_and_makes_a_ct_case(settings, ct_tiny_m
     assert Case.objects.filter(modality="ct").count() == 1
 
 
+@pytest.mark.slow
 def test_without_a_bundled_ct_model_the_demo_says_so(settings, tmp_path):
     settings.DEBUG = True
     settings.CXR_BUNDLED_CT_MODEL = tmp_path / "missing.keras"

@@ -132,6 +132,7 @@ def _jpeg_with_metadata() -> bytes:
         ("DOE_JOHN_MRN1234567.jpg", _jpeg_with_metadata, "image/jpeg"),
     ],
 )
+@pytest.mark.slow
 def test_picture_metadata_is_neither_stored_nor_served_to_annotators(
     clinician, annotator, media_root, login, name, make, content_type
 ):
@@ -375,6 +376,7 @@ def test_times_shift_with_dates_by_one_offset_per_patient(clinician, media_root)
     assert _moment(again, "StudyDate", "StudyTime") == _moment(first, "StudyDate", "StudyTime")
 
 
+@pytest.mark.slow
 def test_uploads_without_patient_id_get_a_random_shift_each(clinician, media_root):
     moments = set()
     for name in ("a.dcm", "b.dcm", "c.dcm"):
@@ -389,6 +391,7 @@ def test_uploads_without_patient_id_get_a_random_shift_each(clinician, media_roo
 # -- Logs -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_no_identifier_reaches_the_logs(clinician, media_root, caplog):
     client = _api(clinician)
     refused_blank = io.BytesIO()

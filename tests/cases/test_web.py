@@ -36,6 +36,7 @@ def test_demo_clinician_logs_in_with_password_and_lands_on_their_cases(client, c
     assert response.url == reverse("cases:list")
 
 
+@pytest.mark.slow
 def test_clinician_uploads_through_the_form_and_sees_the_prediction(
     login, clinician, production_model, django_capture_on_commit_callbacks
 ):
@@ -141,6 +142,7 @@ def test_clinician_sees_only_their_own_cases(login, clinician, other_clinician, 
         ("model_admin", 403, 403),
     ],
 )
+@pytest.mark.slow
 def test_case_page_and_image_file_access_matrix(
     client, who, page, file, clinician, other_clinician, annotator, model_admin, case_of
 ):
@@ -235,6 +237,7 @@ def _listed(response) -> list[int]:
     return [int(pk) for pk in re.findall(r'data-case="(\d+)"', response.content.decode())]
 
 
+@pytest.mark.slow
 def test_case_list_filters_by_status_label_expert_label_and_date(
     login, clinician, production_model, case_of
 ):

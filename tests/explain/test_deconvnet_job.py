@@ -20,6 +20,7 @@ from tests.conftest import upload_of
 pytestmark = pytest.mark.django_db
 
 
+@pytest.mark.slow
 def test_deconvolution_is_offered_and_stored_like_every_other_method(
     clinician, login, production_model, django_capture_on_commit_callbacks
 ):

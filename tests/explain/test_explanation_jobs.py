@@ -34,6 +34,7 @@ def test_every_prediction_queues_a_gradcam_for_the_model_that_made_it(predicted_
     assert explanation.model_version_id == prediction.model_version_id
 
 
+@pytest.mark.slow
 def test_gradcam_job_stores_a_readable_raw_map_an_overlay_and_scores(predicted_image):
     explanation = Explanation.objects.get(image=predicted_image)
     run_job_now(Explanation, explanation.pk)
@@ -122,6 +123,7 @@ def test_job_failure_is_recorded_with_its_reason(predicted_image):
     ("who", "expected"),
     [("owner", 200), ("other_clinician", 404), ("annotator", 403), ("anonymous", 302)],
 )
+@pytest.mark.slow
 def test_heatmap_files_by_id_are_served_only_to_the_owner(
     client, who, expected, predicted_image, clinician, other_clinician, annotator
 ):
@@ -139,6 +141,7 @@ def test_heatmap_files_by_id_are_served_only_to_the_owner(
         assert b"".join(response.streaming_content).startswith(b"\x89PNG")
 
 
+@pytest.mark.slow
 def test_case_page_shows_the_overlay_and_offers_other_methods(
     login, clinician, predicted_image, django_capture_on_commit_callbacks
 ):
@@ -185,6 +188,7 @@ def test_case_page_shows_the_overlay_and_offers_other_methods(
     assert "Unknown explanation method 'astrology'" in response.json()["error"]
 
 
+@pytest.mark.slow
 def test_heatmap_layer_is_the_coloured_map_for_allowed_users_only(
     login, clinician, other_clinician, predicted_image
 ):

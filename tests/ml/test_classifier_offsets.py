@@ -102,6 +102,7 @@ def test_with_offsets_shares_the_loaded_model_and_reuses_its_views(batch):
 
 
 @pytest.mark.parametrize("runtime", ["keras", "litert"])
+@pytest.mark.slow
 def test_predict_labels_the_shifted_argmax_on_both_runtimes(runtime):
     card = json.loads(card_path(TINY).read_text())
     if runtime == "keras":

@@ -77,6 +77,7 @@ def test_masked_type_loss_ignores_slices_without_a_lesion_type():
     assert _loss(masked_type_loss, np.stack([y_a, y_b]), np.stack([p_a, p_b])) < 0.8 * alone
 
 
+@pytest.mark.slow
 def test_the_unet_has_three_heads_at_the_input_resolution():
     model = build_ct_unet(64, width=4, depth=3)
     assert model.output_names == ["lungs", "infection", "lesion_type"]
@@ -89,6 +90,7 @@ def test_the_unet_has_three_heads_at_the_input_resolution():
         build_ct_unet(60, width=4, depth=3)
 
 
+@pytest.mark.slow
 def test_folding_batch_normalisation_keeps_the_outputs():
     trained = build_ct_unet(64, width=4, depth=3, separable_from=1, seed=1)
     rng = np.random.default_rng(0)

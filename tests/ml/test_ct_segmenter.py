@@ -42,6 +42,7 @@ def test_the_tiny_model_is_trained_and_carded(ct_tiny_model):
 
 
 @pytest.mark.parametrize("path", SLICES, ids=lambda p: p.name)
+@pytest.mark.slow
 def test_segment_returns_consistent_masks_at_the_original_size(segmenter, path):
     gray = read_gray(path)
     result = segmenter.segment(gray)
@@ -72,6 +73,7 @@ def test_segment_returns_consistent_masks_at_the_original_size(segmenter, path):
     assert segmenter.version.startswith("ct-tiny@")
 
 
+@pytest.mark.slow
 def test_the_fixture_zenodo_slice_has_lungs_found_with_a_percentage(segmenter):
     result = segmenter.segment(read_gray(SLICES[0]))
     assert result.lungs_found
@@ -126,6 +128,7 @@ def test_a_blank_slice_has_no_lungs_and_says_so(segmenter):
     assert result.percent_affected is None
 
 
+@pytest.mark.slow
 def test_the_lung_area_bar_on_the_card_decides_lungs_found(ct_tiny_model):
     strict = CTSegmenter.load(ct_tiny_model)
     gray = read_gray(SLICES[0])
@@ -141,6 +144,7 @@ def test_segment_refuses_what_is_not_a_slice(segmenter):
         segmenter.segment(np.zeros((64, 64, 3), np.uint8))
 
 
+@pytest.mark.slow
 def test_infection_gradcam_is_a_normalised_map_of_the_slice_size(segmenter):
     for path in SLICES[:2]:
         gray = read_gray(path)

@@ -272,6 +272,7 @@ def test_expected_calibration_error_definition():
     assert expected_calibration_error(true_idx, probs) == pytest.approx(0.45)
 
 
+@pytest.mark.slow
 def test_write_report_writes_every_file(tmp_path):
     true, probs = noisy_dataset(n=90)
     sources = ["hospital-1", "hospital-2", "hospital-3"] * 30
@@ -318,6 +319,7 @@ def test_write_report_writes_every_file(tmp_path):
         assert f"]({name})" in report
 
 
+@pytest.mark.slow
 def test_write_report_with_absent_class_and_no_sources(tmp_path):
     true = ["a", "b"] * 10
     predicted = ["a", "b"] * 9 + ["c", "a"]
@@ -343,6 +345,7 @@ def test_write_report_refuses_a_result_for_other_data(tmp_path):
         write_report(result, HAND_TRUE[:5], one_hot_probs(HAND_PRED[:5]), CLASSES, tmp_path)
 
 
+@pytest.mark.slow
 def test_module_imports_neither_django_nor_tensorflow():
     import subprocess
     import sys

@@ -157,6 +157,7 @@ def noisy_result():
 
 
 @pytest.mark.parametrize("draw", [figure_confusion_matrix, figure_roc, figure_calibration])
+@pytest.mark.slow
 def test_figures_render_from_the_result_alone_to_svg_and_png(noisy_result, draw):
     # as read back from metrics.json
     stored = EvaluationResult.from_json(json.loads(json.dumps(noisy_result.to_json())))
@@ -196,6 +197,7 @@ def test_figures_of_metrics_without_curves_are_refused(noisy_result, draw):
     assert isinstance(figure_confusion_matrix(old), Figure)
 
 
+@pytest.mark.slow
 def test_figures_can_be_drawn_from_several_threads_at_once(noisy_result):
     draws = [figure_confusion_matrix, figure_roc, figure_calibration] * 4
     with ThreadPoolExecutor(max_workers=6) as pool:
@@ -207,6 +209,7 @@ def test_figures_can_be_drawn_from_several_threads_at_once(noisy_result):
     assert outputs[1] == outputs[4] == outputs[7]
 
 
+@pytest.mark.slow
 def test_write_report_adds_curves_to_a_result_computed_before_them(tmp_path):
     true, probs = noisy_dataset(n=60)
     result = evaluate_predictions(true, probs, CLASSES, n_bootstrap=0)
@@ -220,6 +223,7 @@ def test_write_report_adds_curves_to_a_result_computed_before_them(tmp_path):
             assert image.format == "PNG"
 
 
+@pytest.mark.slow
 def test_importing_evaluate_loads_neither_tensorflow_nor_pyplot():
     code = (
         "import sys, ml.models.evaluation; "

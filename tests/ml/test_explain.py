@@ -116,6 +116,7 @@ def _assert_valid(heatmap: Heatmap, size: int, method: str) -> None:
 
 
 @pytest.mark.parametrize("method", METHODS)
+@pytest.mark.slow
 def test_each_method_gives_an_input_sized_unit_range_map_on_the_compact_cnn(
     tiny, fixture_images, method
 ):
@@ -137,6 +138,7 @@ def test_each_method_works_on_a_different_architecture(other_architecture, metho
     assert heatmap.target_label is None
 
 
+@pytest.mark.slow
 def test_params_record_what_determines_each_map(tiny, fixture_images):
     x = fixture_images[1]
     gradcam = explain(tiny.model, x, "gradcam")
@@ -159,6 +161,7 @@ def test_params_record_what_determines_each_map(tiny, fixture_images):
     assert not np.allclose(guided_cam.values, gradcam.values)
 
 
+@pytest.mark.slow
 def test_maps_are_reproducible(tiny, fixture_images):
     for method in ("smoothgrad", "occlusion", "gradcam"):
         first = explain(tiny.model, fixture_images[2], method).values
@@ -236,6 +239,7 @@ def test_random_heatmap_by_cells_ranks_whole_regions_together():
     assert np.abs(np.diff(regions, axis=1)).mean() < 0.2 * np.abs(np.diff(pixels, axis=1)).mean()
 
 
+@pytest.mark.slow
 def test_explaining_never_calls_model_predict_and_traces_once(tiny, fixture_images, monkeypatch):
     from ml.explain import _common
 
@@ -254,6 +258,7 @@ def test_explaining_never_calls_model_predict_and_traces_once(tiny, fixture_imag
 
 
 @pytest.mark.parametrize(("patch_size", "fill_value"), [(16, 0.5), (8, None), (12, 0.0)])
+@pytest.mark.slow
 def test_fast_occlusion_equals_tf_explain_occlusion(tiny, fixture_images, patch_size, fill_value):
     x = fixture_images[1]
     fill = float(x.mean()) if fill_value is None else fill_value
@@ -364,6 +369,7 @@ def test_overlay_is_a_png_with_a_colour_bar(tiny, fixture_images):
         render_overlay(x, heatmap.values, alpha=2.0)
 
 
+@pytest.mark.slow
 def test_npy_round_trip_is_exact(tiny, fixture_images):
     values = explain(tiny.model, fixture_images[0], "smoothgrad").values
     restored = heatmap_from_npy(heatmap_to_npy(values))
@@ -371,6 +377,7 @@ def test_npy_round_trip_is_exact(tiny, fixture_images):
     assert np.array_equal(restored, values)
 
 
+@pytest.mark.slow
 def test_sanity_cli_prints_json(tmp_path, capsys):
     from ml.cli import main
 
@@ -395,6 +402,7 @@ def test_sanity_cli_prints_json(tmp_path, capsys):
     assert 0 <= result[0]["ssim_mean"] < 1
 
 
+@pytest.mark.slow
 def test_explain_cli_writes_readable_npy_and_png(tmp_path):
     row = fixture_manifest()[0]
     out = tmp_path / "out"

@@ -91,6 +91,7 @@ def test_deconvnet_is_a_method_of_its_own_and_differs_from_guided_backprop_on_th
         assert deconv.params["score"] == "logit"
 
 
+@pytest.mark.slow
 def test_deconvnet_through_the_lung_gate_would_show_the_gate(bundled, monkeypatch):
     """Why the gate is left out: with the rule applied to it too, the map is a few flat
     blocks (the gate's 8 x 8 cells times its x 1e4 input scale), not image detail."""

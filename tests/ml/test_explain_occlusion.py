@@ -86,6 +86,7 @@ def test_incremental_equals_tf_explain_on_the_bundled_model(
     assert max(differences) <= TOLERANCE
 
 
+@pytest.mark.slow
 def test_border_patches_match_one_by_one(bundled, bundled_images):
     """The coarse grid itself at the corners and edges, before any resize."""
     image = bundled_images[0]
@@ -117,6 +118,7 @@ def _coarse(model, image, target, patch_size, fill):
     return (1.0 - outputs).reshape(rows, -1)
 
 
+@pytest.mark.slow
 def test_batch_size_splits_the_patches(bundled, bundled_images):
     image = bundled_images[1]
     whole = fast_occlusion(bundled.model, image, 2, 16, 0.5, path="incremental")
@@ -223,6 +225,7 @@ def test_incremental_equals_full_batch_on_other_geometries(geometry, patch_size,
         assert _normalised_difference(fast, reference) <= TOLERANCE
 
 
+@pytest.mark.slow
 def test_the_other_architecture_of_the_main_tests_is_incremental():
     """Residual block of separable and depthwise convolutions, LeakyReLU, strided ELU
     stem, LayerNorm + GELU, global max pooling (``test_explain.other_architecture``)."""
@@ -246,6 +249,7 @@ def test_the_other_architecture_of_the_main_tests_is_incremental():
     assert _normalised_difference(fast, reference) <= TOLERANCE
 
 
+@pytest.mark.slow
 def test_sequential_models_are_analysed_too():
     keras.utils.set_random_seed(6)
     model = keras.Sequential(
@@ -333,6 +337,7 @@ FALLBACKS = {
 
 
 @pytest.mark.parametrize("name", sorted(FALLBACKS))
+@pytest.mark.slow
 def test_models_the_analysis_cannot_cover_take_the_full_path(name):
     build, reason = FALLBACKS[name]
     keras.utils.set_random_seed(8)

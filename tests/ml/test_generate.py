@@ -154,6 +154,7 @@ def test_a_films_score_is_searched_once_and_again_when_a_pixel_changes(monkeypat
 # --- networks --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_networks_shapes_and_diff_augment_keeps_the_background():
     import tensorflow as tf
 

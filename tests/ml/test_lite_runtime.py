@@ -53,6 +53,7 @@ def _compare(keras_path, lite_path, paths) -> tuple[float, list[str]]:
     return worst, differ
 
 
+@pytest.mark.slow
 def test_lite_classifier_matches_keras_on_the_fixture_images(both):
     keras_path, lite_path = both
     assert keras_path.runtime == "keras"
@@ -63,6 +64,7 @@ def test_lite_classifier_matches_keras_on_the_fixture_images(both):
     assert worst <= 1e-4, worst
 
 
+@pytest.mark.slow
 def test_lite_lung_segmenter_matches_keras(both):
     keras_path, lite_path = both
     for path in FIXTURE_IMAGES[:8]:
@@ -89,6 +91,7 @@ def test_lite_labels_identical_to_keras_on_the_whole_test_split(both, shared_dat
     assert worst <= 1e-4, worst
 
 
+@pytest.mark.slow
 def test_the_lite_path_never_imports_tensorflow():
     """What an inference worker does: load both lite models and classify an image, in
     a fresh interpreter; TensorFlow and Keras must not be in sys.modules after it."""

@@ -33,6 +33,7 @@ def test_lung_features_are_zero_where_less_than_half_of_a_cell_is_visible():
     np.testing.assert_allclose(features[0, :, :3], unmasked[0, :, :3], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_gradcam_explains_the_masked_features_and_stays_in_the_visible_half():
     model = build_lung_cnn(input_size=48, width=4)
     assert last_conv_layer(model) == LUNG_FEATURES

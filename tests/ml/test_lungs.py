@@ -28,6 +28,7 @@ def _two_lungs(shape=(100, 100)) -> np.ndarray:
     return mask
 
 
+@pytest.mark.slow
 def test_lungs_package_and_masks_do_not_import_tensorflow():
     code = (
         "import sys, ml.lungs, ml.lungs.masks; "
@@ -130,6 +131,7 @@ def _open(name: str) -> Image.Image:
     return open_image(IMAGES / name)
 
 
+@pytest.mark.slow
 def test_bundled_card_records_the_artifact_and_held_out_dice(segmenter):
     from ml.lungs.segmenter import BUNDLED_LUNG_MODEL
     from ml.models.artifacts import read_card, sha256_file
@@ -282,6 +284,7 @@ def bad_input_outcomes(segmenter) -> dict[str, list]:
         ("inverted", 10),
     ],
 )
+@pytest.mark.slow
 def test_films_that_are_not_upright_frontal_chests_are_refused(
     bad_input_outcomes, kind, least_refused
 ):
@@ -291,6 +294,7 @@ def test_films_that_are_not_upright_frontal_chests_are_refused(
     assert len(refused) >= least_refused, [r.message for r in bad_input_outcomes[kind]]
 
 
+@pytest.mark.slow
 def test_upside_down_films_are_not_recognised_by_the_bundled_model(bad_input_outcomes):
     # A known limitation (see above): the lung fields of a film turned by 180 degrees
     # are two side-by-side regions of plausible size, so the checks accept them.
@@ -300,6 +304,7 @@ def test_upside_down_films_are_not_recognised_by_the_bundled_model(bad_input_out
 @pytest.mark.parametrize(
     "kind", ["tilted 10 degrees", "10 % cropped off each side", "top half only"]
 )
+@pytest.mark.slow
 def test_mildly_tilted_or_cropped_films_still_show_both_lungs(bad_input_outcomes, kind):
     # A film cropped to its top half still shows two lung fields side by side: the
     # segmenter finds them (correctly: it is a frontal chest film, only partial).

@@ -78,6 +78,7 @@ def test_an_evaluation_reads_back_equal_from_its_json(evaluated):
     assert again.to_json() == stored
 
 
+@pytest.mark.slow
 def test_the_report_has_a_shortcut_section_when_the_result_has_shortcut_tests(evaluated, tmp_path):
     true, probs = noisy_dataset(n=90)
     paths = write_report(evaluated, true, probs, CLASSES, tmp_path)

@@ -68,6 +68,7 @@ def _normals_called_abnormal():
     return probs, y
 
 
+@pytest.mark.slow
 def test_the_specificity_rule_reaches_both_targets_on_validation():
     from ml.models.operating_point import choose_specificity_offsets, decision_figures
 
@@ -86,6 +87,7 @@ def test_the_specificity_rule_reaches_both_targets_on_validation():
     assert OperatingPoint.from_dict(data).offsets == point.offsets
 
 
+@pytest.mark.slow
 def test_the_specificity_rule_says_so_when_a_target_cannot_be_reached():
     from ml.models.operating_point import choose_specificity_offsets
 
@@ -100,6 +102,7 @@ def test_the_specificity_rule_says_so_when_a_target_cannot_be_reached():
         choose_specificity_offsets(probs[:10], y[:10], CLASSES)
 
 
+@pytest.mark.slow
 def test_the_operating_curve_lists_the_chosen_point_and_the_roc():
     from ml.models.operating_point import choose_specificity_offsets, operating_curve
 

@@ -1,5 +1,7 @@
 """Patients published twice under two ids are one patient before any split is drawn."""
 
+import pytest
+
 from ml.data.loaders import PATIENT_ALIASES, load_covid_chestxray, patient_aliases
 from ml.data.splits import patients_in_several_splits, split_records
 
@@ -13,6 +15,7 @@ def test_the_alias_table_names_pairs_of_covid_chestxray_patients():
     assert patient_aliases("pediatric-pneumonia", PATIENT_ALIASES) == []
 
 
+@pytest.mark.slow
 def test_aliased_patients_never_land_in_two_splits(shared_datasets):
     dataset = load_covid_chestxray(shared_datasets / "covid-chestxray")
     patient_of = {r.path.name: r.patient for r in dataset.records}

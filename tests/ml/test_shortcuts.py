@@ -151,6 +151,7 @@ def constructed_probabilities():
     return labels, sources, probs / probs.sum(axis=1, keepdims=True)
 
 
+@pytest.mark.slow
 def test_within_source_auroc_equals_scikit_learns_on_each_sources_images():
     labels, sources, probs = constructed_probabilities()
     labels_a, sources_a = np.array(labels), np.array(sources)
@@ -181,6 +182,7 @@ def test_within_source_auroc_equals_scikit_learns_on_each_sources_images():
         assert low < high
 
 
+@pytest.mark.slow
 def test_within_source_auroc_is_reproducible_and_accepts_the_old_nih_source_name():
     labels, sources, probs = constructed_probabilities()
     old = ["adult-normal" if s == "nih-cxr14" else s for s in sources]
@@ -210,6 +212,7 @@ def test_within_source_auroc_is_none_without_the_source_or_one_side():
 # --- Grad-CAM -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_batched_gradcam_agrees_with_ml_explains_gradcam(tiny, fixture_set):
     x = fixture_set[0][:5]
     maps, predicted = gradcam_maps(tiny.model, x, batch=2)
@@ -220,6 +223,7 @@ def test_batched_gradcam_agrees_with_ml_explains_gradcam(tiny, fixture_set):
         np.testing.assert_allclose(values, heatmap.values, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_mass_in_lungs_is_one_for_a_full_mask_and_zero_for_an_empty_one(tiny, fixture_set):
     x, _, _, sources = fixture_set
     full = np.ones(x.shape[:3], dtype=bool)
@@ -263,6 +267,7 @@ def test_a_map_concentrated_inside_the_mask_has_all_its_mass_in_the_lungs():
 # --- all together -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_shortcut_metrics_of_the_tiny_model_match_their_definitions(tiny, fixture_set):
     x, masks, labels, sources = fixture_set
     result = shortcut_metrics(tiny, x, masks, labels, sources, tiny.classes, n_bootstrap=100)
@@ -317,6 +322,7 @@ def test_shortcut_metrics_refuses_labels_outside_the_classes(fixture_set, tiny):
         )
 
 
+@pytest.mark.slow
 def test_shortcuts_module_imports_without_tensorflow():
     import subprocess
     import sys

@@ -29,6 +29,7 @@ def _records(rows):
 
 @settings(max_examples=40, deadline=None)
 @given(rows=record_lists, seed=st.integers(min_value=0, max_value=10_000))
+@pytest.mark.slow
 def test_patient_level_split_never_puts_a_patient_in_two_splits(rows, seed):
     records = _records(rows)
     if len({r.patient for r in records}) < 10:

@@ -247,6 +247,7 @@ def test_imagenet_backbone_without_local_weights_is_a_clear_error(monkeypatch, t
         build_backbone("densenet121", input_size=64)
 
 
+@pytest.mark.slow
 def test_efficientnet_backbone_builds_on_the_one_channel_input():
     from ml.models.architectures import build_backbone
 

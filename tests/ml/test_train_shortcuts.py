@@ -34,6 +34,7 @@ def segmenter():
     return LungSegmenter.load(BUNDLED_LUNG_MODEL)
 
 
+@pytest.mark.slow
 def test_v2_crops_to_the_lungs_and_masks_the_rest(segmenter):
     image = open_image(IMAGES / "00001280_004.jpg")
     lungs = segmenter.segment(image)
@@ -77,6 +78,7 @@ def test_cell_weights_share_classes_equally_and_sources_within_a_class():
     )
 
 
+@pytest.mark.slow
 def test_balanced_sampling_draws_rare_cells_as_often_as_common_ones():
     n = 60
     y = np.array([0] * 40 + [1] * 10 + [2] * 10, dtype=np.int32)
@@ -116,6 +118,7 @@ def test_acquisition_augment_is_reproducible_and_keeps_masked_pixels_at_zero():
     assert first.numpy().max() <= 1.0
 
 
+@pytest.mark.slow
 def test_arrays_cache_gives_the_same_inputs_and_masks(segmenter, tmp_path):
     records = load_generic(MANIFEST).records[:4]
     spec = PreprocessSpec(input_size=48, version=2, mask_outside=True)

@@ -23,6 +23,7 @@ def versions(db):
     return compact, lungs
 
 
+@pytest.mark.slow
 def test_compare_page_shows_per_source_figures_calibration_and_animations(
     login, model_admin, versions
 ):
@@ -57,6 +58,7 @@ def test_compare_page_shows_per_source_figures_calibration_and_animations(
     assert page.count('data-plot="calibration"') == 2
 
 
+@pytest.mark.slow
 def test_compare_page_says_what_a_version_lacks(login, model_admin, versions):
     a, b = versions
     a.training_animation = None

@@ -44,6 +44,7 @@ def _race(target, arguments) -> list:
     return outcomes
 
 
+@pytest.mark.slow
 def test_two_training_starts_at_once_make_one_run_and_one_root_snapshot(settings, model_admin):
     settings.CELERY_TASK_ALWAYS_EAGER = False
     import_reference_dataset(IMAGES / "manifest.csv", "generic")
@@ -60,6 +61,7 @@ def test_two_training_starts_at_once_make_one_run_and_one_root_snapshot(settings
     assert DatasetSnapshot.objects.count() == 1
 
 
+@pytest.mark.slow
 def test_two_promotions_at_once_answer_200_and_409(tmp_path, model_admin):
     from django.conf import settings as django_settings
 

@@ -254,6 +254,7 @@ def test_gate_promotes_only_when_no_tracked_metric_is_worse():
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
 def test_two_concurrent_promotions_leave_exactly_one_production_version(tmp_path):
     if connection.vendor != "postgresql":
         pytest.skip("row locks and concurrent transactions need PostgreSQL (CI runs it)")

@@ -61,6 +61,7 @@ def test_registration_stores_the_lite_file_beside_the_artifact_with_its_hashes()
 
 
 @pytest.mark.django_db
+@pytest.mark.slow
 def test_an_artifact_without_a_lite_file_is_converted_at_registration(tmp_path):
     artifact = _copy_without_lite(tmp_path / "fresh.keras")
     version = register_artifact(artifact_path=artifact)
@@ -89,6 +90,7 @@ def test_litert_and_keras_give_the_same_answers_on_the_fixture_images(production
 
 
 @pytest.mark.django_db
+@pytest.mark.slow
 def test_a_version_without_a_lite_file_is_served_by_keras_with_a_warning_until_converted(
     production_model, caplog
 ):
@@ -127,6 +129,7 @@ def test_a_tampered_lite_file_is_refused(production_model):
 
 
 @pytest.mark.django_db
+@pytest.mark.slow
 def test_a_lite_file_converted_from_another_artifact_is_not_used(tmp_path):
     """A stale ``.tflite`` beside an artifact (its record names another .keras) is not
     stored as this artifact's: the model is converted again."""

@@ -214,6 +214,7 @@ def test_offsets_that_are_not_a_curve_row_are_refused_and_nothing_changes(
 # --- serving ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_prediction_after_the_change_is_made_at_the_new_point(
     model_admin, clinician, curved_model, django_capture_on_commit_callbacks
 ):
@@ -276,6 +277,7 @@ def test_the_offsets_applied_are_the_change_from_the_cards_point(model_admin):
     assert serving.serving_offsets(version) == change.offsets
 
 
+@pytest.mark.slow
 def test_the_explanation_explains_the_class_served_at_the_chosen_point(
     model_admin, clinician, curved_model, django_capture_on_commit_callbacks
 ):
@@ -294,6 +296,7 @@ def test_the_explanation_explains_the_class_served_at_the_chosen_point(
     assert explanation.target_label == prediction.label
 
 
+@pytest.mark.slow
 def test_a_curve_written_by_ml_is_shown_and_any_of_its_rows_can_be_chosen(login, model_admin):
     from ml.models.operating_point import choose_specificity_offsets, operating_curve
 

@@ -86,6 +86,7 @@ def test_card_that_describes_another_artifact_is_refused(second_artifact, media_
 
 
 @pytest.mark.django_db
+@pytest.mark.slow
 def test_the_demos_registration_leaves_an_earlier_version_to_roll_back_to(capsys):
     """`make demo`: the first release serves, the bundled default replaces it through the
     gate, once; a later start keeps what a model admin chose since (here, a rollback)."""

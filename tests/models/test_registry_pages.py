@@ -133,6 +133,7 @@ def _evaluated_metrics() -> dict:
 
 
 @pytest.mark.parametrize("kind", ["confusion-matrix", "roc", "calibration"])
+@pytest.mark.slow
 def test_version_plots_are_svg_drawn_from_stored_metrics(
     login, model_admin, clinician, production_model, kind
 ):

@@ -165,6 +165,7 @@ def test_register_model_takes_the_lung_task_and_its_card_names_it(tmp_path):
 
 
 @pytest.mark.django_db
+@pytest.mark.slow
 def test_a_promoted_lung_version_computes_the_masks_and_a_rollback_restores_the_first(
     login, model_admin, clinician, production_model, tmp_path, django_capture_on_commit_callbacks
 ):

@@ -91,6 +91,7 @@ def test_a_card_naming_a_path_outside_the_artifacts_folder_is_refused(artifact, 
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
 def test_a_failed_registration_deletes_the_stored_gif_and_artifact(
     artifact, media_root, monkeypatch
 ):
@@ -107,6 +108,7 @@ def test_a_failed_registration_deletes_the_stored_gif_and_artifact(
 
 
 @pytest.mark.django_db
+@pytest.mark.slow
 def test_the_shipped_model_registers_with_its_gif_and_its_curves(media_root):
     shipped = REPO_ROOT / "ml" / "bundled" / "cxr-compact.keras"
     card = read_card(shipped)

@@ -153,6 +153,7 @@ def test_an_e_mail_that_cannot_be_sent_is_kept_on_the_notification_and_fails_not
     assert "not e-mailed: ConnectionRefusedError" in html
 
 
+@pytest.mark.slow
 def test_the_message_says_whether_the_gate_passed_and_the_candidate_was_promoted(seeded, admins):
     candidate = services.register_artifact(artifact_path=BUNDLED_COMPACT)
     refused = _done_run(candidate, passed=False, reasons=["macro-F1 is lower."])

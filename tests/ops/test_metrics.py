@@ -47,6 +47,7 @@ def value(samples, name, **labels) -> float:
     return matching[0]
 
 
+@pytest.mark.slow
 def test_metrics_refuse_other_networks_without_the_token(client, settings):
     settings.CXR_METRICS_ALLOWED_NETWORKS = [ipaddress.ip_network("10.0.0.0/8")]
     settings.CXR_METRICS_TOKEN = TOKEN
@@ -57,6 +58,7 @@ def test_metrics_refuse_other_networks_without_the_token(client, settings):
     assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer ").status_code == 403
 
 
+@pytest.mark.slow
 def test_metrics_answer_the_allowed_network_without_a_token(client, settings):
     settings.CXR_METRICS_ALLOWED_NETWORKS = [ipaddress.ip_network("127.0.0.0/8")]
     assert client.get("/metrics").status_code == 200
@@ -73,6 +75,7 @@ def test_metrics_answer_the_allowed_network_without_a_token(client, settings):
         api_settings.reload()
 
 
+@pytest.mark.slow
 def test_requests_are_counted_by_view_and_status_with_latency(client, clinician):
     before = scrape(client)
     key = {"view": "cases:list", "method": "GET"}
@@ -99,6 +102,7 @@ def test_requests_are_counted_by_view_and_status_with_latency(client, clinician)
     assert len(buckets) > 5
 
 
+@pytest.mark.slow
 def test_jobs_by_kind_and_status_with_durations_and_failures(client):
     now = timezone.now()
     version = ModelVersionFactory(name="tiny-v1")
@@ -136,6 +140,7 @@ def test_jobs_by_kind_and_status_with_durations_and_failures(client):
     assert value(samples, "cxr_predictions", label="normal", model_version="tiny-v1") == 3
 
 
+@pytest.mark.slow
 def test_production_model_is_named(client, production_model):
     samples = scrape(client)
     info = value(
@@ -168,6 +173,7 @@ def own_broker(tmp_path):
         server.stop()
 
 
+@pytest.mark.slow
 def test_queue_lengths_cover_every_queue_in_settings_with_a_key_prefix(client, own_broker):
     """Every queue of cxrplatform.celery.QUEUES (a new one appears without a code change),
     counted on a real broker whose keys carry a global_keyprefix (as the tests' xdist
@@ -200,6 +206,7 @@ def test_queue_lengths_cover_every_queue_in_settings_with_a_key_prefix(client, o
     assert value(samples, "cxr_metrics_errors", part="queues") == 0
 
 
+@pytest.mark.slow
 def test_an_unreachable_broker_is_reported_not_fatal(client):
     # broker() drops the app's connection and producer pools on the way in and out: a pool
     # made for port 9 and kept would send a later test's control pings there.

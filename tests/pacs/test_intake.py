@@ -69,6 +69,7 @@ def test_a_study_of_two_images_becomes_one_case_of_the_service_account(
     assert AuditEvent.objects.filter(action="pacs.receive", target_id=str(case.pk)).exists()
 
 
+@pytest.mark.slow
 def test_lateral_and_corrupt_instances_are_refused_and_never_stored(
     service_user, production_model, media_root
 ):
@@ -82,6 +83,7 @@ def test_lateral_and_corrupt_instances_are_refused_and_never_stored(
     assert AuditEvent.objects.filter(action="pacs.refuse").count() == 2
 
 
+@pytest.mark.slow
 def test_a_study_whose_every_instance_is_refused_makes_no_case(
     service_user, production_model, media_root
 ):
@@ -99,6 +101,7 @@ def test_a_study_whose_every_instance_is_refused_makes_no_case(
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
 def test_listener_refuses_a_store_from_an_address_not_on_the_allow_list(settings, media_root):
     from pynetdicom import AE
 
@@ -173,6 +176,7 @@ def test_another_study_makes_another_case(service_user, production_model, media_
     assert StudyLink.objects.count() == 2
 
 
+@pytest.mark.slow
 def test_a_later_association_whose_image_is_refused_leaves_the_case_as_it_was(
     service_user, production_model, media_root
 ):
@@ -204,6 +208,7 @@ def test_another_patient_under_the_same_study_uid_is_refused(
     assert "another patient" in reason
 
 
+@pytest.mark.slow
 def test_a_study_whose_case_was_deleted_makes_a_new_case(
     service_user, production_model, media_root
 ):
@@ -219,6 +224,7 @@ def test_a_study_whose_case_was_deleted_makes_a_new_case(
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
 def test_two_associations_of_one_study_at_the_same_moment_make_one_case(
     service_user, production_model, media_root
 ):

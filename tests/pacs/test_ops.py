@@ -16,6 +16,7 @@ from tests.pacs.orthanc import free_port
 
 
 @pytest.mark.django_db
+@pytest.mark.slow
 def test_readyz_checks_the_dicom_listener_where_one_is_configured(
     client, settings, production_model
 ):
@@ -49,6 +50,7 @@ def test_readyz_leaves_out_the_listener_where_none_is_configured(client, product
 
 
 @pytest.mark.django_db
+@pytest.mark.slow
 def test_metrics_count_refused_returned_and_failed(client):
     Refusal.objects.create(calling_ae="ORTHANC", address="127.0.0.1", reason="lateral view")
     prediction = PredictionFactory()

@@ -64,6 +64,7 @@ def _dciodvfy_errors(ds, tmp_path) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_structured_report_holds_result_model_and_original_study(tmp_path):
     sop, series = generate_uid(), generate_uid()
     sr = _roundtrip(
@@ -98,6 +99,7 @@ def test_structured_report_holds_result_model_and_original_study(tmp_path):
     assert _dciodvfy_errors(sr, tmp_path) == []
 
 
+@pytest.mark.slow
 def test_secondary_capture_has_burned_in_banner_and_original_study(tmp_path):
     picture = np.full((200, 160, 3), 90, dtype=np.uint8)
     pixels = returns.banner_picture(picture)

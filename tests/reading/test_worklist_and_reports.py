@@ -103,6 +103,7 @@ def test_other_roles_cannot_open_the_worklist(client, owner):
     assert client.get(reverse("reading:worklist")).status_code == 403
 
 
+@pytest.mark.slow
 def test_sign_amend_and_the_clinician_sees_the_report_and_its_pdf(
     client, radiologist, owner, study, django_capture_on_commit_callbacks
 ):

@@ -86,6 +86,7 @@ def test_a_pending_job_no_worker_takes_is_failed_with_the_reason_after_max_attem
     assert "inference queue" in prediction.error
 
 
+@pytest.mark.slow
 def test_a_message_that_kills_its_worker_every_time_is_given_up_and_counted(
     prediction, settings, client, clinician, sent
 ):

@@ -69,6 +69,7 @@ def test_upload_whose_prediction_row_is_refused_leaves_no_file(clinician, media_
 
 # Autocommit, as in a worker: the failed update does not poison a test transaction.
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
 def test_explanation_whose_result_row_is_refused_leaves_no_heatmap(
     clinician, production_model, media_root
 ):

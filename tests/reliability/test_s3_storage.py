@@ -101,6 +101,7 @@ def _keys(client) -> set[str]:
     return {item["Key"] for item in client.list_objects_v2(Bucket=BUCKET).get("Contents", [])}
 
 
+@pytest.mark.slow
 def test_upload_classification_explanation_and_download_go_through_s3(
     s3_storage, clinician, media_root, tmp_path, settings
 ):
@@ -150,6 +151,7 @@ def test_upload_classification_explanation_and_download_go_through_s3(
     assert b"".join(overlay.streaming_content)[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_s3_storage_is_chosen_by_environment(tmp_path):
     """CXR_STORAGE=s3 selects django-storages' S3 backend with the bucket and endpoint given."""
     code = (

@@ -36,6 +36,7 @@ def _started_long_ago(model, pk: int, queue: str, settings) -> None:
     model.objects.filter(pk=pk).update(started_at=timezone.now() - timedelta(seconds=hard + 61))
 
 
+@pytest.mark.slow
 def test_stuck_prediction_is_failed_with_the_reason_and_a_retry_completes_it(
     clinician, production_model, settings, django_capture_on_commit_callbacks
 ):
@@ -129,6 +130,7 @@ def _run_every_beat_task() -> None:
         registered_task(entry["task"]).apply().get()
 
 
+@pytest.mark.slow
 def test_inspection_whose_worker_vanished_is_failed_and_a_lost_one_is_queued_again_and_runs(
     clinician, model_admin, production_model, settings, django_capture_on_commit_callbacks
 ):

@@ -157,6 +157,7 @@ def test_a_clinician_of_site_a_never_sees_site_bs_cases(
     assert client.get(reverse("cases:detail", args=[mine.pk])).status_code == 404
 
 
+@pytest.mark.slow
 def test_each_case_records_its_uploaders_site(clinician_a, clinician_b, site_a, site_b):
     case_a = cases.create_case(owner=clinician_a, files=[upload_of("2168a917.jpg")])
     case_b = cases.create_case(owner=clinician_b, files=[upload_of("2168a917.jpg")])
@@ -288,6 +289,7 @@ def test_every_new_account_belongs_to_the_default_site(db):
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
 def test_the_migration_puts_existing_accounts_and_cases_in_the_default_site():
     from django.db import connection
     from django.db.migrations.executor import MigrationExecutor

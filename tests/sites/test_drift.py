@@ -131,6 +131,7 @@ def test_a_version_without_a_reference_records_nothing(
     }
 
 
+@pytest.mark.slow
 def test_a_shifted_site_drifts_an_unshifted_one_does_not(
     client,
     site_a,

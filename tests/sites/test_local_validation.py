@@ -136,6 +136,7 @@ def test_the_test_split_figures_stand_beside_them_never_recomputed(site_a, evalu
     assert study.test_counts == {"covid19": 61, "normal": 93, "pneumonia": 47}
 
 
+@pytest.mark.slow
 def test_only_this_sites_confirmed_images_with_this_versions_newest_prediction_count(
     site_a, site_b, clinician_a, clinician_b, evaluated, study_set, labelled
 ):
@@ -234,6 +235,7 @@ def test_the_api_answers_the_same_figures(api_client_of, site_a, evaluated, stud
     assert AuditEvent.objects.get(action="site.validation_viewed").after["format"] == "api"
 
 
+@pytest.mark.slow
 def test_the_reliability_plot_is_an_svg(client, site_a, evaluated, study_set, model_admin):
     client.force_login(model_admin)
     response = client.get(reverse("sites:reliability", args=[site_a.pk, evaluated.pk]))
@@ -264,6 +266,7 @@ def test_a_site_without_labelled_images_is_told_so_and_nothing_is_audited(
     assert not AuditEvent.objects.filter(action="site.validation_viewed").exists()
 
 
+@pytest.mark.slow
 def test_with_a_site_point_applied_the_figures_at_it_stand_beside(
     client, site_a, evaluated, study_set, model_admin
 ):

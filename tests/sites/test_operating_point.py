@@ -47,6 +47,7 @@ def _nothing_written() -> bool:
     )
 
 
+@pytest.mark.slow
 def test_a_proposal_reaches_the_target_and_writes_nothing(site_a, version, labelled_a):
     proposal = services.propose(
         site=site_a, version=version, target="covid19_sensitivity", goal=0.9
@@ -58,6 +59,7 @@ def test_a_proposal_reaches_the_target_and_writes_nothing(site_a, version, label
     assert _nothing_written()
 
 
+@pytest.mark.slow
 def test_apply_then_roll_back_through_the_page_is_numbered_and_audited(
     client, site_a, version, labelled_a, model_admin
 ):
@@ -117,6 +119,7 @@ def test_apply_then_roll_back_through_the_page_is_numbered_and_audited(
     assert history.content.decode().count("data-point=") == 2
 
 
+@pytest.mark.slow
 def test_an_apply_is_refused_when_the_labels_moved_the_proposal(
     client, site_a, version, labelled_a, model_admin
 ):
@@ -139,6 +142,7 @@ def test_an_apply_is_refused_when_the_labels_moved_the_proposal(
         ("covid19_sensitivity", "lots", "Enter a number"),
     ],
 )
+@pytest.mark.slow
 def test_bad_input_is_a_clear_400_and_writes_nothing(
     client, api_client_of, site_a, version, labelled_a, model_admin, target, goal, message
 ):
@@ -163,6 +167,7 @@ def test_bad_input_is_a_clear_400_and_writes_nothing(
     assert _nothing_written()
 
 
+@pytest.mark.slow
 def test_a_site_without_labelled_images_is_refused_and_nothing_is_written(
     client, api_client_of, site_b, version, labelled_a, model_admin
 ):
@@ -193,6 +198,7 @@ def test_a_target_with_no_images_of_its_kind_is_refused(
     assert _nothing_written()
 
 
+@pytest.mark.slow
 def test_the_api_applies_lists_and_rolls_back(
     api_client_of, site_a, version, labelled_a, model_admin
 ):
@@ -233,6 +239,7 @@ def _predict(owner, name: str) -> Prediction:
     return prediction
 
 
+@pytest.mark.slow
 def test_an_applied_point_labels_that_sites_new_predictions_only_and_rolls_back(
     client, site_a, site_b, clinician_a, clinician_b, production_model, labelled, model_admin
 ):
