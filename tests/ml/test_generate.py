@@ -137,9 +137,12 @@ def test_a_films_score_is_searched_once_and_again_when_a_pixel_changes(monkeypat
     searched: list[tuple[int, ...]] = []
     search = watermark._search
     monkeypatch.setattr(watermark, "_scores", type(watermark._scores)())
-    monkeypatch.setattr(
-        watermark, "_search", lambda array: searched.append(array.shape) or search(array)
-    )
+
+    def counted(array):
+        searched.append(array.shape)
+        return search(array)
+
+    monkeypatch.setattr(watermark, "_search", counted)
     gray = np.asarray(Image.open(IMAGES / fixture_manifest()[0]["path"]).convert("L")).copy()
     first = band_score(gray)
     assert band_score(gray.copy()) == first

@@ -60,14 +60,14 @@ def _loader(loads: list[str], sha256: str):
 
 def test_two_calls_give_the_same_loaded_object_and_a_changed_sha256_reloads():
     loads: list[str] = []
-    first = serving.served("classifier", (1, "a" * 64, "keras"), _loader(loads, "a"))
-    again = serving.served("classifier", (1, "a" * 64, "keras"), _loader(loads, "a"))
+    first = serving.served("classifier", ("v1", "a" * 64, "keras"), _loader(loads, "a"))
+    again = serving.served("classifier", ("v1", "a" * 64, "keras"), _loader(loads, "a"))
     assert again is first
     assert loads == ["a"]
-    changed = serving.served("classifier", (1, "b" * 64, "keras"), _loader(loads, "b"))
+    changed = serving.served("classifier", ("v1", "b" * 64, "keras"), _loader(loads, "b"))
     assert changed is not first
     assert loads == ["a", "b"]
-    other_runtime = serving.served("classifier", (1, "b" * 64, "litert"), _loader(loads, "b"))
+    other_runtime = serving.served("classifier", ("v1", "b" * 64, "litert"), _loader(loads, "b"))
     assert other_runtime is not changed
     assert loads == ["a", "b", "b"]
 
@@ -76,12 +76,12 @@ def test_the_cache_is_bounded_per_kind_and_keeps_what_was_used_last():
     loads: list[str] = []
     generator = serving.served("generator", ("/g.keras", "g", "keras"), _loader(loads, "g"))
     for sha in ("a", "b"):
-        serving.served("classifier", (1, sha, "keras"), _loader(loads, sha))
-    serving.served("classifier", (1, "a", "keras"), _loader(loads, "a"))  # used last
-    serving.served("classifier", (2, "c", "keras"), _loader(loads, "c"))
+        serving.served("classifier", ("v1", sha, "keras"), _loader(loads, sha))
+    serving.served("classifier", ("v1", "a", "keras"), _loader(loads, "a"))  # used last
+    serving.served("classifier", ("v2", "c", "keras"), _loader(loads, "c"))
     assert len(serving._cache) == serving.MAX_PER_KIND + 1
-    assert (1, "b", "keras") not in serving._cache  # the least recently used one went
-    assert (1, "a", "keras") in serving._cache
+    assert ("v1", "b", "keras") not in serving._cache  # the least recently used one went
+    assert ("v1", "a", "keras") in serving._cache
     # Another kind's model is not pushed out by the classifiers.
     assert serving.served("generator", ("/g.keras", "g", "keras"), _loader(loads, "g")) is (
         generator
