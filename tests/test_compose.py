@@ -116,6 +116,7 @@ def _compose_binary() -> list[str] | None:
     return [legacy] if legacy else None
 
 
+@pytest.mark.slow  # runs docker-compose where it is installed
 def test_docker_compose_config_accepts_the_file(tmp_path: Path):
     binary = _compose_binary()
     if binary is None:

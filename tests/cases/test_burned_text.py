@@ -89,6 +89,7 @@ def _upload(clinician, name: str, content: bytes) -> CaseImage:
 
 
 @pytest.mark.parametrize(("name", "encode"), [("film.png", _png), ("film.dcm", _dicom)])
+@pytest.mark.slow  # Tesseract reads each film (seconds)
 def test_a_name_drawn_on_a_film_holds_it_out_of_labelling(
     name, encode, tesseract, text_check, client, clinician, annotator, media_root
 ):
@@ -116,6 +117,7 @@ def test_a_name_drawn_on_a_film_holds_it_out_of_labelling(
     assert event.after["status"] == "accepted"
 
 
+@pytest.mark.slow  # Tesseract reads the film (seconds)
 def test_the_same_film_without_text_is_accepted(tesseract, text_check, clinician, media_root):
     image = _upload(clinician, "film.png", _png(_film()))
     assert image.status == CaseImage.Status.ACCEPTED

@@ -386,6 +386,7 @@ def test_lungs_train_cli_writes_a_loadable_model_card_and_report(tmp_path, capsy
 
 
 @pytest.mark.shared_data
+@pytest.mark.slow  # the lung model on the shared data's held-out masks
 def test_held_out_covid_masks_reach_dice_0_85(shared_datasets, segmenter):
     from ml.data.preprocess import open_image, to_unit_gray
     from ml.lungs.data import masked_images, reference_mask
