@@ -200,6 +200,12 @@ class PredictionFactory(ModelFactory[Prediction]):
             finished_at=None,
             attempts=0,
         )
+        # Lung fields found, with a mask and outline PNG (a square) to serve.
+        with_lungs = factory.Trait(
+            lungs_found=True,
+            lung_mask=factory.LazyFunction(lambda: ContentFile(mask_png(), name="mask.png")),
+            lung_outline=factory.LazyFunction(lambda: ContentFile(mask_png(), name="outline.png")),
+        )
 
     image = factory.SubFactory(CaseImageFactory)
     model_version = factory.SubFactory(ModelVersionFactory)
@@ -213,6 +219,14 @@ class PredictionFactory(ModelFactory[Prediction]):
     attempts = 1
     started_at = factory.LazyFunction(timezone.now)
     finished_at = factory.LazyFunction(timezone.now)
+
+
+def mask_png(size: int = 32) -> bytes:
+    mask = Image.new("L", (size, size), 0)
+    mask.paste(255, (8, 8, 24, 24))
+    buffer = io.BytesIO()
+    mask.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _heatmap_npy(size: int = 64) -> bytes:

@@ -6,7 +6,6 @@ administrative actions)."""
 
 from __future__ import annotations
 
-import io
 import re
 from pathlib import Path
 
@@ -15,7 +14,6 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 from django.test import Client
 from django.urls import reverse
-from PIL import Image
 from rest_framework.test import APIClient
 
 from apps.accounts.audit import VIEW_WINDOW_SECONDS
@@ -30,6 +28,7 @@ from tests.factories import (
     ExplanationFactory,
     ModelVersionFactory,
     PredictionFactory,
+    mask_png,
 )
 
 pytestmark = pytest.mark.django_db
@@ -42,27 +41,13 @@ def _empty_cache():
     clear_own_cache()
 
 
-def _png(size: int = 32) -> bytes:
-    mask = Image.new("L", (size, size), 0)
-    mask.paste(255, (8, 8, 24, 24))
-    buffer = io.BytesIO()
-    mask.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def _xray_case(owner, n_images: int = 3):
     """A case of X-rays, each with a finished prediction with lungs and a Grad-CAM."""
     case = CaseFactory(owner=owner)
     version = ModelVersionFactory()
     for _ in range(n_images):
         image = CaseImageFactory(case=case)
-        PredictionFactory(
-            image=image,
-            model_version=version,
-            lungs_found=True,
-            lung_mask=ContentFile(_png(), name="mask.png"),
-            lung_outline=ContentFile(_png(), name="outline.png"),
-        )
+        PredictionFactory(image=image, model_version=version, with_lungs=True)
         ExplanationFactory(image=image, model_version=version)
     return case
 
@@ -218,7 +203,7 @@ def test_the_ct_case_page_names_its_slices_and_mask_layers(client, clinician):
     for _ in range(2):
         image = CaseImageFactory(case=case)
         masks = {
-            field: ContentFile(_png(), name=f"{field}.png")
+            field: ContentFile(mask_png(), name=f"{field}.png")
             for field in ("lung_mask", "ggo_mask", "consolidation_mask", "infection_mask")
         }
         segmentations.append(
@@ -227,7 +212,7 @@ def test_the_ct_case_page_names_its_slices_and_mask_layers(client, clinician):
                 model_version=version,
                 status="done",
                 lungs_found=True,
-                lung_outline=ContentFile(_png(), name="outline.png"),
+                lung_outline=ContentFile(mask_png(), name="outline.png"),
                 **masks,
             )
         )

@@ -5,13 +5,10 @@ the id-keyed routes are the case owner's."""
 
 from __future__ import annotations
 
-import io
 import re
 
 import pytest
-from django.core.files.base import ContentFile
 from django.urls import reverse
-from PIL import Image
 
 from apps.accounts.models import AuditEvent
 from apps.cases import labelling
@@ -32,24 +29,12 @@ pytestmark = pytest.mark.django_db
 IMAGE_ID, CASE_ID, EXPLANATION_ID = 987654, 876543, 765432
 
 
-def _png() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("L", (32, 32), 255).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 @pytest.fixture
 def image(clinician) -> CaseImage:
     """An X-ray with a finished prediction, lung fields and a Grad-CAM, at ids of its own."""
     image = CaseImageFactory(pk=IMAGE_ID, case=CaseFactory(pk=CASE_ID, owner=clinician))
     version = ModelVersionFactory()
-    PredictionFactory(
-        image=image,
-        model_version=version,
-        lungs_found=True,
-        lung_mask=ContentFile(_png(), name="mask.png"),
-        lung_outline=ContentFile(_png(), name="outline.png"),
-    )
+    PredictionFactory(image=image, model_version=version, with_lungs=True)
     ExplanationFactory(pk=EXPLANATION_ID, image=image, model_version=version)
     return image
 
