@@ -7,6 +7,7 @@ import re
 from django.conf import settings
 from django.core.cache import cache
 from django.db.models import Prefetch, QuerySet
+from django.http import Http404
 from django.utils.crypto import salted_hmac
 
 from apps.accounts.roles import ADJUDICATOR, ANNOTATOR, CLINICIAN, has_role
@@ -86,6 +87,21 @@ def image_for_ref(ref: str, images: QuerySet[CaseImage]) -> CaseImage | None:
             return None
         cache.set(key, pk, REF_CACHE_SECONDS)
     return images.filter(pk=pk).first()
+
+
+def reader_page_images(user) -> QuerySet[CaseImage]:
+    """What a reader's web pages may open: what the user may see (``visible_images``),
+    never an image held for review."""
+    return visible_images(user).exclude(status=CaseImage.Status.HELD)
+
+
+def reader_image(user, ref: str, images: QuerySet[CaseImage] | None = None) -> CaseImage:
+    """The image a reader's page names by its reference (:func:`image_for_ref`) among
+    ``images`` (by default :func:`reader_page_images`); 404 for any other string."""
+    image = image_for_ref(ref, reader_page_images(user) if images is None else images)
+    if image is None:
+        raise Http404("No image of yours has this reference.")
+    return image
 
 
 def case_id_for(user, image: CaseImage) -> int | None:

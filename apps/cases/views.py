@@ -6,7 +6,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import RequestDataTooBig
 from django.core.paginator import Paginator
-from django.db.models import Count, Max, QuerySet
+from django.db.models import Count, Max
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
@@ -16,7 +16,13 @@ from django.views.decorators.http import require_GET, require_http_methods
 from apps.accounts.audit import record_download, record_view
 from apps.accounts.roles import ADJUDICATOR, ANNOTATOR, CLINICIAN, MODEL_ADMIN, role_required
 from apps.cases import labelling, page_files, services
-from apps.cases.access import image_for_ref, image_ref, own_cases, short_ref, visible_images
+from apps.cases.access import (
+    image_ref,
+    own_cases,
+    reader_image,
+    reader_page_images,
+    short_ref,
+)
 from apps.cases.filters import filter_cases
 from apps.cases.forms import CaseUploadForm
 from apps.cases.freshness import is_live_refresh, live_etag, live_not_modified, mark_live
@@ -199,29 +205,11 @@ def image_file(request: HttpRequest, pk: int) -> HttpResponseBase:
     )
 
 
-def reader_images(user) -> QuerySet[CaseImage]:
-    """What a reader's pages may open: what the user may see (``visible_images``), never
-    an image held for review."""
-    return visible_images(user).exclude(status=CaseImage.Status.HELD)
-
-
-def reader_image(
-    request: HttpRequest, ref: str, images: QuerySet[CaseImage] | None = None
-) -> CaseImage:
-    """The image a reader's page names by its reference (``apps.cases.access.image_ref``,
-    looked up as the readers' API does) among ``images`` (by default ``reader_images``);
-    404 for any other string."""
-    image = image_for_ref(ref, reader_images(request.user) if images is None else images)
-    if image is None:
-        raise Http404("No image of yours has this reference.")
-    return image
-
-
 @require_GET
 @role_required(ANNOTATOR, ADJUDICATOR)
 def reader_image_file(request: HttpRequest, ref: str) -> HttpResponseBase:
     """The image of a labelling or adjudication page, by its reference."""
-    return _serve_image(request, reader_image(request, ref))
+    return _serve_image(request, reader_image(request.user, ref))
 
 
 LUNG_FILES = {"mask": "lung_mask", "outline": "lung_outline"}
@@ -239,7 +227,7 @@ def lung_file(request: HttpRequest, pk: int, kind: str) -> HttpResponseBase:
 @role_required(ANNOTATOR, ADJUDICATOR)
 def reader_lung_file(request: HttpRequest, ref: str, kind: str) -> HttpResponseBase:
     """The lung outline (or mask) of a labelling or adjudication page, by reference."""
-    return _serve_lungs(request, reader_image(request, ref), kind)
+    return _serve_lungs(request, reader_image(request.user, ref), kind)
 
 
 def _serve_lungs(request: HttpRequest, image: CaseImage, kind: str) -> HttpResponseBase:
@@ -319,11 +307,10 @@ def label_image(request: HttpRequest, ref: str) -> HttpResponse:
     reader comes here and sees the model's prediction (their answer is recorded
     first, so the statistics see the unanchored read); they may then revise.
     """
-    image = reader_image(
-        request,
-        ref,
-        reader_images(request.user).prefetch_related("predictions__model_version", "explanations"),
+    images = reader_page_images(request.user).prefetch_related(
+        "predictions__model_version", "explanations"
     )
+    image = reader_image(request.user, ref, images)
     mine = ExpertLabel.objects.filter(image=image, annotator_id=request.user.pk).first()
     if request.method == "POST":
         try:
@@ -401,9 +388,9 @@ def adjudicate(request: HttpRequest, ref: str) -> HttpResponse:
     adjudicator decides (without the model's answer: it would anchor them too). The
     image is named by its reference, as on the readers' pages."""
     image = reader_image(
-        request,
+        request.user,
         ref,
-        reader_images(request.user).filter(expert_labels__isnull=False),
+        reader_page_images(request.user).filter(expert_labels__isnull=False),
     )
     if request.method == "POST":
         try:

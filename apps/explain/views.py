@@ -64,14 +64,15 @@ def _own_explanation(request: HttpRequest, pk: int) -> Explanation:
 
 def _reader_explanation(request: HttpRequest, ref: str, method: str) -> Explanation:
     """The finished map of ``method`` on the image a labelling page names by reference
-    (``apps.cases.views.reader_image``), only where the page shows the model's answer:
+    (``apps.cases.access.reader_image``), only where the page shows the model's answer:
     with ``CXR_LABEL_SHOW_MODEL`` and once the reader gave a verdict (as the readers'
     API); a 404 otherwise."""
+    from apps.cases.access import reader_image, reader_page_images
     from apps.cases.api.serializers import shows_model
     from apps.cases.models import ExpertLabel
-    from apps.cases.views import reader_image, reader_images
 
-    image = reader_image(request, ref, reader_images(request.user).prefetch_related("explanations"))
+    images = reader_page_images(request.user).prefetch_related("explanations")
+    image = reader_image(request.user, ref, images)
     mine = ExpertLabel.objects.filter(image=image, annotator_id=request.user.pk).first()
     if not shows_model(mine):
         raise Http404("The model's answer is not shown to you for this image.")
